@@ -1,0 +1,264 @@
+//! The schema of model files (`model.toml`): plain serde structs.
+//!
+//! Unknown keys are rejected everywhere. Which keys a mixer kind accepts or
+//! requires is checked after parsing, by `model::validate`.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// A whole file: an optional `[model]`, any number of `[mixer.NAME]` tables,
+/// and an optional `[runtime]`. A file with mixers only describes mixers.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelFile {
+    pub model: Option<ModelSection>,
+    #[serde(default)]
+    pub mixer: BTreeMap<String, MixerConfig>,
+    pub runtime: Option<RuntimeSection>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    pub vocab: u32,
+    pub d_model: u32,
+    pub layers: u32,
+    #[serde(default)]
+    pub norm: NormChoice,
+    pub mlp: MlpConfig,
+    /// Mixer names, repeated over the layers.
+    pub pattern: Vec<String>,
+    /// Per-layer exceptions: layer index (as a string key) → mixer name.
+    #[serde(default)]
+    pub overrides: BTreeMap<String, String>,
+    #[serde(default)]
+    pub tie_embeddings: bool,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum NormChoice {
+    #[default]
+    Rmsnorm,
+    Layernorm,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MlpConfig {
+    pub kind: MlpKind,
+    pub hidden: u32,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum MlpKind {
+    Swiglu,
+    Gelu,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeSection {
+    #[serde(default)]
+    pub state_dtype: Option<String>,
+    #[serde(default)]
+    pub decode_threshold: Option<u32>,
+}
+
+/// The kinds of mixer mixc knows.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum MixerKind {
+    LinearAttn,
+    Retnet,
+    SimpleGla,
+    Mamba2,
+    Gla,
+    Mlstm,
+    Deltanet,
+    GatedDeltanet,
+    Attention,
+    Liger,
+    Lizard,
+    Duo,
+    Mom,
+}
+
+impl MixerKind {
+    pub const ALL: [MixerKind; 13] = [
+        MixerKind::LinearAttn,
+        MixerKind::Retnet,
+        MixerKind::SimpleGla,
+        MixerKind::Mamba2,
+        MixerKind::Gla,
+        MixerKind::Mlstm,
+        MixerKind::Deltanet,
+        MixerKind::GatedDeltanet,
+        MixerKind::Attention,
+        MixerKind::Liger,
+        MixerKind::Lizard,
+        MixerKind::Duo,
+        MixerKind::Mom,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            MixerKind::LinearAttn => "linear_attn",
+            MixerKind::Retnet => "retnet",
+            MixerKind::SimpleGla => "simple_gla",
+            MixerKind::Mamba2 => "mamba2",
+            MixerKind::Gla => "gla",
+            MixerKind::Mlstm => "mlstm",
+            MixerKind::Deltanet => "deltanet",
+            MixerKind::GatedDeltanet => "gated_deltanet",
+            MixerKind::Attention => "attention",
+            MixerKind::Liger => "liger",
+            MixerKind::Lizard => "lizard",
+            MixerKind::Duo => "duo",
+            MixerKind::Mom => "mom",
+        }
+    }
+}
+
+/// `chunk = "auto"` or `chunk = 64`.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(untagged)]
+pub enum ChunkChoice {
+    #[default]
+    #[serde(deserialize_with = "auto_only")]
+    Auto,
+    Fixed(u32),
+}
+
+fn auto_only<'de, D: serde::Deserializer<'de>>(d: D) -> Result<(), D::Error> {
+    let s = String::deserialize(d)?;
+    if s == "auto" {
+        Ok(())
+    } else {
+        Err(serde::de::Error::custom(format!("chunk must be \"auto\" or a number, found \"{s}\"")))
+    }
+}
+
+impl ChunkChoice {
+    /// Until the cost model chooses, `auto` means 64.
+    pub fn resolve(self) -> u32 {
+        match self {
+            ChunkChoice::Auto => 64,
+            ChunkChoice::Fixed(c) => c,
+        }
+    }
+}
+
+/// Feature maps applied to `q` and `k` inside the mixer.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FeatureMap {
+    Identity,
+    EluPlusOne,
+    Relu,
+    /// Softmax over the head dim (Liger).
+    Softmax,
+}
+
+/// How a gate's raw values (projected from the layer input) become log decays.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum GateActivation {
+    /// `logsigmoid(x) / tau` (GLA).
+    Logsigmoid,
+    /// `−softplus(x)` (simple GLA as in fla's tests).
+    NegSoftplus,
+    /// `−exp(A_log) · softplus(x + dt_bias)` (Mamba2, Gated DeltaNet).
+    Mamba,
+    /// The raw values are log decays already.
+    None,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GateConfig {
+    pub activation: GateActivation,
+    /// Temperature of `logsigmoid(x)/tau`.
+    pub tau: Option<f64>,
+    /// Rank of the low-rank gate projection (a model-layer detail, recorded here).
+    pub rank: Option<u32>,
+    /// Where the gate is projected from: `x` (the layer input) or `k` (Liger).
+    pub from: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RopeConfig {
+    pub theta: f64,
+}
+
+/// Lizard's two ways of combining the linear and the softmax branch.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Combine {
+    /// Separately normalized branches, weighted and summed.
+    Separate,
+    /// One shared softmax-style normalizer over window and linear memory.
+    Shared,
+}
+
+/// The memory kind inside a MoM layer.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum MemoryKind {
+    LinearAttn,
+    SimpleGla,
+    GatedDeltanet,
+}
+
+/// One `[mixer.NAME]` table. Which keys apply depends on `kind`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MixerConfig {
+    pub kind: MixerKind,
+    pub heads: u32,
+    /// Key/query head dim (recurrent kinds).
+    pub dk: Option<u32>,
+    /// Value head dim (recurrent kinds).
+    pub dv: Option<u32>,
+    /// Head dim of softmax attention (queries, keys and values alike).
+    pub head_dim: Option<u32>,
+    /// Grouped-query attention: number of kv heads (default: `heads`).
+    pub kv_heads: Option<u32>,
+    /// Mamba2's groups of shared B/C (default 1).
+    pub groups: Option<u32>,
+    /// `s` in `o = Sᵀ(s q)`; default `dk^-1/2` (Mamba2: 1).
+    pub scale: Option<f64>,
+    #[serde(default)]
+    pub chunk: ChunkChoice,
+    pub feature_map: Option<FeatureMap>,
+    /// Linear attention's normalizer.
+    pub normalizer: Option<bool>,
+    pub gate: Option<GateConfig>,
+    /// L2-normalize q and k (DeltaNet, Gated DeltaNet).
+    pub qk_norm: Option<bool>,
+    /// Short causal depthwise convolution width on q, k, v (Mamba2, GDN).
+    pub short_conv: Option<u32>,
+    /// Sliding window (keys per query, the query's own included).
+    pub window: Option<u32>,
+    /// Attention sinks (first tokens always visible).
+    pub sinks: Option<u32>,
+    /// Lizard's learned meta-memory tokens.
+    pub meta_tokens: Option<u32>,
+    pub rope: Option<RopeConfig>,
+    /// Hybrid weights of the branches, e.g. `[0.5, 0.5]` (softmax branch first).
+    pub mix: Option<Vec<f64>>,
+    pub combine: Option<Combine>,
+    /// DuoAttention: kv heads that keep a full cache (the rest stream).
+    pub retrieval_heads: Option<Vec<u32>>,
+    /// MoM: number of memories, how many each token uses, the shared memory.
+    pub memories: Option<u32>,
+    pub top_k: Option<u32>,
+    pub shared_memory: Option<bool>,
+    pub memory: Option<MemoryKind>,
+    /// mLSTM: soft cap of the gate pre-activations (xLSTM-7B uses 15).
+    pub gate_soft_cap: Option<f64>,
+    /// Output normalization (per-head RMSNorm) inside the mixer.
+    pub output_norm: Option<bool>,
+}

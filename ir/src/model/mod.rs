@@ -1,0 +1,5 @@
+//! Model files: the `model.toml` schema, its loader and validation.
+
+pub mod config;
+
+pub use config::*;

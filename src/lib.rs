@@ -1,0 +1,2 @@
+//! mixc: the facade API.
+pub use mixc_ir as ir;
