@@ -175,6 +175,9 @@ pub enum OpKind {
     Const { value: f64, dtype: DType, shape: Vec<DimId> },
     /// `iota(D)`: `0, 1, ..., |D|−1` as i32 over dim `D`.
     Iota { dim: DimId },
+    /// A constant list of indices as i32 over dim `D` (`|D|` must equal the count):
+    /// which heads or memories a branch takes.
+    Indices { dim: DimId, values: Vec<u32> },
     Unary(UnaryFn),
     Binary(BinaryFn),
     /// `where(cond, a, b)`.
@@ -241,7 +244,7 @@ impl OpKind {
     pub fn operand_roles(&self, n_operands: usize) -> Vec<String> {
         let fixed = |names: &[&str]| names.iter().map(|s| s.to_string()).collect();
         match self {
-            OpKind::Input { .. } | OpKind::Const { .. } | OpKind::Iota { .. } => vec![],
+            OpKind::Input { .. } | OpKind::Const { .. } | OpKind::Iota { .. } | OpKind::Indices { .. } => vec![],
             OpKind::Select => fixed(&["cond", "a", "b"]),
             OpKind::Binary(_) | OpKind::Einsum { .. } => fixed(&["a", "b"]),
             OpKind::Gather { .. } => fixed(&["x", "idx"]),
@@ -303,6 +306,7 @@ impl OpKind {
             OpKind::Input { .. } => "input".into(),
             OpKind::Const { .. } => "const".into(),
             OpKind::Iota { .. } => "iota".into(),
+            OpKind::Indices { .. } => "indices".into(),
             OpKind::Unary(f) => unary_name(*f).into(),
             OpKind::Binary(f) => binary_name(*f).into(),
             OpKind::Select => "where".into(),

@@ -98,6 +98,14 @@ pub fn infer(dims: &DimTable, kind: &OpKind, tys: &[TensorType]) -> Res<Vec<Tens
             check_shape(dims, &[*dim])?;
             one(TensorType::new(DType::I32, &[*dim]))
         }
+        OpKind::Indices { dim, values } => {
+            expect_n(0, tys)?;
+            check_shape(dims, &[*dim])?;
+            if dims.const_size(*dim) != Some(values.len() as u64) {
+                return Err(format!("dim `{}` must have constant size {}", dims.name(*dim), values.len()));
+            }
+            one(TensorType::new(DType::I32, &[*dim]))
+        }
         OpKind::Unary(f) => {
             expect_n(1, tys)?;
             let t = &tys[0];
