@@ -1,2 +1,113 @@
 //! mixc: the facade API.
+//!
+//! For now: load a model file or a graph text file and get the verified
+//! graph of every distinct mixer it describes ([`graphs_of_file`]). Later
+//! stages (schedule, tile programs, backends) hang off these graphs.
+
 pub use mixc_ir as ir;
+
+use mixc_ir::model::{self, MixerKind, ModelError, ModelFile};
+use mixc_ir::{Graph, IrError};
+use std::path::Path;
+
+/// One graph of a file: a mixer of a model file, or the graph of a `.mix` file.
+#[derive(Clone, Debug)]
+pub struct NamedGraph {
+    /// The mixer's name (`[mixer.NAME]`), or the graph's own name for `.mix`.
+    pub name: String,
+    /// The mixer's kind; `None` for graph text.
+    pub kind: Option<MixerKind>,
+    pub graph: Graph,
+}
+
+/// Everything that can go wrong between a file and its graphs. Each renders
+/// as one paragraph naming the file and the place in it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("cannot read `{path}`: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{col}: graph text does not parse: {msg}")]
+    GraphText { path: String, line: usize, col: usize, msg: String },
+    #[error("{path}: the graph does not verify: {source}")]
+    GraphVerify {
+        path: String,
+        #[source]
+        source: IrError,
+    },
+    /// The builder rejected a validated mixer table (its message names the mixer).
+    #[error("{path}: {source}")]
+    Build {
+        path: String,
+        #[source]
+        source: IrError,
+    },
+    #[error(
+        "{path}: the graph built for mixer `{mixer}` does not verify (a bug in mixc's mixer \
+         library, please report it): {source}"
+    )]
+    MixerVerify {
+        path: String,
+        mixer: String,
+        #[source]
+        source: IrError,
+    },
+}
+
+/// Whether a path names graph text (`.mix`) rather than a model file.
+pub fn is_graph_text(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "mix")
+}
+
+/// Loads `path` — a model file (`.toml`) or graph text (`.mix`) — and
+/// returns the verified graph of every distinct mixer it describes, in the
+/// order of [`ModelFile::distinct_mixers`].
+pub fn graphs_of_file(path: &Path) -> Result<Vec<NamedGraph>, Error> {
+    let shown = path.display().to_string();
+    if is_graph_text(path) {
+        let src = std::fs::read_to_string(path).map_err(|source| Error::Io { path: shown.clone(), source })?;
+        let graph = parse_graph_text(&src, &shown)?;
+        return Ok(vec![NamedGraph { name: graph.name.clone(), kind: None, graph }]);
+    }
+    let file = model::load_model(path)?;
+    mixer_graphs(&file, &shown)
+}
+
+/// Parses and verifies graph text; `path` names it in errors.
+pub fn parse_graph_text(src: &str, path: &str) -> Result<Graph, Error> {
+    let graph = mixc_ir::text::parse(src).map_err(|e| Error::GraphText {
+        path: path.to_string(),
+        line: e.line,
+        col: e.col,
+        msg: e.msg,
+    })?;
+    mixc_ir::verify::verify(&graph).map_err(|source| Error::GraphVerify { path: path.to_string(), source })?;
+    Ok(graph)
+}
+
+/// Builds and verifies the graph of every distinct mixer of a validated
+/// model file; `path` names the file in errors.
+pub fn mixer_graphs(file: &ModelFile, path: &str) -> Result<Vec<NamedGraph>, Error> {
+    let mut out = Vec::new();
+    for name in file.distinct_mixers() {
+        // Names come from the file's own tables, so the lookup cannot fail
+        // for a validated file; skip rather than panic if it ever does.
+        let Some(cfg) = file.mixer.get(&name) else {
+            continue;
+        };
+        let graph =
+            mixc_ir::mixers::build(&name, cfg).map_err(|source| Error::Build { path: path.to_string(), source })?;
+        mixc_ir::verify::verify(&graph).map_err(|source| Error::MixerVerify {
+            path: path.to_string(),
+            mixer: name.clone(),
+            source,
+        })?;
+        out.push(NamedGraph { name, kind: Some(cfg.kind), graph });
+    }
+    Ok(out)
+}

@@ -30,16 +30,16 @@ pub enum SizeExpr {
 }
 
 impl SizeExpr {
-    pub fn add(a: SizeExpr, b: SizeExpr) -> SizeExpr {
+    pub fn plus(a: SizeExpr, b: SizeExpr) -> SizeExpr {
         SizeExpr::Add(Box::new(a), Box::new(b))
     }
-    pub fn sub(a: SizeExpr, b: SizeExpr) -> SizeExpr {
+    pub fn minus(a: SizeExpr, b: SizeExpr) -> SizeExpr {
         SizeExpr::Sub(Box::new(a), Box::new(b))
     }
-    pub fn mul(a: SizeExpr, b: SizeExpr) -> SizeExpr {
+    pub fn times(a: SizeExpr, b: SizeExpr) -> SizeExpr {
         SizeExpr::Mul(Box::new(a), Box::new(b))
     }
-    pub fn min(a: SizeExpr, b: SizeExpr) -> SizeExpr {
+    pub fn min_of(a: SizeExpr, b: SizeExpr) -> SizeExpr {
         SizeExpr::Min(Box::new(a), Box::new(b))
     }
 
@@ -98,7 +98,7 @@ impl Poly {
         let mut m = self.0.clone();
         for (k, v) in &o.0 {
             let e = m.entry(k.clone()).or_insert(0);
-            *e += sign * v;
+            *e = e.wrapping_add(sign.wrapping_mul(*v));
             if *e == 0 {
                 m.remove(k);
             }
@@ -111,7 +111,7 @@ impl Poly {
             for (kb, vb) in &o.0 {
                 let mut k: Vec<Atom> = ka.iter().chain(kb.iter()).cloned().collect();
                 k.sort();
-                acc = acc.add(&Poly([(k, va * vb)].into_iter().collect()), 1);
+                acc = acc.add(&Poly([(k, va.wrapping_mul(*vb))].into_iter().collect()), 1);
             }
         }
         acc
@@ -212,9 +212,9 @@ impl DimTable {
         Ok(match e {
             SizeExpr::Const(c) => *c,
             SizeExpr::Dim(d) => self.eval(*d, bound)?,
-            SizeExpr::Add(a, b) => self.eval_expr(a, bound)? + self.eval_expr(b, bound)?,
+            SizeExpr::Add(a, b) => self.eval_expr(a, bound)?.saturating_add(self.eval_expr(b, bound)?),
             SizeExpr::Sub(a, b) => self.eval_expr(a, bound)?.saturating_sub(self.eval_expr(b, bound)?),
-            SizeExpr::Mul(a, b) => self.eval_expr(a, bound)? * self.eval_expr(b, bound)?,
+            SizeExpr::Mul(a, b) => self.eval_expr(a, bound)?.saturating_mul(self.eval_expr(b, bound)?),
             SizeExpr::Min(a, b) => self.eval_expr(a, bound)?.min(self.eval_expr(b, bound)?),
         })
     }

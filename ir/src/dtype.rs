@@ -19,16 +19,8 @@ pub enum DType {
 }
 
 impl DType {
-    pub const ALL: [DType; 8] = [
-        DType::F64,
-        DType::F32,
-        DType::F16,
-        DType::BF16,
-        DType::I32,
-        DType::I8,
-        DType::I4,
-        DType::Bool,
-    ];
+    pub const ALL: [DType; 8] =
+        [DType::F64, DType::F32, DType::F16, DType::BF16, DType::I32, DType::I8, DType::I4, DType::Bool];
 
     pub fn name(self) -> &'static str {
         match self {

@@ -170,71 +170,153 @@ pub struct Recurrence {
 #[derive(Clone, Debug, PartialEq)]
 pub enum OpKind {
     /// A graph input. `optional` inputs that are not supplied read as zeros.
-    Input { name: String, dtype: DType, shape: Vec<DimId>, optional: bool },
+    Input {
+        name: String,
+        dtype: DType,
+        shape: Vec<DimId>,
+        optional: bool,
+    },
     /// A constant filled to a shape (usually a scalar, `[]`).
-    Const { value: f64, dtype: DType, shape: Vec<DimId> },
+    Const {
+        value: f64,
+        dtype: DType,
+        shape: Vec<DimId>,
+    },
     /// `iota(D)`: `0, 1, ..., |D|−1` as i32 over dim `D`.
-    Iota { dim: DimId },
+    Iota {
+        dim: DimId,
+    },
     /// A constant list of indices as i32 over dim `D` (`|D|` must equal the count):
     /// which heads or memories a branch takes.
-    Indices { dim: DimId, values: Vec<u32> },
+    Indices {
+        dim: DimId,
+        values: Vec<u32>,
+    },
     Unary(UnaryFn),
     Binary(BinaryFn),
     /// `where(cond, a, b)`.
     Select,
     Cast(DType),
-    Clamp { lo: f64, hi: f64 },
+    Clamp {
+        lo: f64,
+        hi: f64,
+    },
     /// Repeats the operand over more dims; the result has exactly `shape`.
-    Broadcast { shape: Vec<DimId> },
+    Broadcast {
+        shape: Vec<DimId>,
+    },
     /// Reorders dims; `shape` is a permutation of the operand's.
-    Permute { shape: Vec<DimId> },
+    Permute {
+        shape: Vec<DimId>,
+    },
     /// Reinterprets the row-major data with another shape of the same total size
     /// (splitting and merging heads).
-    Reshape { shape: Vec<DimId> },
+    Reshape {
+        shape: Vec<DimId>,
+    },
     /// Contraction of two operands: every dim not in `out` is summed over.
-    Einsum { out: Vec<DimId> },
-    Reduce { func: ReduceFn, dims: Vec<DimId> },
+    Einsum {
+        out: Vec<DimId>,
+    },
+    Reduce {
+        func: ReduceFn,
+        dims: Vec<DimId>,
+    },
     /// Inclusive (or exclusive) prefix sum along `dim`, optionally from the end.
-    Cumsum { dim: DimId, exclusive: bool, reverse: bool },
-    Softmax { dim: DimId },
-    Normalize { kind: NormKind, dim: DimId, eps: f64 },
+    Cumsum {
+        dim: DimId,
+        exclusive: bool,
+        reverse: bool,
+    },
+    Softmax {
+        dim: DimId,
+    },
+    Normalize {
+        kind: NormKind,
+        dim: DimId,
+        eps: f64,
+    },
     /// Concatenation along one axis: each operand's dim at that position is
     /// replaced by `dim`, whose size is their sum.
-    Concat { axis: usize, dim: DimId },
+    Concat {
+        axis: usize,
+        dim: DimId,
+    },
     /// `x[.., start .. start+|dim|, ..]` along axis `axis`.
-    Slice { axis: usize, start: u64, dim: DimId },
+    Slice {
+        axis: usize,
+        start: u64,
+        dim: DimId,
+    },
     /// `out[.., j, ..] = x[.., idx[.., j, ..], ..]`: the operand's dim `along` is
     /// replaced by the index's dim `into`; the index broadcasts over the rest.
-    Gather { along: DimId, into: DimId },
+    Gather {
+        along: DimId,
+        into: DimId,
+    },
     /// Writes `src` rows into a copy of `base` at `idx` along `along` (later rows win).
-    Scatter { along: DimId, into: DimId },
+    Scatter {
+        along: DimId,
+        into: DimId,
+    },
     /// The `k = |into|` largest entries along `along`, ties to the lower index:
     /// results are values and i32 indices.
-    TopK { along: DimId, into: DimId },
+    TopK {
+        along: DimId,
+        into: DimId,
+    },
     /// Causal depthwise convolution over `time`: operands `x [.., T, C]`,
     /// `weight [C, K]`, and (when `has_tail`) the previous `K−1` inputs
     /// `tail [.., Km1, C]`; results `y` and the new tail. `activation` is applied to y.
-    CausalConv1d { time: DimId, taps: DimId, tail: DimId, has_tail: bool, silu: bool },
+    CausalConv1d {
+        time: DimId,
+        taps: DimId,
+        tail: DimId,
+        has_tail: bool,
+        silu: bool,
+    },
     /// Rotary position embedding (rotate-half pairing `(i, i + D/2)`) over `time`
     /// and `dim`, with positions `offset + t` from an i32 scalar operand.
-    Rope { time: DimId, dim: DimId, theta: f64 },
+    Rope {
+        time: DimId,
+        dim: DimId,
+        theta: f64,
+    },
     /// Softmax attention: `q [B, Tq, H, Dk]`, `k [B, Tk, Hkv, Dk]`, `v [B, Tk, Hkv, Dv]`
     /// → `o [B, Tq, H, Dv]` and the log-sum-exp of each row `lse [B, Tq, H]`.
-    Attention { scale: f64, mask: Mask },
+    Attention {
+        scale: f64,
+        mask: Mask,
+    },
     /// The linear-recurrence family; results `o`, `final_state`, and for mLSTM
     /// `final_n`, `final_m` (for a normalized linear attention, `final_z`).
     LinearRecurrence(Recurrence),
     /// `Σ_i weights[i] · operand_i` (branch mixing of hybrids).
-    Mix { weights: Vec<f64> },
+    Mix {
+        weights: Vec<f64>,
+    },
     /// Appends new rows to a KV cache along axis 1: `[B, S, ..] ++ [B, T, ..] → [B, dim, ..]`.
-    KvAppend { dim: DimId },
+    KvAppend {
+        dim: DimId,
+    },
     /// Keeps the last `keep` rows along axis 1 (a ring buffer's contents, oldest first).
-    WindowRetain { keep: u32, dim: DimId },
+    WindowRetain {
+        keep: u32,
+        dim: DimId,
+    },
     /// Keeps the first `sinks` and the last `window` rows along axis 1.
-    SinkWindowRetain { sinks: u32, window: u32, dim: DimId },
+    SinkWindowRetain {
+        sinks: u32,
+        window: u32,
+        dim: DimId,
+    },
     /// Symmetric absmax quantization in groups of `|group|` along the last axis:
     /// results codes (i8 or i4 in an i8 container) `[.., G, group]` and scales `[.., G]`.
-    Quantize { bits: u32, groups: DimId, group: DimId },
+    Quantize {
+        bits: u32,
+        groups: DimId,
+        group: DimId,
+    },
     /// `codes * scales` back to f32.
     Dequantize,
 }
@@ -380,7 +462,8 @@ pub const BINARY_FNS: [BinaryFn; 14] = [
     BinaryFn::Or,
 ];
 
-pub const REDUCE_FNS: [ReduceFn; 5] = [ReduceFn::Sum, ReduceFn::Max, ReduceFn::Min, ReduceFn::Mean, ReduceFn::LogSumExp];
+pub const REDUCE_FNS: [ReduceFn; 5] =
+    [ReduceFn::Sum, ReduceFn::Max, ReduceFn::Min, ReduceFn::Mean, ReduceFn::LogSumExp];
 
 pub fn unary_name(f: UnaryFn) -> &'static str {
     match f {

@@ -58,21 +58,14 @@ fn expect_float(role: &str, t: &TensorType) -> Res<()> {
 
 fn expect_same_size(dims: &DimTable, what: &str, a: DimId, b: DimId) -> Res<()> {
     if !dims.same_size(a, b) {
-        return Err(format!(
-            "{what}: dims `{}` and `{}` must have the same size",
-            dims.name(a),
-            dims.name(b)
-        ));
+        return Err(format!("{what}: dims `{}` and `{}` must have the same size", dims.name(a), dims.name(b)));
     }
     Ok(())
 }
 
 fn expect_rank(dims: &DimTable, role: &str, t: &TensorType, rank: usize, layout: &str) -> Res<()> {
     if t.shape.len() != rank {
-        return Err(format!(
-            "operand `{role}` must be {layout}, found {}",
-            shape_str(dims, &t.shape)
-        ));
+        return Err(format!("operand `{role}` must be {layout}, found {}", shape_str(dims, &t.shape)));
     }
     Ok(())
 }
@@ -169,7 +162,7 @@ pub fn infer(dims: &DimTable, kind: &OpKind, tys: &[TensorType]) -> Res<Vec<Tens
         }
         OpKind::Clamp { lo, hi } => {
             expect_n(1, tys)?;
-            if !(lo <= hi) {
+            if lo.partial_cmp(hi).is_none_or(|o| o == std::cmp::Ordering::Greater) {
                 return Err(format!("clamp bounds are reversed or not numbers: lo = {lo}, hi = {hi}"));
             }
             one(tys[0].clone())
@@ -206,9 +199,8 @@ pub fn infer(dims: &DimTable, kind: &OpKind, tys: &[TensorType]) -> Res<Vec<Tens
         OpKind::Reshape { shape } => {
             expect_n(1, tys)?;
             check_shape(dims, shape)?;
-            let prod = |s: &[DimId]| {
-                s.iter().fold(SizeExpr::Const(1), |acc, d| SizeExpr::mul(acc, SizeExpr::Dim(*d)))
-            };
+            let prod =
+                |s: &[DimId]| s.iter().fold(SizeExpr::Const(1), |acc, d| SizeExpr::times(acc, SizeExpr::Dim(*d)));
             if dims.expr_poly(&prod(&tys[0].shape)) != dims.expr_poly(&prod(shape)) {
                 return Err(format!(
                     "cannot reshape {} to {}: the sizes differ",
@@ -285,7 +277,7 @@ pub fn infer(dims: &DimTable, kind: &OpKind, tys: &[TensorType]) -> Res<Vec<Tens
                         ));
                     }
                 }
-                total = SizeExpr::add(total, SizeExpr::Dim(t.shape[*axis]));
+                total = SizeExpr::plus(total, SizeExpr::Dim(t.shape[*axis]));
             }
             if dims.expr_poly(&total) != dims.poly(*dim) {
                 return Err(format!("result dim `{}` is not the sum of the concatenated dims", dims.name(*dim)));
@@ -302,8 +294,8 @@ pub fn infer(dims: &DimTable, kind: &OpKind, tys: &[TensorType]) -> Res<Vec<Tens
                 return Err(format!("axis {axis} is out of range for {}", shape_str(dims, &t.shape)));
             }
             if let (Some(have), Some(want)) = (dims.const_size(t.shape[*axis]), dims.const_size(*dim)) {
-                if start + want > have {
-                    return Err(format!("slice {start}..{} exceeds the axis size {have}", start + want));
+                if start.checked_add(want).is_none_or(|end| end > have) {
+                    return Err(format!("slice from {start} of {want} rows exceeds the axis size {have}"));
                 }
             }
             let mut shape = t.shape.clone();
@@ -379,7 +371,7 @@ pub fn infer(dims: &DimTable, kind: &OpKind, tys: &[TensorType]) -> Res<Vec<Tens
                     shape_str(dims, &w.shape)
                 ));
             }
-            let want_tail = SizeExpr::sub(SizeExpr::Dim(*taps), SizeExpr::Const(1));
+            let want_tail = SizeExpr::minus(SizeExpr::Dim(*taps), SizeExpr::Const(1));
             if dims.poly(*tail) != dims.expr_poly(&want_tail) {
                 return Err(format!("tail dim `{}` must be taps − 1", dims.name(*tail)));
             }
@@ -408,7 +400,7 @@ pub fn infer(dims: &DimTable, kind: &OpKind, tys: &[TensorType]) -> Res<Vec<Tens
             if dims.const_size(*dim).is_some_and(|n| n % 2 == 1) {
                 return Err(format!("rotary dim `{}` must be even", dims.name(*dim)));
             }
-            if !(*theta > 0.0) {
+            if theta.is_nan() || *theta <= 0.0 {
                 return Err(format!("theta must be positive, found {theta}"));
             }
             if tys[1].dtype != DType::I32 || !tys[1].shape.is_empty() {
@@ -463,7 +455,7 @@ pub fn infer(dims: &DimTable, kind: &OpKind, tys: &[TensorType]) -> Res<Vec<Tens
             for i in (0..c.shape.len()).filter(|i| *i != 1) {
                 expect_same_size(dims, "cache and new rows", c.shape[i], n.shape[i])?;
             }
-            let sum = SizeExpr::add(SizeExpr::Dim(c.shape[1]), SizeExpr::Dim(n.shape[1]));
+            let sum = SizeExpr::plus(SizeExpr::Dim(c.shape[1]), SizeExpr::Dim(n.shape[1]));
             if dims.expr_poly(&sum) != dims.poly(*dim) {
                 return Err(format!("result dim `{}` must be the cache length plus the new rows", dims.name(*dim)));
             }
@@ -479,12 +471,16 @@ pub fn infer(dims: &DimTable, kind: &OpKind, tys: &[TensorType]) -> Res<Vec<Tens
                 return Err("cache must have rank ≥ 2 (rows along axis 1)".into());
             }
             let total = match kind {
-                OpKind::SinkWindowRetain { sinks, window, .. } => (*sinks + *window) as u64,
+                OpKind::SinkWindowRetain { sinks, window, .. } => *sinks as u64 + *window as u64,
                 _ => *keep as u64,
             };
-            let want = SizeExpr::min(SizeExpr::Dim(c.shape[1]), SizeExpr::Const(total));
+            let want = SizeExpr::min_of(SizeExpr::Dim(c.shape[1]), SizeExpr::Const(total));
             if dims.expr_poly(&want) != dims.poly(*dim) {
-                return Err(format!("result dim `{}` must be min({}, {total})", dims.name(*dim), dims.name(c.shape[1])));
+                return Err(format!(
+                    "result dim `{}` must be min({}, {total})",
+                    dims.name(*dim),
+                    dims.name(c.shape[1])
+                ));
             }
             let mut shape = c.shape.clone();
             shape[1] = *dim;
@@ -498,7 +494,7 @@ pub fn infer(dims: &DimTable, kind: &OpKind, tys: &[TensorType]) -> Res<Vec<Tens
             let Some((last, rest)) = x.shape.split_last() else {
                 return Err("x must have at least one dim".into());
             };
-            let prod = SizeExpr::mul(SizeExpr::Dim(*groups), SizeExpr::Dim(*group));
+            let prod = SizeExpr::times(SizeExpr::Dim(*groups), SizeExpr::Dim(*group));
             if dims.expr_poly(&prod) != dims.poly(*last) {
                 return Err(format!(
                     "last dim `{}` must equal groups × group size (`{}` × `{}`)",
@@ -593,10 +589,7 @@ fn infer_recurrence(dims: &DimTable, r: &Recurrence, tys: &[TensorType]) -> Res<
             expect("initial_z", &[b, h, dk])?;
         }
     }
-    let mut out = vec![
-        TensorType::new(v.dtype, &[b, t, h, dv]),
-        TensorType::new(DType::F32, &[b, h, dk, dv]),
-    ];
+    let mut out = vec![TensorType::new(v.dtype, &[b, t, h, dv]), TensorType::new(DType::F32, &[b, h, dk, dv])];
     if r.transition == Transition::Mlstm {
         out.push(TensorType::new(DType::F32, &[b, h, dk]));
         out.push(TensorType::new(DType::F32, &[b, h]));

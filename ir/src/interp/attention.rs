@@ -6,7 +6,14 @@ use crate::ops::Mask;
 
 /// `q [B, Tq, H, Dk]`, `k [B, Tk, Hkv, Dk]`, `v [B, Tk, Hkv, Dv]`; query `i` sits at
 /// key position `Tk − Tq + i`. Returns `o` and the row log-sum-exp.
-pub(crate) fn eval(q: &Dense, k: &Dense, v: &Dense, scale: f64, mask: Mask, out: &[TensorType]) -> Result<Vec<Dense>, String> {
+pub(crate) fn eval(
+    q: &Dense,
+    k: &Dense,
+    v: &Dense,
+    scale: f64,
+    mask: Mask,
+    out: &[TensorType],
+) -> Result<Vec<Dense>, String> {
     let [b, tq, h, dk] = q.sizes[..] else { return Err("q must have rank 4".into()) };
     let [_, tk, hkv, _] = k.sizes[..] else { return Err("k must have rank 4".into()) };
     let dv = v.sizes[3];

@@ -3,8 +3,10 @@
 //! Unknown keys are rejected everywhere. Which keys a mixer kind accepts or
 //! requires is checked after parsing, by `model::validate`.
 
-use serde::Deserialize;
+use serde::de::{self, Unexpected, Visitor};
+use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
+use std::fmt;
 
 /// A whole file: an optional `[model]`, any number of `[mixer.NAME]` tables,
 /// and an optional `[runtime]`. A file with mixers only describes mixers.
@@ -25,7 +27,9 @@ pub struct ModelSection {
     pub layers: u32,
     #[serde(default)]
     pub norm: NormChoice,
-    pub mlp: MlpConfig,
+    /// The MLP after each mixer; absent for blocks without one (Mamba2).
+    #[serde(default)]
+    pub mlp: Option<MlpConfig>,
     /// Mixer names, repeated over the layers.
     pub pattern: Vec<String>,
     /// Per-layer exceptions: layer index (as a string key) → mixer name.
@@ -122,21 +126,38 @@ impl MixerKind {
 }
 
 /// `chunk = "auto"` or `chunk = 64`.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
-#[serde(untagged)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum ChunkChoice {
     #[default]
-    #[serde(deserialize_with = "auto_only")]
     Auto,
     Fixed(u32),
 }
 
-fn auto_only<'de, D: serde::Deserializer<'de>>(d: D) -> Result<(), D::Error> {
-    let s = String::deserialize(d)?;
-    if s == "auto" {
-        Ok(())
-    } else {
-        Err(serde::de::Error::custom(format!("chunk must be \"auto\" or a number, found \"{s}\"")))
+/// By hand rather than `#[serde(untagged)]`, whose error ("data did not match
+/// any variant") would not say what is expected.
+impl<'de> Deserialize<'de> for ChunkChoice {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ChunkVisitor;
+        impl Visitor<'_> for ChunkVisitor {
+            type Value = ChunkChoice;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("\"auto\" or a chunk size (a power of two from 16 to 256)")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<ChunkChoice, E> {
+                if s == "auto" {
+                    Ok(ChunkChoice::Auto)
+                } else {
+                    Err(E::invalid_value(Unexpected::Str(s), &self))
+                }
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<ChunkChoice, E> {
+                u32::try_from(n).map(ChunkChoice::Fixed).map_err(|_| E::invalid_value(Unexpected::Signed(n), &self))
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<ChunkChoice, E> {
+                u32::try_from(n).map(ChunkChoice::Fixed).map_err(|_| E::invalid_value(Unexpected::Unsigned(n), &self))
+            }
+        }
+        d.deserialize_any(ChunkVisitor)
     }
 }
 

@@ -1,0 +1,7 @@
+mod golden;
+mod identities;
+mod model;
+mod snapshots;
+mod text;
+mod util;
+mod verify;

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Runs every check CI runs: setup (idempotent), formatting, clippy, all tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo test --workspace

@@ -1,0 +1,219 @@
+//! The `mixc` command line: help, every zoo model, and every kind of bad
+//! input (a one-paragraph error naming the place, exit code 1, no panic).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+fn mixc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mixc"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run mixc: {e}"))
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A file under the temp dir with a name no other test (or test run) uses.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(tag: &str, ext: &str, contents: &str) -> TempFile {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("mixc-cli-{}-{n}-{tag}.{ext}", std::process::id()));
+        std::fs::write(&path, contents).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        TempFile(path)
+    }
+
+    fn arg(&self) -> &str {
+        self.0.to_str().unwrap_or_else(|| panic!("temp path is not UTF-8"))
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Runs `mixc compile FILE --emit graph` on a bad file and checks the error:
+/// exit code 1, no panic, one `error:` paragraph naming the file; returns it.
+fn compile_fails(tag: &str, ext: &str, contents: &str) -> (String, String) {
+    let file = TempFile::new(tag, ext, contents);
+    let out = mixc(&["compile", file.arg(), "--emit", "graph"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{tag}: exit status {:?}, stderr: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{tag}: panicked: {stderr}");
+    assert!(stderr.starts_with("error: "), "{tag}: not an `error:` line: {stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{tag}: more than one line: {stderr}");
+    assert!(stderr.contains(file.arg()), "{tag}: does not name the file: {stderr}");
+    assert!(out.stdout.is_empty(), "{tag}: printed output too: {}", text(&out.stdout));
+    (stderr, file.arg().to_string())
+}
+
+/// Asserts that `stderr` names `path:line:` and each of `words`.
+fn names(stderr: &str, path: &str, line: usize, words: &[&str]) {
+    assert!(stderr.contains(&format!("{path}:{line}:")), "does not name line {line}: {stderr}");
+    for w in words {
+        assert!(stderr.contains(w), "does not say {w:?}: {stderr}");
+    }
+}
+
+const GLA: &str = r#"[mixer.gla]
+kind = "gla"
+heads = 4
+dk = 16
+dv = 16
+gate = { activation = "logsigmoid", tau = 16.0 }
+"#;
+
+#[test]
+fn help_explains_the_tool_and_each_subcommand() {
+    let out = mixc(&["--help"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let help = text(&out.stdout);
+    for w in ["compile", "--emit", "graph", "model file"] {
+        assert!(help.contains(w), "`mixc --help` does not mention {w:?}:\n{help}");
+    }
+    let out = mixc(&["compile", "--help"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let help = text(&out.stdout);
+    for w in ["FILE", "--emit", "graph", ".mix"] {
+        assert!(help.contains(w), "`mixc compile --help` does not mention {w:?}:\n{help}");
+    }
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let out = mixc(&["compile", "models/gla.toml", "--emit", "nonsense"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(!text(&out.stderr).contains("panicked"));
+}
+
+#[test]
+fn every_zoo_model_compiles_to_graphs() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 15, "expected the whole zoo, found {files:?}");
+    let mut failures = Vec::new();
+    for f in &files {
+        let arg = f.to_str().unwrap_or_else(|| panic!("path is not UTF-8"));
+        let out = mixc(&["compile", arg, "--emit", "graph"]);
+        let stdout = text(&out.stdout);
+        let stderr = text(&out.stderr);
+        if !out.status.success() {
+            failures.push(format!("{}: {}", f.display(), stderr.trim()));
+        } else if !stdout.starts_with("# mixer ") {
+            failures.push(format!("{}: output does not start with `# mixer`", f.display()));
+        }
+        assert!(!stderr.contains("panicked"), "{}: panicked: {stderr}", f.display());
+    }
+    assert!(failures.is_empty(), "models that do not compile:\n{}", failures.join("\n"));
+}
+
+#[test]
+fn graph_text_prints_back_unchanged() {
+    // The graph of one zoo mixer, printed, read back as a `.mix` file, printed again.
+    let out = mixc(&["compile", "models/gla.toml", "--emit", "graph"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let printed = text(&out.stdout);
+    let graph: String = printed.lines().skip(1).map(|l| format!("{l}\n")).collect();
+    let file = TempFile::new("roundtrip", "mix", &graph);
+    let again = mixc(&["compile", file.arg(), "--emit", "graph"]);
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    assert_eq!(text(&again.stdout), graph);
+}
+
+#[test]
+fn malformed_toml_names_the_line() {
+    let (err, path) = compile_fails("malformed", "toml", "[mixer.gla]\nkind = \"gla\"\nheads = = 4\n");
+    names(&err, &path, 3, &["malformed TOML"]);
+}
+
+#[test]
+fn unknown_key_names_the_key_and_line() {
+    let (err, path) = compile_fails("unknown-key", "toml", &format!("{GLA}windw = 3\n"));
+    names(&err, &path, 7, &["`mixer.gla.windw`", "unknown key `windw`"]);
+}
+
+#[test]
+fn unknown_mixer_kind_is_named() {
+    let (err, path) = compile_fails("unknown-kind", "toml", &GLA.replace("\"gla\"\nheads", "\"glaa\"\nheads"));
+    names(&err, &path, 2, &["`mixer.gla.kind`", "unknown mixer kind `glaa`"]);
+}
+
+#[test]
+fn kv_heads_must_divide_heads() {
+    let src = "[mixer.attn]\nkind = \"attention\"\nheads = 4\nkv_heads = 3\nhead_dim = 16\n";
+    let (err, path) = compile_fails("kv-heads", "toml", src);
+    names(&err, &path, 4, &["`mixer.attn.kv_heads`", "does not divide heads = 4"]);
+}
+
+#[test]
+fn window_must_be_positive() {
+    let src = "[mixer.swa]\nkind = \"attention\"\nheads = 4\nhead_dim = 16\nwindow = 0\n";
+    let (err, path) = compile_fails("window-0", "toml", src);
+    names(&err, &path, 5, &["`mixer.swa.window`", "window = 0"]);
+}
+
+#[test]
+fn top_k_must_not_exceed_memories() {
+    let src = "[mixer.mom]\nkind = \"mom\"\nheads = 2\ndk = 8\ndv = 8\nmemories = 2\ntop_k = 3\n";
+    let (err, path) = compile_fails("top-k", "toml", src);
+    names(&err, &path, 7, &["`mixer.mom.top_k`", "top_k = 3", "2 memories"]);
+}
+
+#[test]
+fn pattern_must_name_defined_mixers() {
+    let src = format!("[model]\nvocab = 16\nd_model = 16\nlayers = 2\npattern = [\"gla\", \"swa\"]\n\n{GLA}");
+    let (err, path) = compile_fails("pattern", "toml", &src);
+    names(&err, &path, 5, &["`model.pattern[1]`", "`swa`"]);
+}
+
+#[test]
+fn override_index_must_be_a_layer() {
+    let src = format!(
+        "[model]\nvocab = 16\nd_model = 16\nlayers = 2\npattern = [\"gla\"]\noverrides = {{ 7 = \
+         \"gla\" }}\n\n{GLA}"
+    );
+    let (err, path) = compile_fails("override", "toml", &src);
+    names(&err, &path, 6, &["`model.overrides.7`", "layer 7", "2 layers"]);
+}
+
+#[test]
+fn graph_text_that_does_not_parse_names_the_place() {
+    let (err, _) = compile_fails("garbage", "mix", "graph g {\n  %0 = ??? \n");
+    // `path:line:col:`
+    let after_path = err.split(".mix:").nth(1).unwrap_or("");
+    let mut parts = after_path.splitn(3, ':');
+    let line = parts.next().unwrap_or("");
+    let col = parts.next().unwrap_or("");
+    assert!(line.parse::<usize>().is_ok() && col.parse::<usize>().is_ok(), "does not name line and column: {err}");
+}
+
+#[test]
+fn missing_file_is_named() {
+    let path = std::env::temp_dir().join(format!("mixc-cli-{}-missing.toml", std::process::id()));
+    let arg = path.to_str().unwrap_or_else(|| panic!("temp path is not UTF-8"));
+    let out = mixc(&["compile", arg, "--emit", "graph"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.starts_with("error: ") && stderr.contains(arg), "{stderr}");
+
+    let mix = std::env::temp_dir().join(format!("mixc-cli-{}-missing.mix", std::process::id()));
+    let arg = mix.to_str().unwrap_or_else(|| panic!("temp path is not UTF-8"));
+    let out = mixc(&["compile", arg]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.starts_with("error: ") && stderr.contains(arg), "{stderr}");
+}
