@@ -19,6 +19,7 @@ pub mod mixers;
 pub mod model;
 pub mod ops;
 pub mod text;
+pub mod tile;
 pub mod verify;
 
 pub use dims::{DimId, SizeExpr};

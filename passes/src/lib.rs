@@ -1,4 +1,12 @@
-//! Device profiles, the roofline cost model, schedule search and lowering from the mixer graph to tile programs (issues 3 and 6).
+//! mixc's passes: the schedule (chunk size, tiles, split or fused), and the
+//! lowering of mixer graphs to tile programs under a schedule. Device profiles,
+//! the roofline cost model and schedule search (issue 6) come next.
 //!
-//! Nothing lives here yet: the crate exists so the workspace has its final shape
-//! and the dependency direction (ir -> passes -> backends -> runtime) is fixed from the start.
+//! **Architecture invariant:** passes depend only on `mixc-ir`; they never call
+//! a backend or the runtime.
+
+pub mod lower;
+pub mod schedule;
+
+pub use lower::{lower, LowerError};
+pub use schedule::Schedule;

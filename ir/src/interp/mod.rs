@@ -14,6 +14,10 @@ mod tensor;
 
 pub use tensor::Tensor;
 
+/// Helpers the tile interpreter shares with the graph interpreter.
+pub(crate) use ops::{binary as binary_pub, round_to as round_to_pub, unary as unary_pub};
+pub(crate) use tensor::for_each_index as for_each_index_pub;
+
 use crate::dims::DimId;
 use crate::graph::{Graph, ValueId};
 use crate::ops::OpKind;

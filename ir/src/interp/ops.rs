@@ -34,7 +34,7 @@ pub(crate) fn round_to(dtype: DType, x: f64) -> f64 {
     }
 }
 
-fn unary(f: UnaryFn, x: f64) -> f64 {
+pub(crate) fn unary(f: UnaryFn, x: f64) -> f64 {
     match f {
         UnaryFn::Neg => -x,
         UnaryFn::Abs => x.abs(),
@@ -93,7 +93,7 @@ pub(crate) fn softplus(x: f64) -> f64 {
     }
 }
 
-fn binary(f: BinaryFn, a: f64, b: f64) -> f64 {
+pub(crate) fn binary(f: BinaryFn, a: f64, b: f64) -> f64 {
     let flag = |c: bool| c as u8 as f64;
     match f {
         BinaryFn::Add => a + b,

@@ -13,7 +13,10 @@
 mod attention;
 mod common;
 mod hybrid;
+pub mod inputs;
 mod recurrent;
+
+pub use inputs::random_inputs;
 
 use crate::error::IrError;
 use crate::graph::Graph;

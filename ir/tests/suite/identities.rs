@@ -1,7 +1,6 @@
 //! The oracle checked against independent identities (issue 2, item 5).
 
 use super::util::*;
-use mixc_ir::dims::DimId;
 use mixc_ir::dtype::DType;
 use mixc_ir::graph::Graph;
 use mixc_ir::interp::{self, Tensor};
@@ -10,49 +9,14 @@ use mixc_ir::ops::{Mask, OpKind, Recurrence, Transition};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 
-/// Random inputs for every input of `g`, given the free dims' sizes.
+/// Random inputs (the library's generator, seeded from the test's generator).
 pub fn random_inputs(
     g: &Graph,
     sizes: &BTreeMap<&str, usize>,
     rng: &mut TestRng,
     with_initial: bool,
 ) -> BTreeMap<String, Tensor> {
-    let mut out = BTreeMap::new();
-    for (name, v, optional) in g.inputs() {
-        if optional && !with_initial {
-            continue;
-        }
-        let shape: Vec<usize> = g.ty(v).shape.iter().map(|d| dim_size(g, *d, sizes)).collect();
-        let t = match name {
-            "offset" => Tensor::scalar(0.0),
-            "g" => rng.tensor_with(&shape, |r| -softplus(r.normal())),
-            "beta" => rng.tensor_with(&shape, |r| 1.0 / (1.0 + (-r.normal()).exp())),
-            "f" => rng.tensor_with(&shape, |r| r.normal() + 3.0),
-            "i" | "initial_m" | "dt" | "D" => rng.tensor(&shape, 1.0),
-            "router" => rng.tensor(&shape, 1.0),
-            _ => rng.tensor(&shape, 0.5),
-        };
-        out.insert(name.to_string(), t);
-    }
-    out
-}
-
-pub fn softplus(x: f64) -> f64 {
-    if x > 0.0 {
-        x + (-x).exp().ln_1p()
-    } else {
-        x.exp().ln_1p()
-    }
-}
-
-fn dim_size(g: &Graph, d: DimId, sizes: &BTreeMap<&str, usize>) -> usize {
-    let name = g.dims.name(d);
-    if let Some(s) = sizes.get(name) {
-        return *s;
-    }
-    let bound: BTreeMap<DimId, u64> =
-        g.dims.iter().filter_map(|(id, def)| sizes.get(def.name.as_str()).map(|s| (id, *s as u64))).collect();
-    g.dims.eval(d, &bound).unwrap_or_else(|_| panic!("dim {name} unbound")) as usize
+    mixers::random_inputs(g, sizes, rng.next_u64(), with_initial)
 }
 
 fn run(g: &Graph, ins: &BTreeMap<String, Tensor>) -> BTreeMap<String, Tensor> {

@@ -9,39 +9,7 @@ pub fn cfg(toml_text: &str) -> MixerConfig {
     toml::from_str(toml_text).unwrap_or_else(|e| panic!("bad test config: {e}\n{toml_text}"))
 }
 
-/// A small deterministic generator (SplitMix64) for test inputs.
-pub struct TestRng(u64);
-
-impl TestRng {
-    pub fn new(seed: u64) -> TestRng {
-        TestRng(seed ^ 0x9E37_79B9_7F4A_7C15)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [0, 1).
-    pub fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    /// Standard normal (Box–Muller).
-    pub fn normal(&mut self) -> f64 {
-        let u1 = self.uniform().max(1e-300);
-        let u2 = self.uniform();
-        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
-    }
-    pub fn tensor(&mut self, shape: &[usize], scale: f64) -> Tensor {
-        Tensor::from_fn(shape, |_| self.normal() * scale)
-    }
-    pub fn tensor_with(&mut self, shape: &[usize], mut f: impl FnMut(&mut TestRng) -> f64) -> Tensor {
-        let n = shape.iter().product();
-        let data = (0..n).map(|_| f(self)).collect();
-        Tensor { shape: shape.to_vec(), data }
-    }
-}
+pub use mixc_ir::mixers::inputs::SplitMix as TestRng;
 
 /// Norm-wise relative error `‖a − b‖ / ‖b‖`, over each slice of the two leading
 /// "batch-like" axes given (e.g. batch and head), reported as the maximum.

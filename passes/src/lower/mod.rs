@@ -1,0 +1,140 @@
+//! Lowering: a verified mixer graph and a schedule become a tile program.
+//!
+//! Every graph value gets a row-major buffer (inputs and outputs are the
+//! caller's; the rest are scratch between kernels). Each op becomes one or
+//! more kernels through a recipe: chunked recurrences (`recurrence`, `delta`),
+//! flash attention (`attention`), and simple kernels for everything else
+//! (`generic`).
+
+mod attention;
+mod delta;
+mod generic;
+mod recurrence;
+pub mod util;
+
+use crate::schedule::Schedule;
+use mixc_ir::dims::DimId;
+use mixc_ir::graph::{Graph, OpNode, ValueId};
+use mixc_ir::ops::OpKind;
+use mixc_ir::tile::{Arg, BufferRole, Count, Kernel, Launch, Program, TileError};
+use mixc_ir::DType;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LowerError {
+    #[error("lowering `{op}` (result `%{value}`): {msg}")]
+    Op { op: String, value: String, msg: String },
+    #[error("invalid schedule: {0}")]
+    Schedule(String),
+    #[error(transparent)]
+    Tile(#[from] TileError),
+}
+
+/// The state of lowering one graph.
+pub struct Lowering<'g> {
+    pub g: &'g Graph,
+    pub sched: Schedule,
+    pub prog: Program,
+    buf_of: Vec<Option<usize>>,
+}
+
+impl<'g> Lowering<'g> {
+    /// The buffer holding value `v` (made as scratch on first use).
+    pub fn buffer(&mut self, v: ValueId) -> usize {
+        if let Some(Some(b)) = self.buf_of.get(v.index()) {
+            return *b;
+        }
+        let val = self.g.value(v);
+        let dtype = if val.ty.dtype.is_float() { DType::F32 } else { val.ty.dtype };
+        let shape = val.ty.shape.iter().map(|d| Count::Dim(*d)).collect();
+        let b = self.prog.add_buffer(&val.name, dtype, shape, BufferRole::Temp);
+        if let Some(slot) = self.buf_of.get_mut(v.index()) {
+            *slot = Some(b);
+        }
+        b
+    }
+
+    /// A scratch buffer that no graph value owns.
+    pub fn scratch(&mut self, name: &str, shape: Vec<Count>) -> usize {
+        self.prog.add_buffer(name, DType::F32, shape, BufferRole::Temp)
+    }
+
+    /// The constant size of a dim, if it has one.
+    pub fn const_dim(&self, d: DimId) -> Option<u64> {
+        self.g.dims.const_size(d)
+    }
+
+    /// Row-major strides of a value's buffer, as counts.
+    pub fn strides(&self, v: ValueId) -> Vec<Count> {
+        let shape = &self.g.ty(v).shape;
+        let mut out = vec![Count::Const(1); shape.len()];
+        for i in (0..shape.len().saturating_sub(1)).rev() {
+            out[i] = Count::times(out[i + 1].clone(), Count::Dim(shape[i + 1]));
+        }
+        out
+    }
+
+    /// Total element count of a value.
+    pub fn numel(&self, v: ValueId) -> Count {
+        self.g.ty(v).shape.iter().fold(Count::Const(1), |acc, d| Count::times(acc, Count::Dim(*d)))
+    }
+
+    pub fn launch(&mut self, kernel: Kernel, grid: [Count; 3], args: Vec<Arg>) -> Result<(), LowerError> {
+        if kernel.params.len() != args.len() {
+            return Err(LowerError::Tile(TileError::Kernel {
+                kernel: kernel.name.clone(),
+                msg: format!("{} arguments for {} parameters", args.len(), kernel.params.len()),
+            }));
+        }
+        let k = self.prog.add_kernel(kernel);
+        self.prog.launches.push(Launch { kernel: k, grid, args });
+        Ok(())
+    }
+
+    /// An error naming the op being lowered.
+    pub fn err(&self, op: &OpNode, msg: impl Into<String>) -> LowerError {
+        let value = op.results.first().map(|r| self.g.value(*r).name.clone()).unwrap_or_default();
+        LowerError::Op { op: op.kind.mnemonic(), value, msg: msg.into() }
+    }
+}
+
+/// Lowers a verified graph under a schedule.
+pub fn lower(g: &Graph, sched: &Schedule) -> Result<Program, LowerError> {
+    sched.validate().map_err(LowerError::Schedule)?;
+    let mut lw = Lowering {
+        g,
+        sched: *sched,
+        prog: Program { name: g.name.clone(), dims: g.dims.clone(), ..Default::default() },
+        buf_of: vec![None; g.values.len()],
+    };
+    for op in &g.ops {
+        match &op.kind {
+            OpKind::Input { name, dtype, shape, optional } => {
+                let dtype = if dtype.is_float() { DType::F32 } else { *dtype };
+                let shape = shape.iter().map(|d| Count::Dim(*d)).collect();
+                let role = BufferRole::Input { name: name.clone(), optional: *optional };
+                let b = lw.prog.add_buffer(name, dtype, shape, role);
+                lw.buf_of[op.results[0].index()] = Some(b);
+            }
+            OpKind::LinearRecurrence(r) => match r.transition {
+                mixc_ir::ops::Transition::Delta | mixc_ir::ops::Transition::GatedDelta => delta::lower(&mut lw, op, r)?,
+                _ => recurrence::lower(&mut lw, op, r)?,
+            },
+            OpKind::Attention { scale, mask } => attention::lower(&mut lw, op, *scale, *mask)?,
+            _ => generic::lower(&mut lw, op)?,
+        }
+    }
+    for (name, v) in &g.outputs {
+        let b = lw.buffer(*v);
+        if lw.prog.buffers[b].role == BufferRole::Temp {
+            lw.prog.buffers[b].role = BufferRole::Output(name.clone());
+        } else {
+            // An input returned as is, or one value under two names: copy it.
+            let shape = lw.prog.buffers[b].shape.clone();
+            let dtype = lw.prog.buffers[b].dtype;
+            let out = lw.prog.add_buffer(name, dtype, shape, BufferRole::Output(name.clone()));
+            let n = lw.numel(*v);
+            generic::copy(&mut lw, b, out, n)?;
+        }
+    }
+    Ok(lw.prog)
+}

@@ -1,0 +1,49 @@
+//! The schedule: a plain value saying how to run a mixer graph.
+
+/// How the recurrent and attention ops of a graph are cut into tiles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Schedule {
+    /// Chunk length of chunked recurrences (16…256).
+    pub chunk: u32,
+    /// Sub-chunk length of vector-gated (GLA) intra-chunk work, keeping every
+    /// exponent ≤ 0; divides `chunk`.
+    pub sub_chunk: u32,
+    /// `false`: one program walks a head's chunks with the state on chip (fused).
+    /// `true`: chunk-start states are written out by a first kernel and a second
+    /// computes every chunk's output in parallel (split).
+    pub split: bool,
+    /// Query rows per program of flash attention.
+    pub block_q: u32,
+    /// Keys per inner step of flash attention.
+    pub block_k: u32,
+    /// Elements per program of elementwise and other generic kernels.
+    pub block_elems: u32,
+}
+
+impl Default for Schedule {
+    fn default() -> Self {
+        Schedule { chunk: 64, sub_chunk: 16, split: false, block_q: 64, block_k: 64, block_elems: 1024 }
+    }
+}
+
+impl Schedule {
+    /// The default schedule with another chunk size (sub-chunks of at most 16).
+    pub fn with_chunk(chunk: u32) -> Schedule {
+        Schedule { chunk, sub_chunk: chunk.min(16), ..Schedule::default() }
+    }
+
+    /// Checks the schedule's own consistency.
+    pub fn validate(&self) -> Result<(), String> {
+        let pow2 = |x: u32| x.is_power_of_two();
+        if !pow2(self.chunk) || !(1..=256).contains(&self.chunk) {
+            return Err(format!("chunk {} must be a power of two up to 256", self.chunk));
+        }
+        if self.sub_chunk == 0 || !self.chunk.is_multiple_of(self.sub_chunk) {
+            return Err(format!("sub-chunk {} must divide the chunk {}", self.sub_chunk, self.chunk));
+        }
+        if !pow2(self.block_q) || !pow2(self.block_k) || !pow2(self.block_elems) {
+            return Err("block sizes must be powers of two".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,74 @@
+//! Shared by the lowering tests: build a mixer, lower it, run both interpreters
+//! on the same random inputs, compare every output.
+
+#![allow(dead_code)]
+
+use mixc_ir::interp::{self, Tensor};
+use mixc_ir::tile::interp::Precision;
+use mixc_ir::{mixers, model::MixerConfig, Graph};
+use mixc_passes::{lower, Schedule};
+use std::collections::BTreeMap;
+
+pub fn cfg(text: &str) -> MixerConfig {
+    toml::from_str(text).unwrap_or_else(|e| panic!("bad test config: {e}\n{text}"))
+}
+
+pub fn build(text: &str) -> Graph {
+    mixers::build("m", &cfg(text)).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Max over (first, second axis) slices of ‖a − b‖ / ‖b‖; NaN gives infinity.
+pub fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.shape, b.shape, "shapes differ");
+    if a.data.iter().any(|x| !x.is_finite()) {
+        return f64::INFINITY;
+    }
+    let (n0, n1) = (a.shape.first().copied().unwrap_or(1), a.shape.get(1).copied().unwrap_or(1));
+    let inner = a.data.len() / (n0 * n1).max(1);
+    // Activations [B, T, H, D] slice by (B, H); others by their two leading axes.
+    let act = a.shape.len() == 4 && a.shape[1] != 0;
+    let mut worst: f64 = 0.0;
+    let mut num = BTreeMap::<(usize, usize), f64>::new();
+    let mut den = BTreeMap::<(usize, usize), f64>::new();
+    for (i, (x, y)) in a.data.iter().zip(&b.data).enumerate() {
+        let key = if act {
+            let h = a.shape[2];
+            let d = a.shape[3];
+            (i / (a.shape[1] * h * d), (i / d) % h)
+        } else {
+            (i / (n1 * inner).max(1), (i / inner.max(1)) % n1.max(1))
+        };
+        *num.entry(key).or_default() += (x - y) * (x - y);
+        *den.entry(key).or_default() += y * y;
+    }
+    for (k, n) in num {
+        let d = den[&k];
+        worst = worst.max(if d == 0.0 { n.sqrt() } else { (n / d).sqrt() });
+    }
+    worst
+}
+
+/// Lowers `g` under `sched`, runs the program and the graph interpreter on
+/// `inputs`, and asserts every output agrees within `tol`. Returns the tile
+/// interpreter's statistics.
+pub fn check(
+    g: &Graph,
+    sched: &Schedule,
+    inputs: &BTreeMap<String, Tensor>,
+    prec: Precision,
+    tol: f64,
+) -> mixc_ir::tile::interp::Stats {
+    let want = interp::run(g, inputs).unwrap_or_else(|e| panic!("interp: {e}"));
+    let prog = lower(g, sched).unwrap_or_else(|e| panic!("lower: {e}"));
+    let (got, stats) = prog.run(inputs, prec).unwrap_or_else(|e| panic!("tile run: {e}"));
+    for (name, w) in &want {
+        let o = got.get(name).unwrap_or_else(|| panic!("program has no output `{name}`"));
+        let e = rel_err(o, w);
+        assert!(e <= tol, "{}: output `{name}` relative error {e:e} > {tol:e} (schedule {sched:?})", g.name);
+    }
+    stats
+}
+
+pub fn sizes(b: usize, t: usize) -> BTreeMap<&'static str, usize> {
+    BTreeMap::from([("B", b), ("T", t), ("S", 0)])
+}
