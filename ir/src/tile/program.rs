@@ -172,7 +172,10 @@ impl Program {
                 let n: usize = shape_of(b).iter().product();
                 match &b.role {
                     BufferRole::Input { name, .. } => match inputs.get(name) {
-                        Some(t) => t.data.iter().map(|x| crate::interp::round_to_pub(b.dtype, *x)).collect(),
+                        Some(t) if prec == Precision::F32 || !b.dtype.is_float() => {
+                            t.data.iter().map(|x| crate::interp::round_to_pub(b.dtype, *x)).collect()
+                        }
+                        Some(t) => t.data.clone(),
                         None => vec![0.0; n],
                     },
                     // Outputs and scratch start poisoned: a kernel that forgets a

@@ -1,9 +1,697 @@
-//! Chunked diagonal-gated recurrences and mLSTM (being written).
+//! Chunked diagonal-gated recurrences (linear attention with or without its
+//! normalizer, RetNet / simple GLA / Mamba2 scalar decays, GLA key-wise
+//! decays) and mLSTM with its chunked stabilizer.
+//!
+//! Per chunk of `c` rows (MIXERS.md): the inter-chunk output `(sQ ⊙ e^Γ) S₀`,
+//! the intra-chunk output `P V` with `P_ij = s Σ_d q_id k_jd e^(Γ_id − Γ_jd)`
+//! for `j ≤ i`, and the state passing `S_c = e^Γ_c ⊙ S₀ + (K ⊙ e^(Γ_c − Γ))ᵀ V`.
+//! Every exponent is kept ≤ 0: scalar gates scale the `[c, c]` score matrix;
+//! key-wise gates go through 16-wide sub-chunks, factoring through the gate at
+//! the end of the key sub-chunk, with the diagonal sub-blocks elementwise.
+//!
+//! Fused: one program per (batch, head) walks the chunks with the state on
+//! chip. Split: a first kernel walks the chunks writing each chunk-start state
+//! to scratch, a second computes every chunk's output in parallel.
 
+use super::util::{cols, pad16, rows};
 use super::{LowerError, Lowering};
-use mixc_ir::graph::OpNode;
-use mixc_ir::ops::Recurrence;
+use mixc_ir::dtype::DType;
+use mixc_ir::graph::{OpNode, ValueId};
+use mixc_ir::ops::{OpKind, Recurrence, ReduceFn, Transition, UnaryFn};
+use mixc_ir::tile::{Arg, Count, KernelBuilder, ParamId, TValue, TileError};
 
-pub fn lower(lw: &mut Lowering, op: &OpNode, _r: &Recurrence) -> Result<(), LowerError> {
-    Err(lw.err(op, "not lowered yet"))
+type Res<T> = Result<T, TileError>;
+
+/// Which kernel of a schedule is being built.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    Fused,
+    States,
+    Outputs,
 }
+
+/// Shapes and flags of one recurrence.
+#[derive(Clone, Copy)]
+struct Shape {
+    r: Recurrence,
+    dk: u64,
+    dv: u64,
+    dkp: u32,
+    dvp: u32,
+    c: u32,
+    sub: u32,
+}
+
+/// Parameters and per-program scalars of a recurrence kernel.
+struct Ctx {
+    q: ParamId,
+    k: ParamId,
+    v: ParamId,
+    gate: Option<ParamId>,
+    igate: Option<ParamId>,
+    fgate: Option<ParamId>,
+    s0: Option<ParamId>,
+    aux0: Option<ParamId>,
+    m0: Option<ParamId>,
+    o: Option<ParamId>,
+    s_out: Option<ParamId>,
+    aux_out: Option<ParamId>,
+    m_out: Option<ParamId>,
+    scratch_s: Option<ParamId>,
+    scratch_aux: Option<ParamId>,
+    scratch_m: Option<ParamId>,
+    t_len: TValue,
+    h: TValue,
+    bh: TValue,
+    /// Offset of (b, t = 0, h, 0) in a `[B, T, H, Dk]` tensor, in rows of `H·Dk`.
+    row0: TValue,
+    hdk: TValue,
+    hdv: TValue,
+}
+
+/// The carried state: `S [dkp, dvp]`, the normalizer (`n` or `z`, `[dkp, 1]`), `m [1, 1]`.
+#[derive(Clone, Copy)]
+struct State {
+    s: TValue,
+    aux: Option<TValue>,
+    m: Option<TValue>,
+}
+
+impl State {
+    fn values(&self) -> Vec<TValue> {
+        [Some(self.s), self.aux, self.m].into_iter().flatten().collect()
+    }
+    fn from(values: &[TValue], like: &State) -> State {
+        let mut it = values.iter().copied();
+        let s = it.next().unwrap_or(like.s);
+        let aux = like.aux.and_then(|_| it.next());
+        let m = like.m.and_then(|_| it.next());
+        State { s, aux, m }
+    }
+}
+
+fn has_aux(r: &Recurrence) -> bool {
+    r.normalize || r.transition == Transition::Mlstm
+}
+
+pub fn lower(lw: &mut Lowering, op: &OpNode, r: &Recurrence) -> Result<(), LowerError> {
+    let g = lw.g;
+    let roles = op.kind.operand_roles(op.operands.len());
+    let operand = |role: &str| roles.iter().position(|x| x == role).map(|i| op.operands[i]);
+    let q = op.operands[0];
+    let qshape = &g.ty(q).shape;
+    let vshape = &g.ty(op.operands[2]).shape;
+    let (Some(dk), Some(dv)) = (lw.const_dim(qshape[3]), lw.const_dim(vshape[3])) else {
+        return Err(lw.err(op, "head dims must be constants"));
+    };
+    let c = lw.sched.chunk;
+    let shape = Shape { r: *r, dk, dv, dkp: pad16(dk), dvp: pad16(dv), c, sub: lw.sched.sub_chunk.min(c) };
+    let (b_dim, t_dim, h_dim) = (qshape[0], qshape[1], qshape[2]);
+    let bh = Count::times(Count::Dim(b_dim), Count::Dim(h_dim));
+    let nchunks = Count::ceil_div(Count::Dim(t_dim), c as u64);
+
+    // Buffers in parameter order (see `params`).
+    let mut ins: Vec<(&str, ValueId)> = vec![("q", q), ("k", op.operands[1]), ("v", op.operands[2])];
+    for role in ["gate", "igate", "fgate", "beta", "initial_state", "initial_n", "initial_z", "initial_m"] {
+        if let Some(v) = operand(role) {
+            ins.push((role, v));
+        }
+    }
+    let in_bufs: Vec<(&str, usize)> = ins.iter().map(|(n, v)| (*n, lw.buffer(*v))).collect();
+    let outs: Vec<usize> = op.results.iter().map(|v| lw.buffer(*v)).collect();
+    let sizes = vec![Arg::Size(Count::Dim(t_dim)), Arg::Size(Count::Dim(h_dim))];
+    let name = g.value(op.results[0]).name.clone();
+
+    let variants: Vec<Variant> =
+        if lw.sched.split { vec![Variant::States, Variant::Outputs] } else { vec![Variant::Fused] };
+    let scratch = if lw.sched.split {
+        let s = lw.scratch(
+            &format!("{name}_chunk_states"),
+            vec![bh.clone(), nchunks.clone(), Count::Const(shape.dkp as u64), Count::Const(shape.dvp as u64)],
+        );
+        let aux = has_aux(r)
+            .then(|| lw.scratch(&format!("{name}_chunk_norms"), vec![bh.clone(), nchunks.clone(), Count::Const(shape.dkp as u64)]));
+        let m = (r.transition == Transition::Mlstm)
+            .then(|| lw.scratch(&format!("{name}_chunk_max"), vec![bh.clone(), nchunks.clone()]));
+        Some((s, aux, m))
+    } else {
+        None
+    };
+    for variant in variants {
+        let kernel = build_kernel(&format!("{name}_{}", variant_name(variant)), shape, variant, &ins)?;
+        let mut args: Vec<Arg> = in_bufs.iter().map(|(_, b)| Arg::Buffer(*b)).collect();
+        if variant != Variant::States {
+            args.push(Arg::Buffer(outs[0]));
+        }
+        if variant != Variant::Outputs {
+            args.extend(outs[1..].iter().map(|b| Arg::Buffer(*b)));
+        }
+        if let Some((s, aux, m)) = scratch {
+            args.push(Arg::Buffer(s));
+            args.extend(aux.map(Arg::Buffer));
+            args.extend(m.map(Arg::Buffer));
+        }
+        args.extend(sizes.iter().cloned());
+        let grid = match variant {
+            Variant::Outputs => [nchunks.clone(), bh.clone(), Count::Const(1)],
+            _ => [bh.clone(), Count::Const(1), Count::Const(1)],
+        };
+        lw.launch(kernel, grid, args)?;
+    }
+    Ok(())
+}
+
+fn variant_name(v: Variant) -> &'static str {
+    match v {
+        Variant::Fused => "fused",
+        Variant::States => "states",
+        Variant::Outputs => "outputs",
+    }
+}
+
+fn build_kernel(name: &str, sh: Shape, variant: Variant, ins: &[(&str, ValueId)]) -> Result<mixc_ir::tile::Kernel, LowerError> {
+    let mut kb = KernelBuilder::new(name);
+    let ctx = params(&mut kb, sh, variant, ins)?;
+    body(&mut kb, &ctx, sh, variant)?;
+    Ok(kb.finish()?)
+}
+
+fn params(kb: &mut KernelBuilder, sh: Shape, variant: Variant, ins: &[(&str, ValueId)]) -> Res<Ctx> {
+    let p = |kb: &mut KernelBuilder, role: &str| -> Option<ParamId> {
+        ins.iter().any(|(n, _)| *n == role).then(|| kb.ptr_param(role, DType::F32))
+    };
+    let q = kb.ptr_param("q", DType::F32);
+    let k = kb.ptr_param("k", DType::F32);
+    let v = kb.ptr_param("v", DType::F32);
+    let gate = p(kb, "gate");
+    let igate = p(kb, "igate");
+    let fgate = p(kb, "fgate");
+    let s0 = p(kb, "initial_state");
+    let aux0 = p(kb, "initial_n").or_else(|| p(kb, "initial_z"));
+    let m0 = p(kb, "initial_m");
+    let mlstm = sh.r.transition == Transition::Mlstm;
+    let o = (variant != Variant::States).then(|| kb.ptr_param("o", DType::F32));
+    let (mut s_out, mut aux_out, mut m_out) = (None, None, None);
+    if variant != Variant::Outputs {
+        s_out = Some(kb.ptr_param("final_state", DType::F32));
+        aux_out = has_aux(&sh.r).then(|| kb.ptr_param("final_norm", DType::F32));
+        m_out = mlstm.then(|| kb.ptr_param("final_m", DType::F32));
+    }
+    let (mut scratch_s, mut scratch_aux, mut scratch_m) = (None, None, None);
+    if variant != Variant::Fused {
+        scratch_s = Some(kb.ptr_param("chunk_states", DType::F32));
+        scratch_aux = has_aux(&sh.r).then(|| kb.ptr_param("chunk_norms", DType::F32));
+        scratch_m = mlstm.then(|| kb.ptr_param("chunk_max", DType::F32));
+    }
+    let t_len = kb.scalar_param("T", DType::I32)?;
+    let h = kb.scalar_param("H", DType::I32)?;
+    let axis = if variant == Variant::Outputs { 1 } else { 0 };
+    let bh = kb.program_id(axis)?;
+    // (b, h) → offset of row (b, 0, h) in rows of one head: b·T·H + h.
+    let b = kb.binary(mixc_ir::ops::BinaryFn::FloorDiv, bh, h)?;
+    let hh = kb.binary(mixc_ir::ops::BinaryFn::Rem, bh, h)?;
+    let bt = kb.mul(b, t_len)?;
+    let bth = kb.mul(bt, h)?;
+    let row0 = kb.add(bth, hh)?;
+    let dkc = kb.i32(sh.dk as i64)?;
+    let dvc = kb.i32(sh.dv as i64)?;
+    let hdk = kb.mul(h, dkc)?;
+    let hdv = kb.mul(h, dvc)?;
+    Ok(Ctx {
+        q,
+        k,
+        v,
+        gate,
+        igate,
+        fgate,
+        s0,
+        aux0,
+        m0,
+        o,
+        s_out,
+        aux_out,
+        m_out,
+        scratch_s,
+        scratch_aux,
+        scratch_m,
+        t_len,
+        h,
+        bh,
+        row0,
+        hdk,
+        hdv,
+    })
+}
+
+/// Offsets and mask of a `[n, width]` tile of a `[B, T, H, D]` tensor starting at row `t0`.
+fn act_tile(kb: &mut KernelBuilder, ctx: &Ctx, t0: TValue, n: u32, width: u32, d: u64, hd: TValue) -> Res<(TValue, TValue)> {
+    let (r, rm) = rows(kb, t0, n, ctx.t_len)?;
+    let (cidx, cm) = cols(kb, width, d)?;
+    // ((b·T + t)·H + h)·D + col = (row0 + t·H)·D + col
+    let dconst = kb.i32(d as i64)?;
+    let base = kb.mul(ctx.row0, dconst)?;
+    let roff = kb.mul(r, hd)?;
+    let roff = kb.add(roff, base)?;
+    let offs = kb.add(roff, cidx)?;
+    let mask = kb.and(rm, cm)?;
+    Ok((offs, mask))
+}
+
+/// Offsets and mask of a `[n, 1]` column of a per-step `[B, T, H]` tensor.
+fn step_col(kb: &mut KernelBuilder, ctx: &Ctx, t0: TValue, n: u32) -> Res<(TValue, TValue)> {
+    let (r, rm) = rows(kb, t0, n, ctx.t_len)?;
+    let roff = kb.mul(r, ctx.h)?;
+    let offs = kb.add(roff, ctx.row0)?;
+    Ok((offs, rm))
+}
+
+/// Offsets and mask of the state `[dkp, dvp]` of program (b, h) in a `[B, H, Dk, Dv]` tensor.
+fn state_tile(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape) -> Res<(TValue, TValue)> {
+    let zero = kb.i32(0)?;
+    let dkc = kb.i32(sh.dk as i64)?;
+    let (r, rm) = rows(kb, zero, sh.dkp, dkc)?;
+    let (cidx, cm) = cols(kb, sh.dvp, sh.dv)?;
+    let per = kb.i32((sh.dk * sh.dv) as i64)?;
+    let base = kb.mul(ctx.bh, per)?;
+    let dvc = kb.i32(sh.dv as i64)?;
+    let roff = kb.mul(r, dvc)?;
+    let roff = kb.add(roff, base)?;
+    let offs = kb.add(roff, cidx)?;
+    let mask = kb.and(rm, cm)?;
+    Ok((offs, mask))
+}
+
+/// Offsets and mask of a normalizer `[dkp, 1]` in a `[B, H, Dk]` tensor.
+fn norm_tile(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape) -> Res<(TValue, TValue)> {
+    let dkc = kb.i32(sh.dk as i64)?;
+    let base = kb.mul(ctx.bh, dkc)?;
+    rows(kb, base, sh.dkp, dkc).and_then(|(r, _)| {
+        let zero = kb.i32(0)?;
+        let (_, m) = rows(kb, zero, sh.dkp, dkc)?;
+        Ok((r, m))
+    })
+}
+
+/// Scratch offsets of chunk `ci`'s state: `[(bh·NC + ci)·dkp·dvp + r·dvp + c]`.
+fn scratch_offsets(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape, ci: TValue, width: u32, cols_n: u32) -> Res<TValue> {
+    let cc = kb.i32(sh.c as i64)?;
+    let cm1 = kb.i32(sh.c as i64 - 1)?;
+    let tt = kb.add(ctx.t_len, cm1)?;
+    let nc = kb.binary(mixc_ir::ops::BinaryFn::FloorDiv, tt, cc)?;
+    let slot = kb.mul(ctx.bh, nc)?;
+    let slot = kb.add(slot, ci)?;
+    let per = kb.i32((width * cols_n) as i64)?;
+    let base = kb.mul(slot, per)?;
+    let r = kb.arange(width)?;
+    let r = kb.expand(r, 1)?;
+    let colsc = kb.i32(cols_n as i64)?;
+    let r = kb.mul(r, colsc)?;
+    let r = kb.add(r, base)?;
+    if cols_n == 1 {
+        return Ok(r);
+    }
+    let c = kb.arange(cols_n)?;
+    let c = kb.expand(c, 0)?;
+    kb.add(r, c)
+}
+
+fn body(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape, variant: Variant) -> Res<()> {
+    let mlstm = sh.r.transition == Transition::Mlstm;
+    let zero_i = kb.i32(0)?;
+    let step = kb.i32(sh.c as i64)?;
+    if variant == Variant::Outputs {
+        // One chunk: its start state comes from scratch.
+        let ci = kb.program_id(0)?;
+        let t0 = kb.mul(ci, step)?;
+        let offs = scratch_offsets(kb, ctx, sh, ci, sh.dkp, sh.dvp)?;
+        let s = kb.load(ctx.scratch_s.ok_or_else(missing)?, offs, None, 0.0)?;
+        let aux = match ctx.scratch_aux {
+            Some(p) => {
+                let offs = scratch_offsets(kb, ctx, sh, ci, sh.dkp, 1)?;
+                Some(kb.load(p, offs, None, 0.0)?)
+            }
+            None => None,
+        };
+        let m = match ctx.scratch_m {
+            Some(p) => {
+                let offs = scratch_offsets(kb, ctx, sh, ci, 1, 1)?;
+                Some(kb.load(p, offs, None, 0.0)?)
+            }
+            None => None,
+        };
+        let st = State { s, aux, m };
+        return chunk_outputs(kb, ctx, sh, t0, st);
+    }
+    // Initial state (zeros when absent).
+    let (soffs, smask) = state_tile(kb, ctx, sh)?;
+    let s = match ctx.s0 {
+        Some(p) => kb.load(p, soffs, Some(smask), 0.0)?,
+        None => kb.zeros(&[sh.dkp, sh.dvp])?,
+    };
+    let (noffs, nmask) = norm_tile(kb, ctx, sh)?;
+    let aux = if has_aux(&sh.r) {
+        Some(match ctx.aux0 {
+            Some(p) => kb.load(p, noffs, Some(nmask), 0.0)?,
+            None => kb.zeros(&[sh.dkp, 1])?,
+        })
+    } else {
+        None
+    };
+    let m = if mlstm {
+        Some(match ctx.m0 {
+            Some(p) => {
+                let o = kb.reshape(ctx.bh, &[1, 1])?;
+                kb.load(p, o, None, 0.0)?
+            }
+            None => kb.zeros(&[1, 1])?,
+        })
+    } else {
+        None
+    };
+    let init = State { s, aux, m };
+    let finals = kb.for_loop(zero_i, ctx.t_len, step, &init.values(), |kb, t0, carried| {
+        let st = State::from(carried, &init);
+        if variant == Variant::States {
+            let cc = kb.i32(sh.c as i64)?;
+            let ci = kb.binary(mixc_ir::ops::BinaryFn::FloorDiv, t0, cc)?;
+            let offs = scratch_offsets(kb, ctx, sh, ci, sh.dkp, sh.dvp)?;
+            kb.store(ctx.scratch_s.ok_or_else(missing)?, offs, st.s, None)?;
+            if let (Some(p), Some(a)) = (ctx.scratch_aux, st.aux) {
+                let offs = scratch_offsets(kb, ctx, sh, ci, sh.dkp, 1)?;
+                kb.store(p, offs, a, None)?;
+            }
+            if let (Some(p), Some(m)) = (ctx.scratch_m, st.m) {
+                let offs = scratch_offsets(kb, ctx, sh, ci, 1, 1)?;
+                kb.store(p, offs, m, None)?;
+            }
+        } else {
+            chunk_outputs(kb, ctx, sh, t0, st)?;
+        }
+        Ok(chunk_update(kb, ctx, sh, t0, st)?.values())
+    })?;
+    let fin = State::from(&finals, &init);
+    kb.store(ctx.s_out.ok_or_else(missing)?, soffs, fin.s, Some(smask))?;
+    if let (Some(p), Some(a)) = (ctx.aux_out, fin.aux) {
+        kb.store(p, noffs, a, Some(nmask))?;
+    }
+    if let (Some(p), Some(m)) = (ctx.m_out, fin.m) {
+        let o = kb.reshape(ctx.bh, &[1, 1])?;
+        kb.store(p, o, m, None)?;
+    }
+    Ok(())
+}
+
+fn missing() -> TileError {
+    TileError::Program("recurrence kernel is missing a parameter".into())
+}
+
+/// The tiles of one chunk: `Q` (scaled), `K`, `V`, the masks, and the gates.
+struct ChunkTiles {
+    q: TValue,
+    k: TValue,
+    v: TValue,
+    out_offs: TValue,
+    out_mask: TValue,
+    /// Scalar gates: `Γ [c, 1]` and `Γ_c [1, 1]`; key gates: `Γ [c, dkp]`, `Γ_c [1, dkp]`;
+    /// mLSTM: `Γ` of `logσ(f)` `[c, 1]`, `Γ_c [1, 1]`.
+    gamma: Option<(TValue, TValue)>,
+    /// mLSTM input gate `[c, 1]` (−∞ past the end).
+    igate: Option<TValue>,
+}
+
+fn load_chunk(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape, t0: TValue, n: u32) -> Res<ChunkTiles> {
+    let (qoffs, qmask) = act_tile(kb, ctx, t0, n, sh.dkp, sh.dk, ctx.hdk)?;
+    let (voffs, vmask) = act_tile(kb, ctx, t0, n, sh.dvp, sh.dv, ctx.hdv)?;
+    let q = kb.load(ctx.q, qoffs, Some(qmask), 0.0)?;
+    let scale = kb.f32(sh.r.scale)?;
+    let q = kb.mul(q, scale)?;
+    let k = kb.load(ctx.k, qoffs, Some(qmask), 0.0)?;
+    let v = kb.load(ctx.v, voffs, Some(vmask), 0.0)?;
+    let mut igate = None;
+    let gamma = match sh.r.transition {
+        Transition::Identity => None,
+        Transition::ScalarDecay => {
+            let (o, m) = step_col(kb, ctx, t0, n)?;
+            let g = kb.load(ctx.gate.ok_or_else(missing)?, o, Some(m), 0.0)?;
+            Some(cum(kb, g)?)
+        }
+        Transition::KeyDecay => {
+            let g = kb.load(ctx.gate.ok_or_else(missing)?, qoffs, Some(qmask), 0.0)?;
+            Some(cum(kb, g)?)
+        }
+        Transition::Mlstm => {
+            let (o, m) = step_col(kb, ctx, t0, n)?;
+            let f = kb.load(ctx.fgate.ok_or_else(missing)?, o, Some(m), f64::INFINITY)?;
+            let lf = kb.unary(UnaryFn::LogSigmoid, f)?;
+            igate = Some(kb.load(ctx.igate.ok_or_else(missing)?, o, Some(m), f64::NEG_INFINITY)?);
+            Some(cum(kb, lf)?)
+        }
+        Transition::Delta | Transition::GatedDelta => {
+            return Err(TileError::Program("delta rules have their own lowering".into()))
+        }
+    };
+    Ok(ChunkTiles { q, k, v, out_offs: voffs, out_mask: vmask, gamma, igate })
+}
+
+/// `(cumsum(x, 0), its last row as [1, w])` for a `[n, w]` tile. The total is
+/// read from the cumulative sum itself (rows past the end add zeros), so that
+/// `Γ_c − Γ_last` is exactly 0 in f32 too: a separately rounded sum would put
+/// an error of one ulp of |Γ_c| into every decay factor.
+fn cum(kb: &mut KernelBuilder, x: TValue) -> Res<(TValue, TValue)> {
+    let [n, w] = kb.ty(x).shape[..] else {
+        return Err(TileError::Program("cumulative gates must be 2-D".into()));
+    };
+    let c = kb.cumsum(x, 0)?;
+    let r = kb.arange(n)?;
+    let r = kb.expand(r, 1)?;
+    let last = kb.i32(n as i64 - 1)?;
+    let is_last = kb.binary(mixc_ir::ops::BinaryFn::Eq, r, last)?;
+    let zero = kb.f32(0.0)?;
+    let only = kb.select(is_last, c, zero)?;
+    let total = kb.reduce(ReduceFn::Sum, only, 0)?;
+    let total = kb.reshape(total, &[1, w])?;
+    Ok((c, total))
+}
+
+/// `[n, n]` mask `j ≤ i`.
+fn causal(kb: &mut KernelBuilder, n: u32) -> Res<TValue> {
+    let i = kb.arange(n)?;
+    let ii = kb.expand(i, 1)?;
+    let jj = kb.expand(i, 0)?;
+    kb.le(jj, ii)
+}
+
+/// `e^(a − b)` where `mask` holds, else 0 (the exponent is taken as ≤ 0 there).
+fn masked_exp_diff(kb: &mut KernelBuilder, a: TValue, b: TValue, mask: TValue) -> Res<TValue> {
+    let d = kb.sub(a, b)?;
+    let zero = kb.f32(0.0)?;
+    let d = kb.min(d, zero)?;
+    let e = kb.exp(d)?;
+    let z = kb.f32(0.0)?;
+    kb.select(mask, e, z)
+}
+
+fn chunk_outputs(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape, t0: TValue, st: State) -> Res<()> {
+    if sh.r.transition == Transition::KeyDecay {
+        return key_decay_outputs(kb, ctx, sh, t0, st);
+    }
+    let ct = load_chunk(kb, ctx, sh, t0, sh.c)?;
+    let cm = causal(kb, sh.c)?;
+    let qk = kb.dot(ct.q, ct.k, None, false, true)?;
+    let o = match sh.r.transition {
+        Transition::Identity => {
+            let z = kb.f32(0.0)?;
+            let p = kb.select(cm, qk, z)?;
+            let intra = kb.dot(p, ct.v, None, false, false)?;
+            let o = kb.dot(ct.q, st.s, Some(intra), false, false)?;
+            match st.aux {
+                Some(zs) => {
+                    // o = (sq)ᵀS / ((sq)ᵀz + ε)
+                    let rs = kb.reduce(ReduceFn::Sum, p, 1)?;
+                    let rs = kb.reshape(rs, &[sh.c, 1])?;
+                    let den = kb.dot(ct.q, zs, Some(rs), false, false)?;
+                    let eps = kb.f32(sh.r.eps)?;
+                    let den = kb.add(den, eps)?;
+                    kb.div(o, den)?
+                }
+                None => o,
+            }
+        }
+        Transition::ScalarDecay => {
+            let (gam, _) = ct.gamma.ok_or_else(missing)?;
+            let gt = kb.reshape(gam, &[1, sh.c])?;
+            let w = masked_exp_diff(kb, gam, gt, cm)?;
+            let p = kb.mul(qk, w)?;
+            let intra = kb.dot(p, ct.v, None, false, false)?;
+            let eg = kb.exp(gam)?;
+            let qd = kb.mul(ct.q, eg)?;
+            kb.dot(qd, st.s, Some(intra), false, false)?
+        }
+        Transition::Mlstm => {
+            let (gam, _) = ct.gamma.ok_or_else(missing)?;
+            let ig = ct.igate.ok_or_else(missing)?;
+            let m0 = st.m.ok_or_else(missing)?;
+            let n0 = st.aux.ok_or_else(missing)?;
+            // D_ij = Γ_i − Γ_j + ĩ_j for j ≤ i (−∞ elsewhere); m_i = max(m₀ + Γ_i, max_j D_ij).
+            let gt = kb.reshape(gam, &[1, sh.c])?;
+            let igt = kb.reshape(ig, &[1, sh.c])?;
+            let d = kb.sub(gam, gt)?;
+            let d = kb.add(d, igt)?;
+            let ninf = kb.f32(f64::NEG_INFINITY)?;
+            let d = kb.select(cm, d, ninf)?;
+            let dmax = kb.reduce(ReduceFn::Max, d, 1)?;
+            let dmax = kb.reshape(dmax, &[sh.c, 1])?;
+            let inter_log = kb.add(m0, gam)?;
+            let mrow = kb.max(inter_log, dmax)?;
+            let dm = kb.sub(d, mrow)?;
+            let w = kb.exp(dm)?;
+            let p = kb.mul(qk, w)?;
+            let il = kb.sub(inter_log, mrow)?;
+            let inter_w = kb.exp(il)?;
+            let intra = kb.dot(p, ct.v, None, false, false)?;
+            let qs = kb.dot(ct.q, st.s, None, false, false)?;
+            let qs = kb.mul(qs, inter_w)?;
+            let num = kb.add(intra, qs)?;
+            let rs = kb.reduce(ReduceFn::Sum, p, 1)?;
+            let rs = kb.reshape(rs, &[sh.c, 1])?;
+            let qn = kb.dot(ct.q, n0, None, false, false)?;
+            let qn = kb.mul(qn, inter_w)?;
+            let nq = kb.add(rs, qn)?;
+            let nq = kb.unary(UnaryFn::Abs, nq)?;
+            let negm = kb.unary(UnaryFn::Neg, mrow)?;
+            let floor = kb.exp(negm)?;
+            let den = kb.max(nq, floor)?;
+            let eps = kb.f32(sh.r.eps)?;
+            let den = kb.add(den, eps)?;
+            kb.div(num, den)?
+        }
+        _ => return Err(missing()),
+    };
+    kb.store(ctx.o.ok_or_else(missing)?, ct.out_offs, o, Some(ct.out_mask))
+}
+
+/// GLA's intra-chunk work through sub-chunks: for key sub-chunk `J` before query
+/// sub-chunk `I`, `P_IJ = (Q_I ⊙ e^(Γ_I − Γ_r)) (K_J ⊙ e^(Γ_r − Γ_J))ᵀ` with `r` the
+/// last row of `J` (both exponents ≤ 0); the diagonal block elementwise.
+fn key_decay_outputs(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape, t0: TValue, st: State) -> Res<()> {
+    let sc = sh.sub;
+    let nsub = kb.i32((sh.c / sc) as i64)?;
+    let zero_i = kb.i32(0)?;
+    let one_i = kb.i32(1)?;
+    let scc = kb.i32(sc as i64)?;
+    let prefix0 = kb.zeros(&[1, sh.dkp])?;
+    kb.for_loop(zero_i, nsub, one_i, &[prefix0], |kb, si, carried| {
+        let prefix_i = carried[0];
+        let off = kb.mul(si, scc)?;
+        let ti = kb.add(t0, off)?;
+        let cq = load_chunk(kb, ctx, sh, ti, sc)?;
+        let (gc, gsum) = cq.gamma.ok_or_else(missing)?;
+        let gam_i = kb.add(gc, prefix_i)?;
+        // Earlier key sub-chunks.
+        let acc0 = kb.zeros(&[sc, sh.dvp])?;
+        let pj0 = kb.zeros(&[1, sh.dkp])?;
+        let res = kb.for_loop(zero_i, si, one_i, &[acc0, pj0], |kb, sj, carried| {
+            let (acc, prefix_j) = (carried[0], carried[1]);
+            let offj = kb.mul(sj, scc)?;
+            let tj = kb.add(t0, offj)?;
+            let cj = load_chunk(kb, ctx, sh, tj, sc)?;
+            let (gcj, gsumj) = cj.gamma.ok_or_else(missing)?;
+            let gam_j = kb.add(gcj, prefix_j)?;
+            let gam_r = kb.add(prefix_j, gsumj)?;
+            let a = kb.sub(gam_i, gam_r)?;
+            let a = kb.exp(a)?;
+            let qa = kb.mul(cq.q, a)?;
+            let b = kb.sub(gam_r, gam_j)?;
+            let b = kb.exp(b)?;
+            let kbm = kb.mul(cj.k, b)?;
+            let p = kb.dot(qa, kbm, None, false, true)?;
+            let acc = kb.dot(p, cj.v, Some(acc), false, false)?;
+            Ok(vec![acc, gam_r])
+        })?;
+        let acc = res[0];
+        // The diagonal block, elementwise: P_ij = Σ_d q_id k_jd e^(Γ_id − Γ_jd), j ≤ i.
+        let q3 = kb.reshape(cq.q, &[sc, 1, sh.dkp])?;
+        let k3 = kb.reshape(cq.k, &[1, sc, sh.dkp])?;
+        let gi3 = kb.reshape(gam_i, &[sc, 1, sh.dkp])?;
+        let gj3 = kb.reshape(gam_i, &[1, sc, sh.dkp])?;
+        let d = kb.sub(gi3, gj3)?;
+        let zero = kb.f32(0.0)?;
+        let d = kb.min(d, zero)?;
+        let e = kb.exp(d)?;
+        let qk = kb.mul(q3, k3)?;
+        let t = kb.mul(qk, e)?;
+        let p = kb.reduce(ReduceFn::Sum, t, 2)?;
+        let cm = causal(kb, sc)?;
+        let z = kb.f32(0.0)?;
+        let p = kb.select(cm, p, z)?;
+        let acc = kb.dot(p, cq.v, Some(acc), false, false)?;
+        // The chunk-start state.
+        let eg = kb.exp(gam_i)?;
+        let qd = kb.mul(cq.q, eg)?;
+        let o = kb.dot(qd, st.s, Some(acc), false, false)?;
+        kb.store(ctx.o.ok_or_else(missing)?, cq.out_offs, o, Some(cq.out_mask))?;
+        let next = kb.add(prefix_i, gsum)?;
+        Ok(vec![next])
+    })?;
+    Ok(())
+}
+
+/// The state after the chunk starting at `t0`.
+fn chunk_update(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape, t0: TValue, st: State) -> Res<State> {
+    let ct = load_chunk(kb, ctx, sh, t0, sh.c)?;
+    match sh.r.transition {
+        Transition::Identity => {
+            let s = kb.dot(ct.k, ct.v, Some(st.s), true, false)?;
+            let aux = match st.aux {
+                Some(z) => {
+                    let ks = kb.reduce(ReduceFn::Sum, ct.k, 0)?;
+                    let ks = kb.reshape(ks, &[sh.dkp, 1])?;
+                    Some(kb.add(z, ks)?)
+                }
+                None => None,
+            };
+            Ok(State { s, aux, m: None })
+        }
+        Transition::ScalarDecay | Transition::KeyDecay => {
+            let (gam, gsum) = ct.gamma.ok_or_else(missing)?;
+            // S_c = e^Γ_c ⊙ S₀ + (K ⊙ e^(Γ_c − Γ))ᵀ V
+            let d = kb.sub(gsum, gam)?;
+            let e = kb.exp(d)?;
+            let kd = kb.mul(ct.k, e)?;
+            let w = kb.ty(gsum).shape[1];
+            let decay = kb.exp(gsum)?;
+            let decay = if w == 1 { decay } else { kb.reshape(decay, &[sh.dkp, 1])? };
+            let s = kb.mul(st.s, decay)?;
+            let s = kb.dot(kd, ct.v, Some(s), true, false)?;
+            Ok(State { s, aux: None, m: None })
+        }
+        Transition::Mlstm => {
+            let (gam, gsum) = ct.gamma.ok_or_else(missing)?;
+            let ig = ct.igate.ok_or_else(missing)?;
+            let (m0, n0) = (st.m.ok_or_else(missing)?, st.aux.ok_or_else(missing)?);
+            // m_c = max(m₀ + Γ_c, max_j (ĩ_j + Γ_c − Γ_j))
+            let a = kb.add(ig, gsum)?;
+            let a = kb.sub(a, gam)?;
+            let amax = kb.reduce(ReduceFn::Max, a, 0)?;
+            let amax = kb.reshape(amax, &[1, 1])?;
+            let carry = kb.add(m0, gsum)?;
+            let mc = kb.max(carry, amax)?;
+            let cd = kb.sub(carry, mc)?;
+            let cdecay = kb.exp(cd)?;
+            let wd = kb.sub(a, mc)?;
+            let w = kb.exp(wd)?;
+            let kw = kb.mul(ct.k, w)?;
+            let s = kb.mul(st.s, cdecay)?;
+            let s = kb.dot(kw, ct.v, Some(s), true, false)?;
+            let ks = kb.reduce(ReduceFn::Sum, kw, 0)?;
+            let ks = kb.reshape(ks, &[sh.dkp, 1])?;
+            let n = kb.mul(n0, cdecay)?;
+            let n = kb.add(n, ks)?;
+            Ok(State { s, aux: Some(n), m: Some(mc) })
+        }
+        _ => Err(missing()),
+    }
+}
+
+#[allow(dead_code)]
+fn _uses(_: &OpKind) {}

@@ -1,1 +1,2 @@
+mod recurrence;
 mod util;
