@@ -17,6 +17,8 @@ pub struct NamedGraph {
     pub name: String,
     /// The mixer's kind; `None` for graph text.
     pub kind: Option<MixerKind>,
+    /// The table's fixed chunk size (`None` for `auto` or graph text).
+    pub chunk: Option<u32>,
     pub graph: Graph,
 }
 
@@ -47,6 +49,12 @@ pub enum Error {
         #[source]
         source: IrError,
     },
+    #[error("mixer `{mixer}`: {source}")]
+    Lower {
+        mixer: String,
+        #[source]
+        source: mixc_passes::LowerError,
+    },
     #[error(
         "{path}: the graph built for mixer `{mixer}` does not verify (a bug in mixc's mixer \
          library, please report it): {source}"
@@ -72,7 +80,7 @@ pub fn graphs_of_file(path: &Path) -> Result<Vec<NamedGraph>, Error> {
     if is_graph_text(path) {
         let src = std::fs::read_to_string(path).map_err(|source| Error::Io { path: shown.clone(), source })?;
         let graph = parse_graph_text(&src, &shown)?;
-        return Ok(vec![NamedGraph { name: graph.name.clone(), kind: None, graph }]);
+        return Ok(vec![NamedGraph { name: graph.name.clone(), kind: None, chunk: None, graph }]);
     }
     let file = model::load_model(path)?;
     mixer_graphs(&file, &shown)
@@ -107,7 +115,16 @@ pub fn mixer_graphs(file: &ModelFile, path: &str) -> Result<Vec<NamedGraph>, Err
             mixer: name.clone(),
             source,
         })?;
-        out.push(NamedGraph { name, kind: Some(cfg.kind), graph });
+        let chunk = match cfg.chunk {
+            model::ChunkChoice::Fixed(c) => Some(c),
+            model::ChunkChoice::Auto => None,
+        };
+        out.push(NamedGraph { name, kind: Some(cfg.kind), chunk, graph });
     }
     Ok(out)
+}
+
+/// Lowers one verified graph to a tile program under `sched`.
+pub fn lower_graph(mixer: &str, graph: &Graph, sched: &mixc_passes::Schedule) -> Result<mixc_ir::tile::Program, Error> {
+    mixc_passes::lower(graph, sched).map_err(|source| Error::Lower { mixer: mixer.to_string(), source })
 }

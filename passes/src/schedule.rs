@@ -18,11 +18,14 @@ pub struct Schedule {
     pub block_k: u32,
     /// Elements per program of elementwise and other generic kernels.
     pub block_elems: u32,
+    /// Recurrences token by token (rank-1 state updates, the state on chip):
+    /// the decode-step form, best when a call brings few tokens.
+    pub step: bool,
 }
 
 impl Default for Schedule {
     fn default() -> Self {
-        Schedule { chunk: 64, sub_chunk: 16, split: false, block_q: 64, block_k: 64, block_elems: 1024 }
+        Schedule { chunk: 64, sub_chunk: 16, split: false, block_q: 64, block_k: 64, block_elems: 1024, step: false }
     }
 }
 
@@ -30,6 +33,11 @@ impl Schedule {
     /// The default schedule with another chunk size (sub-chunks of at most 16).
     pub fn with_chunk(chunk: u32) -> Schedule {
         Schedule { chunk, sub_chunk: chunk.min(16), ..Schedule::default() }
+    }
+
+    /// The decode-step schedule: recurrences token by token.
+    pub fn decode() -> Schedule {
+        Schedule { step: true, ..Schedule::default() }
     }
 
     /// Checks the schedule's own consistency.

@@ -24,7 +24,9 @@ Commands and their options:
       --emit STAGE  what to print (default: graph)
                       graph  the verified mixer graph of every distinct mixer,
                              each after a line `# mixer NAME (kind)`
-                    (later stages: tile, clif, llvm, ptx)
+                      tile   the tile program (buffers, kernels, launches) of each
+                             mixer; --chunk N and --split choose the schedule
+                    (later stages: clif, llvm, ptx)
 
 Errors are printed on stderr as one paragraph `error: ...` naming the file, \
 line:column and key; the exit code is 1 (2 for command-line usage errors).
@@ -71,6 +73,14 @@ pub struct CompileArgs {
     /// The stage to print.
     #[arg(long, value_enum, value_name = "STAGE", default_value_t = Emit::Graph)]
     pub emit: Emit,
+    /// Chunk size of chunked recurrences (16…256, a power of two); default: the
+    /// mixer table's `chunk`, or 64 for `auto`.
+    #[arg(long, value_name = "N")]
+    pub chunk: Option<u32>,
+    /// Split state passing (chunk-start states written out, outputs computed in
+    /// parallel over chunks) instead of one fused kernel per head.
+    #[arg(long)]
+    pub split: bool,
 }
 
 /// The stages `--emit` can print.
@@ -78,6 +88,8 @@ pub struct CompileArgs {
 pub enum Emit {
     /// The verified mixer graph of every distinct mixer, in the canonical text form.
     Graph,
+    /// The tile program (buffers, kernels, launches) each mixer lowers to.
+    Tile,
 }
 
 /// Runs a command; returns what it prints on stdout.

@@ -17,7 +17,7 @@ use super::util::{cols, pad16, rows};
 use super::{LowerError, Lowering};
 use mixc_ir::dtype::DType;
 use mixc_ir::graph::{OpNode, ValueId};
-use mixc_ir::ops::{OpKind, Recurrence, ReduceFn, Transition, UnaryFn};
+use mixc_ir::ops::{Recurrence, ReduceFn, Transition, UnaryFn};
 use mixc_ir::tile::{Arg, Count, KernelBuilder, ParamId, TValue, TileError};
 
 type Res<T> = Result<T, TileError>;
@@ -28,6 +28,8 @@ enum Variant {
     Fused,
     States,
     Outputs,
+    /// Token by token: the decode-step form.
+    Step,
 }
 
 /// Shapes and flags of one recurrence.
@@ -122,9 +124,14 @@ pub fn lower(lw: &mut Lowering, op: &OpNode, r: &Recurrence) -> Result<(), Lower
     let sizes = vec![Arg::Size(Count::Dim(t_dim)), Arg::Size(Count::Dim(h_dim))];
     let name = g.value(op.results[0]).name.clone();
 
-    let variants: Vec<Variant> =
-        if lw.sched.split { vec![Variant::States, Variant::Outputs] } else { vec![Variant::Fused] };
-    let scratch = if lw.sched.split {
+    let variants: Vec<Variant> = if lw.sched.step {
+        vec![Variant::Step]
+    } else if lw.sched.split {
+        vec![Variant::States, Variant::Outputs]
+    } else {
+        vec![Variant::Fused]
+    };
+    let scratch = if lw.sched.split && !lw.sched.step {
         let s = lw.scratch(
             &format!("{name}_chunk_states"),
             vec![bh.clone(), nchunks.clone(), Count::Const(shape.dkp as u64), Count::Const(shape.dvp as u64)],
@@ -166,6 +173,7 @@ fn variant_name(v: Variant) -> &'static str {
         Variant::Fused => "fused",
         Variant::States => "states",
         Variant::Outputs => "outputs",
+        Variant::Step => "step",
     }
 }
 
@@ -198,7 +206,7 @@ fn params(kb: &mut KernelBuilder, sh: Shape, variant: Variant, ins: &[(&str, Val
         m_out = mlstm.then(|| kb.ptr_param("final_m", DType::F32));
     }
     let (mut scratch_s, mut scratch_aux, mut scratch_m) = (None, None, None);
-    if variant != Variant::Fused {
+    if matches!(variant, Variant::States | Variant::Outputs) {
         scratch_s = Some(kb.ptr_param("chunk_states", DType::F32));
         scratch_aux = has_aux(&sh.r).then(|| kb.ptr_param("chunk_norms", DType::F32));
         scratch_m = mlstm.then(|| kb.ptr_param("chunk_max", DType::F32));
@@ -369,8 +377,12 @@ fn body(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape, variant: Variant) -> Res<(
         None
     };
     let init = State { s, aux, m };
+    let step = if variant == Variant::Step { kb.i32(1)? } else { step };
     let finals = kb.for_loop(zero_i, ctx.t_len, step, &init.values(), |kb, t0, carried| {
         let st = State::from(carried, &init);
+        if variant == Variant::Step {
+            return Ok(token_step(kb, ctx, sh, t0, st)?.values());
+        }
         if variant == Variant::States {
             let cc = kb.i32(sh.c as i64)?;
             let ci = kb.binary(mixc_ir::ops::BinaryFn::FloorDiv, t0, cc)?;
@@ -693,5 +705,71 @@ fn chunk_update(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape, t0: TValue, st: St
     }
 }
 
-#[allow(dead_code)]
-fn _uses(_: &OpKind) {}
+/// One token: the state update with a rank-1 product, then the readout.
+fn token_step(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape, t: TValue, st: State) -> Res<State> {
+    let ct = load_chunk(kb, ctx, sh, t, 1)?;
+    let kv = |kb: &mut KernelBuilder, k: TValue, acc: TValue| kb.dot(k, ct.v, Some(acc), true, false);
+    let next = match sh.r.transition {
+        Transition::Identity => {
+            let s = kv(kb, ct.k, st.s)?;
+            let aux = match st.aux {
+                Some(z) => {
+                    let kt = kb.reshape(ct.k, &[sh.dkp, 1])?;
+                    Some(kb.add(z, kt)?)
+                }
+                None => None,
+            };
+            State { s, aux, m: None }
+        }
+        Transition::ScalarDecay | Transition::KeyDecay => {
+            // Γ of one row is its gate; `gsum` is the same value as `[1, w]`.
+            let (_, g) = ct.gamma.ok_or_else(missing)?;
+            let w = kb.ty(g).shape[1];
+            let decay = kb.exp(g)?;
+            let decay = if w == 1 { decay } else { kb.reshape(decay, &[sh.dkp, 1])? };
+            let s = kb.mul(st.s, decay)?;
+            State { s: kv(kb, ct.k, s)?, aux: None, m: None }
+        }
+        Transition::Mlstm => {
+            let (_, lf) = ct.gamma.ok_or_else(missing)?;
+            let ig = ct.igate.ok_or_else(missing)?;
+            let (m0, n0) = (st.m.ok_or_else(missing)?, st.aux.ok_or_else(missing)?);
+            let carry = kb.add(lf, m0)?;
+            let m = kb.max(carry, ig)?;
+            let fl = kb.sub(carry, m)?;
+            let f = kb.exp(fl)?;
+            let il = kb.sub(ig, m)?;
+            let i = kb.exp(il)?;
+            let ki = kb.mul(ct.k, i)?;
+            let s = kb.mul(st.s, f)?;
+            let s = kv(kb, ki, s)?;
+            let kt = kb.reshape(ki, &[sh.dkp, 1])?;
+            let n = kb.mul(n0, f)?;
+            let n = kb.add(n, kt)?;
+            State { s, aux: Some(n), m: Some(m) }
+        }
+        _ => return Err(missing()),
+    };
+    let o = kb.dot(ct.q, next.s, None, false, false)?;
+    let o = match (sh.r.transition, next.aux) {
+        (Transition::Mlstm, Some(n)) => {
+            let qn = kb.dot(ct.q, n, None, false, false)?;
+            let qn = kb.unary(UnaryFn::Abs, qn)?;
+            let negm = kb.unary(UnaryFn::Neg, next.m.ok_or_else(missing)?)?;
+            let floor = kb.exp(negm)?;
+            let den = kb.max(qn, floor)?;
+            let eps = kb.f32(sh.r.eps)?;
+            let den = kb.add(den, eps)?;
+            kb.div(o, den)?
+        }
+        (_, Some(z)) => {
+            let den = kb.dot(ct.q, z, None, false, false)?;
+            let eps = kb.f32(sh.r.eps)?;
+            let den = kb.add(den, eps)?;
+            kb.div(o, den)?
+        }
+        _ => o,
+    };
+    kb.store(ctx.o.ok_or_else(missing)?, ct.out_offs, o, Some(ct.out_mask))?;
+    Ok(next)
+}

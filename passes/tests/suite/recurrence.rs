@@ -96,6 +96,8 @@ proptest! {
         }
         let sched = Schedule { split, ..Schedule::with_chunk(chunk) };
         check(&g, &sched, &ins, Precision::F64, 1e-9);
+        // The token-by-token (decode-step) form of the same graph.
+        check(&g, &Schedule::decode(), &ins, Precision::F64, 1e-9);
     }
 
     #[test]
