@@ -121,7 +121,7 @@ pub fn lower(lw: &mut Lowering, op: &OpNode, r: &Recurrence) -> Result<(), Lower
     }
     let in_bufs: Vec<(&str, usize)> = ins.iter().map(|(n, v)| (*n, lw.buffer(*v))).collect();
     let outs: Vec<usize> = op.results.iter().map(|v| lw.buffer(*v)).collect();
-    let sizes = vec![Arg::Size(Count::Dim(t_dim)), Arg::Size(Count::Dim(h_dim))];
+    let sizes = [Arg::Size(Count::Dim(t_dim)), Arg::Size(Count::Dim(h_dim))];
     let name = g.value(op.results[0]).name.clone();
 
     let variants: Vec<Variant> = if lw.sched.step {
