@@ -5,8 +5,11 @@
 //! **Architecture invariant:** passes depend only on `mixc-ir`; they never call
 //! a backend or the runtime.
 
+pub mod cost;
+pub mod device;
 pub mod lower;
 pub mod schedule;
+pub mod search;
 
 pub use lower::{lower, LowerError};
 pub use schedule::Schedule;

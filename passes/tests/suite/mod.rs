@@ -1,3 +1,4 @@
 mod attention;
+mod cost;
 mod recurrence;
 mod util;

@@ -1,0 +1,312 @@
+//! The roofline cost model: FLOPs and bytes counted from the tile program
+//! itself, priced against a device profile.
+//!
+//! For each launch, a counting walk runs a few sampled programs of the grid:
+//! it evaluates only the scalar index arithmetic (program ids, sizes, loop
+//! bounds) and adds up the work of every statement it passes — `dot` on the
+//! matrix unit (`2·m·n·k`), elementwise math on the vector unit, and the bytes
+//! of every load and store. Loops run their real trip counts, so causal and
+//! windowed attention, ragged tails and nested sub-chunk loops are counted as
+//! they execute. The average program times the grid gives the kernel's work;
+//! its time is `max(compute, memory)` under a parallelism factor (how well the
+//! programs fill the device's units) plus a launch.
+
+use crate::device::DeviceProfile;
+use mixc_ir::dims::DimId;
+use mixc_ir::ops::BinaryFn;
+use mixc_ir::tile::{Arg, Block, Kernel, ParamKind, Program, TOp, TValue};
+use std::collections::BTreeMap;
+
+/// Work of one kernel launch, and its predicted time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KernelCost {
+    pub name: String,
+    pub programs: u64,
+    pub matmul_flops: f64,
+    pub vector_flops: f64,
+    pub bytes_loaded: f64,
+    pub bytes_stored: f64,
+    /// Bytes of tiles a program keeps live across loop iterations (an occupancy proxy).
+    pub footprint: u64,
+    pub compute_s: f64,
+    pub memory_s: f64,
+    pub time_s: f64,
+}
+
+impl KernelCost {
+    pub fn bytes(&self) -> f64 {
+        self.bytes_loaded + self.bytes_stored
+    }
+    pub fn flops(&self) -> f64 {
+        self.matmul_flops + self.vector_flops
+    }
+    /// FLOPs per byte of device memory traffic.
+    pub fn intensity(&self) -> f64 {
+        self.flops() / self.bytes().max(1.0)
+    }
+    pub fn memory_bound(&self) -> bool {
+        self.memory_s >= self.compute_s
+    }
+}
+
+/// Work and time of a whole program.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProgramCost {
+    pub kernels: Vec<KernelCost>,
+    pub time_s: f64,
+}
+
+/// Sizes of every dim of a program given the free dims by name (others: 0).
+pub fn bind_sizes(prog: &Program, free: &BTreeMap<String, u64>) -> Vec<u64> {
+    let bound: BTreeMap<DimId, u64> =
+        prog.dims.iter().filter_map(|(d, def)| free.get(&def.name).map(|v| (d, *v))).collect();
+    prog.dims
+        .iter()
+        .map(|(d, def)| match def.size {
+            None => bound.get(&d).copied().unwrap_or(0),
+            Some(_) => prog.dims.eval(d, &bound).unwrap_or(0),
+        })
+        .collect()
+}
+
+/// Prices every launch of `prog` at the given sizes.
+pub fn price(prog: &Program, free: &BTreeMap<String, u64>, dev: &DeviceProfile) -> ProgramCost {
+    let sizes = bind_sizes(prog, free);
+    let mut kernels = Vec::new();
+    for l in &prog.launches {
+        let Some(k) = prog.kernels.get(l.kernel) else { continue };
+        let grid = [0, 1, 2].map(|i| l.grid[i].eval(&sizes));
+        let programs = grid.iter().product::<u64>();
+        let scalars: Vec<Option<f64>> = l
+            .args
+            .iter()
+            .map(|a| match a {
+                Arg::Buffer(_) => None,
+                Arg::Size(c) => Some(c.eval(&sizes) as f64),
+                Arg::Float(x) => Some(*x),
+            })
+            .collect();
+        let mut work = Work::default();
+        let samples = sample_programs(grid, 8);
+        for pid in &samples {
+            let mut w =
+                Walker { k, env: vec![None; k.types.len()], scalars: &scalars, dev, pid: *pid, work: Work::default() };
+            w.block(&k.body, 1.0);
+            work.add(&w.work, 1.0);
+        }
+        let scale = if samples.is_empty() { 0.0 } else { programs as f64 / samples.len() as f64 };
+        let footprint = footprint(k);
+        kernels.push(time(k.name.clone(), programs, &work, scale, footprint, dev));
+    }
+    let time_s = kernels.iter().map(|k| k.time_s).sum();
+    ProgramCost { kernels, time_s }
+}
+
+fn time(name: String, programs: u64, w: &Work, scale: f64, footprint: u64, dev: &DeviceProfile) -> KernelCost {
+    let slots = (dev.units * dev.programs_per_unit).max(1) as f64;
+    let p = programs as f64;
+    let waves = (p / slots).ceil().max(1.0);
+    // How much of the device the programs keep busy: full waves use it all, a
+    // grid smaller than the device leaves units idle.
+    let util = (p / (waves * slots)).clamp(1.0 / slots, 1.0);
+    let mem_util = (p / dev.units as f64).clamp(1.0 / dev.units as f64, 1.0);
+    let (mm, vec, ld, st) = (w.matmul * scale, w.vector * scale, w.loaded * scale, w.stored * scale);
+    let compute_s = w.matmul_padded * scale / (dev.matmul_flops * util) + vec / (dev.vector_flops * util);
+    let memory_s = (ld + st) / (dev.dram_bw * mem_util);
+    KernelCost {
+        name,
+        programs,
+        matmul_flops: mm,
+        vector_flops: vec,
+        bytes_loaded: ld,
+        bytes_stored: st,
+        footprint,
+        compute_s,
+        memory_s,
+        time_s: compute_s.max(memory_s) + dev.launch_s,
+    }
+}
+
+/// Up to `n` program ids spread evenly over the grid.
+fn sample_programs(grid: [u64; 3], n: u64) -> Vec<[u64; 3]> {
+    let total = grid.iter().product::<u64>();
+    if total == 0 {
+        return vec![];
+    }
+    let take = total.min(n);
+    (0..take)
+        .map(|i| {
+            let flat = if take == 1 { 0 } else { i * (total - 1) / (take - 1) };
+            [flat % grid[0], (flat / grid[0]) % grid[1], flat / (grid[0] * grid[1])]
+        })
+        .collect()
+}
+
+/// Bytes of the tiles carried by loops (live across iterations), the largest
+/// loop's worth: what a program must keep on chip.
+fn footprint(k: &Kernel) -> u64 {
+    let mut best = 0;
+    k.walk(&mut |s| {
+        if let TOp::For { init, .. } = &s.op {
+            let carried: u64 = init.iter().map(|v| k.ty(*v).numel() as u64 * 4).sum();
+            best = best.max(carried);
+        }
+    });
+    best
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Work {
+    matmul: f64,
+    /// Matrix work as the unit executes it (dims padded to its granularity).
+    matmul_padded: f64,
+    vector: f64,
+    loaded: f64,
+    stored: f64,
+}
+
+impl Work {
+    fn add(&mut self, o: &Work, times: f64) {
+        self.matmul += o.matmul * times;
+        self.matmul_padded += o.matmul_padded * times;
+        self.vector += o.vector * times;
+        self.loaded += o.loaded * times;
+        self.stored += o.stored * times;
+    }
+}
+
+struct Walker<'a> {
+    k: &'a Kernel,
+    env: Vec<Option<f64>>,
+    scalars: &'a [Option<f64>],
+    dev: &'a DeviceProfile,
+    pid: [u64; 3],
+    work: Work,
+}
+
+/// Loops with more iterations than this are walked for a sample and scaled.
+const MAX_WALKED_ITERATIONS: u64 = 64;
+
+impl Walker<'_> {
+    fn val(&self, v: TValue) -> Option<f64> {
+        self.env.get(v.index()).copied().flatten()
+    }
+
+    fn set(&mut self, v: TValue, x: Option<f64>) {
+        if let Some(slot) = self.env.get_mut(v.index()) {
+            *slot = x;
+        }
+    }
+
+    fn elem_bytes(&self, p: mixc_ir::tile::ParamId) -> f64 {
+        match self.k.params.get(p.index()).map(|p| &p.kind) {
+            Some(ParamKind::Ptr(d)) if d.is_float() => self.dev.elem_bytes as f64,
+            Some(ParamKind::Ptr(d)) => (d.bits() as f64 / 8.0).max(0.5),
+            _ => 4.0,
+        }
+    }
+
+    fn block(&mut self, b: &Block, times: f64) {
+        for s in &b.stmts {
+            let numel = s.results.first().map(|r| self.k.ty(*r).numel() as f64).unwrap_or(0.0);
+            let scalar_out = s.results.first().is_some_and(|r| self.k.ty(*r).shape.is_empty());
+            let value = match &s.op {
+                TOp::ProgramId(a) => self.pid.get(*a as usize).map(|p| *p as f64),
+                TOp::Param(p) => self.scalars.get(p.index()).copied().flatten(),
+                TOp::Const(c) => scalar_out.then_some(*c),
+                TOp::Binary(f, a, b2) => match (self.val(*a), self.val(*b2)) {
+                    (Some(x), Some(y)) if scalar_out => scalar_binary(*f, x, y, self.k.ty(*a).dtype.is_int()),
+                    _ => {
+                        self.work.vector += numel * times;
+                        None
+                    }
+                },
+                TOp::Unary(_, x) | TOp::Cast(x, _) => {
+                    if !scalar_out {
+                        self.work.vector += numel * times;
+                    }
+                    if scalar_out {
+                        self.val(*x)
+                    } else {
+                        None
+                    }
+                }
+                TOp::Select(..) | TOp::Reduce { .. } | TOp::Cumsum { .. } => {
+                    self.work.vector += numel * times;
+                    None
+                }
+                TOp::Dot { a, trans_a, .. } => {
+                    let ta = self.k.ty(*a);
+                    let kk = if *trans_a { ta.shape[0] } else { ta.shape[1] };
+                    let out = s.results.first().map(|r| self.k.ty(*r).shape.clone()).unwrap_or_default();
+                    let gran = self.dev.mma_granularity.max(1);
+                    let pad = |x: u32| x.div_ceil(gran) * gran;
+                    let padded: f64 = out.iter().map(|d| pad(*d) as f64).product::<f64>() * pad(kk) as f64;
+                    self.work.matmul += 2.0 * numel * kk as f64 * times;
+                    self.work.matmul_padded += 2.0 * padded * times;
+                    None
+                }
+                TOp::Load { ptr, .. } => {
+                    self.work.loaded += numel * self.elem_bytes(*ptr) * times;
+                    None
+                }
+                TOp::Store { ptr, value, .. } => {
+                    let n = self.k.ty(*value).numel() as f64;
+                    self.work.stored += n * self.elem_bytes(*ptr) * times;
+                    None
+                }
+                TOp::For { lo, hi, step, body, .. } => {
+                    if let (Some(lo), Some(hi), Some(step)) = (self.val(*lo), self.val(*hi), self.val(*step)) {
+                        if step > 0.0 && hi > lo {
+                            let trips = ((hi - lo) / step).ceil() as u64;
+                            let walked = trips.min(MAX_WALKED_ITERATIONS);
+                            let each = trips as f64 / walked as f64;
+                            for i in 0..walked {
+                                let it = i * trips / walked;
+                                if let Some(iv) = body.args.first() {
+                                    self.set(*iv, Some(lo + it as f64 * step));
+                                }
+                                self.block(body, times * each);
+                            }
+                        }
+                    }
+                    None
+                }
+                TOp::If { cond, then, otherwise } => {
+                    match self.val(*cond) {
+                        Some(c) if c == 0.0 => self.block(otherwise, times),
+                        _ => self.block(then, times),
+                    }
+                    None
+                }
+                TOp::Arange(_) | TOp::Broadcast(_) | TOp::Reshape(_) | TOp::Transpose(_) => None,
+            };
+            if let Some(r) = s.results.first() {
+                self.set(*r, value);
+            }
+        }
+    }
+}
+
+fn scalar_binary(f: BinaryFn, a: f64, b: f64, int: bool) -> Option<f64> {
+    let flag = |c: bool| Some(c as u8 as f64);
+    match f {
+        BinaryFn::Add => Some(a + b),
+        BinaryFn::Sub => Some(a - b),
+        BinaryFn::Mul => Some(a * b),
+        BinaryFn::Div if b == 0.0 => None,
+        BinaryFn::Div => Some(if int { (a / b).trunc() } else { a / b }),
+        BinaryFn::FloorDiv if b == 0.0 => None,
+        BinaryFn::FloorDiv => Some((a / b).floor()),
+        BinaryFn::Rem if b == 0.0 => None,
+        BinaryFn::Rem => Some(a - b * (a / b).floor()),
+        BinaryFn::Max => Some(a.max(b)),
+        BinaryFn::Min => Some(a.min(b)),
+        BinaryFn::Pow => Some(a.powf(b)),
+        BinaryFn::Lt => flag(a < b),
+        BinaryFn::Le => flag(a <= b),
+        BinaryFn::Eq => flag(a == b),
+        BinaryFn::And => flag(a != 0.0 && b != 0.0),
+        BinaryFn::Or => flag(a != 0.0 || b != 0.0),
+    }
+}

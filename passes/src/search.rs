@@ -1,0 +1,60 @@
+//! Schedule search: enumerate the schedules that apply to a graph, lower and
+//! price each, reject what does not fit on chip, and rank the rest.
+
+use crate::cost::{price, ProgramCost};
+use crate::device::{DeviceKind, DeviceProfile};
+use crate::lower::{lower, LowerError};
+use crate::schedule::Schedule;
+use mixc_ir::graph::Graph;
+use mixc_ir::ops::OpKind;
+use std::collections::BTreeMap;
+
+/// One priced schedule.
+#[derive(Clone, Debug)]
+pub struct Candidate {
+    pub schedule: Schedule,
+    pub cost: ProgramCost,
+    /// Why the candidate cannot run on the device, if it cannot.
+    pub rejected: Option<String>,
+}
+
+/// The schedules worth trying for a graph: chunk sizes × fused/split and the
+/// token-by-token form for recurrences; query/key block sizes for attention.
+pub fn enumerate(g: &Graph) -> Vec<Schedule> {
+    let has_rec = g.ops.iter().any(|o| matches!(o.kind, OpKind::LinearRecurrence(_)));
+    let has_attn = g.ops.iter().any(|o| matches!(o.kind, OpKind::Attention { .. }));
+    let mut rec: Vec<Schedule> = vec![Schedule::default()];
+    if has_rec {
+        rec = [16, 32, 64, 128, 256]
+            .into_iter()
+            .flat_map(|c| [false, true].map(|split| Schedule { split, ..Schedule::with_chunk(c) }))
+            .collect();
+        rec.push(Schedule::decode());
+    }
+    if !has_attn {
+        return rec;
+    }
+    let blocks = [(64, 64), (128, 64), (64, 128), (128, 128), (32, 32)];
+    rec.into_iter().flat_map(|s| blocks.map(|(q, k)| Schedule { block_q: q, block_k: k, ..s })).collect()
+}
+
+/// Prices every enumerated schedule at the given sizes (free dims by name) and
+/// returns them cheapest first, the rejected ones last.
+pub fn search(g: &Graph, free: &BTreeMap<String, u64>, dev: &DeviceProfile) -> Result<Vec<Candidate>, LowerError> {
+    let mut out = Vec::new();
+    for schedule in enumerate(g) {
+        let prog = lower(g, &schedule)?;
+        let cost = price(&prog, free, dev);
+        let worst = cost.kernels.iter().map(|k| k.footprint).max().unwrap_or(0);
+        let rejected = (dev.kind == DeviceKind::Gpu && worst > dev.local_mem).then(|| {
+            format!("needs {} KiB on chip per program, the device has {} KiB", worst / 1024, dev.local_mem / 1024)
+        });
+        out.push(Candidate { schedule, cost, rejected });
+    }
+    out.sort_by(|a, b| {
+        (a.rejected.is_some(), a.cost.time_s)
+            .partial_cmp(&(b.rejected.is_some(), b.cost.time_s))
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    Ok(out)
+}

@@ -1,0 +1,55 @@
+//! The cost model counts work from the tile program itself and its pick moves
+//! where it should.
+
+use super::recurrence::recurrence_graph;
+use mixc_ir::ops::Transition;
+use mixc_passes::cost::price;
+use mixc_passes::device::DeviceProfile;
+use mixc_passes::search::search;
+use mixc_passes::{lower, Schedule};
+use std::collections::BTreeMap;
+
+fn free(b: u64, t: u64) -> BTreeMap<String, u64> {
+    BTreeMap::from([("B".to_string(), b), ("T".to_string(), t)])
+}
+
+/// FLOPs and bytes of the fused scalar-decay program, against the counts
+/// derived by hand from the kernel's structure.
+#[test]
+fn counted_work_matches_hand_derived_values() {
+    let (b, h, dk, dv, t, c) = (2u64, 4u64, 64u64, 32u64, 1024u64, 64u64);
+    let g = recurrence_graph(Transition::ScalarDecay, false, true, h, dk, dv);
+    let prog = lower(&g, &Schedule::with_chunk(c as u32)).unwrap();
+    let dev = DeviceProfile::h100();
+    let cost = price(&prog, &free(b, t), &dev);
+    assert_eq!(cost.kernels.len(), 1);
+    let k = &cost.kernels[0];
+    assert_eq!(k.programs, b * h);
+    // Matrix work: 2·B·H·L·(c·dk + c·dv + 2·dk·dv).
+    let flops = 2 * b * h * t * (c * dk + c * dv + 2 * dk * dv);
+    assert_eq!(k.matmul_flops, flops as f64);
+    // Memory: every chunk loads q, k, v [c, d] and g [c] once for the outputs
+    // and once for the state update (bf16 storage on the H100 profile), stores
+    // o [c, dv]; the state is loaded and stored once per program.
+    let chunks = t / c;
+    let per_chunk_loads = 2 * (2 * c * dk + c * dv + c);
+    let loads = b * h * (chunks * per_chunk_loads + dk * dv) * dev.elem_bytes as u64;
+    let stores = b * h * (chunks * c * dv + dk * dv) * dev.elem_bytes as u64;
+    assert_eq!(k.bytes_loaded, loads as f64);
+    assert_eq!(k.bytes_stored, stores as f64);
+}
+
+/// Split wins when B·H is small against the SM count (the fused kernel has
+/// one program per head); fused wins when B·H fills the device.
+#[test]
+fn split_wins_when_heads_are_few_and_fused_when_many() {
+    let g = recurrence_graph(Transition::KeyDecay, false, true, 4, 128, 128);
+    let dev = DeviceProfile::h100();
+    let few = search(&g, &free(2, 8192), &dev).unwrap();
+    assert!(few[0].schedule.split, "B·H = 8: the pick should split, got {:?}", few[0].schedule);
+    let many = search(&g, &free(128, 2048), &dev).unwrap();
+    assert!(!many[0].schedule.split && !many[0].schedule.step, "B·H = 512: fused, got {:?}", many[0].schedule);
+    // One token: the token-by-token form.
+    let decode = search(&g, &free(64, 1), &dev).unwrap();
+    assert!(decode[0].schedule.step, "decode: the step form, got {:?}", decode[0].schedule);
+}
