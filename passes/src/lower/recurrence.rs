@@ -136,8 +136,12 @@ pub fn lower(lw: &mut Lowering, op: &OpNode, r: &Recurrence) -> Result<(), Lower
             &format!("{name}_chunk_states"),
             vec![bh.clone(), nchunks.clone(), Count::Const(shape.dkp as u64), Count::Const(shape.dvp as u64)],
         );
-        let aux = has_aux(r)
-            .then(|| lw.scratch(&format!("{name}_chunk_norms"), vec![bh.clone(), nchunks.clone(), Count::Const(shape.dkp as u64)]));
+        let aux = has_aux(r).then(|| {
+            lw.scratch(
+                &format!("{name}_chunk_norms"),
+                vec![bh.clone(), nchunks.clone(), Count::Const(shape.dkp as u64)],
+            )
+        });
         let m = (r.transition == Transition::Mlstm)
             .then(|| lw.scratch(&format!("{name}_chunk_max"), vec![bh.clone(), nchunks.clone()]));
         Some((s, aux, m))
@@ -177,7 +181,12 @@ fn variant_name(v: Variant) -> &'static str {
     }
 }
 
-fn build_kernel(name: &str, sh: Shape, variant: Variant, ins: &[(&str, ValueId)]) -> Result<mixc_ir::tile::Kernel, LowerError> {
+fn build_kernel(
+    name: &str,
+    sh: Shape,
+    variant: Variant,
+    ins: &[(&str, ValueId)],
+) -> Result<mixc_ir::tile::Kernel, LowerError> {
     let mut kb = KernelBuilder::new(name);
     let ctx = params(&mut kb, sh, variant, ins)?;
     body(&mut kb, &ctx, sh, variant)?;
@@ -252,7 +261,15 @@ fn params(kb: &mut KernelBuilder, sh: Shape, variant: Variant, ins: &[(&str, Val
 }
 
 /// Offsets and mask of a `[n, width]` tile of a `[B, T, H, D]` tensor starting at row `t0`.
-fn act_tile(kb: &mut KernelBuilder, ctx: &Ctx, t0: TValue, n: u32, width: u32, d: u64, hd: TValue) -> Res<(TValue, TValue)> {
+fn act_tile(
+    kb: &mut KernelBuilder,
+    ctx: &Ctx,
+    t0: TValue,
+    n: u32,
+    width: u32,
+    d: u64,
+    hd: TValue,
+) -> Res<(TValue, TValue)> {
     let (r, rm) = rows(kb, t0, n, ctx.t_len)?;
     let (cidx, cm) = cols(kb, width, d)?;
     // ((b·T + t)·H + h)·D + col = (row0 + t·H)·D + col

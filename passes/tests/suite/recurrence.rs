@@ -43,7 +43,13 @@ pub fn recurrence_graph(t: Transition, normalize: bool, has_initial: bool, h: u6
             ops.push(g.input_opt("initial_z", DType::F32, &[b, hd, kd], true).unwrap());
         }
     }
-    let eps = if normalize { 1e-6 } else if t == Transition::Mlstm { 1e-6 } else { 0.0 };
+    let eps = if normalize {
+        1e-6
+    } else if t == Transition::Mlstm {
+        1e-6
+    } else {
+        0.0
+    };
     let r = Recurrence { transition: t, scale: (dk as f64).powf(-0.5), normalize, eps, has_initial };
     let names = OpKind::LinearRecurrence(r).result_names();
     let res = g.add(OpKind::LinearRecurrence(r), &ops, &names).unwrap();
@@ -123,7 +129,9 @@ proptest! {
 /// `[c×c]` and `[c×d]` dots, `2·B·H·L·(c·dk + c·dv + 2·dk·dv)` FLOPs.
 #[test]
 fn flops_match_the_chunked_count() {
-    for (tr, split) in [(Transition::Identity, false), (Transition::ScalarDecay, false), (Transition::ScalarDecay, true)] {
+    for (tr, split) in
+        [(Transition::Identity, false), (Transition::ScalarDecay, false), (Transition::ScalarDecay, true)]
+    {
         let (b, h, dk, dv, t, c) = (2usize, 2u64, 32u64, 16u64, 256usize, 64u32);
         let g = recurrence_graph(tr, false, true, h, dk, dv);
         let ins = random_inputs(&g, &sizes(b, t), 7, true);

@@ -63,7 +63,9 @@ pub fn check(
     let inputs = if prec == Precision::F32 {
         rounded = inputs
             .iter()
-            .map(|(n, t)| (n.clone(), Tensor { shape: t.shape.clone(), data: t.data.iter().map(|x| *x as f32 as f64).collect() }))
+            .map(|(n, t)| {
+                (n.clone(), Tensor { shape: t.shape.clone(), data: t.data.iter().map(|x| *x as f32 as f64).collect() })
+            })
             .collect();
         &rounded
     } else {
