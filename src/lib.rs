@@ -49,6 +49,9 @@ pub enum Error {
         #[source]
         source: IrError,
     },
+    /// A command-line value that does not make sense (named in the message).
+    #[error("{0}")]
+    Usage(String),
     #[error("mixer `{mixer}`: {source}")]
     Lower {
         mixer: String,

@@ -217,3 +217,46 @@ fn missing_file_is_named() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.starts_with("error: ") && stderr.contains(arg), "{stderr}");
 }
+
+const GLA_H16: &str = "[mixer.gla]\nkind = \"gla\"\nheads = 16\ndk = 128\ndv = 128\ngate = { activation = \"none\" }\n";
+
+#[test]
+fn explain_prints_the_cost_table_and_the_pick() {
+    let file = TempFile::new("explain", "toml", GLA_H16);
+    for (tag, args) in [
+        ("h100_b8_t8192", vec!["--target", "sm_90", "--sizes", "B=8,T=8192"]),
+        ("h100_b1_t8192", vec!["--target", "sm_90", "--sizes", "B=1,T=8192"]),
+        ("h100_decode_b64", vec!["--target", "h100", "--sizes", "B=64,T=1"]),
+        ("cpu_b1_t2048", vec!["--target", "cpu"]),
+    ] {
+        let mut all = vec!["explain", file.arg(), "--top", "4"];
+        all.extend(args);
+        let out = mixc(&all);
+        assert!(out.status.success(), "{tag}: {}", text(&out.stderr));
+        insta::assert_snapshot!(format!("explain_{tag}"), text(&out.stdout));
+    }
+}
+
+#[test]
+fn explain_rejects_unknown_targets_and_bad_sizes() {
+    let file = TempFile::new("explain-bad", "toml", GLA_H16);
+    let out = mixc(&["explain", file.arg(), "--target", "sm_75"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("unknown target `sm_75`"));
+    let out = mixc(&["explain", file.arg(), "--sizes", "B=eight"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("`B=eight` is not DIM=N"));
+}
+
+#[test]
+fn tile_stage_prints_the_program() {
+    let file = TempFile::new("tile", "toml", GLA_H16);
+    let out = mixc(&["compile", file.arg(), "--emit", "tile", "--chunk", "32", "--split"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert!(s.contains("kernel o_states(") && s.contains("kernel o_outputs("), "{s}");
+    assert!(s.contains("dot[trans_a = false, trans_b = true]"), "{s}");
+    let bad = mixc(&["compile", file.arg(), "--emit", "tile", "--chunk", "48"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(text(&bad.stderr).contains("chunk 48 must be a power of two"), "{}", text(&bad.stderr));
+}

@@ -24,8 +24,13 @@ pub struct KernelCost {
     pub programs: u64,
     pub matmul_flops: f64,
     pub vector_flops: f64,
+    /// Bytes read from device memory: the walk's loads, capped by the bytes of
+    /// the buffers the kernel reads (re-reads of data a program or its
+    /// neighbours just touched are served by L2 and on-chip memory).
     pub bytes_loaded: f64,
     pub bytes_stored: f64,
+    /// Every byte the loads request, at whatever level it is served (L2 traffic).
+    pub bytes_requested: f64,
     /// Bytes of tiles a program keeps live across loop iterations (an occupancy proxy).
     pub footprint: u64,
     pub compute_s: f64,
@@ -77,6 +82,28 @@ pub fn price(prog: &Program, free: &BTreeMap<String, u64>, dev: &DeviceProfile) 
         let Some(k) = prog.kernels.get(l.kernel) else { continue };
         let grid = [0, 1, 2].map(|i| l.grid[i].eval(&sizes));
         let programs = grid.iter().product::<u64>();
+        // Bytes of the buffers this launch reads: the most it can need from DRAM.
+        let mut loaded_params = std::collections::BTreeSet::new();
+        k.walk(&mut |s| {
+            if let TOp::Load { ptr, .. } = &s.op {
+                loaded_params.insert(ptr.index());
+            }
+        });
+        let read_bytes: f64 = l
+            .args
+            .iter()
+            .zip(&k.params)
+            .enumerate()
+            .filter(|(i, _)| loaded_params.contains(i))
+            .filter_map(|(_, (a, p))| match (a, &p.kind) {
+                (Arg::Buffer(i), ParamKind::Ptr(d)) => prog.buffers.get(*i).map(|b| {
+                    let n: u64 = b.shape.iter().map(|c| c.eval(&sizes)).product();
+                    let eb = if d.is_float() { dev.elem_bytes as f64 } else { (d.bits() as f64 / 8.0).max(0.5) };
+                    n as f64 * eb
+                }),
+                _ => None,
+            })
+            .sum();
         let scalars: Vec<Option<f64>> = l
             .args
             .iter()
@@ -96,13 +123,21 @@ pub fn price(prog: &Program, free: &BTreeMap<String, u64>, dev: &DeviceProfile) 
         }
         let scale = if samples.is_empty() { 0.0 } else { programs as f64 / samples.len() as f64 };
         let footprint = footprint(k);
-        kernels.push(time(k.name.clone(), programs, &work, scale, footprint, dev));
+        kernels.push(time(k.name.clone(), programs, &work, scale, footprint, read_bytes, dev));
     }
     let time_s = kernels.iter().map(|k| k.time_s).sum();
     ProgramCost { kernels, time_s }
 }
 
-fn time(name: String, programs: u64, w: &Work, scale: f64, footprint: u64, dev: &DeviceProfile) -> KernelCost {
+fn time(
+    name: String,
+    programs: u64,
+    w: &Work,
+    scale: f64,
+    footprint: u64,
+    read_bytes: f64,
+    dev: &DeviceProfile,
+) -> KernelCost {
     let slots = (dev.units * dev.programs_per_unit).max(1) as f64;
     let p = programs as f64;
     let waves = (p / slots).ceil().max(1.0);
@@ -112,14 +147,16 @@ fn time(name: String, programs: u64, w: &Work, scale: f64, footprint: u64, dev: 
     let mem_util = (p / dev.units as f64).clamp(1.0 / dev.units as f64, 1.0);
     let (mm, vec, ld, st) = (w.matmul * scale, w.vector * scale, w.loaded * scale, w.stored * scale);
     let compute_s = w.matmul_padded * scale / (dev.matmul_flops * util) + vec / (dev.vector_flops * util);
-    let memory_s = (ld + st) / (dev.dram_bw * mem_util);
+    let dram_ld = ld.min(read_bytes);
+    let memory_s = ((dram_ld + st) / dev.dram_bw).max(ld / dev.l2_bw) / mem_util;
     KernelCost {
         name,
         programs,
         matmul_flops: mm,
         vector_flops: vec,
-        bytes_loaded: ld,
+        bytes_loaded: dram_ld,
         bytes_stored: st,
+        bytes_requested: ld,
         footprint,
         compute_s,
         memory_s,

@@ -1,6 +1,7 @@
 //! Command-line arguments (clap derive) and their dispatch.
 
 mod compile;
+mod explain;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -63,6 +64,34 @@ pub enum Command {
                       compile my-mixer.mix"
     )]
     Compile(CompileArgs),
+    /// Price every candidate schedule of each mixer with the roofline cost model
+    /// and say which one the compiler picks, and why.
+    #[command(
+        after_help = "Examples:\n  mixc explain models/gla.toml --target sm_90 --sizes B=8,T=8192\n  mixc explain \
+                      models/mamba2.toml --target cpu --sizes B=1,T=2048"
+    )]
+    Explain(ExplainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// A model file (.toml) or a mixer graph in text form (.mix).
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// The device to price for: cpu, sm_80, sm_90, sm_90a, cuda (an H100 profile),
+    /// h100 or h200.
+    #[arg(long, value_name = "TARGET", default_value = "sm_90")]
+    pub target: String,
+    /// A device profile in TOML (every field of the built-in ones) instead of a built-in.
+    #[arg(long, value_name = "PROFILE")]
+    pub profile: Option<PathBuf>,
+    /// Sizes of the free dims, e.g. `B=8,T=8192` (default: B=8, T=8192 on a GPU,
+    /// B=1, T=2048 on the CPU; a KV cache length S defaults to 0).
+    #[arg(long, value_name = "DIM=N,...")]
+    pub sizes: Option<String>,
+    /// How many candidates to list per mixer (the rest are summarized).
+    #[arg(long, value_name = "N", default_value_t = 12)]
+    pub top: usize,
 }
 
 #[derive(Debug, Args)]
@@ -96,5 +125,6 @@ pub enum Emit {
 pub fn run(cli: &Cli) -> Result<String, mixc::Error> {
     match &cli.command {
         Command::Compile(args) => compile::run(args),
+        Command::Explain(args) => explain::run(args),
     }
 }

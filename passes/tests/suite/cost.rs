@@ -35,7 +35,10 @@ fn counted_work_matches_hand_derived_values() {
     let per_chunk_loads = 2 * (2 * c * dk + c * dv + c);
     let loads = b * h * (chunks * per_chunk_loads + dk * dv) * dev.elem_bytes as u64;
     let stores = b * h * (chunks * c * dv + dk * dv) * dev.elem_bytes as u64;
-    assert_eq!(k.bytes_loaded, loads as f64);
+    assert_eq!(k.bytes_requested, loads as f64);
+    // From DRAM: each input once (q, k, v, g and the initial state).
+    let inputs = (b * t * h * (2 * dk + dv + 1) + b * h * dk * dv) * dev.elem_bytes as u64;
+    assert_eq!(k.bytes_loaded, inputs as f64);
     assert_eq!(k.bytes_stored, stores as f64);
 }
 

@@ -1,0 +1,164 @@
+//! `mixc explain FILE --target T --sizes B=..,T=..`: the cost model's table.
+
+use super::ExplainArgs;
+use mixc_passes::cost::KernelCost;
+use mixc_passes::device::{DeviceKind, DeviceProfile};
+use mixc_passes::search::{search, Candidate};
+use mixc_passes::Schedule;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+pub fn run(args: &ExplainArgs) -> Result<String, mixc::Error> {
+    let dev = profile(args)?;
+    let free = sizes(args, &dev)?;
+    let graphs = mixc::graphs_of_file(&args.file)?;
+    let shown: Vec<String> = free.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut out = String::new();
+    for (i, g) in graphs.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        let cands =
+            search(&g.graph, &free, &dev).map_err(|source| mixc::Error::Lower { mixer: g.name.clone(), source })?;
+        let _ = writeln!(out, "# mixer {} on {} ({})", g.name, dev.name, shown.join(", "));
+        table(&mut out, &cands, args.top);
+        why(&mut out, &cands);
+    }
+    Ok(out)
+}
+
+fn profile(args: &ExplainArgs) -> Result<DeviceProfile, mixc::Error> {
+    if let Some(path) = &args.profile {
+        let src = std::fs::read_to_string(path)
+            .map_err(|source| mixc::Error::Io { path: path.display().to_string(), source })?;
+        return DeviceProfile::from_toml(&src)
+            .map_err(|msg| mixc::Error::Usage(format!("device profile {}: {msg}", path.display())));
+    }
+    DeviceProfile::builtin(&args.target).ok_or_else(|| {
+        mixc::Error::Usage(format!(
+            "unknown target `{}` (expected cpu, sm_80, sm_90, sm_90a, cuda, h100 or h200)",
+            args.target
+        ))
+    })
+}
+
+fn sizes(args: &ExplainArgs, dev: &DeviceProfile) -> Result<BTreeMap<String, u64>, mixc::Error> {
+    let mut free: BTreeMap<String, u64> = match dev.kind {
+        DeviceKind::Gpu => [("B", 8), ("T", 8192)],
+        DeviceKind::Cpu => [("B", 1), ("T", 2048)],
+    }
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    if let Some(text) = &args.sizes {
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let bad = || mixc::Error::Usage(format!("--sizes: `{part}` is not DIM=N (e.g. B=8,T=8192)"));
+            let (k, v) = part.split_once('=').ok_or_else(bad)?;
+            let v: u64 = v.trim().parse().map_err(|_| bad())?;
+            free.insert(k.trim().to_string(), v);
+        }
+    }
+    Ok(free)
+}
+
+fn describe(s: &Schedule, has_many: bool) -> String {
+    let mut d = if s.step {
+        "token by token".to_string()
+    } else {
+        format!("chunk {} {}", s.chunk, if s.split { "split" } else { "fused" })
+    };
+    if has_many {
+        let _ = write!(d, ", q{} k{}", s.block_q, s.block_k);
+    }
+    d
+}
+
+fn si(x: f64) -> String {
+    if x >= 1e12 {
+        format!("{:.2} T", x / 1e12)
+    } else if x >= 1e9 {
+        format!("{:.2} G", x / 1e9)
+    } else if x >= 1e6 {
+        format!("{:.2} M", x / 1e6)
+    } else if x >= 1e3 {
+        format!("{:.2} k", x / 1e3)
+    } else {
+        format!("{x:.0} ")
+    }
+}
+
+fn ms(s: f64) -> String {
+    format!("{:.4} ms", s * 1e3)
+}
+
+fn table(out: &mut String, cands: &[Candidate], top: usize) {
+    let blocks_vary = cands.iter().any(|c| c.schedule.block_q != cands[0].schedule.block_q);
+    let _ = writeln!(
+        out,
+        "{:>3}  {:<26} {:>8} {:>10} {:>10} {:>9} {:>7} {:>12}",
+        "#", "schedule", "kernels", "FLOP", "bytes", "FLOP/B", "bound", "predicted"
+    );
+    for (i, c) in cands.iter().take(top).enumerate() {
+        let flops: f64 = c.cost.kernels.iter().map(KernelCost::flops).sum();
+        let bytes: f64 = c.cost.kernels.iter().map(KernelCost::bytes).sum();
+        let slowest = c.cost.kernels.iter().max_by(|a, b| a.time_s.total_cmp(&b.time_s));
+        let bound = match (&c.rejected, slowest) {
+            (Some(_), _) => "no fit",
+            (None, Some(k)) if k.memory_bound() => "memory",
+            (None, Some(_)) => "compute",
+            _ => "-",
+        };
+        let _ = writeln!(
+            out,
+            "{:>3}  {:<26} {:>8} {:>10} {:>10} {:>9.1} {:>7} {:>12}",
+            i + 1,
+            describe(&c.schedule, blocks_vary),
+            c.cost.kernels.len(),
+            si(flops),
+            format!("{}B", si(bytes)),
+            flops / bytes.max(1.0),
+            bound,
+            ms(c.cost.time_s)
+        );
+        for k in &c.cost.kernels {
+            let _ = writeln!(
+                out,
+                "       - {:<30} programs {:>7}  {:>10} {:>10}  {}",
+                k.name,
+                k.programs,
+                si(k.flops()),
+                format!("{}B", si(k.bytes())),
+                ms(k.time_s)
+            );
+        }
+    }
+    if cands.len() > top {
+        let _ = writeln!(out, "     ({} more candidates not shown)", cands.len() - top);
+    }
+}
+
+fn why(out: &mut String, cands: &[Candidate]) {
+    let Some(pick) = cands.first() else { return };
+    let blocks_vary = cands.iter().any(|c| c.schedule.block_q != pick.schedule.block_q);
+    let slowest = pick.cost.kernels.iter().max_by(|a, b| a.time_s.total_cmp(&b.time_s));
+    let bound = match slowest {
+        Some(k) if k.memory_bound() => format!("memory-bound ({:.1} FLOP/B)", k.intensity()),
+        Some(k) => format!("compute-bound ({:.1} FLOP/B)", k.intensity()),
+        None => "empty".into(),
+    };
+    let runner = cands.get(1).filter(|c| c.rejected.is_none());
+    let margin = match runner {
+        Some(r) => format!(
+            ", {:.2}× faster than the next ({})",
+            r.cost.time_s / pick.cost.time_s.max(1e-15),
+            describe(&r.schedule, blocks_vary)
+        ),
+        None => String::new(),
+    };
+    let _ = writeln!(
+        out,
+        "pick: {} — predicted {}{margin}; its slowest kernel is {bound}.",
+        describe(&pick.schedule, blocks_vary),
+        ms(pick.cost.time_s)
+    );
+}
