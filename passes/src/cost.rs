@@ -311,7 +311,7 @@ impl Walker<'_> {
                 }
                 TOp::If { cond, then, otherwise } => {
                     match self.val(*cond) {
-                        Some(c) if c == 0.0 => self.block(otherwise, times),
+                        Some(0.0) => self.block(otherwise, times),
                         _ => self.block(then, times),
                     }
                     None

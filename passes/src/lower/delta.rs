@@ -1,9 +1,356 @@
-//! Delta-rule recurrences through the WY / UT transform (being written).
+//! Delta-rule recurrences (DeltaNet, Gated DeltaNet) through the chunked WY /
+//! UT transform of MIXERS.md; the chunk math is in [`ut`].
+//!
+//! Three shapes of program, as the schedule says:
+//!
+//! - **fused** (`split = false`): one kernel, one program per (batch, head),
+//!   walks the chunks in order with the state on chip;
+//! - **split** (`split = true`), fla's structure: a kernel parallel over
+//!   (chunk, head, batch) computes every chunk's `W` and `U` (the UT transform,
+//!   the `c³` part); a kernel per (head, batch) walks the chunks in order,
+//!   writing every chunk-start state and `V' = U − W S₀`; a kernel parallel over
+//!   (chunk, head, batch) computes the outputs;
+//! - **step** (`step = true`, the decode form): token by token, rank-1 updates.
+//!
+//! Activations are `[B, T, H, D]`, states `[B, H, Dk, Dv]`; head dims are padded
+//! to multiples of 16 in tiles and masked; rows past `T` load zeros (`k`, `v`,
+//! `β`, `g`), which leaves the state and the other rows untouched.
 
-use super::{LowerError, Lowering};
-use mixc_ir::graph::OpNode;
-use mixc_ir::ops::Recurrence;
+mod io;
+mod ut;
 
-pub fn lower(lw: &mut Lowering, op: &OpNode, _r: &Recurrence) -> Result<(), LowerError> {
-    Err(lw.err(op, "not lowered yet"))
+use super::{util, LowerError, Lowering};
+use io::{Binder, Head, Res, Rows, StateTile};
+use mixc_ir::dims::DimId;
+use mixc_ir::graph::{OpNode, ValueId};
+use mixc_ir::ops::{Recurrence, Transition};
+use mixc_ir::tile::{Count, KernelBuilder, ParamId, TValue};
+use ut::{Gates, Tri};
+
+/// What the kernels of one delta-rule op need to know.
+struct Spec {
+    /// Kernel names start with this (`delta`, `gated_delta`).
+    name: &'static str,
+    /// Scratch buffers start with this: the name of the op's output `o`.
+    prefix: String,
+    b: DimId,
+    t: DimId,
+    h: DimId,
+    dk: u64,
+    dv: u64,
+    state: StateTile,
+    chunk: u32,
+    scale: f64,
+    /// Buffers of the operands and results.
+    q: usize,
+    k: usize,
+    v: usize,
+    gate: Option<usize>,
+    beta: usize,
+    initial: Option<usize>,
+    o: usize,
+    final_state: usize,
+}
+
+impl Spec {
+    fn of(lw: &mut Lowering, op: &OpNode, r: &Recurrence) -> Result<Spec, LowerError> {
+        let gated = match r.transition {
+            Transition::Delta => false,
+            Transition::GatedDelta => true,
+            other => return Err(lw.err(op, format!("the delta rule does not lower a `{}` transition", other.name()))),
+        };
+        let roles = op.kind.operand_roles(op.operands.len());
+        let operand = |role: &str| -> Option<ValueId> {
+            roles.iter().position(|x| x == role).and_then(|i| op.operands.get(i)).copied()
+        };
+        let need = |lw: &Lowering, role: &str| operand(role).ok_or_else(|| lw.err(op, format!("missing `{role}`")));
+        let (q, k, v, beta) = (need(lw, "q")?, need(lw, "k")?, need(lw, "v")?, need(lw, "beta")?);
+        let gate = if gated { Some(need(lw, "gate")?) } else { None };
+        let initial = if r.has_initial { Some(need(lw, "initial_state")?) } else { None };
+        let (Some(&o), Some(&fs)) = (op.results.first(), op.results.get(1)) else {
+            return Err(lw.err(op, "expected results `o` and `final_state`"));
+        };
+        let q_shape = lw.g.ty(q).shape.clone();
+        let v_shape = lw.g.ty(v).shape.clone();
+        let (&[b, t, h, dk], Some(&dv)) = (&q_shape[..], v_shape.get(3)) else {
+            return Err(lw.err(op, "q must be [B, T, H, Dk]"));
+        };
+        let (Some(dk), Some(dv)) = (lw.const_dim(dk), lw.const_dim(dv)) else {
+            return Err(lw.err(op, "head dims Dk and Dv must have constant sizes"));
+        };
+        if dk == 0 || dv == 0 || dk * dv > i32::MAX as u64 {
+            return Err(lw.err(op, format!("head dims {dk} × {dv} are out of range")));
+        }
+        let chunk = lw.sched.chunk;
+        if chunk == 0 || !chunk.is_power_of_two() {
+            return Err(LowerError::Schedule(format!("chunk {chunk} must be a power of two")));
+        }
+        let state = StateTile { dk, dv, dkp: util::pad16(dk), dvp: util::pad16(dv) };
+        Ok(Spec {
+            name: if gated { "gated_delta" } else { "delta" },
+            prefix: lw.g.value(o).name.clone(),
+            b,
+            t,
+            h,
+            dk,
+            dv,
+            state,
+            chunk,
+            scale: r.scale,
+            q: lw.buffer(q),
+            k: lw.buffer(k),
+            v: lw.buffer(v),
+            gate: gate.map(|g| lw.buffer(g)),
+            beta: lw.buffer(beta),
+            initial: initial.map(|s| lw.buffer(s)),
+            o: lw.buffer(o),
+            final_state: lw.buffer(fs),
+        })
+    }
+
+    /// `ceil(T / c)`.
+    fn chunks(&self) -> Count {
+        Count::ceil_div(Count::Dim(self.t), self.chunk as u64)
+    }
+
+    /// A `[B, T, H, width]` scratch shape.
+    fn act_shape(&self, width: u64) -> Vec<Count> {
+        vec![Count::Dim(self.b), Count::Dim(self.t), Count::Dim(self.h), Count::Const(width)]
+    }
+
+    fn dkp(&self) -> u32 {
+        self.state.dkp
+    }
+
+    fn dvp(&self) -> u32 {
+        self.state.dvp
+    }
+}
+
+pub fn lower(lw: &mut Lowering, op: &OpNode, r: &Recurrence) -> Result<(), LowerError> {
+    let spec = Spec::of(lw, op, r)?;
+    if lw.sched.step {
+        step(lw, &spec)
+    } else if lw.sched.split {
+        split(lw, &spec)
+    } else {
+        fused(lw, &spec)
+    }
+}
+
+/// Sizes and program ids shared by every kernel: `T`, `H`, then the head of this
+/// program from grid axes `h_axis` (head) and `h_axis + 1` (batch).
+fn head(kb: &mut KernelBuilder, bind: &mut Binder, sp: &Spec, h_axis: u8) -> Res<Head> {
+    let t_len = bind.size(kb, "T", Count::Dim(sp.t))?;
+    let heads = bind.size(kb, "H", Count::Dim(sp.h))?;
+    let h = kb.program_id(h_axis)?;
+    let b = kb.program_id(h_axis + 1)?;
+    Head::new(kb, t_len, heads, b, h)
+}
+
+/// The state entering the first chunk: the initial state, or zeros.
+fn initial_state(kb: &mut KernelBuilder, sp: &Spec, s0: Option<ParamId>, hd: &Head) -> Res<TValue> {
+    match s0 {
+        Some(p) => sp.state.load(kb, p, hd.bh),
+        None => kb.zeros(&[sp.dkp(), sp.dvp()]),
+    }
+}
+
+/// Loads a chunk's gates (Gated DeltaNet) from the `g` parameter.
+fn chunk_gates(kb: &mut KernelBuilder, rows: &Rows, g: Option<ParamId>) -> Res<Option<Gates>> {
+    match g {
+        Some(p) => {
+            let g = rows.load_scalar(kb, p)?;
+            Ok(Some(Gates::new(kb, g)?))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Fused: one program per (head, batch) walks the chunks, state on chip.
+fn fused(lw: &mut Lowering, sp: &Spec) -> Result<(), LowerError> {
+    let mut kb = KernelBuilder::new(&format!("{}_fused", sp.name));
+    let mut bind = Binder::default();
+    let q = bind.ptr(&mut kb, "q", sp.q);
+    let k = bind.ptr(&mut kb, "k", sp.k);
+    let v = bind.ptr(&mut kb, "v", sp.v);
+    let g = sp.gate.map(|b| bind.ptr(&mut kb, "g", b));
+    let beta = bind.ptr(&mut kb, "beta", sp.beta);
+    let s0 = sp.initial.map(|b| bind.ptr(&mut kb, "initial_state", b));
+    let o = bind.ptr(&mut kb, "o", sp.o);
+    let fs = bind.ptr(&mut kb, "final_state", sp.final_state);
+    let hd = head(&mut kb, &mut bind, sp, 0)?;
+    let tri = Tri::new(&mut kb, sp.chunk)?;
+    let s = initial_state(&mut kb, sp, s0, &hd)?;
+    let (lo, step) = (kb.i32(0)?, kb.i32(sp.chunk as i64)?);
+    let fin = kb.for_loop(lo, hd.t_len, step, &[s], |kb, t0, carried| {
+        let s = carried[0];
+        let rows = Rows::new(kb, &hd, t0, sp.chunk)?;
+        let kt = rows.load(kb, k, sp.dk, sp.dkp())?;
+        let vt = rows.load(kb, v, sp.dv, sp.dvp())?;
+        let bt = rows.load_scalar(kb, beta)?;
+        let gates = chunk_gates(kb, &rows, g)?;
+        let (w, u) = ut::wy(kb, &tri, kt, vt, bt, gates.as_ref())?;
+        let vn = ut::v_new(kb, w, u, s)?;
+        let qt = rows.load(kb, q, sp.dk, sp.dkp())?;
+        let ot = ut::output(kb, &tri, qt, kt, s, vn, gates.as_ref(), sp.scale)?;
+        rows.store(kb, o, sp.dv, ot)?;
+        Ok(vec![ut::advance(kb, kt, s, vn, gates.as_ref())?])
+    })?;
+    let fin = fin.first().copied().ok_or_else(|| no_result(&kb))?;
+    sp.state.store(&mut kb, fs, hd.bh, fin)?;
+    let grid = [Count::Dim(sp.h), Count::Dim(sp.b), Count::Const(1)];
+    lw.launch(kb.finish()?, grid, bind.args)
+}
+
+/// Decode-step form: one program per (head, batch) applies the tokens one by
+/// one as rank-1 updates, `S ← e^g S`, `S ← S + β k (v − Sᵀk)ᵀ`, `o = Sᵀ(s q)`.
+fn step(lw: &mut Lowering, sp: &Spec) -> Result<(), LowerError> {
+    let mut kb = KernelBuilder::new(&format!("{}_step", sp.name));
+    let mut bind = Binder::default();
+    let q = bind.ptr(&mut kb, "q", sp.q);
+    let k = bind.ptr(&mut kb, "k", sp.k);
+    let v = bind.ptr(&mut kb, "v", sp.v);
+    let g = sp.gate.map(|b| bind.ptr(&mut kb, "g", b));
+    let beta = bind.ptr(&mut kb, "beta", sp.beta);
+    let s0 = sp.initial.map(|b| bind.ptr(&mut kb, "initial_state", b));
+    let o = bind.ptr(&mut kb, "o", sp.o);
+    let fs = bind.ptr(&mut kb, "final_state", sp.final_state);
+    let hd = head(&mut kb, &mut bind, sp, 0)?;
+    let s = initial_state(&mut kb, sp, s0, &hd)?;
+    let (lo, one) = (kb.i32(0)?, kb.i32(1)?);
+    let fin = kb.for_loop(lo, hd.t_len, one, &[s], |kb, t, carried| {
+        let rows = Rows::new(kb, &hd, t, 1)?;
+        let s = match g {
+            Some(p) => {
+                let gt = rows.load_scalar(kb, p)?;
+                let decay = kb.exp(gt)?;
+                kb.mul(carried[0], decay)?
+            }
+            None => carried[0],
+        };
+        let kt = rows.load(kb, k, sp.dk, sp.dkp())?;
+        let vt = rows.load(kb, v, sp.dv, sp.dvp())?;
+        let bt = rows.load_scalar(kb, beta)?;
+        let ks = kb.dot(kt, s, None, false, false)?;
+        let u = kb.sub(vt, ks)?;
+        let u = kb.mul(u, bt)?;
+        let s = kb.dot(kt, u, Some(s), true, false)?;
+        let qt = rows.load(kb, q, sp.dk, sp.dkp())?;
+        let sc = kb.f32(sp.scale)?;
+        let qt = kb.mul(qt, sc)?;
+        let ot = kb.dot(qt, s, None, false, false)?;
+        rows.store(kb, o, sp.dv, ot)?;
+        Ok(vec![s])
+    })?;
+    let fin = fin.first().copied().ok_or_else(|| no_result(&kb))?;
+    sp.state.store(&mut kb, fs, hd.bh, fin)?;
+    let grid = [Count::Dim(sp.h), Count::Dim(sp.b), Count::Const(1)];
+    lw.launch(kb.finish()?, grid, bind.args)
+}
+
+/// Split: UT transform in parallel, states in order, outputs in parallel.
+fn split(lw: &mut Lowering, sp: &Spec) -> Result<(), LowerError> {
+    let w_buf = lw.scratch(&format!("{}_w", sp.prefix), sp.act_shape(sp.dk));
+    let u_buf = lw.scratch(&format!("{}_u", sp.prefix), sp.act_shape(sp.dv));
+    let vn_buf = lw.scratch(&format!("{}_v_new", sp.prefix), sp.act_shape(sp.dv));
+    let states_shape =
+        vec![Count::Dim(sp.b), Count::Dim(sp.h), sp.chunks(), Count::Const(sp.state.dk), Count::Const(sp.state.dv)];
+    let states_buf = lw.scratch(&format!("{}_chunk_states", sp.prefix), states_shape);
+    let chunk_grid = [sp.chunks(), Count::Dim(sp.h), Count::Dim(sp.b)];
+
+    // 1. Every chunk's W and U.
+    let mut kb = KernelBuilder::new(&format!("{}_wy", sp.name));
+    let mut bind = Binder::default();
+    let k = bind.ptr(&mut kb, "k", sp.k);
+    let v = bind.ptr(&mut kb, "v", sp.v);
+    let g = sp.gate.map(|b| bind.ptr(&mut kb, "g", b));
+    let beta = bind.ptr(&mut kb, "beta", sp.beta);
+    let w_out = bind.ptr(&mut kb, "w", w_buf);
+    let u_out = bind.ptr(&mut kb, "u", u_buf);
+    let hd = head(&mut kb, &mut bind, sp, 1)?;
+    let tri = Tri::new(&mut kb, sp.chunk)?;
+    let rows = chunk_rows(&mut kb, sp, &hd)?;
+    let kt = rows.load(&mut kb, k, sp.dk, sp.dkp())?;
+    let vt = rows.load(&mut kb, v, sp.dv, sp.dvp())?;
+    let bt = rows.load_scalar(&mut kb, beta)?;
+    let gates = chunk_gates(&mut kb, &rows, g)?;
+    let (w, u) = ut::wy(&mut kb, &tri, kt, vt, bt, gates.as_ref())?;
+    rows.store(&mut kb, w_out, sp.dk, w)?;
+    rows.store(&mut kb, u_out, sp.dv, u)?;
+    lw.launch(kb.finish()?, chunk_grid.clone(), bind.args)?;
+
+    // 2. The chunk-start states, in order, and V'.
+    let mut kb = KernelBuilder::new(&format!("{}_states", sp.name));
+    let mut bind = Binder::default();
+    let k = bind.ptr(&mut kb, "k", sp.k);
+    let g = sp.gate.map(|b| bind.ptr(&mut kb, "g", b));
+    let w_in = bind.ptr(&mut kb, "w", w_buf);
+    let u_in = bind.ptr(&mut kb, "u", u_buf);
+    let s0 = sp.initial.map(|b| bind.ptr(&mut kb, "initial_state", b));
+    let vn_out = bind.ptr(&mut kb, "v_new", vn_buf);
+    let states = bind.ptr(&mut kb, "chunk_states", states_buf);
+    let fs = bind.ptr(&mut kb, "final_state", sp.final_state);
+    let hd = head(&mut kb, &mut bind, sp, 0)?;
+    let n_chunks = bind.size(&mut kb, "NC", sp.chunks())?;
+    let s = initial_state(&mut kb, sp, s0, &hd)?;
+    let first = kb.mul(hd.bh, n_chunks)?;
+    let (lo, one, c) = (kb.i32(0)?, kb.i32(1)?, kb.i32(sp.chunk as i64)?);
+    let fin = kb.for_loop(lo, n_chunks, one, &[s], |kb, n, carried| {
+        let s = carried[0];
+        let at = kb.add(first, n)?;
+        sp.state.store(kb, states, at, s)?;
+        let t0 = kb.mul(n, c)?;
+        let rows = Rows::new(kb, &hd, t0, sp.chunk)?;
+        let wt = rows.load(kb, w_in, sp.dk, sp.dkp())?;
+        let ut_ = rows.load(kb, u_in, sp.dv, sp.dvp())?;
+        let vn = ut::v_new(kb, wt, ut_, s)?;
+        rows.store(kb, vn_out, sp.dv, vn)?;
+        let kt = rows.load(kb, k, sp.dk, sp.dkp())?;
+        let gates = chunk_gates(kb, &rows, g)?;
+        Ok(vec![ut::advance(kb, kt, s, vn, gates.as_ref())?])
+    })?;
+    let fin = fin.first().copied().ok_or_else(|| no_result(&kb))?;
+    sp.state.store(&mut kb, fs, hd.bh, fin)?;
+    lw.launch(kb.finish()?, [Count::Dim(sp.h), Count::Dim(sp.b), Count::Const(1)], bind.args)?;
+
+    // 3. Every chunk's output.
+    let mut kb = KernelBuilder::new(&format!("{}_output", sp.name));
+    let mut bind = Binder::default();
+    let q = bind.ptr(&mut kb, "q", sp.q);
+    let k = bind.ptr(&mut kb, "k", sp.k);
+    let g = sp.gate.map(|b| bind.ptr(&mut kb, "g", b));
+    let vn_in = bind.ptr(&mut kb, "v_new", vn_buf);
+    let states = bind.ptr(&mut kb, "chunk_states", states_buf);
+    let o = bind.ptr(&mut kb, "o", sp.o);
+    let hd = head(&mut kb, &mut bind, sp, 1)?;
+    let n_chunks = bind.size(&mut kb, "NC", sp.chunks())?;
+    let tri = Tri::new(&mut kb, sp.chunk)?;
+    let rows = chunk_rows(&mut kb, sp, &hd)?;
+    let n = kb.program_id(0)?;
+    let at = kb.mul(hd.bh, n_chunks)?;
+    let at = kb.add(at, n)?;
+    let s = sp.state.load(&mut kb, states, at)?;
+    let qt = rows.load(&mut kb, q, sp.dk, sp.dkp())?;
+    let kt = rows.load(&mut kb, k, sp.dk, sp.dkp())?;
+    let vn = rows.load(&mut kb, vn_in, sp.dv, sp.dvp())?;
+    let gates = chunk_gates(&mut kb, &rows, g)?;
+    let ot = ut::output(&mut kb, &tri, qt, kt, s, vn, gates.as_ref(), sp.scale)?;
+    rows.store(&mut kb, o, sp.dv, ot)?;
+    lw.launch(kb.finish()?, chunk_grid, bind.args)
+}
+
+/// The rows of the chunk given by grid axis 0.
+fn chunk_rows(kb: &mut KernelBuilder, sp: &Spec, hd: &Head) -> Res<Rows> {
+    let n = kb.program_id(0)?;
+    let c = kb.i32(sp.chunk as i64)?;
+    let t0 = kb.mul(n, c)?;
+    Rows::new(kb, hd, t0, sp.chunk)
+}
+
+fn no_result(kb: &KernelBuilder) -> LowerError {
+    LowerError::Tile(mixc_ir::tile::TileError::Kernel {
+        kernel: kb.kernel().name.clone(),
+        msg: "the chunk loop has no result".into(),
+    })
 }

@@ -1,4 +1,5 @@
 mod attention;
 mod cost;
+mod delta;
 mod recurrence;
 mod util;

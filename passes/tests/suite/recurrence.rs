@@ -43,13 +43,7 @@ pub fn recurrence_graph(t: Transition, normalize: bool, has_initial: bool, h: u6
             ops.push(g.input_opt("initial_z", DType::F32, &[b, hd, kd], true).unwrap());
         }
     }
-    let eps = if normalize {
-        1e-6
-    } else if t == Transition::Mlstm {
-        1e-6
-    } else {
-        0.0
-    };
+    let eps = if normalize || t == Transition::Mlstm { 1e-6 } else { 0.0 };
     let r = Recurrence { transition: t, scale: (dk as f64).powf(-0.5), normalize, eps, has_initial };
     let names = OpKind::LinearRecurrence(r).result_names();
     let res = g.add(OpKind::LinearRecurrence(r), &ops, &names).unwrap();

@@ -1,0 +1,132 @@
+//! Addressing for the delta-rule kernels: which program this is, the rows of a
+//! chunk in the `[B, T, H, D]` activations, and the `[Dk, Dv]` state matrices.
+
+use super::super::util;
+use mixc_ir::tile::{Arg, Count, KernelBuilder, ParamId, TValue, TileError};
+use mixc_ir::DType;
+
+pub type Res<T> = Result<T, TileError>;
+
+/// Collects a kernel's parameters and, in the same order, the launch's arguments.
+#[derive(Default)]
+pub struct Binder {
+    pub args: Vec<Arg>,
+}
+
+impl Binder {
+    pub fn ptr(&mut self, kb: &mut KernelBuilder, name: &str, buffer: usize) -> ParamId {
+        self.args.push(Arg::Buffer(buffer));
+        kb.ptr_param(name, DType::F32)
+    }
+
+    /// An i32 size parameter computed from the dims at launch.
+    pub fn size(&mut self, kb: &mut KernelBuilder, name: &str, count: Count) -> Res<TValue> {
+        self.args.push(Arg::Size(count));
+        kb.scalar_param(name, DType::I32)
+    }
+}
+
+/// The (batch, head) a program works on, and the sequence length.
+pub struct Head {
+    /// `T` and `H` (i32 scalars).
+    pub t_len: TValue,
+    pub heads: TValue,
+    pub h: TValue,
+    /// `b·T`: the first token row of this batch entry.
+    pub bt: TValue,
+    /// `b·H + h`: the index of this head's state.
+    pub bh: TValue,
+}
+
+impl Head {
+    pub fn new(kb: &mut KernelBuilder, t_len: TValue, heads: TValue, b: TValue, h: TValue) -> Res<Head> {
+        let bt = kb.mul(b, t_len)?;
+        let bh = kb.mul(b, heads)?;
+        let bh = kb.add(bh, h)?;
+        Ok(Head { t_len, heads, h, bt, bh })
+    }
+}
+
+/// The `c` token rows starting at `t0`: their row index into a `[B, T, H, ·]`
+/// activation (`[c, 1]`) and the mask of rows before `T` (`[c, 1]`).
+pub struct Rows {
+    pub tok: TValue,
+    pub valid: TValue,
+}
+
+impl Rows {
+    pub fn new(kb: &mut KernelBuilder, hd: &Head, t0: TValue, c: u32) -> Res<Rows> {
+        let (t, valid) = util::rows(kb, t0, c, hd.t_len)?;
+        let tok = kb.add(t, hd.bt)?;
+        let tok = kb.mul(tok, hd.heads)?;
+        let tok = kb.add(tok, hd.h)?;
+        Ok(Rows { tok, valid })
+    }
+
+    /// Offsets `[c, pad]` into an activation of head dim `width`, and the mask of
+    /// valid rows and columns.
+    fn offsets(&self, kb: &mut KernelBuilder, width: u64, pad: u32) -> Res<(TValue, TValue)> {
+        let (col, cmask) = util::cols(kb, pad, width)?;
+        let w = kb.i32(width as i64)?;
+        let base = kb.mul(self.tok, w)?;
+        let offs = kb.add(base, col)?;
+        let mask = kb.and(self.valid, cmask)?;
+        Ok((offs, mask))
+    }
+
+    /// Loads `[c, pad]` of an activation with head dim `width`; rows past `T` and
+    /// padding columns read 0.
+    pub fn load(&self, kb: &mut KernelBuilder, ptr: ParamId, width: u64, pad: u32) -> Res<TValue> {
+        let (offs, mask) = self.offsets(kb, width, pad)?;
+        kb.load(ptr, offs, Some(mask), 0.0)
+    }
+
+    pub fn store(&self, kb: &mut KernelBuilder, ptr: ParamId, width: u64, value: TValue) -> Res<()> {
+        let pad = kb.ty(value).shape.get(1).copied().unwrap_or(1);
+        let (offs, mask) = self.offsets(kb, width, pad)?;
+        kb.store(ptr, offs, value, Some(mask))
+    }
+
+    /// Loads a per-step scalar (`[B, T, H]`: a gate, β) as `[c, 1]`; rows past `T` read 0.
+    pub fn load_scalar(&self, kb: &mut KernelBuilder, ptr: ParamId) -> Res<TValue> {
+        kb.load(ptr, self.tok, Some(self.valid), 0.0)
+    }
+}
+
+/// Offsets and mask of the `index`-th `[dk, dv]` matrix of a state buffer, as a
+/// `[pad(dk), pad(dv)]` tile.
+pub struct StateTile {
+    pub dk: u64,
+    pub dv: u64,
+    pub dkp: u32,
+    pub dvp: u32,
+}
+
+impl StateTile {
+    fn offsets(&self, kb: &mut KernelBuilder, index: TValue) -> Res<(TValue, TValue)> {
+        let i = kb.arange(self.dkp)?;
+        let dk = kb.i32(self.dk as i64)?;
+        let i_ok = kb.lt(i, dk)?;
+        let i = kb.expand(i, 1)?;
+        let i_ok = kb.expand(i_ok, 1)?;
+        let (j, j_ok) = util::cols(kb, self.dvp, self.dv)?;
+        let dv = kb.i32(self.dv as i64)?;
+        let size = kb.i32((self.dk * self.dv) as i64)?;
+        let base = kb.mul(index, size)?;
+        let row = kb.mul(i, dv)?;
+        let row = kb.add(row, base)?;
+        let offs = kb.add(row, j)?;
+        let mask = kb.and(i_ok, j_ok)?;
+        Ok((offs, mask))
+    }
+
+    pub fn load(&self, kb: &mut KernelBuilder, ptr: ParamId, index: TValue) -> Res<TValue> {
+        let (offs, mask) = self.offsets(kb, index)?;
+        kb.load(ptr, offs, Some(mask), 0.0)
+    }
+
+    pub fn store(&self, kb: &mut KernelBuilder, ptr: ParamId, index: TValue, value: TValue) -> Res<()> {
+        let (offs, mask) = self.offsets(kb, index)?;
+        kb.store(ptr, offs, value, Some(mask))
+    }
+}
