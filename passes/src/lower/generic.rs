@@ -1,15 +1,45 @@
-//! Simple kernels for every op that has no dedicated recipe (being written).
+//! Simple kernels for every op that has no dedicated recipe: elementwise math
+//! (`ew`), data movement (`moves`), row-wise reductions and scans (`rows`) and
+//! the short causal convolution (`conv`), on the shared scaffolding of `kern`.
+//!
+//! Every value lives in a row-major buffer of its declared dims (f32 for
+//! floats); sizes and strides reach kernels as i32 scalar parameters. These
+//! kernels favour the obvious form over the fast one; each module notes the
+//! speedups left for later.
+
+mod conv;
+mod ew;
+mod kern;
+mod moves;
+mod rows;
 
 use super::{LowerError, Lowering};
 use mixc_ir::graph::OpNode;
+use mixc_ir::ops::OpKind;
 use mixc_ir::tile::Count;
 
 pub fn lower(lw: &mut Lowering, op: &OpNode) -> Result<(), LowerError> {
-    Err(lw.err(op, "not lowered yet"))
+    if op.operands.len() != op.kind.operand_roles(op.operands.len()).len()
+        || op.results.len() != op.kind.result_names().len()
+    {
+        return Err(lw.err(op, "wrong number of operands or results"));
+    }
+    if let OpKind::CausalConv1d { time, taps, tail, silu, .. } = &op.kind {
+        return conv::conv1d(lw, op, *time, *taps, *tail, *silu);
+    }
+    if let Some(r) = ew::lower(lw, op) {
+        return r;
+    }
+    if let Some(r) = moves::lower(lw, op) {
+        return r;
+    }
+    if let Some(r) = rows::lower(lw, op) {
+        return r;
+    }
+    Err(lw.err(op, "no generic lowering for this op"))
 }
 
 /// Copies `n` elements from buffer `from` to buffer `to`.
 pub fn copy(lw: &mut Lowering, from: usize, to: usize, n: Count) -> Result<(), LowerError> {
-    let _ = (lw, from, to, n);
-    Err(LowerError::Schedule("copy not written yet".into()))
+    moves::copy(lw, from, to, n)
 }

@@ -1,5 +1,7 @@
 mod attention;
 mod cost;
 mod delta;
+mod generic;
+mod library;
 mod recurrence;
 mod util;
