@@ -260,3 +260,25 @@ fn tile_stage_prints_the_program() {
     assert_eq!(bad.status.code(), Some(1));
     assert!(text(&bad.stderr).contains("chunk 48 must be a power of two"), "{}", text(&bad.stderr));
 }
+
+#[test]
+fn every_zoo_model_lowers_to_tile_programs() {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("models"))
+        .unwrap_or_else(|e| panic!("models/: {e}"))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    for f in files {
+        let path = f.to_str().unwrap_or_else(|| panic!("non-UTF-8 path"));
+        for split in [false, true] {
+            let mut args = vec!["compile", path, "--emit", "tile"];
+            if split {
+                args.push("--split");
+            }
+            let out = mixc(&args);
+            assert!(out.status.success(), "{path} (split {split}): {}", text(&out.stderr));
+            assert!(text(&out.stdout).contains("launch "), "{path}: no launches");
+        }
+    }
+}
