@@ -10,6 +10,7 @@ pub mod device;
 pub mod lower;
 pub mod schedule;
 pub mod search;
+pub mod simplify;
 
 pub use lower::{lower, LowerError};
 pub use schedule::Schedule;

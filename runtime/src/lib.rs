@@ -1,4 +1,14 @@
-//! Devices, tensors, kernel caches, mixer execution and the full-model executor (issues 4, 5 and 7).
+//! mixc's runtime: host tensors and their safetensors files, and the execution
+//! of tile programs on a device (the reference tile interpreter today; the CPU
+//! JIT and CUDA through the backends as they land). The full-model executor
+//! (issue 7) will live here too.
 //!
-//! Nothing lives here yet: the crate exists so the workspace has its final shape
-//! and the dependency direction (ir -> passes -> backends -> runtime) is fixed from the start.
+//! **Architecture invariant:** the runtime takes lowered programs; it never
+//! lowers or schedules (that is the facade's and the passes' job).
+
+pub mod exec;
+pub mod st;
+pub mod tensor;
+
+pub use exec::{Engine, RunError};
+pub use tensor::{Data, HostTensor};

@@ -16,6 +16,7 @@
 
 pub mod build;
 pub mod interp;
+pub mod parse;
 pub mod program;
 pub mod text;
 pub mod verify;

@@ -136,5 +136,8 @@ pub fn lower(g: &Graph, sched: &Schedule) -> Result<Program, LowerError> {
             generic::copy(&mut lw, b, out, n)?;
         }
     }
-    Ok(lw.prog)
+    // Constant folding, common loads and arithmetic, dead code: recipes may
+    // load a chunk twice (outputs, then the state update) and leave the rest
+    // to this.
+    Ok(crate::simplify::simplify_program(&lw.prog))
 }

@@ -24,15 +24,31 @@ fn library() -> Vec<(&'static str, String)> {
         ("gla", table("gla", 2, 24, 17, "gate = { activation = \"logsigmoid\", tau = 16.0 }\noutput_norm = true\n")),
         ("mlstm", table("mlstm", 2, 16, 8, "gate_soft_cap = 15.0\n")),
         ("deltanet", table("deltanet", 2, 16, 24, "qk_norm = true\n")),
-        ("gated_deltanet", table("gated_deltanet", 2, 17, 8, "qk_norm = true\nshort_conv = 4\ngate = { activation = \"mamba\" }\n")),
+        (
+            "gated_deltanet",
+            table("gated_deltanet", 2, 17, 8, "qk_norm = true\nshort_conv = 4\ngate = { activation = \"mamba\" }\n"),
+        ),
         ("mamba2", table("mamba2", 4, 16, 8, "groups = 2\nshort_conv = 4\n")),
-        ("attention", "kind = \"attention\"\nheads = 4\nkv_heads = 2\nhead_dim = 24\nrope = { theta = 10000.0 }\n".into()),
+        (
+            "attention",
+            "kind = \"attention\"\nheads = 4\nkv_heads = 2\nhead_dim = 24\nrope = { theta = 10000.0 }\n".into(),
+        ),
         ("swa", "kind = \"attention\"\nheads = 2\nhead_dim = 17\nwindow = 9\n".into()),
         ("sinks", "kind = \"attention\"\nheads = 2\nkv_heads = 1\nhead_dim = 16\nwindow = 5\nsinks = 3\n".into()),
         ("liger", "kind = \"liger\"\nheads = 2\nhead_dim = 16\nwindow = 8\nrope = { theta = 100.0 }\n".into()),
-        ("lizard", "kind = \"lizard\"\nheads = 2\nhead_dim = 16\nwindow = 8\nmeta_tokens = 2\ncombine = \"separate\"\n".into()),
-        ("lizard_shared", "kind = \"lizard\"\nheads = 2\nhead_dim = 16\nwindow = 6\nmeta_tokens = 1\ncombine = \"shared\"\n".into()),
-        ("duo", "kind = \"duo\"\nheads = 4\nkv_heads = 2\nhead_dim = 16\nsinks = 2\nwindow = 5\nretrieval_heads = [1]\n".into()),
+        (
+            "lizard",
+            "kind = \"lizard\"\nheads = 2\nhead_dim = 16\nwindow = 8\nmeta_tokens = 2\ncombine = \"separate\"\n".into(),
+        ),
+        (
+            "lizard_shared",
+            "kind = \"lizard\"\nheads = 2\nhead_dim = 16\nwindow = 6\nmeta_tokens = 1\ncombine = \"shared\"\n".into(),
+        ),
+        (
+            "duo",
+            "kind = \"duo\"\nheads = 4\nkv_heads = 2\nhead_dim = 16\nsinks = 2\nwindow = 5\nretrieval_heads = [1]\n"
+                .into(),
+        ),
         ("mom", table("mom", 2, 16, 8, "memories = 3\ntop_k = 2\nshared_memory = true\n")),
     ]
 }

@@ -4,4 +4,5 @@ mod delta;
 mod generic;
 mod library;
 mod recurrence;
+mod simplify;
 mod util;

@@ -1,0 +1,54 @@
+//! Running a lowered program on host tensors.
+
+use crate::tensor::{Data, HostTensor};
+use mixc_ir::interp::Tensor;
+use mixc_ir::tile::interp::Precision;
+use mixc_ir::tile::{BufferRole, Program, TileError};
+use std::collections::BTreeMap;
+
+/// What executes the kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    /// The tile interpreter with f32 arithmetic: slow, and the yardstick for
+    /// every code generator.
+    Reference,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Tile(#[from] TileError),
+}
+
+/// Runs every launch of `prog` on `inputs` and returns its outputs.
+pub fn run_program(
+    prog: &Program,
+    inputs: &BTreeMap<String, HostTensor>,
+    engine: Engine,
+) -> Result<BTreeMap<String, HostTensor>, RunError> {
+    match engine {
+        Engine::Reference => {
+            let ins: BTreeMap<String, Tensor> = inputs.iter().map(|(k, v)| (k.clone(), v.to_f64())).collect();
+            let (outs, _) = prog.run(&ins, Precision::F32)?;
+            Ok(outs
+                .into_iter()
+                .map(|(name, t)| {
+                    let int = prog
+                        .buffers
+                        .iter()
+                        .find(|b| b.role == BufferRole::Output(name.clone()))
+                        .is_some_and(|b| !b.dtype.is_float());
+                    (name, HostTensor::from_f64(&t, int))
+                })
+                .collect())
+        }
+    }
+}
+
+/// Whether a tensor holds only finite values.
+pub fn all_finite(t: &HostTensor) -> bool {
+    match &t.data {
+        Data::F32(v) => v.iter().all(|x| x.is_finite()),
+        Data::I32(_) => true,
+    }
+}
