@@ -4,7 +4,10 @@
 //! graph of every distinct mixer it describes ([`graphs_of_file`]). Later
 //! stages (schedule, tile programs, backends) hang off these graphs.
 
+pub mod jit;
+
 pub use mixc_ir as ir;
+pub use mixc_runtime as runtime;
 
 use mixc_ir::model::{self, MixerKind, ModelError, ModelFile};
 use mixc_ir::{Graph, IrError};
@@ -49,6 +52,13 @@ pub enum Error {
         #[source]
         source: IrError,
     },
+    /// Inputs that do not fit the mixer (the message names the tensor and the expected shape).
+    #[error("mixer `{mixer}`: {msg}")]
+    Inputs { mixer: String, msg: String },
+    #[error("mixer `{mixer}`: running the kernels failed: {msg}")]
+    Run { mixer: String, msg: String },
+    #[error(transparent)]
+    Tensors(#[from] mixc_runtime::st::StError),
     /// A command-line value that does not make sense (named in the message).
     #[error("{0}")]
     Usage(String),

@@ -1,6 +1,7 @@
 //! Command-line arguments (clap derive) and their dispatch.
 
 mod compile;
+mod exec;
 mod explain;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -71,6 +72,64 @@ pub enum Command {
                       models/mamba2.toml --target cpu --sizes B=1,T=2048"
     )]
     Explain(ExplainArgs),
+    /// Run one mixer on tensors from a safetensors file and write its outputs.
+    #[command(after_help = EXEC_HELP)]
+    Exec(ExecArgs),
+}
+
+const EXEC_HELP: &str = "\
+Tensor names and layouts follow flash-linear-attention: q, k, v as [B, T, H, D]; g as
+[B, T, H, Dk] (gla) or [B, T, H] (scalar gates, log space); beta [B, T, H]; mLSTM i, f
+[B, T, H] pre-activations; initial_state [B, H, Dk, Dv] (mLSTM adds initial_n [B, H, Dk],
+initial_m [B, H]); KV caches k_cache, v_cache [B, S, Hkv, D]. Outputs: o, final_state
+(mLSTM adds final_n, final_m; attention returns the updated caches). The README lists
+every mixer kind's names; a missing, extra or misshapen tensor is an error naming it.
+
+Examples:
+  mixc exec models/gla.toml --inputs in.safetensors -o out.safetensors
+  mixc exec models/hybrid.toml --layer 3 --inputs in.safetensors -o out.safetensors --mode decode";
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// A mixer table or model file (.toml) or a mixer graph (.mix).
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// The input tensors.
+    #[arg(long, value_name = "IN.safetensors")]
+    pub inputs: PathBuf,
+    /// Where to write the outputs.
+    #[arg(short = 'o', long = "output", value_name = "OUT.safetensors")]
+    pub output: PathBuf,
+    /// Where kernels run: cpu (native code) or reference (the tile interpreter).
+    #[arg(long, value_enum, default_value_t = ExecTarget::Cpu)]
+    pub target: ExecTarget,
+    /// prefill (chunked, any number of tokens) or decode (token by token).
+    #[arg(long, value_enum, default_value_t = Mode::Prefill)]
+    pub mode: Mode,
+    /// Which mixer of a file with several.
+    #[arg(long, value_name = "NAME", conflicts_with = "layer")]
+    pub mixer: Option<String>,
+    /// The mixer of layer I of a model file.
+    #[arg(long, value_name = "I")]
+    pub layer: Option<usize>,
+    /// Chunk size of chunked recurrences (default: the table's, or 64).
+    #[arg(long, value_name = "N")]
+    pub chunk: Option<u32>,
+    /// Split state passing instead of one fused kernel per head.
+    #[arg(long)]
+    pub split: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ExecTarget {
+    Cpu,
+    Reference,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    Prefill,
+    Decode,
 }
 
 #[derive(Debug, Args)]
@@ -126,5 +185,6 @@ pub fn run(cli: &Cli) -> Result<String, mixc::Error> {
     match &cli.command {
         Command::Compile(args) => compile::run(args),
         Command::Explain(args) => explain::run(args),
+        Command::Exec(args) => exec::run(args),
     }
 }

@@ -33,7 +33,7 @@ pub enum InterpError {
     UnknownInput(String, String),
     #[error("input `{name}` must have shape {expected}, found {found:?}")]
     BadShape { name: String, expected: String, found: Vec<usize> },
-    #[error("input `{name}`: dim `{dim}` is {found} here but {bound} elsewhere")]
+    #[error("input `{name}`: dim `{dim}` is {found}, but {bound} is expected (fixed by the mixer or bound by another input)")]
     DimMismatch { name: String, dim: String, found: usize, bound: usize },
     #[error("dim `{0}` is not bound by any input")]
     Unbound(String),
@@ -58,8 +58,39 @@ impl Sizes {
     }
 }
 
+/// `[B, T, H=4, Dk=16]`: a shape with the sizes of its fixed dims.
+pub fn shape_with_sizes(g: &Graph, shape: &[DimId]) -> String {
+    let parts: Vec<String> = shape
+        .iter()
+        .map(|d| match g.dims.const_size(*d) {
+            Some(n) => format!("{}={n}", g.dims.name(*d)),
+            None => g.dims.name(*d).to_string(),
+        })
+        .collect();
+    format!("[{}]", parts.join(", "))
+}
+
+/// Checks input names and shapes against the graph's declared inputs (the same
+/// rules as [`run`]: free dims bound from the inputs, absent optional inputs
+/// allowed), without evaluating anything.
+pub fn check_shapes(g: &Graph, shapes: &BTreeMap<String, Vec<usize>>) -> Result<(), InterpError> {
+    let tensors: BTreeMap<String, Tensor> =
+        shapes.iter().map(|(n, s)| (n.clone(), Tensor { shape: s.clone(), data: Vec::new() })).collect();
+    bind_shapes(g, &tensors).map(|_| ())
+}
+
 /// Binds free dims from the given inputs and checks every given input's shape.
 fn bind(g: &Graph, inputs: &BTreeMap<String, Tensor>) -> Result<Sizes, InterpError> {
+    let sizes = bind_shapes(g, inputs)?;
+    for (name, t) in inputs {
+        if t.data.iter().any(|x| !x.is_finite()) {
+            return Err(InterpError::NonFinite(name.clone()));
+        }
+    }
+    Ok(sizes)
+}
+
+fn bind_shapes(g: &Graph, inputs: &BTreeMap<String, Tensor>) -> Result<Sizes, InterpError> {
     let decls = g.inputs();
     for name in inputs.keys() {
         if !decls.iter().any(|(n, _, _)| n == name) {
@@ -79,7 +110,7 @@ fn bind(g: &Graph, inputs: &BTreeMap<String, Tensor>) -> Result<Sizes, InterpErr
         if t.shape.len() != shape.len() {
             return Err(InterpError::BadShape {
                 name: name.to_string(),
-                expected: g.dims.fmt_shape(shape),
+                expected: shape_with_sizes(g, shape),
                 found: t.shape.clone(),
             });
         }
@@ -127,9 +158,6 @@ fn bind(g: &Graph, inputs: &BTreeMap<String, Tensor>) -> Result<Sizes, InterpErr
                     });
                 }
             }
-        }
-        if t.data.iter().any(|x| !x.is_finite()) {
-            return Err(InterpError::NonFinite(name.to_string()));
         }
     }
     Ok(Sizes { sizes })

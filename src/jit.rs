@@ -1,0 +1,199 @@
+//! The JIT API: compile a mixer once, run it on named tensors.
+//!
+//! ```no_run
+//! use mixc::jit::{jit, MixerSource, Target};
+//! use mixc::runtime::HostTensor;
+//! use std::collections::BTreeMap;
+//!
+//! let mixer = jit(MixerSource::file("models/gla.toml"), Target::Cpu)?;
+//! let (b, t, h, dk, dv) = (1, 100, 2, 16, 32);
+//! let mut inputs = BTreeMap::new();
+//! inputs.insert("q".to_string(), HostTensor::f32(vec![b, t, h, dk], vec![0.1; b * t * h * dk]));
+//! inputs.insert("k".to_string(), HostTensor::f32(vec![b, t, h, dk], vec![0.1; b * t * h * dk]));
+//! inputs.insert("v".to_string(), HostTensor::f32(vec![b, t, h, dv], vec![0.1; b * t * h * dv]));
+//! inputs.insert("g".to_string(), HostTensor::f32(vec![b, t, h, dk], vec![-0.1; b * t * h * dk]));
+//! inputs.insert("o_norm_weight".to_string(), HostTensor::f32(vec![dv], vec![1.0; dv]));
+//! let out = mixer.run(&inputs)?;               // prefill: `o`, `final_state`
+//! let mut step = inputs.clone();               // one more token from the carried state
+//! for (name, len) in [("q", dk), ("k", dk), ("v", dv), ("g", dk)] {
+//!     step.insert(name.to_string(), HostTensor::f32(vec![b, 1, h, len], vec![0.1; b * h * len]));
+//! }
+//! step.insert("initial_state".to_string(), out["final_state"].clone());
+//! let next = mixer.decode_step(&step)?;
+//! # Ok::<(), mixc::Error>(())
+//! ```
+
+use crate::{graphs_of_file, Error, NamedGraph};
+use mixc_ir::graph::Graph;
+use mixc_ir::tile::Program;
+use mixc_passes::Schedule;
+use mixc_runtime::{exec, Engine, HostTensor};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Where kernels run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Native code for this CPU (Cranelift). Until the CPU backend lands this
+    /// runs the tile programs on the reference interpreter (f32 arithmetic).
+    Cpu,
+    /// The tile interpreter with f32 arithmetic: the yardstick.
+    Reference,
+}
+
+/// What to compile: a mixer of a model file, or a graph.
+pub enum MixerSource {
+    File { path: PathBuf, mixer: Option<String>, layer: Option<usize> },
+    Graph(Graph),
+}
+
+impl MixerSource {
+    /// The file's only mixer (or its first, for a model with one distinct mixer).
+    pub fn file(path: impl AsRef<Path>) -> MixerSource {
+        MixerSource::File { path: path.as_ref().to_path_buf(), mixer: None, layer: None }
+    }
+    /// The mixer named `[mixer.NAME]` in a file.
+    pub fn named(path: impl AsRef<Path>, mixer: &str) -> MixerSource {
+        MixerSource::File { path: path.as_ref().to_path_buf(), mixer: Some(mixer.to_string()), layer: None }
+    }
+    /// The mixer of layer `i` of a model file.
+    pub fn layer(path: impl AsRef<Path>, layer: usize) -> MixerSource {
+        MixerSource::File { path: path.as_ref().to_path_buf(), mixer: None, layer: Some(layer) }
+    }
+}
+
+/// A compiled mixer: the prefill program (chunked) and the decode-step program.
+pub struct CompiledMixer {
+    pub name: String,
+    pub graph: Graph,
+    pub prefill: Program,
+    pub decode: Program,
+    engine: Engine,
+}
+
+/// Options of [`jit_with`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct JitOptions {
+    /// Overrides the table's chunk size.
+    pub chunk: Option<u32>,
+    /// Split state passing for prefill.
+    pub split: bool,
+}
+
+pub fn jit(source: MixerSource, target: Target) -> Result<CompiledMixer, Error> {
+    jit_with(source, target, JitOptions::default())
+}
+
+/// Picks the graph a source names.
+pub fn select_graph(source: MixerSource) -> Result<NamedGraph, Error> {
+    let (path, mixer, layer) = match source {
+        MixerSource::Graph(graph) => {
+            return Ok(NamedGraph { name: graph.name.clone(), kind: None, chunk: None, graph });
+        }
+        MixerSource::File { path, mixer, layer } => (path, mixer, layer),
+    };
+    let shown = path.display().to_string();
+    let mut graphs = graphs_of_file(&path)?;
+    let wanted = match (mixer, layer) {
+        (Some(m), _) => Some(m),
+        (None, Some(i)) => {
+            let file = mixc_ir::model::load_model(&path)?;
+            let layers = file.layer_mixers();
+            let Some(name) = layers.get(i) else {
+                return Err(Error::Usage(format!(
+                    "{shown}: --layer {i} is out of range: the model has {} layers",
+                    layers.len()
+                )));
+            };
+            Some(name.clone())
+        }
+        (None, None) => None,
+    };
+    match wanted {
+        Some(name) => {
+            let names: Vec<String> = graphs.iter().map(|g| g.name.clone()).collect();
+            let pos = graphs.iter().position(|g| g.name == name).ok_or_else(|| {
+                Error::Usage(format!("{shown}: no mixer `{name}` (the file has: {})", names.join(", ")))
+            })?;
+            Ok(graphs.swap_remove(pos))
+        }
+        None if graphs.len() == 1 => Ok(graphs.swap_remove(0)),
+        None => {
+            let names: Vec<String> = graphs.iter().map(|g| g.name.clone()).collect();
+            Err(Error::Usage(format!(
+                "{shown} describes {} mixers ({}): say which with --mixer NAME or --layer I",
+                names.len(),
+                names.join(", ")
+            )))
+        }
+    }
+}
+
+pub fn jit_with(source: MixerSource, target: Target, opts: JitOptions) -> Result<CompiledMixer, Error> {
+    let g = select_graph(source)?;
+    let chunk = opts.chunk.or(g.chunk).unwrap_or(64);
+    let sched = Schedule { split: opts.split, ..Schedule::with_chunk(chunk) };
+    let prefill = crate::lower_graph(&g.name, &g.graph, &sched)?;
+    let decode = crate::lower_graph(&g.name, &g.graph, &Schedule::decode())?;
+    let engine = match target {
+        Target::Cpu | Target::Reference => Engine::Reference,
+    };
+    Ok(CompiledMixer { name: g.name, graph: g.graph, prefill, decode, engine })
+}
+
+impl CompiledMixer {
+    /// The graph's inputs: (name, shape with fixed sizes, optional).
+    pub fn inputs(&self) -> Vec<(String, String, bool)> {
+        self.graph
+            .inputs()
+            .into_iter()
+            .map(|(n, v, opt)| {
+                (n.to_string(), mixc_ir::interp::shape_with_sizes(&self.graph, &self.graph.ty(v).shape), opt)
+            })
+            .collect()
+    }
+
+    /// Checks names, shapes and dtypes of the inputs against the graph.
+    pub fn check_inputs(&self, inputs: &BTreeMap<String, HostTensor>) -> Result<(), Error> {
+        let shapes = inputs.iter().map(|(n, t)| (n.clone(), t.shape.clone())).collect();
+        mixc_ir::interp::check_shapes(&self.graph, &shapes)
+            .map_err(|e| Error::Inputs { mixer: self.name.clone(), msg: e.to_string() })?;
+        for (name, v, _) in self.graph.inputs() {
+            let Some(t) = inputs.get(name) else { continue };
+            let want_int = !self.graph.ty(v).dtype.is_float();
+            let is_int = matches!(t.data, mixc_runtime::Data::I32(_));
+            if want_int != is_int {
+                return Err(Error::Inputs {
+                    mixer: self.name.clone(),
+                    msg: format!(
+                        "input `{name}` must hold {} values, found {}",
+                        self.graph.ty(v).dtype,
+                        if is_int { "integers" } else { "floats" }
+                    ),
+                });
+            }
+            if !exec::all_finite(t) {
+                return Err(Error::Inputs {
+                    mixer: self.name.clone(),
+                    msg: format!("input `{name}` holds NaN or infinity"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the prefill program (any number of tokens).
+    pub fn run(&self, inputs: &BTreeMap<String, HostTensor>) -> Result<BTreeMap<String, HostTensor>, Error> {
+        self.check_inputs(inputs)?;
+        exec::run_program(&self.prefill, inputs, self.engine)
+            .map_err(|e| Error::Run { mixer: self.name.clone(), msg: e.to_string() })
+    }
+
+    /// Runs the decode-step program: the state or cache in, a few tokens, the
+    /// updated state or cache out.
+    pub fn decode_step(&self, inputs: &BTreeMap<String, HostTensor>) -> Result<BTreeMap<String, HostTensor>, Error> {
+        self.check_inputs(inputs)?;
+        exec::run_program(&self.decode, inputs, self.engine)
+            .map_err(|e| Error::Run { mixer: self.name.clone(), msg: e.to_string() })
+    }
+}
