@@ -6,6 +6,8 @@
 //! **Architecture invariant:** the runtime takes lowered programs; it never
 //! lowers or schedules (that is the facade's and the passes' job).
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod exec;
 pub mod st;
 pub mod tensor;
