@@ -4,9 +4,11 @@
 //! graph of every distinct mixer it describes ([`graphs_of_file`]). Later
 //! stages (schedule, tile programs, backends) hang off these graphs.
 
+pub mod bundle;
 pub mod jit;
 
 pub use mixc_ir as ir;
+pub use mixc_passes as passes;
 pub use mixc_runtime as runtime;
 
 use mixc_ir::model::{self, MixerKind, ModelError, ModelFile};

@@ -407,3 +407,44 @@ fn exec_names_the_bad_tensor() {
     assert_eq!(res.status.code(), Some(1));
     assert!(text(&res.stderr).contains("/nonexistent.safetensors"));
 }
+
+#[test]
+fn kernel_bundles_round_trip_and_refuse_mismatches() {
+    let graphs = mixc::graphs_of_file(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/gla.toml").as_path())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let g = &graphs[0];
+    let schedule = mixc::passes::Schedule::with_chunk(32);
+    let program = mixc::lower_graph(&g.name, &g.graph, &schedule).unwrap_or_else(|e| panic!("{e}"));
+    let kernels: Vec<mixc::bundle::KernelImage> = program
+        .kernels
+        .iter()
+        .map(|k| mixc::bundle::KernelImage {
+            name: k.name.clone(),
+            code: format!("// {}", k.name),
+            threads: 128,
+            shared_bytes: 0,
+        })
+        .collect();
+    let entry = mixc::bundle::BundledProgram {
+        mixer: g.name.clone(),
+        mode: "prefill".into(),
+        graph: g.graph.clone(),
+        schedule,
+        program: program.clone(),
+        kernels: kernels.clone(),
+    };
+    let dir = std::env::temp_dir().join(format!("mixc-bundle-{}", std::process::id()));
+    mixc::bundle::write(&dir, "sm_90", &[entry]).unwrap_or_else(|e| panic!("{e}"));
+    let (target, back) = mixc::bundle::read(&dir).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(target, "sm_90");
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0].program, program);
+    assert_eq!(back[0].kernels, kernels);
+    // A manifest that names other kernels is refused.
+    let manifest = dir.join("manifest.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap_or_default();
+    std::fs::write(&manifest, text.replacen("name = \"", "name = \"other_", 1)).unwrap_or_else(|e| panic!("{e}"));
+    let err = mixc::bundle::read(&dir).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("do not match"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,7 +1,9 @@
-//! The schedule: a plain value saying how to run a mixer graph.
+//! The schedule: a plain value saying how to run a mixer graph (serializable:
+//! kernel bundles record the schedule their kernels were built under).
 
 /// How the recurrent and attention ops of a graph are cut into tiles.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Schedule {
     /// Chunk length of chunked recurrences (16…256).
     pub chunk: u32,
