@@ -3,6 +3,8 @@
 mod compile;
 mod exec;
 mod explain;
+#[cfg(feature = "cuda")]
+mod gpu;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -75,6 +77,23 @@ pub enum Command {
     /// Run one mixer on tensors from a safetensors file and write its outputs.
     #[command(after_help = EXEC_HELP)]
     Exec(ExecArgs),
+    /// Check a kernel bundle on the GPU against the f64 reference (random ragged
+    /// shapes, every program of the bundle) and time it; exits non-zero on any
+    /// failure. Needs a build with `--features cuda`.
+    GpuCheck(GpuCheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GpuCheckArgs {
+    /// A kernel bundle written by `mixc compile FILE --target sm_90 -o DIR`.
+    #[arg(long, value_name = "DIR")]
+    pub kernels: PathBuf,
+    /// Seed of the random inputs.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Largest sequence length to check against the full f64 reference.
+    #[arg(long, default_value_t = 600)]
+    pub max_t: usize,
 }
 
 const EXEC_HELP: &str = "\
@@ -186,5 +205,11 @@ pub fn run(cli: &Cli) -> Result<String, mixc::Error> {
         Command::Compile(args) => compile::run(args),
         Command::Explain(args) => explain::run(args),
         Command::Exec(args) => exec::run(args),
+        #[cfg(feature = "cuda")]
+        Command::GpuCheck(args) => gpu::check(args),
+        #[cfg(not(feature = "cuda"))]
+        Command::GpuCheck(_) => Err(mixc::Error::Usage(
+            "this mixc was built without CUDA support: rebuild with `cargo build --release --features cuda`".into(),
+        )),
     }
 }
