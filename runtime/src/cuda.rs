@@ -125,10 +125,14 @@ impl CudaRunner {
             };
             bufs.push(self.stream.clone_htod(&words).map_err(drv("copying to the device"))?);
         }
-        let start = self.stream.record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT)).map_err(drv("event"))?;
+        let start = self
+            .stream
+            .record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(drv("event"))?;
         for _ in 0..reps.max(1) {
             for l in &prog.launches {
-                let (Some(k), Some(f), Some(tk)) = (kernels.get(l.kernel), fns.get(l.kernel), prog.kernels.get(l.kernel))
+                let (Some(k), Some(f), Some(tk)) =
+                    (kernels.get(l.kernel), fns.get(l.kernel), prog.kernels.get(l.kernel))
                 else {
                     return Err(CudaError::Program("launch of a missing kernel".into()));
                 };
@@ -178,7 +182,10 @@ impl CudaRunner {
                 unsafe { builder.launch(cfg) }.map_err(drv("launching"))?;
             }
         }
-        let end = self.stream.record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT)).map_err(drv("event"))?;
+        let end = self
+            .stream
+            .record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(drv("event"))?;
         self.stream.synchronize().map_err(drv("running the kernels"))?;
         let millis = start.elapsed_ms(&end).map_err(drv("timing"))? / reps.max(1) as f32;
         let mut outputs = BTreeMap::new();
