@@ -1,11 +1,11 @@
 //! The JIT API: compile a mixer once, run it on named tensors.
 //!
-//! ```no_run
+//! ```
 //! use mixc::jit::{jit, MixerSource, Target};
 //! use mixc::runtime::HostTensor;
 //! use std::collections::BTreeMap;
 //!
-//! let mixer = jit(MixerSource::file("models/gla.toml"), Target::Cpu)?;
+//! let mixer = jit(MixerSource::file(concat!(env!("CARGO_MANIFEST_DIR"), "/models/gla.toml")), Target::Cpu)?;
 //! let (b, t, h, dk, dv) = (1, 100, 2, 16, 32);
 //! let mut inputs = BTreeMap::new();
 //! inputs.insert("q".to_string(), HostTensor::f32(vec![b, t, h, dk], vec![0.1; b * t * h * dk]));
@@ -20,6 +20,7 @@
 //! }
 //! step.insert("initial_state".to_string(), out["final_state"].clone());
 //! let next = mixer.decode_step(&step)?;
+//! assert_eq!(next["o"].shape, vec![b, 1, h, dv]);
 //! # Ok::<(), mixc::Error>(())
 //! ```
 
