@@ -6,6 +6,8 @@
 
 pub mod bundle;
 pub mod jit;
+pub mod runner;
+pub use runner::Model;
 
 pub use mixc_ir as ir;
 pub use mixc_passes as passes;

@@ -448,3 +448,57 @@ fn kernel_bundles_round_trip_and_refuse_mismatches() {
     assert!(err.contains("do not match"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Prefill of T tokens then N decode steps gives the logits of a prefill of
+/// T + N tokens, for every model of the zoo, on random weights.
+#[test]
+fn decode_after_prefill_equals_longer_prefill_for_every_model() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    let mut checked = 0;
+    for f in files {
+        let Ok(w) = mixc::Model::init_weights(&f, 3) else { continue }; // mixer-only files
+        let ids: Vec<u32> = (0..9).map(|i| (i * 37 + 5) % 200).collect();
+        let (t, n) = (6, 3);
+        let mut a = mixc::Model::load(&f, w.clone(), mixc::jit::Target::Cpu).unwrap_or_else(|e| panic!("{e}"));
+        let vocab = a.vocab();
+        let full = a.forward(&ids, false).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        let mut b = mixc::Model::load(&f, w, mixc::jit::Target::Cpu).unwrap_or_else(|e| panic!("{e}"));
+        let mut got = b.forward(&ids[..t], false).unwrap_or_else(|e| panic!("{e}"));
+        for id in &ids[t..t + n] {
+            got.extend(b.forward(&[*id], true).unwrap_or_else(|e| panic!("{e}")));
+        }
+        let (x, y) = (&got[..], &full[..(t + n) * vocab]);
+        let num: f64 = x.iter().zip(y).map(|(p, q)| ((p - q) as f64).powi(2)).sum();
+        let den: f64 = y.iter().map(|q| (*q as f64).powi(2)).sum();
+        let err = (num / den).sqrt();
+        assert!(err <= 1e-4, "{}: decode after prefill differs from prefill by {err:e}", f.display());
+        checked += 1;
+    }
+    assert!(checked >= 12, "only {checked} models checked");
+}
+
+/// Recurrent and windowed layers keep a cache whose size does not grow with
+/// the number of generated tokens; full attention's grows.
+#[test]
+fn cache_memory_is_constant_for_recurrent_and_windowed_layers() {
+    for (model, constant) in [("models/gla.toml", true), ("models/swa.toml", true), ("models/llama.toml", false)] {
+        let f = Path::new(env!("CARGO_MANIFEST_DIR")).join(model);
+        let w = mixc::Model::init_weights(&f, 1).unwrap_or_else(|e| panic!("{e}"));
+        let mut m = mixc::Model::load(&f, w, mixc::jit::Target::Cpu).unwrap_or_else(|e| panic!("{e}"));
+        // Past the window (16 in swa.toml) before measuring.
+        let prompt: Vec<u32> = (0..40).collect();
+        m.forward(&prompt, false).unwrap_or_else(|e| panic!("{e}"));
+        let before = m.cache_bytes();
+        for id in 0..4 {
+            m.forward(&[id], true).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let after = m.cache_bytes();
+        assert_eq!(before == after, constant, "{model}: {before:?} -> {after:?}");
+    }
+}

@@ -5,6 +5,7 @@ mod exec;
 mod explain;
 #[cfg(feature = "cuda")]
 mod gpu;
+mod run;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -81,6 +82,48 @@ pub enum Command {
     /// shapes, every program of the bundle) and time it; exits non-zero on any
     /// failure. Needs a build with `--features cuda`.
     GpuCheck(GpuCheckArgs),
+    /// Write random, well-scaled weights for a model file (demos and tests).
+    InitWeights(InitWeightsArgs),
+    /// Run a whole model: prefill a prompt, then generate token by token.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitWeightsArgs {
+    /// A model file with a [model] section.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Where to write the weights.
+    #[arg(short = 'o', long = "output", value_name = "W.safetensors")]
+    pub output: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// A model file with a [model] section.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Weights (safetensors; names in the README).
+    #[arg(long, value_name = "W.safetensors")]
+    pub weights: PathBuf,
+    /// The prompt as token ids separated by spaces.
+    #[arg(long, value_name = "IDS")]
+    pub prompt_ids: String,
+    #[arg(long, default_value_t = 16)]
+    pub max_new_tokens: usize,
+    /// 0 picks the most likely token; above, sample from the softmax at this temperature.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Where kernels run.
+    #[arg(long, value_enum, default_value_t = ExecTarget::Cpu)]
+    pub target: ExecTarget,
+    /// Print the bytes each layer's cache holds after prefill and after decoding.
+    #[arg(long)]
+    pub report_memory: bool,
 }
 
 #[derive(Debug, Args)]
@@ -205,6 +248,8 @@ pub fn run(cli: &Cli) -> Result<String, mixc::Error> {
         Command::Compile(args) => compile::run(args),
         Command::Explain(args) => explain::run(args),
         Command::Exec(args) => exec::run(args),
+        Command::InitWeights(args) => run::init_weights(args),
+        Command::Run(args) => run::run(args),
         #[cfg(feature = "cuda")]
         Command::GpuCheck(args) => gpu::check(args),
         #[cfg(not(feature = "cuda"))]
