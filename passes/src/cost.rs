@@ -63,8 +63,13 @@ pub struct ProgramCost {
 
 /// Sizes of every dim of a program given the free dims by name (others: 0).
 pub fn bind_sizes(prog: &Program, free: &BTreeMap<String, u64>) -> Vec<u64> {
-    let bound: BTreeMap<DimId, u64> =
-        prog.dims.iter().filter_map(|(d, def)| free.get(&def.name).map(|v| (d, *v))).collect();
+    // Free dims not named (a KV cache length, say) are empty.
+    let bound: BTreeMap<DimId, u64> = prog
+        .dims
+        .iter()
+        .filter(|(_, def)| def.size.is_none())
+        .map(|(d, def)| (d, free.get(&def.name).copied().unwrap_or(0)))
+        .collect();
     prog.dims
         .iter()
         .map(|(d, def)| match def.size {
@@ -258,17 +263,16 @@ impl Walker<'_> {
                         None
                     }
                 },
-                TOp::Unary(_, x) | TOp::Cast(x, _) => {
-                    if !scalar_out {
-                        self.work.vector += numel * times;
-                    }
-                    if scalar_out {
-                        self.val(*x)
-                    } else {
-                        None
-                    }
+                TOp::Unary(f, x) if scalar_out => self.val(*x).and_then(|v| scalar_unary(*f, v)),
+                TOp::Cast(x, d) if scalar_out => {
+                    self.val(*x).map(|v| if d.is_float() { v } else if *d == mixc_ir::DType::Bool { (v != 0.0) as u8 as f64 } else { v.trunc() })
                 }
-                TOp::Select(..) | TOp::Reduce { .. } | TOp::Cumsum { .. } => {
+                TOp::Select(c, a, b2) if scalar_out => match self.val(*c) {
+                    Some(c) if c != 0.0 => self.val(*a),
+                    Some(_) => self.val(*b2),
+                    None => None,
+                },
+                TOp::Unary(..) | TOp::Cast(..) | TOp::Select(..) | TOp::Reduce { .. } | TOp::Cumsum { .. } => {
                     self.work.vector += numel * times;
                     None
                 }
@@ -322,6 +326,22 @@ impl Walker<'_> {
                 self.set(*r, value);
             }
         }
+    }
+}
+
+fn scalar_unary(f: mixc_ir::ops::UnaryFn, x: f64) -> Option<f64> {
+    use mixc_ir::ops::UnaryFn as U;
+    match f {
+        U::Neg => Some(-x),
+        U::Abs => Some(x.abs()),
+        U::Floor => Some(x.floor()),
+        U::Round => Some(x.round()),
+        U::Not => Some((x == 0.0) as u8 as f64),
+        U::Exp => Some(x.exp()),
+        U::Log => Some(x.ln()),
+        U::Sqrt => Some(x.sqrt()),
+        U::Recip => Some(1.0 / x),
+        _ => None,
     }
 }
 
