@@ -57,3 +57,18 @@ fn split_wins_when_heads_are_few_and_fused_when_many() {
     let decode = search(&g, &free(64, 1), &dev).unwrap();
     assert!(decode[0].schedule.step, "decode: the step form, got {:?}", decode[0].schedule);
 }
+
+/// Causal flash attention's counted matrix work is the anchors' causal count
+/// `2·B·H·T²·D` plus the diagonal blocks' half-empty tiles.
+#[test]
+fn causal_attention_flops_match_the_anchor_count() {
+    let g = super::util::build("kind = \"attention\"\nheads = 16\nhead_dim = 128\n");
+    let (b, h, t, d) = (2u64, 16u64, 4096u64, 128u64);
+    let sched = Schedule { block_q: 64, block_k: 64, ..Schedule::default() };
+    let prog = lower(&g, &sched).unwrap();
+    let cost = price(&prog, &free(b, t), &DeviceProfile::h100());
+    let flash = cost.kernels.iter().find(|k| k.name.contains("flash")).expect("a flash kernel");
+    let anchor = (2 * b * h * t * t * d) as f64;
+    let ratio = flash.matmul_flops / anchor;
+    assert!((1.0..1.03).contains(&ratio), "counted {} vs anchor {anchor}: ratio {ratio}", flash.matmul_flops);
+}
