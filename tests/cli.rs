@@ -502,3 +502,11 @@ fn cache_memory_is_constant_for_recurrent_and_windowed_layers() {
         assert_eq!(before == after, constant, "{model}: {before:?} -> {after:?}");
     }
 }
+
+#[test]
+fn devices_lists_the_builtin_profiles() {
+    let out = mixc(&["devices"]);
+    assert!(out.status.success());
+    let s = text(&out.stdout);
+    assert!(s.contains("sm_90") && s.contains("680.00 TFLOP/s") && s.contains("3.00 TB/s") && s.contains("cpu"), "{s}");
+}

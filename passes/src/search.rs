@@ -58,3 +58,29 @@ pub fn search(g: &Graph, free: &BTreeMap<String, u64>, dev: &DeviceProfile) -> R
     });
     Ok(out)
 }
+
+/// From how many new tokens the chunked prefill beats the token-by-token form,
+/// at batch `b` (the runtime's `decode_threshold`). `None` if the step form
+/// wins up to 4096 tokens or the graph has no recurrence.
+pub fn decode_threshold(g: &Graph, b: u64, dev: &DeviceProfile) -> Result<Option<u64>, LowerError> {
+    if !g.ops.iter().any(|o| matches!(o.kind, OpKind::LinearRecurrence(_))) {
+        return Ok(None);
+    }
+    let step = lower(g, &Schedule::decode())?;
+    let chunked: Vec<_> = [16, 32, 64, 128]
+        .into_iter()
+        .flat_map(|c| [false, true].map(|split| Schedule { split, ..Schedule::with_chunk(c) }))
+        .map(|s| lower(g, &s))
+        .collect::<Result<_, _>>()?;
+    let mut t = 1u64;
+    while t <= 4096 {
+        let free: BTreeMap<String, u64> = [("B".to_string(), b), ("T".to_string(), t)].into_iter().collect();
+        let step_s = price(&step, &free, dev).time_s;
+        let best = chunked.iter().map(|p| price(p, &free, dev).time_s).fold(f64::INFINITY, f64::min);
+        if best < step_s {
+            return Ok(Some(t));
+        }
+        t *= 2;
+    }
+    Ok(None)
+}

@@ -23,6 +23,21 @@ pub fn run(args: &ExplainArgs) -> Result<String, mixc::Error> {
         let _ = writeln!(out, "# mixer {} on {} ({})", g.name, dev.name, shown.join(", "));
         table(&mut out, &cands, args.top);
         why(&mut out, &cands);
+        let b = free.get("B").copied().unwrap_or(1);
+        match mixc_passes::search::decode_threshold(&g.graph, b, &dev)
+            .map_err(|source| mixc::Error::Lower { mixer: g.name.clone(), source })?
+        {
+            Some(t) => {
+                let _ = writeln!(
+                    out,
+                    "decode threshold: from {t} new tokens the chunked form beats token by token (B={b})."
+                );
+            }
+            None if g.graph.ops.iter().any(|o| matches!(o.kind, mixc::ir::OpKind::LinearRecurrence(_))) => {
+                let _ = writeln!(out, "decode threshold: token by token wins up to 4096 new tokens (B={b}).");
+            }
+            None => {}
+        }
     }
     Ok(out)
 }
@@ -161,4 +176,33 @@ fn why(out: &mut String, cands: &[Candidate]) {
         describe(&pick.schedule, blocks_vary),
         ms(pick.cost.time_s)
     );
+}
+
+/// `mixc devices`: the built-in profiles.
+pub fn devices() -> String {
+    let mut out = format!(
+        "{:<8} {:<5} {:>16} {:>16} {:>12} {:>12} {:>6} {:>10}\n",
+        "target", "kind", "matmul", "vector", "DRAM", "L2", "units", "local mem"
+    );
+    for t in ["sm_80", "sm_90", "h200", "cpu"] {
+        if let Some(d) = DeviceProfile::builtin(t) {
+            let _ = writeln!(
+                out,
+                "{:<8} {:<5} {:>16} {:>16} {:>12} {:>12} {:>6} {:>6} KiB",
+                t,
+                match d.kind {
+                    DeviceKind::Gpu => "gpu",
+                    DeviceKind::Cpu => "cpu",
+                },
+                format!("{}FLOP/s", si(d.matmul_flops)),
+                format!("{}FLOP/s", si(d.vector_flops)),
+                format!("{}B/s", si(d.dram_bw)),
+                format!("{}B/s", si(d.l2_bw)),
+                d.units,
+                d.local_mem / 1024
+            );
+        }
+    }
+    out.push_str("Sustained matmul and vector peaks, bandwidths; `mixc explain --profile FILE.toml` loads another.\n");
+    out
 }

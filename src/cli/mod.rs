@@ -82,6 +82,8 @@ pub enum Command {
     /// shapes, every program of the bundle) and time it; exits non-zero on any
     /// failure. Needs a build with `--features cuda`.
     GpuCheck(GpuCheckArgs),
+    /// List the built-in device profiles the cost model prices against.
+    Devices,
     /// Write random, well-scaled weights for a model file (demos and tests).
     InitWeights(InitWeightsArgs),
     /// Run a whole model: prefill a prompt, then generate token by token.
@@ -249,6 +251,7 @@ pub fn run(cli: &Cli) -> Result<String, mixc::Error> {
         Command::Explain(args) => explain::run(args),
         Command::Exec(args) => exec::run(args),
         Command::InitWeights(args) => run::init_weights(args),
+        Command::Devices => Ok(explain::devices()),
         Command::Run(args) => run::run(args),
         #[cfg(feature = "cuda")]
         Command::GpuCheck(args) => gpu::check(args),
