@@ -510,3 +510,13 @@ fn devices_lists_the_builtin_profiles() {
     let s = text(&out.stdout);
     assert!(s.contains("sm_90") && s.contains("680.00 TFLOP/s") && s.contains("3.00 TB/s") && s.contains("cpu"), "{s}");
 }
+
+#[test]
+fn explain_draws_the_roofline() {
+    let file = TempFile::new("plot", "toml", GLA_H16);
+    let svg = TempFile::new("roofline", "svg", "");
+    let out = mixc(&["explain", file.arg(), "--plot", svg.arg(), "--top", "1"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let body = std::fs::read_to_string(&svg.0).unwrap_or_default();
+    assert!(body.contains("<svg") && body.contains("matrix unit") && body.contains("gla/o_fused"), "{body}");
+}

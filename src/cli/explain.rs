@@ -14,6 +14,7 @@ pub fn run(args: &ExplainArgs) -> Result<String, mixc::Error> {
     let graphs = mixc::graphs_of_file(&args.file)?;
     let shown: Vec<String> = free.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let mut out = String::new();
+    let mut points: Vec<(String, f64, f64)> = Vec::new();
     for (i, g) in graphs.iter().enumerate() {
         if i > 0 {
             out.push('\n');
@@ -23,6 +24,13 @@ pub fn run(args: &ExplainArgs) -> Result<String, mixc::Error> {
         let _ = writeln!(out, "# mixer {} on {} ({})", g.name, dev.name, shown.join(", "));
         table(&mut out, &cands, args.top);
         why(&mut out, &cands);
+        if let Some(pick) = cands.first() {
+            for k in &pick.cost.kernels {
+                if k.flops() > 0.0 && k.time_s > 0.0 {
+                    points.push((format!("{}/{}", g.name, k.name), k.intensity(), k.flops() / k.time_s));
+                }
+            }
+        }
         let b = free.get("B").copied().unwrap_or(1);
         match mixc_passes::search::decode_threshold(&g.graph, b, &dev)
             .map_err(|source| mixc::Error::Lower { mixer: g.name.clone(), source })?
@@ -39,7 +47,63 @@ pub fn run(args: &ExplainArgs) -> Result<String, mixc::Error> {
             None => {}
         }
     }
+    if let Some(path) = &args.plot {
+        roofline(path, &dev, &points)?;
+        let _ = writeln!(out, "roofline written to {}", path.display());
+    }
     Ok(out)
+}
+
+/// The device's roofline (log-log: FLOP/B against FLOP/s) with the picked
+/// schedules' kernels as points.
+fn roofline(path: &std::path::Path, dev: &DeviceProfile, points: &[(String, f64, f64)]) -> Result<(), mixc::Error> {
+    use plotters::prelude::*;
+    let err = |e: String| mixc::Error::Usage(format!("cannot draw {}: {e}", path.display()));
+    let (x0, x1) = (0.01f64, 10_000.0f64);
+    let y1 = dev.matmul_flops * 2.0;
+    let y0 = (dev.dram_bw * x0 / 10.0).max(1e6);
+    let root = SVGBackend::new(path, (900, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(format!("roofline: {}", dev.name), ("sans-serif", 22))
+        .margin(20)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d((x0..x1).log_scale(), (y0..y1).log_scale())
+        .map_err(|e| err(e.to_string()))?;
+    chart
+        .configure_mesh()
+        .x_desc("arithmetic intensity (FLOP/byte of DRAM)")
+        .y_desc("FLOP/s")
+        .y_label_formatter(&|y| si(*y).trim().to_string())
+        .x_label_formatter(&|x| format!("{x}"))
+        .draw()
+        .map_err(|e| err(e.to_string()))?;
+    let xs: Vec<f64> = (0..=120).map(|i| x0 * (x1 / x0).powf(i as f64 / 120.0)).collect();
+    for (peak, color, label) in [(dev.matmul_flops, &BLUE, "matrix unit"), (dev.vector_flops, &GREEN, "vector unit")] {
+        chart
+            .draw_series(LineSeries::new(xs.iter().map(|x| (*x, (dev.dram_bw * x).min(peak))), color))
+            .map_err(|e| err(e.to_string()))?
+            .label(label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    chart
+        .draw_series(points.iter().map(|(_, x, y)| Circle::new((x.clamp(x0, x1), y.clamp(y0, y1)), 5, RED.filled())))
+        .map_err(|e| err(e.to_string()))?
+        .label("kernels of the pick")
+        .legend(|(x, y)| Circle::new((x + 10, y), 5, RED.filled()));
+    for (name, x, y) in points {
+        chart
+            .draw_series(std::iter::once(Text::new(
+                name.clone(),
+                (x.clamp(x0, x1), y.clamp(y0, y1)),
+                ("sans-serif", 11),
+            )))
+            .map_err(|e| err(e.to_string()))?;
+    }
+    chart.configure_series_labels().border_style(BLACK).draw().map_err(|e| err(e.to_string()))?;
+    root.present().map_err(|e| err(e.to_string()))?;
+    Ok(())
 }
 
 fn profile(args: &ExplainArgs) -> Result<DeviceProfile, mixc::Error> {

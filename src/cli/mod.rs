@@ -215,6 +215,9 @@ pub struct ExplainArgs {
     /// How many candidates to list per mixer (the rest are summarized).
     #[arg(long, value_name = "N", default_value_t = 12)]
     pub top: usize,
+    /// Draw the device's roofline with each kernel of each mixer's pick as a point (SVG).
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
