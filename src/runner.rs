@@ -40,6 +40,14 @@ enum Feed {
     Offset,
 }
 
+/// A compiled mixer and how to feed it.
+struct LoadedMixer {
+    mixer: CompiledMixer,
+    feeds: Vec<(String, Feed)>,
+    /// Per-token shape of its output `o`.
+    o_shape: Vec<usize>,
+}
+
 struct Layer {
     mixer: usize,
     state: BTreeMap<String, HostTensor>,
@@ -48,7 +56,7 @@ struct Layer {
 /// A loaded model with its per-layer caches.
 pub struct Model {
     cfg: ModelSection,
-    mixers: Vec<(CompiledMixer, Vec<(String, Feed)>, Vec<usize>)>,
+    mixers: Vec<LoadedMixer>,
     layers: Vec<Layer>,
     weights: BTreeMap<String, HostTensor>,
     position: usize,
@@ -135,30 +143,8 @@ fn carried_input(output: &str) -> Option<String> {
 impl Model {
     /// Loads a model file and its weights, compiling each distinct mixer once.
     pub fn load(file: &Path, weights: BTreeMap<String, HostTensor>, target: Target) -> Result<Model, Error> {
-        let mf: ModelFile = load_model(file)?;
-        let Some(cfg) = mf.model.clone() else {
-            return Err(Error::Usage(format!("{}: has no [model] section: it describes mixers only", file.display())));
-        };
-        let graphs = graphs_of_file(file)?;
-        let mut mixers = Vec::new();
-        let mut index = BTreeMap::new();
-        for g in graphs {
-            let name = g.name.clone();
-            let m = jit_with(MixerSource::Graph(g.graph), target, JitOptions { chunk: g.chunk, split: false })?;
-            let f = feeds(&m)?;
-            let o = m.graph.output("o").ok_or_else(|| Error::Usage(format!("mixer `{name}` has no output `o`")))?;
-            let o_shape: Option<Vec<usize>> =
-                m.graph.ty(o).shape[2..].iter().map(|d| m.graph.dims.const_size(*d).map(|x| x as usize)).collect();
-            let o_shape = o_shape.ok_or_else(|| Error::Usage(format!("mixer `{name}`: `o` is not fixed per token")))?;
-            index.insert(name, mixers.len());
-            mixers.push((m, f, o_shape));
-        }
-        let layers = mf
-            .layer_mixers()
-            .iter()
-            .map(|n| Layer { mixer: index.get(n).copied().unwrap_or(0), state: BTreeMap::new() })
-            .collect();
-        let model = Model { cfg, mixers, layers, weights, position: 0 };
+        let mut model = Model::structure(file, target)?;
+        model.weights = weights;
         model.check_weights()?;
         Ok(model)
     }
@@ -171,7 +157,7 @@ impl Model {
             out.push(("lm_head.weight".into(), vec![v, d]));
         }
         for (i, l) in self.layers.iter().enumerate() {
-            let (m, feeds, o_shape) = &self.mixers[l.mixer];
+            let LoadedMixer { mixer: m, feeds, o_shape } = &self.mixers[l.mixer];
             out.push((format!("layers.{i}.mixer_norm.weight"), vec![d]));
             for (name, feed) in feeds {
                 match feed {
@@ -222,7 +208,7 @@ impl Model {
 
     /// Random, well-scaled weights for a model file (for demos and tests).
     pub fn init_weights(file: &Path, seed: u64) -> Result<BTreeMap<String, HostTensor>, Error> {
-        let m = Model::load_unchecked(file)?;
+        let m = Model::structure(file, Target::Reference)?;
         let mut rng = mixc_ir::mixers::inputs::SplitMix::new(seed);
         let mut w = BTreeMap::new();
         for (name, shape) in m.weight_shapes() {
@@ -252,23 +238,26 @@ impl Model {
         Ok(w)
     }
 
-    fn load_unchecked(file: &Path) -> Result<Model, Error> {
+    /// The layer stack of a model file with its compiled mixers, no weights yet.
+    fn structure(file: &Path, target: Target) -> Result<Model, Error> {
         let mf: ModelFile = load_model(file)?;
         let Some(cfg) = mf.model.clone() else {
-            return Err(Error::Usage(format!("{}: has no [model] section", file.display())));
+            return Err(Error::Usage(format!("{}: has no [model] section: it describes mixers only", file.display())));
         };
-        let graphs = graphs_of_file(file)?;
         let mut mixers = Vec::new();
         let mut index = BTreeMap::new();
-        for g in graphs {
+        for g in graphs_of_file(file)? {
             let name = g.name.clone();
-            let m = jit_with(MixerSource::Graph(g.graph), Target::Reference, JitOptions::default())?;
-            let f = feeds(&m)?;
-            let o = m.graph.output("o").ok_or_else(|| Error::Usage(format!("mixer `{name}` has no output `o`")))?;
-            let o_shape: Vec<usize> =
-                m.graph.ty(o).shape[2..].iter().map(|d| m.graph.dims.const_size(*d).unwrap_or(0) as usize).collect();
+            let mixer = jit_with(MixerSource::Graph(g.graph), target, JitOptions { chunk: g.chunk, split: false })?;
+            let feeds = feeds(&mixer)?;
+            let o = mixer.graph.output("o").ok_or_else(|| Error::Usage(format!("mixer `{name}` has no output `o`")))?;
+            let o_shape: Option<Vec<usize>> = mixer.graph.ty(o).shape[2..]
+                .iter()
+                .map(|d| mixer.graph.dims.const_size(*d).map(|x| x as usize))
+                .collect();
+            let o_shape = o_shape.ok_or_else(|| Error::Usage(format!("mixer `{name}`: `o` is not fixed per token")))?;
             index.insert(name, mixers.len());
-            mixers.push((m, f, o_shape));
+            mixers.push(LoadedMixer { mixer, feeds, o_shape });
         }
         let layers = mf
             .layer_mixers()
@@ -306,7 +295,7 @@ impl Model {
             x.extend_from_slice(&embed[i * d..(i + 1) * d]);
         }
         for li in 0..self.layers.len() {
-            let (mixer, feeds, o_shape) = &self.mixers[self.layers[li].mixer];
+            let LoadedMixer { mixer, feeds, o_shape } = &self.mixers[self.layers[li].mixer];
             let nw = weight(&self.weights, &format!("layers.{li}.mixer_norm.weight"), &[d])?;
             let h = rmsnorm(&x, nw, d);
             let mut inputs = BTreeMap::new();
