@@ -264,9 +264,15 @@ impl Walker<'_> {
                     }
                 },
                 TOp::Unary(f, x) if scalar_out => self.val(*x).and_then(|v| scalar_unary(*f, v)),
-                TOp::Cast(x, d) if scalar_out => {
-                    self.val(*x).map(|v| if d.is_float() { v } else if *d == mixc_ir::DType::Bool { (v != 0.0) as u8 as f64 } else { v.trunc() })
-                }
+                TOp::Cast(x, d) if scalar_out => self.val(*x).map(|v| {
+                    if d.is_float() {
+                        v
+                    } else if *d == mixc_ir::DType::Bool {
+                        (v != 0.0) as u8 as f64
+                    } else {
+                        v.trunc()
+                    }
+                }),
                 TOp::Select(c, a, b2) if scalar_out => match self.val(*c) {
                     Some(c) if c != 0.0 => self.val(*a),
                     Some(_) => self.val(*b2),
