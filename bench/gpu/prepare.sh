@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Run HERE (the build machine, with LLVM): writes kernel bundles for every zoo
+# model and a CUDA-enabled mixc without LLVM into gpu-dist/, which travels to
+# the GPU machine (carry gpu-dist) where bench/gpu/check.sh runs it.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+out=gpu-dist
+rm -rf "$out" && mkdir -p "$out/bundles"
+cargo build --release --features llvm
+for f in models/*.toml; do
+  name=$(basename "$f" .toml)
+  ./target/release/mixc compile "$f" --target sm_90 -o "$out/bundles/$name" --chunk "${CHUNK:-64}" >/dev/null
+done
+# The binary for the GPU machine: CUDA through cudarc, no LLVM (kernels come from the bundles).
+cargo build --release --no-default-features --features cuda
+cp target/release/mixc "$out/mixc"
+strip "$out/mixc" 2>/dev/null || true
+cp bench/gpu/check.sh "$out/"
+du -sh "$out"
