@@ -23,6 +23,8 @@ pub struct KernelImage {
     pub code: String,
     pub threads: u32,
     pub shared_bytes: u32,
+    /// Global scratch bytes per CTA (an extra last kernel argument when > 0).
+    pub scratch_bytes: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -50,6 +52,8 @@ struct KernelEntry {
     file: String,
     threads: u32,
     shared_bytes: u32,
+    #[serde(default)]
+    scratch_bytes: u32,
 }
 
 /// One program of a bundle.
@@ -81,7 +85,13 @@ pub fn write(dir: &Path, target: &str, programs: &[BundledProgram]) -> Result<()
             let file = format!("{}.{}.{i}.ptx", p.mixer, p.mode);
             let path = dir.join(&file);
             std::fs::write(&path, &k.code).map_err(io(&path))?;
-            kernels.push(KernelEntry { name: k.name.clone(), file, threads: k.threads, shared_bytes: k.shared_bytes });
+            kernels.push(KernelEntry {
+                name: k.name.clone(),
+                file,
+                threads: k.threads,
+                shared_bytes: k.shared_bytes,
+                scratch_bytes: k.scratch_bytes,
+            });
         }
         manifest.program.push(ProgramEntry {
             mixer: p.mixer.clone(),
@@ -128,7 +138,13 @@ pub fn read(dir: &Path) -> Result<(String, Vec<BundledProgram>), Error> {
         for k in p.kernel {
             let kpath = dir.join(&k.file);
             let code = std::fs::read_to_string(&kpath).map_err(io(&kpath))?;
-            kernels.push(KernelImage { name: k.name, code, threads: k.threads, shared_bytes: k.shared_bytes });
+            kernels.push(KernelImage {
+                name: k.name,
+                code,
+                threads: k.threads,
+                shared_bytes: k.shared_bytes,
+                scratch_bytes: k.scratch_bytes,
+            });
         }
         out.push(BundledProgram { mixer: p.mixer, mode: p.mode, graph, schedule: p.schedule, program, kernels });
     }

@@ -5,6 +5,8 @@
 //! stages (schedule, tile programs, backends) hang off these graphs.
 
 pub mod bundle;
+#[cfg(feature = "llvm")]
+pub mod gpu;
 pub mod jit;
 pub mod runner;
 pub use runner::Model;

@@ -21,6 +21,9 @@ pub struct GpuKernel {
     pub ptx: String,
     pub threads: u32,
     pub shared_bytes: u32,
+    /// Global scratch bytes per CTA; when > 0 the kernel takes one more
+    /// argument, a buffer of `scratch_bytes × CTAs` bytes.
+    pub scratch_bytes: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -171,6 +174,16 @@ impl CudaRunner {
                         }
                         _ => return Err(CudaError::Program(format!("argument kind of `{}` in `{}`", p.name, tk.name))),
                     }
+                }
+                let scratch = if k.scratch_bytes > 0 {
+                    let ctas = grid.iter().map(|g| *g as usize).product::<usize>();
+                    let words = (k.scratch_bytes as usize).div_ceil(4) * ctas;
+                    Some(self.stream.alloc_zeros::<u32>(words.max(1)).map_err(drv("allocating scratch"))?)
+                } else {
+                    None
+                };
+                if let Some(s) = &scratch {
+                    builder.arg(s);
                 }
                 let cfg = LaunchConfig {
                     grid_dim: (grid[0], grid[1], grid[2]),

@@ -4,10 +4,70 @@ use super::{CompileArgs, Emit};
 
 pub fn run(args: &CompileArgs) -> Result<String, mixc::Error> {
     let graphs = mixc::graphs_of_file(&args.file)?;
+    let gpu = args.target != "cpu";
+    if gpu && !["sm_80", "sm_90", "sm_90a", "cuda"].contains(&args.target.as_str()) {
+        return Err(mixc::Error::Usage(format!(
+            "unknown target `{}` (expected cpu, sm_80, sm_90, sm_90a or cuda)",
+            args.target
+        )));
+    }
+    if let Some(dir) = &args.output {
+        if !gpu {
+            return Err(mixc::Error::Usage(
+                "-o DIR writes GPU kernel bundles: add --target sm_90 (or sm_80, sm_90a)".into(),
+            ));
+        }
+        return bundle(&graphs, args, dir);
+    }
     match args.emit {
         Emit::Graph => Ok(emit_graphs(&graphs)),
         Emit::Tile => emit_tiles(&graphs, args),
+        Emit::Llvm | Emit::Ptx if !gpu => {
+            Err(mixc::Error::Usage("--emit llvm and --emit ptx need a GPU target: add --target sm_90".into()))
+        }
+        Emit::Llvm | Emit::Ptx => emit_gpu(&graphs, args),
     }
+}
+
+fn schedule_of(g: &mixc::NamedGraph, args: &CompileArgs) -> mixc_passes::Schedule {
+    let chunk = args.chunk.or(g.chunk).unwrap_or(64);
+    mixc_passes::Schedule { split: args.split, ..mixc_passes::Schedule::with_chunk(chunk) }
+}
+
+#[cfg(feature = "llvm")]
+fn bundle(graphs: &[mixc::NamedGraph], args: &CompileArgs, dir: &std::path::Path) -> Result<String, mixc::Error> {
+    let sched = graphs.first().map(|g| schedule_of(g, args)).unwrap_or_default();
+    let n = mixc::gpu::write_bundle(dir, graphs, &args.target, &sched)?;
+    Ok(format!("wrote {n} programs for {} to {}\n", args.target, dir.display()))
+}
+
+#[cfg(not(feature = "llvm"))]
+fn bundle(_: &[mixc::NamedGraph], _: &CompileArgs, _: &std::path::Path) -> Result<String, mixc::Error> {
+    Err(mixc::Error::Usage("this mixc was built without LLVM (feature `llvm`): it cannot write PTX".into()))
+}
+
+#[cfg(feature = "llvm")]
+fn emit_gpu(graphs: &[mixc::NamedGraph], args: &CompileArgs) -> Result<String, mixc::Error> {
+    let target = mixc::gpu::target(&args.target)
+        .ok_or_else(|| mixc::Error::Usage(format!("unknown GPU target `{}`", args.target)))?;
+    let mut out = String::new();
+    for g in graphs {
+        let prog = mixc::lower_graph(&g.name, &g.graph, &schedule_of(g, args))?;
+        for (image, llvm) in mixc::gpu::compile_program(&g.name, &prog, target)? {
+            out.push_str(&format!(
+                "// mixer {} kernel {} ({} threads, {} B shared, {} B scratch)\n",
+                g.name, image.name, image.threads, image.shared_bytes, image.scratch_bytes
+            ));
+            out.push_str(if args.emit == Emit::Llvm { &llvm } else { &image.code });
+            out.push('\n');
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(not(feature = "llvm"))]
+fn emit_gpu(_: &[mixc::NamedGraph], _: &CompileArgs) -> Result<String, mixc::Error> {
+    Err(mixc::Error::Usage("this mixc was built without LLVM (feature `llvm`): it cannot emit LLVM IR or PTX".into()))
 }
 
 /// Each mixer's tile program under the schedule the flags and the table give.
@@ -17,8 +77,8 @@ fn emit_tiles(graphs: &[mixc::NamedGraph], args: &CompileArgs) -> Result<String,
         if i > 0 {
             out.push('\n');
         }
-        let chunk = args.chunk.or(g.chunk).unwrap_or(64);
-        let sched = mixc_passes::Schedule { split: args.split, ..mixc_passes::Schedule::with_chunk(chunk) };
+        let sched = schedule_of(g, args);
+        let chunk = sched.chunk;
         let prog = mixc::lower_graph(&g.name, &g.graph, &sched)?;
         out.push_str(&format!("# mixer {} (chunk {chunk}{})\n", g.name, if args.split { ", split" } else { "" }));
         out.push_str(&mixc::ir::tile::text::print_program(&prog));

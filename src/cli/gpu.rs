@@ -43,6 +43,7 @@ pub fn check(args: &GpuCheckArgs) -> Result<String, mixc::Error> {
                 ptx: k.code.clone(),
                 threads: k.threads,
                 shared_bytes: k.shared_bytes,
+                scratch_bytes: k.scratch_bytes,
             })
             .collect();
         let fns = runner.load(&p.program, &kernels).map_err(|e| mixc::Error::Usage(format!("{}: {e}", p.mixer)))?;

@@ -236,6 +236,13 @@ pub struct CompileArgs {
     /// parallel over chunks) instead of one fused kernel per head.
     #[arg(long)]
     pub split: bool,
+    /// The target: cpu, sm_80, sm_90, sm_90a, or cuda (the GPU of the lent machine, sm_90).
+    #[arg(long, value_name = "TARGET", default_value = "cpu")]
+    pub target: String,
+    /// Write a kernel bundle (PTX and a manifest) to this folder, for `--kernels DIR`
+    /// on a machine without LLVM (GPU targets).
+    #[arg(short = 'o', long = "output", value_name = "DIR")]
+    pub output: Option<PathBuf>,
 }
 
 /// The stages `--emit` can print.
@@ -245,6 +252,10 @@ pub enum Emit {
     Graph,
     /// The tile program (buffers, kernels, launches) each mixer lowers to.
     Tile,
+    /// The LLVM IR of each kernel (GPU targets).
+    Llvm,
+    /// The PTX of each kernel (GPU targets).
+    Ptx,
 }
 
 /// Runs a command; returns what it prints on stdout.

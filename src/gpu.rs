@@ -1,0 +1,60 @@
+//! Compiling tile programs to PTX (feature `llvm`): one kernel image per
+//! kernel of a program, and bundles of them for GPU machines without LLVM.
+
+use crate::bundle::{BundledProgram, KernelImage};
+use crate::{Error, NamedGraph};
+use mixc_backend_ptx::{compile, Target};
+use mixc_ir::tile::Program;
+use mixc_passes::Schedule;
+use std::path::Path;
+
+/// Parses `sm_80`, `sm_90`, `sm_90a` (and `cuda`, the H100 the lent machine has).
+pub fn target(name: &str) -> Option<Target> {
+    match name {
+        "cuda" => Some(Target::Sm90),
+        other => Target::parse(other),
+    }
+}
+
+/// Compiles every kernel of a program.
+pub fn compile_program(mixer: &str, prog: &Program, target: Target) -> Result<Vec<(KernelImage, String)>, Error> {
+    prog.kernels
+        .iter()
+        .map(|k| {
+            let p = compile(k, target).map_err(|e| Error::Usage(format!("mixer `{mixer}`: {e}")))?;
+            Ok((
+                KernelImage {
+                    name: p.name,
+                    code: p.ptx,
+                    threads: p.threads,
+                    shared_bytes: p.shared_bytes,
+                    scratch_bytes: p.scratch_bytes,
+                },
+                p.llvm_ir,
+            ))
+        })
+        .collect()
+}
+
+/// Writes a bundle with, per mixer, the prefill program under `sched` and the
+/// decode-step program.
+pub fn write_bundle(dir: &Path, graphs: &[NamedGraph], target_name: &str, sched: &Schedule) -> Result<usize, Error> {
+    let t = target(target_name).ok_or_else(|| Error::Usage(format!("unknown GPU target `{target_name}`")))?;
+    let mut programs = Vec::new();
+    for g in graphs {
+        for (mode, s) in [("prefill", *sched), ("decode", Schedule::decode())] {
+            let program = crate::lower_graph(&g.name, &g.graph, &s)?;
+            let kernels = compile_program(&g.name, &program, t)?.into_iter().map(|(k, _)| k).collect();
+            programs.push(BundledProgram {
+                mixer: g.name.clone(),
+                mode: mode.into(),
+                graph: g.graph.clone(),
+                schedule: s,
+                program,
+                kernels,
+            });
+        }
+    }
+    crate::bundle::write(dir, target_name, &programs)?;
+    Ok(programs.len())
+}
