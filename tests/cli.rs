@@ -423,6 +423,7 @@ fn kernel_bundles_round_trip_and_refuse_mismatches() {
             code: format!("// {}", k.name),
             threads: 128,
             shared_bytes: 0,
+            scratch_bytes: 0,
         })
         .collect();
     let entry = mixc::bundle::BundledProgram {
