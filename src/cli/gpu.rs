@@ -33,6 +33,9 @@ pub fn check(args: &GpuCheckArgs) -> Result<String, mixc::Error> {
     let (target, programs) = mixc::bundle::read(&args.kernels)?;
     let runner = CudaRunner::new().map_err(|e| mixc::Error::Usage(e.to_string()))?;
     let mut out = format!("bundle {} ({target}): {} programs\n", args.kernels.display(), programs.len());
+    if let Some(spec) = &args.bench {
+        return bench(&runner, &programs, spec, args.seed, out);
+    }
     let mut failures = 0;
     for p in &programs {
         let kernels: Vec<GpuKernel> = p
@@ -96,5 +99,74 @@ pub fn check(args: &GpuCheckArgs) -> Result<String, mixc::Error> {
         return Err(mixc::Error::Usage(format!("{out}{failures} check(s) failed")));
     }
     let _ = writeln!(out, "all checks passed");
+    Ok(out)
+}
+
+fn kernels_of(p: &mixc::bundle::BundledProgram) -> Vec<GpuKernel> {
+    p.kernels
+        .iter()
+        .map(|k| GpuKernel {
+            name: k.name.clone(),
+            ptx: k.code.clone(),
+            threads: k.threads,
+            shared_bytes: k.shared_bytes,
+            scratch_bytes: k.scratch_bytes,
+        })
+        .collect()
+}
+
+/// Times every program of a bundle at the given sizes.
+fn bench(
+    runner: &CudaRunner,
+    programs: &[mixc::bundle::BundledProgram],
+    spec: &str,
+    seed: u64,
+    mut out: String,
+) -> Result<String, mixc::Error> {
+    let mut owned: BTreeMap<String, usize> = BTreeMap::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = || mixc::Error::Usage(format!("--bench: `{part}` is not DIM=N"));
+        let (k, v) = part.split_once('=').ok_or_else(bad)?;
+        owned.insert(k.trim().to_string(), v.trim().parse().map_err(|_| bad())?);
+    }
+    let sizes: BTreeMap<&str, usize> = owned.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    for p in programs {
+        let kernels = kernels_of(p);
+        let fns = runner.load(&p.program, &kernels).map_err(|e| mixc::Error::Usage(format!("{}: {e}", p.mixer)))?;
+        let t = if p.mode == "decode" { 1 } else { sizes.get("T").copied().unwrap_or(1) };
+        let mut sz = sizes.clone();
+        sz.insert("T", t);
+        let ins = mixc::ir::mixers::random_inputs(&p.graph, &sz, seed, p.mode == "decode");
+        let host: BTreeMap<String, HostTensor> = p
+            .graph
+            .inputs()
+            .into_iter()
+            .filter_map(|(n, v, _)| {
+                ins.get(n).map(|x| (n.to_string(), HostTensor::from_f64(x, !p.graph.ty(v).dtype.is_float())))
+            })
+            .collect();
+        let err = |e: mixc::runtime::cuda::CudaError| mixc::Error::Usage(format!("{} ({}): {e}", p.mixer, p.mode));
+        runner.run(&p.program, &kernels, &fns, &host, 1).map_err(err)?;
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            times.push(runner.run(&p.program, &kernels, &fns, &host, 1).map_err(err)?.millis);
+        }
+        times.sort_by(f32::total_cmp);
+        let _ = writeln!(
+            out,
+            "{:<18} {:<7} {spec:<18} T={t:<6} {:>10.3} ms (median of 5; schedule chunk {} {})",
+            p.mixer,
+            p.mode,
+            times[2],
+            p.schedule.chunk,
+            if p.schedule.step {
+                "step"
+            } else if p.schedule.split {
+                "split"
+            } else {
+                "fused"
+            }
+        );
+    }
     Ok(out)
 }

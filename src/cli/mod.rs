@@ -139,6 +139,10 @@ pub struct GpuCheckArgs {
     /// Largest sequence length to check against the full f64 reference.
     #[arg(long, default_value_t = 600)]
     pub max_t: usize,
+    /// Time the prefill programs at these sizes instead of checking (e.g. `B=8,T=8192`);
+    /// prints ms per call (median of 5 after a warm-up).
+    #[arg(long, value_name = "DIM=N,...")]
+    pub bench: Option<String>,
 }
 
 const EXEC_HELP: &str = "\
