@@ -1,4 +1,169 @@
-//! Tile programs to PTX through LLVM 22 and inkwell (issue 5).
+//! mixc's GPU backend: tile kernels → LLVM IR (through inkwell, LLVM 22) →
+//! PTX for `sm_80`, `sm_90` and `sm_90a`.
 //!
-//! Nothing lives here yet: the crate exists so the workspace has its final shape
-//! and the dependency direction (ir -> passes -> backends -> runtime) is fixed from the start.
+//! [`compile`] turns one [`Kernel`] into one PTX entry point. This first tier is
+//! *correct first*: plain SIMT code, every tile op a loop over its elements
+//! spread over the CTA's threads, tiles that threads exchange in shared memory.
+//! Tensor cores (`mma.sync`, `ldmatrix`), `cp.async` pipelining and Hopper's
+//! `wgmma`/TMA come later (see "Towards tensor cores" below).
+//!
+//! # Kernel ABI (what a runtime must pass)
+//!
+//! * **Entry point**: a `.entry` named [`PtxKernel::name`] (the tile kernel's
+//!   name with characters outside `[A-Za-z0-9_]` replaced by `_`), calling
+//!   convention `ptx_kernel`.
+//! * **Parameters**, in the tile kernel's parameter order:
+//!   * a pointer parameter (`*dtype`) is a `.u64` global address (`ptr addrspace(1)`)
+//!     of a buffer of **4-byte elements**: `f32` for float dtypes (f32, f16, bf16;
+//!     a store to an f16/bf16 buffer rounds the value to that precision but still
+//!     writes an f32), `i32` for `i32`, `i8`, `i4` and `bool` (0 or 1). Offsets are
+//!     element offsets. Pointer parameters must not alias one another
+//!     (they are `noalias`; read-only ones are loaded through the non-coherent cache);
+//!   * a scalar parameter is `.f32` for float dtypes and `.s32` otherwise
+//!     (`bool`: nonzero is true).
+//! * **Grid**: one CTA per program id; `ctaid.x/y/z` are program-id axes 0/1/2.
+//! * **Block**: exactly [`PtxKernel::threads`] threads along x (`.maxntid`); 128,
+//!   or 256 for kernels with tiles of 4096 elements or more.
+//! * **Shared memory**: all of it is *dynamic*: launch with
+//!   `sharedMemBytes = `[`PtxKernel::shared_bytes`]; above 48 KiB first raise the
+//!   function's `CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES`. At most 227 KiB.
+//! * **Scratch**: tiles that do not fit in 227 KiB at once go to a per-CTA region
+//!   of global memory: then [`PtxKernel::scratch_bytes`] is nonzero and the entry
+//!   takes one extra trailing pointer parameter (see there).
+//!
+//! # How tiles are held
+//!
+//! Each tile value gets one representation (see `plan.rs`):
+//! * `[]` scalars live in registers and every thread computes them alike (a
+//!   scalar `load` is done by every thread, a scalar `store` by thread 0 only);
+//! * constants, `arange`, and the views `reshape`/`broadcast`/`transpose` are
+//!   never stored: an element is computed from its index;
+//! * elementwise ops (and loads read once, with no store in between) are
+//!   *lazy*: computed where they are read, fused into their consumer. One that
+//!   is costly (transcendentals, division, loads) and read more than once per
+//!   element (by a `dot`, through a broadcast, inside a deeper loop) is stored;
+//! * everything else (`dot`, `reduce`, `cumsum`, loop-carried tiles, `if`
+//!   results, stored elementwise values) is **materialized** in a shared-memory
+//!   slot, dense row-major, 4 bytes per element (`f32` for float dtypes, `i32`
+//!   for integers), 1 byte for `bool`.
+//!
+//! # Shared-memory layout
+//!
+//! One dynamic array `__mixc_smem` (16-byte aligned). Each materialized value
+//! has a slot (its size rounded up to 16 bytes) at a fixed offset; a loop's
+//! carried tile has one slot for the whole loop (the body's argument, the yield
+//! is copied into it at the end of each iteration, and the loop's result reads
+//! it). Offsets are assigned by liveness: a slot is live from its definition to
+//! its last read (reads inside a loop that does not contain the definition keep
+//! it live to that loop's end), and slots whose lifetimes do not overlap share
+//! bytes (largest first, lowest offset that fits).
+//!
+//! # Threads and barriers
+//!
+//! A tile op over `n` elements runs `for e = tid; e < n; e += threads`, element
+//! `e` of the result (row-major) computed by thread `e % threads`: elementwise
+//! ops, loads, stores, `dot` (each thread a full k-loop for its outputs) and
+//! `reduce` (each thread a whole row for its outputs); `cumsum` gives each
+//! thread whole lines. Before an op, `bar.sync 0` is emitted when it reads
+//! shared bytes written since the last barrier by another thread, writes bytes
+//! read or written since then by another thread, or touches a global buffer
+//! after a store to it since the last barrier (same-thread accesses: the flat
+//! element index is preserved from writer to reader). Iterations of a loop whose
+//! body touches shared memory or stores globally end with a barrier; `for` and
+//! `if` conditions are scalars, so control flow is uniform across the CTA.
+//!
+//! # Numerics
+//!
+//! f32 throughout (f16/bf16 values are f32 rounded to their precision after
+//! each op, as the tile interpreter's f32 mode does). `div`, `sqrt` are IEEE
+//! (`div.rn`, `sqrt.rn`); `exp`, `log`, `log1p`, `expm1`, `tanh`, `sin`, `cos`,
+//! `pow` and the activations come from a small library in plain LLVM IR
+//! (`math.ll`: Cephes-style reductions and polynomials, 1–3 ulp, tested on the
+//! host against f64). Integer `div` truncates; `rem` and `floordiv` follow the
+//! divisor's sign, as in the interpreter.
+//!
+//! # Towards tensor cores
+//!
+//! Materialized tiles are plain row-major slots at known offsets, so a later
+//! tier can give `dot` operands a padded or swizzled layout, stage them with
+//! `ldmatrix` and hold accumulators in `mma.sync` fragments, by adding a
+//! representation next to `Mat` without changing the rest.
+
+mod codegen;
+mod math;
+mod plan;
+
+use mixc_ir::tile::Kernel;
+
+/// A GPU target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Target {
+    Sm80,
+    Sm90,
+    /// `sm_90a`: Hopper with its architecture-specific instructions (`wgmma`,
+    /// `setmaxnreg`). Nothing uses them yet; the PTX targets `sm_90a`.
+    Sm90a,
+}
+
+impl Target {
+    /// The `-arch` / `.target` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Sm80 => "sm_80",
+            Target::Sm90 => "sm_90",
+            Target::Sm90a => "sm_90a",
+        }
+    }
+
+    /// Parses `sm_80`, `sm_90` or `sm_90a`.
+    pub fn parse(s: &str) -> Option<Target> {
+        match s {
+            "sm_80" => Some(Target::Sm80),
+            "sm_90" => Some(Target::Sm90),
+            "sm_90a" => Some(Target::Sm90a),
+            _ => None,
+        }
+    }
+}
+
+/// One compiled kernel.
+#[derive(Clone, Debug)]
+pub struct PtxKernel {
+    /// The PTX entry point's name.
+    pub name: String,
+    /// The PTX module (one `.entry`).
+    pub ptx: String,
+    /// The optimized LLVM IR the PTX was generated from.
+    pub llvm_ir: String,
+    /// Threads per CTA (x only).
+    pub threads: u32,
+    /// Dynamic shared memory per CTA, in bytes.
+    pub shared_bytes: u32,
+    /// Bytes of global scratch per CTA (0: none). When nonzero the entry has one
+    /// more parameter after the tile kernel's: a global pointer to
+    /// `scratch_bytes × (number of CTAs)` bytes, 16-byte aligned, that the
+    /// kernel may clobber (CTA `x + X·(y + Y·z)` uses its own part).
+    pub scratch_bytes: u32,
+}
+
+/// Why a kernel could not be compiled.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PtxError {
+    #[error("kernel `{kernel}`: `{op}`: {msg}")]
+    Op { kernel: String, op: String, msg: String },
+    #[error("kernel `{kernel}`: {msg}")]
+    Kernel { kernel: String, msg: String },
+    #[error("kernel `{kernel}`: LLVM: {msg}")]
+    Llvm { kernel: String, msg: String },
+}
+
+/// The f32 math library's LLVM IR (`math.ll`), for tests that run it on the host.
+#[doc(hidden)]
+pub fn math_library_ir() -> Result<String, String> {
+    math::library_ir()
+}
+
+/// Compiles one tile kernel to PTX for `target`.
+pub fn compile(k: &Kernel, target: Target) -> Result<PtxKernel, PtxError> {
+    codegen::compile(k, target)
+}

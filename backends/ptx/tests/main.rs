@@ -1,0 +1,455 @@
+//! The PTX backend's tests: every kernel of every mixer of `models/*.toml`,
+//! under several schedules, compiles to PTX that `ptxas` accepts for sm_80 and
+//! sm_90 (register and shared-memory reports recorded, spills fail); the
+//! emitted IR uses the `ptx_kernel` convention; the math library is accurate.
+
+use mixc_backend_ptx::{compile, PtxKernel, Target};
+use mixc_ir::tile::Kernel;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+/// Kernels allowed to spill, with the reason.
+const SPILL_EXCEPTIONS: &[(&str, &str)] = &[];
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The workspace's target folder (where reports go).
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"))
+}
+
+fn schedules() -> Vec<(&'static str, mixc_passes::Schedule)> {
+    use mixc_passes::Schedule;
+    vec![
+        ("chunk16", Schedule::with_chunk(16)),
+        ("chunk64", Schedule::with_chunk(64)),
+        ("chunk128", Schedule::with_chunk(128)),
+        ("split64", Schedule { split: true, ..Schedule::with_chunk(64) }),
+        ("split16", Schedule { split: true, ..Schedule::with_chunk(16) }),
+        ("step", Schedule::decode()),
+    ]
+}
+
+/// Every distinct kernel of every mixer of the model files in `dir`, named
+/// `model/mixer/schedule/kernel`.
+fn kernels_of(dir: &str) -> Vec<(String, Kernel)> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join(dir))
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    files.retain(|p| p.extension().is_some_and(|e| e == "toml"));
+    files.sort();
+    assert!(!files.is_empty(), "no model files in {dir}");
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    let mut out = vec![];
+    for f in files {
+        let model = f.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+        let file = mixc_ir::model::load_model(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        for name in file.distinct_mixers() {
+            let cfg = &file.mixer[&name];
+            let g = mixc_ir::mixers::build(&name, cfg).unwrap_or_else(|e| panic!("{model}/{name}: {e}"));
+            for (sn, s) in schedules() {
+                let p = mixc_passes::lower(&g, &s).unwrap_or_else(|e| panic!("{model}/{name}/{sn}: {e}"));
+                for k in &p.kernels {
+                    let text = mixc_ir::tile::text::print_kernel(k);
+                    let id = format!("{model}/{name}/{sn}/{}", k.name);
+                    if seen.contains_key(&text) {
+                        continue;
+                    }
+                    seen.insert(text, id.clone());
+                    out.push((id, k.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn ptxas() -> Option<PathBuf> {
+    let out = Command::new("bash").arg(root().join("scripts/find-ptxas.sh")).output().ok()?;
+    let p = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !p.is_empty()).then(|| PathBuf::from(p))
+}
+
+/// What `ptxas -v` says about one kernel.
+#[derive(Debug, Default, Clone)]
+struct Report {
+    registers: u32,
+    spill_stores: u32,
+    spill_loads: u32,
+    stack: u32,
+    smem: u32,
+}
+
+fn parse_report(text: &str) -> Report {
+    let mut r = Report::default();
+    let num_before = |line: &str, key: &str| -> Option<u32> {
+        let at = line.find(key)?;
+        line[..at].split_whitespace().last()?.parse().ok()
+    };
+    for line in text.lines() {
+        if let Some(x) = num_before(line, "bytes spill stores") {
+            r.spill_stores = x;
+        }
+        if let Some(x) = num_before(line, "bytes spill loads") {
+            r.spill_loads = x;
+        }
+        if let Some(x) = num_before(line, "bytes stack frame") {
+            r.stack = x;
+        }
+        if let Some(x) = num_before(line, "registers") {
+            r.registers = x;
+        }
+        if let Some(x) = num_before(line, "bytes smem") {
+            r.smem = x;
+        }
+    }
+    r
+}
+
+fn assemble(ptxas: &Path, file: &Path, arch: &str) -> Result<Report, String> {
+    let out = Command::new(ptxas)
+        .args(["-v", &format!("-arch={arch}"), "-o", "/dev/null"])
+        .arg(file)
+        .output()
+        .map_err(|e| format!("running ptxas: {e}"))?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        return Err(text);
+    }
+    Ok(parse_report(&text))
+}
+
+/// A compile job's outcome: kernel index, target, result.
+type Compiled = (usize, Target, Result<PtxKernel, String>);
+
+/// Compiles every kernel for both targets on a few threads; returns
+/// `(id, target, kernel)` in order, panicking on the first compile error.
+fn compile_all(kernels: &[(String, Kernel)], targets: &[Target]) -> Vec<(String, Target, PtxKernel)> {
+    let jobs: Vec<(usize, Target)> = (0..kernels.len()).flat_map(|i| targets.iter().map(move |t| (i, *t))).collect();
+    let next = Mutex::new(0usize);
+    let results: Mutex<Vec<Compiled>> = Mutex::new(vec![]);
+    std::thread::scope(|sc| {
+        for _ in 0..2 {
+            sc.spawn(|| loop {
+                let j = {
+                    let mut n = next.lock().unwrap();
+                    let j = *n;
+                    *n += 1;
+                    j
+                };
+                let Some((i, t)) = jobs.get(j).copied() else { break };
+                let r = compile(&kernels[i].1, t).map_err(|e| e.to_string());
+                results.lock().unwrap().push((i, t, r));
+            });
+        }
+    });
+    let mut rs = results.into_inner().unwrap();
+    rs.sort_by_key(|(i, t, _)| (*i, t.name()));
+    let mut errors = vec![];
+    let mut out = vec![];
+    for (i, t, r) in rs {
+        match r {
+            Ok(p) => out.push((kernels[i].0.clone(), t, p)),
+            Err(e) => errors.push(format!("{} ({}): {e}", kernels[i].0, t.name())),
+        }
+    }
+    assert!(errors.is_empty(), "{} kernels failed to compile:\n{}", errors.len(), errors.join("\n"));
+    out
+}
+
+fn check_models(dir: &str, report_name: &str) {
+    let kernels = kernels_of(dir);
+    let targets = [Target::Sm80, Target::Sm90];
+    let compiled = compile_all(&kernels, &targets);
+    let outdir = target_dir().join("ptx-check").join(report_name);
+    std::fs::create_dir_all(&outdir).unwrap();
+    let Some(ptxas) = ptxas() else {
+        println!("NOTICE: no ptxas found (scripts/find-ptxas.sh): PTX of {} kernels not assembled", kernels.len());
+        return;
+    };
+    let mut lines = vec![format!(
+        "# ptxas -v of every distinct kernel of {dir}/*.toml (schedules: {})",
+        schedules().iter().map(|s| s.0).collect::<Vec<_>>().join(", ")
+    )];
+    lines.push("# kernel target threads shared_bytes(dynamic) registers spill_stores spill_loads stack".into());
+    let mut failures = vec![];
+    let jobs: Vec<(usize, PathBuf)> = compiled
+        .iter()
+        .enumerate()
+        .map(|(i, (id, t, p))| {
+            let file = outdir.join(format!("{}.{}.ptx", id.replace('/', "__"), t.name()));
+            std::fs::write(&file, &p.ptx).unwrap();
+            (i, file)
+        })
+        .collect();
+    let next = Mutex::new(0usize);
+    let reports: Mutex<Vec<(usize, Result<Report, String>)>> = Mutex::new(vec![]);
+    std::thread::scope(|sc| {
+        for _ in 0..2 {
+            sc.spawn(|| loop {
+                let j = {
+                    let mut n = next.lock().unwrap();
+                    let j = *n;
+                    *n += 1;
+                    j
+                };
+                let Some((i, file)) = jobs.get(j) else { break };
+                let r = assemble(&ptxas, file, compiled[*i].1.name());
+                reports.lock().unwrap().push((*i, r));
+            });
+        }
+    });
+    let mut reports = reports.into_inner().unwrap();
+    reports.sort_by_key(|r| r.0);
+    for (i, r) in reports {
+        let (id, t, p) = &compiled[i];
+        match r {
+            Err(e) => failures.push(format!("{id} ({}): ptxas failed:\n{e}", t.name())),
+            Ok(r) => {
+                lines.push(format!(
+                    "{id} {} {} {} {} {} {} {}",
+                    t.name(),
+                    p.threads,
+                    p.shared_bytes,
+                    r.registers,
+                    r.spill_stores,
+                    r.spill_loads,
+                    r.stack
+                ));
+                let kname = id.rsplit('/').next().unwrap_or_default();
+                let excused = SPILL_EXCEPTIONS.iter().any(|(k, _)| *k == id || *k == kname);
+                if r.spill_stores > 0 && !excused {
+                    failures.push(format!("{id} ({}): {} bytes of spill stores", t.name(), r.spill_stores));
+                }
+            }
+        }
+    }
+    let report = target_dir().join(format!("{report_name}-ptxas-report.txt"));
+    std::fs::write(&report, lines.join("\n") + "\n").unwrap();
+    println!("{} kernels × {} targets assembled; report: {}", kernels.len(), targets.len(), report.display());
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n\n"));
+}
+
+#[test]
+fn every_model_kernel_assembles_for_sm80_and_sm90() {
+    check_models("models", "ptx");
+}
+
+#[test]
+fn kernels_use_the_ptx_kernel_convention() {
+    let kernels = kernels_of("models");
+    let (id, k) = kernels.iter().find(|(id, _)| id.starts_with("gla/")).expect("a gla kernel");
+    for t in [Target::Sm80, Target::Sm90, Target::Sm90a] {
+        let p = compile(k, t).unwrap_or_else(|e| panic!("{id}: {e}"));
+        assert!(
+            p.llvm_ir.contains(&format!("define ptx_kernel void @{}(", p.name)),
+            "{id}: no ptx_kernel definition in\n{}",
+            p.llvm_ir
+        );
+        assert!(p.ptx.contains(&format!(".entry {}(", p.name)), "{id}: no .entry in\n{}", p.ptx);
+        assert!(p.ptx.contains(&format!(".target {}", t.name())), "{id}: wrong .target");
+        assert!(p.ptx.contains(&format!(".maxntid {}", p.threads)), "{id}: no .maxntid");
+    }
+}
+
+/// With `MIXC_PTX_BUNDLE=DIR`, writes every mixer of `models/*.toml` under
+/// each schedule as a bundle for `tests/gpu_check.py` on a GPU machine: the
+/// sm_90 PTX of each kernel, the launches, random inputs (B = 2, T = 45 and
+/// T = 1, with initial states) and the tile interpreter's f32 outputs.
+#[test]
+fn gpu_bundle() {
+    use mixc_ir::tile::{interp::Precision, Arg, BufferRole};
+    let Some(dir) = std::env::var_os("MIXC_PTX_BUNDLE").map(PathBuf::from) else {
+        return;
+    };
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(root().join("models")).unwrap().filter_map(|e| e.ok().map(|e| e.path())).collect();
+    files.retain(|p| p.extension().is_some_and(|e| e == "toml"));
+    files.sort();
+    let mut ptx_names: BTreeMap<String, String> = BTreeMap::new();
+    let mut cases = vec![];
+    let write_f32 = |path: &Path, data: &[f64]| {
+        let bytes: Vec<u8> = data.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect();
+        std::fs::write(path, bytes).unwrap();
+    };
+    let write_i32 = |path: &Path, data: &[f64]| {
+        let bytes: Vec<u8> = data.iter().flat_map(|x| (*x as i32).to_le_bytes()).collect();
+        std::fs::write(path, bytes).unwrap();
+    };
+    for f in files {
+        let model = f.file_stem().unwrap().to_string_lossy().to_string();
+        let file = mixc_ir::model::load_model(&f).unwrap();
+        for name in file.distinct_mixers() {
+            let g = mixc_ir::mixers::build(&name, &file.mixer[&name]).unwrap();
+            for (sn, s) in schedules() {
+                let p = mixc_passes::lower(&g, &s).unwrap();
+                let mut compiled = vec![];
+                for k in &p.kernels {
+                    let c = compile(k, Target::Sm90).unwrap_or_else(|e| panic!("{model}/{name}/{sn}: {e}"));
+                    let n = ptx_names.len();
+                    let file = ptx_names.entry(c.ptx.clone()).or_insert_with(|| format!("k{n}.ptx")).clone();
+                    compiled.push((c, file));
+                }
+                for t in [45usize, 1] {
+                    let id = format!("{model}__{name}__{sn}__T{t}");
+                    let sizes = BTreeMap::from([("B", 2usize), ("T", t), ("S", 0)]);
+                    let inputs = mixc_ir::mixers::random_inputs(&g, &sizes, 7 + t as u64, true);
+                    let (outs, _) = match p.run(&inputs, Precision::F32) {
+                        Ok(r) => r,
+                        Err(e) => panic!("{id}: interpreter: {e}"),
+                    };
+                    let dims = p.bind(&inputs).unwrap();
+                    let mut bufs = vec![];
+                    for (bi, b) in p.buffers.iter().enumerate() {
+                        let n: u64 = b.shape.iter().map(|c| c.eval(&dims)).product();
+                        let int = !b.dtype.is_float();
+                        let mut entry = serde_json::json!({"name": b.name, "n": n, "int": int});
+                        let data = match &b.role {
+                            BufferRole::Input { name, .. } => inputs.get(name).map(|t| t.data.clone()),
+                            _ => None,
+                        };
+                        if let Some(d) = data {
+                            let fname = format!("{id}__in{bi}.bin");
+                            if int {
+                                write_i32(&dir.join(&fname), &d)
+                            } else {
+                                write_f32(&dir.join(&fname), &d)
+                            }
+                            entry["input"] = fname.into();
+                        }
+                        if let BufferRole::Output(o) = &b.role {
+                            let fname = format!("{id}__out{bi}.bin");
+                            let d = &outs[o].data;
+                            if int {
+                                write_i32(&dir.join(&fname), d)
+                            } else {
+                                write_f32(&dir.join(&fname), d)
+                            }
+                            entry["expected"] = fname.into();
+                        }
+                        bufs.push(entry);
+                    }
+                    let mut launches = vec![];
+                    for l in &p.launches {
+                        let (c, file) = &compiled[l.kernel];
+                        let grid: Vec<u64> = l.grid.iter().map(|c| c.eval(&dims)).collect();
+                        let args: Vec<serde_json::Value> = l
+                            .args
+                            .iter()
+                            .map(|a| match a {
+                                Arg::Buffer(b) => serde_json::json!({"buf": b}),
+                                Arg::Size(c) => serde_json::json!({"i32": c.eval(&dims)}),
+                                Arg::Float(x) => serde_json::json!({"f32": x}),
+                            })
+                            .collect();
+                        launches.push(serde_json::json!({
+                            "ptx": file, "entry": c.name, "grid": grid, "threads": c.threads,
+                            "shared": c.shared_bytes, "scratch": c.scratch_bytes, "args": args,
+                        }));
+                    }
+                    cases.push(serde_json::json!({"case": id, "buffers": bufs, "launches": launches}));
+                }
+            }
+        }
+    }
+    for (ptx, file) in &ptx_names {
+        std::fs::write(dir.join(file), ptx).unwrap();
+    }
+    std::fs::write(dir.join("manifest.json"), serde_json::to_string_pretty(&cases).unwrap()).unwrap();
+    println!("bundle: {} cases, {} kernels in {}", cases.len(), ptx_names.len(), dir.display());
+}
+
+/// The math library, run on the host through LLVM's JIT, against f64.
+#[test]
+fn math_library_is_accurate() {
+    use inkwell::context::Context;
+    use inkwell::memory_buffer::MemoryBuffer;
+    use inkwell::targets::{InitializationConfig, Target as LlvmTarget};
+    use inkwell::OptimizationLevel;
+    LlvmTarget::initialize_native(&InitializationConfig::default()).unwrap();
+    let ir = mixc_backend_ptx::math_library_ir().unwrap();
+    let cx = Context::create();
+    let md = cx.create_module_from_ir(MemoryBuffer::create_from_memory_range_copy(ir.as_bytes(), "math")).unwrap();
+    let ee = md.create_jit_execution_engine(OptimizationLevel::Default).unwrap();
+    type F1 = unsafe extern "C" fn(f32) -> f32;
+    type F2 = unsafe extern "C" fn(f32, f32) -> f32;
+    let f1 = |name: &str| unsafe { ee.get_function::<F1>(name).unwrap() };
+    fn sigmoid(x: f64) -> f64 {
+        1.0 / (1.0 + (-x).exp())
+    }
+    fn softplus(x: f64) -> f64 {
+        if x > 0.0 {
+            x + (-x).exp().ln_1p()
+        } else {
+            x.exp().ln_1p()
+        }
+    }
+    // (name, reference, inputs lo..hi, tolerance in relative error, absolute floor)
+    type Case = (&'static str, fn(f64) -> f64, f64, f64, f64, f64);
+    let cases: Vec<Case> = vec![
+        ("mixc_exp", f64::exp, -103.0, 88.0, 3e-7, 1.5e-45),
+        ("mixc_log", f64::ln, 1e-30, 1e30, 3e-7, 0.0),
+        ("mixc_log", f64::ln, 0.5, 2.0, 3e-7, 1e-8),
+        ("mixc_log1p", f64::ln_1p, -0.9, 10.0, 4e-7, 0.0),
+        ("mixc_expm1", f64::exp_m1, -20.0, 20.0, 5e-7, 0.0),
+        ("mixc_sigmoid", sigmoid, -80.0, 80.0, 4e-7, 0.0),
+        ("mixc_softplus", softplus, -80.0, 80.0, 5e-7, 0.0),
+        ("mixc_logsigmoid", |x| -softplus(-x), -80.0, 80.0, 5e-7, 0.0),
+        ("mixc_silu", |x| x * sigmoid(x), -80.0, 80.0, 5e-7, 0.0),
+        ("mixc_elu", |x| if x > 0.0 { x } else { x.exp_m1() }, -20.0, 20.0, 5e-7, 0.0),
+        ("mixc_tanh", f64::tanh, -12.0, 12.0, 6e-7, 0.0),
+        ("mixc_sin", f64::sin, -1e4, 1e4, 0.0, 4e-7),
+        ("mixc_cos", f64::cos, -1e4, 1e4, 0.0, 4e-7),
+        ("mixc_sin", f64::sin, -3.0, 3.0, 3e-7, 1e-9),
+    ];
+    let mut report = vec![];
+    for (name, reference, lo, hi, rtol, atol) in cases {
+        let f = f1(name);
+        let mut worst = 0.0f64;
+        for i in 0..=200_000 {
+            let t = i as f64 / 200_000.0;
+            // Log-spaced for wide positive ranges, linear otherwise.
+            let x = if lo > 0.0 && hi / lo > 1e3 { lo * (hi / lo).powf(t) } else { lo + (hi - lo) * t };
+            let x = x as f32;
+            let got = unsafe { f.call(x) } as f64;
+            let want = reference(x as f64);
+            let err = (got - want).abs();
+            let allowed = rtol * want.abs() + atol;
+            assert!(err <= allowed, "{name}({x}) = {got}, want {want} (error {err:e}, allowed {allowed:e})");
+            worst = worst.max(err / (want.abs() + atol).max(f64::MIN_POSITIVE));
+        }
+        report.push(format!("{name} on [{lo}, {hi}]: worst {worst:.2e}"));
+    }
+    let pow = unsafe { ee.get_function::<F2>("mixc_pow").unwrap() };
+    for (a, b) in [(10000.0f32, -0.25f32), (2.0, -5.0), (2.0, 10.5), (-2.0, 3.0), (-2.0, 2.0), (0.5, 7.0), (3.0, 0.0)] {
+        let got = unsafe { pow.call(a, b) } as f64;
+        let want = (a as f64).powf(b as f64);
+        assert!((got - want).abs() <= 6e-7 * want.abs(), "pow({a}, {b}) = {got}, want {want}");
+    }
+    assert!(unsafe { pow.call(-2.0, 0.5) }.is_nan(), "pow(-2, 0.5) should be NaN");
+    for (name, x, want) in [
+        ("mixc_exp", f32::INFINITY, f32::INFINITY),
+        ("mixc_exp", f32::NEG_INFINITY, 0.0),
+        ("mixc_exp", 100.0, f32::INFINITY),
+        ("mixc_log", 0.0, f32::NEG_INFINITY),
+        ("mixc_log", f32::INFINITY, f32::INFINITY),
+        ("mixc_sigmoid", f32::INFINITY, 1.0),
+        ("mixc_sigmoid", f32::NEG_INFINITY, 0.0),
+        ("mixc_tanh", 50.0, 1.0),
+        ("mixc_tanh", -50.0, -1.0),
+        ("mixc_softplus", 200.0, 200.0),
+    ] {
+        let got = unsafe { f1(name).call(x) };
+        assert_eq!(got, want, "{name}({x})");
+    }
+    for name in ["mixc_exp", "mixc_log", "mixc_sin", "mixc_tanh", "mixc_sigmoid"] {
+        assert!(unsafe { f1(name).call(f32::NAN) }.is_nan(), "{name}(NaN)");
+    }
+    assert!(unsafe { f1("mixc_log").call(-1.0) }.is_nan());
+    println!("{}", report.join("\n"));
+}
