@@ -35,8 +35,7 @@ use std::path::{Path, PathBuf};
 /// Where kernels run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {
-    /// Native code for this CPU (Cranelift). Until the CPU backend lands this
-    /// runs the tile programs on the reference interpreter (f32 arithmetic).
+    /// Native code for this CPU (Cranelift), launches spread over the cores.
     Cpu,
     /// The tile interpreter with f32 arithmetic: the yardstick.
     Reference,
@@ -70,6 +69,8 @@ pub struct CompiledMixer {
     pub prefill: Program,
     pub decode: Program,
     engine: Engine,
+    /// Why the mixer runs on the tile interpreter although native code was asked for.
+    pub fallback: Option<String>,
 }
 
 /// Options of [`jit_with`].
@@ -136,10 +137,20 @@ pub fn jit_with(source: MixerSource, target: Target, opts: JitOptions) -> Result
     let sched = Schedule { split: opts.split, ..Schedule::with_chunk(chunk) };
     let prefill = crate::lower_graph(&g.name, &g.graph, &sched)?;
     let decode = crate::lower_graph(&g.name, &g.graph, &Schedule::decode())?;
+    let mut fallback = None;
     let engine = match target {
-        Target::Cpu | Target::Reference => Engine::Reference,
+        Target::Cpu => match mixc_runtime::cpu::prepare(&prefill).and_then(|_| mixc_runtime::cpu::prepare(&decode)) {
+            Ok(()) => Engine::Cpu,
+            Err(e) => {
+                // The CPU backend does not cover this kernel yet: run the tile
+                // interpreter instead, and say so.
+                fallback = Some(format!("the CPU backend cannot compile it yet ({e}); running the tile interpreter"));
+                Engine::Reference
+            }
+        },
+        Target::Reference => Engine::Reference,
     };
-    Ok(CompiledMixer { name: g.name, graph: g.graph, prefill, decode, engine })
+    Ok(CompiledMixer { name: g.name, graph: g.graph, prefill, decode, engine, fallback })
 }
 
 impl CompiledMixer {

@@ -12,6 +12,8 @@ pub enum Engine {
     /// The tile interpreter with f32 arithmetic: slow, and the yardstick for
     /// every code generator.
     Reference,
+    /// Native code for this CPU (Cranelift), the programs of a launch across cores.
+    Cpu,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +29,7 @@ pub fn run_program(
     engine: Engine,
 ) -> Result<BTreeMap<String, HostTensor>, RunError> {
     match engine {
+        Engine::Cpu => Ok(crate::cpu::run(prog, inputs)?),
         Engine::Reference => {
             let ins: BTreeMap<String, Tensor> = inputs.iter().map(|(k, v)| (k.clone(), v.to_f64())).collect();
             let (outs, _) = prog.run(&ins, Precision::F32)?;

@@ -6,6 +6,7 @@
 //! **Architecture invariant:** the runtime takes lowered programs; it never
 //! lowers or schedules (that is the facade's and the passes' job).
 
+pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod exec;

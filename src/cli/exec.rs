@@ -19,6 +19,9 @@ pub fn run(args: &ExecArgs) -> Result<String, mixc::Error> {
     };
     st::save(&args.output, &outputs)?;
     let mut out = format!("mixer {}: wrote {} outputs to {}\n", mixer.name, outputs.len(), args.output.display());
+    if let Some(why) = &mixer.fallback {
+        let _ = writeln!(out, "note: {why}");
+    }
     for (name, t) in &outputs {
         let _ = writeln!(out, "  {name} {:?}", t.shape);
     }
