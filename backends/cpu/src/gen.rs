@@ -155,7 +155,7 @@ pub(crate) fn generate(k: &Kernel, func: &mut Function, target: Target) -> Res<u
         div_cache: HashMap::new(),
         masks: Default::default(),
         sink: None,
-        unroll: 2,
+        unroll: 1,
         vectorize: crate::VECTORIZE,
     };
     for (i, p) in k.params.iter().enumerate() {
@@ -833,25 +833,7 @@ impl<'a, 'k> Gen<'a, 'k> {
         let out = if !self.ty_of(a).is_vector() {
             self.divmod_scalar(a, b)
         } else if let (Some(bs), true) = (bs, self.target.x86) {
-            // A positive invariant divisor: f64 reciprocal, exact after one correction.
-            let pos = self.b.ins().icmp_imm_s(IntCC::SignedGreaterThan, bs, 0);
-            let fast = self.b.create_block();
-            let slow = self.b.create_block();
-            let merge = self.b.create_block();
-            let q = self.b.append_block_param(merge, I32X4);
-            let r = self.b.append_block_param(merge, I32X4);
-            self.b.ins().brif(pos, fast, &[], slow, &[]);
-            self.b.switch_to_block(fast);
-            self.b.seal_block(fast);
-            let (fq, fr) = self.divmod_f64(a, bs);
-            self.b.ins().jump(merge, &[BlockArg::Value(fq), BlockArg::Value(fr)]);
-            self.b.switch_to_block(slow);
-            self.b.seal_block(slow);
-            let (sq, sr) = self.divmod_lanes(a, b);
-            self.b.ins().jump(merge, &[BlockArg::Value(sq), BlockArg::Value(sr)]);
-            self.b.switch_to_block(merge);
-            self.b.seal_block(merge);
-            (q, r)
+            self.divmod_f64(a, bs)
         } else {
             self.divmod_lanes(a, b)
         };
@@ -895,9 +877,10 @@ impl<'a, 'k> Gen<'a, 'k> {
         (self.b.ins().select(adj, q1, q), self.b.ins().select(adj, rb, r))
     }
 
-    /// `floor(a / b)` and `a − b·floor(a / b)` for four lanes and a positive
-    /// scalar `b`: the quotient through f64 (within one of exact for every
-    /// i32), then one integer correction step.
+    /// `floor(a / b)` and `a − b·floor(a / b)` for four lanes and a scalar
+    /// `b`, without branches: the quotient through f64 is exact or one below
+    /// (only when the division is exact), which one correction step fixes;
+    /// `b = 0` gives (0, a).
     fn divmod_f64(&mut self, a: Value, b: Value) -> (Value, Value) {
         use cranelift_codegen::ir::types::{F64, F64X2, I64X2, I8X16};
         let le = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
@@ -931,16 +914,16 @@ impl<'a, 'k> Gen<'a, 'k> {
         let bv = self.b.ins().splat(I32X4, b);
         let qb = self.b.ins().imul(q, bv);
         let r = self.b.ins().isub(a, qb);
-        // r ∈ [−b, 2b): step into [0, b).
-        let z = self.iconst_like(a, 0);
-        let neg = self.b.ins().icmp(IntCC::SignedLessThan, r, z);
-        let q = self.b.ins().iadd(q, neg);
-        let add = self.b.ins().band(bv, neg);
-        let r = self.b.ins().iadd(r, add);
-        let ge = self.b.ins().icmp(IntCC::SignedGreaterThanOrEqual, r, bv);
-        let q = self.b.ins().isub(q, ge);
-        let sub = self.b.ins().band(bv, ge);
+        // r is the remainder, or b (then the quotient is one short).
+        let short = self.b.ins().icmp(IntCC::Equal, r, bv);
+        let q = self.b.ins().isub(q, short);
+        let sub = self.b.ins().band(bv, short);
         let r = self.b.ins().isub(r, sub);
+        // b = 0: (0, a).
+        let bz = self.b.ins().icmp_imm_s(IntCC::Equal, b, 0);
+        let zero = self.iconst_like(a, 0);
+        let q = self.b.ins().select(bz, zero, q);
+        let r = self.b.ins().select(bz, a, r);
         (q, r)
     }
 
@@ -1406,14 +1389,14 @@ impl<'a, 'k> Gen<'a, 'k> {
         let strides = row_major(&shape);
         let vector = self.vectorize;
         let dt = self.dtype(r);
-        self.unroll = 4;
+        self.unroll = 1;
         let out = self.for_points(&shape, vector, &mut |g, pt| {
             let o = if float { g.b.ins().f32const(other as f32) } else { g.constant(dt, other) };
             let x = g.load_point(base, offsets, mask, o, &map, pt)?;
             g.put(dst, &strides, &map, pt, x);
             Ok(())
         });
-        self.unroll = 2;
+        self.unroll = 1;
         out
     }
 
@@ -1428,7 +1411,7 @@ impl<'a, 'k> Gen<'a, 'k> {
         let map = identity_map(&shape);
         let vector = self.vectorize;
         let Some(mask) = self.mask_of(mask) else { return Ok(()) };
-        self.unroll = 4;
+        self.unroll = 1;
         let out = self.for_points(&shape, vector, &mut |g, pt| {
             let off = g.eval(offsets, &map, pt)?;
             let m = match mask {
@@ -1492,7 +1475,7 @@ impl<'a, 'k> Gen<'a, 'k> {
             g.b.seal_block(merge);
             Ok(())
         });
-        self.unroll = 2;
+        self.unroll = 1;
         out
     }
 

@@ -16,11 +16,36 @@
 //!
 //! # Code shape
 //! The generated function holds the kernel's whole loop nest: it calls nothing.
-//! Tiles live in stack slots, reused by liveness; elementwise chains are fused
-//! and evaluated lazily where consumed (see [`plan`]); every op is an explicit
-//! loop over `f32x4`/`i32x4` vectors with a scalar tail; `dot` is a
-//! register-blocked FMA micro-kernel; `exp`, `log`, `tanh`, `sin`, ... are
-//! inline polynomial approximations (see [`math`]).
+//! - Tiles live in stack slots, reused by liveness (`plan`); loop-carried tiles
+//!   are updated in place where the body allows it (a yield computed straight
+//!   into its carried slot, a dying initial tile adopted as the carried slot, a
+//!   dot accumulating into a dying tile). The frame size is
+//!   [`CpuKernel::frame_bytes`]: threads running programs need that much stack.
+//! - Elementwise chains (and broadcasts, transposes, unit-axis reshapes) are
+//!   fused: evaluated where consumed, inside the consumer's loop; a value is
+//!   materialized only when recomputing it would cost too much.
+//! - Every op is an explicit loop over `f32x4`/`i32x4` vectors along the
+//!   innermost axis, with a scalar tail. Loads and stores whose offsets are
+//!   provably consecutive (affine analysis of the index arithmetic) are vector
+//!   accesses; others check at run time. Masks never let a buffer be touched
+//!   where they are false (masked-off lanes read/write a private scratch).
+//!   Masks that provably hold (range analysis) disappear.
+//! - `dot` is a register-blocked micro-kernel (4 rows × 8 columns of
+//!   accumulators); B is packed when its rows are not contiguous (4×4 register
+//!   transposes for `trans_b`); the accumulator operand is read in the epilogue.
+//! - Integer division by a scalar (index arithmetic) runs four lanes through an
+//!   f64 reciprocal with an exact correction; other divisions lane by lane,
+//!   never trapping (division by zero gives 0).
+//! - `exp`, `log`, `sigmoid`, `softplus`, `tanh`, `sin`, `cos`, `pow`, ... are
+//!   inline polynomial approximations (module `math`), ≈1–2 ulp.
+//! - Vector constants come from a per-function pool in a stack slot, loaded at
+//!   each use (Cranelift would otherwise hoist them into registers and spill).
+//!
+//! # Targets
+//! x86-64 with SSE4.1 (rounding instructions); FMA when the CPU has it (used
+//! by the math polynomials; the dot kernel uses separate multiplies and adds,
+//! which keep accumulators in place on x86). Other Cranelift targets compile,
+//! with lane-by-lane integer division.
 
 mod gen;
 mod math;
@@ -51,7 +76,9 @@ type KernelFn = unsafe extern "C" fn(*const u64, i32, i32, i32);
 /// A JIT-compiled kernel.
 pub struct CpuKernel {
     name: String,
-    clif: String,
+    /// The function before compilation, printed on demand by [`CpuKernel::clif`].
+    func_ir: cranelift_codegen::ir::Function,
+    clif: std::sync::OnceLock<String>,
     func: KernelFn,
     params: usize,
     frame_bytes: usize,
@@ -133,26 +160,25 @@ fn signature(isa: &OwnedTargetIsa) -> Signature {
     sig
 }
 
-/// Builds the kernel's function; returns it with its CLIF text and frame size.
-fn build(k: &Kernel, isa: &OwnedTargetIsa) -> Result<(cranelift_codegen::ir::Function, String, usize), CpuError> {
+/// Builds the kernel's function; returns it with its frame size.
+fn build(k: &Kernel, isa: &OwnedTargetIsa) -> Result<(cranelift_codegen::ir::Function, usize), CpuError> {
     let target = target_of(isa)?;
     let mut func = cranelift_codegen::ir::Function::with_name_signature(UserFuncName::user(0, 0), signature(isa));
     let frame = gen::generate(k, &mut func, target)?;
-    let text = func.display().to_string();
-    Ok((func, text, frame))
+    Ok((func, frame))
 }
 
 impl CpuKernel {
     /// Compiles a kernel to native code.
     pub fn compile(k: &Kernel) -> Result<CpuKernel, CpuError> {
         let isa = host_isa()?;
-        let (func, clif, frame_bytes) = build(k, &isa)?;
+        let (func, frame_bytes) = build(k, &isa)?;
         let err = |m: String| CpuError::Kernel { kernel: k.name.clone(), msg: m };
         let mut module = JITModule::new(JITBuilder::with_isa(isa.clone(), default_libcall_names()));
         let sig = signature(&isa);
         let id = module.declare_function("mixc_kernel", Linkage::Export, &sig).map_err(|e| err(format!("{e}")))?;
         let mut ctx = module.make_context();
-        ctx.func = func;
+        ctx.func = func.clone();
         module.define_function(id, &mut ctx).map_err(|e| err(format!("cranelift: {e:?}")))?;
         let code_bytes = ctx.compiled_code().map(|c| c.code_info().total_size as usize).unwrap_or(0);
         module.clear_context(&mut ctx);
@@ -162,11 +188,12 @@ impl CpuKernel {
             return Err(err("no code for the kernel".into()));
         }
         // Safety: the function was built with exactly this signature.
-        let func: KernelFn = unsafe { std::mem::transmute::<*const u8, KernelFn>(ptr) };
+        let code: KernelFn = unsafe { std::mem::transmute::<*const u8, KernelFn>(ptr) };
         Ok(CpuKernel {
             name: k.name.clone(),
-            clif,
-            func,
+            func_ir: func,
+            clif: std::sync::OnceLock::new(),
+            func: code,
             params: k.params.len(),
             frame_bytes,
             code_bytes,
@@ -176,7 +203,7 @@ impl CpuKernel {
 
     /// The Cranelift IR text of the kernel's function (for `--emit clif`).
     pub fn clif(&self) -> &str {
-        &self.clif
+        self.clif.get_or_init(|| self.func_ir.display().to_string())
     }
 
     /// The kernel's name.
@@ -224,7 +251,7 @@ impl CpuKernel {
 /// lowered instructions), for inspecting what the backend emits.
 pub fn disasm_of(k: &Kernel) -> Result<String, CpuError> {
     let isa = host_isa()?;
-    let (func, _, _) = build(k, &isa)?;
+    let (func, _) = build(k, &isa)?;
     let mut ctx = cranelift_codegen::Context::for_function(func);
     ctx.set_disasm(true);
     let mut ctrl = cranelift_codegen::control::ControlPlane::default();
@@ -237,5 +264,5 @@ pub fn disasm_of(k: &Kernel) -> Result<String, CpuError> {
 /// The Cranelift IR text of a kernel, without keeping the JIT.
 pub fn clif_of(k: &Kernel) -> Result<String, CpuError> {
     let isa = host_isa()?;
-    build(k, &isa).map(|(_, text, _)| text)
+    build(k, &isa).map(|(func, _)| func.display().to_string())
 }

@@ -724,6 +724,25 @@ pub fn plan(k: &Kernel) -> Result<Plan<'_>, String> {
     }
     let ivs = intervals(&plan, k, &w, &order);
 
+    // A loop's initial tile that dies at the loop becomes its carried slot.
+    for (fs, _, carried, _) in &w.carried {
+        let TOp::For { init, .. } = &fs.op else { continue };
+        for (c, v) in carried.iter().zip(init) {
+            if plan.repr[c.index()] != Repr::Tile || plan.repr[v.index()] != Repr::Tile {
+                continue;
+            }
+            let (rc, rv) = (find(&mut root, c.index()), find(&mut root, v.index()));
+            let p = w.def_pos[c.index()];
+            if rc != rv && ivs.get(&plan.root[v.index()]).is_some_and(|iv| iv.end == p) && plan.root[v.index()] == rv {
+                union(&mut root, rc, rv);
+            }
+        }
+    }
+    for i in 0..n {
+        plan.root[i] = find(&mut root, i);
+    }
+    let ivs = intervals(&plan, k, &w, &order);
+
     // A dot accumulating into a tile that dies there does so in place.
     let mut members: HashMap<usize, usize> = HashMap::new();
     for i in 0..n {

@@ -1070,3 +1070,48 @@ fn read_bandwidth() {
         eprintln!("pass {pass}: head tiles copied {:.1} GB/s ({})", (n * 4) as f64 / secs / 1e9, acc[5]);
     }
 }
+
+/// JIT compile time of every kernel of every distinct mixer of a model file
+/// (MIXC_MODEL, default models/lizard.toml), prefill and decode schedules
+/// (a measurement; not a check).
+#[test]
+#[ignore]
+fn compile_time() {
+    let path: String = env_or("MIXC_MODEL", format!("{}/../../models/lizard.toml", env!("CARGO_MANIFEST_DIR")));
+    let file = mixc_ir::model::load_model(std::path::Path::new(&path)).expect("model");
+    let mut kernels = Vec::new();
+    for name in file.distinct_mixers() {
+        let cfg = &file.mixer[&name];
+        let g = mixc_ir::mixers::build(&name, cfg).expect("graph");
+        for sched in [Schedule::with_chunk(64), Schedule::decode()] {
+            kernels.extend(lower(&g, &sched).expect("lower").kernels);
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    kernels.retain(|k| seen.insert(mixc_ir::tile::text::print_kernel(k)));
+    let t0 = std::time::Instant::now();
+    let mut worst = (0.0, String::new());
+    for k in &kernels {
+        let t = std::time::Instant::now();
+        let ck = CpuKernel::compile(k).expect("compile");
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        if std::env::var("MIXC_VERBOSE").is_ok() {
+            eprintln!(
+                "  {:<32} {ms:6.1} ms  {:6} CLIF lines  {:6} bytes",
+                k.name,
+                ck.clif().lines().count(),
+                ck.code_range().1
+            );
+        }
+        if ms > worst.0 {
+            worst = (ms, k.name.clone());
+        }
+    }
+    eprintln!(
+        "{path}: {} distinct kernels compiled in {:.1} ms (slowest `{}`: {:.1} ms)",
+        kernels.len(),
+        t0.elapsed().as_secs_f64() * 1e3,
+        worst.1,
+        worst.0
+    );
+}
