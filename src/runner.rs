@@ -22,6 +22,7 @@
 
 use crate::jit::{jit_with, CompiledMixer, JitOptions, MixerSource, Target};
 use crate::{graphs_of_file, Error};
+use mixc_ir::mixers::carried_input;
 use mixc_ir::model::{load_model, MlpKind, ModelFile, ModelSection};
 use mixc_runtime::{Data, HostTensor};
 use std::collections::BTreeMap;
@@ -126,18 +127,6 @@ fn feeds(m: &CompiledMixer) -> Result<Vec<(String, Feed)>, Error> {
         out.push((name.to_string(), feed));
     }
     Ok(out)
-}
-
-/// The input a state output feeds on the next call.
-fn carried_input(output: &str) -> Option<String> {
-    match output {
-        "o" => None,
-        "final_state" => Some("initial_state".into()),
-        "final_n" => Some("initial_n".into()),
-        "final_m" => Some("initial_m".into()),
-        "final_z" => Some("initial_z".into()),
-        other => Some(other.to_string()),
-    }
 }
 
 impl Model {

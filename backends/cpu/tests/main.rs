@@ -4,6 +4,7 @@
 
 use mixc_backend_cpu::{clif_of, CpuKernel};
 use mixc_ir::interp::{self, Tensor};
+use mixc_ir::mixers::carried_input;
 use mixc_ir::mixers::random_inputs;
 use mixc_ir::ops::{BinaryFn, UnaryFn};
 use mixc_ir::tile::interp::Precision;
@@ -72,17 +73,6 @@ fn build(text: &str) -> Graph {
 
 fn sizes(b: usize, t: usize) -> BTreeMap<&'static str, usize> {
     BTreeMap::from([("B", b), ("T", t), ("S", 0)])
-}
-
-fn carried_input(output: &str) -> Option<String> {
-    match output {
-        "o" => None,
-        "final_state" => Some("initial_state".into()),
-        "final_n" => Some("initial_n".into()),
-        "final_m" => Some("initial_m".into()),
-        "final_z" => Some("initial_z".into()),
-        other => Some(other.to_string()),
-    }
 }
 
 // ------------------------------------------------------------- executor --

@@ -48,3 +48,17 @@ pub fn build(name: &str, cfg: &MixerConfig) -> Result<Graph, IrError> {
     });
     with_norm.map_err(|e| IrError::Invalid(format!("mixer `{name}` ({}): {e}", cfg.kind.name())))
 }
+
+/// The input a mixer output feeds on the next call of the same mixer: a
+/// final state becomes the initial state, a cache or convolution tail keeps
+/// its name; `o` feeds nothing.
+pub fn carried_input(output: &str) -> Option<String> {
+    match output {
+        "o" => None,
+        "final_state" => Some("initial_state".into()),
+        "final_n" => Some("initial_n".into()),
+        "final_m" => Some("initial_m".into()),
+        "final_z" => Some("initial_z".into()),
+        other => Some(other.to_string()),
+    }
+}

@@ -5,6 +5,7 @@ use mixc_ir::dtype::DType;
 use mixc_ir::graph::Graph;
 use mixc_ir::interp::{self, Tensor};
 use mixc_ir::mixers;
+use mixc_ir::mixers::carried_input;
 use mixc_ir::ops::{Mask, OpKind, Recurrence, Transition};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
@@ -192,18 +193,6 @@ proptest! {
         ins.get_mut("initial_m").unwrap().data.iter_mut().for_each(|x| *x -= d);
         let b = run(&g, &ins);
         close(&a["o"], &b["o"], 1e-10, "rescaled state");
-    }
-}
-
-/// Which input a state output feeds on the next call.
-fn carried_input(output: &str) -> Option<String> {
-    match output {
-        "o" => None,
-        "final_state" => Some("initial_state".into()),
-        "final_n" => Some("initial_n".into()),
-        "final_m" => Some("initial_m".into()),
-        "final_z" => Some("initial_z".into()),
-        other => Some(other.to_string()),
     }
 }
 

@@ -4,6 +4,7 @@
 
 use super::util::*;
 use mixc_ir::interp::{self, Tensor};
+use mixc_ir::mixers::carried_input;
 use mixc_ir::mixers::random_inputs;
 use mixc_ir::tile::interp::Precision;
 use mixc_passes::Schedule;
@@ -51,17 +52,6 @@ fn library() -> Vec<(&'static str, String)> {
         ),
         ("mom", table("mom", 2, 16, 8, "memories = 3\ntop_k = 2\nshared_memory = true\n")),
     ]
-}
-
-fn carried_input(output: &str) -> Option<String> {
-    match output {
-        "o" => None,
-        "final_state" => Some("initial_state".into()),
-        "final_n" => Some("initial_n".into()),
-        "final_m" => Some("initial_m".into()),
-        "final_z" => Some("initial_z".into()),
-        other => Some(other.to_string()),
-    }
 }
 
 proptest! {
