@@ -32,6 +32,10 @@ pub struct KernelImage {
 struct Manifest {
     mixc_version: String,
     target: String,
+    /// How `dot` was compiled (`simt`, `tf32x3`, `bf16`): decides the accuracy
+    /// a check may expect.
+    #[serde(default = "default_matmul")]
+    matmul: String,
     program: Vec<ProgramEntry>,
 }
 
@@ -71,11 +75,32 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io { path: path.display().to_string(), source }
 }
 
-/// Writes a bundle of programs compiled for `target`.
+fn default_matmul() -> String {
+    "tf32x3".into()
+}
+
+/// A bundle as read back.
+pub struct Bundle {
+    pub target: String,
+    /// How `dot` was compiled: `simt`, `tf32x3` (both f32-accurate) or `bf16`.
+    pub matmul: String,
+    pub programs: Vec<BundledProgram>,
+}
+
+/// Writes a bundle of programs compiled for `target` with the default `dot` (tf32x3).
 pub fn write(dir: &Path, target: &str, programs: &[BundledProgram]) -> Result<(), Error> {
+    write_with(dir, target, &default_matmul(), programs)
+}
+
+/// Writes a bundle of programs compiled for `target`, `dot` compiled as `matmul`.
+pub fn write_with(dir: &Path, target: &str, matmul: &str, programs: &[BundledProgram]) -> Result<(), Error> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let mut manifest =
-        Manifest { mixc_version: env!("CARGO_PKG_VERSION").into(), target: target.into(), program: vec![] };
+    let mut manifest = Manifest {
+        mixc_version: env!("CARGO_PKG_VERSION").into(),
+        target: target.into(),
+        matmul: matmul.into(),
+        program: vec![],
+    };
     for p in programs {
         let graph_file = format!("{}.mix", p.mixer);
         let path = dir.join(&graph_file);
@@ -106,8 +131,15 @@ pub fn write(dir: &Path, target: &str, programs: &[BundledProgram]) -> Result<()
     std::fs::write(&path, text).map_err(io(&path))
 }
 
-/// Reads a bundle, re-lowering every graph and checking it against the kernels.
+/// Reads a bundle, re-lowering every graph and checking it against the kernels;
+/// returns its target and programs.
 pub fn read(dir: &Path) -> Result<(String, Vec<BundledProgram>), Error> {
+    let b = read_bundle(dir)?;
+    Ok((b.target, b.programs))
+}
+
+/// Reads a bundle (see [`read`]) with everything its manifest records.
+pub fn read_bundle(dir: &Path) -> Result<Bundle, Error> {
     let path = dir.join("manifest.toml");
     let text = std::fs::read_to_string(&path).map_err(io(&path))?;
     let shown = path.display().to_string();
@@ -148,5 +180,5 @@ pub fn read(dir: &Path) -> Result<(String, Vec<BundledProgram>), Error> {
         }
         out.push(BundledProgram { mixer: p.mixer, mode: p.mode, graph, schedule: p.schedule, program, kernels });
     }
-    Ok((manifest.target, out))
+    Ok(Bundle { target: manifest.target, matmul: manifest.matmul, programs: out })
 }

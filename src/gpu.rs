@@ -3,7 +3,8 @@
 
 use crate::bundle::{BundledProgram, KernelImage};
 use crate::{Error, NamedGraph};
-use mixc_backend_ptx::{compile, Target};
+pub use mixc_backend_ptx::{Matmul, Options};
+use mixc_backend_ptx::{compile_with, Target};
 use mixc_ir::tile::Program;
 use mixc_passes::Schedule;
 use std::path::Path;
@@ -17,11 +18,16 @@ pub fn target(name: &str) -> Option<Target> {
 }
 
 /// Compiles every kernel of a program.
-pub fn compile_program(mixer: &str, prog: &Program, target: Target) -> Result<Vec<(KernelImage, String)>, Error> {
+pub fn compile_program(
+    mixer: &str,
+    prog: &Program,
+    target: Target,
+    opts: Options,
+) -> Result<Vec<(KernelImage, String)>, Error> {
     prog.kernels
         .iter()
         .map(|k| {
-            let p = compile(k, target).map_err(|e| Error::Usage(format!("mixer `{mixer}`: {e}")))?;
+            let p = compile_with(k, target, opts).map_err(|e| Error::Usage(format!("mixer `{mixer}`: {e}")))?;
             Ok((
                 KernelImage {
                     name: p.name,
@@ -38,13 +44,19 @@ pub fn compile_program(mixer: &str, prog: &Program, target: Target) -> Result<Ve
 
 /// Writes a bundle with, per mixer, the prefill program under `sched` and the
 /// decode-step program.
-pub fn write_bundle(dir: &Path, graphs: &[NamedGraph], target_name: &str, sched: &Schedule) -> Result<usize, Error> {
+pub fn write_bundle(
+    dir: &Path,
+    graphs: &[NamedGraph],
+    target_name: &str,
+    sched: &Schedule,
+    opts: Options,
+) -> Result<usize, Error> {
     let t = target(target_name).ok_or_else(|| Error::Usage(format!("unknown GPU target `{target_name}`")))?;
     let mut programs = Vec::new();
     for g in graphs {
         for (mode, s) in [("prefill", *sched), ("decode", Schedule::decode())] {
             let program = crate::lower_graph(&g.name, &g.graph, &s)?;
-            let kernels = compile_program(&g.name, &program, t)?.into_iter().map(|(k, _)| k).collect();
+            let kernels = compile_program(&g.name, &program, t, opts)?.into_iter().map(|(k, _)| k).collect();
             programs.push(BundledProgram {
                 mixer: g.name.clone(),
                 mode: mode.into(),
@@ -55,6 +67,6 @@ pub fn write_bundle(dir: &Path, graphs: &[NamedGraph], target_name: &str, sched:
             });
         }
     }
-    crate::bundle::write(dir, target_name, &programs)?;
+    crate::bundle::write_with(dir, target_name, opts.matmul.name(), &programs)?;
     Ok(programs.len())
 }

@@ -6,7 +6,8 @@
 set -uo pipefail
 cd "$(dirname "$0")"
 status=0
-for b in bundles/*/; do
+for b in bundles/*/ bundles-bf16/*/; do
+  [ -d "$b" ] || continue
   if ! ./mixc gpu-check --kernels "$b" --max-t "${MAX_T:-600}"; then status=1; fi
 done
 if [ "${SANITIZE:-0}" = 1 ] && command -v compute-sanitizer >/dev/null; then

@@ -5,11 +5,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=gpu-dist
-rm -rf "$out" && mkdir -p "$out/bundles"
+rm -rf "$out" && mkdir -p "$out/bundles" "$out/bundles-bf16" "$out/bundles-f32"
 cargo build --release --features llvm
+# f32-accurate kernels (dot on tensor cores as tf32x3) for every zoo model ...
 for f in models/*.toml; do
   name=$(basename "$f" .toml)
   ./target/release/mixc compile "$f" --target sm_90 -o "$out/bundles/$name" --chunk "${CHUNK:-64}" >/dev/null
+done
+# ... and bf16 tensor-core kernels of the benchmark mixers (checked at bf16 tolerance).
+for f in models/bench/anchors.toml; do
+  name=$(basename "$f" .toml)
+  ./target/release/mixc compile "$f" --target sm_90 --matmul bf16 -o "$out/bundles-bf16/$name" --chunk "${CHUNK:-64}" >/dev/null
+  ./target/release/mixc compile "$f" --target sm_90 -o "$out/bundles-f32/$name" --chunk "${CHUNK:-64}" >/dev/null
 done
 # The binary for the GPU machine: CUDA through cudarc, no LLVM (kernels come from the bundles).
 cargo build --release --no-default-features --features cuda

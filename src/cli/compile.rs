@@ -37,8 +37,17 @@ fn schedule_of(g: &mixc::NamedGraph, args: &CompileArgs) -> mixc_passes::Schedul
 #[cfg(feature = "llvm")]
 fn bundle(graphs: &[mixc::NamedGraph], args: &CompileArgs, dir: &std::path::Path) -> Result<String, mixc::Error> {
     let sched = graphs.first().map(|g| schedule_of(g, args)).unwrap_or_default();
-    let n = mixc::gpu::write_bundle(dir, graphs, &args.target, &sched)?;
+    let n = mixc::gpu::write_bundle(dir, graphs, &args.target, &sched, options(args)?)?;
     Ok(format!("wrote {n} programs for {} to {}\n", args.target, dir.display()))
+}
+
+/// Code generation options from `--matmul`.
+#[cfg(feature = "llvm")]
+fn options(args: &CompileArgs) -> Result<mixc::gpu::Options, mixc::Error> {
+    let matmul = mixc::gpu::Matmul::parse(&args.matmul).ok_or_else(|| {
+        mixc::Error::Usage(format!("unknown --matmul `{}` (expected tf32x3, bf16 or simt)", args.matmul))
+    })?;
+    Ok(mixc::gpu::Options { matmul })
 }
 
 #[cfg(not(feature = "llvm"))]
@@ -50,10 +59,11 @@ fn bundle(_: &[mixc::NamedGraph], _: &CompileArgs, _: &std::path::Path) -> Resul
 fn emit_gpu(graphs: &[mixc::NamedGraph], args: &CompileArgs) -> Result<String, mixc::Error> {
     let target = mixc::gpu::target(&args.target)
         .ok_or_else(|| mixc::Error::Usage(format!("unknown GPU target `{}`", args.target)))?;
+    let opts = options(args)?;
     let mut out = String::new();
     for g in graphs {
         let prog = mixc::lower_graph(&g.name, &g.graph, &schedule_of(g, args))?;
-        for (image, llvm) in mixc::gpu::compile_program(&g.name, &prog, target)? {
+        for (image, llvm) in mixc::gpu::compile_program(&g.name, &prog, target, opts)? {
             out.push_str(&format!(
                 "// mixer {} kernel {} ({} threads, {} B shared, {} B scratch)\n",
                 g.name, image.name, image.threads, image.shared_bytes, image.scratch_bytes

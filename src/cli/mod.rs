@@ -247,6 +247,11 @@ pub struct CompileArgs {
     /// on a machine without LLVM (GPU targets).
     #[arg(short = 'o', long = "output", value_name = "DIR")]
     pub output: Option<PathBuf>,
+    /// How GPU kernels compute `dot`: tf32x3 (tensor cores, f32 accuracy; the
+    /// default), bf16 (tensor cores, bf16 operands: bf16 models' accuracy and
+    /// speed), simt (plain f32 FMAs).
+    #[arg(long, value_name = "MODE", default_value = "tf32x3")]
+    pub matmul: String,
 }
 
 /// The stages `--emit` can print.

@@ -1,7 +1,9 @@
 //! Emitting a planned kernel as LLVM IR and running LLVM's NVPTX backend.
 
+mod mma;
+
 use crate::plan::{self, Access, Defs, Plan, Repr, YieldCopy};
-use crate::{PtxError, PtxKernel, Target};
+use crate::{Options, PtxError, PtxKernel, Target};
 use inkwell::attributes::{Attribute, AttributeLoc};
 use inkwell::basic_block::BasicBlock;
 use inkwell::builder::{Builder, BuilderError};
@@ -72,7 +74,7 @@ fn init_llvm() {
     });
 }
 
-pub(crate) fn compile(k: &Kernel, target: Target) -> R<PtxKernel> {
+pub(crate) fn compile(k: &Kernel, target: Target, opts: Options) -> R<PtxKernel> {
     init_llvm();
     let kerr = |msg: String| PtxError::Kernel { kernel: k.name.clone(), msg };
     let lerr = |msg: String| PtxError::Llvm { kernel: k.name.clone(), msg };
@@ -124,6 +126,7 @@ pub(crate) fn compile(k: &Kernel, target: Target) -> R<PtxKernel> {
         tid: cx.i32_type().const_zero(),
         scratch: None,
         trk: Tracker::default(),
+        opts,
         memo: HashMap::new(),
     };
     em.tid = em.sreg("tid.x").map_err(|e| named(e, &k.name, "entry"))?;
@@ -292,6 +295,7 @@ struct Em<'ctx, 'a> {
     /// This CTA's part of the global scratch region, if the kernel has one.
     scratch: Option<PointerValue<'ctx>>,
     trk: Tracker,
+    opts: Options,
     /// Elements already computed in the current straight-line region, by value and index.
     memo: HashMap<(u32, Vec<usize>), BasicValueEnum<'ctx>>,
 }
@@ -1168,6 +1172,15 @@ impl<'ctx> Em<'ctx, '_> {
             t.gl.push(ptr.0);
         }
         let ty = self.k.ty(v).clone();
+        if let (Some(Repr::Mat(slot)), TOp::Dot { a, b, acc, trans_a, trans_b }) = (&repr, &s.op) {
+            let sa = &self.k.ty(*a).shape;
+            let (m, kk) = if *trans_a { (sa[1], sa[0]) } else { (sa[0], sa[1]) };
+            let n = ty.shape.get(1).copied().unwrap_or(0);
+            if ty.dtype.is_float() && mma::takes(self.opts.matmul, m, n, kk) {
+                let d = mma::MmaDot { a: *a, b: *b, acc: *acc, trans_a: *trans_a, trans_b: *trans_b, m, n, k: kk };
+                return self.mma_dot(*slot, &d);
+            }
+        }
         match repr {
             Some(Repr::Mat(slot)) => {
                 let cumsum = matches!(s.op, TOp::Cumsum { .. });

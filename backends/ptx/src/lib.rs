@@ -163,7 +163,56 @@ pub fn math_library_ir() -> Result<String, String> {
     math::library_ir()
 }
 
-/// Compiles one tile kernel to PTX for `target`.
+/// How `dot` is computed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Matmul {
+    /// Plain f32 FMAs, each thread a whole k-loop for its outputs.
+    Simt,
+    /// Tensor cores (`mma.sync` m16n8k8 tf32), each f32 operand split into a
+    /// tf32 high part and remainder and three products summed: f32 accuracy
+    /// (≈ 1e-6 relative). The default.
+    #[default]
+    Tf32x3,
+    /// Tensor cores (`mma.sync` m16n8k16 bf16): operands rounded to bf16, one
+    /// product per step (bf16 models' accuracy, ≈ 4e-3 relative per product).
+    Bf16,
+}
+
+impl Matmul {
+    /// Parses `simt`, `tf32x3` or `bf16`.
+    pub fn parse(s: &str) -> Option<Matmul> {
+        match s {
+            "simt" => Some(Matmul::Simt),
+            "tf32x3" => Some(Matmul::Tf32x3),
+            "bf16" => Some(Matmul::Bf16),
+            _ => None,
+        }
+    }
+
+    /// The name [`Matmul::parse`] reads.
+    pub fn name(self) -> &'static str {
+        match self {
+            Matmul::Simt => "simt",
+            Matmul::Tf32x3 => "tf32x3",
+            Matmul::Bf16 => "bf16",
+        }
+    }
+}
+
+/// Code generation options.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Options {
+    /// How `dot` is computed (tiles whose shapes the tensor-core path cannot
+    /// take, e.g. fewer than 16 rows, use plain FMAs whatever this says).
+    pub matmul: Matmul,
+}
+
+/// Compiles one tile kernel to PTX for `target` with the default options.
 pub fn compile(k: &Kernel, target: Target) -> Result<PtxKernel, PtxError> {
-    codegen::compile(k, target)
+    codegen::compile(k, target, Options::default())
+}
+
+/// Compiles one tile kernel to PTX for `target` with `opts`.
+pub fn compile_with(k: &Kernel, target: Target, opts: Options) -> Result<PtxKernel, PtxError> {
+    codegen::compile(k, target, opts)
 }
