@@ -23,11 +23,34 @@ pub struct Schedule {
     /// Recurrences token by token (rank-1 state updates, the state on chip):
     /// the decode-step form, best when a call brings few tokens.
     pub step: bool,
+    /// Computes a short causal convolution (Mamba2, Gated DeltaNet) inside the
+    /// recurrence kernels that consume it: each chunk (or token) loads its rows
+    /// and the `K − 1` rows before them of the convolution's input (the cached
+    /// tail before `t = 0`) and applies the taps, the activation and whatever
+    /// row-local ops lie between (reshape into heads, group broadcast, feature
+    /// maps, L2 norm, per-step scaling) on chip; only a small kernel writing the
+    /// new tail remains of the convolution. `false`: the convolution and each op
+    /// after it are kernels of their own, with buffers in between.
+    ///
+    /// On by default; a serialized schedule without the field reads `false`,
+    /// since it was recorded before the field existed, by a lowering that did
+    /// not fuse (kernel bundles re-lower under their recorded schedule).
+    #[serde(default)]
+    pub fuse_conv: bool,
 }
 
 impl Default for Schedule {
     fn default() -> Self {
-        Schedule { chunk: 64, sub_chunk: 16, split: false, block_q: 64, block_k: 64, block_elems: 1024, step: false }
+        Schedule {
+            chunk: 64,
+            sub_chunk: 16,
+            split: false,
+            block_q: 64,
+            block_k: 64,
+            block_elems: 1024,
+            step: false,
+            fuse_conv: true,
+        }
     }
 }
 
@@ -37,7 +60,8 @@ impl Schedule {
         Schedule { chunk, sub_chunk: chunk.min(16), ..Schedule::default() }
     }
 
-    /// The decode-step schedule: recurrences token by token.
+    /// The decode-step schedule: recurrences token by token (with the short
+    /// convolution fused, which saves most of a decode step's launches).
     pub fn decode() -> Schedule {
         Schedule { step: true, ..Schedule::default() }
     }

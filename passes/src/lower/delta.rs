@@ -14,11 +14,16 @@
 //!
 //! Activations are `[B, T, H, D]`, states `[B, H, Dk, Dv]`; head dims are padded
 //! to multiples of 16 in tiles and masked; rows past `T` load zeros (`k`, `v`,
-//! `β`, `g`), which leaves the state and the other rows untouched.
+//! `β`, `g`), which leaves the state and the other rows untouched. Where the
+//! schedule fuses a short convolution in front of `q`, `k` or `v`, every kernel
+//! that loads the operand computes it from the convolution's input
+//! (`conv_prologue`): the split form recomputes it in each of its kernels,
+//! which costs a few multiply-adds per element instead of a buffer.
 
 mod io;
 mod ut;
 
+use super::conv_prologue::Input;
 use super::{util, LowerError, Lowering};
 use io::{Binder, Head, Res, Rows, StateTile};
 use mixc_ir::dims::DimId;
@@ -41,10 +46,11 @@ struct Spec {
     state: StateTile,
     chunk: u32,
     scale: f64,
-    /// Buffers of the operands and results.
-    q: usize,
-    k: usize,
-    v: usize,
+    /// The operands (q, k, v may be computed on chip from a short
+    /// convolution's input, see `conv_prologue`) and the results' buffers.
+    q: Input,
+    k: Input,
+    v: Input,
     gate: Option<usize>,
     beta: usize,
     initial: Option<usize>,
@@ -97,9 +103,9 @@ impl Spec {
             state,
             chunk,
             scale: r.scale,
-            q: lw.buffer(q),
-            k: lw.buffer(k),
-            v: lw.buffer(v),
+            q: Input::of(lw, q),
+            k: Input::of(lw, k),
+            v: Input::of(lw, v),
             gate: gate.map(|g| lw.buffer(g)),
             beta: lw.buffer(beta),
             initial: initial.map(|s| lw.buffer(s)),
@@ -171,9 +177,9 @@ fn chunk_gates(kb: &mut KernelBuilder, rows: &Rows, g: Option<ParamId>) -> Res<O
 fn fused(lw: &mut Lowering, sp: &Spec) -> Result<(), LowerError> {
     let mut kb = KernelBuilder::new(&format!("{}_fused", sp.name));
     let mut bind = Binder::default();
-    let q = bind.ptr(&mut kb, "q", sp.q);
-    let k = bind.ptr(&mut kb, "k", sp.k);
-    let v = bind.ptr(&mut kb, "v", sp.v);
+    let q = sp.q.bind(lw, &mut kb, &mut bind, "q");
+    let k = sp.k.bind(lw, &mut kb, &mut bind, "k");
+    let v = sp.v.bind(lw, &mut kb, &mut bind, "v");
     let g = sp.gate.map(|b| bind.ptr(&mut kb, "g", b));
     let beta = bind.ptr(&mut kb, "beta", sp.beta);
     let s0 = sp.initial.map(|b| bind.ptr(&mut kb, "initial_state", b));
@@ -186,13 +192,13 @@ fn fused(lw: &mut Lowering, sp: &Spec) -> Result<(), LowerError> {
     let fin = kb.for_loop(lo, hd.t_len, step, &[s], |kb, t0, carried| {
         let s = carried[0];
         let rows = Rows::new(kb, &hd, t0, sp.chunk)?;
-        let kt = rows.load(kb, k, sp.dk, sp.dkp())?;
-        let vt = rows.load(kb, v, sp.dv, sp.dvp())?;
+        let kt = rows.load_src(kb, &k, sp.dk, sp.dkp())?;
+        let vt = rows.load_src(kb, &v, sp.dv, sp.dvp())?;
         let bt = rows.load_scalar(kb, beta)?;
         let gates = chunk_gates(kb, &rows, g)?;
         let (w, u) = ut::wy(kb, &tri, kt, vt, bt, gates.as_ref())?;
         let vn = ut::v_new(kb, w, u, s)?;
-        let qt = rows.load(kb, q, sp.dk, sp.dkp())?;
+        let qt = rows.load_src(kb, &q, sp.dk, sp.dkp())?;
         let ot = ut::output(kb, &tri, qt, kt, s, vn, gates.as_ref(), sp.scale)?;
         rows.store(kb, o, sp.dv, ot)?;
         Ok(vec![ut::advance(kb, kt, s, vn, gates.as_ref())?])
@@ -208,9 +214,9 @@ fn fused(lw: &mut Lowering, sp: &Spec) -> Result<(), LowerError> {
 fn step(lw: &mut Lowering, sp: &Spec) -> Result<(), LowerError> {
     let mut kb = KernelBuilder::new(&format!("{}_step", sp.name));
     let mut bind = Binder::default();
-    let q = bind.ptr(&mut kb, "q", sp.q);
-    let k = bind.ptr(&mut kb, "k", sp.k);
-    let v = bind.ptr(&mut kb, "v", sp.v);
+    let q = sp.q.bind(lw, &mut kb, &mut bind, "q");
+    let k = sp.k.bind(lw, &mut kb, &mut bind, "k");
+    let v = sp.v.bind(lw, &mut kb, &mut bind, "v");
     let g = sp.gate.map(|b| bind.ptr(&mut kb, "g", b));
     let beta = bind.ptr(&mut kb, "beta", sp.beta);
     let s0 = sp.initial.map(|b| bind.ptr(&mut kb, "initial_state", b));
@@ -229,14 +235,14 @@ fn step(lw: &mut Lowering, sp: &Spec) -> Result<(), LowerError> {
             }
             None => carried[0],
         };
-        let kt = rows.load(kb, k, sp.dk, sp.dkp())?;
-        let vt = rows.load(kb, v, sp.dv, sp.dvp())?;
+        let kt = rows.load_src(kb, &k, sp.dk, sp.dkp())?;
+        let vt = rows.load_src(kb, &v, sp.dv, sp.dvp())?;
         let bt = rows.load_scalar(kb, beta)?;
         let ks = kb.dot(kt, s, None, false, false)?;
         let u = kb.sub(vt, ks)?;
         let u = kb.mul(u, bt)?;
         let s = kb.dot(kt, u, Some(s), true, false)?;
-        let qt = rows.load(kb, q, sp.dk, sp.dkp())?;
+        let qt = rows.load_src(kb, &q, sp.dk, sp.dkp())?;
         let sc = kb.f32(sp.scale)?;
         let qt = kb.mul(qt, sc)?;
         let ot = kb.dot(qt, s, None, false, false)?;
@@ -262,8 +268,8 @@ fn split(lw: &mut Lowering, sp: &Spec) -> Result<(), LowerError> {
     // 1. Every chunk's W and U.
     let mut kb = KernelBuilder::new(&format!("{}_wy", sp.name));
     let mut bind = Binder::default();
-    let k = bind.ptr(&mut kb, "k", sp.k);
-    let v = bind.ptr(&mut kb, "v", sp.v);
+    let k = sp.k.bind(lw, &mut kb, &mut bind, "k");
+    let v = sp.v.bind(lw, &mut kb, &mut bind, "v");
     let g = sp.gate.map(|b| bind.ptr(&mut kb, "g", b));
     let beta = bind.ptr(&mut kb, "beta", sp.beta);
     let w_out = bind.ptr(&mut kb, "w", w_buf);
@@ -271,8 +277,8 @@ fn split(lw: &mut Lowering, sp: &Spec) -> Result<(), LowerError> {
     let hd = head(&mut kb, &mut bind, sp, 1)?;
     let tri = Tri::new(&mut kb, sp.chunk)?;
     let rows = chunk_rows(&mut kb, sp, &hd)?;
-    let kt = rows.load(&mut kb, k, sp.dk, sp.dkp())?;
-    let vt = rows.load(&mut kb, v, sp.dv, sp.dvp())?;
+    let kt = rows.load_src(&mut kb, &k, sp.dk, sp.dkp())?;
+    let vt = rows.load_src(&mut kb, &v, sp.dv, sp.dvp())?;
     let bt = rows.load_scalar(&mut kb, beta)?;
     let gates = chunk_gates(&mut kb, &rows, g)?;
     let (w, u) = ut::wy(&mut kb, &tri, kt, vt, bt, gates.as_ref())?;
@@ -283,7 +289,7 @@ fn split(lw: &mut Lowering, sp: &Spec) -> Result<(), LowerError> {
     // 2. The chunk-start states, in order, and V'.
     let mut kb = KernelBuilder::new(&format!("{}_states", sp.name));
     let mut bind = Binder::default();
-    let k = bind.ptr(&mut kb, "k", sp.k);
+    let k = sp.k.bind(lw, &mut kb, &mut bind, "k");
     let g = sp.gate.map(|b| bind.ptr(&mut kb, "g", b));
     let w_in = bind.ptr(&mut kb, "w", w_buf);
     let u_in = bind.ptr(&mut kb, "u", u_buf);
@@ -306,7 +312,7 @@ fn split(lw: &mut Lowering, sp: &Spec) -> Result<(), LowerError> {
         let ut_ = rows.load(kb, u_in, sp.dv, sp.dvp())?;
         let vn = ut::v_new(kb, wt, ut_, s)?;
         rows.store(kb, vn_out, sp.dv, vn)?;
-        let kt = rows.load(kb, k, sp.dk, sp.dkp())?;
+        let kt = rows.load_src(kb, &k, sp.dk, sp.dkp())?;
         let gates = chunk_gates(kb, &rows, g)?;
         Ok(vec![ut::advance(kb, kt, s, vn, gates.as_ref())?])
     })?;
@@ -317,8 +323,8 @@ fn split(lw: &mut Lowering, sp: &Spec) -> Result<(), LowerError> {
     // 3. Every chunk's output.
     let mut kb = KernelBuilder::new(&format!("{}_output", sp.name));
     let mut bind = Binder::default();
-    let q = bind.ptr(&mut kb, "q", sp.q);
-    let k = bind.ptr(&mut kb, "k", sp.k);
+    let q = sp.q.bind(lw, &mut kb, &mut bind, "q");
+    let k = sp.k.bind(lw, &mut kb, &mut bind, "k");
     let g = sp.gate.map(|b| bind.ptr(&mut kb, "g", b));
     let vn_in = bind.ptr(&mut kb, "v_new", vn_buf);
     let states = bind.ptr(&mut kb, "chunk_states", states_buf);
@@ -331,8 +337,8 @@ fn split(lw: &mut Lowering, sp: &Spec) -> Result<(), LowerError> {
     let at = kb.mul(hd.bh, n_chunks)?;
     let at = kb.add(at, n)?;
     let s = sp.state.load(&mut kb, states, at)?;
-    let qt = rows.load(&mut kb, q, sp.dk, sp.dkp())?;
-    let kt = rows.load(&mut kb, k, sp.dk, sp.dkp())?;
+    let qt = rows.load_src(&mut kb, &q, sp.dk, sp.dkp())?;
+    let kt = rows.load_src(&mut kb, &k, sp.dk, sp.dkp())?;
     let vn = rows.load(&mut kb, vn_in, sp.dv, sp.dvp())?;
     let gates = chunk_gates(&mut kb, &rows, g)?;
     let ot = ut::output(&mut kb, &tri, qt, kt, s, vn, gates.as_ref(), sp.scale)?;

@@ -39,6 +39,15 @@ pub fn lower(lw: &mut Lowering, op: &OpNode) -> Result<(), LowerError> {
     Err(lw.err(op, "no generic lowering for this op"))
 }
 
+/// Only the new-tail kernel of a causal convolution whose `y` a fused consumer
+/// computes itself; `x_at` holds the convolution's input (see `conv::conv_tail`).
+pub fn conv_tail(lw: &mut Lowering, op: &OpNode, x_at: Option<usize>) -> Result<(), LowerError> {
+    match &op.kind {
+        OpKind::CausalConv1d { time, tail, .. } => conv::conv_tail(lw, op, *time, *tail, x_at),
+        _ => Err(lw.err(op, "not a causal convolution")),
+    }
+}
+
 /// Copies `n` elements from buffer `from` to buffer `to`.
 pub fn copy(lw: &mut Lowering, from: usize, to: usize, n: Count) -> Result<(), LowerError> {
     moves::copy(lw, from, to, n)

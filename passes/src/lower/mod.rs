@@ -4,9 +4,12 @@
 //! caller's; the rest are scratch between kernels). Each op becomes one or
 //! more kernels through a recipe: chunked recurrences (`recurrence`, `delta`),
 //! flash attention (`attention`), and simple kernels for everything else
-//! (`generic`).
+//! (`generic`). Under `Schedule::fuse_conv`, short causal convolutions feeding
+//! a recurrence are computed in the recurrence's kernels (`conv_prologue`),
+//! and the ops that leaves without a use are not lowered.
 
 mod attention;
+mod conv_prologue;
 mod delta;
 mod generic;
 mod recurrence;
@@ -35,6 +38,8 @@ pub struct Lowering<'g> {
     pub sched: Schedule,
     pub prog: Program,
     buf_of: Vec<Option<usize>>,
+    /// Per value: computed on chip by the recurrences that read it (see `conv_prologue`).
+    fused: Vec<Option<conv_prologue::ConvPrologue>>,
 }
 
 impl<'g> Lowering<'g> {
@@ -51,6 +56,11 @@ impl<'g> Lowering<'g> {
             *slot = Some(b);
         }
         b
+    }
+
+    /// How a recurrence computes operand `v` on chip, if it does.
+    fn fused_operand(&self, v: ValueId) -> Option<conv_prologue::ConvPrologue> {
+        self.fused.get(v.index()).cloned().flatten()
     }
 
     /// A scratch buffer that no graph value owns.
@@ -100,13 +110,29 @@ impl<'g> Lowering<'g> {
 /// Lowers a verified graph under a schedule.
 pub fn lower(g: &Graph, sched: &Schedule) -> Result<Program, LowerError> {
     sched.validate().map_err(LowerError::Schedule)?;
+    let plan = if sched.fuse_conv { conv_prologue::plan(g) } else { conv_prologue::Plan::none(g) };
     let mut lw = Lowering {
         g,
         sched: *sched,
         prog: Program { name: g.name.clone(), dims: g.dims.clone(), ..Default::default() },
         buf_of: vec![None; g.values.len()],
+        fused: plan.fused,
     };
-    for op in &g.ops {
+    let mut deferred = Vec::new();
+    for (op, action) in g.ops.iter().zip(&plan.actions) {
+        match *action {
+            conv_prologue::Action::Lower => {}
+            conv_prologue::Action::Skip => continue,
+            conv_prologue::Action::ConvTail { x_at, deferred: true } => {
+                deferred.push((op, x_at));
+                continue;
+            }
+            conv_prologue::Action::ConvTail { x_at, deferred: false } => {
+                let b = lw.buffer(x_at);
+                generic::conv_tail(&mut lw, op, Some(b))?;
+                continue;
+            }
+        }
         match &op.kind {
             OpKind::Input { name, dtype, shape, optional } => {
                 let dtype = if dtype.is_float() { DType::F32 } else { *dtype };
@@ -122,6 +148,11 @@ pub fn lower(g: &Graph, sched: &Schedule) -> Result<Program, LowerError> {
             OpKind::Attention { scale, mask } => attention::lower(&mut lw, op, *scale, *mask)?,
             _ => generic::lower(&mut lw, op)?,
         }
+    }
+    // New tails of fused convolutions, after the recurrences that read the old ones.
+    for (op, x_at) in deferred {
+        let b = lw.buffer(x_at);
+        generic::conv_tail(&mut lw, op, Some(b))?;
     }
     for (name, v) in &g.outputs {
         let b = lw.buffer(*v);

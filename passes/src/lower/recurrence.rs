@@ -12,13 +12,18 @@
 //! Fused: one program per (batch, head) walks the chunks with the state on
 //! chip. Split: a first kernel walks the chunks writing each chunk-start state
 //! to scratch, a second computes every chunk's output in parallel.
+//!
+//! `q`, `k`, `v` come from their buffers or, where the schedule fuses a short
+//! convolution in front of them, are computed as they are loaded (every form,
+//! see `conv_prologue`).
 
-use super::util::{cols, pad16, rows};
+use super::conv_prologue::{self, At, Input, Src};
+use super::util::{cols, pad16, rows, Binder};
 use super::{LowerError, Lowering};
-use mixc_ir::dtype::DType;
-use mixc_ir::graph::{OpNode, ValueId};
+use mixc_ir::dims::DimId;
+use mixc_ir::graph::OpNode;
 use mixc_ir::ops::{Recurrence, ReduceFn, Transition, UnaryFn};
-use mixc_ir::tile::{Arg, Count, KernelBuilder, ParamId, TValue, TileError};
+use mixc_ir::tile::{Count, KernelBuilder, ParamId, TValue, TileError};
 
 type Res<T> = Result<T, TileError>;
 
@@ -46,9 +51,10 @@ struct Shape {
 
 /// Parameters and per-program scalars of a recurrence kernel.
 struct Ctx {
-    q: ParamId,
-    k: ParamId,
-    v: ParamId,
+    /// `q`, `k`, `v`: buffers, or computed on chip from a short convolution's input.
+    q: Src,
+    k: Src,
+    v: Src,
     gate: Option<ParamId>,
     igate: Option<ParamId>,
     fgate: Option<ParamId>,
@@ -65,6 +71,9 @@ struct Ctx {
     t_len: TValue,
     h: TValue,
     bh: TValue,
+    /// This program's batch entry and head.
+    b: TValue,
+    hh: TValue,
     /// Offset of (b, t = 0, h, 0) in a `[B, T, H, Dk]` tensor, in rows of `H·Dk`.
     row0: TValue,
     hdk: TValue,
@@ -112,16 +121,14 @@ pub fn lower(lw: &mut Lowering, op: &OpNode, r: &Recurrence) -> Result<(), Lower
     let bh = Count::times(Count::Dim(b_dim), Count::Dim(h_dim));
     let nchunks = Count::ceil_div(Count::Dim(t_dim), c as u64);
 
-    // Buffers in parameter order (see `params`).
-    let mut ins: Vec<(&str, ValueId)> = vec![("q", q), ("k", op.operands[1]), ("v", op.operands[2])];
+    let acts = [Input::of(lw, q), Input::of(lw, op.operands[1]), Input::of(lw, op.operands[2])];
+    let mut ins: Vec<(&str, usize)> = Vec::new();
     for role in ["gate", "igate", "fgate", "beta", "initial_state", "initial_n", "initial_z", "initial_m"] {
         if let Some(v) = operand(role) {
-            ins.push((role, v));
+            ins.push((role, lw.buffer(v)));
         }
     }
-    let in_bufs: Vec<(&str, usize)> = ins.iter().map(|(n, v)| (*n, lw.buffer(*v))).collect();
     let outs: Vec<usize> = op.results.iter().map(|v| lw.buffer(*v)).collect();
-    let sizes = [Arg::Size(Count::Dim(t_dim)), Arg::Size(Count::Dim(h_dim))];
     let name = g.value(op.results[0]).name.clone();
 
     let variants: Vec<Variant> = if lw.sched.step {
@@ -148,28 +155,29 @@ pub fn lower(lw: &mut Lowering, op: &OpNode, r: &Recurrence) -> Result<(), Lower
     } else {
         None
     };
+    let bufs = Bufs { acts, ins, outs, scratch, t: t_dim, h: h_dim };
     for variant in variants {
-        let kernel = build_kernel(&format!("{name}_{}", variant_name(variant)), shape, variant, &ins)?;
-        let mut args: Vec<Arg> = in_bufs.iter().map(|(_, b)| Arg::Buffer(*b)).collect();
-        if variant != Variant::States {
-            args.push(Arg::Buffer(outs[0]));
-        }
-        if variant != Variant::Outputs {
-            args.extend(outs[1..].iter().map(|b| Arg::Buffer(*b)));
-        }
-        if let Some((s, aux, m)) = scratch {
-            args.push(Arg::Buffer(s));
-            args.extend(aux.map(Arg::Buffer));
-            args.extend(m.map(Arg::Buffer));
-        }
-        args.extend(sizes.iter().cloned());
+        let mut kb = KernelBuilder::new(&format!("{name}_{}", variant_name(variant)));
+        let mut bind = Binder::default();
+        let ctx = params(lw, &mut kb, &mut bind, shape, variant, &bufs)?;
+        body(&mut kb, &ctx, shape, variant)?;
         let grid = match variant {
             Variant::Outputs => [nchunks.clone(), bh.clone(), Count::Const(1)],
             _ => [bh.clone(), Count::Const(1), Count::Const(1)],
         };
-        lw.launch(kernel, grid, args)?;
+        lw.launch(kb.finish()?, grid, bind.args)?;
     }
     Ok(())
+}
+
+/// The buffers a recurrence's kernels bind.
+struct Bufs<'a> {
+    acts: [Input; 3],
+    ins: Vec<(&'a str, usize)>,
+    outs: Vec<usize>,
+    scratch: Option<(usize, Option<usize>, Option<usize>)>,
+    t: DimId,
+    h: DimId,
 }
 
 fn variant_name(v: Variant) -> &'static str {
@@ -181,25 +189,21 @@ fn variant_name(v: Variant) -> &'static str {
     }
 }
 
-fn build_kernel(
-    name: &str,
+/// Declares a kernel's parameters, binding each to its buffer or size.
+fn params(
+    lw: &mut Lowering,
+    kb: &mut KernelBuilder,
+    bind: &mut Binder,
     sh: Shape,
     variant: Variant,
-    ins: &[(&str, ValueId)],
-) -> Result<mixc_ir::tile::Kernel, LowerError> {
-    let mut kb = KernelBuilder::new(name);
-    let ctx = params(&mut kb, sh, variant, ins)?;
-    body(&mut kb, &ctx, sh, variant)?;
-    Ok(kb.finish()?)
-}
-
-fn params(kb: &mut KernelBuilder, sh: Shape, variant: Variant, ins: &[(&str, ValueId)]) -> Res<Ctx> {
-    let p = |kb: &mut KernelBuilder, role: &str| -> Option<ParamId> {
-        ins.iter().any(|(n, _)| *n == role).then(|| kb.ptr_param(role, DType::F32))
+    bufs: &Bufs,
+) -> Result<Ctx, LowerError> {
+    let q = bufs.acts[0].bind(lw, kb, bind, "q");
+    let k = bufs.acts[1].bind(lw, kb, bind, "k");
+    let v = bufs.acts[2].bind(lw, kb, bind, "v");
+    let mut p = |kb: &mut KernelBuilder, role: &str| -> Option<ParamId> {
+        bufs.ins.iter().find(|(n, _)| *n == role).map(|(_, b)| bind.ptr(kb, role, *b))
     };
-    let q = kb.ptr_param("q", DType::F32);
-    let k = kb.ptr_param("k", DType::F32);
-    let v = kb.ptr_param("v", DType::F32);
     let gate = p(kb, "gate");
     let igate = p(kb, "igate");
     let fgate = p(kb, "fgate");
@@ -207,21 +211,28 @@ fn params(kb: &mut KernelBuilder, sh: Shape, variant: Variant, ins: &[(&str, Val
     let aux0 = p(kb, "initial_n").or_else(|| p(kb, "initial_z"));
     let m0 = p(kb, "initial_m");
     let mlstm = sh.r.transition == Transition::Mlstm;
-    let o = (variant != Variant::States).then(|| kb.ptr_param("o", DType::F32));
+    let out = |i: usize| {
+        bufs.outs.get(i).copied().ok_or_else(|| LowerError::Tile(TileError::Program(format!("no result {i}"))))
+    };
+    let o = if variant != Variant::States { Some(bind.ptr(kb, "o", out(0)?)) } else { None };
     let (mut s_out, mut aux_out, mut m_out) = (None, None, None);
     if variant != Variant::Outputs {
-        s_out = Some(kb.ptr_param("final_state", DType::F32));
-        aux_out = has_aux(&sh.r).then(|| kb.ptr_param("final_norm", DType::F32));
-        m_out = mlstm.then(|| kb.ptr_param("final_m", DType::F32));
+        s_out = Some(bind.ptr(kb, "final_state", out(1)?));
+        if has_aux(&sh.r) {
+            aux_out = Some(bind.ptr(kb, "final_norm", out(2)?));
+        }
+        if mlstm {
+            m_out = Some(bind.ptr(kb, "final_m", out(3)?));
+        }
     }
     let (mut scratch_s, mut scratch_aux, mut scratch_m) = (None, None, None);
-    if matches!(variant, Variant::States | Variant::Outputs) {
-        scratch_s = Some(kb.ptr_param("chunk_states", DType::F32));
-        scratch_aux = has_aux(&sh.r).then(|| kb.ptr_param("chunk_norms", DType::F32));
-        scratch_m = mlstm.then(|| kb.ptr_param("chunk_max", DType::F32));
+    if let (Variant::States | Variant::Outputs, Some((s, aux, m))) = (variant, bufs.scratch) {
+        scratch_s = Some(bind.ptr(kb, "chunk_states", s));
+        scratch_aux = aux.map(|b| bind.ptr(kb, "chunk_norms", b));
+        scratch_m = m.map(|b| bind.ptr(kb, "chunk_max", b));
     }
-    let t_len = kb.scalar_param("T", DType::I32)?;
-    let h = kb.scalar_param("H", DType::I32)?;
+    let t_len = bind.size(kb, "T", Count::Dim(bufs.t))?;
+    let h = bind.size(kb, "H", Count::Dim(bufs.h))?;
     let axis = if variant == Variant::Outputs { 1 } else { 0 };
     let bh = kb.program_id(axis)?;
     // (b, h) → offset of row (b, 0, h) in rows of one head: b·T·H + h.
@@ -254,6 +265,8 @@ fn params(kb: &mut KernelBuilder, sh: Shape, variant: Variant, ins: &[(&str, Val
         t_len,
         h,
         bh,
+        b,
+        hh,
         row0,
         hdk,
         hdv,
@@ -451,11 +464,18 @@ struct ChunkTiles {
 fn load_chunk(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape, t0: TValue, n: u32) -> Res<ChunkTiles> {
     let (qoffs, qmask) = act_tile(kb, ctx, t0, n, sh.dkp, sh.dk, ctx.hdk)?;
     let (voffs, vmask) = act_tile(kb, ctx, t0, n, sh.dvp, sh.dv, ctx.hdv)?;
-    let q = kb.load(ctx.q, qoffs, Some(qmask), 0.0)?;
+    let load = |kb: &mut KernelBuilder, src: &Src, offs: TValue, mask: TValue, pad: u32| match src {
+        Src::Buffer(p) => kb.load(*p, offs, Some(mask), 0.0),
+        Src::Conv(bd) => {
+            let at = At { b: ctx.b, h: ctx.hh, t_len: ctx.t_len };
+            conv_prologue::load_rows(kb, bd, &at, t0, n, pad)
+        }
+    };
+    let q = load(kb, &ctx.q, qoffs, qmask, sh.dkp)?;
     let scale = kb.f32(sh.r.scale)?;
     let q = kb.mul(q, scale)?;
-    let k = kb.load(ctx.k, qoffs, Some(qmask), 0.0)?;
-    let v = kb.load(ctx.v, voffs, Some(vmask), 0.0)?;
+    let k = load(kb, &ctx.k, qoffs, qmask, sh.dkp)?;
+    let v = load(kb, &ctx.v, voffs, vmask, sh.dvp)?;
     let mut igate = None;
     let gamma = match sh.r.transition {
         Transition::Identity => None,

@@ -1,8 +1,36 @@
 //! Small helpers for writing kernels.
 
-use mixc_ir::tile::{KernelBuilder, TValue, TileError};
+use mixc_ir::tile::{Arg, Count, KernelBuilder, ParamId, TValue, TileError};
+use mixc_ir::DType;
 
 type Res<T> = Result<T, TileError>;
+
+/// Collects a kernel's parameters and, in the same order, the launch's arguments.
+#[derive(Default)]
+pub struct Binder {
+    pub args: Vec<Arg>,
+    bufs: Vec<(usize, ParamId)>,
+}
+
+impl Binder {
+    /// An f32 pointer parameter bound to buffer `buffer` (one per buffer: a
+    /// buffer bound twice gives the first parameter back).
+    pub fn ptr(&mut self, kb: &mut KernelBuilder, name: &str, buffer: usize) -> ParamId {
+        if let Some((_, p)) = self.bufs.iter().find(|(b, _)| *b == buffer) {
+            return *p;
+        }
+        self.args.push(Arg::Buffer(buffer));
+        let p = kb.ptr_param(name, DType::F32);
+        self.bufs.push((buffer, p));
+        p
+    }
+
+    /// An i32 size parameter computed from the dims at launch.
+    pub fn size(&mut self, kb: &mut KernelBuilder, name: &str, count: Count) -> Res<TValue> {
+        self.args.push(Arg::Size(count));
+        kb.scalar_param(name, DType::I32)
+    }
+}
 
 /// Rounds a head dim up to a multiple of 16 (the tile width backends like).
 pub fn pad16(d: u64) -> u32 {

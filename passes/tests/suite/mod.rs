@@ -1,4 +1,5 @@
 mod attention;
+mod conv_fusion;
 mod cost;
 mod delta;
 mod generic;

@@ -1,36 +1,19 @@
 //! Addressing for the delta-rule kernels: which program this is, the rows of a
 //! chunk in the `[B, T, H, D]` activations, and the `[Dk, Dv]` state matrices.
 
+use super::super::conv_prologue::{self, At, Src};
 use super::super::util;
-use mixc_ir::tile::{Arg, Count, KernelBuilder, ParamId, TValue, TileError};
-use mixc_ir::DType;
+pub use super::super::util::Binder;
+use mixc_ir::tile::{KernelBuilder, ParamId, TValue, TileError};
 
 pub type Res<T> = Result<T, TileError>;
-
-/// Collects a kernel's parameters and, in the same order, the launch's arguments.
-#[derive(Default)]
-pub struct Binder {
-    pub args: Vec<Arg>,
-}
-
-impl Binder {
-    pub fn ptr(&mut self, kb: &mut KernelBuilder, name: &str, buffer: usize) -> ParamId {
-        self.args.push(Arg::Buffer(buffer));
-        kb.ptr_param(name, DType::F32)
-    }
-
-    /// An i32 size parameter computed from the dims at launch.
-    pub fn size(&mut self, kb: &mut KernelBuilder, name: &str, count: Count) -> Res<TValue> {
-        self.args.push(Arg::Size(count));
-        kb.scalar_param(name, DType::I32)
-    }
-}
 
 /// The (batch, head) a program works on, and the sequence length.
 pub struct Head {
     /// `T` and `H` (i32 scalars).
     pub t_len: TValue,
     pub heads: TValue,
+    pub b: TValue,
     pub h: TValue,
     /// `b·T`: the first token row of this batch entry.
     pub bt: TValue,
@@ -43,7 +26,7 @@ impl Head {
         let bt = kb.mul(b, t_len)?;
         let bh = kb.mul(b, heads)?;
         let bh = kb.add(bh, h)?;
-        Ok(Head { t_len, heads, h, bt, bh })
+        Ok(Head { t_len, heads, b, h, bt, bh })
     }
 }
 
@@ -52,6 +35,11 @@ impl Head {
 pub struct Rows {
     pub tok: TValue,
     pub valid: TValue,
+    /// The first row and the row count, for operands computed on chip.
+    t0: TValue,
+    n: u32,
+    /// This program's batch entry, head and `T`.
+    at: At,
 }
 
 impl Rows {
@@ -60,7 +48,17 @@ impl Rows {
         let tok = kb.add(t, hd.bt)?;
         let tok = kb.mul(tok, hd.heads)?;
         let tok = kb.add(tok, hd.h)?;
-        Ok(Rows { tok, valid })
+        let at = At { b: hd.b, h: hd.h, t_len: hd.t_len };
+        Ok(Rows { tok, valid, t0, n: c, at })
+    }
+
+    /// Loads `[c, pad]` of a q, k or v operand with head dim `width`: from its
+    /// buffer, or computed from a short convolution's input.
+    pub fn load_src(&self, kb: &mut KernelBuilder, src: &Src, width: u64, pad: u32) -> Res<TValue> {
+        match src {
+            Src::Buffer(p) => self.load(kb, *p, width, pad),
+            Src::Conv(bd) => conv_prologue::load_rows(kb, bd, &self.at, self.t0, self.n, pad),
+        }
     }
 
     /// Offsets `[c, pad]` into an activation of head dim `width`, and the mask of

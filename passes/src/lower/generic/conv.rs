@@ -4,8 +4,12 @@
 //! `x[s − (K−1)]`; `y[t] = Σ_j w[c, j] · row(t + j)` (then silu), and the new
 //! tail is `row(T + s)`. Two flat kernels: one over `y`, one over the new tail.
 //!
+//! Where a recurrence consumes `y` and the schedule fuses the convolution
+//! (`Schedule::fuse_conv`), the recurrence computes `y` itself (see
+//! `lower::conv_prologue`) and only the tail kernel is made here.
+//!
 //! Speedup left for later: load `[rows, C]` tiles of x once per block of time
-//! steps and reuse them across taps (and fuse into the consumer's prologue).
+//! steps and reuse them across taps.
 
 use super::super::Lowering;
 use super::kern::{self, Kern, Operand, Space, R, TR};
@@ -49,14 +53,11 @@ fn row(
 }
 
 pub fn conv1d(lw: &mut Lowering, op: &OpNode, time: DimId, taps: DimId, tail: DimId, silu: bool) -> R<()> {
-    let (Some(&x), Some(&w), Some(&y), Some(&new_tail)) =
-        (op.operands.first(), op.operands.get(1), op.results.first(), op.results.get(1))
-    else {
+    let (Some(&x), Some(&w), Some(&y)) = (op.operands.first(), op.operands.get(1), op.results.first()) else {
         return Err(lw.err(op, "causal_conv1d takes x and weight and gives y and the tail"));
     };
     let old_tail = op.operands.get(2).copied();
     let dims = lw.g.ty(y).shape.clone();
-    let tail_dims = lw.g.ty(new_tail).shape.clone();
 
     // y = conv(row)
     let mut k = Kern::new(lw, &format!("causal_conv1d_{}", lw.g.value(y).name));
@@ -87,10 +88,24 @@ pub fn conv1d(lw: &mut Lowering, op: &OpNode, time: DimId, taps: DimId, tail: Di
     let out = if silu { kb.unary(UnaryFn::Silu, acc[0])? } else { acc[0] };
     kern::store(kb, &yo, sp.flat, out, sp.mask)?;
     k.launch(lw, kern::numel(&dims))?;
+    conv_tail(lw, op, time, tail, None)
+}
 
-    // new tail = row(T + s)
+/// The kernel writing the new tail, `row(T + s)` for `s < K−1`. `x_at`: a
+/// buffer holding the convolution's input in its order, read in place of the
+/// input's own (when the reshape producing it was left out because a fused
+/// consumer reads its operand directly).
+pub fn conv_tail(lw: &mut Lowering, op: &OpNode, time: DimId, tail: DimId, x_at: Option<usize>) -> R<()> {
+    let (Some(&x), Some(&new_tail)) = (op.operands.first(), op.results.get(1)) else {
+        return Err(lw.err(op, "causal_conv1d takes x and gives y and the tail"));
+    };
+    let old_tail = op.operands.get(2).copied();
+    let tail_dims = lw.g.ty(new_tail).shape.clone();
     let mut k = Kern::new(lw, &format!("causal_conv1d_{}", lw.g.value(new_tail).name));
-    let xo = k.operand(lw, x)?;
+    let xo = match x_at {
+        Some(b) => k.operand_at(lw, x, b)?,
+        None => k.operand(lw, x)?,
+    };
     let to = match old_tail {
         Some(t) => Some(k.operand(lw, t)?),
         None => None,

@@ -286,7 +286,22 @@ impl Kern {
     pub fn operand(&mut self, lw: &mut Lowering, v: ValueId) -> R<Operand> {
         let b = lw.buffer(v);
         let name = lw.g.value(v).name.clone();
-        let ptr = self.ptr(lw, &name, b)?;
+        self.operand_named(lw, v, b, &name)
+    }
+
+    /// Buffer `b` seen with the dims and row-major strides of graph value `v`
+    /// (a buffer holding `v`'s elements in the same order, such as the operand
+    /// of a reshape that was not carried out).
+    pub fn operand_at(&mut self, lw: &mut Lowering, v: ValueId, b: usize) -> R<Operand> {
+        let name = match lw.prog.buffers.get(b) {
+            Some(buf) => buf.name.clone(),
+            None => lw.g.value(v).name.clone(),
+        };
+        self.operand_named(lw, v, b, &name)
+    }
+
+    fn operand_named(&mut self, lw: &mut Lowering, v: ValueId, b: usize, name: &str) -> R<Operand> {
+        let ptr = self.ptr(lw, name, b)?;
         let dims = lw.g.ty(v).shape.clone();
         let mut strides = Vec::with_capacity(dims.len());
         for c in lw.strides(v) {
