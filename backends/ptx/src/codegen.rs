@@ -562,9 +562,16 @@ impl<'ctx> Em<'ctx, '_> {
     }
 
     fn slot_ptr(&self, slot: usize, d: DType, e: IntValue<'ctx>) -> R<PointerValue<'ctx>> {
-        let (off, global) = match self.plan.slots.get(slot) {
-            Some(s) => (s.offset, s.global),
+        let (off, global, row) = match self.plan.slots.get(slot) {
+            Some(s) => (s.offset, s.global, s.row),
             None => return fail(format!("slot {slot} does not exist")),
+        };
+        let e = if row > 0 {
+            let r = self.b.build_int_unsigned_div(e, self.i32c(row as i64), "")?;
+            let pad = self.b.build_int_mul(r, self.i32c(plan::ROW_PAD as i64), "")?;
+            self.b.build_int_add(e, pad, "")?
+        } else {
+            e
         };
         let space = if global {
             match self.scratch {

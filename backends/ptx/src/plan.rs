@@ -36,6 +36,12 @@ pub(crate) struct Slot {
     pub offset: u32,
     /// Bytes per element (4, or 1 for bool tiles).
     pub elem_bytes: u32,
+    /// Row length of a padded 2-D layout (0: dense). Rows of 32·n four-byte
+    /// elements are stored `ROW_PAD` elements apart more than their length, so
+    /// that the lanes of a warp reading a column block (the `mma` fragment
+    /// pattern) hit distinct banks. Element `e` (row-major) is at
+    /// `e + (e / row) · ROW_PAD`.
+    pub row: u32,
     /// In the per-CTA global scratch region rather than shared memory.
     pub global: bool,
     start: u32,
@@ -95,6 +101,26 @@ pub const MAX_SHARED: u32 = 227 * 1024;
 
 fn numel(shape: &[u32]) -> u64 {
     shape.iter().map(|s| *s as u64).product()
+}
+
+/// Elements added after each row of a padded slot (see [`Slot::row`]).
+pub const ROW_PAD: u32 = 4;
+
+/// A slot for a tile of this type: (bytes, bytes per element, padded row
+/// length or 0). Only `dot` operands (`pad`) are padded: elsewhere the index
+/// arithmetic costs more than the bank conflicts it avoids.
+fn slot_layout(t: &mixc_ir::tile::TileType, pad: bool) -> (u32, u32, u32) {
+    let eb = if t.dtype == mixc_ir::DType::Bool { 1 } else { 4 };
+    let n = numel(&t.shape);
+    let last = t.shape.last().copied().unwrap_or(1);
+    let row = if pad && eb == 4 && t.shape.len() >= 2 && last >= 32 && last.is_multiple_of(32) && n / last as u64 >= 8 {
+        last
+    } else {
+        0
+    };
+    let elems = if row > 0 { n / row as u64 * (row + ROW_PAD) as u64 } else { n };
+    let bytes = (elems.min(u32::MAX as u64 / 8) as u32).saturating_mul(eb).div_ceil(16).saturating_mul(16);
+    (bytes, eb, row)
 }
 
 fn expensive(op: &TOp) -> bool {
@@ -391,6 +417,25 @@ pub(crate) fn plan(k: &Kernel, defs: &Defs) -> Result<Plan, PtxError> {
         };
     }
 
+    // Operands of `dot` (and what they transpose): their slots get padded rows.
+    let mut dot_operand = vec![false; n];
+    k.walk(&mut |s| {
+        if let TOp::Dot { a, b, .. } = &s.op {
+            for x in [a, b] {
+                if let Some(f) = dot_operand.get_mut(x.index()) {
+                    *f = true;
+                }
+                if let Some(Def::Stmt(d)) = w.defs.get(x.index()).copied().flatten() {
+                    if let TOp::Transpose(y) = &d.op {
+                        if let Some(f) = dot_operand.get_mut(y.index()) {
+                            *f = true;
+                        }
+                    }
+                }
+            }
+        }
+    });
+
     // Representations, consumers first.
     let mut repr: Vec<Repr> = vec![Repr::Scalar; n];
     let mut evals = vec![Evals::Zero; n];
@@ -399,13 +444,12 @@ pub(crate) fn plan(k: &Kernel, defs: &Defs) -> Result<Plan, PtxError> {
     let mut slots: Vec<Slot> = vec![];
     let mut carried: HashMap<(usize, usize), usize> = HashMap::new();
     let slot_for = |slots: &mut Vec<Slot>, v: TValue, w: &Walk| -> usize {
-        let t = k.ty(v);
-        let eb = if t.dtype == mixc_ir::DType::Bool { 1 } else { 4 };
-        let bytes = ((numel(&t.shape) as u32).saturating_mul(eb)).div_ceil(16).saturating_mul(16);
+        let (bytes, eb, row) = slot_layout(k.ty(v), dot_operand[v.index()]);
         slots.push(Slot {
             bytes,
             offset: 0,
             elem_bytes: eb,
+            row,
             global: false,
             start: w.def_pos[v.index()],
             end: w.def_pos[v.index()],
@@ -559,13 +603,13 @@ pub(crate) fn plan(k: &Kernel, defs: &Defs) -> Result<Plan, PtxError> {
         }
     }
     for (l, y) in temps {
-        let t = k.ty(y);
-        let eb = if t.dtype == mixc_ir::DType::Bool { 1 } else { 4 };
+        let (bytes, eb, row) = slot_layout(k.ty(y), false);
         let end = plan.loops[l].end;
         plan.slots.push(Slot {
-            bytes: ((numel(&t.shape) as u32).saturating_mul(eb)).div_ceil(16).saturating_mul(16),
+            bytes,
             offset: 0,
             elem_bytes: eb,
+            row,
             global: false,
             start: end,
             end,
