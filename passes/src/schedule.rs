@@ -37,6 +37,18 @@ pub struct Schedule {
     /// not fuse (kernel bundles re-lower under their recorded schedule).
     #[serde(default)]
     pub fuse_conv: bool,
+    /// Value columns per program of the recurrence kernels (fla's `BV`): the
+    /// state `S [Dk, Dv]` splits by columns, and `o[:, j]` needs only `v[:, j]`
+    /// and `S[:, j]`, so programs of (batch, head, value block) each carry
+    /// `S[:, block]` and recompute what does not involve `v` (the `q·kᵀ`
+    /// scores, gates, normalizers, the UT transform's `W`). This multiplies the
+    /// parallelism of the sequential kernels (fused, split's state walk, token
+    /// by token) and of split's output kernel by `⌈Dv / block_v⌉`, at the cost
+    /// of that recomputation. A power of two ≥ 16; 0 (or not smaller than
+    /// `Dv`): no split, the whole `Dv` in one program. Absent in a serialized
+    /// schedule: 0, as recorded before the field existed.
+    #[serde(default)]
+    pub block_v: u32,
 }
 
 impl Default for Schedule {
@@ -50,6 +62,7 @@ impl Default for Schedule {
             block_elems: 1024,
             step: false,
             fuse_conv: true,
+            block_v: 0,
         }
     }
 }
@@ -77,6 +90,9 @@ impl Schedule {
         }
         if !pow2(self.block_q) || !pow2(self.block_k) || !pow2(self.block_elems) {
             return Err("block sizes must be powers of two".into());
+        }
+        if self.block_v != 0 && (!pow2(self.block_v) || self.block_v < 16) {
+            return Err(format!("value block {} must be 0 (no split) or a power of two of at least 16", self.block_v));
         }
         Ok(())
     }

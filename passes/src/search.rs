@@ -19,23 +19,39 @@ pub struct Candidate {
 }
 
 /// The schedules worth trying for a graph: chunk sizes × fused/split and the
-/// token-by-token form for recurrences; query/key block sizes for attention.
+/// token-by-token form for recurrences, each whole or split into value blocks
+/// of 32 or 64 columns (those narrower than the widest value head dim);
+/// query/key block sizes for attention.
 pub fn enumerate(g: &Graph) -> Vec<Schedule> {
     let has_rec = g.ops.iter().any(|o| matches!(o.kind, OpKind::LinearRecurrence(_)));
     let has_attn = g.ops.iter().any(|o| matches!(o.kind, OpKind::Attention { .. }));
     let mut rec: Vec<Schedule> = vec![Schedule::default()];
     if has_rec {
+        let dv = widest_value_dim(g);
+        let blocks: Vec<u32> = [0, 32, 64].into_iter().filter(|&bv| bv == 0 || (bv as u64) < dv).collect();
         rec = [16, 32, 64, 128, 256]
             .into_iter()
             .flat_map(|c| [false, true].map(|split| Schedule { split, ..Schedule::with_chunk(c) }))
+            .chain([Schedule::decode()])
+            .flat_map(|s| blocks.iter().map(move |&block_v| Schedule { block_v, ..s }))
             .collect();
-        rec.push(Schedule::decode());
     }
     if !has_attn {
         return rec;
     }
     let blocks = [(64, 64), (128, 64), (64, 128), (128, 128), (32, 32)];
     rec.into_iter().flat_map(|s| blocks.map(|(q, k)| Schedule { block_q: q, block_k: k, ..s })).collect()
+}
+
+/// The largest constant value head dim (`v`'s last dim) of the graph's recurrences.
+fn widest_value_dim(g: &Graph) -> u64 {
+    g.ops
+        .iter()
+        .filter(|o| matches!(o.kind, OpKind::LinearRecurrence(_)))
+        .filter_map(|o| o.operands.get(2))
+        .filter_map(|v| g.ty(*v).shape.last().and_then(|d| g.dims.const_size(*d)))
+        .max()
+        .unwrap_or(0)
 }
 
 /// Prices every enumerated schedule at the given sizes (free dims by name) and

@@ -31,7 +31,7 @@ pub fn run(args: &CompileArgs) -> Result<String, mixc::Error> {
 
 fn schedule_of(g: &mixc::NamedGraph, args: &CompileArgs) -> mixc_passes::Schedule {
     let chunk = args.chunk.or(g.chunk).unwrap_or(64);
-    mixc_passes::Schedule { split: args.split, ..mixc_passes::Schedule::with_chunk(chunk) }
+    mixc_passes::Schedule { split: args.split, block_v: args.block_v, ..mixc_passes::Schedule::with_chunk(chunk) }
 }
 
 #[cfg(feature = "llvm")]

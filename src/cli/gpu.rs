@@ -123,6 +123,58 @@ fn kernels_of(p: &mixc::bundle::BundledProgram) -> Vec<GpuKernel> {
         .collect()
 }
 
+/// Random inputs for timing, made fast (f32 straight away, all cores): the
+/// reference's generator draws f64 normals one by one, which at the anchor
+/// sizes (10⁸ elements a tensor) takes longer than the runs it feeds. Values
+/// are uniform with the ranges the kernels expect (log decays ≤ 0, gates in
+/// (0, 1)); integer inputs (cache offsets) are 0.
+fn bench_inputs(
+    g: &mixc::ir::graph::Graph,
+    sizes: &BTreeMap<&str, usize>,
+    seed: u64,
+    with_optional: bool,
+) -> BTreeMap<String, HostTensor> {
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(4);
+    let mut out = BTreeMap::new();
+    for (k, (name, v, optional)) in g.inputs().into_iter().enumerate() {
+        if optional && !with_optional {
+            continue;
+        }
+        let shape: Vec<usize> =
+            g.ty(v).shape.iter().map(|d| mixc::ir::mixers::inputs::dim_size(g, *d, sizes).unwrap_or(0)).collect();
+        let n: usize = shape.iter().product();
+        if !g.ty(v).dtype.is_float() {
+            out.insert(name.to_string(), HostTensor { shape, data: mixc::runtime::Data::I32(vec![0; n]) });
+            continue;
+        }
+        let map: fn(f32) -> f32 = match name {
+            "g" => |u| -(1.0 + u) * 0.5 - 0.01,
+            "beta" => |u| 0.5 + 0.45 * u,
+            "f" => |u| 3.0 + u,
+            _ => |u| 0.5 * u,
+        };
+        let mut data = vec![0f32; n];
+        let per = n.div_ceil(threads).max(1);
+        std::thread::scope(|sc| {
+            for (c, part) in data.chunks_mut(per).enumerate() {
+                sc.spawn(move || {
+                    let mut x = seed ^ ((k as u64) << 40) ^ (c as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                    for e in part.iter_mut() {
+                        // xorshift64*: uniform in [-1, 1).
+                        x ^= x >> 12;
+                        x ^= x << 25;
+                        x ^= x >> 27;
+                        let r = x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40;
+                        *e = map(r as f32 / (1u64 << 23) as f32 - 1.0);
+                    }
+                });
+            }
+        });
+        out.insert(name.to_string(), HostTensor { shape, data: mixc::runtime::Data::F32(data) });
+    }
+    out
+}
+
 /// Times every program of a bundle at the given sizes.
 fn bench(
     runner: &CudaRunner,
@@ -144,15 +196,7 @@ fn bench(
         let t = if p.mode == "decode" { 1 } else { sizes.get("T").copied().unwrap_or(1) };
         let mut sz = sizes.clone();
         sz.insert("T", t);
-        let ins = mixc::ir::mixers::random_inputs(&p.graph, &sz, seed, p.mode == "decode");
-        let host: BTreeMap<String, HostTensor> = p
-            .graph
-            .inputs()
-            .into_iter()
-            .filter_map(|(n, v, _)| {
-                ins.get(n).map(|x| (n.to_string(), HostTensor::from_f64(x, !p.graph.ty(v).dtype.is_float())))
-            })
-            .collect();
+        let host = bench_inputs(&p.graph, &sz, seed, p.mode == "decode");
         let err = |e: mixc::runtime::cuda::CudaError| mixc::Error::Usage(format!("{} ({}): {e}", p.mixer, p.mode));
         runner.run(&p.program, &kernels, &fns, &host, 1).map_err(err)?;
         let mut times = Vec::new();

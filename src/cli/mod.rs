@@ -240,6 +240,10 @@ pub struct CompileArgs {
     /// parallel over chunks) instead of one fused kernel per head.
     #[arg(long)]
     pub split: bool,
+    /// Value columns per recurrence program (a power of two ≥ 16): one program
+    /// per (batch, head, block of N value columns); default 0, the whole head.
+    #[arg(long = "block-v", value_name = "N", default_value_t = 0)]
+    pub block_v: u32,
     /// The target: cpu, sm_80, sm_90, sm_90a, or cuda (the GPU of the lent machine, sm_90).
     #[arg(long, value_name = "TARGET", default_value = "cpu")]
     pub target: String,

@@ -30,10 +30,13 @@
 //! Every form of the recurrences takes a fused operand (fused, split and step;
 //! diagonal gates and delta rules): they all load their rows through one
 //! function per form, which computes the prologue where the operand is fused.
+//! Programs of one value block (`Schedule::block_v`) compute only their
+//! columns of `v`, unless the prologue normalizes over the head dim, in which
+//! case the recurrence does not split its value columns.
 //! Convolutions of more than `MAX_TAPS` taps (Lizard's delay line) are not
 //! "short" and stay separate, as do chains with any other op.
 
-use super::util::{cols, rows, Binder};
+use super::util::{cols_from, rows, Binder};
 use super::Lowering;
 use mixc_ir::dims::DimId;
 use mixc_ir::graph::{Graph, ValueId};
@@ -106,6 +109,13 @@ pub struct ConvPrologue {
 }
 
 impl ConvPrologue {
+    /// Whether each column of the operand is computed from that column alone
+    /// (nothing normalizes over the head dim), so that a program may compute
+    /// a block of columns (`Schedule::block_v`).
+    fn column_local(&self) -> bool {
+        !self.steps.iter().any(|s| matches!(s, Step::Normalize { .. }))
+    }
+
     /// The values the fused recurrence reads in place of the operand.
     fn leaves(&self) -> impl Iterator<Item = ValueId> + '_ {
         [Some(self.src), Some(self.weight), self.tail].into_iter().flatten().chain(self.sides.iter().map(|s| s.value))
@@ -462,6 +472,15 @@ impl Input {
         }
     }
 
+    /// Whether a program may load a block of the operand's columns (always,
+    /// from a buffer; from a prologue, unless it normalizes over the head dim).
+    pub fn column_local(&self) -> bool {
+        match self {
+            Input::Buffer(_) => true,
+            Input::Conv(p) => p.column_local(),
+        }
+    }
+
     /// Declares the operand's parameters (named after `role`) and binds them.
     pub fn bind(&self, lw: &mut Lowering, kb: &mut KernelBuilder, bind: &mut Binder, role: &str) -> Src {
         match self {
@@ -501,11 +520,25 @@ struct TileIdx {
     full: TValue,
 }
 
-/// Rows `t0 .. t0 + n` of head `at.h` of the fused operand, as `[n, pad]`:
-/// zeros past `T` and in the padding columns.
-pub fn load_rows(kb: &mut KernelBuilder, bd: &Bound, at: &At, t0: TValue, n: u32, pad: u32) -> Res<TValue> {
+/// Columns `col0 .. col0 + pad` (from 0 when `None`) of rows `t0 .. t0 + n`
+/// of head `at.h` of the fused operand, as `[n, pad]`: zeros past `T` and past
+/// the head dim. A block of columns other than the whole row (a program of one
+/// value block, `Schedule::block_v`) needs a column-local prologue
+/// (`Input::column_local`).
+pub fn load_block(
+    kb: &mut KernelBuilder,
+    bd: &Bound,
+    at: &At,
+    t0: TValue,
+    n: u32,
+    col0: Option<TValue>,
+    pad: u32,
+) -> Res<TValue> {
     let p = &bd.p;
-    let ix = tile_idx(kb, p, at, t0, n, pad)?;
+    if col0.is_some() && !p.column_local() {
+        return Err(TileError::Program("a prologue that normalizes rows loaded by column blocks".into()));
+    }
+    let ix = tile_idx(kb, p, at, t0, n, col0, pad)?;
     let acc = convolve(kb, bd, at, &ix)?;
     let mut x = if p.silu { kb.unary(UnaryFn::Silu, acc)? } else { acc };
     let zero = kb.f32(0.0)?;
@@ -547,7 +580,15 @@ pub fn load_rows(kb: &mut KernelBuilder, bd: &Bound, at: &At, t0: TValue, n: u32
     Ok(x)
 }
 
-fn tile_idx(kb: &mut KernelBuilder, p: &ConvPrologue, at: &At, t0: TValue, n: u32, pad: u32) -> Res<TileIdx> {
+fn tile_idx(
+    kb: &mut KernelBuilder,
+    p: &ConvPrologue,
+    at: &At,
+    t0: TValue,
+    n: u32,
+    col0: Option<TValue>,
+    pad: u32,
+) -> Res<TileIdx> {
     let hx = if p.group > 1 {
         let r = kb.i32(p.group as i64)?;
         kb.binary(BinaryFn::FloorDiv, at.h, r)?
@@ -555,7 +596,7 @@ fn tile_idx(kb: &mut KernelBuilder, p: &ConvPrologue, at: &At, t0: TValue, n: u3
         at.h
     };
     let (t, valid) = rows(kb, t0, n, at.t_len)?;
-    let (col, cmask) = cols(kb, pad, p.width)?;
+    let (col, cmask) = cols_from(kb, col0, pad, p.width)?;
     let d = kb.i32(p.width as i64)?;
     let ch0 = kb.mul(hx, d)?;
     let ch = kb.add(col, ch0)?;

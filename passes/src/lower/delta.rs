@@ -12,6 +12,14 @@
 //!   (chunk, head, batch) computes the outputs;
 //! - **step** (`step = true`, the decode form): token by token, rank-1 updates.
 //!
+//! Under `Schedule::block_v`, the fused, step and state-walking kernels run one
+//! program per (head, batch, value block) and the output kernel one per
+//! (chunk and value block, head, batch): `U`, `V' = U − W S₀`, the outputs and
+//! the state's columns `S[:, j]` need only `v[:, j]`, so each program carries
+//! its block of the state and recomputes what does not involve `v` (the UT
+//! transform's `M` and `W` in the fused form, the scores `Q Kᵀ`, the gates).
+//! The split form's UT kernel, parallel over chunks already, stays whole.
+//!
 //! Activations are `[B, T, H, D]`, states `[B, H, Dk, Dv]`; head dims are padded
 //! to multiples of 16 in tiles and masked; rows past `T` load zeros (`k`, `v`,
 //! `β`, `g`), which leaves the state and the other rows untouched. Where the
@@ -24,11 +32,12 @@ mod io;
 mod ut;
 
 use super::conv_prologue::Input;
+use super::util::ValueBlocks;
 use super::{util, LowerError, Lowering};
 use io::{Binder, Head, Res, Rows, StateTile};
 use mixc_ir::dims::DimId;
 use mixc_ir::graph::{OpNode, ValueId};
-use mixc_ir::ops::{Recurrence, Transition};
+use mixc_ir::ops::{BinaryFn, Recurrence, Transition};
 use mixc_ir::tile::{Count, KernelBuilder, ParamId, TValue};
 use ut::{Gates, Tri};
 
@@ -43,6 +52,8 @@ struct Spec {
     h: DimId,
     dk: u64,
     dv: u64,
+    /// How the value columns split over programs; `state` tiles are one block wide.
+    vb: ValueBlocks,
     state: StateTile,
     chunk: u32,
     scale: f64,
@@ -91,7 +102,10 @@ impl Spec {
         if chunk == 0 || !chunk.is_power_of_two() {
             return Err(LowerError::Schedule(format!("chunk {chunk} must be a power of two")));
         }
-        let state = StateTile { dk, dv, dkp: util::pad16(dk), dvp: util::pad16(dv) };
+        let v_in = Input::of(lw, v);
+        // A `v` computed by a prologue that normalizes its rows is not split.
+        let vb = ValueBlocks::new(dv, if v_in.column_local() { lw.sched.block_v } else { 0 });
+        let state = StateTile { dk, dv, dkp: util::pad16(dk), bv: vb.width };
         Ok(Spec {
             name: if gated { "gated_delta" } else { "delta" },
             prefix: lw.g.value(o).name.clone(),
@@ -100,12 +114,13 @@ impl Spec {
             h,
             dk,
             dv,
+            vb,
             state,
             chunk,
             scale: r.scale,
             q: Input::of(lw, q),
             k: Input::of(lw, k),
-            v: Input::of(lw, v),
+            v: v_in,
             gate: gate.map(|g| lw.buffer(g)),
             beta: lw.buffer(beta),
             initial: initial.map(|s| lw.buffer(s)),
@@ -128,8 +143,19 @@ impl Spec {
         self.state.dkp
     }
 
+    /// The padded width of all of `v`'s columns.
     fn dvp(&self) -> u32 {
-        self.state.dvp
+        util::pad16(self.dv)
+    }
+
+    /// The width of one program's value columns.
+    fn bv(&self) -> u32 {
+        self.vb.width
+    }
+
+    /// Programs per (head, batch) of the kernels split by value blocks.
+    fn blocks(&self) -> Count {
+        Count::Const(self.vb.blocks as u64)
     }
 }
 
@@ -154,11 +180,28 @@ fn head(kb: &mut KernelBuilder, bind: &mut Binder, sp: &Spec, h_axis: u8) -> Res
     Head::new(kb, t_len, heads, b, h)
 }
 
+/// `head` for the kernels of one program per (head, batch, value block): the
+/// block from grid axis 2.
+fn block_head(kb: &mut KernelBuilder, bind: &mut Binder, sp: &Spec) -> Res<Head> {
+    let mut hd = head(kb, bind, sp, 0)?;
+    if sp.vb.split() {
+        let block = kb.program_id(2)?;
+        hd.v0 = Some(first_column(kb, sp, block)?);
+    }
+    Ok(hd)
+}
+
+/// The first column of value block `block`.
+fn first_column(kb: &mut KernelBuilder, sp: &Spec, block: TValue) -> Res<TValue> {
+    let width = kb.i32(sp.bv() as i64)?;
+    kb.mul(block, width)
+}
+
 /// The state entering the first chunk: the initial state, or zeros.
 fn initial_state(kb: &mut KernelBuilder, sp: &Spec, s0: Option<ParamId>, hd: &Head) -> Res<TValue> {
     match s0 {
-        Some(p) => sp.state.load(kb, p, hd.bh),
-        None => kb.zeros(&[sp.dkp(), sp.dvp()]),
+        Some(p) => sp.state.load(kb, p, hd.bh, hd.v0),
+        None => kb.zeros(&[sp.dkp(), sp.bv()]),
     }
 }
 
@@ -185,27 +228,27 @@ fn fused(lw: &mut Lowering, sp: &Spec) -> Result<(), LowerError> {
     let s0 = sp.initial.map(|b| bind.ptr(&mut kb, "initial_state", b));
     let o = bind.ptr(&mut kb, "o", sp.o);
     let fs = bind.ptr(&mut kb, "final_state", sp.final_state);
-    let hd = head(&mut kb, &mut bind, sp, 0)?;
+    let hd = block_head(&mut kb, &mut bind, sp)?;
     let tri = Tri::new(&mut kb, sp.chunk)?;
     let s = initial_state(&mut kb, sp, s0, &hd)?;
     let (lo, step) = (kb.i32(0)?, kb.i32(sp.chunk as i64)?);
     let fin = kb.for_loop(lo, hd.t_len, step, &[s], |kb, t0, carried| {
         let s = carried[0];
         let rows = Rows::new(kb, &hd, t0, sp.chunk)?;
-        let kt = rows.load_src(kb, &k, sp.dk, sp.dkp())?;
-        let vt = rows.load_src(kb, &v, sp.dv, sp.dvp())?;
+        let kt = rows.load_src(kb, &k, sp.dk, None, sp.dkp())?;
+        let vt = rows.load_src(kb, &v, sp.dv, hd.v0, sp.bv())?;
         let bt = rows.load_scalar(kb, beta)?;
         let gates = chunk_gates(kb, &rows, g)?;
         let (w, u) = ut::wy(kb, &tri, kt, vt, bt, gates.as_ref())?;
         let vn = ut::v_new(kb, w, u, s)?;
-        let qt = rows.load_src(kb, &q, sp.dk, sp.dkp())?;
+        let qt = rows.load_src(kb, &q, sp.dk, None, sp.dkp())?;
         let ot = ut::output(kb, &tri, qt, kt, s, vn, gates.as_ref(), sp.scale)?;
-        rows.store(kb, o, sp.dv, ot)?;
+        rows.store(kb, o, sp.dv, hd.v0, ot)?;
         Ok(vec![ut::advance(kb, kt, s, vn, gates.as_ref())?])
     })?;
     let fin = fin.first().copied().ok_or_else(|| no_result(&kb))?;
-    sp.state.store(&mut kb, fs, hd.bh, fin)?;
-    let grid = [Count::Dim(sp.h), Count::Dim(sp.b), Count::Const(1)];
+    sp.state.store(&mut kb, fs, hd.bh, hd.v0, fin)?;
+    let grid = [Count::Dim(sp.h), Count::Dim(sp.b), sp.blocks()];
     lw.launch(kb.finish()?, grid, bind.args)
 }
 
@@ -222,7 +265,7 @@ fn step(lw: &mut Lowering, sp: &Spec) -> Result<(), LowerError> {
     let s0 = sp.initial.map(|b| bind.ptr(&mut kb, "initial_state", b));
     let o = bind.ptr(&mut kb, "o", sp.o);
     let fs = bind.ptr(&mut kb, "final_state", sp.final_state);
-    let hd = head(&mut kb, &mut bind, sp, 0)?;
+    let hd = block_head(&mut kb, &mut bind, sp)?;
     let s = initial_state(&mut kb, sp, s0, &hd)?;
     let (lo, one) = (kb.i32(0)?, kb.i32(1)?);
     let fin = kb.for_loop(lo, hd.t_len, one, &[s], |kb, t, carried| {
@@ -235,23 +278,23 @@ fn step(lw: &mut Lowering, sp: &Spec) -> Result<(), LowerError> {
             }
             None => carried[0],
         };
-        let kt = rows.load_src(kb, &k, sp.dk, sp.dkp())?;
-        let vt = rows.load_src(kb, &v, sp.dv, sp.dvp())?;
+        let kt = rows.load_src(kb, &k, sp.dk, None, sp.dkp())?;
+        let vt = rows.load_src(kb, &v, sp.dv, hd.v0, sp.bv())?;
         let bt = rows.load_scalar(kb, beta)?;
         let ks = kb.dot(kt, s, None, false, false)?;
         let u = kb.sub(vt, ks)?;
         let u = kb.mul(u, bt)?;
         let s = kb.dot(kt, u, Some(s), true, false)?;
-        let qt = rows.load_src(kb, &q, sp.dk, sp.dkp())?;
+        let qt = rows.load_src(kb, &q, sp.dk, None, sp.dkp())?;
         let sc = kb.f32(sp.scale)?;
         let qt = kb.mul(qt, sc)?;
         let ot = kb.dot(qt, s, None, false, false)?;
-        rows.store(kb, o, sp.dv, ot)?;
+        rows.store(kb, o, sp.dv, hd.v0, ot)?;
         Ok(vec![s])
     })?;
     let fin = fin.first().copied().ok_or_else(|| no_result(&kb))?;
-    sp.state.store(&mut kb, fs, hd.bh, fin)?;
-    let grid = [Count::Dim(sp.h), Count::Dim(sp.b), Count::Const(1)];
+    sp.state.store(&mut kb, fs, hd.bh, hd.v0, fin)?;
+    let grid = [Count::Dim(sp.h), Count::Dim(sp.b), sp.blocks()];
     lw.launch(kb.finish()?, grid, bind.args)
 }
 
@@ -276,14 +319,15 @@ fn split(lw: &mut Lowering, sp: &Spec) -> Result<(), LowerError> {
     let u_out = bind.ptr(&mut kb, "u", u_buf);
     let hd = head(&mut kb, &mut bind, sp, 1)?;
     let tri = Tri::new(&mut kb, sp.chunk)?;
-    let rows = chunk_rows(&mut kb, sp, &hd)?;
-    let kt = rows.load_src(&mut kb, &k, sp.dk, sp.dkp())?;
-    let vt = rows.load_src(&mut kb, &v, sp.dv, sp.dvp())?;
+    let n = kb.program_id(0)?;
+    let rows = chunk_rows(&mut kb, sp, &hd, n)?;
+    let kt = rows.load_src(&mut kb, &k, sp.dk, None, sp.dkp())?;
+    let vt = rows.load_src(&mut kb, &v, sp.dv, None, sp.dvp())?;
     let bt = rows.load_scalar(&mut kb, beta)?;
     let gates = chunk_gates(&mut kb, &rows, g)?;
     let (w, u) = ut::wy(&mut kb, &tri, kt, vt, bt, gates.as_ref())?;
-    rows.store(&mut kb, w_out, sp.dk, w)?;
-    rows.store(&mut kb, u_out, sp.dv, u)?;
+    rows.store(&mut kb, w_out, sp.dk, None, w)?;
+    rows.store(&mut kb, u_out, sp.dv, None, u)?;
     lw.launch(kb.finish()?, chunk_grid.clone(), bind.args)?;
 
     // 2. The chunk-start states, in order, and V'.
@@ -297,7 +341,7 @@ fn split(lw: &mut Lowering, sp: &Spec) -> Result<(), LowerError> {
     let vn_out = bind.ptr(&mut kb, "v_new", vn_buf);
     let states = bind.ptr(&mut kb, "chunk_states", states_buf);
     let fs = bind.ptr(&mut kb, "final_state", sp.final_state);
-    let hd = head(&mut kb, &mut bind, sp, 0)?;
+    let hd = block_head(&mut kb, &mut bind, sp)?;
     let n_chunks = bind.size(&mut kb, "NC", sp.chunks())?;
     let s = initial_state(&mut kb, sp, s0, &hd)?;
     let first = kb.mul(hd.bh, n_chunks)?;
@@ -305,20 +349,20 @@ fn split(lw: &mut Lowering, sp: &Spec) -> Result<(), LowerError> {
     let fin = kb.for_loop(lo, n_chunks, one, &[s], |kb, n, carried| {
         let s = carried[0];
         let at = kb.add(first, n)?;
-        sp.state.store(kb, states, at, s)?;
+        sp.state.store(kb, states, at, hd.v0, s)?;
         let t0 = kb.mul(n, c)?;
         let rows = Rows::new(kb, &hd, t0, sp.chunk)?;
-        let wt = rows.load(kb, w_in, sp.dk, sp.dkp())?;
-        let ut_ = rows.load(kb, u_in, sp.dv, sp.dvp())?;
+        let wt = rows.load(kb, w_in, sp.dk, None, sp.dkp())?;
+        let ut_ = rows.load(kb, u_in, sp.dv, hd.v0, sp.bv())?;
         let vn = ut::v_new(kb, wt, ut_, s)?;
-        rows.store(kb, vn_out, sp.dv, vn)?;
-        let kt = rows.load_src(kb, &k, sp.dk, sp.dkp())?;
+        rows.store(kb, vn_out, sp.dv, hd.v0, vn)?;
+        let kt = rows.load_src(kb, &k, sp.dk, None, sp.dkp())?;
         let gates = chunk_gates(kb, &rows, g)?;
         Ok(vec![ut::advance(kb, kt, s, vn, gates.as_ref())?])
     })?;
     let fin = fin.first().copied().ok_or_else(|| no_result(&kb))?;
-    sp.state.store(&mut kb, fs, hd.bh, fin)?;
-    lw.launch(kb.finish()?, [Count::Dim(sp.h), Count::Dim(sp.b), Count::Const(1)], bind.args)?;
+    sp.state.store(&mut kb, fs, hd.bh, hd.v0, fin)?;
+    lw.launch(kb.finish()?, [Count::Dim(sp.h), Count::Dim(sp.b), sp.blocks()], bind.args)?;
 
     // 3. Every chunk's output.
     let mut kb = KernelBuilder::new(&format!("{}_output", sp.name));
@@ -329,26 +373,39 @@ fn split(lw: &mut Lowering, sp: &Spec) -> Result<(), LowerError> {
     let vn_in = bind.ptr(&mut kb, "v_new", vn_buf);
     let states = bind.ptr(&mut kb, "chunk_states", states_buf);
     let o = bind.ptr(&mut kb, "o", sp.o);
-    let hd = head(&mut kb, &mut bind, sp, 1)?;
+    let mut hd = head(&mut kb, &mut bind, sp, 1)?;
     let n_chunks = bind.size(&mut kb, "NC", sp.chunks())?;
     let tri = Tri::new(&mut kb, sp.chunk)?;
-    let rows = chunk_rows(&mut kb, sp, &hd)?;
+    // Grid axis 0 is (chunk, value block), the blocks of a chunk side by side.
     let n = kb.program_id(0)?;
+    let n = if sp.vb.split() {
+        let blocks = kb.i32(sp.vb.blocks as i64)?;
+        let block = kb.binary(BinaryFn::Rem, n, blocks)?;
+        hd.v0 = Some(first_column(&mut kb, sp, block)?);
+        kb.binary(BinaryFn::FloorDiv, n, blocks)?
+    } else {
+        n
+    };
+    let rows = chunk_rows(&mut kb, sp, &hd, n)?;
     let at = kb.mul(hd.bh, n_chunks)?;
     let at = kb.add(at, n)?;
-    let s = sp.state.load(&mut kb, states, at)?;
-    let qt = rows.load_src(&mut kb, &q, sp.dk, sp.dkp())?;
-    let kt = rows.load_src(&mut kb, &k, sp.dk, sp.dkp())?;
-    let vn = rows.load(&mut kb, vn_in, sp.dv, sp.dvp())?;
+    let s = sp.state.load(&mut kb, states, at, hd.v0)?;
+    let qt = rows.load_src(&mut kb, &q, sp.dk, None, sp.dkp())?;
+    let kt = rows.load_src(&mut kb, &k, sp.dk, None, sp.dkp())?;
+    let vn = rows.load(&mut kb, vn_in, sp.dv, hd.v0, sp.bv())?;
     let gates = chunk_gates(&mut kb, &rows, g)?;
     let ot = ut::output(&mut kb, &tri, qt, kt, s, vn, gates.as_ref(), sp.scale)?;
-    rows.store(&mut kb, o, sp.dv, ot)?;
-    lw.launch(kb.finish()?, chunk_grid, bind.args)
+    rows.store(&mut kb, o, sp.dv, hd.v0, ot)?;
+    let grid = if sp.vb.split() {
+        [Count::times(sp.chunks(), sp.blocks()), Count::Dim(sp.h), Count::Dim(sp.b)]
+    } else {
+        chunk_grid
+    };
+    lw.launch(kb.finish()?, grid, bind.args)
 }
 
-/// The rows of the chunk given by grid axis 0.
-fn chunk_rows(kb: &mut KernelBuilder, sp: &Spec, hd: &Head) -> Res<Rows> {
-    let n = kb.program_id(0)?;
+/// The rows of chunk `n`.
+fn chunk_rows(kb: &mut KernelBuilder, sp: &Spec, hd: &Head, n: TValue) -> Res<Rows> {
     let c = kb.i32(sp.chunk as i64)?;
     let t0 = kb.mul(n, c)?;
     Rows::new(kb, hd, t0, sp.chunk)

@@ -13,12 +13,19 @@
 //! chip. Split: a first kernel walks the chunks writing each chunk-start state
 //! to scratch, a second computes every chunk's output in parallel.
 //!
+//! Under `Schedule::block_v`, every kernel runs one program per value block
+//! as well: `o[:, j]` and the state's column `S[:, j]` need only `v[:, j]`,
+//! so a program loads and stores its block of `v`, `o`, the states and the
+//! chunk-start states, and recomputes what does not involve `v` (the scores,
+//! the gates, the normalizer `z` or `n` and mLSTM's stabilizer `m`, which
+//! only the first block writes out).
+//!
 //! `q`, `k`, `v` come from their buffers or, where the schedule fuses a short
 //! convolution in front of them, are computed as they are loaded (every form,
 //! see `conv_prologue`).
 
 use super::conv_prologue::{self, At, Input, Src};
-use super::util::{cols, pad16, rows, Binder};
+use super::util::{cols_from, pad16, rows, Binder, ValueBlocks};
 use super::{LowerError, Lowering};
 use mixc_ir::dims::DimId;
 use mixc_ir::graph::OpNode;
@@ -44,7 +51,9 @@ struct Shape {
     dk: u64,
     dv: u64,
     dkp: u32,
-    dvp: u32,
+    /// Value columns per program (`vb.width`): the width of `v`, `o` and `S` tiles.
+    bv: u32,
+    vb: ValueBlocks,
     c: u32,
     sub: u32,
 }
@@ -71,6 +80,11 @@ struct Ctx {
     t_len: TValue,
     h: TValue,
     bh: TValue,
+    /// The first value column of this program (`None`: all of them, from 0).
+    v0: Option<TValue>,
+    /// Whether this program writes what every value block computes alike
+    /// (the normalizer, `m`): the first block (`None`: the only one).
+    first_block: Option<TValue>,
     /// This program's batch entry and head.
     b: TValue,
     hh: TValue,
@@ -80,7 +94,8 @@ struct Ctx {
     hdv: TValue,
 }
 
-/// The carried state: `S [dkp, dvp]`, the normalizer (`n` or `z`, `[dkp, 1]`), `m [1, 1]`.
+/// The carried state: `S [dkp, bv]` (this program's value columns), the
+/// normalizer (`n` or `z`, `[dkp, 1]`), `m [1, 1]`.
 #[derive(Clone, Copy)]
 struct State {
     s: TValue,
@@ -116,12 +131,15 @@ pub fn lower(lw: &mut Lowering, op: &OpNode, r: &Recurrence) -> Result<(), Lower
         return Err(lw.err(op, "head dims must be constants"));
     };
     let c = lw.sched.chunk;
-    let shape = Shape { r: *r, dk, dv, dkp: pad16(dk), dvp: pad16(dv), c, sub: lw.sched.sub_chunk.min(c) };
+    let acts = [Input::of(lw, q), Input::of(lw, op.operands[1]), Input::of(lw, op.operands[2])];
+    // A `v` computed by a prologue that normalizes its rows is not split.
+    let block_v = if acts[2].column_local() { lw.sched.block_v } else { 0 };
+    let vb = ValueBlocks::new(dv, block_v);
+    let shape = Shape { r: *r, dk, dv, dkp: pad16(dk), bv: vb.width, vb, c, sub: lw.sched.sub_chunk.min(c) };
     let (b_dim, t_dim, h_dim) = (qshape[0], qshape[1], qshape[2]);
     let bh = Count::times(Count::Dim(b_dim), Count::Dim(h_dim));
     let nchunks = Count::ceil_div(Count::Dim(t_dim), c as u64);
 
-    let acts = [Input::of(lw, q), Input::of(lw, op.operands[1]), Input::of(lw, op.operands[2])];
     let mut ins: Vec<(&str, usize)> = Vec::new();
     for role in ["gate", "igate", "fgate", "beta", "initial_state", "initial_n", "initial_z", "initial_m"] {
         if let Some(v) = operand(role) {
@@ -141,7 +159,7 @@ pub fn lower(lw: &mut Lowering, op: &OpNode, r: &Recurrence) -> Result<(), Lower
     let scratch = if lw.sched.split && !lw.sched.step {
         let s = lw.scratch(
             &format!("{name}_chunk_states"),
-            vec![bh.clone(), nchunks.clone(), Count::Const(shape.dkp as u64), Count::Const(shape.dvp as u64)],
+            vec![bh.clone(), nchunks.clone(), Count::Const(shape.dkp as u64), Count::Const(vb.padded() as u64)],
         );
         let aux = has_aux(r).then(|| {
             lw.scratch(
@@ -161,9 +179,10 @@ pub fn lower(lw: &mut Lowering, op: &OpNode, r: &Recurrence) -> Result<(), Lower
         let mut bind = Binder::default();
         let ctx = params(lw, &mut kb, &mut bind, shape, variant, &bufs)?;
         body(&mut kb, &ctx, shape, variant)?;
+        let blocks = Count::Const(vb.blocks as u64);
         let grid = match variant {
-            Variant::Outputs => [nchunks.clone(), bh.clone(), Count::Const(1)],
-            _ => [bh.clone(), Count::Const(1), Count::Const(1)],
+            Variant::Outputs => [nchunks.clone(), bh.clone(), blocks],
+            _ => [bh.clone(), blocks, Count::Const(1)],
         };
         lw.launch(kb.finish()?, grid, bind.args)?;
     }
@@ -245,6 +264,15 @@ fn params(
     let dvc = kb.i32(sh.dv as i64)?;
     let hdk = kb.mul(h, dkc)?;
     let hdv = kb.mul(h, dvc)?;
+    // The value block: grid axis 2 of the output kernel, axis 1 of the others.
+    let (v0, first_block) = if sh.vb.split() {
+        let vb = kb.program_id(if variant == Variant::Outputs { 2 } else { 1 })?;
+        let width = kb.i32(sh.bv as i64)?;
+        let zero = kb.i32(0)?;
+        (Some(kb.mul(vb, width)?), Some(kb.binary(mixc_ir::ops::BinaryFn::Eq, vb, zero)?))
+    } else {
+        (None, None)
+    };
     Ok(Ctx {
         q,
         k,
@@ -265,6 +293,8 @@ fn params(
         t_len,
         h,
         bh,
+        v0,
+        first_block,
         b,
         hh,
         row0,
@@ -273,18 +303,21 @@ fn params(
     })
 }
 
-/// Offsets and mask of a `[n, width]` tile of a `[B, T, H, D]` tensor starting at row `t0`.
+/// Offsets and mask of a `[n, width]` tile of a `[B, T, H, D]` tensor starting
+/// at row `t0` and column `col0` (0 when `None`).
+#[allow(clippy::too_many_arguments)]
 fn act_tile(
     kb: &mut KernelBuilder,
     ctx: &Ctx,
     t0: TValue,
     n: u32,
+    col0: Option<TValue>,
     width: u32,
     d: u64,
     hd: TValue,
 ) -> Res<(TValue, TValue)> {
     let (r, rm) = rows(kb, t0, n, ctx.t_len)?;
-    let (cidx, cm) = cols(kb, width, d)?;
+    let (cidx, cm) = cols_from(kb, col0, width, d)?;
     // ((b·T + t)·H + h)·D + col = (row0 + t·H)·D + col
     let dconst = kb.i32(d as i64)?;
     let base = kb.mul(ctx.row0, dconst)?;
@@ -303,12 +336,13 @@ fn step_col(kb: &mut KernelBuilder, ctx: &Ctx, t0: TValue, n: u32) -> Res<(TValu
     Ok((offs, rm))
 }
 
-/// Offsets and mask of the state `[dkp, dvp]` of program (b, h) in a `[B, H, Dk, Dv]` tensor.
+/// Offsets and mask of the state `[dkp, bv]` of program (b, h) (its value
+/// block's columns) in a `[B, H, Dk, Dv]` tensor.
 fn state_tile(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape) -> Res<(TValue, TValue)> {
     let zero = kb.i32(0)?;
     let dkc = kb.i32(sh.dk as i64)?;
     let (r, rm) = rows(kb, zero, sh.dkp, dkc)?;
-    let (cidx, cm) = cols(kb, sh.dvp, sh.dv)?;
+    let (cidx, cm) = cols_from(kb, ctx.v0, sh.bv, sh.dv)?;
     let per = kb.i32((sh.dk * sh.dv) as i64)?;
     let base = kb.mul(ctx.bh, per)?;
     let dvc = kb.i32(sh.dv as i64)?;
@@ -330,27 +364,37 @@ fn norm_tile(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape) -> Res<(TValue, TValu
     })
 }
 
-/// Scratch offsets of chunk `ci`'s state: `[(bh·NC + ci)·dkp·dvp + r·dvp + c]`.
-fn scratch_offsets(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape, ci: TValue, width: u32, cols_n: u32) -> Res<TValue> {
+/// Scratch offsets of chunk `ci`'s chunk-start state, `[dkp, bv]`: the matrix
+/// `(bh·NC + ci)` of `[dkp, W]` ones, `W` the padded width of every value
+/// block's columns (so no column needs a mask), at this program's columns.
+fn scratch_state_offsets(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape, ci: TValue) -> Res<TValue> {
+    let w = sh.vb.padded();
+    let r = scratch_offsets(kb, ctx, sh, ci, sh.dkp, w)?;
+    let c = kb.arange(sh.bv)?;
+    let c = kb.expand(c, 0)?;
+    let r = kb.add(r, c)?;
+    match ctx.v0 {
+        Some(v0) => kb.add(r, v0),
+        None => Ok(r),
+    }
+}
+
+/// Scratch offsets `[(bh·NC + ci)·rows_n·stride + r·stride]` (`[rows_n, 1]`) of
+/// the rows of chunk `ci`'s matrix of `rows_n` rows of `stride` elements.
+fn scratch_offsets(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape, ci: TValue, rows_n: u32, stride: u32) -> Res<TValue> {
     let cc = kb.i32(sh.c as i64)?;
     let cm1 = kb.i32(sh.c as i64 - 1)?;
     let tt = kb.add(ctx.t_len, cm1)?;
     let nc = kb.binary(mixc_ir::ops::BinaryFn::FloorDiv, tt, cc)?;
     let slot = kb.mul(ctx.bh, nc)?;
     let slot = kb.add(slot, ci)?;
-    let per = kb.i32((width * cols_n) as i64)?;
+    let per = kb.i32((rows_n * stride) as i64)?;
     let base = kb.mul(slot, per)?;
-    let r = kb.arange(width)?;
+    let r = kb.arange(rows_n)?;
     let r = kb.expand(r, 1)?;
-    let colsc = kb.i32(cols_n as i64)?;
+    let colsc = kb.i32(stride as i64)?;
     let r = kb.mul(r, colsc)?;
-    let r = kb.add(r, base)?;
-    if cols_n == 1 {
-        return Ok(r);
-    }
-    let c = kb.arange(cols_n)?;
-    let c = kb.expand(c, 0)?;
-    kb.add(r, c)
+    kb.add(r, base)
 }
 
 fn body(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape, variant: Variant) -> Res<()> {
@@ -361,7 +405,7 @@ fn body(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape, variant: Variant) -> Res<(
         // One chunk: its start state comes from scratch.
         let ci = kb.program_id(0)?;
         let t0 = kb.mul(ci, step)?;
-        let offs = scratch_offsets(kb, ctx, sh, ci, sh.dkp, sh.dvp)?;
+        let offs = scratch_state_offsets(kb, ctx, sh, ci)?;
         let s = kb.load(ctx.scratch_s.ok_or_else(missing)?, offs, None, 0.0)?;
         let aux = match ctx.scratch_aux {
             Some(p) => {
@@ -384,7 +428,7 @@ fn body(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape, variant: Variant) -> Res<(
     let (soffs, smask) = state_tile(kb, ctx, sh)?;
     let s = match ctx.s0 {
         Some(p) => kb.load(p, soffs, Some(smask), 0.0)?,
-        None => kb.zeros(&[sh.dkp, sh.dvp])?,
+        None => kb.zeros(&[sh.dkp, sh.bv])?,
     };
     let (noffs, nmask) = norm_tile(kb, ctx, sh)?;
     let aux = if has_aux(&sh.r) {
@@ -416,15 +460,17 @@ fn body(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape, variant: Variant) -> Res<(
         if variant == Variant::States {
             let cc = kb.i32(sh.c as i64)?;
             let ci = kb.binary(mixc_ir::ops::BinaryFn::FloorDiv, t0, cc)?;
-            let offs = scratch_offsets(kb, ctx, sh, ci, sh.dkp, sh.dvp)?;
+            let offs = scratch_state_offsets(kb, ctx, sh, ci)?;
             kb.store(ctx.scratch_s.ok_or_else(missing)?, offs, st.s, None)?;
             if let (Some(p), Some(a)) = (ctx.scratch_aux, st.aux) {
                 let offs = scratch_offsets(kb, ctx, sh, ci, sh.dkp, 1)?;
-                kb.store(p, offs, a, None)?;
+                let mask = first_only(kb, ctx, None, &[sh.dkp, 1])?;
+                kb.store(p, offs, a, mask)?;
             }
             if let (Some(p), Some(m)) = (ctx.scratch_m, st.m) {
                 let offs = scratch_offsets(kb, ctx, sh, ci, 1, 1)?;
-                kb.store(p, offs, m, None)?;
+                let mask = first_only(kb, ctx, None, &[1, 1])?;
+                kb.store(p, offs, m, mask)?;
             }
         } else {
             chunk_outputs(kb, ctx, sh, t0, st)?;
@@ -434,13 +480,25 @@ fn body(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape, variant: Variant) -> Res<(
     let fin = State::from(&finals, &init);
     kb.store(ctx.s_out.ok_or_else(missing)?, soffs, fin.s, Some(smask))?;
     if let (Some(p), Some(a)) = (ctx.aux_out, fin.aux) {
-        kb.store(p, noffs, a, Some(nmask))?;
+        let mask = first_only(kb, ctx, Some(nmask), &[sh.dkp, 1])?;
+        kb.store(p, noffs, a, mask)?;
     }
     if let (Some(p), Some(m)) = (ctx.m_out, fin.m) {
         let o = kb.reshape(ctx.bh, &[1, 1])?;
-        kb.store(p, o, m, None)?;
+        let mask = first_only(kb, ctx, None, &[1, 1])?;
+        kb.store(p, o, m, mask)?;
     }
     Ok(())
+}
+
+/// A store's mask restricted to the first value block, for what every block
+/// computes alike (`mask` as is where the columns are not split).
+fn first_only(kb: &mut KernelBuilder, ctx: &Ctx, mask: Option<TValue>, shape: &[u32]) -> Res<Option<TValue>> {
+    let Some(first) = ctx.first_block else { return Ok(mask) };
+    Ok(Some(match mask {
+        Some(m) => kb.and(m, first)?,
+        None => kb.broadcast(first, shape)?,
+    }))
 }
 
 fn missing() -> TileError {
@@ -462,20 +520,20 @@ struct ChunkTiles {
 }
 
 fn load_chunk(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape, t0: TValue, n: u32) -> Res<ChunkTiles> {
-    let (qoffs, qmask) = act_tile(kb, ctx, t0, n, sh.dkp, sh.dk, ctx.hdk)?;
-    let (voffs, vmask) = act_tile(kb, ctx, t0, n, sh.dvp, sh.dv, ctx.hdv)?;
-    let load = |kb: &mut KernelBuilder, src: &Src, offs: TValue, mask: TValue, pad: u32| match src {
+    let (qoffs, qmask) = act_tile(kb, ctx, t0, n, None, sh.dkp, sh.dk, ctx.hdk)?;
+    let (voffs, vmask) = act_tile(kb, ctx, t0, n, ctx.v0, sh.bv, sh.dv, ctx.hdv)?;
+    let load = |kb: &mut KernelBuilder, src: &Src, offs, mask, col0: Option<TValue>, pad: u32| match src {
         Src::Buffer(p) => kb.load(*p, offs, Some(mask), 0.0),
         Src::Conv(bd) => {
             let at = At { b: ctx.b, h: ctx.hh, t_len: ctx.t_len };
-            conv_prologue::load_rows(kb, bd, &at, t0, n, pad)
+            conv_prologue::load_block(kb, bd, &at, t0, n, col0, pad)
         }
     };
-    let q = load(kb, &ctx.q, qoffs, qmask, sh.dkp)?;
+    let q = load(kb, &ctx.q, qoffs, qmask, None, sh.dkp)?;
     let scale = kb.f32(sh.r.scale)?;
     let q = kb.mul(q, scale)?;
-    let k = load(kb, &ctx.k, qoffs, qmask, sh.dkp)?;
-    let v = load(kb, &ctx.v, voffs, vmask, sh.dvp)?;
+    let k = load(kb, &ctx.k, qoffs, qmask, None, sh.dkp)?;
+    let v = load(kb, &ctx.v, voffs, vmask, ctx.v0, sh.bv)?;
     let mut igate = None;
     let gamma = match sh.r.transition {
         Transition::Identity => None,
@@ -637,7 +695,7 @@ fn key_decay_outputs(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape, t0: TValue, s
         let (gc, gsum) = cq.gamma.ok_or_else(missing)?;
         let gam_i = kb.add(gc, prefix_i)?;
         // Earlier key sub-chunks.
-        let acc0 = kb.zeros(&[sc, sh.dvp])?;
+        let acc0 = kb.zeros(&[sc, sh.bv])?;
         let pj0 = kb.zeros(&[1, sh.dkp])?;
         let res = kb.for_loop(zero_i, si, one_i, &[acc0, pj0], |kb, sj, carried| {
             let (acc, prefix_j) = (carried[0], carried[1]);

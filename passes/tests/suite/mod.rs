@@ -1,4 +1,5 @@
 mod attention;
+mod block_v;
 mod conv_fusion;
 mod cost;
 mod delta;

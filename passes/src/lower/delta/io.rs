@@ -1,5 +1,7 @@
 //! Addressing for the delta-rule kernels: which program this is, the rows of a
 //! chunk in the `[B, T, H, D]` activations, and the `[Dk, Dv]` state matrices.
+//! Loads and stores take the first column of the block they address (`None`:
+//! from column 0), for programs of one value block (`Schedule::block_v`).
 
 use super::super::conv_prologue::{self, At, Src};
 use super::super::util;
@@ -19,6 +21,8 @@ pub struct Head {
     pub bt: TValue,
     /// `b·H + h`: the index of this head's state.
     pub bh: TValue,
+    /// The first value column of this program (`None`: every column, from 0).
+    pub v0: Option<TValue>,
 }
 
 impl Head {
@@ -26,7 +30,7 @@ impl Head {
         let bt = kb.mul(b, t_len)?;
         let bh = kb.mul(b, heads)?;
         let bh = kb.add(bh, h)?;
-        Ok(Head { t_len, heads, b, h, bt, bh })
+        Ok(Head { t_len, heads, b, h, bt, bh, v0: None })
     }
 }
 
@@ -52,19 +56,26 @@ impl Rows {
         Ok(Rows { tok, valid, t0, n: c, at })
     }
 
-    /// Loads `[c, pad]` of a q, k or v operand with head dim `width`: from its
-    /// buffer, or computed from a short convolution's input.
-    pub fn load_src(&self, kb: &mut KernelBuilder, src: &Src, width: u64, pad: u32) -> Res<TValue> {
+    /// Loads `[c, pad]` of a q, k or v operand with head dim `width` from
+    /// column `col0`: from its buffer, or computed from a short convolution's input.
+    pub fn load_src(
+        &self,
+        kb: &mut KernelBuilder,
+        src: &Src,
+        width: u64,
+        col0: Option<TValue>,
+        pad: u32,
+    ) -> Res<TValue> {
         match src {
-            Src::Buffer(p) => self.load(kb, *p, width, pad),
-            Src::Conv(bd) => conv_prologue::load_rows(kb, bd, &self.at, self.t0, self.n, pad),
+            Src::Buffer(p) => self.load(kb, *p, width, col0, pad),
+            Src::Conv(bd) => conv_prologue::load_block(kb, bd, &self.at, self.t0, self.n, col0, pad),
         }
     }
 
-    /// Offsets `[c, pad]` into an activation of head dim `width`, and the mask of
-    /// valid rows and columns.
-    fn offsets(&self, kb: &mut KernelBuilder, width: u64, pad: u32) -> Res<(TValue, TValue)> {
-        let (col, cmask) = util::cols(kb, pad, width)?;
+    /// Offsets `[c, pad]` into an activation of head dim `width` from column
+    /// `col0`, and the mask of valid rows and columns.
+    fn offsets(&self, kb: &mut KernelBuilder, width: u64, col0: Option<TValue>, pad: u32) -> Res<(TValue, TValue)> {
+        let (col, cmask) = util::cols_from(kb, col0, pad, width)?;
         let w = kb.i32(width as i64)?;
         let base = kb.mul(self.tok, w)?;
         let offs = kb.add(base, col)?;
@@ -72,16 +83,30 @@ impl Rows {
         Ok((offs, mask))
     }
 
-    /// Loads `[c, pad]` of an activation with head dim `width`; rows past `T` and
-    /// padding columns read 0.
-    pub fn load(&self, kb: &mut KernelBuilder, ptr: ParamId, width: u64, pad: u32) -> Res<TValue> {
-        let (offs, mask) = self.offsets(kb, width, pad)?;
+    /// Loads `[c, pad]` of an activation with head dim `width` from column
+    /// `col0`; rows past `T` and columns past `width` read 0.
+    pub fn load(
+        &self,
+        kb: &mut KernelBuilder,
+        ptr: ParamId,
+        width: u64,
+        col0: Option<TValue>,
+        pad: u32,
+    ) -> Res<TValue> {
+        let (offs, mask) = self.offsets(kb, width, col0, pad)?;
         kb.load(ptr, offs, Some(mask), 0.0)
     }
 
-    pub fn store(&self, kb: &mut KernelBuilder, ptr: ParamId, width: u64, value: TValue) -> Res<()> {
+    pub fn store(
+        &self,
+        kb: &mut KernelBuilder,
+        ptr: ParamId,
+        width: u64,
+        col0: Option<TValue>,
+        value: TValue,
+    ) -> Res<()> {
         let pad = kb.ty(value).shape.get(1).copied().unwrap_or(1);
-        let (offs, mask) = self.offsets(kb, width, pad)?;
+        let (offs, mask) = self.offsets(kb, width, col0, pad)?;
         kb.store(ptr, offs, value, Some(mask))
     }
 
@@ -92,22 +117,23 @@ impl Rows {
 }
 
 /// Offsets and mask of the `index`-th `[dk, dv]` matrix of a state buffer, as a
-/// `[pad(dk), pad(dv)]` tile.
+/// `[pad(dk), bv]` tile of the columns from `col0` (`bv` a value block's
+/// width, or `pad(dv)` for all of them).
 pub struct StateTile {
     pub dk: u64,
     pub dv: u64,
     pub dkp: u32,
-    pub dvp: u32,
+    pub bv: u32,
 }
 
 impl StateTile {
-    fn offsets(&self, kb: &mut KernelBuilder, index: TValue) -> Res<(TValue, TValue)> {
+    fn offsets(&self, kb: &mut KernelBuilder, index: TValue, col0: Option<TValue>) -> Res<(TValue, TValue)> {
         let i = kb.arange(self.dkp)?;
         let dk = kb.i32(self.dk as i64)?;
         let i_ok = kb.lt(i, dk)?;
         let i = kb.expand(i, 1)?;
         let i_ok = kb.expand(i_ok, 1)?;
-        let (j, j_ok) = util::cols(kb, self.dvp, self.dv)?;
+        let (j, j_ok) = util::cols_from(kb, col0, self.bv, self.dv)?;
         let dv = kb.i32(self.dv as i64)?;
         let size = kb.i32((self.dk * self.dv) as i64)?;
         let base = kb.mul(index, size)?;
@@ -118,13 +144,20 @@ impl StateTile {
         Ok((offs, mask))
     }
 
-    pub fn load(&self, kb: &mut KernelBuilder, ptr: ParamId, index: TValue) -> Res<TValue> {
-        let (offs, mask) = self.offsets(kb, index)?;
+    pub fn load(&self, kb: &mut KernelBuilder, ptr: ParamId, index: TValue, col0: Option<TValue>) -> Res<TValue> {
+        let (offs, mask) = self.offsets(kb, index, col0)?;
         kb.load(ptr, offs, Some(mask), 0.0)
     }
 
-    pub fn store(&self, kb: &mut KernelBuilder, ptr: ParamId, index: TValue, value: TValue) -> Res<()> {
-        let (offs, mask) = self.offsets(kb, index)?;
+    pub fn store(
+        &self,
+        kb: &mut KernelBuilder,
+        ptr: ParamId,
+        index: TValue,
+        col0: Option<TValue>,
+        value: TValue,
+    ) -> Res<()> {
+        let (offs, mask) = self.offsets(kb, index, col0)?;
         kb.store(ptr, offs, value, Some(mask))
     }
 }
