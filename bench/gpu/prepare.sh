@@ -24,6 +24,10 @@ done
   -o "$out/bench/bf16-split" --chunk "${CHUNK:-64}" >/dev/null
 ./target/release/mixc compile models/bench/anchors.toml --target sm_90 --matmul simt \
   -o "$out/bench/simt" --chunk "${CHUNK:-64}" >/dev/null
+for bv in 32 64; do
+  ./target/release/mixc compile models/bench/anchors.toml --target sm_90 --matmul bf16 --block-v $bv \
+    -o "$out/bench/bf16-v$bv" --chunk "${CHUNK:-64}" >/dev/null
+done
 # The binary for the GPU machine: CUDA through cudarc, no LLVM (kernels come from the bundles).
 cargo build --release --no-default-features --features cuda
 cp target/release/mixc "$out/mixc"
