@@ -18,17 +18,25 @@ pub struct Candidate {
     pub rejected: Option<String>,
 }
 
+/// Value-column blocks tried for recurrences (0: the whole head). Only 0 for
+/// now: on an H200 (B=8, H=16, D=128, T=8192, bf16 tensor-core kernels) value
+/// blocks of 64 and 32 columns ran 1.3–1.6× and 2.5–3× *slower* than the
+/// whole head for every chunked recurrence (bench/RESULTS.md), while this cost
+/// model, which under-prices the recomputed SIMT elementwise work, predicted
+/// them faster. Add 32 and 64 back when the model prices that work right.
+const VALUE_BLOCKS: [u32; 1] = [0];
+
 /// The schedules worth trying for a graph: chunk sizes × fused/split and the
 /// token-by-token form for recurrences, each whole or split into value blocks
-/// of 32 or 64 columns (those narrower than the widest value head dim);
-/// query/key block sizes for attention.
+/// of [`VALUE_BLOCKS`] columns (those narrower than the widest value head
+/// dim); query/key block sizes for attention.
 pub fn enumerate(g: &Graph) -> Vec<Schedule> {
     let has_rec = g.ops.iter().any(|o| matches!(o.kind, OpKind::LinearRecurrence(_)));
     let has_attn = g.ops.iter().any(|o| matches!(o.kind, OpKind::Attention { .. }));
     let mut rec: Vec<Schedule> = vec![Schedule::default()];
     if has_rec {
         let dv = widest_value_dim(g);
-        let blocks: Vec<u32> = [0, 32, 64].into_iter().filter(|&bv| bv == 0 || (bv as u64) < dv).collect();
+        let blocks: Vec<u32> = VALUE_BLOCKS.into_iter().filter(|&bv| bv == 0 || (bv as u64) < dv).collect();
         rec = [16, 32, 64, 128, 256]
             .into_iter()
             .flat_map(|c| [false, true].map(|split| Schedule { split, ..Schedule::with_chunk(c) }))

@@ -106,6 +106,15 @@ fn numel(shape: &[u32]) -> u64 {
 /// Elements added after each row of a padded slot (see [`Slot::row`]).
 pub const ROW_PAD: u32 = 4;
 
+/// Whether `dot` operands get padded rows. Off: measured on an H200 (bf16
+/// `mma`, B=8, H=16, D=128), padding made attention 1.4–1.6× slower and the
+/// chunked recurrences 1.1–1.5× slower (only Gated DeltaNet gained, ~11%):
+/// the index arithmetic on every access of a padded slot (elementwise loops
+/// over it included) costs more than the bank conflicts of the fragment
+/// reads. The layout stays for a later `ldmatrix` tier, whose operand tiles
+/// are written once and read only as fragments.
+const PAD_DOT_OPERANDS: bool = false;
+
 /// A slot for a tile of this type: (bytes, bytes per element, padded row
 /// length or 0). Only `dot` operands (`pad`) are padded: elsewhere the index
 /// arithmetic costs more than the bank conflicts it avoids.
@@ -113,7 +122,14 @@ fn slot_layout(t: &mixc_ir::tile::TileType, pad: bool) -> (u32, u32, u32) {
     let eb = if t.dtype == mixc_ir::DType::Bool { 1 } else { 4 };
     let n = numel(&t.shape);
     let last = t.shape.last().copied().unwrap_or(1);
-    let row = if pad && eb == 4 && t.shape.len() >= 2 && last >= 32 && last.is_multiple_of(32) && n / last as u64 >= 8 {
+    let row = if pad
+        && PAD_DOT_OPERANDS
+        && eb == 4
+        && t.shape.len() >= 2
+        && last >= 32
+        && last.is_multiple_of(32)
+        && n / last as u64 >= 8
+    {
         last
     } else {
         0
