@@ -3,8 +3,8 @@
 
 use crate::bundle::{BundledProgram, KernelImage};
 use crate::{Error, NamedGraph};
-pub use mixc_backend_ptx::{Matmul, Options};
 use mixc_backend_ptx::{compile_with, Target};
+pub use mixc_backend_ptx::{Matmul, Options};
 use mixc_ir::tile::Program;
 use mixc_passes::Schedule;
 use std::path::Path;

@@ -4,7 +4,9 @@
 //! graph of every distinct mixer it describes ([`graphs_of_file`]). Later
 //! stages (schedule, tile programs, backends) hang off these graphs.
 
+pub mod bench;
 pub mod bundle;
+pub mod calibrate;
 #[cfg(feature = "llvm")]
 pub mod gpu;
 pub mod jit;

@@ -9,6 +9,9 @@ fn mixc(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_mixc"))
         .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
+        // No calibrated CPU profile or tuned schedules from the machine's own
+        // cache folder: outputs (and the explain snapshots) stay deterministic.
+        .env("MIXC_HOME", std::env::temp_dir().join("mixc-cli-tests-empty-home"))
         .output()
         .unwrap_or_else(|e| panic!("cannot run mixc: {e}"))
 }
@@ -520,4 +523,417 @@ fn explain_draws_the_roofline() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let body = std::fs::read_to_string(&svg.0).unwrap_or_default();
     assert!(body.contains("<svg") && body.contains("matrix unit") && body.contains("gla/o_fused"), "{body}");
+}
+
+/// Row-wise relative error `‖a_t − b_t‖ / ‖b_t‖`, the largest over rows of `n`.
+fn max_row_rel(a: &[f32], b: &[f32], n: usize) -> f64 {
+    a.chunks(n)
+        .zip(b.chunks(n))
+        .map(|(x, y)| {
+            let num: f64 = x.iter().zip(y).map(|(p, q)| ((p - q) as f64).powi(2)).sum();
+            let den: f64 = y.iter().map(|q| (*q as f64).powi(2)).sum();
+            (num / den).sqrt()
+        })
+        .fold(0.0, f64::max)
+}
+
+/// Logits of the same architecture run by third-party code on the same
+/// weights (`tests/golden/hf/*`, written by `bench/gpu/goldens.py` on an H200:
+/// flash-linear-attention's GLA and Gated DeltaNet, transformers' Llama, f32)
+/// match mixc's CPU path, loading the Hugging Face names through
+/// `[weights] names = "hf"`: prefill of the whole prompt, and prefill of part
+/// of it followed by decode steps.
+#[test]
+fn hf_goldens_match_mixc() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/hf");
+    for name in ["gla", "gdn", "llama"] {
+        let dir = root.join(name);
+        let load = |f: &str| mixc::runtime::st::load(&dir.join(f)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let golden = load("golden.safetensors");
+        let ids: Vec<u32> = match golden.get("input_ids").map(|t| &t.data) {
+            Some(mixc::runtime::Data::I32(v)) => v.iter().map(|x| *x as u32).collect(),
+            _ => panic!("{name}: golden has no integer input_ids"),
+        };
+        let want = match golden.get("logits").map(|t| &t.data) {
+            Some(mixc::runtime::Data::F32(v)) => v.clone(),
+            _ => panic!("{name}: golden has no logits"),
+        };
+        let file = dir.join("model.toml");
+        let mut m = mixc::Model::load(&file, load("weights.safetensors"), mixc::jit::Target::Cpu)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let vocab = m.vocab();
+        let got = m.prefill(&ids).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let err = max_row_rel(&got, &want, vocab);
+        eprintln!("{name}: prefill of {} tokens, max row-wise relative error {err:.2e}", ids.len());
+        assert!(err <= 1e-4, "{name}: prefill logits differ from the third party's by {err:e}");
+        m.reset();
+        let split = 17;
+        let mut got = m.prefill(&ids[..split]).unwrap_or_else(|e| panic!("{name}: {e}"));
+        for id in &ids[split..] {
+            got.extend(m.decode_step(*id).unwrap_or_else(|e| panic!("{name}: {e}")));
+        }
+        let err = max_row_rel(&got, &want, vocab);
+        eprintln!("{name}: prefill {split} + decode {}, max row-wise relative error {err:.2e}", ids.len() - split);
+        assert!(err <= 1e-4, "{name}: prefill + decode logits differ from the third party's by {err:e}");
+    }
+}
+
+/// A batch of sequences of different lengths, each with its own caches, gives
+/// every sequence the logits it gets alone, through prefill and decode: nothing
+/// of one reaches another's state, normalizer, convolution tail or KV cache.
+#[test]
+fn batch_sequences_do_not_leak_into_each_other() {
+    let prompts: [&[u32]; 3] = [&[5, 17, 3, 99, 42, 7, 1, 8, 60, 2, 11], &[200, 4], &[31, 32, 33, 34, 35, 36]];
+    let steps: [u32; 3] = [9, 77, 150];
+    for model in ["models/mlstm.toml", "models/gated-deltanet.toml", "models/swa.toml", "models/llama.toml"] {
+        let f = Path::new(env!("CARGO_MANIFEST_DIR")).join(model);
+        let w = mixc::Model::init_weights(&f, 5).unwrap_or_else(|e| panic!("{e}"));
+        let m = mixc::Model::load(&f, w, mixc::jit::Target::Cpu).unwrap_or_else(|e| panic!("{model}: {e}"));
+        let vocab = m.vocab();
+        // Each sequence alone.
+        let alone: Vec<Vec<f32>> = prompts
+            .iter()
+            .map(|p| {
+                let mut c = m.new_cache();
+                let mut l = m.forward_in(&mut c, p, false).unwrap_or_else(|e| panic!("{model}: {e}"));
+                for s in steps {
+                    l.extend(m.forward_in(&mut c, &[s], true).unwrap_or_else(|e| panic!("{model}: {e}")));
+                }
+                l
+            })
+            .collect();
+        // All together: prefill each, then decode steps interleaved across the batch.
+        let mut caches: Vec<mixc::runner::Cache> = prompts.iter().map(|_| m.new_cache()).collect();
+        let mut got = m.forward_batch(&mut caches, &prompts, false).unwrap_or_else(|e| panic!("{model}: {e}"));
+        for s in steps {
+            let step: Vec<&[u32]> = prompts.iter().map(|_| std::slice::from_ref(&s)).collect();
+            let l = m.forward_batch(&mut caches, &step, true).unwrap_or_else(|e| panic!("{model}: {e}"));
+            got.iter_mut().zip(l).for_each(|(g, x)| g.extend(x));
+        }
+        for (b, (x, y)) in got.iter().zip(&alone).enumerate() {
+            assert_eq!(x.len(), y.len());
+            let err = max_row_rel(x, y, vocab);
+            assert!(err <= 1e-6, "{model}: sequence {b} in a batch differs from alone by {err:e}");
+        }
+        assert_eq!(caches[1].position(), prompts[1].len() + steps.len());
+        let err = m.forward_batch(&mut caches[..1], &prompts, false).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("3 sequences") && err.contains("caches"), "{err}");
+    }
+}
+
+/// `mixc run` with several prompts prints one line of generated ids per
+/// prompt, the same as each prompt run alone; prompts come as repeated
+/// `--prompt-ids` or separated by `;`, and as text through a tokenizer.
+#[test]
+fn run_generates_for_a_batch_of_prompts() {
+    let w = TempFile::new("batch-w", "safetensors", "");
+    let out = mixc(&["init-weights", "models/gla.toml", "-o", w.arg(), "--seed", "2"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let run = |extra: &[&str]| {
+        let mut args = vec!["run", "models/gla.toml", "--weights", w.arg(), "--max-new-tokens", "4"];
+        args.extend(extra);
+        let out = mixc(&args);
+        assert!(out.status.success(), "{extra:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let first_line = |s: &str| s.lines().next().unwrap_or_default().to_string();
+    let a = first_line(&run(&["--prompt-ids", "1 2 3 4 5"]));
+    let b = first_line(&run(&["--prompt-ids", "9 8"]));
+    for batch in [run(&["--prompt-ids", "1 2 3 4 5", "--prompt-ids", "9 8"]), run(&["--prompt-ids", "1 2 3 4 5; 9 8"])]
+    {
+        let lines: Vec<&str> = batch.lines().collect();
+        assert_eq!(lines[..2], [a.as_str(), b.as_str()], "{batch}");
+        assert!(batch.contains("7 tokens in 2 sequences"), "{batch}");
+    }
+    assert_eq!(a.split_whitespace().count(), 4);
+    // An empty prompt in a batch is named.
+    let out = mixc(&["run", "models/gla.toml", "--weights", w.arg(), "--prompt-ids", "1 2;;3"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("prompt 2 is empty"), "{}", text(&out.stderr));
+    // --prompt needs --tokenizer.
+    let out = mixc(&["run", "models/gla.toml", "--weights", w.arg(), "--prompt", "hello"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    // Text prompts through a word-level tokenizer.json (default feature `tokenizer`).
+    if !cfg!(feature = "tokenizer") {
+        return;
+    }
+    let tok = TempFile::new(
+        "tokenizer",
+        "json",
+        r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,
+            "pre_tokenizer":{"type":"Whitespace"},"post_processor":null,"decoder":null,
+            "model":{"type":"WordLevel","vocab":{"[UNK]":0,"one":1,"two":2,"three":3,"four":4,"five":5,"nine":9,"eight":8},
+            "unk_token":"[UNK]"}}"#,
+    );
+    let out = run(&["--tokenizer", tok.arg(), "--prompt", "one two three four five", "--prompt-ids", "9 8"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[..2], [b.as_str(), a.as_str()], "{out}");
+    assert!(lines[2].starts_with("text: ") && lines[3].starts_with("text: "), "{out}");
+}
+
+/// Mixers small enough to time in a test: a GLA and causal attention.
+const BENCH_MIXERS: &str =
+    "[mixer.gla]\nkind = \"gla\"\nheads = 2\ndk = 16\ndv = 16\ngate = { activation = \"none\" }\n\n\
+                            [mixer.attn]\nkind = \"attention\"\nheads = 2\nhead_dim = 16\n";
+
+/// A cache folder (`MIXC_HOME`) of one test's own, removed afterwards.
+struct TempHome(PathBuf);
+
+impl TempHome {
+    fn new(tag: &str) -> TempHome {
+        let path = std::env::temp_dir().join(format!("mixc-cli-home-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        TempHome(path)
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_mixc"))
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("MIXC_HOME", &self.0)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run mixc: {e}"))
+    }
+}
+
+impl Drop for TempHome {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn bench_prints_its_table() {
+    let file = TempFile::new("bench", "toml", BENCH_MIXERS);
+    let out = mixc(&["bench", file.arg(), "--target", "cpu", "--sizes", "B=1,H=2,T=64", "--runs", "1"]);
+    let s = text(&out.stdout);
+    assert!(out.status.success(), "{}\n{s}", text(&out.stderr));
+    for w in ["built in", "kernel ms", "GFLOP/s", "%DRAM", "compile"] {
+        assert!(s.contains(w), "does not say {w:?}:\n{s}");
+    }
+    for (mixer, phase) in [("gla", "prefill"), ("gla", "decode"), ("attn", "prefill"), ("attn", "decode")] {
+        assert!(
+            s.lines().any(|l| l.starts_with(mixer) && l.contains(phase) && l.contains(" ms ")),
+            "no {mixer} {phase} row:\n{s}"
+        );
+    }
+    assert!(!s.contains("not measured at") && !s.contains("NaN"), "{s}");
+    // Another head count rebuilds the mixer; --mode picks the phase.
+    let out =
+        mixc(&["bench", file.arg(), "--sizes", "B=2,H=4,T=32", "--mode", "decode", "--runs", "1", "--mixer", "gla"]);
+    let s = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rows: Vec<&str> = s.lines().filter(|l| l.starts_with("gla")).collect();
+    assert_eq!(rows.len(), 1, "{s}");
+    assert!(rows[0].contains("decode") && rows[0].split_whitespace().nth(3) == Some("4"), "{s}");
+}
+
+#[test]
+fn bench_sweep_marks_the_pick_and_tune_caches_the_winner() {
+    let file = TempFile::new("sweep", "toml", BENCH_MIXERS);
+    let home = TempHome::new("sweep");
+    let args = ["bench", file.arg(), "--sweep", "--sizes", "B=1,H=2,T=64", "--runs", "1", "--mixer", "gla"];
+    let out = home.run(&[&args[..], &["--max-candidates", "3", "--tune"]].concat());
+    let s = text(&out.stdout);
+    assert!(out.status.success(), "{}\n{s}", text(&out.stderr));
+    for w in ["sweep at", "predicted ms", "<- pick", "fastest", "pick: ", "tuned: "] {
+        assert!(s.contains(w), "does not say {w:?}:\n{s}");
+    }
+    let measured = s.lines().filter(|l| l.trim_start().starts_with(['1', '2', '3'])).count();
+    assert_eq!(measured, 3, "{s}");
+    // The winner is cached and used by a later run at the same sizes.
+    assert!(home.0.join("tuned.toml").exists());
+    let out = home.run(&[
+        "bench",
+        file.arg(),
+        "--sizes",
+        "B=1,H=2,T=64",
+        "--runs",
+        "1",
+        "--mode",
+        "prefill",
+        "--mixer",
+        "gla",
+    ]);
+    assert!(text(&out.stdout).contains("(tuned)"), "{}", text(&out.stdout));
+    // A corrupt cache is ignored.
+    std::fs::write(home.0.join("tuned.toml"), "[[entry]]\ngraph = 3\nnot toml at all [")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let out = home.run(&[
+        "bench",
+        file.arg(),
+        "--sizes",
+        "B=1,H=2,T=64",
+        "--runs",
+        "1",
+        "--mode",
+        "prefill",
+        "--mixer",
+        "gla",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!text(&out.stdout).contains("(tuned)"), "{}", text(&out.stdout));
+}
+
+#[test]
+fn bench_rejects_bad_sizes_and_options() {
+    let file = TempFile::new("bench-bad", "toml", BENCH_MIXERS);
+    for (extra, want) in [
+        (vec!["--sizes", "B=one"], "`B=one` is not DIM=N"),
+        (vec!["--sizes", "B=1,Q=3"], "unknown dim `Q`"),
+        (vec!["--sizes", "T=64,Dk=64"], "Dk is 16 in mixer `gla`"),
+        (vec!["--sizes", "T=0"], "T must be at least 1"),
+        (vec!["--sizes", "T=4,T=8"], "T is given twice"),
+        (vec!["--runs", "0"], "--runs must be at least 1"),
+        (vec!["--mixer", "nope"], "no mixer `nope`"),
+        (vec!["--threads", "0"], "--threads must be at least 1"),
+    ] {
+        let out = mixc(&[&["bench", file.arg()][..], &extra].concat());
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{extra:?}: {stderr}");
+        assert!(stderr.starts_with("error: ") && stderr.contains(want), "{extra:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    // Only the CPU is a bench target.
+    let out = mixc(&["bench", file.arg(), "--target", "sm_90"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
+
+#[test]
+fn calibrate_writes_a_profile_that_explain_and_devices_use() {
+    let home = TempHome::new("calibrate");
+    let out = home.run(&["calibrate", "--seconds", "0.2"]);
+    let s = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for w in ["GFLOP/s", "128-bit", "GB/s", "copy", "cpu-profile.toml"] {
+        assert!(s.contains(w), "does not say {w:?}:\n{s}");
+    }
+    let src = std::fs::read_to_string(home.0.join("cpu-profile.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let p = mixc::passes::device::DeviceProfile::from_toml(&src).unwrap_or_else(|e| panic!("{e}\n{src}"));
+    assert_eq!(p.kind, mixc::passes::device::DeviceKind::Cpu);
+    assert_eq!(p.name, "cpu-calibrated");
+    assert!(p.vector_flops > 1e8 && p.dram_bw > 1e8 && p.units >= 1, "{p:?}");
+    // explain and devices use it and say so; --profile builtin opts out.
+    let file = TempFile::new("calibrated", "toml", GLA_H16);
+    let out = home.run(&["explain", file.arg(), "--target", "cpu", "--top", "1"]);
+    let s = text(&out.stdout);
+    assert!(s.starts_with("# profile: `cpu-calibrated`") && s.contains("on cpu-calibrated ("), "{s}");
+    let out = home.run(&["explain", file.arg(), "--target", "cpu", "--top", "1", "--profile", "builtin"]);
+    let s = text(&out.stdout);
+    assert!(s.starts_with("# mixer gla on cpu ("), "{s}");
+    let s = text(&home.run(&["devices"]).stdout);
+    assert!(s.contains("measured on this machine by `mixc calibrate`"), "{s}");
+    // A corrupt profile is ignored with a note, never trusted.
+    std::fs::write(home.0.join("cpu-profile.toml"), "name = 3\n").unwrap_or_else(|e| panic!("{e}"));
+    let out = home.run(&["explain", file.arg(), "--target", "cpu", "--top", "1"]);
+    let s = text(&out.stdout);
+    assert!(out.status.success() && s.contains("# note: ") && s.contains("# mixer gla on cpu ("), "{s}");
+    // -o writes elsewhere.
+    let other = home.0.join("elsewhere.toml");
+    let out = home.run(&["calibrate", "--seconds", "0.05", "-o", other.to_str().unwrap_or_default()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        mixc::passes::device::DeviceProfile::from_toml(&std::fs::read_to_string(&other).unwrap_or_default()).is_ok()
+    );
+}
+
+/// `[runtime] kv_cache = "int8"` keeps attention caches as int8 with a scale
+/// per group: the memory report shows about a quarter of the f32 bytes, and
+/// the logits stay close to those of the f32 cache.
+#[test]
+fn int8_kv_cache_is_smaller_and_close_to_f32() {
+    let base = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/llama.toml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let base = base.replace("[runtime]\ndecode_threshold = 1\n", "");
+    let f32_file = TempFile::new("kv-f32", "toml", &base);
+    let int8_file =
+        TempFile::new("kv-int8", "toml", &format!("{base}\n[runtime]\nkv_cache = \"int8\"\nkv_group = 16\n"));
+    let w = mixc::Model::init_weights(&f32_file.0, 4).unwrap_or_else(|e| panic!("{e}"));
+    let mut runs = Vec::new();
+    for file in [&f32_file, &int8_file] {
+        let mut m = mixc::Model::load(&file.0, w.clone(), mixc::jit::Target::Cpu).unwrap_or_else(|e| panic!("{e}"));
+        let prompt: Vec<u32> = (0..24).map(|i| (i * 29 + 3) % 500).collect();
+        m.prefill(&prompt).unwrap_or_else(|e| panic!("{e}"));
+        let mut logits = Vec::new();
+        for id in [7, 300, 41, 42] {
+            logits.extend(m.decode_step(id).unwrap_or_else(|e| panic!("{e}")));
+        }
+        runs.push((logits, m.cache_bytes()));
+    }
+    let (ref x, ref bytes_f32) = runs[0];
+    let (ref y, ref bytes_i8) = runs[1];
+    let err = max_row_rel(y, x, 512);
+    eprintln!("int8 KV cache: largest row-wise relative error of the decode logits {err:.2e}");
+    assert!(err > 0.0 && err <= 2e-2, "int8 KV cache changes the logits by {err:e}");
+    for (a, b) in bytes_f32.iter().zip(bytes_i8) {
+        // 28 rows × 2 kv heads × 16 × 2 (k and v): 4 bytes each, or 1 byte + 4 per 16.
+        assert_eq!((*a, *b), (28 * 2 * 16 * 2 * 4, 28 * 2 * 16 * 2 * 5 / 4), "{bytes_f32:?} vs {bytes_i8:?}");
+    }
+    // A group that does not divide the head dim is refused, naming it.
+    let bad = TempFile::new("kv-bad", "toml", &format!("{base}\n[runtime]\nkv_cache = \"int8\"\nkv_group = 5\n"));
+    let err = mixc::Model::load(&bad.0, w, mixc::jit::Target::Cpu).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("kv_group = 5") && err.contains("k_cache"), "{err}");
+}
+
+/// `--emit clif` prints one Cranelift function per kernel of the tile
+/// program, and none of them calls anything.
+#[test]
+fn clif_stage_prints_a_function_per_kernel_without_calls() {
+    let file = TempFile::new("clif", "toml", GLA_H16);
+    let sched = ["--chunk", "32", "--split"];
+    let tile = mixc(&[&["compile", file.arg(), "--emit", "tile"][..], &sched].concat());
+    assert!(tile.status.success(), "{}", text(&tile.stderr));
+    let kernels: Vec<String> = text(&tile.stdout)
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("kernel ")?.split('(').next().map(str::to_string))
+        .collect();
+    assert!(kernels.len() >= 2, "{kernels:?}");
+    let out = mixc(&[&["compile", file.arg(), "--target", "cpu", "--emit", "clif"][..], &sched].concat());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert_eq!(s.lines().filter(|l| l.starts_with("function ")).count(), kernels.len(), "{s}");
+    for k in &kernels {
+        assert!(s.contains(&format!("; mixer gla kernel {k}\n")), "no function for kernel `{k}`");
+    }
+    for l in s.lines().map(str::trim) {
+        let call =
+            l.contains(" call ") || l.starts_with("call ") || l.contains("call_indirect") || l.contains("return_call");
+        assert!(!call, "a call in the generated code: {l}");
+    }
+    let gpu = mixc(&["compile", file.arg(), "--target", "sm_90", "--emit", "clif"]);
+    assert_eq!(gpu.status.code(), Some(1));
+    assert!(text(&gpu.stderr).contains("--emit clif"), "{}", text(&gpu.stderr));
+}
+
+/// Through a name map, errors name both the mixc tensor and the checkpoint's;
+/// a Hugging Face checkpoint loaded without one says which map to use.
+#[test]
+fn hf_weight_errors_name_the_checkpoint_tensor() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/hf/gdn");
+    let weights = mixc::runtime::st::load(&dir.join("weights.safetensors")).unwrap_or_else(|e| panic!("{e}"));
+    let load = |file: &Path, w: std::collections::BTreeMap<String, mixc::runtime::HostTensor>| {
+        mixc::Model::load(file, w, mixc::jit::Target::Reference).err().map(|e| e.to_string()).unwrap_or_default()
+    };
+    let file = dir.join("model.toml");
+    let mut w = weights.clone();
+    if let Some(t) = w.get_mut("model.layers.1.attn.b_proj.weight") {
+        t.shape = vec![1, 128];
+    }
+    let err = load(&file, w);
+    assert!(
+        err.contains("layers.1.mixer.beta_proj.weight") && err.contains("model.layers.1.attn.b_proj.weight"),
+        "{err}"
+    );
+    let mut w = weights.clone();
+    w.remove("model.layers.0.attn.A_log");
+    let err = load(&file, w);
+    assert!(err.contains("missing tensor `layers.0.mixer.A_log`"), "{err}");
+    // The same checkpoint with mixc's own names expected.
+    let plain = TempFile::new(
+        "gdn-plain",
+        "toml",
+        &std::fs::read_to_string(&file).unwrap_or_default().replace("[weights]\nnames = \"hf\"\n", ""),
+    );
+    let err = load(&plain.0, weights);
+    assert!(err.contains("missing tensor `embed.weight`") && err.contains("names = \"hf\""), "{err}");
 }

@@ -1,11 +1,14 @@
-//! Running tile programs natively on this CPU: every kernel JIT-compiled by the
-//! Cranelift backend (once per distinct kernel, cached in memory), every
-//! launch's programs spread over the cores with rayon.
+//! Running tile programs natively on this CPU: every kernel compiled by the
+//! Cranelift backend (once per distinct kernel: cached in memory, and on disk
+//! across processes, see [`crate::disk_cache`]), every launch's programs
+//! spread over the cores by a rayon pool whose threads have stack enough for
+//! the largest kernel frame.
 //!
 //! Buffers are 32-bit words (f32 bits for float dtypes, i32 for the rest), the
 //! CPU backend's memory layout. Programs of one launch write disjoint elements
 //! (the lowering guarantees it), so they run in parallel without locks.
 
+use crate::disk_cache::DiskCache;
 use crate::tensor::{Data, HostTensor};
 use mixc_backend_cpu::CpuKernel;
 use mixc_ir::interp::Tensor;
@@ -20,26 +23,157 @@ fn cache() -> &'static Mutex<HashMap<String, Arc<CpuKernel>>> {
     CACHE.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
+/// This process's disk cache (located once, from the environment).
+fn disk() -> Option<&'static DiskCache> {
+    static DISK: OnceLock<Option<DiskCache>> = OnceLock::new();
+    DISK.get_or_init(DiskCache::from_env).as_ref()
+}
+
 fn compiled(k: &Kernel) -> Result<Arc<CpuKernel>, TileError> {
-    let key = mixc_ir::tile::text::print_kernel(k);
+    let text = mixc_ir::tile::text::print_kernel(k);
     if let Ok(map) = cache().lock() {
-        if let Some(c) = map.get(&key) {
+        if let Some(c) = map.get(&text) {
             return Ok(c.clone());
         }
     }
-    let c = Arc::new(CpuKernel::compile(k).map_err(|e| TileError::Program(e.to_string()))?);
+    let c = Arc::new(compile_with(k, &text, disk())?);
     if let Ok(mut map) = cache().lock() {
-        map.insert(key, c.clone());
+        map.insert(text, c.clone());
     }
     Ok(c)
 }
 
-/// Compiles every kernel of a program ahead of its first run.
+/// The disk cache key of a kernel whose printed text is `text`: everything
+/// that decides its machine code. `None` when the host cannot say.
+pub fn disk_key(text: &str) -> Option<String> {
+    let host = mixc_backend_cpu::host_fingerprint().ok()?;
+    Some(format!("{host}\nmixc {}\n{text}", env!("CARGO_PKG_VERSION")))
+}
+
+/// Compiles a kernel (printed as `text`), or loads it from `disk` when an
+/// intact entry is there; stores what it compiles (silently: a cache that
+/// cannot be written is only slower).
+pub fn compile_with(k: &Kernel, text: &str, disk: Option<&DiskCache>) -> Result<CpuKernel, TileError> {
+    let key = disk.and_then(|_| disk_key(text));
+    if let (Some(dc), Some(key)) = (disk, &key) {
+        if let Some(e) = dc.load(key).filter(|e| e.params == k.params.len()) {
+            // Safety: the entry is intact (checksum) and was stored under this
+            // exact key — kernel text, backend, Cranelift and target — by
+            // `compile_with` from `CpuKernel::machine_code`.
+            if let Ok(c) = unsafe { CpuKernel::from_machine_code(&k.name, &e.code, e.params, e.frame_bytes) } {
+                return Ok(c);
+            }
+        }
+    }
+    let c = CpuKernel::compile(k).map_err(|e| TileError::Program(e.to_string()))?;
+    if let (Some(dc), Some(key), Some(code)) = (disk, &key, c.machine_code()) {
+        let _ = dc.store(key, code, c.params(), c.frame_bytes());
+    }
+    Ok(c)
+}
+
+/// Compiles every kernel of a program ahead of its first run, the distinct
+/// ones not compiled yet spread over the cores.
 pub fn prepare(prog: &Program) -> Result<(), TileError> {
-    for k in &prog.kernels {
-        compiled(k)?;
+    let mut todo: Vec<(&Kernel, String)> = Vec::new();
+    {
+        let map = cache().lock().unwrap_or_else(|p| p.into_inner());
+        for k in &prog.kernels {
+            let text = mixc_ir::tile::text::print_kernel(k);
+            if !map.contains_key(&text) && !todo.iter().any(|(_, t)| *t == text) {
+                todo.push((k, text));
+            }
+        }
+    }
+    let built = compile_all(todo, disk())?;
+    let mut map = cache().lock().unwrap_or_else(|p| p.into_inner());
+    for (text, c) in built {
+        map.entry(text).or_insert_with(|| Arc::new(c));
     }
     Ok(())
+}
+
+/// Compiles (or loads from `disk`) kernels, given with their printed text,
+/// in parallel on the worker pool.
+pub fn compile_all(
+    kernels: Vec<(&Kernel, String)>,
+    disk: Option<&DiskCache>,
+) -> Result<Vec<(String, CpuKernel)>, TileError> {
+    let workers = pool(MIN_STACK)?;
+    workers
+        .install(|| kernels.into_par_iter().map(|(k, text)| compile_with(k, &text, disk).map(|c| (text, c))).collect())
+}
+
+/// The Cranelift IR of a kernel (`mixc compile --emit clif`).
+pub fn clif(k: &Kernel) -> Result<String, TileError> {
+    mixc_backend_cpu::clif_of(k).map_err(|e| TileError::Program(e.to_string()))
+}
+
+/// Stack a worker needs besides a kernel's frame (rayon's frames and ours).
+const STACK_MARGIN: usize = 1 << 20;
+/// Rayon's default worker stack.
+const MIN_STACK: usize = 2 << 20;
+
+/// The worker stack size for kernels whose largest frame is `frame` bytes.
+pub fn stack_for(frame: usize) -> usize {
+    frame.saturating_add(STACK_MARGIN).max(MIN_STACK).next_multiple_of(1 << 20)
+}
+
+/// A pool whose workers have at least `stack` bytes of stack. One pool
+/// serves every launch; a kernel with a larger frame replaces it with a
+/// larger one (the old one ends when its last launch does).
+fn pool(stack: usize) -> Result<Arc<rayon::ThreadPool>, TileError> {
+    static POOL: Mutex<Option<(usize, Arc<rayon::ThreadPool>)>> = Mutex::new(None);
+    let mut slot = POOL.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((have, p)) = slot.as_ref() {
+        if *have >= stack {
+            return Ok(p.clone());
+        }
+    }
+    let p = rayon::ThreadPoolBuilder::new()
+        .stack_size(stack)
+        .thread_name(|i| format!("mixc-cpu-{i}"))
+        .build()
+        .map_err(|e| TileError::Program(format!("cannot start the CPU worker threads: {e}")))?;
+    let p = Arc::new(p);
+    *slot = Some((stack, p.clone()));
+    Ok(p)
+}
+
+/// Buffers at least this large live in memory advised for huge pages.
+const HUGE_BUFFER: usize = 2 << 20;
+
+/// A buffer of 32-bit words. Large ones live in an anonymous mapping advised
+/// for huge pages: kernels read tiles whose rows lie kilobytes apart (one
+/// head of a `[T, H, D]` tensor), one 4 KiB page per row, and TLB misses
+/// cost attention about 15% otherwise.
+enum Words {
+    Small(Vec<u32>),
+    Large(memmap2::MmapMut, usize),
+}
+
+impl Words {
+    /// `n` zeroed words.
+    fn new(n: usize) -> Words {
+        let bytes = n.saturating_mul(4);
+        if bytes >= HUGE_BUFFER {
+            if let Ok(m) = memmap2::MmapMut::map_anon(bytes) {
+                #[cfg(target_os = "linux")]
+                let _ = m.advise(memmap2::Advice::HugePage);
+                return Words::Large(m, n);
+            }
+        }
+        Words::Small(vec![0; n])
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u32] {
+        match self {
+            Words::Small(v) => v,
+            // Safety: the mapping is page-aligned (so aligned for u32), holds
+            // `n · 4` bytes, zero-initialized, and is borrowed mutably here.
+            Words::Large(m, n) => unsafe { std::slice::from_raw_parts_mut(m.as_mut_ptr().cast::<u32>(), *n) },
+        }
+    }
 }
 
 /// Runs every launch of `prog` on `inputs`.
@@ -47,23 +181,26 @@ pub fn run(prog: &Program, inputs: &BTreeMap<String, HostTensor>) -> Result<BTre
     let shapes: BTreeMap<String, Tensor> =
         inputs.iter().map(|(n, t)| (n.clone(), Tensor { shape: t.shape.clone(), data: vec![] })).collect();
     let sizes = prog.bind(&shapes)?;
-    let mut bufs: Vec<Vec<u32>> = prog
+    let mut bufs: Vec<Words> = prog
         .buffers
         .iter()
         .map(|b| {
             let n: usize = b.shape.iter().map(|c| c.eval(&sizes) as usize).product();
+            let mut w = Words::new(n);
             match &b.role {
-                BufferRole::Input { name, .. } => match inputs.get(name) {
-                    Some(t) => {
-                        let mut w = t.words();
-                        w.resize(n, 0);
-                        w
+                BufferRole::Input { name, .. } => {
+                    if let Some(t) = inputs.get(name) {
+                        let dst = w.as_mut_slice();
+                        match &t.data {
+                            Data::F32(v) => dst.iter_mut().zip(v).for_each(|(d, x)| *d = x.to_bits()),
+                            Data::I32(v) => dst.iter_mut().zip(v).for_each(|(d, x)| *d = *x as u32),
+                        }
                     }
-                    None => vec![0; n],
-                },
+                }
                 // Poisoned: a kernel that forgets a store shows up as NaN.
-                _ => vec![0x7fc0_0000; n],
+                _ => w.as_mut_slice().fill(0x7fc0_0000),
             }
+            w
         })
         .collect();
     for l in &prog.launches {
@@ -79,32 +216,210 @@ pub fn run(prog: &Program, inputs: &BTreeMap<String, HostTensor>) -> Result<BTre
                 Arg::Buffer(i) => {
                     let b = bufs.get_mut(*i).ok_or_else(|| TileError::Program(format!("buffer {i} does not exist")))?;
                     // An empty buffer is never addressed (every access is masked or absent).
-                    b.as_mut_ptr() as u64
+                    b.as_mut_slice().as_mut_ptr() as u64
                 }
                 Arg::Size(c) => (c.eval(&sizes) as i32) as i64 as u64,
                 Arg::Float(x) => (*x as f32).to_bits() as u64,
             });
         }
         let total = grid[0] * grid[1] * grid[2];
-        (0..total).into_par_iter().for_each(|flat| {
-            let pid =
-                [(flat % grid[0]) as u32, ((flat / grid[0]) % grid[1]) as u32, (flat / (grid[0] * grid[1])) as u32];
-            // Safety: every pointer is a live buffer sized from the same program
-            // and sizes; programs of a launch write disjoint elements.
-            unsafe { ck.run_program(&args, pid) };
+        let workers = pool(stack_for(ck.frame_bytes()))?;
+        workers.install(|| {
+            (0..total).into_par_iter().for_each(|flat| {
+                let pid =
+                    [(flat % grid[0]) as u32, ((flat / grid[0]) % grid[1]) as u32, (flat / (grid[0] * grid[1])) as u32];
+                // Safety: every pointer is a live buffer sized from the same program
+                // and sizes; programs of a launch write disjoint elements; the
+                // worker's stack holds the kernel's frame.
+                unsafe { ck.run_program(&args, pid) };
+            })
         });
     }
     let mut out = BTreeMap::new();
-    for (b, words) in prog.buffers.iter().zip(bufs) {
+    for (b, mut words) in prog.buffers.iter().zip(bufs) {
         if let BufferRole::Output(name) = &b.role {
             let shape = b.shape.iter().map(|c| c.eval(&sizes) as usize).collect();
+            let words = words.as_mut_slice();
             let data = if b.dtype.is_float() {
-                Data::F32(words.into_iter().map(f32::from_bits).collect())
+                Data::F32(words.iter().map(|w| f32::from_bits(*w)).collect())
             } else {
-                Data::I32(words.into_iter().map(|w| w as i32).collect())
+                Data::I32(words.iter().map(|w| *w as i32).collect())
             };
             out.insert(name.clone(), HostTensor { shape, data });
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mixc_ir::tile::{Count, KernelBuilder, Launch};
+    use mixc_ir::DType;
+
+    /// `y = exp(x)` over `[rows, cols]` tiles, one per program: the loaded
+    /// tile lives in the kernel's frame (`rows · cols · 4` bytes).
+    fn exp_kernel(name: &str, rows: u32, cols: u32) -> Kernel {
+        let build = || -> Result<Kernel, TileError> {
+            let mut kb = KernelBuilder::new(name);
+            let x = kb.ptr_param("x", DType::F32);
+            let y = kb.ptr_param("y", DType::F32);
+            let pid = kb.program_id(0)?;
+            let n = kb.i32((rows * cols) as i64)?;
+            let base = kb.mul(pid, n)?;
+            let (ar, ac) = (kb.arange(rows)?, kb.arange(cols)?);
+            let (ar, ac) = (kb.expand(ar, 1)?, kb.expand(ac, 0)?);
+            let c = kb.i32(cols as i64)?;
+            let ro = kb.mul(ar, c)?;
+            let off = kb.add(ro, ac)?;
+            let off = kb.add(off, base)?;
+            let t = kb.load(x, off, None, 0.0)?;
+            let e = kb.exp(t)?;
+            kb.store(y, off, e, None)?;
+            kb.finish()
+        };
+        build().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn input(n: usize) -> Vec<f32> {
+        (0..n).map(|i| ((i % 97) as f32 - 48.0) / 16.0).collect()
+    }
+
+    fn close(got: &[f32], x: &[f32]) -> bool {
+        got.len() == x.len() && got.iter().zip(x).all(|(g, x)| (g - x.exp()).abs() <= 1e-6 * x.exp())
+    }
+
+    /// A kernel whose frame (8 MiB) is far past rayon's default worker stack
+    /// (2 MiB) runs on workers sized for it.
+    #[test]
+    fn big_frames_run_on_big_stacks() {
+        let (rows, cols, programs) = (1024u32, 2048u32, 4u64);
+        let k = exp_kernel("big_frame", rows, cols);
+        let n = rows as u64 * cols as u64 * programs;
+        let mut prog = Program { name: "big".into(), ..Program::default() };
+        let role = BufferRole::Input { name: "x".into(), optional: false };
+        let xb = prog.add_buffer("x", DType::F32, vec![Count::Const(n)], role);
+        let yb = prog.add_buffer("y", DType::F32, vec![Count::Const(n)], BufferRole::Output("y".into()));
+        let ki = prog.add_kernel(k);
+        let grid = [Count::Const(programs), Count::Const(1), Count::Const(1)];
+        prog.launches.push(Launch { kernel: ki, grid, args: vec![Arg::Buffer(xb), Arg::Buffer(yb)] });
+        let frame = compiled(&prog.kernels[0]).unwrap_or_else(|e| panic!("{e}")).frame_bytes();
+        assert!(frame >= (rows * cols * 4) as usize && stack_for(frame) > frame, "frame {frame}");
+        let x = input(n as usize);
+        let ins = BTreeMap::from([("x".to_string(), HostTensor::f32(vec![n as usize], x.clone()))]);
+        let out = run(&prog, &ins).unwrap_or_else(|e| panic!("{e}"));
+        let Some(Data::F32(y)) = out.get("y").map(|t| &t.data) else { panic!("no output") };
+        assert!(close(y, &x));
+    }
+
+    fn run_one(k: &CpuKernel, x: &[f32]) -> Vec<f32> {
+        let mut x = x.to_vec();
+        let mut y = vec![f32::NAN; x.len()];
+        let args = [x.as_mut_ptr() as u64, y.as_mut_ptr() as u64];
+        // Safety: the kernel reads and writes one [4, 64] tile.
+        unsafe { k.run_program(&args, [0, 0, 0]) };
+        y
+    }
+
+    /// Entries are used when intact; corrupt, truncated or stale ones are
+    /// ignored (the kernel still runs right) and written again.
+    #[test]
+    fn disk_cache_entries_are_checked() {
+        let dir = std::env::temp_dir().join(format!("mixc-disk-cache-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let dc = DiskCache::at(&dir);
+        let k = exp_kernel("cached", 4, 64);
+        let text = mixc_ir::tile::text::print_kernel(&k);
+        let key = disk_key(&text).unwrap_or_else(|| panic!("no host fingerprint"));
+        let x = input(256);
+        let first = compile_with(&k, &text, Some(&dc)).unwrap_or_else(|e| panic!("{e}"));
+        assert!(close(&run_one(&first, &x), &x));
+        let entry = dc.load(&key).unwrap_or_else(|| panic!("nothing stored in {}", dir.display()));
+        assert_eq!(Some(&entry.code[..]), first.machine_code());
+        let good = std::fs::read(dc.path_of(&key)).unwrap_or_default();
+        let code_at = good.len() - entry.code.len();
+        // A hit runs the stored code.
+        let hit = compile_with(&k, &text, Some(&dc)).unwrap_or_else(|e| panic!("{e}"));
+        assert!(close(&run_one(&hit, &x), &x));
+        let mut trapping = good.clone();
+        trapping[code_at..].fill(0xcc); // int3 everywhere: running it would trap
+        let mut flipped = good.clone();
+        flipped[code_at + entry.code.len() / 2] ^= 0x10;
+        let stale = crate::disk_cache::encode(&format!("{key} "), &entry.code, entry.params, entry.frame_bytes);
+        for (what, bytes) in [
+            ("code overwritten", trapping),
+            ("one bit flipped", flipped),
+            ("truncated", good[..good.len() - 9].to_vec()),
+            ("header only", good[..40].to_vec()),
+            ("stored under another key", stale),
+        ] {
+            std::fs::write(dc.path_of(&key), &bytes).unwrap_or_else(|e| panic!("{e}"));
+            assert!(dc.load(&key).is_none(), "{what}: entry accepted");
+            let c = compile_with(&k, &text, Some(&dc)).unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert!(close(&run_one(&c, &x), &x), "{what}: wrong result");
+            assert!(dc.load(&key).is_some(), "{what}: entry not rebuilt");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// JIT time of every distinct kernel of models/lizard.toml (prefill and
+    /// decode schedules): compiled on the worker pool, then loaded back from
+    /// a disk cache (a measurement, not a check: `-- --ignored jit_time --nocapture`).
+    #[test]
+    #[ignore]
+    fn jit_time() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/lizard.toml");
+        let file = mixc_ir::model::load_model(&path).unwrap_or_else(|e| panic!("{e}"));
+        let mut kernels = Vec::new();
+        for name in file.distinct_mixers() {
+            let g = mixc_ir::mixers::build(&name, &file.mixer[&name]).unwrap_or_else(|e| panic!("{e}"));
+            for sched in [mixc_passes::Schedule::with_chunk(64), mixc_passes::Schedule::decode()] {
+                kernels.extend(mixc_passes::lower(&g, &sched).unwrap_or_else(|e| panic!("{e}")).kernels);
+            }
+        }
+        let mut todo: Vec<(&Kernel, String)> = Vec::new();
+        for k in &kernels {
+            let text = mixc_ir::tile::text::print_kernel(k);
+            if !todo.iter().any(|(_, t)| *t == text) {
+                todo.push((k, text));
+            }
+        }
+        let dir = std::env::temp_dir().join(format!("mixc-jit-time-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let dc = DiskCache::at(&dir);
+        let time = |disk: Option<&DiskCache>| {
+            let t0 = std::time::Instant::now();
+            compile_all(todo.clone(), disk).unwrap_or_else(|e| panic!("{e}"));
+            t0.elapsed().as_secs_f64() * 1e3
+        };
+        let _ = time(None); // warm-up: threads, ISA detection, fingerprint
+        let mut cold: Vec<f64> = (0..5).map(|_| time(None)).collect();
+        let _ = time(Some(&dc)); // fills the cache
+        let mut warm: Vec<f64> = (0..5).map(|_| time(Some(&dc))).collect();
+        cold.sort_by(f64::total_cmp);
+        warm.sort_by(f64::total_cmp);
+        eprintln!(
+            "{}: {} distinct kernels, compiled on {} threads in {:.1} ms (median of 5), loaded from the disk cache in {:.1} ms",
+            path.display(),
+            todo.len(),
+            rayon::current_num_threads(),
+            cold[2],
+            warm[2]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A cache that cannot be written is no error.
+    #[test]
+    fn unwritable_cache_is_silent() {
+        let file = std::env::temp_dir().join(format!("mixc-disk-cache-file-{}", std::process::id()));
+        std::fs::write(&file, b"not a folder").unwrap_or_else(|e| panic!("{e}"));
+        let dc = DiskCache::at(file.join("kernels"));
+        let k = exp_kernel("uncached", 4, 64);
+        let text = mixc_ir::tile::text::print_kernel(&k);
+        let c = compile_with(&k, &text, Some(&dc)).unwrap_or_else(|e| panic!("{e}"));
+        let x = input(256);
+        assert!(close(&run_one(&c, &x), &x));
+        let _ = std::fs::remove_file(&file);
+    }
 }

@@ -9,6 +9,7 @@
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod disk_cache;
 pub mod exec;
 pub mod st;
 pub mod tensor;

@@ -26,6 +26,11 @@ pub fn run(args: &CompileArgs) -> Result<String, mixc::Error> {
             Err(mixc::Error::Usage("--emit llvm and --emit ptx need a GPU target: add --target sm_90".into()))
         }
         Emit::Llvm | Emit::Ptx => emit_gpu(&graphs, args),
+        Emit::Clif if gpu => Err(mixc::Error::Usage(format!(
+            "--emit clif prints the CPU backend's Cranelift IR: use --target cpu, not `{}`",
+            args.target
+        ))),
+        Emit::Clif => emit_clif(&graphs, args),
     }
 }
 
@@ -92,6 +97,27 @@ fn emit_tiles(graphs: &[mixc::NamedGraph], args: &CompileArgs) -> Result<String,
         let prog = mixc::lower_graph(&g.name, &g.graph, &sched)?;
         out.push_str(&format!("# mixer {} (chunk {chunk}{})\n", g.name, if args.split { ", split" } else { "" }));
         out.push_str(&mixc::ir::tile::text::print_program(&prog));
+    }
+    Ok(out)
+}
+
+/// The Cranelift IR of every kernel of each mixer's tile program (the
+/// schedule `--emit tile` prints), each after a `; mixer NAME kernel NAME` line.
+fn emit_clif(graphs: &[mixc::NamedGraph], args: &CompileArgs) -> Result<String, mixc::Error> {
+    let mut out = String::new();
+    for g in graphs {
+        let prog = mixc::lower_graph(&g.name, &g.graph, &schedule_of(g, args))?;
+        for k in &prog.kernels {
+            let clif = mixc::runtime::cpu::clif(k).map_err(|e| {
+                mixc::Error::Usage(format!("mixer `{}`: the CPU backend cannot compile it: {e}", g.name))
+            })?;
+            out.push_str(&format!("; mixer {} kernel {}\n", g.name, k.name));
+            out.push_str(&clif);
+            if !out.ends_with('\n') {
+                out.push('\n');
+            }
+            out.push('\n');
+        }
     }
     Ok(out)
 }

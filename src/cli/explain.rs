@@ -9,11 +9,11 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 pub fn run(args: &ExplainArgs) -> Result<String, mixc::Error> {
-    let dev = profile(args)?;
+    let mut out = String::new();
+    let dev = profile(args, &mut out)?;
     let free = sizes(args, &dev)?;
     let graphs = mixc::graphs_of_file(&args.file)?;
     let shown: Vec<String> = free.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let mut out = String::new();
     let mut points: Vec<(String, f64, f64)> = Vec::new();
     for (i, g) in graphs.iter().enumerate() {
         if i > 0 {
@@ -106,19 +106,19 @@ fn roofline(path: &std::path::Path, dev: &DeviceProfile, points: &[(String, f64,
     Ok(())
 }
 
-fn profile(args: &ExplainArgs) -> Result<DeviceProfile, mixc::Error> {
-    if let Some(path) = &args.profile {
-        let src = std::fs::read_to_string(path)
-            .map_err(|source| mixc::Error::Io { path: path.display().to_string(), source })?;
-        return DeviceProfile::from_toml(&src)
-            .map_err(|msg| mixc::Error::Usage(format!("device profile {}: {msg}", path.display())));
+/// `--profile FILE` (or `builtin`), else the calibrated CPU profile for
+/// `--target cpu` when `mixc calibrate` stored one, else the built-in one.
+/// Only a calibrated profile (or a note about one that could not be used)
+/// adds lines to the output, so the built-in tables stay as they were.
+fn profile(args: &ExplainArgs, out: &mut String) -> Result<DeviceProfile, mixc::Error> {
+    let chosen = mixc::calibrate::choose_profile(&args.target, args.profile.as_deref())?;
+    if matches!(chosen.source, mixc::calibrate::ProfileSource::Calibrated(_)) {
+        let _ = writeln!(out, "# profile: {}", chosen.describe());
     }
-    DeviceProfile::builtin(&args.target).ok_or_else(|| {
-        mixc::Error::Usage(format!(
-            "unknown target `{}` (expected cpu, sm_80, sm_90, sm_90a, cuda, h100 or h200)",
-            args.target
-        ))
-    })
+    if let Some(note) = &chosen.note {
+        let _ = writeln!(out, "# note: {note}");
+    }
+    Ok(chosen.profile)
 }
 
 fn sizes(args: &ExplainArgs, dev: &DeviceProfile) -> Result<BTreeMap<String, u64>, mixc::Error> {
@@ -248,8 +248,11 @@ pub fn devices() -> String {
         "{:<8} {:<5} {:>16} {:>16} {:>12} {:>12} {:>6} {:>10}\n",
         "target", "kind", "matmul", "vector", "DRAM", "L2", "units", "local mem"
     );
+    let cpu = mixc::calibrate::cpu_profile();
     for t in ["sm_80", "sm_90", "h200", "cpu"] {
-        if let Some(d) = DeviceProfile::builtin(t) {
+        // The CPU row is this machine's calibrated profile when there is one.
+        let profile = if t == "cpu" { Some(cpu.profile.clone()) } else { DeviceProfile::builtin(t) };
+        if let Some(d) = profile {
             let _ = writeln!(
                 out,
                 "{:<8} {:<5} {:>16} {:>16} {:>12} {:>12} {:>6} {:>6} KiB",
@@ -268,5 +271,9 @@ pub fn devices() -> String {
         }
     }
     out.push_str("Sustained matmul and vector peaks, bandwidths; `mixc explain --profile FILE.toml` loads another.\n");
+    let _ = writeln!(out, "cpu: {}", cpu.describe());
+    if let Some(note) = &cpu.note {
+        let _ = writeln!(out, "note: {note}");
+    }
     out
 }

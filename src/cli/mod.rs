@@ -1,11 +1,15 @@
 //! Command-line arguments (clap derive) and their dispatch.
 
+mod bench;
+mod calibrate;
 mod compile;
 mod exec;
 mod explain;
 #[cfg(feature = "cuda")]
 mod gpu;
 mod run;
+
+pub use run::RunArgs;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -31,7 +35,8 @@ Commands and their options:
                              each after a line `# mixer NAME (kind)`
                       tile   the tile program (buffers, kernels, launches) of each
                              mixer; --chunk N and --split choose the schedule
-                    (later stages: clif, llvm, ptx)
+                      clif   the Cranelift IR of every kernel (--target cpu)
+                      llvm, ptx  the LLVM IR or PTX of every kernel (GPU targets)
 
 Errors are printed on stderr as one paragraph `error: ...` naming the file, \
 line:column and key; the exit code is 1 (2 for command-line usage errors).
@@ -88,6 +93,14 @@ pub enum Command {
     InitWeights(InitWeightsArgs),
     /// Run a whole model: prefill a prompt, then generate token by token.
     Run(RunArgs),
+    /// Measure this CPU's f32 FMA peaks and memory bandwidth and store them as
+    /// its device profile.
+    #[command(after_help = calibrate::HELP)]
+    Calibrate(calibrate::CalibrateArgs),
+    /// Time each mixer of a file on this CPU: prefill and decode steps, or
+    /// every schedule candidate against its predicted time (`--sweep`).
+    #[command(after_help = bench::HELP)]
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -100,32 +113,6 @@ pub struct InitWeightsArgs {
     pub output: PathBuf,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-}
-
-#[derive(Debug, Args)]
-pub struct RunArgs {
-    /// A model file with a [model] section.
-    #[arg(value_name = "FILE")]
-    pub file: PathBuf,
-    /// Weights (safetensors; names in the README).
-    #[arg(long, value_name = "W.safetensors")]
-    pub weights: PathBuf,
-    /// The prompt as token ids separated by spaces.
-    #[arg(long, value_name = "IDS")]
-    pub prompt_ids: String,
-    #[arg(long, default_value_t = 16)]
-    pub max_new_tokens: usize,
-    /// 0 picks the most likely token; above, sample from the softmax at this temperature.
-    #[arg(long, default_value_t = 0.0)]
-    pub temperature: f32,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Where kernels run.
-    #[arg(long, value_enum, default_value_t = ExecTarget::Cpu)]
-    pub target: ExecTarget,
-    /// Print the bytes each layer's cache holds after prefill and after decoding.
-    #[arg(long)]
-    pub report_memory: bool,
 }
 
 #[derive(Debug, Args)]
@@ -209,7 +196,9 @@ pub struct ExplainArgs {
     /// h100 or h200.
     #[arg(long, value_name = "TARGET", default_value = "sm_90")]
     pub target: String,
-    /// A device profile in TOML (every field of the built-in ones) instead of a built-in.
+    /// A device profile in TOML (every field of the built-in ones), or `builtin` for the
+    /// built-in profile even where `mixc calibrate` stored one (default for cpu: the
+    /// calibrated profile if present).
     #[arg(long, value_name = "PROFILE")]
     pub profile: Option<PathBuf>,
     /// Sizes of the free dims, e.g. `B=8,T=8192` (default: B=8, T=8192 on a GPU,
@@ -265,6 +254,8 @@ pub enum Emit {
     Graph,
     /// The tile program (buffers, kernels, launches) each mixer lowers to.
     Tile,
+    /// The Cranelift IR of each kernel (the CPU target).
+    Clif,
     /// The LLVM IR of each kernel (GPU targets).
     Llvm,
     /// The PTX of each kernel (GPU targets).
@@ -280,6 +271,8 @@ pub fn run(cli: &Cli) -> Result<String, mixc::Error> {
         Command::InitWeights(args) => run::init_weights(args),
         Command::Devices => Ok(explain::devices()),
         Command::Run(args) => run::run(args),
+        Command::Calibrate(args) => calibrate::run(args),
+        Command::Bench(args) => bench::run(args),
         #[cfg(feature = "cuda")]
         Command::GpuCheck(args) => gpu::check(args),
         #[cfg(not(feature = "cuda"))]

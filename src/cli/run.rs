@@ -1,20 +1,62 @@
 //! `mixc init-weights` and `mixc run`.
 
-use super::{ExecTarget, InitWeightsArgs, RunArgs};
+use super::{ExecTarget, InitWeightsArgs};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use mixc::ir::mixers::inputs::SplitMix;
 use mixc::jit::Target;
+use mixc::runner::{tokenizer::Tokenizer, Cache};
 use mixc::runtime::st;
-use mixc::Model;
+use mixc::{Error, Model};
 use std::fmt::Write;
-use std::time::Instant;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
-pub fn init_weights(args: &InitWeightsArgs) -> Result<String, mixc::Error> {
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// A model file with a [model] section.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Weights (safetensors; names in the README, or a checkpoint's own
+    /// names mapped by the model file's [weights] section).
+    #[arg(long, value_name = "W.safetensors")]
+    pub weights: PathBuf,
+    /// A prompt as token ids separated by spaces. Repeat the option, or
+    /// separate prompts by `;`, for a batch of sequences (of any lengths,
+    /// each with its own caches).
+    #[arg(long, value_name = "IDS", action = clap::ArgAction::Append)]
+    pub prompt_ids: Vec<String>,
+    /// A prompt as text, encoded by --tokenizer (repeat for a batch).
+    #[arg(long, value_name = "TEXT", action = clap::ArgAction::Append, requires = "tokenizer")]
+    pub prompt: Vec<String>,
+    /// A Hugging Face `tokenizer.json`: encodes --prompt and decodes the
+    /// generated tokens.
+    #[arg(long, value_name = "tokenizer.json")]
+    pub tokenizer: Option<PathBuf>,
+    #[arg(long, default_value_t = 16)]
+    pub max_new_tokens: usize,
+    /// 0 picks the most likely token; above, sample from the softmax at this temperature.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Where kernels run.
+    #[arg(long, value_enum, default_value_t = ExecTarget::Cpu)]
+    pub target: ExecTarget,
+    /// Print the bytes each layer's cache holds after prefill and after decoding.
+    #[arg(long)]
+    pub report_memory: bool,
+}
+
+pub fn init_weights(args: &InitWeightsArgs) -> Result<String, Error> {
     let w = Model::init_weights(&args.file, args.seed)?;
     st::save(&args.output, &w)?;
     let n: usize = w.values().map(|t| t.numel()).sum();
     Ok(format!("wrote {} tensors ({n} parameters) to {}\n", w.len(), args.output.display()))
 }
 
-fn pick(logits: &[f32], temperature: f32, rng: &mut mixc::ir::mixers::inputs::SplitMix) -> u32 {
+fn pick(logits: &[f32], temperature: f32, rng: &mut SplitMix) -> u32 {
     let best = logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0);
     if temperature <= 0.0 {
         return best as u32;
@@ -32,56 +74,153 @@ fn pick(logits: &[f32], temperature: f32, rng: &mut mixc::ir::mixers::inputs::Sp
     best as u32
 }
 
-pub fn run(args: &RunArgs) -> Result<String, mixc::Error> {
+/// The sequences of every `--prompt-ids` value (each may hold several, separated by `;`).
+pub fn parse_prompt_ids(values: &[String]) -> Result<Vec<Vec<u32>>, Error> {
+    let mut out = Vec::new();
+    for value in values {
+        for part in value.split(';') {
+            let ids: Vec<u32> = part
+                .split_whitespace()
+                .map(|s| s.parse().map_err(|_| Error::Usage(format!("--prompt-ids: `{s}` is not a token id"))))
+                .collect::<Result<_, _>>()?;
+            if ids.is_empty() {
+                return Err(Error::Usage(format!(
+                    "--prompt-ids: prompt {} is empty: expected token ids separated by spaces",
+                    out.len() + 1
+                )));
+            }
+            out.push(ids);
+        }
+    }
+    Ok(out)
+}
+
+/// A progress bar on stderr that shows itself only once a run has taken more
+/// than a second, and only on a terminal.
+struct Progress {
+    bar: ProgressBar,
+    start: Instant,
+    shown: bool,
+}
+
+impl Progress {
+    fn new(total: u64) -> Progress {
+        let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::hidden());
+        if let Ok(style) =
+            ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} tokens, {elapsed} so far, eta {eta}")
+        {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        Progress { bar, start: Instant::now(), shown: false }
+    }
+
+    fn step(&mut self, msg: &'static str, n: u64) {
+        if !self.shown && self.start.elapsed() > Duration::from_secs(1) && std::io::stderr().is_terminal() {
+            self.bar.set_draw_target(ProgressDrawTarget::stderr());
+            self.shown = true;
+        }
+        self.bar.set_message(msg);
+        self.bar.inc(n);
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+pub fn run(args: &RunArgs) -> Result<String, Error> {
     let start = Instant::now();
-    let ids: Vec<u32> = args
-        .prompt_ids
-        .split_whitespace()
-        .map(|s| s.parse().map_err(|_| mixc::Error::Usage(format!("--prompt-ids: `{s}` is not a token id"))))
-        .collect::<Result<_, _>>()?;
-    if ids.is_empty() {
-        return Err(mixc::Error::Usage("--prompt-ids: the prompt is empty".into()));
+    let mut batch = parse_prompt_ids(&args.prompt_ids)?;
+    let tokenizer = match &args.tokenizer {
+        Some(path) => Some(Tokenizer::load(path)?),
+        None => None,
+    };
+    if let Some(tok) = &tokenizer {
+        for text in &args.prompt {
+            batch.push(tok.encode(text)?);
+        }
+    }
+    if batch.is_empty() {
+        return Err(Error::Usage(
+            "no prompt: expected --prompt-ids \"1 2 3\" (or --prompt TEXT with --tokenizer)".into(),
+        ));
     }
     let target = match args.target {
         ExecTarget::Cpu => Target::Cpu,
         ExecTarget::Reference => Target::Reference,
     };
     let weights = st::load(&args.weights)?;
-    let mut model = Model::load(&args.file, weights, target)?;
-    let vocab = model.vocab();
-    let mut rng = mixc::ir::mixers::inputs::SplitMix::new(args.seed);
+    let model = Model::load(&args.file, weights, target)?;
+    let (vocab, layers) = (model.vocab(), model.layers());
+    let mut rng = SplitMix::new(args.seed);
+    let mut caches: Vec<Cache> = batch.iter().map(|_| model.new_cache()).collect();
+    let prompt_tokens: usize = batch.iter().map(Vec::len).sum();
+    let steps = batch.len() * args.max_new_tokens.saturating_sub(1);
+    let mut progress = Progress::new((prompt_tokens + steps) as u64);
+
+    // Prefill, one sequence at a time, each from its own caches.
     let t0 = Instant::now();
-    let logits = model.forward(&ids, false)?;
+    let mut next = Vec::with_capacity(batch.len());
+    for (ids, cache) in batch.iter().zip(&mut caches) {
+        let logits = model.forward_in(cache, ids, false)?;
+        next.push(pick(&logits[(ids.len() - 1) * vocab..ids.len() * vocab], args.temperature, &mut rng));
+        progress.step("prefill", ids.len() as u64);
+    }
     let prefill_s = t0.elapsed().as_secs_f64();
     let first_token_s = start.elapsed().as_secs_f64();
-    let mut out = String::new();
-    let mut memory = format!("cache bytes per layer after prefill: {:?}\n", model.cache_bytes());
-    let last = &logits[(ids.len() - 1) * vocab..ids.len() * vocab];
-    let mut next = pick(last, args.temperature, &mut rng);
-    let mut generated = vec![next];
+    let mut memory = String::new();
+    let report = |memory: &mut String, when: &str, caches: &[Cache]| {
+        for (b, c) in caches.iter().enumerate() {
+            let which = if caches.len() > 1 { format!(" (sequence {b})") } else { String::new() };
+            let _ = writeln!(memory, "cache bytes per layer {when}{which}: {:?}", c.bytes(layers));
+        }
+    };
+    report(&mut memory, "after prefill", &caches);
+
+    // Decode: each step advances every sequence by one token.
+    let mut generated: Vec<Vec<u32>> = next.iter().map(|n| vec![*n]).collect();
     let t1 = Instant::now();
     for _ in 1..args.max_new_tokens {
-        let l = model.forward(&[next], true)?;
-        next = pick(&l, args.temperature, &mut rng);
-        generated.push(next);
+        for ((cache, next), out) in caches.iter_mut().zip(&mut next).zip(&mut generated) {
+            let l = model.forward_in(cache, &[*next], true)?;
+            *next = pick(&l, args.temperature, &mut rng);
+            out.push(*next);
+            progress.step("decode", 1);
+        }
     }
     let decode_s = t1.elapsed().as_secs_f64();
-    let _ = writeln!(memory, "cache bytes per layer after {} tokens: {:?}", generated.len(), model.cache_bytes());
-    let list: Vec<String> = generated.iter().map(|x| x.to_string()).collect();
-    let _ = writeln!(out, "{}", list.join(" "));
+    drop(progress);
+    report(&mut memory, &format!("after {} tokens", generated[0].len()), &caches);
+
+    let mut out = String::new();
+    for g in &generated {
+        let list: Vec<String> = g.iter().map(|x| x.to_string()).collect();
+        let _ = writeln!(out, "{}", list.join(" "));
+    }
+    if let Some(tok) = &tokenizer {
+        for g in &generated {
+            let _ = writeln!(out, "text: {:?}", tok.decode(g)?);
+        }
+    }
+    let seqs = if batch.len() > 1 { format!(" in {} sequences", batch.len()) } else { String::new() };
     let _ = writeln!(
         out,
-        "prefill: {} tokens in {:.3} s ({:.1} tokens/s); first token after {:.3} s",
-        ids.len(),
+        "prefill: {prompt_tokens} tokens{seqs} in {:.3} s ({:.1} tokens/s); first token after {:.3} s",
         prefill_s,
-        ids.len() as f64 / prefill_s.max(1e-9),
+        prompt_tokens as f64 / prefill_s.max(1e-9),
         first_token_s
     );
-    if generated.len() > 1 {
-        let steps = generated.len() - 1;
+    if steps > 0 {
+        let per_step = if batch.len() > 1 {
+            format!(", {:.2} ms per step of the batch", 1e3 * decode_s / (args.max_new_tokens - 1) as f64)
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             out,
-            "decode: {steps} tokens in {:.3} s ({:.2} ms/token)",
+            "decode: {steps} tokens{seqs} in {:.3} s ({:.2} ms/token{per_step})",
             decode_s,
             1e3 * decode_s / steps as f64
         );

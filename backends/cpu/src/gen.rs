@@ -189,6 +189,11 @@ pub(crate) fn generate(k: &Kernel, func: &mut Function, target: Target) -> Res<u
             let v = cur.ins().vconst(I32X4, c);
             cur.ins().stack_store(I64, v, slot, (16 * i) as i32);
         }
+        if let Some(base) = pool.base_slot {
+            let addr = cur.ins().stack_addr(I64, slot, 0);
+            cur.ins().stack_store(I64, addr, base, 0);
+            frame += 8;
+        }
     }
     Ok(frame)
 }
@@ -310,29 +315,59 @@ impl<'a, 'k> Gen<'a, 'k> {
             self.clear_cache();
             return body(self, i, carried);
         }
-        let tys: Vec<Type> = carried.iter().map(|v| self.ty_of(*v)).collect();
+        let i0 = self.b.ins().iconst(I64, start);
+        if !carried.is_empty() {
+            return self.counted_carrying(i0, end, step, carried, body);
+        }
         let blk = self.b.create_block();
         let exit = self.b.create_block();
         let iv = self.b.append_block_param(blk, I64);
-        let mut ps = Vec::new();
-        for t in &tys {
-            ps.push(self.b.append_block_param(blk, *t));
-            self.b.append_block_param(exit, *t);
-        }
-        let i0 = self.b.ins().iconst(I64, start);
-        let args: Vec<BlockArg> = std::iter::once(i0).chain(carried).map(BlockArg::Value).collect();
-        self.b.ins().jump(blk, &args);
+        self.b.ins().jump(blk, &[BlockArg::Value(i0)]);
         self.switch(blk);
-        let out = body(self, iv, ps)?;
+        body(self, iv, vec![])?;
         let next = self.b.ins().iadd_imm_s(iv, step);
         let c = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, next, end);
-        let back: Vec<BlockArg> = std::iter::once(next).chain(out.iter().copied()).map(BlockArg::Value).collect();
-        let fwd: Vec<BlockArg> = out.iter().copied().map(BlockArg::Value).collect();
-        self.b.ins().brif(c, blk, &back, exit, &fwd);
+        self.b.ins().brif(c, blk, &[BlockArg::Value(next)], exit, &[]);
         self.b.seal_block(blk);
         self.switch(exit);
         self.b.seal_block(exit);
-        Ok(self.b.block_params(exit).to_vec())
+        Ok(vec![])
+    }
+
+    /// A counted loop with carried values, tested at the top: the body's
+    /// results feed only the back edge (the exit reads the header's
+    /// parameters). Were they also passed to the exit, each would have two
+    /// uses, and Cranelift would treat everything computing them as used
+    /// several times and fold none of their loads into instructions.
+    fn counted_carrying(
+        &mut self,
+        i0: Value,
+        end: i64,
+        step: i64,
+        carried: Vec<Value>,
+        body: &mut LoopBody<'_, 'a, 'k>,
+    ) -> Res<Vec<Value>> {
+        let tys: Vec<Type> = carried.iter().map(|v| self.ty_of(*v)).collect();
+        let header = self.b.create_block();
+        let blk = self.b.create_block();
+        let exit = self.b.create_block();
+        let iv = self.b.append_block_param(header, I64);
+        let ps: Vec<Value> = tys.iter().map(|t| self.b.append_block_param(header, *t)).collect();
+        let args: Vec<BlockArg> = std::iter::once(i0).chain(carried).map(BlockArg::Value).collect();
+        self.b.ins().jump(header, &args);
+        self.switch(header);
+        let c = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, iv, end);
+        self.b.ins().brif(c, blk, &[], exit, &[]);
+        self.switch(blk);
+        self.b.seal_block(blk);
+        let out = body(self, iv, ps.clone())?;
+        let next = self.b.ins().iadd_imm_s(iv, step);
+        let back: Vec<BlockArg> = std::iter::once(next).chain(out).map(BlockArg::Value).collect();
+        self.b.ins().jump(header, &back);
+        self.b.seal_block(header);
+        self.switch(exit);
+        self.b.seal_block(exit);
+        Ok(ps)
     }
 
     /// Runs `f` at every point of `shape` (row-major), vectorizing the last
@@ -637,8 +672,9 @@ impl<'a, 'k> Gen<'a, 'k> {
 
     /// Rust's `f32::max`/`min`: a NaN operand yields the other.
     fn fmax_rust(&mut self, a: Value, b: Value, max: bool) -> Value {
-        let cc = if max { FloatCC::GreaterThan } else { FloatCC::LessThan };
-        let better = self.b.ins().fcmp(cc, b, a);
+        // `a < b` / `b < a`: the forms x86 lowers to maxps / minps.
+        let better =
+            if max { self.b.ins().fcmp(FloatCC::LessThan, a, b) } else { self.b.ins().fcmp(FloatCC::LessThan, b, a) };
         let r = select_mask(&mut self.b, better, b, a);
         let nan = self.b.ins().fcmp(FloatCC::Unordered, a, a);
         select_mask(&mut self.b, nan, b, r)
@@ -696,7 +732,7 @@ impl<'a, 'k> Gen<'a, 'k> {
             }
             UnaryFn::Elu | UnaryFn::EluPlusOne => {
                 let zero = m.f(0.0);
-                let pos = m.cmp(FloatCC::GreaterThan, x, zero);
+                let pos = m.cmp(FloatCC::LessThan, zero, x);
                 if f == UnaryFn::Elu {
                     let e = m.expm1(x);
                     m.sel(pos, x, e)
@@ -709,7 +745,7 @@ impl<'a, 'k> Gen<'a, 'k> {
             }
             UnaryFn::Relu => {
                 let zero = m.f(0.0);
-                let pos = m.cmp(FloatCC::GreaterThan, x, zero);
+                let pos = m.cmp(FloatCC::LessThan, zero, x);
                 m.sel(pos, x, zero)
             }
             UnaryFn::Tanh => m.tanh(x),
@@ -1731,6 +1767,10 @@ impl<'a, 'k> Gen<'a, 'k> {
     /// and a rotation of every accumulator per iteration, while AVX adds
     /// accumulate in place (and run on their own pipes).
     fn micro(&mut self, d: &DotArgs, i0: Value, j0: Value, mr: usize, nv: usize, last: u32) -> Res<()> {
+        if self.target.fma && self.target.x86 {
+            let out = self.micro_fma(d, i0, j0, mr, nv)?;
+            return self.micro_epilogue(d, i0, j0, mr, nv, last, &out);
+        }
         let a0 = self.b.ins().imul_imm_s(i0, d.ai * 4);
         let a0 = self.b.ins().iadd(d.abase, a0);
         let rows: Vec<Value> = (0..mr).map(|r| self.b.ins().iadd_imm_s(a0, r as i64 * d.ai * 4)).collect();
@@ -1769,8 +1809,76 @@ impl<'a, 'k> Gen<'a, 'k> {
             let l = self.b.ins().iconst(I64, d.kk - 1);
             step(self, l, &mut out);
         }
-        // Epilogue: C = acc + A·B, with `acc` (a tile, possibly C itself, or a
-        // lazy expression) read at each element.
+        self.micro_epilogue(d, i0, j0, mr, nv, last, &out)
+    }
+
+    /// The micro-kernel's accumulation with FMAs (x86 with FMA): every product
+    /// broadcasts its own element of A straight from memory (`vbroadcastss`)
+    /// into a register that the FMA then overwrites (x86's FMA writes a
+    /// multiplicand), so no product needs a copy. The elements of A are read
+    /// through one pointer per column vector, so that Cranelift does not merge
+    /// the loads of a row into one shared (and then copied) broadcast.
+    /// Unrolled by two; the operand pointers are bumped once per iteration.
+    fn micro_fma(&mut self, d: &DotArgs, i0: Value, j0: Value, mr: usize, nv: usize) -> Res<Vec<Value>> {
+        const UNROLL: i64 = 2;
+        let a0 = self.b.ins().imul_imm_s(i0, d.ai * 4);
+        let a0 = self.b.ins().iadd(d.abase, a0);
+        let bj0 = self.b.ins().ishl_imm_s(j0, 2);
+        let b0 = self.b.ins().iadd(d.bbase, bj0);
+        let zero = self.b.ins().f32const(0.0);
+        let zero = self.b.ins().splat(F32X4, zero);
+        let (al, bl, ai) = (d.al * 4, d.bl * 4, d.ai * 4);
+        let ro = MemFlagsData::new().with_notrap().with_readonly().with_can_move();
+        // Carried: nv pointers into A, one into B, then the accumulators.
+        let step = |g: &mut Self, p: &[Value], oa: i64, ob: i64, c: &mut [Value]| {
+            let pb = p[nv];
+            let bv: Vec<Value> = (0..nv).map(|v| g.b.ins().load(F32X4, ro, pb, (ob + 16 * v as i64) as i32)).collect();
+            for r in 0..mr {
+                for (v, b) in bv.iter().enumerate() {
+                    let x = g.b.ins().load(F32, ro, p[v], (oa + r as i64 * ai) as i32);
+                    let x = g.b.ins().splat(F32X4, x);
+                    let i = r * nv + v;
+                    c[i] = g.b.ins().fma(x, *b, c[i]);
+                }
+            }
+        };
+        let ku = d.kk / UNROLL * UNROLL;
+        let init: Vec<Value> =
+            std::iter::repeat_n(a0, nv).chain([b0]).chain(std::iter::repeat_n(zero, mr * nv)).collect();
+        let np = nv + 1;
+        let out = self.counted(0, ku, UNROLL, init, &mut |g, _, mut c| {
+            let p = c[..np].to_vec();
+            for u in 0..UNROLL {
+                step(g, &p, u * al, u * bl, &mut c[np..]);
+            }
+            for v in 0..nv {
+                c[v] = g.b.ins().iadd_imm_s(p[v], UNROLL * al);
+            }
+            c[nv] = g.b.ins().iadd_imm_s(p[nv], UNROLL * bl);
+            Ok(c)
+        })?;
+        let p = out[..np].to_vec();
+        let mut acc = out[np..].to_vec();
+        for u in 0..d.kk - ku {
+            step(self, &p, u * al, u * bl, &mut acc);
+        }
+        Ok(acc)
+    }
+
+    /// The end of a micro-kernel: C = acc + A·B, with `acc` (a tile, possibly
+    /// C itself, or a lazy expression) read at each element.
+    #[allow(clippy::too_many_arguments)]
+    fn micro_epilogue(
+        &mut self,
+        d: &DotArgs,
+        i0: Value,
+        j0: Value,
+        mr: usize,
+        nv: usize,
+        last: u32,
+        out: &[Value],
+    ) -> Res<()> {
+        let bj0 = self.b.ins().ishl_imm_s(j0, 2);
         let c0 = self.b.ins().imul_imm_s(i0, (d.n * 4) as i64);
         let c0 = self.b.ins().iadd(d.dst, c0);
         let c0 = self.b.ins().iadd(c0, bj0);
@@ -1857,6 +1965,9 @@ impl<'a, 'k> Gen<'a, 'k> {
         // Along the contiguous axis: vectors along the row, then across lanes.
         let row = self.vectorize && len >= 4 && xs[axis + 1..].iter().all(|s| *s == 1);
         let vector = self.vectorize && !row;
+        // Elements that the only reader masks off are not reduced (e.g. the
+        // upper triangle of a causal score tile): they hold zeros.
+        let guard = dst.and_then(|_| self.plan.read_through_where(self.k, r));
         let mut result = None;
         self.for_points(&rshape, vector, &mut |g, pt| {
             let mut idx = pt.idx.clone();
@@ -1865,17 +1976,53 @@ impl<'a, 'k> Gen<'a, 'k> {
             let vaxis = pt.vaxis.map(|a| if a >= axis { a + 1 } else { a });
             let xp = Pt { idx, vaxis };
             let red = Red { func, x, float: is_float(d), axis, len, row };
+            let (Some(dst), Some((c, keep))) = (dst, guard) else {
+                let y = g.reduce_point(&red, &xmap, &xp)?;
+                match dst {
+                    Some(dst) => g.put(dst, &strides, &rmap, pt, y),
+                    None => result = Some(y),
+                }
+                return Ok(());
+            };
+            let cmap = broadcast_map(&g.shape(c), &rshape, &rmap);
+            let cv = g.eval(c, &cmap, pt)?;
+            let go = g.any_lane(cv, keep);
+            let (work, skip, merge) = (g.b.create_block(), g.b.create_block(), g.b.create_block());
+            g.b.ins().brif(go, work, &[], skip, &[]);
+            g.switch(work);
+            g.b.seal_block(work);
             let y = g.reduce_point(&red, &xmap, &xp)?;
-            match dst {
-                Some(dst) => g.put(dst, &strides, &rmap, pt, y),
-                None => result = Some(y),
-            }
+            g.put(dst, &strides, &rmap, pt, y);
+            g.b.ins().jump(merge, &[]);
+            g.switch(skip);
+            g.b.seal_block(skip);
+            let z = g.fold_init(ReduceFn::Sum, is_float(d), if pt.vaxis.is_some() { 4 } else { 1 });
+            g.put(dst, &strides, &rmap, pt, z);
+            g.b.ins().jump(merge, &[]);
+            g.switch(merge);
+            g.b.seal_block(merge);
             Ok(())
         })?;
         if let Some(y) = result {
             self.set_scalar(r, y);
         }
         Ok(())
+    }
+
+    /// Whether some lane of boolean `c` equals `want` (a branch condition).
+    fn any_lane(&mut self, c: Value, want: bool) -> Value {
+        if self.ty_of(c).is_vector() {
+            let m = self.truthy(c);
+            if want {
+                self.b.ins().vany_true(m)
+            } else {
+                let all = self.b.ins().vall_true(m);
+                self.b.ins().bxor_imm_s(all, 1)
+            }
+        } else {
+            let cc = if want { IntCC::NotEqual } else { IntCC::Equal };
+            self.b.ins().icmp_imm_s(cc, c, 0)
+        }
     }
 
     fn fold(&mut self, func: ReduceFn, float: bool, acc: Value, y: Value) -> Value {

@@ -6,6 +6,13 @@
 //! a buffer's address, an i32 scalar sign-extended to 64 bits, or an f32
 //! scalar's bits (`f32::to_bits`) in the low 32 bits.
 //!
+//! The code calls nothing and needs no linking (no relocations; constants sit
+//! after the code, addressed relative to it): it is copied into a private
+//! executable mapping, and [`CpuKernel::machine_code`] hands it out for a
+//! cache to store and [`CpuKernel::from_machine_code`] to load back, under the
+//! same [`host_fingerprint`]. Code that does need linking (none today) goes
+//! through a Cranelift JIT module instead and is not cacheable.
+//!
 //! # Memory layout of buffers
 //! Float buffers (`f32`, and `f16`/`bf16`/`f64`, which are storage formats the
 //! tile IR computes in f32) hold `f32` elements; `i32` buffers hold `i32`, and so
@@ -33,19 +40,43 @@
 //! - `dot` is a register-blocked micro-kernel (4 rows × 8 columns of
 //!   accumulators); B is packed when its rows are not contiguous (4×4 register
 //!   transposes for `trans_b`); the accumulator operand is read in the epilogue.
+//!   With FMA, every product is `vbroadcastss` from memory into a register
+//!   that the FMA then overwrites (two instructions per four multiply-adds).
+//! - A reduction whose only reader is a `where` with an index-only condition
+//!   (the causal triangle of a score tile) skips the elements it masks off.
 //! - Integer division by a scalar (index arithmetic) runs four lanes through an
 //!   f64 reciprocal with an exact correction; other divisions lane by lane,
 //!   never trapping (division by zero gives 0).
 //! - `exp`, `log`, `sigmoid`, `softplus`, `tanh`, `sin`, `cos`, `pow`, ... are
 //!   inline polynomial approximations (module `math`), ≈1–2 ulp.
 //! - Vector constants come from a per-function pool in a stack slot, loaded at
-//!   each use (Cranelift would otherwise hoist them into registers and spill).
+//!   each use through a base address read once per block (Cranelift would
+//!   otherwise hoist them into registers and spill), so that x86 folds them
+//!   into the instructions that use them.
+//! - Loops that carry values test at the top: the values computed in the body
+//!   have one use (the back edge), which lets Cranelift fold loads into
+//!   instructions (a value with two uses marks its whole computation as
+//!   shared, and nothing in it is folded).
 //!
 //! # Targets
-//! x86-64 with SSE4.1 (rounding instructions); FMA when the CPU has it (used
-//! by the math polynomials; the dot kernel uses separate multiplies and adds,
-//! which keep accumulators in place on x86). Other Cranelift targets compile,
-//! with lane-by-lane integer division.
+//! x86-64 with SSE4.1 (rounding instructions); FMA when the CPU has it (the
+//! math polynomials and the dot micro-kernel; without it, the micro-kernel
+//! multiplies and adds separately). Other Cranelift targets compile, with
+//! lane-by-lane integer division, through a JIT module.
+//!
+//! # Known speed gaps
+//! - Vectors are 128 bits (Cranelift has no wider ones on x86): half of what
+//!   AVX2 machines' FMA units take. The dot micro-kernel runs at about 60–70%
+//!   of the 128-bit FMA peak, limited by instructions per multiply-add (x86
+//!   FMAs overwrite a multiplicand in Cranelift's lowering, so accumulators
+//!   rotate through registers and need a move per loop iteration).
+//! - Elementwise kernels that the lowering flattens to one axis compute their
+//!   strided offsets with integer division and remainder (three of each per
+//!   vector for a `[B, T, H, D]` input): a third of such a kernel's time.
+//!   Two-axis tiles (rows × a contiguous `D`) would need no division.
+//! - `exp` costs about 25 instructions per four lanes (range reduction,
+//!   degree-5 polynomial, two-step scaling for subnormal results); GLA's
+//!   intra-chunk part evaluates one per element of a `[16, 16, 128]` tile.
 
 mod gen;
 mod math;
@@ -57,7 +88,7 @@ use cranelift_codegen::settings::{self, Configurable};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, Linkage, Module};
 use mixc_ir::tile::Kernel;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 /// Errors compiling a kernel.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -73,22 +104,28 @@ pub enum CpuError {
 /// The native function of a kernel.
 type KernelFn = unsafe extern "C" fn(*const u64, i32, i32, i32);
 
-/// A JIT-compiled kernel.
+/// Where a kernel's machine code lives.
+enum Code {
+    /// Self-contained code (no relocations) copied into a private executable
+    /// mapping: what [`CpuKernel::machine_code`] hands out for caching.
+    Mapped(memmap2::Mmap),
+    /// Code that needed linking (relocations), owned by a JIT module; only
+    /// touched again when dropped.
+    Jit(Box<Mutex<Option<JITModule>>>),
+}
+
+/// A compiled kernel, ready to run.
 pub struct CpuKernel {
     name: String,
-    /// The function before compilation, printed on demand by [`CpuKernel::clif`].
-    func_ir: cranelift_codegen::ir::Function,
-    clif: std::sync::OnceLock<String>,
     func: KernelFn,
     params: usize,
     frame_bytes: usize,
     code_bytes: usize,
-    /// Owns the executable memory; only touched again when dropped.
-    module: Mutex<Option<JITModule>>,
+    code: Code,
 }
 
-// The module is only used under its mutex (and at drop); the function pointer
-// is plain code that any thread may run.
+// The module is only used under its mutex (and at drop); the mapping is
+// read-only; the function pointer is plain code that any thread may run.
 unsafe impl Send for CpuKernel {}
 unsafe impl Sync for CpuKernel {}
 
@@ -100,7 +137,8 @@ impl std::fmt::Debug for CpuKernel {
 
 impl Drop for CpuKernel {
     fn drop(&mut self) {
-        let module = match self.module.get_mut() {
+        let Code::Jit(module) = &mut self.code else { return };
+        let module = match module.get_mut() {
             Ok(m) => m.take(),
             Err(poisoned) => poisoned.into_inner().take(),
         };
@@ -111,8 +149,14 @@ impl Drop for CpuKernel {
     }
 }
 
-/// The host's target: Cranelift's native ISA with the backend's settings.
+/// The host's target: Cranelift's native ISA with the backend's settings,
+/// detected once per process.
 fn host_isa() -> Result<OwnedTargetIsa, CpuError> {
+    static ISA: OnceLock<Result<OwnedTargetIsa, CpuError>> = OnceLock::new();
+    ISA.get_or_init(make_host_isa).clone()
+}
+
+fn make_host_isa() -> Result<OwnedTargetIsa, CpuError> {
     let mut fb = settings::builder();
     let set = |fb: &mut settings::Builder, k: &str, v: &str| {
         fb.set(k, v).map_err(|e| CpuError::Host(format!("setting {k}={v}: {e}")))
@@ -129,6 +173,46 @@ fn host_isa() -> Result<OwnedTargetIsa, CpuError> {
     set(&mut fb, "is_pic", "false")?;
     let isa_builder = cranelift_native::builder().map_err(|e| CpuError::Host(format!("unsupported host: {e}")))?;
     isa_builder.finish(settings::Flags::new(fb)).map_err(|e| CpuError::Host(format!("target: {e}")))
+}
+
+/// Sources whose every change may change the machine code of a kernel.
+const CODEGEN_SOURCES: [&str; 4] =
+    [include_str!("lib.rs"), include_str!("gen.rs"), include_str!("plan.rs"), include_str!("math.rs")];
+
+/// FNV-1a, 64 bits: a stable hash (unlike `std`'s, it never changes between
+/// Rust releases), for fingerprints and checksums.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for b in bytes {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// Everything besides the kernel itself that decides the machine code this
+/// process generates: the backend's version and sources, Cranelift's
+/// version, and the target (triple, ISA features, code generator settings).
+/// Code cached under another fingerprint must not be reused.
+pub fn host_fingerprint() -> Result<String, CpuError> {
+    static FP: OnceLock<Result<String, CpuError>> = OnceLock::new();
+    FP.get_or_init(|| {
+        let isa = host_isa()?;
+        let mut src = 0u64;
+        for s in CODEGEN_SOURCES {
+            src = src.rotate_left(5) ^ fnv1a64(s.as_bytes());
+        }
+        let isa_flags: Vec<String> = isa.isa_flags().iter().map(|v| v.to_string()).collect();
+        Ok(format!(
+            "mixc-backend-cpu {} (sources {src:016x}); cranelift 0.135; {} {}; {}\n{}",
+            env!("CARGO_PKG_VERSION"),
+            isa.name(),
+            isa.triple(),
+            isa_flags.join(" "),
+            isa.flags()
+        ))
+    })
+    .clone()
 }
 
 /// What the code generator may use on this target.
@@ -168,17 +252,42 @@ fn build(k: &Kernel, isa: &OwnedTargetIsa) -> Result<(cranelift_codegen::ir::Fun
     Ok((func, frame))
 }
 
+/// Whether code without relocations may be copied into memory of our own and
+/// run there (x86-64: instruction caches are coherent, so no flush is needed).
+const MAPPED_CODE: bool = cfg!(target_arch = "x86_64");
+
+/// Copies code into a fresh private mapping and makes it executable.
+fn map_code(code: &[u8]) -> std::io::Result<memmap2::Mmap> {
+    let mut m = memmap2::MmapMut::map_anon(code.len().max(1))?;
+    m[..code.len()].copy_from_slice(code);
+    m.make_exec()
+}
+
 impl CpuKernel {
     /// Compiles a kernel to native code.
     pub fn compile(k: &Kernel) -> Result<CpuKernel, CpuError> {
         let isa = host_isa()?;
-        let (func, frame_bytes) = build(k, &isa)?;
+        let (func, plan_frame) = build(k, &isa)?;
         let err = |m: String| CpuError::Kernel { kernel: k.name.clone(), msg: m };
+        let mut ctx = cranelift_codegen::Context::for_function(func);
+        let mut ctrl = cranelift_codegen::control::ControlPlane::default();
+        let compiled = ctx.compile(&*isa, &mut ctrl).map_err(|e| err(format!("cranelift: {:?}", e.inner)))?;
+        // The whole frame: tiles, spills, saved registers, return address and frame pointer.
+        let frame = compiled.buffer.frame_layout().map_or(0, |f| f.frame_to_fp_offset as usize + 16);
+        let frame_bytes = plan_frame.max(frame);
+        if MAPPED_CODE && compiled.buffer.relocs().is_empty() {
+            let code = compiled.code_buffer();
+            // Safety: the code was just generated for this host with the kernel signature.
+            return unsafe { CpuKernel::from_machine_code(&k.name, code, k.params.len(), frame_bytes) };
+        }
+        // Code that refers to something outside itself: link it through a JIT module.
+        drop(ctx);
+        let (func, _) = build(k, &isa)?;
         let mut module = JITModule::new(JITBuilder::with_isa(isa.clone(), default_libcall_names()));
         let sig = signature(&isa);
         let id = module.declare_function("mixc_kernel", Linkage::Export, &sig).map_err(|e| err(format!("{e}")))?;
         let mut ctx = module.make_context();
-        ctx.func = func.clone();
+        ctx.func = func;
         module.define_function(id, &mut ctx).map_err(|e| err(format!("cranelift: {e:?}")))?;
         let code_bytes = ctx.compiled_code().map(|c| c.code_info().total_size as usize).unwrap_or(0);
         module.clear_context(&mut ctx);
@@ -191,19 +300,54 @@ impl CpuKernel {
         let code: KernelFn = unsafe { std::mem::transmute::<*const u8, KernelFn>(ptr) };
         Ok(CpuKernel {
             name: k.name.clone(),
-            func_ir: func,
-            clif: std::sync::OnceLock::new(),
             func: code,
             params: k.params.len(),
             frame_bytes,
             code_bytes,
-            module: Mutex::new(Some(module)),
+            code: Code::Jit(Box::new(Mutex::new(Some(module)))),
         })
     }
 
-    /// The Cranelift IR text of the kernel's function (for `--emit clif`).
-    pub fn clif(&self) -> &str {
-        self.clif.get_or_init(|| self.func_ir.display().to_string())
+    /// A kernel from machine code that [`CpuKernel::machine_code`] gave (e.g.
+    /// read back from a cache), with the metadata that came with it.
+    ///
+    /// # Safety
+    /// `code` must be exactly the bytes `machine_code` returned for a kernel
+    /// with `params` parameters and a frame of `frame_bytes`, compiled in a
+    /// process with the same [`host_fingerprint`]: they are run as they are.
+    pub unsafe fn from_machine_code(
+        name: &str,
+        code: &[u8],
+        params: usize,
+        frame_bytes: usize,
+    ) -> Result<CpuKernel, CpuError> {
+        let err = |m: String| CpuError::Kernel { kernel: name.to_string(), msg: m };
+        if !MAPPED_CODE {
+            return Err(err("this host runs only code linked by the JIT module".into()));
+        }
+        if code.is_empty() {
+            return Err(err("no code for the kernel".into()));
+        }
+        let map = map_code(code).map_err(|e| err(format!("cannot map executable memory: {e}")))?;
+        // Safety: the mapping holds a function with the kernel signature (the caller's promise).
+        let func: KernelFn = unsafe { std::mem::transmute::<*const u8, KernelFn>(map.as_ptr()) };
+        Ok(CpuKernel {
+            name: name.to_string(),
+            func,
+            params,
+            frame_bytes,
+            code_bytes: code.len(),
+            code: Code::Mapped(map),
+        })
+    }
+
+    /// The kernel's machine code, when it is self-contained (no relocations:
+    /// it runs wherever it is copied): what a disk cache may store.
+    pub fn machine_code(&self) -> Option<&[u8]> {
+        match &self.code {
+            Code::Mapped(m) => m.get(..self.code_bytes),
+            Code::Jit(_) => None,
+        }
     }
 
     /// The kernel's name.
@@ -216,8 +360,8 @@ impl CpuKernel {
         self.params
     }
 
-    /// Bytes of stack the kernel's tiles take (the thread running a program
-    /// needs this much stack, plus a little).
+    /// Bytes of stack a program of the kernel takes (tiles, spills, saved
+    /// registers): the thread running it needs this much, plus its own.
     pub fn frame_bytes(&self) -> usize {
         self.frame_bytes
     }
@@ -259,6 +403,18 @@ pub fn disasm_of(k: &Kernel) -> Result<String, CpuError> {
         .compile(&*isa, &mut ctrl)
         .map_err(|e| CpuError::Kernel { kernel: k.name.clone(), msg: format!("cranelift: {:?}", e.inner) })?;
     Ok(code.vcode.clone().unwrap_or_default())
+}
+
+/// The Cranelift IR of a kernel after Cranelift's optimizations (what
+/// instruction selection sees), for inspecting the backend's output.
+pub fn optimized_clif_of(k: &Kernel) -> Result<String, CpuError> {
+    let isa = host_isa()?;
+    let (func, _) = build(k, &isa)?;
+    let mut ctx = cranelift_codegen::Context::for_function(func);
+    let mut ctrl = cranelift_codegen::control::ControlPlane::default();
+    ctx.compile(&*isa, &mut ctrl)
+        .map_err(|e| CpuError::Kernel { kernel: k.name.clone(), msg: format!("cranelift: {:?}", e.inner) })?;
+    Ok(ctx.func.display().to_string())
 }
 
 /// The Cranelift IR text of a kernel, without keeping the JIT.

@@ -22,26 +22,59 @@ use cranelift_frontend::FunctionBuilder;
 use std::collections::HashMap;
 
 /// Vector constants of a function, kept in a stack slot that the prologue
-/// fills: loaded where used (x86 folds them into the instruction), never
-/// hoisted into registers that long loops would have to spill.
+/// fills: loaded where used, so that x86 folds each load into the instruction
+/// that uses it, never hoisted into registers that long loops would have to
+/// spill (the spill and its reload cost more than the folded load).
+///
+/// Cranelift hoists loop-invariant pure values out of loops, so the loads
+/// must not look invariant: their base address is read (an ordinary load)
+/// from a slot once per basic block, which makes every constant load of the
+/// block depend on that block. The constant loads themselves are pure
+/// (read-only, non-trapping, movable): elaborated next to their single use
+/// and deduplicated within a block.
 #[derive(Default)]
 pub(crate) struct ConstPool {
     pub slot: Option<StackSlot>,
+    /// Holds the pool's address (stored by the prologue).
+    pub base_slot: Option<StackSlot>,
     pub entries: Vec<u128>,
     index: HashMap<u128, usize>,
+    /// The pool's address as read in the current block.
+    base: Option<(cranelift_codegen::ir::Block, Value)>,
 }
 
 impl ConstPool {
     pub fn vector(&mut self, b: &mut FunctionBuilder, ty: Type, bits: u128) -> Value {
-        let slot = *self
-            .slot
-            .get_or_insert_with(|| b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, 16, 4)));
+        if self.slot.is_none() {
+            self.slot = Some(b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, 16, 4)));
+        }
         let ConstPool { entries, index, .. } = self;
         let i = *index.entry(bits).or_insert_with(|| {
             entries.push(bits);
             entries.len() - 1
         });
-        b.ins().stack_load(cranelift_codegen::ir::types::I64, ty, slot, (16 * i) as i32)
+        let base = self.base(b);
+        let flags = MemFlagsData::trusted().with_readonly().with_can_move();
+        b.ins().load(ty, flags, base, (16 * i) as i32)
+    }
+
+    /// The pool's address, read once per block.
+    fn base(&mut self, b: &mut FunctionBuilder) -> Value {
+        let here = b.current_block();
+        if let Some((blk, v)) = self.base {
+            if Some(blk) == here {
+                return v;
+            }
+        }
+        let slot = *self
+            .base_slot
+            .get_or_insert_with(|| b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, 8, 3)));
+        let i64 = cranelift_codegen::ir::types::I64;
+        let v = b.ins().stack_load(i64, i64, slot, 0);
+        if let Some(blk) = here {
+            self.base = Some((blk, v));
+        }
+        v
     }
 
     fn splat32(x: u32) -> u128 {
@@ -189,7 +222,9 @@ impl<'a, 'b> Fm<'a, 'b> {
         // Clamp (NaN stays NaN: comparisons with NaN are false).
         let hi = self.f(88.8);
         let lo = self.f(-104.0);
-        let over = self.cmp(FloatCC::GreaterThan, x, hi);
+        // `hi < x` rather than `x > hi`, `x < lo`: the forms x86 lowers to
+        // minps / maxps (which keep a NaN `x`).
+        let over = self.cmp(FloatCC::LessThan, hi, x);
         let x = self.sel(over, hi, x);
         let under = self.cmp(FloatCC::LessThan, x, lo);
         let x = self.sel(under, lo, x);
@@ -332,7 +367,7 @@ impl<'a, 'b> Fm<'a, 'b> {
 
     pub fn softplus(&mut self, x: Value) -> Value {
         let zero = self.f(0.0);
-        let pos = self.cmp(FloatCC::GreaterThan, x, zero);
+        let pos = self.cmp(FloatCC::LessThan, zero, x); // maxps
         let m = self.sel(pos, x, zero);
         let ax = self.abs(x);
         let nax = self.neg(ax);

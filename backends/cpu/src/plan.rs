@@ -65,6 +65,10 @@ pub struct Plan<'k> {
     pub slot_bytes: Vec<u32>,
     /// Scratch slots of a statement (by its address), in request order.
     temps: HashMap<usize, Vec<usize>>,
+    /// The statements that read each value (once per statement), and how
+    /// many blocks yield it.
+    users: Vec<Vec<&'k Stmt>>,
+    yielded: Vec<u32>,
 }
 
 pub fn numel(shape: &[u32]) -> usize {
@@ -474,6 +478,46 @@ impl<'k> Plan<'k> {
         }
     }
 
+    /// When the only reader of `v` is one `where(c, v, _)` (or `where(c, _, v)`)
+    /// whose condition depends on nothing but constants and aranges: the
+    /// condition, and for which value of it the elements of `v` are read.
+    /// Elements where the condition says otherwise need not be computed.
+    pub fn read_through_where(&self, k: &Kernel, v: TValue) -> Option<(TValue, bool)> {
+        let users = self.users.get(v.index())?;
+        if users.len() != 1 || self.yielded.get(v.index()) != Some(&0) {
+            return None;
+        }
+        let TOp::Select(c, a, b) = &users[0].op else { return None };
+        let keep = match (*a == v, *b == v) {
+            (true, false) => true,
+            (false, true) => false,
+            _ => return None,
+        };
+        let r = *users[0].results.first()?;
+        let (cs, vs) = (&k.ty(*c).shape, &k.ty(v).shape);
+        let fits = cs.len() <= vs.len() && cs.iter().rev().zip(vs.iter().rev()).all(|(x, y)| x == y || *x == 1);
+        (*c != v && fits && &k.ty(r).shape == vs && self.index_only(*c)).then_some((*c, keep))
+    }
+
+    /// Whether a lazy value is computed from constants and aranges alone.
+    fn index_only(&self, v: TValue) -> bool {
+        if self.repr.get(v.index()) != Some(&Repr::Lazy) {
+            return false;
+        }
+        let Some(s) = self.def.get(v.index()).copied().flatten() else { return false };
+        match &s.op {
+            TOp::Const(_) | TOp::Arange(_) => true,
+            TOp::Unary(..)
+            | TOp::Binary(..)
+            | TOp::Select(..)
+            | TOp::Cast(..)
+            | TOp::Broadcast(_)
+            | TOp::Reshape(_)
+            | TOp::Transpose(_) => s.op.operands().into_iter().all(|o| self.index_only(o)),
+            _ => false,
+        }
+    }
+
     /// Yields of a loop that must be computed into a temporary before the
     /// carried slots are overwritten.
     pub fn hazardous_yields(&self, k: &Kernel, carried: &[TValue], yields: &[TValue]) -> Vec<usize> {
@@ -596,6 +640,32 @@ fn root_uses(plan: &Plan, w: &Walk) -> HashMap<usize, Vec<usize>> {
     out
 }
 
+fn record_users<'k>(b: &'k mixc_ir::tile::Block, users: &mut [Vec<&'k Stmt>], yielded: &mut [u32]) {
+    for s in &b.stmts {
+        let mut ops = s.op.operands();
+        ops.sort_by_key(|v| v.index());
+        ops.dedup();
+        for o in ops {
+            if let Some(u) = users.get_mut(o.index()) {
+                u.push(s);
+            }
+        }
+        match &s.op {
+            TOp::For { body, .. } => record_users(body, users, yielded),
+            TOp::If { then, otherwise, .. } => {
+                record_users(then, users, yielded);
+                record_users(otherwise, users, yielded);
+            }
+            _ => {}
+        }
+    }
+    for y in &b.yields {
+        if let Some(c) = yielded.get_mut(y.index()) {
+            *c += 1;
+        }
+    }
+}
+
 /// Plans a kernel.
 pub fn plan(k: &Kernel) -> Result<Plan<'_>, String> {
     let n = k.types.len();
@@ -673,7 +743,10 @@ pub fn plan(k: &Kernel) -> Result<Plan<'_>, String> {
         slot_of_root: HashMap::new(),
         slot_bytes: Vec::new(),
         temps: HashMap::new(),
+        users: vec![Vec::new(); n],
+        yielded: vec![0; n],
     };
+    record_users(&k.body, &mut plan.users, &mut plan.yielded);
     for i in 0..n {
         let r = find(&mut root, i);
         plan.root[i] = r;

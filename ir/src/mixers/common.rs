@@ -4,7 +4,7 @@ use crate::dims::{DimId, SizeExpr};
 use crate::dtype::DType;
 use crate::error::IrError;
 use crate::graph::{Graph, ValueId};
-use crate::model::{FeatureMap, GateActivation, GateConfig, MixerConfig};
+use crate::model::{FeatureMap, GateActivation, GateConfig, MixerConfig, OutputGate};
 use crate::ops::*;
 
 pub type Res<T> = Result<T, IrError>;
@@ -153,9 +153,9 @@ pub fn rec(transition: Transition, scale: f64) -> Recurrence {
 }
 
 /// Per-head RMSNorm of the output `o` over its head dim, times a learned weight
-/// `o_norm_weight` (fla's `FusedRMSNormGated` without the gate; the output gate
-/// belongs to the model layer).
-pub fn output_norm(g: &mut Graph) -> Res<()> {
+/// `o_norm_weight` (fla's `FusedRMSNormGated` without the gate, which is
+/// [`output_gate`]); `eps` inside the square root, 1e-5 unless the table says.
+pub fn output_norm(g: &mut Graph, eps: f64) -> Res<()> {
     let Some(pos) = g.outputs.iter().position(|(n, _)| n == "o") else {
         return Err(IrError::Invalid("output_norm needs an output `o`".into()));
     };
@@ -164,9 +164,30 @@ pub fn output_norm(g: &mut Graph) -> Res<()> {
         return Err(IrError::Invalid("output `o` has no head dim".into()));
     };
     g.named(o, "o_raw");
-    let normed = g.add1(OpKind::Normalize { kind: NormKind::Rms, dim: d, eps: 1e-5 }, &[o], "")?;
+    let normed = g.add1(OpKind::Normalize { kind: NormKind::Rms, dim: d, eps }, &[o], "")?;
     let w = g.input("o_norm_weight", DType::F32, &[d])?;
     let out = g.add1(OpKind::Binary(BinaryFn::Mul), &[normed, w], "o")?;
+    g.outputs[pos].1 = out;
+    Ok(())
+}
+
+/// The output gate `o ← o · act(o_gate)` (after the output norm, as fla's
+/// `FusedRMSNormGated` does), with `o_gate` a per-token input of `o`'s shape
+/// that the model layer projects from the layer input.
+pub fn output_gate(g: &mut Graph, act: OutputGate) -> Res<()> {
+    let Some(pos) = g.outputs.iter().position(|(n, _)| n == "o") else {
+        return Err(IrError::Invalid("output_gate needs an output `o`".into()));
+    };
+    let o = g.outputs[pos].1;
+    let ty = g.ty(o).clone();
+    g.named(o, "o_ungated");
+    let gate = g.input("o_gate", ty.dtype, &ty.shape)?;
+    let f = match act {
+        OutputGate::Swish => UnaryFn::Silu,
+        OutputGate::Sigmoid => UnaryFn::Sigmoid,
+    };
+    let a = g.unary(f, gate)?;
+    let out = g.add1(OpKind::Binary(BinaryFn::Mul), &[o, a], "o")?;
     g.outputs[pos].1 = out;
     Ok(())
 }

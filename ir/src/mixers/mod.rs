@@ -42,7 +42,10 @@ pub fn build(name: &str, cfg: &MixerConfig) -> Result<Graph, IrError> {
     };
     let with_norm = built.and_then(|mut g| {
         if cfg.output_norm.unwrap_or(false) {
-            common::output_norm(&mut g)?;
+            common::output_norm(&mut g, cfg.norm_eps.unwrap_or(1e-5))?;
+        }
+        if let Some(act) = cfg.output_gate {
+            common::output_gate(&mut g, act)?;
         }
         Ok(g)
     });
@@ -62,3 +65,6 @@ pub fn carried_input(output: &str) -> Option<String> {
         other => Some(other.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests;

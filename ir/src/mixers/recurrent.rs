@@ -4,7 +4,7 @@
 use super::common::*;
 use crate::dtype::DType;
 use crate::graph::{Graph, ValueId};
-use crate::model::{GateActivation, MixerConfig};
+use crate::model::{BetaActivation, GateActivation, MixerConfig};
 use crate::ops::*;
 
 /// Inputs `q, k, v` (`[B, T, H, Dk|Dv]`), with the table's feature map and, where
@@ -116,7 +116,10 @@ fn delta_family(name: &str, cfg: &MixerConfig, gated: bool) -> Res<Graph> {
     let mut g = Graph::new(name);
     let hd = Heads::recurrent(&mut g, cfg)?;
     let (q, k, v) = qkv(&mut g, &hd, cfg)?;
-    let beta = g.input("beta", DType::F32, &hd.per_step())?;
+    let mut beta = g.input("beta", DType::F32, &hd.per_step())?;
+    if cfg.beta_activation == Some(BetaActivation::Sigmoid) {
+        beta = g.unary(UnaryFn::Sigmoid, beta)?;
+    }
     let (transition, mut ops) = if gated {
         let raw = g.input("g", DType::F32, &hd.per_step())?;
         let gate = gate_activation(&mut g, raw, cfg.gate.as_ref(), hd.h, GateActivation::None)?;

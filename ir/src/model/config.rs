@@ -17,6 +17,32 @@ pub struct ModelFile {
     #[serde(default)]
     pub mixer: BTreeMap<String, MixerConfig>,
     pub runtime: Option<RuntimeSection>,
+    /// How checkpoint tensor names map to mixc's (absent: mixc's own names).
+    pub weights: Option<WeightsSection>,
+}
+
+/// `[weights]`: the name map that lets a checkpoint saved under other names
+/// load (`names = "hf"` for Hugging Face checkpoints of Llama-style and
+/// flash-linear-attention models), plus rules of the file's own. Rules map a
+/// checkpoint name to a mixc name; `{i}` stands for a layer index and a
+/// trailing `*` for any rest of the name; an empty target drops the tensor.
+#[derive(Clone, Debug, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct WeightsSection {
+    pub names: Option<WeightNames>,
+    #[serde(default)]
+    pub rename: BTreeMap<String, String>,
+}
+
+/// Built-in weight-name maps.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightNames {
+    /// mixc's own names (no renaming).
+    Mixc,
+    /// Hugging Face names: `transformers`' Llama family and
+    /// flash-linear-attention's model classes.
+    Hf,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -37,6 +63,8 @@ pub struct ModelSection {
     pub overrides: BTreeMap<String, String>,
     #[serde(default)]
     pub tie_embeddings: bool,
+    /// Epsilon of the block and final RMSNorms (default 1e-6).
+    pub norm_eps: Option<f64>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
@@ -68,6 +96,20 @@ pub struct RuntimeSection {
     pub state_dtype: Option<String>,
     #[serde(default)]
     pub decode_threshold: Option<u32>,
+    /// How attention layers keep their KV caches between calls: `f32` (the
+    /// default) or `int8` (symmetric, one f32 scale per group of `kv_group`
+    /// values along the head dim; dequantized before each call).
+    pub kv_cache: Option<KvCacheDtype>,
+    /// Values per int8 scale (default 32, or the head dim if smaller).
+    pub kv_group: Option<u32>,
+}
+
+/// Storage of attention KV caches between calls.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum KvCacheDtype {
+    F32,
+    Int8,
 }
 
 /// The kinds of mixer mixc knows.
@@ -282,4 +324,31 @@ pub struct MixerConfig {
     pub gate_soft_cap: Option<f64>,
     /// Output normalization (per-head RMSNorm) inside the mixer.
     pub output_norm: Option<bool>,
+    /// Epsilon of the output norm (default 1e-5).
+    pub norm_eps: Option<f64>,
+    /// Output gate: `o ← o · act(o_gate)` after the output norm, with
+    /// `o_gate` projected from the layer input like `q` (fla's `g_proj`).
+    pub output_gate: Option<OutputGate>,
+    /// What turns the projected `beta` into the write strength (delta rules).
+    pub beta_activation: Option<BetaActivation>,
+}
+
+/// The activation of an output gate.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputGate {
+    /// `x · sigmoid(x)` (fla's `swish`).
+    #[serde(alias = "silu")]
+    Swish,
+    Sigmoid,
+}
+
+/// How `beta` is activated inside a delta-rule mixer.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BetaActivation {
+    /// `beta` is used as given.
+    None,
+    /// `sigmoid(beta)` (fla's `use_beta_sigmoid_in_kernel`).
+    Sigmoid,
 }

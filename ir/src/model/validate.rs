@@ -7,8 +7,8 @@
 //! break that equation (GLA's `expand_k = 0.5`, Mamba2's `expand = 2`).
 
 use super::config::{
-    ChunkChoice, Combine, GateActivation, GateConfig, MemoryKind, MixerConfig, MixerKind, ModelFile, ModelSection,
-    RuntimeSection,
+    ChunkChoice, Combine, GateActivation, GateConfig, KvCacheDtype, MemoryKind, MixerConfig, MixerKind, ModelFile,
+    ModelSection, RuntimeSection, WeightsSection,
 };
 use super::error::ModelError;
 use super::locate::{Seg, SourceMap};
@@ -45,11 +45,14 @@ pub(crate) fn validate_mapped(file: &ModelFile, map: &SourceMap<'_>) -> Result<(
     if let Some(runtime) = &file.runtime {
         v.runtime(runtime)?;
     }
+    if let Some(weights) = &file.weights {
+        v.weights(weights)?;
+    }
     Ok(())
 }
 
 /// Keys every mixer kind accepts. `chunk` is the block size of attention too.
-const COMMON_KEYS: [&str; 5] = ["kind", "heads", "scale", "chunk", "output_norm"];
+const COMMON_KEYS: [&str; 7] = ["kind", "heads", "scale", "chunk", "output_norm", "norm_eps", "output_gate"];
 
 /// Keys a mixer kind accepts besides [`COMMON_KEYS`].
 fn kind_keys(kind: MixerKind) -> &'static [&'static str] {
@@ -60,8 +63,8 @@ fn kind_keys(kind: MixerKind) -> &'static [&'static str] {
         SimpleGla | Gla => &["dk", "dv", "gate", "feature_map", "qk_norm", "short_conv"],
         Mamba2 => &["dk", "dv", "gate", "groups", "short_conv"],
         Mlstm => &["dk", "dv", "gate_soft_cap", "qk_norm", "short_conv"],
-        Deltanet => &["dk", "dv", "feature_map", "qk_norm", "short_conv"],
-        GatedDeltanet => &["dk", "dv", "gate", "feature_map", "qk_norm", "short_conv"],
+        Deltanet => &["dk", "dv", "feature_map", "qk_norm", "short_conv", "beta_activation"],
+        GatedDeltanet => &["dk", "dv", "gate", "feature_map", "qk_norm", "short_conv", "beta_activation"],
         Attention => &["head_dim", "dv", "kv_heads", "window", "sinks", "rope"],
         Liger => &["head_dim", "kv_heads", "feature_map", "gate", "window", "rope", "mix"],
         Lizard => &["head_dim", "kv_heads", "feature_map", "gate", "window", "meta_tokens", "rope", "mix", "combine"],
@@ -136,6 +139,9 @@ fn present_keys(c: &MixerConfig) -> Vec<(&'static str, bool)> {
         ("memory", c.memory.is_some()),
         ("gate_soft_cap", c.gate_soft_cap.is_some()),
         ("output_norm", c.output_norm.is_some()),
+        ("norm_eps", c.norm_eps.is_some()),
+        ("output_gate", c.output_gate.is_some()),
+        ("beta_activation", c.beta_activation.is_some()),
     ]
 }
 
@@ -172,6 +178,9 @@ impl MixerConfig {
             memory: None,
             gate_soft_cap: None,
             output_norm: None,
+            norm_eps: None,
+            output_gate: None,
+            beta_activation: None,
         }
     }
 }
@@ -269,6 +278,15 @@ impl Validator<'_, '_> {
         }
         self.positive_finite(&p("scale"), "scale", c.scale)?;
         self.positive_finite(&p("gate_soft_cap"), "gate_soft_cap", c.gate_soft_cap)?;
+        self.positive_finite(&p("norm_eps"), "norm_eps", c.norm_eps)?;
+        if c.norm_eps.is_some() && c.output_norm != Some(true) {
+            return Err(self.at_key(
+                &p("norm_eps"),
+                "`norm_eps` is the epsilon of the output norm, which this mixer does not have: \
+                 expected `output_norm = true` next to it, or no `norm_eps`"
+                    .into(),
+            ));
+        }
         if let Some(rope) = &c.rope {
             let mut path = p("rope");
             path.push(Seg::from("theta"));
@@ -416,6 +434,7 @@ impl Validator<'_, '_> {
         self.at_least(&p("vocab"), "vocab", Some(m.vocab), 1)?;
         self.at_least(&p("d_model"), "d_model", Some(m.d_model), 1)?;
         self.at_least(&p("layers"), "layers", Some(m.layers), 1)?;
+        self.positive_finite(&p("norm_eps"), "norm_eps", m.norm_eps)?;
         if m.layers > MAX_LAYERS {
             return Err(self.at_value(&p("layers"), format!("layers = {}: expected at most {MAX_LAYERS}", m.layers)));
         }
@@ -502,7 +521,47 @@ impl Validator<'_, '_> {
                 ));
             }
         }
-        self.at_least(&p("decode_threshold"), "decode_threshold", r.decode_threshold, 1)
+        self.at_least(&p("decode_threshold"), "decode_threshold", r.decode_threshold, 1)?;
+        self.at_least(&p("kv_group"), "kv_group", r.kv_group, 1)?;
+        if r.kv_group.is_some() && r.kv_cache != Some(KvCacheDtype::Int8) {
+            return Err(self.at_key(
+                &p("kv_group"),
+                "`kv_group` is the group size of int8 KV caches: expected `kv_cache = \"int8\"` next to it, \
+                 or no `kv_group`"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Rename rules: `{i}` at most once on each side, and on the target only
+    /// where the source has it; a `*` only at the end, on both sides or on
+    /// the source alone with an empty target (drop).
+    fn weights(&self, w: &WeightsSection) -> Result<(), ModelError> {
+        for (from, to) in &w.rename {
+            let path = [Seg::from("weights"), Seg::from("rename"), Seg::from(from.as_str())];
+            let bad = |msg: String| Err(self.at_key(&path, format!("rename rule `{from}` = `{to}`: {msg}")));
+            if from.is_empty() {
+                return bad("the checkpoint name is empty".into());
+            }
+            for (side, name) in [("checkpoint name", from), ("mixc name", to)] {
+                if name.matches("{i}").count() > 1 {
+                    return bad(format!("the {side} has `{{i}}` more than once: expected at most one"));
+                }
+                if name.find('*').is_some_and(|at| at + 1 != name.len()) {
+                    return bad(format!(
+                        "the {side} has a `*` before its end: expected `*` only as the last character"
+                    ));
+                }
+            }
+            if to.contains("{i}") && !from.contains("{i}") {
+                return bad("the mixc name has `{i}` but the checkpoint name does not".into());
+            }
+            if to.ends_with('*') != from.ends_with('*') && !to.is_empty() {
+                return bad("expected a `*` at the end of both names, or of neither (or an empty mixc name to drop the tensors)".into());
+            }
+        }
+        Ok(())
     }
 
     fn at_least(&self, path: &[Seg], what: &str, value: Option<u32>, min: u32) -> Result<(), ModelError> {

@@ -1,0 +1,77 @@
+//! The plain dense math of the model layer (projections, norms, MLP activations).
+
+/// `y[t, o] = Σ_i x[t, i] · w[o, i]`.
+pub fn matmul(x: &[f32], rows: usize, w: &[f32], out: usize, inner: usize) -> Vec<f32> {
+    let mut y = vec![0.0f32; rows * out];
+    for t in 0..rows {
+        let xr = &x[t * inner..(t + 1) * inner];
+        for o in 0..out {
+            let wr = &w[o * inner..(o + 1) * inner];
+            y[t * out + o] = xr.iter().zip(wr).map(|(a, b)| a * b).sum();
+        }
+    }
+    y
+}
+
+/// RMSNorm over rows of `d`: `x / sqrt(mean(x²) + eps) · w`.
+pub fn rmsnorm(x: &[f32], w: &[f32], d: usize, eps: f32) -> Vec<f32> {
+    x.chunks(d)
+        .flat_map(|row| {
+            let ms = row.iter().map(|v| v * v).sum::<f32>() / d as f32;
+            let r = 1.0 / (ms + eps).sqrt();
+            row.iter().zip(w).map(move |(v, g)| v * r * g).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+pub fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + (0.797_884_6 * (x + 0.044_715 * x * x * x)).tanh())
+}
+
+/// Symmetric int8 quantization with one scale per `group` consecutive values:
+/// `scale = max|x| / 127`, `q = round(x / scale)`. Re-quantizing dequantized
+/// values gives the same codes, so a cache stored this way call after call
+/// does not drift.
+pub fn quantize(x: &[f32], group: usize) -> (Vec<i8>, Vec<f32>) {
+    let mut q = Vec::with_capacity(x.len());
+    let mut scales = Vec::with_capacity(x.len().div_ceil(group.max(1)));
+    for chunk in x.chunks(group.max(1)) {
+        let m = chunk.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+        let s = m / 127.0;
+        scales.push(s);
+        q.extend(chunk.iter().map(|v| if s > 0.0 { (v / s).round().clamp(-127.0, 127.0) as i8 } else { 0 }));
+    }
+    (q, scales)
+}
+
+/// The values of [`quantize`]'s codes.
+pub fn dequantize(q: &[i8], scales: &[f32], group: usize) -> Vec<f32> {
+    q.chunks(group.max(1)).zip(scales).flat_map(|(c, s)| c.iter().map(move |v| *v as f32 * s)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn int8_groups_bound_the_error_and_requantize_to_the_same_codes() {
+        let x: Vec<f32> = (0..96).map(|i| ((i * 37 % 101) as f32 - 50.0) * if i < 32 { 1e-3 } else { 1.0 }).collect();
+        let (q, s) = quantize(&x, 32);
+        assert_eq!((q.len(), s.len()), (96, 3));
+        let y = dequantize(&q, &s, 32);
+        for (g, (xs, ys)) in x.chunks(32).zip(y.chunks(32)).enumerate() {
+            let m = xs.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+            let err = xs.iter().zip(ys).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            assert!(err <= m / 254.0 * 1.0001, "group {g}: {err} vs max {m}");
+        }
+        let (q2, s2) = quantize(&y, 32);
+        assert_eq!(q2, q);
+        assert_eq!(dequantize(&q2, &s2, 32), y);
+        let (q0, s0) = quantize(&[0.0; 8], 4);
+        assert_eq!((q0, s0), (vec![0; 8], vec![0.0, 0.0]));
+    }
+}
