@@ -1,19 +1,17 @@
-//! Timing mixers on this CPU (`mixc bench`): prefill and decode steps at
-//! given sizes, the schedule candidates of the search against the cost
-//! model's predictions (`--sweep`), and a disk cache of measured winners
-//! (`--tune`).
+//! Timing mixers (`mixc bench`) on this CPU or a CUDA GPU: prefill and
+//! decode steps at given sizes, the schedule candidates of the search against
+//! the cost model's predictions (`--sweep`), and a disk cache of measured
+//! winners (`--tune`).
 //!
 //! Measuring lives here, in the facade (DESIGN.md section 1): `passes`
 //! enumerate and price candidates; this module lowers, compiles and runs
 //! them through the runtime and hands a winner back as a `Schedule`.
 //!
-//! **What a time is.** One call of the runtime's CPU engine
-//! ([`mixc_runtime::exec::run_program`]) sets up every buffer (inputs copied
-//! in, outputs poisoned), runs the launches and converts the outputs back.
-//! Each measurement times that call (`total`) and the same call on a copy of
-//! the program with no launches (`setup`), interleaved, as the median of
-//! several runs after warm-up; `kernels = total − setup` is the time the
-//! launches take and the time rates are taken over.
+//! **What a time is** depends on the engine ([`BenchEngine`]): on the CPU
+//! ([`CpuEngine`]) one runtime call, and the same call without launches
+//! subtracted; on a GPU (`gpu::CudaEngine`, feature `cuda`) CUDA events
+//! around the launches, on buffers uploaded once. Either way the rates are
+//! taken over the launches' time ([`Timing::kernel_s`]).
 //!
 //! **What FLOPs and bytes are.** [`mixc_passes::cost`]'s count of the program
 //! that ran: matrix plus vector FLOPs, DRAM bytes loaded plus stored (the
@@ -22,15 +20,20 @@
 use crate::{Error, NamedGraph};
 use mixc_ir::graph::Graph;
 use mixc_ir::model::{self, MixerConfig};
-use mixc_ir::tile::Program;
 use mixc_passes::cost::{price, KernelCost, ProgramCost};
 use mixc_passes::device::DeviceProfile;
 use mixc_passes::search::search;
 use mixc_passes::Schedule;
-use mixc_runtime::{exec, Engine, HostTensor};
+use mixc_runtime::HostTensor;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+
+mod engine;
+#[cfg(feature = "cuda")]
+pub mod gpu;
+pub mod inputs;
+
+pub use engine::{BenchEngine, CpuEngine, Inputs};
 
 /// The mixc version tuned schedules are keyed by.
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -43,6 +46,46 @@ pub const DEFAULT_PREFILL_T: [u64; 3] = [512, 2048, 8192];
 pub const DEFAULT_DECODE_B: [u64; 2] = [1, 16];
 /// KV cache length of decode steps when the sizes name none.
 pub const DEFAULT_CONTEXT: u64 = 2048;
+/// GPU defaults: prefill at B = 8 (and H = 16 where the head count is a free
+/// dim) and these lengths, decode steps at these batches.
+pub const GPU_BATCH: u64 = 8;
+pub const GPU_HEADS: u64 = 16;
+pub const GPU_PREFILL_T: [u64; 2] = [2048, 8192];
+pub const GPU_DECODE_B: [u64; 2] = [64, 256];
+
+/// The size points a phase runs at when `--sizes` gives none: on the CPU,
+/// prefill at T = 512, 2048, 8192 and decode at B = 1, 16; on a GPU, B = 8
+/// with T = 2048, 8192 and decode at B = 64, 256 (H = 16 where `g`'s head
+/// count is free, else the file's).
+pub fn default_points(gpu: bool, phase: Phase, g: &Graph) -> Vec<Sizes> {
+    let point = |pairs: &[(&str, u64)]| -> Sizes {
+        let mut p: Sizes = pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        if gpu && free_dims(g).iter().any(|d| d == "H") {
+            p.insert("H".into(), GPU_HEADS);
+        }
+        p
+    };
+    match (gpu, phase) {
+        (false, Phase::Prefill) => DEFAULT_PREFILL_T.iter().map(|t| point(&[("T", *t)])).collect(),
+        (false, Phase::Decode) => DEFAULT_DECODE_B.iter().map(|b| point(&[("B", *b)])).collect(),
+        (true, Phase::Prefill) => GPU_PREFILL_T.iter().map(|t| point(&[("B", GPU_BATCH), ("T", *t)])).collect(),
+        (true, Phase::Decode) => GPU_DECODE_B.iter().map(|b| point(&[("B", *b)])).collect(),
+    }
+}
+
+/// The size point a sweep runs at when `--sizes` gives none: T = 2048 on the
+/// CPU, B = 8 and T = 8192 on a GPU.
+pub fn default_sweep_point(gpu: bool, g: &Graph) -> Sizes {
+    let mut p = if gpu {
+        Sizes::from([("B".to_string(), GPU_BATCH), ("T".to_string(), *GPU_PREFILL_T.last().unwrap_or(&8192))])
+    } else {
+        Sizes::from([("T".to_string(), 2048)])
+    };
+    if gpu && free_dims(g).iter().any(|d| d == "H") {
+        p.insert("H".into(), GPU_HEADS);
+    }
+    p
+}
 
 /// Parses `B=1,H=16,T=512` (dims by name; each at most once).
 pub fn parse_sizes(text: &str) -> Result<Sizes, Error> {
@@ -92,6 +135,10 @@ impl BenchMixer {
     pub fn graph_at(&self, heads: Option<u64>) -> Result<Graph, Error> {
         let g = &self.named.graph;
         let Some(h) = heads else { return Ok(g.clone()) };
+        // A free head count is bound like B and T.
+        if free_dims(g).iter().any(|d| d == "H") {
+            return Ok(g.clone());
+        }
         let current = fixed_dim(g, "H");
         if current == Some(h) {
             return Ok(g.clone());
@@ -214,22 +261,24 @@ pub enum Phase {
     Decode,
 }
 
-/// Medians of `runs` interleaved timings after warm-up.
+/// Medians of `runs` timings after warm-up.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Timing {
-    /// One runtime call: buffers set up, launches, outputs converted.
+    /// One call as the host sees it (CPU: buffers set up, launches, outputs
+    /// converted; GPU: the launches enqueued and waited for).
     pub total_s: f64,
-    /// The same call with no launches.
-    pub setup_s: f64,
+    /// The launches alone (CPU: `total` minus the same call without launches,
+    /// never below 1% of it; GPU: CUDA events around the launches).
+    pub launches_s: f64,
     pub runs: usize,
     /// Every output of the first run was finite.
     pub finite: bool,
 }
 
 impl Timing {
-    /// The launches' time: `total − setup`, never below 1% of the total.
+    /// The launches' time, which rates are taken over.
     pub fn kernel_s(&self) -> f64 {
-        (self.total_s - self.setup_s).max(0.01 * self.total_s)
+        self.launches_s
     }
 }
 
@@ -266,19 +315,30 @@ pub struct Failure {
     pub why: String,
 }
 
-/// Compiles and times programs on this CPU, remembering which kernels this
-/// process has compiled (so a compile time is reported as cold only once).
+/// Lowers, compiles and times mixers on one engine (this CPU unless given
+/// another), pricing them on `dev`.
 pub struct Bencher<'a> {
     pub dev: &'a DeviceProfile,
     /// Timed runs per measurement (at least 20 where one run takes under 10 ms).
     pub runs: usize,
     pub seed: u64,
-    compiled: BTreeSet<String>,
+    engine: Box<dyn BenchEngine + 'a>,
 }
 
 impl<'a> Bencher<'a> {
+    /// Times on this CPU.
     pub fn new(dev: &'a DeviceProfile, runs: usize, seed: u64) -> Bencher<'a> {
-        Bencher { dev, runs: runs.max(1), seed, compiled: BTreeSet::new() }
+        Bencher::with_engine(dev, runs, seed, Box::new(CpuEngine::default()))
+    }
+
+    /// Times on `engine` (e.g. a GPU's).
+    pub fn with_engine(
+        dev: &'a DeviceProfile,
+        runs: usize,
+        seed: u64,
+        engine: Box<dyn BenchEngine + 'a>,
+    ) -> Bencher<'a> {
+        Bencher { dev, runs: runs.max(1), seed, engine }
     }
 
     /// The sizes a row runs at: prefill at `B`, `T` (cache dims empty unless
@@ -313,14 +373,18 @@ impl<'a> Bencher<'a> {
             |sizes: &Sizes, why: String| Failure { mixer: m.name().to_string(), phase, sizes: sizes.clone(), why };
         let graph = m.graph_at(point.get("H").copied()).map_err(|e| fail(point, e.to_string()))?;
         let sizes = self.bind(&graph, phase, point);
-        let (schedule, schedule_from) = match phase {
-            Phase::Decode => (Schedule::decode(), "decode"),
-            Phase::Prefill => self.prefill_schedule(m, &graph, &sizes).map_err(|e| fail(&sizes, e.to_string()))?,
+        let (schedule, schedule_from) = match (self.engine.fixed_schedule(m.name(), &graph, phase), phase) {
+            (Some(fixed), _) => (fixed.map_err(|e| fail(&sizes, e))?, "bundle"),
+            (None, Phase::Decode) => (Schedule::decode(), "decode"),
+            (None, Phase::Prefill) => {
+                self.prefill_schedule(m, &graph, &sizes).map_err(|e| fail(&sizes, e.to_string()))?
+            }
         };
         let prog = crate::lower_graph(m.name(), &graph, &schedule).map_err(|e| fail(&sizes, e.to_string()))?;
-        let compile_s = self.compile(&prog).map_err(|e| fail(&sizes, e))?;
-        let inputs = random_inputs(&graph, &sizes, self.seed, carries(phase, &sizes));
-        let timing = self.time(&prog, &inputs).map_err(|e| fail(&sizes, e))?;
+        let compile_s = self.engine.compile(m.name(), &prog).map_err(|e| fail(&sizes, e))?;
+        let inputs = self.engine.inputs(&graph, &sizes, self.seed, carries(phase, &sizes));
+        let timing = self.engine.time(&prog, &inputs, self.runs).map_err(|e| fail(&sizes, e))?;
+        drop(inputs);
         let cost = price(&prog, &sizes, self.dev);
         Ok(Row { mixer: m.name().to_string(), phase, sizes, schedule, schedule_from, compile_s, timing, cost })
     }
@@ -345,53 +409,6 @@ impl<'a> Bencher<'a> {
         Ok((pick.map(|c| c.schedule).unwrap_or_default(), "model"))
     }
 
-    /// JIT-compiles every kernel of `prog`; the seconds a cold compile of the
-    /// kernels new to this process took (`None` if none was new).
-    pub fn compile(&mut self, prog: &Program) -> Result<Option<f64>, String> {
-        let cannot = |e| format!("the CPU backend cannot compile it yet: {e}");
-        let texts: Vec<String> = prog.kernels.iter().map(mixc_ir::tile::text::print_kernel).collect();
-        let fresh = texts.iter().any(|t| !self.compiled.contains(t));
-        // Timed without the runtime's disk cache, so the figure is a cold
-        // compile even where an earlier process stored the machine code.
-        let t0 = Instant::now();
-        for (k, text) in prog.kernels.iter().zip(&texts) {
-            if !self.compiled.contains(text) {
-                mixc_runtime::cpu::compile_with(k, text, None).map_err(cannot)?;
-            }
-        }
-        let dt = t0.elapsed().as_secs_f64();
-        // What the runs use: the runtime's own caches (memory, disk).
-        mixc_runtime::cpu::prepare(prog).map_err(cannot)?;
-        self.compiled.extend(texts);
-        Ok(fresh.then_some(dt))
-    }
-
-    /// Times `prog` on `inputs` (see the module comment).
-    pub fn time(&self, prog: &Program, inputs: &BTreeMap<String, HostTensor>) -> Result<Timing, String> {
-        let bare = Program { launches: Vec::new(), ..prog.clone() };
-        let once = |p: &Program| -> Result<(f64, bool), String> {
-            let t0 = Instant::now();
-            let out = exec::run_program(p, inputs, Engine::Cpu).map_err(|e| format!("running it failed: {e}"))?;
-            let dt = t0.elapsed().as_secs_f64();
-            Ok((dt, out.values().all(exec::all_finite)))
-        };
-        // Warm-up: at least one run, more while they are short.
-        let (first, finite) = once(prog)?;
-        let (mut warm, mut n) = (first, 1);
-        while warm < 0.2 && n < 5 {
-            warm += once(prog)?.0;
-            n += 1;
-        }
-        once(&bare)?;
-        let runs = if warm / (n as f64) < 0.01 { self.runs.max(20) } else { self.runs };
-        let (mut full, mut setup) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
-        for _ in 0..runs {
-            full.push(once(prog)?.0);
-            setup.push(once(&bare)?.0);
-        }
-        Ok(Timing { total_s: median(full), setup_s: median(setup), runs, finite })
-    }
-
     /// Measures the feasible candidates of the schedule search for one mixer
     /// at one size point (at most `max` of them, cheapest predicted first).
     pub fn sweep(&mut self, m: &BenchMixer, point: &Sizes, max: usize) -> Result<Sweep, Failure> {
@@ -407,13 +424,13 @@ impl<'a> Bencher<'a> {
         let total = cands.len();
         let feasible: Vec<_> = cands.into_iter().filter(|c| c.rejected.is_none()).collect();
         let infeasible = total - feasible.len();
-        let inputs = random_inputs(&graph, &sizes, self.seed, carries(Phase::Prefill, &sizes));
+        let inputs = self.engine.inputs(&graph, &sizes, self.seed, carries(Phase::Prefill, &sizes));
         let mut entries = Vec::new();
         for (i, c) in feasible.iter().enumerate().take(max.max(1)) {
             let measured =
                 crate::lower_graph(m.name(), &graph, &c.schedule).map_err(|e| e.to_string()).and_then(|prog| {
-                    let compile_s = self.compile(&prog)?;
-                    Ok((compile_s, self.time(&prog, &inputs)?))
+                    let compile_s = self.engine.compile(m.name(), &prog)?;
+                    Ok((compile_s, self.engine.time(&prog, &inputs, self.runs)?))
                 });
             let (compile_s, measured) = match measured {
                 Ok((c, t)) => (c, Ok(t)),
@@ -737,6 +754,33 @@ mod tests {
     #[test]
     fn ranks_average_ties() {
         assert_eq!(ranks_of(&[3.0, 1.0, 3.0, 2.0]), vec![3.5, 1.0, 3.5, 2.0]);
+    }
+
+    #[test]
+    fn default_points_follow_the_engine_and_the_free_dims() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/gla.toml");
+        let g = crate::graphs_of_file(&path).unwrap_or_else(|e| panic!("{e}")).remove(0).graph;
+        let t = |ps: &[Sizes]| ps.iter().map(|p| p.get("T").copied()).collect::<Vec<_>>();
+        let b = |ps: &[Sizes]| ps.iter().map(|p| p.get("B").copied()).collect::<Vec<_>>();
+        let gpu = default_points(true, Phase::Prefill, &g);
+        assert_eq!(t(&gpu), vec![Some(2048), Some(8192)]);
+        assert_eq!(b(&gpu), vec![Some(8), Some(8)]);
+        // The file fixes H: it is not overridden.
+        assert!(gpu.iter().all(|p| !p.contains_key("H")));
+        assert_eq!(b(&default_points(true, Phase::Decode, &g)), vec![Some(64), Some(256)]);
+        assert_eq!(t(&default_points(false, Phase::Prefill, &g)), vec![Some(512), Some(2048), Some(8192)]);
+        assert_eq!(b(&default_points(false, Phase::Decode, &g)), vec![Some(1), Some(16)]);
+        assert_eq!(default_sweep_point(true, &g).get("T"), Some(&8192));
+        assert_eq!(default_sweep_point(false, &g).get("T"), Some(&2048));
+        // A graph with a free head count gets H = 16 on the GPU.
+        let text: Vec<String> = mixc_ir::text::print(&g)
+            .lines()
+            .map(|l| if l.trim_start().starts_with("dim H =") { "  dim H".to_string() } else { l.to_string() })
+            .collect();
+        let free = crate::parse_graph_text(&text.join("\n"), "free-h.mix").unwrap_or_else(|e| panic!("{e}"));
+        assert!(default_points(true, Phase::Prefill, &free).iter().all(|p| p.get("H") == Some(&16)));
+        assert_eq!(default_sweep_point(true, &free).get("H"), Some(&16));
+        assert!(default_points(false, Phase::Prefill, &free).iter().all(|p| !p.contains_key("H")));
     }
 
     #[test]

@@ -87,6 +87,28 @@ pub struct Bundle {
     pub programs: Vec<BundledProgram>,
 }
 
+impl Bundle {
+    /// The program of `mixer` in `mode` (`prefill` or `decode`), checked to be
+    /// compiled from `graph`; the error says what is missing or different and
+    /// what the bundle has.
+    pub fn program_for(&self, mixer: &str, graph: &Graph, mode: &str) -> Result<&BundledProgram, String> {
+        let Some(p) = self.programs.iter().find(|p| p.mixer == mixer && p.mode == mode) else {
+            let has: Vec<String> = self.programs.iter().map(|p| format!("{} {}", p.mixer, p.mode)).collect();
+            return Err(format!(
+                "no {mode} program for mixer `{mixer}` (it has: {})",
+                if has.is_empty() { "nothing".to_string() } else { has.join(", ") }
+            ));
+        };
+        if mixc_ir::text::print(&p.graph) != mixc_ir::text::print(graph) {
+            return Err(format!(
+                "its mixer `{mixer}` was compiled from another graph (other sizes or options than this file's): \
+                 rebuild the bundle from this file"
+            ));
+        }
+        Ok(p)
+    }
+}
+
 /// Writes a bundle of programs compiled for `target` with the default `dot` (tf32x3).
 pub fn write(dir: &Path, target: &str, programs: &[BundledProgram]) -> Result<(), Error> {
     write_with(dir, target, &default_matmul(), programs)
@@ -181,4 +203,44 @@ pub fn read_bundle(dir: &Path) -> Result<Bundle, Error> {
         out.push(BundledProgram { mixer: p.mixer, mode: p.mode, graph, schedule: p.schedule, program, kernels });
     }
     Ok(Bundle { target: manifest.target, matmul: manifest.matmul, programs: out })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn program(graph: &Graph, mixer: &str, mode: &str) -> BundledProgram {
+        let schedule = if mode == "decode" { Schedule::decode() } else { Schedule::with_chunk(32) };
+        let program = crate::lower_graph(mixer, graph, &schedule).unwrap_or_else(|e| panic!("{e}"));
+        BundledProgram {
+            mixer: mixer.into(),
+            mode: mode.into(),
+            graph: graph.clone(),
+            schedule,
+            program,
+            kernels: vec![],
+        }
+    }
+
+    #[test]
+    fn programs_are_found_by_mixer_mode_and_graph() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+        let gla = crate::graphs_of_file(&dir.join("gla.toml")).unwrap_or_else(|e| panic!("{e}")).remove(0);
+        let other = crate::graphs_of_file(&dir.join("retnet.toml")).unwrap_or_else(|e| panic!("{e}")).remove(0);
+        let bundle = Bundle {
+            target: "sm_90".into(),
+            matmul: "tf32x3".into(),
+            programs: vec![program(&gla.graph, &gla.name, "prefill"), program(&gla.graph, &gla.name, "decode")],
+        };
+        let found = bundle.program_for(&gla.name, &gla.graph, "decode").map(|p| p.mode.clone());
+        assert_eq!(found.as_deref(), Ok("decode"));
+        let err = bundle.program_for("nope", &gla.graph, "prefill").err().unwrap_or_default();
+        assert!(err.contains("no prefill program for mixer `nope`") && err.contains("gla decode"), "{err}");
+        // Same name, another graph: refused.
+        let err = bundle.program_for(&gla.name, &other.graph, "prefill").err().unwrap_or_default();
+        assert!(err.contains("another graph"), "{err}");
+        let empty = Bundle { target: "sm_90".into(), matmul: "tf32x3".into(), programs: vec![] };
+        let err = empty.program_for("gla", &gla.graph, "prefill").err().unwrap_or_default();
+        assert!(err.contains("it has: nothing"), "{err}");
+    }
 }

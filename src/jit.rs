@@ -39,6 +39,11 @@ pub enum Target {
     Cpu,
     /// The tile interpreter with f32 arithmetic: the yardstick.
     Reference,
+    /// The CUDA GPU of this machine (device 0): kernels compiled to PTX for
+    /// its compute capability through LLVM (a build without LLVM takes them
+    /// from a kernel bundle instead: [`jit_bundle`]).
+    #[cfg(feature = "cuda")]
+    Cuda,
 }
 
 /// What to compile: a mixer of a model file, or a graph.
@@ -68,9 +73,16 @@ pub struct CompiledMixer {
     pub graph: Graph,
     pub prefill: Program,
     pub decode: Program,
-    engine: Engine,
+    exec: Exec,
     /// Why the mixer runs on the tile interpreter although native code was asked for.
     pub fallback: Option<String>,
+}
+
+/// What runs a compiled mixer's programs.
+enum Exec {
+    Host(Engine),
+    #[cfg(feature = "cuda")]
+    Gpu(Box<crate::cuda::GpuMixer>),
 }
 
 /// Options of [`jit_with`].
@@ -138,19 +150,57 @@ pub fn jit_with(source: MixerSource, target: Target, opts: JitOptions) -> Result
     let prefill = crate::lower_graph(&g.name, &g.graph, &sched)?;
     let decode = crate::lower_graph(&g.name, &g.graph, &Schedule::decode())?;
     let mut fallback = None;
-    let engine = match target {
+    let exec = match target {
         Target::Cpu => match mixc_runtime::cpu::prepare(&prefill).and_then(|_| mixc_runtime::cpu::prepare(&decode)) {
-            Ok(()) => Engine::Cpu,
+            Ok(()) => Exec::Host(Engine::Cpu),
             Err(e) => {
                 // The CPU backend does not cover this kernel yet: run the tile
                 // interpreter instead, and say so.
                 fallback = Some(format!("the CPU backend cannot compile it yet ({e}); running the tile interpreter"));
-                Engine::Reference
+                Exec::Host(Engine::Reference)
             }
         },
-        Target::Reference => Engine::Reference,
+        Target::Reference => Exec::Host(Engine::Reference),
+        #[cfg(feature = "cuda")]
+        Target::Cuda => Exec::Gpu(Box::new(crate::cuda::GpuMixer::compile(&g.name, &prefill, &decode)?)),
     };
-    Ok(CompiledMixer { name: g.name, graph: g.graph, prefill, decode, engine, fallback })
+    Ok(CompiledMixer { name: g.name, graph: g.graph, prefill, decode, exec, fallback })
+}
+
+/// A mixer whose kernels come from a kernel bundle (`mixc compile FILE
+/// --target sm_90 -o DIR`), run on this machine's GPU: the bundle's prefill
+/// and decode programs for the source's mixer, which must have been compiled
+/// from the same graph. A mode the bundle lacks is an error when it is run.
+#[cfg(feature = "cuda")]
+pub fn jit_bundle(source: MixerSource, dir: &Path) -> Result<CompiledMixer, Error> {
+    let g = select_graph(source)?;
+    let bundle = crate::bundle::read_bundle(dir)?;
+    let shown = dir.display();
+    let find =
+        |mode: &str| bundle.program_for(&g.name, &g.graph, mode).map_err(|why| format!("kernel bundle {shown}: {why}"));
+    let (prefill, decode) = (find("prefill"), find("decode"));
+    if let (Err(why), Err(_)) = (&prefill, &decode) {
+        return Err(Error::Usage(why.clone()));
+    }
+    let gpu = crate::cuda::Gpu::open()?;
+    gpu.check_bundle(dir, &bundle.target)?;
+    // The programs the kernels were compiled from (a missing one lowered
+    // here, so that the fields stay meaningful).
+    let program = |p: &Result<&crate::bundle::BundledProgram, String>, sched: Schedule| match p {
+        Ok(p) => Ok(p.program.clone()),
+        Err(_) => crate::lower_graph(&g.name, &g.graph, &sched),
+    };
+    let prefill_prog = program(&prefill, Schedule::with_chunk(g.chunk.unwrap_or(64)))?;
+    let decode_prog = program(&decode, Schedule::decode())?;
+    let gpu = crate::cuda::GpuMixer::from_bundle(gpu, &g.name, prefill, decode)?;
+    Ok(CompiledMixer {
+        name: g.name,
+        graph: g.graph,
+        prefill: prefill_prog,
+        decode: decode_prog,
+        exec: Exec::Gpu(Box::new(gpu)),
+        fallback: None,
+    })
 }
 
 impl CompiledMixer {
@@ -197,15 +247,39 @@ impl CompiledMixer {
     /// Runs the prefill program (any number of tokens).
     pub fn run(&self, inputs: &BTreeMap<String, HostTensor>) -> Result<BTreeMap<String, HostTensor>, Error> {
         self.check_inputs(inputs)?;
-        exec::run_program(&self.prefill, inputs, self.engine)
-            .map_err(|e| Error::Run { mixer: self.name.clone(), msg: e.to_string() })
+        self.execute(false, inputs)
     }
 
     /// Runs the decode-step program: the state or cache in, a few tokens, the
     /// updated state or cache out.
     pub fn decode_step(&self, inputs: &BTreeMap<String, HostTensor>) -> Result<BTreeMap<String, HostTensor>, Error> {
         self.check_inputs(inputs)?;
-        exec::run_program(&self.decode, inputs, self.engine)
-            .map_err(|e| Error::Run { mixer: self.name.clone(), msg: e.to_string() })
+        self.execute(true, inputs)
+    }
+
+    /// Runs the decode-step or the prefill program on checked inputs.
+    fn execute(
+        &self,
+        decode: bool,
+        inputs: &BTreeMap<String, HostTensor>,
+    ) -> Result<BTreeMap<String, HostTensor>, Error> {
+        match &self.exec {
+            Exec::Host(engine) => {
+                let prog = if decode { &self.decode } else { &self.prefill };
+                exec::run_program(prog, inputs, *engine)
+                    .map_err(|e| Error::Run { mixer: self.name.clone(), msg: e.to_string() })
+            }
+            #[cfg(feature = "cuda")]
+            Exec::Gpu(gpu) => gpu.run(&self.name, decode, inputs),
+        }
+    }
+
+    /// The GPU's name where the mixer runs on one.
+    pub fn device(&self) -> Option<String> {
+        match &self.exec {
+            Exec::Host(_) => None,
+            #[cfg(feature = "cuda")]
+            Exec::Gpu(gpu) => Some(gpu.gpu().info().name.clone()),
+        }
     }
 }

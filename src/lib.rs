@@ -7,6 +7,9 @@
 pub mod bench;
 pub mod bundle;
 pub mod calibrate;
+pub mod card;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 #[cfg(feature = "llvm")]
 pub mod gpu;
 pub mod jit;
@@ -67,6 +70,10 @@ pub enum Error {
     Run { mixer: String, msg: String },
     #[error(transparent)]
     Tensors(#[from] mixc_runtime::st::StError),
+    /// No CUDA driver, no card, or the driver refused something.
+    #[cfg(feature = "cuda")]
+    #[error(transparent)]
+    Cuda(#[from] mixc_runtime::cuda::CudaError),
     /// A command-line value that does not make sense (named in the message).
     #[error("{0}")]
     Usage(String),
@@ -87,6 +94,10 @@ pub enum Error {
         source: IrError,
     },
 }
+
+/// What a build without the `cuda` feature says when asked to run on a GPU.
+pub const NO_CUDA: &str =
+    "this mixc was built without CUDA support: rebuild with `cargo build --release --features cuda`";
 
 /// Whether a path names graph text (`.mix`) rather than a model file.
 pub fn is_graph_text(path: &Path) -> bool {

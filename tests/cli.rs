@@ -794,9 +794,146 @@ fn bench_rejects_bad_sizes_and_options() {
         assert!(stderr.starts_with("error: ") && stderr.contains(want), "{extra:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
-    // Only the CPU is a bench target.
+    // The targets are cpu and cuda: a GPU architecture is not one (that is `explain`'s).
     let out = mixc(&["bench", file.arg(), "--target", "sm_90"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("cuda"), "{}", text(&out.stderr));
+}
+
+/// Exit code 1, no panic, one `error:` line saying each of `words`.
+fn fails_with(out: &Output, words: &[&str]) {
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "exit status {:?}, stderr: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "panicked: {stderr}");
+    assert!(stderr.starts_with("error: "), "not an `error:` line: {stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "more than one line: {stderr}");
+    for w in words {
+        assert!(stderr.contains(w), "does not say {w:?}: {stderr}");
+    }
+}
+
+/// What `--target cuda` says on this machine when it cannot run: a build
+/// without CUDA says how to build one; a CUDA build without a driver says so.
+/// `None` where a GPU is present (the GPU paths are checked on the GPU).
+fn no_gpu_words() -> Option<&'static [&'static str]> {
+    #[cfg(feature = "cuda")]
+    {
+        if mixc::runtime::cuda::available() {
+            return None;
+        }
+        Some(&["no CUDA driver", "--target cpu"])
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        Some(&["built without CUDA", "cargo build --release --features cuda"])
+    }
+}
+
+#[test]
+fn cuda_target_without_a_gpu_says_why() {
+    let Some(words) = no_gpu_words() else { return };
+    let file = TempFile::new("cuda", "toml", BENCH_MIXERS);
+    let out = mixc(&[
+        "exec",
+        "models/gla.toml",
+        "--inputs",
+        "/nonexistent.safetensors",
+        "-o",
+        "/dev/null",
+        "--target",
+        "cuda",
+    ]);
+    fails_with(&out, words);
+    let out = mixc(&["bench", file.arg(), "--target", "cuda", "--mixer", "gla", "--runs", "1"]);
+    fails_with(&out, words);
+    let out = mixc(&["bench", file.arg(), "--target", "cuda", "--sweep"]);
+    fails_with(&out, words);
+    let out = mixc(&[
+        "run",
+        "models/gla.toml",
+        "--weights",
+        "/nonexistent.safetensors",
+        "--prompt-ids",
+        "1",
+        "--target",
+        "cuda",
+    ]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.code() == Some(1) && !stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn cuda_options_are_checked_before_the_gpu_is_needed() {
+    let file = TempFile::new("cuda-opts", "toml", BENCH_MIXERS);
+    let dir = std::env::temp_dir().join(format!("mixc-cli-cuda-bundle-{}", std::process::id()));
+    let dir_arg = dir.to_str().unwrap_or_else(|| panic!("temp path is not UTF-8"));
+    // --kernels only with --target cuda.
+    let out = mixc(&["bench", file.arg(), "--kernels", dir_arg]);
+    fails_with(&out, &["--kernels", "--target cuda"]);
+    let out = mixc(&[
+        "exec",
+        "models/gla.toml",
+        "--inputs",
+        "/nonexistent.safetensors",
+        "-o",
+        "/dev/null",
+        "--kernels",
+        dir_arg,
+    ]);
+    fails_with(&out, &["--kernels", "--target cuda"]);
+    // A bundle's schedules are fixed.
+    let args = ["exec", "models/gla.toml", "--inputs", "/x.safetensors", "-o", "/dev/null", "--target", "cuda"];
+    let out = mixc(&[&args[..], &["--kernels", dir_arg, "--chunk", "32"]].concat());
+    fails_with(&out, &["--chunk", "bundle"]);
+    // Options that make no sense on a GPU.
+    let out = mixc(&["bench", file.arg(), "--target", "cuda", "--threads", "2"]);
+    fails_with(&out, &["--threads", "--target cpu"]);
+    let out = mixc(&["bench", file.arg(), "--target", "cuda", "--sweep", "--kernels", dir_arg]);
+    fails_with(&out, &["--sweep", "--kernels"]);
+    // A bundle without the file's mixer is refused, naming what it has (a
+    // CUDA build reads the bundle before it opens the GPU).
+    if cfg!(feature = "cuda") {
+        let graphs = mixc::graphs_of_file(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/retnet.toml").as_path())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let g = &graphs[0];
+        let schedule = mixc::passes::Schedule::decode();
+        let program = mixc::lower_graph(&g.name, &g.graph, &schedule).unwrap_or_else(|e| panic!("{e}"));
+        let kernels = program
+            .kernels
+            .iter()
+            .map(|k| mixc::bundle::KernelImage {
+                name: k.name.clone(),
+                code: String::new(),
+                threads: 128,
+                shared_bytes: 0,
+                scratch_bytes: 0,
+            })
+            .collect();
+        let entry = mixc::bundle::BundledProgram {
+            mixer: g.name.clone(),
+            mode: "decode".into(),
+            graph: g.graph.clone(),
+            schedule,
+            program,
+            kernels,
+        };
+        mixc::bundle::write(&dir, "sm_90", &[entry]).unwrap_or_else(|e| panic!("{e}"));
+        let out = mixc(&[&args[..], &["--kernels", dir_arg]].concat());
+        fails_with(&out, &["no prefill program for mixer `gla`", &format!("{} decode", g.name), dir_arg]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn help_mentions_the_cuda_target() {
+    for cmd in ["exec", "bench"] {
+        let out = mixc(&[cmd, "--help"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let help = text(&out.stdout);
+        for w in ["cuda", "--kernels", "--features cuda", "mixc compile FILE --target sm_90 -o DIR"] {
+            assert!(help.contains(w), "`mixc {cmd} --help` does not mention {w:?}:\n{help}");
+        }
+    }
 }
 
 #[test]

@@ -4,15 +4,23 @@
 //! Buffers are 32-bit words on the device (f32 bits for float dtypes, i32 for
 //! the rest), as the PTX backend's kernels address them. Outputs and scratch
 //! are poisoned with NaN before the launches, so a missing store shows.
+//!
+//! A run has three steps, so that timing loops pay for the transfers once:
+//! [`CudaRunner::prepare`] binds the sizes, allocates every buffer, uploads
+//! the inputs and poisons the rest; [`CudaRunner::launch`] runs the launches
+//! (as often as asked) and times them with CUDA events; [`CudaRunner::download`]
+//! copies the outputs back. [`CudaRunner::run`] does all three.
 
 use crate::tensor::{Data, HostTensor};
-use cudarc::driver::sys::CUfunction_attribute_enum;
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::sys::{self, CUfunction_attribute_enum};
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtrMut, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::Ptx;
 use mixc_ir::interp::Tensor;
 use mixc_ir::tile::{Arg, BufferRole, ParamKind, Program};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// One compiled kernel as the GPU loads it.
 #[derive(Clone, Debug)]
@@ -46,10 +54,25 @@ pub fn available() -> bool {
     unsafe { cudarc::driver::sys::is_culib_present() }
 }
 
+/// The NaN the outputs and temporaries are filled with before a run.
+const POISON: u32 = 0x7fc0_0000;
+
+/// Words read back per piece when outputs are only checked, not kept.
+const TRANSFER_WORDS: usize = 1 << 22;
+
 /// A CUDA device and its stream.
 pub struct CudaRunner {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
+}
+
+/// The GPU this runner drives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// The driver's name for it, e.g. `NVIDIA H100 80GB HBM3`.
+    pub name: String,
+    /// Compute capability (major, minor).
+    pub compute_capability: (u32, u32),
 }
 
 /// What a run returns: the outputs and the GPU time of the launches.
@@ -57,6 +80,54 @@ pub struct GpuRun {
     pub outputs: BTreeMap<String, HostTensor>,
     pub millis: f32,
 }
+
+/// A program's kernels loaded on the device, ready to launch.
+pub struct LoadedProgram {
+    /// Unique in this process: ties prepared runs to the kernels they were planned for.
+    id: u64,
+    program: Program,
+    kernels: Vec<GpuKernel>,
+    fns: Vec<CudaFunction>,
+}
+
+impl LoadedProgram {
+    pub fn program(&self) -> &Program {
+        &self.program
+    }
+}
+
+/// One scalar or buffer argument of a launch, resolved at the bound sizes.
+enum LaunchArg {
+    Buffer(usize),
+    Int(i32),
+    Float(f32),
+}
+
+/// One launch, resolved at the bound sizes.
+struct PlannedLaunch {
+    kernel: usize,
+    cfg: LaunchConfig,
+    args: Vec<LaunchArg>,
+    /// The kernel takes the scratch region as its last argument.
+    scratch: bool,
+}
+
+/// A program bound to inputs on the device: every buffer allocated, the
+/// inputs uploaded, the launches resolved. Launch it as often as needed.
+pub struct PreparedRun {
+    bufs: Vec<CudaSlice<u32>>,
+    /// Shared by every launch with scratch (launches run one after another).
+    scratch: Option<CudaSlice<u32>>,
+    launches: Vec<PlannedLaunch>,
+    /// (buffer index, output name, shape, float) of each output.
+    outputs: Vec<(usize, String, Vec<usize>, bool)>,
+    /// The [`LoadedProgram`] it was prepared for (its id and name).
+    loaded: u64,
+    program: String,
+}
+
+/// Ids of loaded programs.
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
 impl CudaRunner {
     pub fn new() -> Result<CudaRunner, CudaError> {
@@ -68,8 +139,15 @@ impl CudaRunner {
         Ok(CudaRunner { ctx, stream })
     }
 
+    /// The device's name and compute capability.
+    pub fn device(&self) -> Result<DeviceInfo, CudaError> {
+        let name = self.ctx.name().map_err(drv("reading the device name"))?;
+        let (major, minor) = self.ctx.compute_capability().map_err(drv("reading the compute capability"))?;
+        Ok(DeviceInfo { name, compute_capability: (major.max(0) as u32, minor.max(0) as u32) })
+    }
+
     /// Loads the kernels of a program (same order as `prog.kernels`).
-    pub fn load(&self, prog: &Program, kernels: &[GpuKernel]) -> Result<Vec<CudaFunction>, CudaError> {
+    pub fn load(&self, prog: &Program, kernels: &[GpuKernel]) -> Result<LoadedProgram, CudaError> {
         if kernels.len() != prog.kernels.len() {
             return Err(CudaError::Program(format!(
                 "{} compiled kernels for a program of {}",
@@ -96,125 +174,344 @@ impl CudaRunner {
             }
             fns.push(f);
         }
-        Ok(fns)
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        Ok(LoadedProgram { id, program: prog.clone(), kernels: kernels.to_vec(), fns })
     }
 
-    /// Runs every launch of `prog` on `inputs`; `reps` > 1 repeats the launches
-    /// for timing (the outputs are those of the last repetition).
-    pub fn run(
-        &self,
-        prog: &Program,
-        kernels: &[GpuKernel],
-        fns: &[CudaFunction],
-        inputs: &BTreeMap<String, HostTensor>,
-        reps: usize,
-    ) -> Result<GpuRun, CudaError> {
+    /// Binds the sizes from `inputs`, allocates every buffer, uploads the
+    /// inputs (absent optional ones are zeros) and poisons outputs and
+    /// temporaries with NaN.
+    pub fn prepare(&self, lp: &LoadedProgram, inputs: &BTreeMap<String, HostTensor>) -> Result<PreparedRun, CudaError> {
+        let prog = &lp.program;
         let shapes: BTreeMap<String, Tensor> =
             inputs.iter().map(|(n, t)| (n.clone(), Tensor { shape: t.shape.clone(), data: vec![] })).collect();
         let sizes = prog.bind(&shapes).map_err(|e| CudaError::Program(e.to_string()))?;
-        let mut bufs: Vec<CudaSlice<u32>> = Vec::new();
-        for b in &prog.buffers {
-            let n: usize = b.shape.iter().map(|c| c.eval(&sizes) as usize).product::<usize>().max(1);
-            let words: Vec<u32> = match &b.role {
-                BufferRole::Input { name, .. } => match inputs.get(name) {
-                    Some(t) => {
-                        let mut w = t.words();
-                        w.resize(n, 0);
-                        w
+        let dims =
+            |shape: &[mixc_ir::tile::Count]| -> Vec<usize> { shape.iter().map(|c| c.eval(&sizes) as usize).collect() };
+        let mut bufs = Vec::with_capacity(prog.buffers.len());
+        let mut outputs = Vec::new();
+        for (i, b) in prog.buffers.iter().enumerate() {
+            let shape = dims(&b.shape);
+            let n = shape.iter().product::<usize>().max(1);
+            let mut buf = self.stream.alloc_zeros::<u32>(n).map_err(drv("allocating a buffer"))?;
+            match &b.role {
+                BufferRole::Input { name, .. } => {
+                    if let Some(t) = inputs.get(name) {
+                        self.upload(t, &mut buf)?;
                     }
-                    None => vec![0; n],
-                },
-                _ => vec![0x7fc0_0000; n],
-            };
-            bufs.push(self.stream.clone_htod(&words).map_err(drv("copying to the device"))?);
+                }
+                BufferRole::Output(name) => {
+                    self.poison(&mut buf)?;
+                    outputs.push((i, name.clone(), shape, b.dtype.is_float()));
+                }
+                BufferRole::Temp => self.poison(&mut buf)?,
+            }
+            bufs.push(buf);
         }
-        let start = self
-            .stream
-            .record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
-            .map_err(drv("event"))?;
+        let (launches, scratch_words) = plan(prog, &lp.kernels, &sizes)?;
+        let scratch = if scratch_words > 0 {
+            Some(self.stream.alloc_zeros::<u32>(scratch_words).map_err(drv("allocating scratch"))?)
+        } else {
+            None
+        };
+        self.stream.synchronize().map_err(drv("copying the inputs"))?;
+        Ok(PreparedRun { bufs, scratch, launches, outputs, loaded: lp.id, program: prog.name.clone() })
+    }
+
+    /// Runs every launch of a prepared run `reps` times (at least once) and
+    /// returns the GPU milliseconds per repetition, timed by CUDA events
+    /// around the launches only.
+    pub fn launch(&self, lp: &LoadedProgram, run: &PreparedRun, reps: usize) -> Result<f32, CudaError> {
+        if run.loaded != lp.id {
+            return Err(CudaError::Program(format!(
+                "a run prepared for other kernels (of `{}`) launched with those of `{}`",
+                run.program, lp.program.name
+            )));
+        }
+        let event = || self.stream.record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT)).map_err(drv("event"));
+        let start = event()?;
         for _ in 0..reps.max(1) {
-            for l in &prog.launches {
-                let (Some(k), Some(f), Some(tk)) =
-                    (kernels.get(l.kernel), fns.get(l.kernel), prog.kernels.get(l.kernel))
-                else {
+            for l in &run.launches {
+                let (Some(f), Some(tk)) = (lp.fns.get(l.kernel), lp.program.kernels.get(l.kernel)) else {
                     return Err(CudaError::Program("launch of a missing kernel".into()));
                 };
-                let grid = [0, 1, 2].map(|i| l.grid[i].eval(&sizes) as u32);
-                if grid.contains(&0) {
-                    continue;
-                }
-                let ints: Vec<i32> = l
-                    .args
-                    .iter()
-                    .map(|a| match a {
-                        Arg::Size(c) => c.eval(&sizes) as i32,
-                        _ => 0,
-                    })
-                    .collect();
-                let floats: Vec<f32> = l
-                    .args
-                    .iter()
-                    .map(|a| match a {
-                        Arg::Float(x) => *x as f32,
-                        _ => 0.0,
-                    })
-                    .collect();
                 let mut builder = self.stream.launch_builder(f);
-                for (i, (a, p)) in l.args.iter().zip(&tk.params).enumerate() {
-                    match (a, &p.kind) {
-                        (Arg::Buffer(b), ParamKind::Ptr(_)) => {
-                            let buf = bufs.get(*b).ok_or_else(|| CudaError::Program("missing buffer".into()))?;
+                for a in &l.args {
+                    match a {
+                        LaunchArg::Buffer(b) => {
+                            let buf = run.bufs.get(*b).ok_or_else(|| CudaError::Program("missing buffer".into()))?;
                             builder.arg(buf);
                         }
-                        (Arg::Size(_), ParamKind::Scalar(_)) => {
-                            builder.arg(&ints[i]);
+                        LaunchArg::Int(x) => {
+                            builder.arg(x);
                         }
-                        (Arg::Float(_), ParamKind::Scalar(_)) => {
-                            builder.arg(&floats[i]);
+                        LaunchArg::Float(x) => {
+                            builder.arg(x);
                         }
-                        _ => return Err(CudaError::Program(format!("argument kind of `{}` in `{}`", p.name, tk.name))),
                     }
                 }
-                let scratch = if k.scratch_bytes > 0 {
-                    let ctas = grid.iter().map(|g| *g as usize).product::<usize>();
-                    let words = (k.scratch_bytes as usize).div_ceil(4) * ctas;
-                    Some(self.stream.alloc_zeros::<u32>(words.max(1)).map_err(drv("allocating scratch"))?)
-                } else {
-                    None
-                };
-                if let Some(s) = &scratch {
+                if l.scratch {
+                    let s = run
+                        .scratch
+                        .as_ref()
+                        .ok_or_else(|| CudaError::Program(format!("kernel `{}` has no scratch region", tk.name)))?;
                     builder.arg(s);
                 }
-                let cfg = LaunchConfig {
-                    grid_dim: (grid[0], grid[1], grid[2]),
-                    block_dim: (k.threads, 1, 1),
-                    shared_mem_bytes: k.shared_bytes,
-                };
                 // Safety: the arguments match the kernel's parameters in order and
-                // kind (checked above); buffer sizes come from the same program.
-                unsafe { builder.launch(cfg) }.map_err(drv("launching"))?;
+                // kind (checked when planned); buffer sizes come from the same
+                // program, the scratch region from its largest launch.
+                unsafe { builder.launch(l.cfg) }.map_err(drv("launching"))?;
             }
         }
-        let end = self
-            .stream
-            .record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
-            .map_err(drv("event"))?;
+        let end = event()?;
         self.stream.synchronize().map_err(drv("running the kernels"))?;
-        let millis = start.elapsed_ms(&end).map_err(drv("timing"))? / reps.max(1) as f32;
-        let mut outputs = BTreeMap::new();
-        for (b, buf) in prog.buffers.iter().zip(&bufs) {
-            if let BufferRole::Output(name) = &b.role {
-                let words: Vec<u32> = self.stream.clone_dtoh(buf).map_err(drv("copying back"))?;
-                let n: usize = b.shape.iter().map(|c| c.eval(&sizes) as usize).product();
-                let shape = b.shape.iter().map(|c| c.eval(&sizes) as usize).collect();
-                let data = if b.dtype.is_float() {
-                    Data::F32(words.iter().take(n).map(|w| f32::from_bits(*w)).collect())
-                } else {
-                    Data::I32(words.iter().take(n).map(|w| *w as i32).collect())
-                };
-                outputs.insert(name.clone(), HostTensor { shape, data });
+        Ok(start.elapsed_ms(&end).map_err(drv("timing"))? / reps.max(1) as f32)
+    }
+
+    /// Copies the outputs of a prepared run back to the host.
+    pub fn download(&self, run: &PreparedRun) -> Result<BTreeMap<String, HostTensor>, CudaError> {
+        let mut out = BTreeMap::new();
+        for (i, name, shape, float) in &run.outputs {
+            let buf = run.bufs.get(*i).ok_or_else(|| CudaError::Program("missing output buffer".into()))?;
+            let n = shape.iter().product::<usize>().min(buf.len());
+            let data = if *float { Data::F32(self.copy_back(buf, n)?) } else { Data::I32(self.copy_back(buf, n)?) };
+            out.insert(name.clone(), HostTensor { shape: shape.clone(), data });
+        }
+        Ok(out)
+    }
+
+    /// The first `n` words of a device buffer as `T` (f32 or i32 bits), in one copy.
+    fn copy_back<T: cudarc::driver::DeviceRepr + Default + Clone>(
+        &self,
+        buf: &CudaSlice<u32>,
+        n: usize,
+    ) -> Result<Vec<T>, CudaError> {
+        let mut host = vec![T::default(); n];
+        if n > 0 {
+            // Safety: T is a 32-bit type (f32 or i32) for which every bit
+            // pattern is a value, and `n` is within the buffer.
+            let view = unsafe { buf.transmute::<T>(n) }
+                .ok_or_else(|| CudaError::Program("an output larger than its buffer".into()))?;
+            // A copy to pageable memory returns once the words have arrived.
+            self.stream.memcpy_dtoh(&view, &mut host).map_err(drv("copying back"))?;
+        }
+        Ok(host)
+    }
+
+    /// Whether every float output of a prepared run holds only finite values
+    /// (read back in pieces, without keeping the outputs).
+    pub fn outputs_finite(&self, run: &PreparedRun) -> Result<bool, CudaError> {
+        let mut finite = true;
+        for (i, _, _, float) in &run.outputs {
+            if *float && finite {
+                self.each_piece(run, *i, |part| finite &= part.iter().all(|w| f32::from_bits(*w).is_finite()))?;
             }
         }
-        Ok(GpuRun { outputs, millis })
+        Ok(finite)
+    }
+
+    /// Copies output `i` of a run back in pieces, handing each to `f`.
+    fn each_piece(&self, run: &PreparedRun, i: usize, mut f: impl FnMut(&[u32])) -> Result<(), CudaError> {
+        let Some((b, _, shape, _)) = run.outputs.iter().find(|o| o.0 == i) else {
+            return Err(CudaError::Program("missing output buffer".into()));
+        };
+        let buf = run.bufs.get(*b).ok_or_else(|| CudaError::Program("missing output buffer".into()))?;
+        let n: usize = shape.iter().product::<usize>().min(buf.len());
+        let mut words = vec![0u32; TRANSFER_WORDS.min(n)];
+        let mut at = 0;
+        while at < n {
+            let len = TRANSFER_WORDS.min(n - at);
+            let part = &mut words[..len];
+            // A copy to pageable memory returns once the words have arrived.
+            self.stream.memcpy_dtoh(&buf.slice(at..at + len), part).map_err(drv("copying back"))?;
+            f(part);
+            at += len;
+        }
+        Ok(())
+    }
+
+    /// Prepares, launches `reps` times (the outputs are those of the last
+    /// repetition) and downloads.
+    pub fn run(
+        &self,
+        lp: &LoadedProgram,
+        inputs: &BTreeMap<String, HostTensor>,
+        reps: usize,
+    ) -> Result<GpuRun, CudaError> {
+        let prepared = self.prepare(lp, inputs)?;
+        let millis = self.launch(lp, &prepared, reps)?;
+        Ok(GpuRun { outputs: self.download(&prepared)?, millis })
+    }
+
+    /// Host seconds of one [`CudaRunner::launch`] call with `reps = 1` (the
+    /// launches enqueued and waited for) and its GPU milliseconds.
+    pub fn time_once(&self, lp: &LoadedProgram, run: &PreparedRun) -> Result<(f64, f32), CudaError> {
+        let t0 = Instant::now();
+        let ms = self.launch(lp, run, 1)?;
+        Ok((t0.elapsed().as_secs_f64(), ms))
+    }
+
+    /// Copies a host tensor into the start of a device buffer (a shorter
+    /// tensor leaves the rest as it was), in one copy without conversion.
+    fn upload(&self, t: &HostTensor, buf: &mut CudaSlice<u32>) -> Result<(), CudaError> {
+        let n = t.numel().min(buf.len());
+        if n == 0 {
+            return Ok(());
+        }
+        let too_big = || CudaError::Program("an input larger than its buffer".into());
+        // Safety (both views): f32 and i32 are 32-bit types like the buffer's
+        // words, every bit pattern is a value of each, and `n` is within the buffer.
+        match &t.data {
+            Data::F32(v) => {
+                let mut view = unsafe { buf.transmute_mut::<f32>(n) }.ok_or_else(too_big)?;
+                self.stream.memcpy_htod(&v[..n], &mut view)
+            }
+            Data::I32(v) => {
+                let mut view = unsafe { buf.transmute_mut::<i32>(n) }.ok_or_else(too_big)?;
+                self.stream.memcpy_htod(&v[..n], &mut view)
+            }
+        }
+        .map_err(drv("copying to the device"))
+    }
+
+    /// Fills a device buffer with NaN, on the device.
+    fn poison(&self, buf: &mut CudaSlice<u32>) -> Result<(), CudaError> {
+        let n = buf.len();
+        let (ptr, _record) = buf.device_ptr_mut(&self.stream);
+        // Safety: `ptr` addresses `n` 32-bit words of a live allocation of this
+        // context; the memset is ordered on the same stream as its uses.
+        unsafe { sys::cuMemsetD32Async(ptr, POISON, n, self.stream.cu_stream()) }
+            .result()
+            .map_err(drv("poisoning a buffer"))
+    }
+}
+
+/// Resolves every launch of a program at the bound sizes (launches with an
+/// empty grid are left out); also returns the words of scratch the largest
+/// launch needs.
+fn plan(prog: &Program, kernels: &[GpuKernel], sizes: &[u64]) -> Result<(Vec<PlannedLaunch>, usize), CudaError> {
+    let mut out = Vec::new();
+    let mut scratch_words = 0usize;
+    for l in &prog.launches {
+        let (Some(k), Some(tk)) = (kernels.get(l.kernel), prog.kernels.get(l.kernel)) else {
+            return Err(CudaError::Program("launch of a missing kernel".into()));
+        };
+        let grid = [0, 1, 2].map(|i| l.grid[i].eval(sizes));
+        if grid.contains(&0) {
+            continue;
+        }
+        let grid = grid.map(|g| u32::try_from(g).unwrap_or(u32::MAX));
+        if l.args.len() != tk.params.len() {
+            return Err(CudaError::Program(format!(
+                "a launch of `{}` passes {} arguments for {} parameters",
+                tk.name,
+                l.args.len(),
+                tk.params.len()
+            )));
+        }
+        let mut args = Vec::with_capacity(l.args.len());
+        for (a, p) in l.args.iter().zip(&tk.params) {
+            args.push(match (a, &p.kind) {
+                (Arg::Buffer(b), ParamKind::Ptr(_)) if *b < prog.buffers.len() => LaunchArg::Buffer(*b),
+                (Arg::Size(c), ParamKind::Scalar(_)) => LaunchArg::Int(c.eval(sizes) as i32),
+                (Arg::Float(x), ParamKind::Scalar(_)) => LaunchArg::Float(*x as f32),
+                _ => return Err(CudaError::Program(format!("argument kind of `{}` in `{}`", p.name, tk.name))),
+            });
+        }
+        if k.scratch_bytes > 0 {
+            let ctas = grid.iter().map(|g| *g as usize).product::<usize>();
+            scratch_words = scratch_words.max((k.scratch_bytes as usize).div_ceil(4) * ctas);
+        }
+        out.push(PlannedLaunch {
+            kernel: l.kernel,
+            cfg: LaunchConfig {
+                grid_dim: (grid[0], grid[1], grid[2]),
+                block_dim: (k.threads, 1, 1),
+                shared_mem_bytes: k.shared_bytes,
+            },
+            args,
+            scratch: k.scratch_bytes > 0,
+        });
+    }
+    Ok((out, scratch_words))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gla(sched: &mixc_passes::Schedule) -> (mixc_ir::Graph, Program) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/gla.toml");
+        let file = mixc_ir::model::load_model(&path).unwrap_or_else(|e| panic!("{e}"));
+        let cfg = file.mixer.get("gla").unwrap_or_else(|| panic!("no mixer gla"));
+        let graph = mixc_ir::mixers::build("gla", cfg).unwrap_or_else(|e| panic!("{e}"));
+        let prog = mixc_passes::lower(&graph, sched).unwrap_or_else(|e| panic!("{e}"));
+        (graph, prog)
+    }
+
+    fn sizes_of(graph: &mixc_ir::Graph, prog: &Program, b: usize, t: usize) -> Vec<u64> {
+        let sizes = BTreeMap::from([("B", b), ("T", t)]);
+        let ins = mixc_ir::mixers::random_inputs(graph, &sizes, 1, false);
+        prog.bind(&ins).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn kernels(prog: &Program, scratch_bytes: u32) -> Vec<GpuKernel> {
+        prog.kernels
+            .iter()
+            .map(|k| GpuKernel {
+                name: k.name.clone(),
+                ptx: String::new(),
+                threads: 128,
+                shared_bytes: 1024,
+                scratch_bytes,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn launches_resolve_at_the_bound_sizes() {
+        let (graph, prog) = gla(&mixc_passes::Schedule::with_chunk(64));
+        let sizes = sizes_of(&graph, &prog, 2, 100);
+        let (launches, scratch) = plan(&prog, &kernels(&prog, 0), &sizes).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(scratch, 0);
+        assert!(!launches.is_empty() && launches.len() <= prog.launches.len());
+        for (l, pl) in prog.launches.iter().zip(&launches) {
+            let grid = [0, 1, 2].map(|i| l.grid[i].eval(&sizes) as u32);
+            assert_eq!((pl.cfg.grid_dim.0, pl.cfg.grid_dim.1, pl.cfg.grid_dim.2), (grid[0], grid[1], grid[2]));
+            assert_eq!(pl.cfg.block_dim, (128, 1, 1));
+            assert_eq!(pl.cfg.shared_mem_bytes, 1024);
+            assert_eq!(pl.args.len(), l.args.len());
+            assert!(!pl.scratch);
+            for (a, pa) in l.args.iter().zip(&pl.args) {
+                match (a, pa) {
+                    (Arg::Buffer(b), LaunchArg::Buffer(p)) => assert_eq!(b, p),
+                    (Arg::Size(c), LaunchArg::Int(x)) => assert_eq!(c.eval(&sizes) as i32, *x),
+                    (Arg::Float(f), LaunchArg::Float(x)) => assert_eq!(*f as f32, *x),
+                    _ => panic!("argument kinds differ"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn scratch_covers_the_largest_launch() {
+        let (graph, prog) = gla(&mixc_passes::Schedule::with_chunk(64));
+        let sizes = sizes_of(&graph, &prog, 3, 70);
+        let (launches, scratch) = plan(&prog, &kernels(&prog, 10), &sizes).unwrap_or_else(|e| panic!("{e}"));
+        let most = launches
+            .iter()
+            .map(|l| (l.cfg.grid_dim.0 * l.cfg.grid_dim.1 * l.cfg.grid_dim.2) as usize)
+            .max()
+            .unwrap_or(0);
+        // 10 bytes a CTA round up to 3 words.
+        assert_eq!(scratch, 3 * most);
+        assert!(launches.iter().all(|l| l.scratch));
+    }
+
+    #[test]
+    fn mismatched_kernels_are_refused() {
+        let (graph, prog) = gla(&mixc_passes::Schedule::decode());
+        let sizes = sizes_of(&graph, &prog, 1, 1);
+        assert!(plan(&prog, &[], &sizes).is_err());
     }
 }

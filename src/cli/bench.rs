@@ -1,10 +1,15 @@
-//! `mixc bench FILE --target cpu`: time each mixer's prefill and decode steps
-//! on this CPU, or (`--sweep`) every schedule candidate against the cost
-//! model's prediction. Rows are printed as they are measured.
+//! `mixc bench FILE --target cpu|cuda`: time each mixer's prefill and decode
+//! steps on this CPU or a CUDA GPU, or (`--sweep`) every schedule candidate
+//! against the cost model's prediction. Rows are printed as they are
+//! measured; what differs per target (engine, profile, header, ceilings) is
+//! set up in [`setup`].
+
+mod setup;
 
 use clap::{Args, ValueEnum};
 use mixc::bench::{self, BenchMixer, Bencher, Failure, Phase, Row, Sizes, Sweep};
-use mixc::calibrate::{self, ChosenProfile};
+use mixc::calibrate::ChosenProfile;
+use setup::{Rates, Setup};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -28,8 +33,20 @@ cheapest predicted first, at most --max-candidates), prints predicted against me
 kernel time, marks the model's pick and the fastest, and the pick's rank and gap. --tune \
 (with --sweep) stores the fastest in <cache dir>/tuned.toml, which later runs use.
 
+--target cuda times on the GPU (a build with `--features cuda`): kernels compiled here \
+through LLVM for the card's compute capability, or taken from a kernel bundle with \
+--kernels DIR (`mixc compile FILE --target sm_90 -o DIR`; its schedules, no --sweep). \
+Inputs are uploaded once per row; `kernels` is the time between CUDA events around the \
+launches, `total` the same launches as the host sees them. Without --sizes: prefill at \
+B=8, T = 2048 and 8192, decode steps at B = 64 and 256 (H = 16 where the head count is \
+free); --sweep defaults to B=8, T=8192. Ceilings and the schedule search use the built-in \
+profile of the card (H200, else H100; `mixc devices`), TFLOP/s against tensor-core \
+matmul, GB/s against HBM.
+
 Examples:
   mixc bench models/bench/anchors.toml --target cpu --mixer gla,attention
+  mixc bench models/bench/anchors.toml --target cuda --mixer gla --sizes B=8,T=8192
+  mixc bench models/bench/anchors.toml --target cuda --kernels bundle/ --mode prefill
   mixc bench models/gla.toml --sizes B=1,H=2,T=64 --runs 1
   mixc bench models/bench/anchors.toml --mixer gla --sweep --sizes B=1,H=4,T=1024";
 
@@ -37,6 +54,8 @@ Examples:
 pub enum BenchTarget {
     /// Native code for this CPU (Cranelift), programs spread over the cores.
     Cpu,
+    /// The CUDA GPU of this machine (a build with `--features cuda`).
+    Cuda,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -51,9 +70,13 @@ pub struct BenchArgs {
     /// A model file or mixer tables (.toml) or a mixer graph (.mix).
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
-    /// Where to run (GPU timing is `mixc gpu-check --bench`).
+    /// Where to run: cpu, or cuda (the GPU; a build with `--features cuda`).
     #[arg(long, value_enum, default_value_t = BenchTarget::Cpu)]
     pub target: BenchTarget,
+    /// With --target cuda: take the kernels from this bundle (`mixc compile FILE
+    /// --target sm_90 -o DIR`) instead of compiling them (needed without LLVM).
+    #[arg(long, value_name = "DIR")]
+    pub kernels: Option<PathBuf>,
     /// A size point, e.g. `B=1,H=16,T=512`; repeat for several.
     #[arg(long, value_name = "DIM=N,...")]
     pub sizes: Vec<String>,
@@ -62,14 +85,14 @@ pub struct BenchArgs {
     /// Timed runs per row (the median is reported).
     #[arg(long, value_name = "N", default_value_t = 5)]
     pub runs: usize,
-    /// Threads the kernels run on (default: every core; sets RAYON_NUM_THREADS).
+    /// Threads the kernels run on (--target cpu; default: every core; sets RAYON_NUM_THREADS).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
     /// Only these mixers (comma-separated names).
     #[arg(long, value_name = "NAME,...", value_delimiter = ',')]
     pub mixer: Vec<String>,
     /// A device profile in TOML for the ceilings and the search, or `builtin`
-    /// (default: the calibrated CPU profile if present).
+    /// (default: the calibrated CPU profile if present; on a GPU the card's built-in one).
     #[arg(long, value_name = "FILE|builtin")]
     pub profile: Option<PathBuf>,
     /// Measure every feasible schedule candidate against its predicted time.
@@ -112,19 +135,9 @@ pub fn run(args: &BenchArgs) -> Result<String, mixc::Error> {
     if args.max_candidates == 0 {
         return Err(usage("--max-candidates must be at least 1".into()));
     }
-    let threads = match args.threads {
-        Some(0) => return Err(usage("--threads must be at least 1".into())),
-        Some(n) => {
-            // Read by rayon when its pool starts, which is at the first run below.
-            std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-            n
-        }
-        None => std::env::var("RAYON_NUM_THREADS")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .filter(|n| *n > 0)
-            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
-    };
+    if args.kernels.is_some() && args.target != BenchTarget::Cuda {
+        return Err(usage("--kernels DIR runs a kernel bundle on the GPU: add --target cuda".into()));
+    }
     let points: Vec<Sizes> = args.sizes.iter().map(|s| bench::parse_sizes(s)).collect::<Result<_, _>>()?;
     let mut mixers = bench::load_mixers(&args.file)?;
     if !args.mixer.is_empty() {
@@ -141,22 +154,25 @@ pub fn run(args: &BenchArgs) -> Result<String, mixc::Error> {
     for p in &points {
         bench::check_sizes(&mixers, p)?;
     }
-    let chosen = calibrate::choose_profile("cpu", args.profile.as_deref())?;
-    if chosen.profile.kind != mixc::passes::device::DeviceKind::Cpu {
-        return Err(usage(format!("--profile: `{}` is not a CPU profile", chosen.profile.name)));
-    }
+    let Setup { chosen, engine, gpu, header, rates } = match args.target {
+        BenchTarget::Cpu => setup::cpu(args)?,
+        BenchTarget::Cuda => setup::cuda(args)?,
+    };
     let mut out = Out { gone: false };
-    header(&mut out, args, threads, &chosen);
-    let mut b = Bencher::new(&chosen.profile, args.runs, args.seed);
+    for line in &header {
+        out.line(line);
+    }
+    let mut b = Bencher::with_engine(&chosen.profile, args.runs, args.seed, engine);
     if args.sweep {
-        sweeps(&mut out, &mut b, args, &mixers, points, &chosen)?;
+        sweeps(&mut out, &mut b, args, &mixers, points, &chosen, gpu)?;
     } else {
-        rows(&mut out, &mut b, args, &mixers, &points, &chosen);
+        rows(&mut out, &mut b, args, &mixers, &points, &rates, gpu);
     }
     Ok(String::new())
 }
 
-/// `--sweep`: one table per mixer and size point (default T = 2048).
+/// `--sweep`: one table per mixer and size point (default: T = 2048 on the
+/// CPU, B = 8 and T = 8192 on a GPU).
 fn sweeps(
     out: &mut Out,
     b: &mut Bencher,
@@ -164,10 +180,11 @@ fn sweeps(
     mixers: &[BenchMixer],
     points: Vec<Sizes>,
     chosen: &ChosenProfile,
+    gpu: bool,
 ) -> Result<(), mixc::Error> {
-    let points = if points.is_empty() { vec![Sizes::from([("T".to_string(), 2048)])] } else { points };
     for m in mixers {
-        for p in &points {
+        let at = if points.is_empty() { vec![bench::default_sweep_point(gpu, &m.named.graph)] } else { points.clone() };
+        for p in &at {
             if out.gone {
                 return Ok(());
             }
@@ -203,26 +220,18 @@ fn rows(
     args: &BenchArgs,
     mixers: &[BenchMixer],
     points: &[Sizes],
-    chosen: &ChosenProfile,
+    rates: &Rates,
+    gpu: bool,
 ) {
-    out.line(&format!(
-        "{:<16} {:<7} {:>3} {:>4} {:>6} {:>6}  {:<22} {:>10} {:>10} {:>10} {:>9} {:>7} {:>7} {:>7} {:>6}",
-        "mixer",
-        "phase",
-        "B",
-        "H",
-        "T",
-        "S",
-        "schedule",
-        "compile",
-        "total ms",
-        "kernel ms",
-        "GFLOP/s",
-        "%f32x4",
-        "%wide",
-        "GB/s",
-        "%DRAM"
-    ));
+    let mut title = format!(
+        "{:<16} {:<7} {:>3} {:>4} {:>6} {:>6}  {:<22} {:>10} {:>10} {:>10} {:>9}",
+        "mixer", "phase", "B", "H", "T", "S", "schedule", "compile", "total ms", "kernel ms", rates.flop_name
+    );
+    for (name, _) in &rates.flop_ceilings {
+        title.push_str(&format!(" {name:>7}"));
+    }
+    title.push_str(&format!(" {:>7} {:>6}", "GB/s", rates.mem_name));
+    out.line(&title);
     let phases: &[Phase] = match args.mode {
         BenchMode::Prefill => &[Phase::Prefill],
         BenchMode::Decode => &[Phase::Decode],
@@ -230,59 +239,19 @@ fn rows(
     };
     for m in mixers {
         for phase in phases {
-            let at: Vec<Sizes> = if !points.is_empty() {
-                points.to_vec()
-            } else if *phase == Phase::Prefill {
-                bench::DEFAULT_PREFILL_T.iter().map(|t| Sizes::from([("T".to_string(), *t)])).collect()
-            } else {
-                bench::DEFAULT_DECODE_B.iter().map(|b| Sizes::from([("B".to_string(), *b)])).collect()
-            };
+            let at: Vec<Sizes> =
+                if !points.is_empty() { points.to_vec() } else { bench::default_points(gpu, *phase, &m.named.graph) };
             for p in &at {
                 if out.gone {
                     return;
                 }
                 match b.row(m, *phase, p) {
-                    Ok(r) => row(out, &r, chosen, &m.named.graph),
+                    Ok(r) => row(out, &r, rates, &m.named.graph),
                     Err(f) => failure(out, &f),
                 }
             }
         }
     }
-}
-
-fn header(out: &mut Out, args: &BenchArgs, threads: usize, chosen: &ChosenProfile) {
-    let p = &chosen.profile;
-    out.line(&format!(
-        "# mixc bench {}: {threads} threads; times are the median of {} runs after warm-up (at least 20 where a run \
-         takes under 10 ms)",
-        args.file.display(),
-        args.runs
-    ));
-    out.line(&format!("# profile: {}", chosen.describe()));
-    if let Some(note) = &chosen.note {
-        out.line(&format!("# note: {note}"));
-    }
-    let wide = match (&chosen.extras.widest_isa, chosen.extras.widest_flops) {
-        (Some(isa), Some(f)) => format!(", widest {isa} {:.1} GFLOP/s", f / 1e9),
-        _ => String::new(),
-    };
-    out.line(&format!(
-        "# ceilings: f32x4 FMA {:.1} GFLOP/s{wide}, DRAM {:.1} GB/s",
-        p.vector_flops / 1e9,
-        p.dram_bw / 1e9
-    ));
-    if let (Some(f), Some(b)) = (chosen.extras.best_simd128_flops, chosen.extras.best_copy_bw) {
-        out.line(&format!(
-            "# (the calibration's best repetitions: f32x4 FMA {:.1} GFLOP/s, DRAM {:.1} GB/s; the % columns use the \
-             medians above)",
-            f / 1e9,
-            b / 1e9
-        ));
-    }
-    out.line(
-        "# FLOP and bytes: passes::cost's count of the program that ran (matrix + vector FLOPs, DRAM bytes loaded + \
-         stored); rates over kernel ms = total − the same call without launches",
-    );
 }
 
 fn size(sizes: &Sizes, k: &str) -> String {
@@ -293,19 +262,17 @@ fn pct(x: f64) -> String {
     format!("{:.1}%", 100.0 * x)
 }
 
-fn row(out: &mut Out, r: &Row, chosen: &ChosenProfile, g: &mixc::ir::Graph) {
-    let p = &chosen.profile;
+fn row(out: &mut Out, r: &Row, rates: &Rates, g: &mixc::ir::Graph) {
     let k = r.timing.kernel_s();
     let (flops, bytes) = bench::work(&r.cost);
-    let (gf, gb) = (flops / k / 1e9, bytes / k / 1e9);
-    let wide = chosen.extras.widest_flops.map(|w| pct(flops / k / w)).unwrap_or_else(|| "-".into());
+    let (fl, gb) = (flops / k / rates.flop_unit, bytes / k / 1e9);
     let mut sched = bench::describe(&r.schedule, g);
-    if r.schedule_from == "tuned" || r.schedule_from == "table" {
+    if matches!(r.schedule_from, "tuned" | "table" | "bundle") {
         sched.push_str(&format!(" ({})", r.schedule_from));
     }
     let compile = r.compile_s.map(|s| format!("{:.1} ms", s * 1e3)).unwrap_or_else(|| "cached".into());
     let mut line = format!(
-        "{:<16} {:<7} {:>3} {:>4} {:>6} {:>6}  {:<22} {:>10} {:>10.3} {:>10.3} {:>9.2} {:>7} {:>7} {:>7.2} {:>6}",
+        "{:<16} {:<7} {:>3} {:>4} {:>6} {:>6}  {:<22} {:>10} {:>10.3} {:>10.3} {:>9.2}",
         r.mixer,
         match r.phase {
             Phase::Prefill => "prefill",
@@ -319,12 +286,13 @@ fn row(out: &mut Out, r: &Row, chosen: &ChosenProfile, g: &mixc::ir::Graph) {
         compile,
         r.timing.total_s * 1e3,
         k * 1e3,
-        gf,
-        pct(flops / k / p.vector_flops),
-        wide,
-        gb,
-        pct(bytes / k / p.dram_bw),
+        fl,
     );
+    for (_, ceiling) in &rates.flop_ceilings {
+        let share = ceiling.map(|c| pct(flops / k / c)).unwrap_or_else(|| "-".into());
+        line.push_str(&format!(" {share:>7}"));
+    }
+    line.push_str(&format!(" {gb:>7.2} {:>6}", pct(bytes / k / rates.dram_bw)));
     if !r.timing.finite {
         line.push_str("  (outputs hold NaN or infinity)");
     }

@@ -52,7 +52,7 @@ fn options(args: &CompileArgs) -> Result<mixc::gpu::Options, mixc::Error> {
     let matmul = mixc::gpu::Matmul::parse(&args.matmul).ok_or_else(|| {
         mixc::Error::Usage(format!("unknown --matmul `{}` (expected tf32x3, bf16 or simt)", args.matmul))
     })?;
-    Ok(mixc::gpu::Options { matmul })
+    Ok(mixc::gpu::Options { matmul, fast_exp: !args.precise_exp })
 }
 
 #[cfg(not(feature = "llvm"))]

@@ -3,7 +3,8 @@
 //! outputs.
 
 use super::GpuCheckArgs;
-use mixc::runtime::cuda::{CudaRunner, GpuKernel};
+use mixc::cuda::kernel_of;
+use mixc::runtime::cuda::{CudaRunner, GpuKernel, LoadedProgram};
 use mixc::runtime::HostTensor;
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -46,18 +47,7 @@ pub fn check(args: &GpuCheckArgs) -> Result<String, mixc::Error> {
     }
     let mut failures = 0;
     for p in programs {
-        let kernels: Vec<GpuKernel> = p
-            .kernels
-            .iter()
-            .map(|k| GpuKernel {
-                name: k.name.clone(),
-                ptx: k.code.clone(),
-                threads: k.threads,
-                shared_bytes: k.shared_bytes,
-                scratch_bytes: k.scratch_bytes,
-            })
-            .collect();
-        let fns = runner.load(&p.program, &kernels).map_err(|e| mixc::Error::Usage(format!("{}: {e}", p.mixer)))?;
+        let lp = load(&runner, p)?;
         let cases: Vec<(usize, usize, bool)> = if p.mode == "decode" {
             vec![(1, 1, true), (3, 1, true), (2, 5, true)]
         } else {
@@ -79,9 +69,8 @@ pub fn check(args: &GpuCheckArgs) -> Result<String, mixc::Error> {
             let rounded = host.iter().map(|(n, t)| (n.clone(), t.to_f64())).collect();
             let want = mixc::ir::interp::run(&p.graph, &rounded)
                 .map_err(|e| mixc::Error::Usage(format!("{}: reference: {e}", p.mixer)))?;
-            let got = runner
-                .run(&p.program, &kernels, &fns, &host, 1)
-                .map_err(|e| mixc::Error::Usage(format!("{} ({}): {e}", p.mixer, p.mode)))?;
+            let got =
+                runner.run(&lp, &host, 1).map_err(|e| mixc::Error::Usage(format!("{} ({}): {e}", p.mixer, p.mode)))?;
             let mut worst = 0.0f64;
             let mut worst_name = String::new();
             for (name, w) in &want {
@@ -110,72 +99,15 @@ pub fn check(args: &GpuCheckArgs) -> Result<String, mixc::Error> {
     Ok(out)
 }
 
-fn kernels_of(p: &mixc::bundle::BundledProgram) -> Vec<GpuKernel> {
-    p.kernels
-        .iter()
-        .map(|k| GpuKernel {
-            name: k.name.clone(),
-            ptx: k.code.clone(),
-            threads: k.threads,
-            shared_bytes: k.shared_bytes,
-            scratch_bytes: k.scratch_bytes,
-        })
-        .collect()
+/// Loads a bundled program's kernels.
+fn load(runner: &CudaRunner, p: &mixc::bundle::BundledProgram) -> Result<LoadedProgram, mixc::Error> {
+    let kernels: Vec<GpuKernel> = p.kernels.iter().map(kernel_of).collect();
+    runner.load(&p.program, &kernels).map_err(|e| mixc::Error::Usage(format!("{}: {e}", p.mixer)))
 }
 
-/// Random inputs for timing, made fast (f32 straight away, all cores): the
-/// reference's generator draws f64 normals one by one, which at the anchor
-/// sizes (10⁸ elements a tensor) takes longer than the runs it feeds. Values
-/// are uniform with the ranges the kernels expect (log decays ≤ 0, gates in
-/// (0, 1)); integer inputs (cache offsets) are 0.
-fn bench_inputs(
-    g: &mixc::ir::graph::Graph,
-    sizes: &BTreeMap<&str, usize>,
-    seed: u64,
-    with_optional: bool,
-) -> BTreeMap<String, HostTensor> {
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(4);
-    let mut out = BTreeMap::new();
-    for (k, (name, v, optional)) in g.inputs().into_iter().enumerate() {
-        if optional && !with_optional {
-            continue;
-        }
-        let shape: Vec<usize> =
-            g.ty(v).shape.iter().map(|d| mixc::ir::mixers::inputs::dim_size(g, *d, sizes).unwrap_or(0)).collect();
-        let n: usize = shape.iter().product();
-        if !g.ty(v).dtype.is_float() {
-            out.insert(name.to_string(), HostTensor { shape, data: mixc::runtime::Data::I32(vec![0; n]) });
-            continue;
-        }
-        let map: fn(f32) -> f32 = match name {
-            "g" => |u| -(1.0 + u) * 0.5 - 0.01,
-            "beta" => |u| 0.5 + 0.45 * u,
-            "f" => |u| 3.0 + u,
-            _ => |u| 0.5 * u,
-        };
-        let mut data = vec![0f32; n];
-        let per = n.div_ceil(threads).max(1);
-        std::thread::scope(|sc| {
-            for (c, part) in data.chunks_mut(per).enumerate() {
-                sc.spawn(move || {
-                    let mut x = seed ^ ((k as u64) << 40) ^ (c as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-                    for e in part.iter_mut() {
-                        // xorshift64*: uniform in [-1, 1).
-                        x ^= x >> 12;
-                        x ^= x << 25;
-                        x ^= x >> 27;
-                        let r = x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40;
-                        *e = map(r as f32 / (1u64 << 23) as f32 - 1.0);
-                    }
-                });
-            }
-        });
-        out.insert(name.to_string(), HostTensor { shape, data: mixc::runtime::Data::F32(data) });
-    }
-    out
-}
-
-/// Times every program of a bundle at the given sizes.
+/// Times every program of a bundle at the given sizes: inputs uploaded once
+/// per program, then a warm-up and five runs on the same device buffers,
+/// each timed by CUDA events around its launches.
 fn bench(
     runner: &CudaRunner,
     programs: &[mixc::bundle::BundledProgram],
@@ -191,17 +123,18 @@ fn bench(
     }
     let sizes: BTreeMap<&str, usize> = owned.iter().map(|(k, v)| (k.as_str(), *v)).collect();
     for p in programs {
-        let kernels = kernels_of(p);
-        let fns = runner.load(&p.program, &kernels).map_err(|e| mixc::Error::Usage(format!("{}: {e}", p.mixer)))?;
+        let lp = load(runner, p)?;
         let t = if p.mode == "decode" { 1 } else { sizes.get("T").copied().unwrap_or(1) };
         let mut sz = sizes.clone();
         sz.insert("T", t);
-        let host = bench_inputs(&p.graph, &sz, seed, p.mode == "decode");
+        let host = mixc::bench::inputs::fast_inputs(&p.graph, &sz, seed, p.mode == "decode");
         let err = |e: mixc::runtime::cuda::CudaError| mixc::Error::Usage(format!("{} ({}): {e}", p.mixer, p.mode));
-        runner.run(&p.program, &kernels, &fns, &host, 1).map_err(err)?;
+        let prepared = runner.prepare(&lp, &host).map_err(err)?;
+        drop(host);
+        runner.launch(&lp, &prepared, 1).map_err(err)?;
         let mut times = Vec::new();
         for _ in 0..5 {
-            times.push(runner.run(&p.program, &kernels, &fns, &host, 1).map_err(err)?.millis);
+            times.push(runner.launch(&lp, &prepared, 1).map_err(err)?);
         }
         times.sort_by(f32::total_cmp);
         let _ = writeln!(

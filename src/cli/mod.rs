@@ -140,9 +140,15 @@ initial_m [B, H]); KV caches k_cache, v_cache [B, S, Hkv, D]. Outputs: o, final_
 (mLSTM adds final_n, final_m; attention returns the updated caches). The README lists
 every mixer kind's names; a missing, extra or misshapen tensor is an error naming it.
 
+--target cuda runs the mixer on the GPU (a build with `--features cuda`): its kernels
+compiled here through LLVM for the card, or taken from a kernel bundle with --kernels DIR
+(`mixc compile FILE --target sm_90 -o DIR`, the bundle's schedules; the only way without
+LLVM). Same tensors in and out as on the CPU.
+
 Examples:
   mixc exec models/gla.toml --inputs in.safetensors -o out.safetensors
-  mixc exec models/hybrid.toml --layer 3 --inputs in.safetensors -o out.safetensors --mode decode";
+  mixc exec models/hybrid.toml --layer 3 --inputs in.safetensors -o out.safetensors --mode decode
+  mixc exec models/gla.toml --inputs in.safetensors -o out.safetensors --target cuda --kernels bundle/";
 
 #[derive(Debug, Args)]
 pub struct ExecArgs {
@@ -155,9 +161,14 @@ pub struct ExecArgs {
     /// Where to write the outputs.
     #[arg(short = 'o', long = "output", value_name = "OUT.safetensors")]
     pub output: PathBuf,
-    /// Where kernels run: cpu (native code) or reference (the tile interpreter).
+    /// Where kernels run: cpu (native code), reference (the tile interpreter) or cuda
+    /// (the GPU; a build with `--features cuda`).
     #[arg(long, value_enum, default_value_t = ExecTarget::Cpu)]
     pub target: ExecTarget,
+    /// With --target cuda: take the kernels from this bundle (`mixc compile FILE
+    /// --target sm_90 -o DIR`) instead of compiling them (needed without LLVM).
+    #[arg(long, value_name = "DIR")]
+    pub kernels: Option<PathBuf>,
     /// prefill (chunked, any number of tokens) or decode (token by token).
     #[arg(long, value_enum, default_value_t = Mode::Prefill)]
     pub mode: Mode,
@@ -177,8 +188,12 @@ pub struct ExecArgs {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ExecTarget {
+    /// Native code for this CPU (Cranelift).
     Cpu,
+    /// The tile interpreter with f32 arithmetic.
     Reference,
+    /// The CUDA GPU of this machine (a build with `--features cuda`).
+    Cuda,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -245,6 +260,10 @@ pub struct CompileArgs {
     /// speed), simt (plain f32 FMAs).
     #[arg(long, value_name = "MODE", default_value = "tf32x3")]
     pub matmul: String,
+    /// GPU kernels compute `exp` with mixc's polynomial (~1 ulp) instead of
+    /// the hardware's `ex2.approx` (a few ulp; faster).
+    #[arg(long)]
+    pub precise_exp: bool,
 }
 
 /// The stages `--emit` can print.
@@ -276,8 +295,6 @@ pub fn run(cli: &Cli) -> Result<String, mixc::Error> {
         #[cfg(feature = "cuda")]
         Command::GpuCheck(args) => gpu::check(args),
         #[cfg(not(feature = "cuda"))]
-        Command::GpuCheck(_) => Err(mixc::Error::Usage(
-            "this mixc was built without CUDA support: rebuild with `cargo build --release --features cuda`".into(),
-        )),
+        Command::GpuCheck(_) => Err(mixc::Error::Usage(mixc::NO_CUDA.into())),
     }
 }

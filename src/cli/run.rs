@@ -4,7 +4,6 @@ use super::{ExecTarget, InitWeightsArgs};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mixc::ir::mixers::inputs::SplitMix;
-use mixc::jit::Target;
 use mixc::runner::{tokenizer::Tokenizer, Cache};
 use mixc::runtime::st;
 use mixc::{Error, Model};
@@ -147,10 +146,7 @@ pub fn run(args: &RunArgs) -> Result<String, Error> {
             "no prompt: expected --prompt-ids \"1 2 3\" (or --prompt TEXT with --tokenizer)".into(),
         ));
     }
-    let target = match args.target {
-        ExecTarget::Cpu => Target::Cpu,
-        ExecTarget::Reference => Target::Reference,
-    };
+    let target = super::exec::jit_target(args.target)?;
     let weights = st::load(&args.weights)?;
     let model = Model::load(&args.file, weights, target)?;
     let (vocab, layers) = (model.vocab(), model.layers());

@@ -24,11 +24,15 @@ use std::collections::HashMap;
 
 type Res<T> = Result<T, CpuError>;
 type Map = Vec<Option<u8>>;
+/// A value at a point: the value, its map, the indices its map reads, the vector axis.
+type CacheKey = (TValue, Map, Vec<Option<Value>>, Option<usize>);
 /// A loop body: (generator, induction variable, carried values) → next carried values.
 type LoopBody<'f, 'a, 'k> = dyn FnMut(&mut Gen<'a, 'k>, Value, Vec<Value>) -> Res<Vec<Value>> + 'f;
 
 /// Rows per dot micro-kernel block.
 const MR: usize = 4;
+/// Column vectors (accumulators) per panel of a one-row dot.
+const GEMV_NV: usize = 8;
 
 /// The operands of a dot micro-kernel: `C[i, j] (+)= Σ_l A[i·ai + l·al] · B[l·bl + j]`.
 struct DotArgs {
@@ -109,7 +113,13 @@ pub(crate) struct Gen<'a, 'k> {
     ptrs: Vec<Option<Value>>,
     params: Vec<Option<Value>>,
     target: Target,
-    cache: HashMap<(TValue, Map, Vec<Value>, Option<usize>), Value>,
+    /// Values evaluated at a point: keyed by the indices of the axes the
+    /// value's map reads (others `None`), so that a value broadcast along an
+    /// axis is computed once for all points that differ only along it.
+    cache: HashMap<CacheKey, Value>,
+    /// One-element lazy values evaluated once before a loop nest that reads
+    /// them at every point (see [`Gen::pin_uniform`]).
+    pinned: HashMap<TValue, (StackSlot, Type)>,
     pool: ConstPool,
     div_cache: HashMap<(Value, Value), (Value, Value)>,
     /// Vector booleans held as lane masks (−1 / 0) rather than 0 / 1.
@@ -151,6 +161,7 @@ pub(crate) fn generate(k: &Kernel, func: &mut Function, target: Target) -> Res<u
         params: vec![None; k.params.len()],
         target,
         cache: HashMap::new(),
+        pinned: HashMap::new(),
         pool: ConstPool::default(),
         div_cache: HashMap::new(),
         masks: Default::default(),
@@ -440,10 +451,16 @@ impl<'a, 'k> Gen<'a, 'k> {
     /// The value of `v` at `pt`, read through `map`: a scalar, or four lanes
     /// when it depends on the point's vectorized axis.
     fn eval(&mut self, v: TValue, map: &[Option<u8>], pt: &Pt) -> Res<Value> {
+        if let Some(&(slot, ty)) = self.pinned.get(&v) {
+            // Read back at the use: Cranelift would otherwise move the pure
+            // computation back into the loop that uses it.
+            return Ok(self.b.ins().stack_load(I64, ty, slot, 0));
+        }
         match self.repr(v) {
             Repr::Scalar => self.scalar(v),
             r => {
-                let key = (v, map.to_vec(), pt.idx.clone(), pt.vaxis);
+                let idx = (0..pt.idx.len()).map(|a| map.contains(&Some(a as u8)).then(|| pt.idx[a])).collect();
+                let key = (v, map.to_vec(), idx, pt.vaxis);
                 if let Some(x) = self.cache.get(&key) {
                     return Ok(*x);
                 }
@@ -1009,8 +1026,16 @@ impl<'a, 'k> Gen<'a, 'k> {
     // ---- statements ----
 
     fn block(&mut self, b: &'k Block) -> Res<()> {
-        for s in &b.stmts {
+        let mut i = 0;
+        while let Some(s) = b.stmts.get(i) {
+            if let Some(next) = b.stmts.get(i + 1) {
+                if self.emit_rank1_readout(s, next)? {
+                    i += 2;
+                    continue;
+                }
+            }
             self.stmt(s)?;
+            i += 1;
         }
         Ok(())
     }
@@ -1425,6 +1450,9 @@ impl<'a, 'k> Gen<'a, 'k> {
         let strides = row_major(&shape);
         let vector = self.vectorize;
         let dt = self.dtype(r);
+        if vector && self.load_rows(base, dst, offsets, mask, other, float, dt)? {
+            return Ok(());
+        }
         self.unroll = 1;
         let out = self.for_points(&shape, vector, &mut |g, pt| {
             let o = if float { g.b.ins().f32const(other as f32) } else { g.constant(dt, other) };
@@ -1434,6 +1462,97 @@ impl<'a, 'k> Gen<'a, 'k> {
         });
         self.unroll = 1;
         out
+    }
+
+    /// A tile load whose rows are contiguous along the last axis and whose
+    /// mask does not vary along it (e.g. `t < T` for rows of a `[B, T, H, D]`
+    /// tensor): the mask is tested once per row, then the row is copied with
+    /// plain vector loads (many in flight: a row of a new token usually comes
+    /// from DRAM), or filled with `other`. Returns `false` (emitting nothing
+    /// that survives) when the load is not of that kind.
+    #[allow(clippy::too_many_arguments)]
+    fn load_rows(
+        &mut self,
+        base: Value,
+        dst: Value,
+        offsets: TValue,
+        mask: Option<TValue>,
+        other: f64,
+        float: bool,
+        dt: DType,
+    ) -> Res<bool> {
+        let shape = self.shape(offsets);
+        let Some(last) = shape.len().checked_sub(1) else { return Ok(false) };
+        let n = shape[last] as i64;
+        let Some(Some(m)) = self.mask_of(mask) else { return Ok(false) };
+        if n < 8 {
+            return Ok(false);
+        }
+        let map = identity_map(&shape);
+        let probe = Pt { idx: self.point0(shape.len()).idx, vaxis: Some(last) };
+        if !self.contiguous(offsets, &map, &probe) {
+            return Ok(false);
+        }
+        self.clear_cache();
+        let m0 = self.eval(m, &map, &probe)?;
+        self.clear_cache();
+        if self.lanes(m0) != 1 {
+            return Ok(false);
+        }
+        let strides = row_major(&shape);
+        let mut outer = shape.clone();
+        outer[last] = 1;
+        let vty = if float { F32X4 } else { I32X4 };
+        let n4 = n / 4 * 4;
+        self.for_points(&outer, false, &mut |g, pt| {
+            let rp = Pt { idx: pt.idx.clone(), vaxis: Some(last) };
+            let mv = g.eval(m, &map, &rp)?;
+            let c = g.truthy(mv);
+            let (row_off, _) = g.offset(&strides, &map, &rp);
+            let drow = g.b.ins().iadd(dst, row_off);
+            let off0 = g.eval(offsets, &map, &Pt { idx: pt.idx.clone(), vaxis: None })?;
+            let src = g.elem_addr(base, off0);
+            let fast = g.b.create_block();
+            let slow = g.b.create_block();
+            let merge = g.b.create_block();
+            g.b.ins().brif(c, fast, &[], slow, &[]);
+            g.b.switch_to_block(fast);
+            g.b.seal_block(fast);
+            let u = if n4 % 16 == 0 { 4 } else { 1 };
+            g.counted(0, n4 * 4, 16 * u, vec![], &mut |g, j, _| {
+                let ps = g.b.ins().iadd(src, j);
+                let pd = g.b.ins().iadd(drow, j);
+                for t in 0..u {
+                    let x = g.b.ins().load(vty, flags(), ps, (16 * t) as i32);
+                    g.b.ins().store(flags(), x, pd, (16 * t) as i32);
+                }
+                Ok(vec![])
+            })?;
+            let sty = if float { F32 } else { I32 };
+            for j in n4..n {
+                let x = g.b.ins().load(sty, flags(), src, (4 * j) as i32);
+                g.b.ins().store(flags(), x, drow, (4 * j) as i32);
+            }
+            g.b.ins().jump(merge, &[]);
+            g.b.switch_to_block(slow);
+            g.b.seal_block(slow);
+            let o = if float { g.b.ins().f32const(other as f32) } else { g.constant(dt, other) };
+            let ov = g.b.ins().splat(vty, o);
+            g.counted(0, n4 * 4, 16, vec![], &mut |g, j, _| {
+                let pd = g.b.ins().iadd(drow, j);
+                g.b.ins().store(flags(), ov, pd, 0);
+                Ok(vec![])
+            })?;
+            for j in n4..n {
+                g.b.ins().store(flags(), o, drow, (4 * j) as i32);
+            }
+            g.b.ins().jump(merge, &[]);
+            g.b.switch_to_block(merge);
+            g.b.seal_block(merge);
+            g.clear_cache();
+            Ok(())
+        })?;
+        Ok(true)
     }
 
     fn emit_store(&mut self, s: &'k Stmt, ptr: usize, offsets: TValue, value: TValue, mask: Option<TValue>) -> Res<()> {
@@ -1727,6 +1846,27 @@ impl<'a, 'k> Gen<'a, 'k> {
             });
         }
         let d = DotArgs { abase, ai, al, bbase, bl, kk, dst, n, acc, shape: rshape.clone() };
+        if self.target.fma && self.target.x86 {
+            if kk == 1 {
+                if let Some(c) = acc {
+                    self.pin_uniform(c)?;
+                }
+                let out = self.dot_rank1(&d, m);
+                self.unpin();
+                return out;
+            }
+            if m == 1 && n >= 4 * GEMV_NV {
+                if let Some(c) = acc {
+                    self.pin_uniform(c)?;
+                }
+                let out = self.dot_gemv(&d);
+                self.unpin();
+                return out;
+            }
+        }
+        if let Some(c) = acc {
+            self.pin_uniform(c)?;
+        }
         // Column panels outside, row blocks inside: a `[k, 8]` panel of B
         // stays in L1 while the rows of A stream past it.
         let n8 = (n / 8 * 8) as i64;
@@ -1741,7 +1881,298 @@ impl<'a, 'k> Gen<'a, 'k> {
             self.dot_cols(&d, j0, m, 1, lanes)?;
             j += 4;
         }
+        self.unpin();
         Ok(())
+    }
+
+    /// Evaluates the one-element lazy values and float scalars that `v`'s
+    /// expression reads (e.g. a scalar decay `exp(g)` of shape `[1, 1]`) here,
+    /// once, into stack slots that the loop nest that follows reads back
+    /// (Cranelift's egraph would otherwise place a pure computation at its
+    /// use, inside the loop); [`Gen::unpin`] forgets them after it.
+    fn pin_uniform(&mut self, v: TValue) -> Res<()> {
+        let mut stack = vec![v];
+        let mut seen = std::collections::HashSet::new();
+        let mut found = Vec::new();
+        while let Some(x) = stack.pop() {
+            if !seen.insert(x) {
+                continue;
+            }
+            if self.repr(x) == Repr::Scalar && is_float(self.dtype(x)) {
+                found.push(x);
+                continue;
+            }
+            if self.repr(x) != Repr::Lazy {
+                continue;
+            }
+            let sh = self.shape(x);
+            if numel(&sh) == 1 && !matches!(self.def(x)?.op, TOp::Const(_)) {
+                found.push(x);
+                continue;
+            }
+            stack.extend(self.def(x)?.op.operands());
+        }
+        for x in found {
+            self.clear_cache();
+            let rank = self.shape(x).len();
+            let pt = self.point0(rank);
+            let val = self.eval(x, &vec![None; rank], &pt)?;
+            let ty = self.ty_of(val);
+            if ty.is_vector() {
+                continue;
+            }
+            let slot = self.b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, 4, 4));
+            self.b.ins().stack_store(I64, val, slot, 0);
+            self.pinned.insert(x, (slot, ty));
+        }
+        self.clear_cache();
+        Ok(())
+    }
+
+    fn unpin(&mut self) {
+        self.pinned.clear();
+    }
+
+    /// A rank-1 update (`k = 1`, e.g. a recurrence's `kᵀv`): `C[i, j] =
+    /// acc[i, j] + A[i]·B[j]`, row by row, one FMA per vector with the
+    /// accumulator operand evaluated in place (no zero-initialized product
+    /// and separate add, as the micro-kernel would do).
+    fn dot_rank1(&mut self, d: &DotArgs, m: usize) -> Res<()> {
+        const U: i64 = 4;
+        let n = d.n as i64;
+        let (nv, map) = (n / 4, identity_map(&d.shape));
+        let ro = MemFlagsData::new().with_notrap().with_readonly().with_can_move();
+        self.counted(0, m as i64, 1, vec![], &mut |g, i, _| {
+            let pa = g.b.ins().imul_imm_s(i, d.ai * 4);
+            let pa = g.b.ins().iadd(d.abase, pa);
+            let crow = g.b.ins().imul_imm_s(i, n * 4);
+            let crow = g.b.ins().iadd(d.dst, crow);
+            // One vector at column `j` (an i64 value): fresh broadcast of A[i]
+            // per FMA (x86's FMA overwrites it), B folded into the FMA.
+            let vec_at = |g: &mut Self, j: Value| -> Res<()> {
+                let x = g.b.ins().load(F32, flags(), pa, 0);
+                let x = g.b.ins().splat(F32X4, x);
+                let jb = g.b.ins().ishl_imm_s(j, 2);
+                let pb = g.b.ins().iadd(d.bbase, jb);
+                let bv = g.b.ins().load(F32X4, ro, pb, 0);
+                let c = match d.acc {
+                    Some(c) => {
+                        let c = g.eval(c, &map, &Pt { idx: vec![i, j], vaxis: Some(1) })?;
+                        g.widen(c)
+                    }
+                    None => {
+                        let z = g.b.ins().f32const(0.0);
+                        g.b.ins().splat(F32X4, z)
+                    }
+                };
+                let y = g.b.ins().fma(x, bv, c);
+                let pc = g.b.ins().iadd(crow, jb);
+                g.b.ins().store(flags(), y, pc, 0);
+                Ok(())
+            };
+            let nu = nv / U * U;
+            g.counted(0, nu * 4, 4 * U, vec![], &mut |g, j0, _| {
+                for u in 0..U {
+                    let j = g.b.ins().iadd_imm_s(j0, 4 * u);
+                    g.clear_cache();
+                    vec_at(g, j)?;
+                }
+                Ok(vec![])
+            })?;
+            for v in nu..nv {
+                let j = g.b.ins().iconst(I64, 4 * v);
+                g.clear_cache();
+                vec_at(g, j)?;
+            }
+            for j in nv * 4..n {
+                let jv = g.b.ins().iconst(I64, j);
+                g.clear_cache();
+                let x = g.b.ins().load(F32, flags(), pa, 0);
+                let y = g.b.ins().load(F32, flags(), d.bbase, (j * 4) as i32);
+                let c = match d.acc {
+                    Some(c) => g.eval(c, &map, &Pt { idx: vec![i, jv], vaxis: None })?,
+                    None => g.b.ins().f32const(0.0),
+                };
+                let r = g.b.ins().fma(x, y, c);
+                g.b.ins().store(flags(), r, crow, (j * 4) as i32);
+            }
+            g.clear_cache();
+            Ok(vec![])
+        })?;
+        Ok(())
+    }
+
+    /// A rank-1 update followed by a one-row product of its result, `S' = acc +
+    /// kᵀ·v; o = q·S'` (a recurrence's token step): one pass over the state,
+    /// panel by panel of 16 columns, each new row of `S'` stored and folded
+    /// into four accumulators of `o` while in registers. Returns `false`
+    /// (emitting nothing) when the two statements are not of that shape.
+    fn emit_rank1_readout(&mut self, s1: &'k Stmt, s2: &'k Stmt) -> Res<bool> {
+        const NV: usize = 4;
+        if !(self.target.fma && self.target.x86) {
+            return Ok(false);
+        }
+        let (
+            TOp::Dot { a: a1, b: b1, acc: acc1, trans_a: ta1, trans_b: false },
+            TOp::Dot { a: a2, b: b2, acc: None, trans_a: false, trans_b: false },
+        ) = (&s1.op, &s2.op)
+        else {
+            return Ok(false);
+        };
+        let (Some(&r1), Some(&r2)) = (s1.results.first(), s2.results.first()) else { return Ok(false) };
+        if *b2 != r1 || *a2 == r1 || self.repr(r1) != Repr::Tile || self.repr(r2) != Repr::Tile {
+            return Ok(false);
+        }
+        let (sh1, sh2, ash) = (self.shape(r1), self.shape(r2), self.shape(*a1));
+        let kk = if *ta1 { ash.first() } else { ash.get(1) }.copied().unwrap_or(0);
+        if kk != 1 || sh1.len() != 2 || sh2 != [1, sh1[1]] || sh1[1] < 16 || sh1[1] % 16 != 0 {
+            return Ok(false);
+        }
+        let (l1, l2) = (self.plan.dot_layout(self.k, s1), self.plan.dot_layout(self.k, s2));
+        if l1.b_packed || l2.b_packed || self.plan.view(self.k, *b1).is_none() {
+            return Ok(false);
+        }
+        let (m, n) = (sh1[0] as i64, sh1[1] as i64);
+        let t1 = if l1.a_temp.is_some() { self.plan.temps(s1).first().copied() } else { None };
+        let (kbase, kst) = self.dot_operand(*a1, t1)?;
+        let ki = if *ta1 { kst[1] } else { kst[0] };
+        let (vbase, _) = self.dot_operand(*b1, None)?;
+        // The plan lets the second dot's scratch and result reuse what the
+        // first one reads (dead by then in statement order): here both run
+        // together, so `q` (if computed) and `o` go to private slots.
+        let private = |g: &mut Self, bytes: u32| {
+            let slot = g.b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, bytes, 4));
+            g.b.ins().stack_addr(I64, slot, 0)
+        };
+        let (qbase, ql) = match self.plan.view(self.k, *a2) {
+            Some(w) => {
+                let slot = self.plan.slot_of_root(w.root).ok_or_else(|| self.kerr("dot operand without a slot"))?;
+                (self.slot_addr(slot)?, w.strides[1])
+            }
+            None => {
+                let base = private(self, (m * 4) as u32);
+                self.materialize(*a2, base, None)?;
+                (base, 1)
+            }
+        };
+        let sdst = self.tile_addr(r1)?;
+        let odst = private(self, (n * 4) as u32);
+        let map = identity_map(&sh1);
+        let ro = MemFlagsData::new().with_notrap().with_readonly().with_can_move();
+        if let Some(c) = acc1 {
+            self.pin_uniform(*c)?;
+        }
+        self.counted(0, n, (4 * NV) as i64, vec![], &mut |g, j0, _| {
+            let zero = g.b.ins().f32const(0.0);
+            let zero = g.b.ins().splat(F32X4, zero);
+            let o = g.counted(0, m, 1, vec![zero; NV], &mut |g, i, o| {
+                let pk = g.b.ins().imul_imm_s(i, ki * 4);
+                let pk = g.b.ins().iadd(kbase, pk);
+                let kb = g.b.ins().load(F32, ro, pk, 0);
+                let kb = g.b.ins().splat(F32X4, kb);
+                let pq = g.b.ins().imul_imm_s(i, ql * 4);
+                let pq = g.b.ins().iadd(qbase, pq);
+                let qb = g.b.ins().load(F32, ro, pq, 0);
+                let qb = g.b.ins().splat(F32X4, qb);
+                let jb = g.b.ins().ishl_imm_s(j0, 2);
+                let crow = g.b.ins().imul_imm_s(i, n * 4);
+                let crow = g.b.ins().iadd(sdst, crow);
+                let crow = g.b.ins().iadd(crow, jb);
+                let pv = g.b.ins().iadd(vbase, jb);
+                let mut out = Vec::with_capacity(NV);
+                for (v, ov) in o.iter().enumerate() {
+                    let c = match acc1 {
+                        Some(c) => {
+                            let j = g.b.ins().iadd_imm_s(j0, 4 * v as i64);
+                            let c = g.eval(*c, &map, &Pt { idx: vec![i, j], vaxis: Some(1) })?;
+                            g.widen(c)
+                        }
+                        None => zero,
+                    };
+                    let bv = g.b.ins().load(F32X4, ro, pv, (16 * v) as i32);
+                    let s = g.b.ins().fma(kb, bv, c);
+                    g.b.ins().store(flags(), s, crow, (16 * v) as i32);
+                    out.push(g.b.ins().fma(s, qb, *ov));
+                }
+                Ok(out)
+            })?;
+            let pd = g.b.ins().ishl_imm_s(j0, 2);
+            let pd = g.b.ins().iadd(odst, pd);
+            for (v, x) in o.iter().enumerate() {
+                g.b.ins().store(flags(), *x, pd, (16 * v) as i32);
+            }
+            Ok(vec![])
+        })?;
+        self.unpin();
+        let dst = self.tile_addr(r2)?;
+        self.copy_bytes(dst, odst, n * 4)?;
+        Ok(true)
+    }
+
+    /// A one-row product (`m = 1`, e.g. a recurrence's readout `q·S` or an
+    /// attention decode step): panels of `4·GEMV_NV` columns, each with that
+    /// many independent accumulators (an FMA's latency needs eight in flight).
+    /// B is loaded into a fresh register per vector (through a bitcast, so that
+    /// it is not folded into the FMA), which the FMA then overwrites: no copies.
+    fn dot_gemv(&mut self, d: &DotArgs) -> Res<()> {
+        const NV: usize = GEMV_NV;
+        let w = (4 * NV) as i64;
+        let np = (d.n as i64) / w * w;
+        let zero_i = self.b.ins().iconst(I64, 0);
+        self.counted(0, np, w, vec![], &mut |g, j0, _| {
+            let out = g.gemv_panel(d, j0, NV)?;
+            g.micro_epilogue(d, zero_i, j0, 1, NV, 4, &out)?;
+            Ok(vec![])
+        })?;
+        let mut j = np as usize;
+        while j < d.n {
+            let nv = ((d.n - j) / 4).clamp(1, NV);
+            let lanes = if (d.n - j) >= 4 * nv { 4 } else { (d.n - j) as u32 };
+            let j0 = self.b.ins().iconst(I64, j as i64);
+            let out = self.gemv_panel(d, j0, nv)?;
+            self.micro_epilogue(d, zero_i, j0, 1, nv, lanes, &out)?;
+            j += 4 * nv;
+        }
+        Ok(())
+    }
+
+    /// The accumulation of one panel of [`Gen::dot_gemv`]: `nv` vectors.
+    fn gemv_panel(&mut self, d: &DotArgs, j0: Value, nv: usize) -> Res<Vec<Value>> {
+        const UNROLL: i64 = 2;
+        let le = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
+        // Operands do not change during the dot: pure loads, placed by their use.
+        let ro = MemFlagsData::new().with_notrap().with_readonly().with_can_move();
+        let bj0 = self.b.ins().ishl_imm_s(j0, 2);
+        let b0 = self.b.ins().iadd(d.bbase, bj0);
+        let zero = self.b.ins().f32const(0.0);
+        let zero = self.b.ins().splat(F32X4, zero);
+        let (al, bl) = (d.al * 4, d.bl * 4);
+        let step = |g: &mut Self, pa: Value, pb: Value, oa: i64, ob: i64, c: &mut [Value]| {
+            let x = g.b.ins().load(F32, ro, pa, oa as i32);
+            let x = g.b.ins().splat(F32X4, x);
+            for (v, cv) in c.iter_mut().enumerate() {
+                let y = g.b.ins().load(I32X4, ro, pb, (ob + 16 * v as i64) as i32);
+                let y = g.b.ins().bitcast(F32X4, le, y);
+                *cv = g.b.ins().fma(y, x, *cv);
+            }
+        };
+        let ku = d.kk / UNROLL * UNROLL;
+        let init: Vec<Value> = [d.abase, b0].into_iter().chain(std::iter::repeat_n(zero, nv)).collect();
+        let out = self.counted(0, ku, UNROLL, init, &mut |g, _, mut c| {
+            let (pa, pb) = (c[0], c[1]);
+            for u in 0..UNROLL {
+                step(g, pa, pb, u * al, u * bl, &mut c[2..]);
+            }
+            c[0] = g.b.ins().iadd_imm_s(pa, UNROLL * al);
+            c[1] = g.b.ins().iadd_imm_s(pb, UNROLL * bl);
+            Ok(c)
+        })?;
+        let (pa, pb) = (out[0], out[1]);
+        let mut acc = out[2..].to_vec();
+        for u in 0..d.kk - ku {
+            step(self, pa, pb, u * al, u * bl, &mut acc);
+        }
+        Ok(acc)
     }
 
     /// One panel of `4·nv` columns of a dot, across all rows.

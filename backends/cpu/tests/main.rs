@@ -589,7 +589,8 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 }
 
 /// Times a mixer on the CPU backend (not a check): `cargo test -p mixc-backend-cpu
-/// --test main -- --ignored bench --nocapture`, sized by MIXC_BENCH_{KIND,B,T,H,D,MODE,CHUNK,THREADS,REPS}.
+/// --test main -- --ignored bench --nocapture`, sized by
+/// MIXC_BENCH_{KIND,B,T,H,D,MODE,CHUNK,THREADS,REPS,BLOCK_V,GATE}.
 #[test]
 #[ignore]
 fn bench() {
@@ -604,17 +605,21 @@ fn bench() {
     let chunk: u32 = env_or("MIXC_BENCH_CHUNK", 64);
     let threads: usize = env_or("MIXC_BENCH_THREADS", 2);
     let reps: usize = env_or("MIXC_BENCH_REPS", 5);
+    // MIXC_BENCH_GATE=none: gates taken as log decays, as the anchors file does.
+    let gate: String = env_or("MIXC_BENCH_GATE", String::new());
+    let gated = |act: &str| format!("gate = {{ activation = \"{}\" }}\n", if gate.is_empty() { act } else { &gate });
     let text = match kind.as_str() {
+        "gla" if !gate.is_empty() => table("gla", h, d, d, &gated("")),
         "gla" => table("gla", h, d, d, "gate = { activation = \"logsigmoid\", tau = 16.0 }\n"),
-        "simple_gla" => table("simple_gla", h, d, d, "gate = { activation = \"neg_softplus\" }\n"),
-        "gated_deltanet" => table("gated_deltanet", h, d, d, "gate = { activation = \"mamba\" }\n"),
+        "simple_gla" => table("simple_gla", h, d, d, &gated("neg_softplus")),
+        "gated_deltanet" => table("gated_deltanet", h, d, d, &gated("mamba")),
         "mamba2" => table("mamba2", h, d, d, ""),
         "attention" => format!("kind = \"attention\"\nheads = {h}\nhead_dim = {d}\n"),
         other => table(other, h, d, d, ""),
     };
     let g = build(&text);
     let sched = Schedule { block_q: 64, block_k: 64, ..schedule(mode, chunk, 64) };
-    let sched = Schedule { block_elems: 1024, ..sched };
+    let sched = Schedule { block_elems: 1024, block_v: env_or("MIXC_BENCH_BLOCK_V", 0), ..sched };
     let inputs = random_inputs(&g, &sizes(b, t), 1, false);
     let prog = lower(&g, &sched).expect("lower");
     let sizes = prog.bind(&inputs).expect("bind");

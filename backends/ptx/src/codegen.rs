@@ -63,9 +63,12 @@ static INIT: std::sync::Once = std::sync::Once::new();
 fn init_llvm() {
     INIT.call_once(|| {
         LlvmTarget::initialize_nvptx(&InitializationConfig::default());
-        // 32-bit shared-memory pointers (`ld.shared [%r]`), as nvcc emits.
-        let args: Vec<std::ffi::CString> =
-            ["mixc", "-nvptx-short-ptr"].iter().filter_map(|s| std::ffi::CString::new(*s).ok()).collect();
+        // 32-bit shared-memory pointers (`ld.shared [%r]`), as nvcc emits;
+        // f32 division as `div.full` (2 ulp, no IEEE-rounding subroutine).
+        let args: Vec<std::ffi::CString> = ["mixc", "-nvptx-short-ptr", "-nvptx-prec-divf32=1"]
+            .iter()
+            .filter_map(|s| std::ffi::CString::new(*s).ok())
+            .collect();
         let ptrs: Vec<*const std::os::raw::c_char> = args.iter().map(|a| a.as_ptr()).collect();
         // SAFETY: `ptrs` points into `args`, alive for the call; LLVM copies what it keeps.
         unsafe {
@@ -138,6 +141,7 @@ pub(crate) fn compile(k: &Kernel, target: Target, opts: Options) -> R<PtxKernel>
     // The math library resolves the `mixc_*` calls, then becomes internal so
     // that it is inlined and dropped.
     let lib = crate::math::library_ir().map_err(lerr)?;
+    let lib = if opts.fast_exp { crate::math::with_fast_exp(&lib).map_err(lerr)? } else { lib };
     let lib = MemoryBuffer::create_from_memory_range_copy(lib.as_bytes(), "mixc_math");
     let lib = cx.create_module_from_ir(lib).map_err(|e| lerr(format!("math library: {e}")))?;
     lib.set_triple(&triple);
@@ -519,16 +523,38 @@ impl<'ctx> Em<'ctx, '_> {
         Ok(vals)
     }
 
-    /// Runs `body(e)` for `e = tid; e < n; e += threads`.
+    /// Runs `body(e)` for `e = tid; e < n; e += threads`: a loop of
+    /// `n / threads` trips (a constant count, so LLVM unrolls it and issues the
+    /// global loads of several trips together), then one guarded trip for
+    /// the last `n % threads` elements.
     fn each(&mut self, n: u32, body: &mut dyn FnMut(&mut Self, IntValue<'ctx>) -> R<()>) -> R<()> {
         if n == 0 {
             return Ok(());
         }
-        let (tid, nn, step) = (self.tid, self.i32c(n as i64), self.i32c(self.plan.threads as i64));
-        self.counted(tid, nn, step, None, &[], &mut |s, e, _| {
-            body(s, e)?;
-            Ok(vec![])
-        })?;
+        let threads = self.plan.threads.max(1);
+        let (full, rest) = (n / threads, n % threads);
+        let tid = self.tid;
+        let stride = self.i32c(threads as i64);
+        if full > 0 {
+            let (zero, one, trips) = (self.i32c(0), self.i32c(1), self.i32c(full as i64));
+            self.counted(zero, trips, one, None, &[], &mut |s, j, _| {
+                let e = s.b.build_int_add(tid, s.b.build_int_mul(j, stride, "")?, "")?;
+                body(s, e)?;
+                Ok(vec![])
+            })?;
+        }
+        if rest > 0 {
+            let e = self.b.build_int_add(tid, self.i32c((full * threads) as i64), "")?;
+            let inside = self.icmp(IntPredicate::SLT, tid, self.i32c(rest as i64))?;
+            let (then, done) = (self.bb("tail"), self.bb("tail_done"));
+            self.b.build_conditional_branch(inside, then, done)?;
+            self.b.position_at_end(then);
+            self.memo.clear();
+            body(self, e)?;
+            self.b.build_unconditional_branch(done)?;
+            self.b.position_at_end(done);
+            self.memo.clear();
+        }
         Ok(())
     }
 
@@ -561,17 +587,43 @@ impl<'ctx> Em<'ctx, '_> {
         Ok(unsafe { self.b.build_in_bounds_gep(self.cx.i8_type(), p, &[bytes], "scratch")? })
     }
 
+    /// The address of element `e` (row-major) of a slot.
     fn slot_ptr(&self, slot: usize, d: DType, e: IntValue<'ctx>) -> R<PointerValue<'ctx>> {
-        let (off, global, row) = match self.plan.slots.get(slot) {
-            Some(s) => (s.offset, s.global, s.row),
-            None => return fail(format!("slot {slot} does not exist")),
-        };
+        let row = self.plan.slots.get(slot).map(|s| s.row).unwrap_or(0);
         let e = if row > 0 {
             let r = self.b.build_int_unsigned_div(e, self.i32c(row as i64), "")?;
             let pad = self.b.build_int_mul(r, self.i32c(plan::ROW_PAD as i64), "")?;
             self.b.build_int_add(e, pad, "")?
         } else {
             e
+        };
+        self.slot_ptr_phys(slot, d, e)
+    }
+
+    /// The address of element `idx` of a slot holding a tile of `shape`: a
+    /// padded slot's row stride applied to the index directly (no division),
+    /// so neighbouring columns stay neighbouring addresses LLVM can vectorize.
+    fn slot_ptr_at(&self, slot: usize, d: DType, idx: &[IntValue<'ctx>], shape: &[u32]) -> R<PointerValue<'ctx>> {
+        let row = self.plan.slots.get(slot).map(|s| s.row).unwrap_or(0);
+        match (idx.split_last(), shape.split_last()) {
+            (Some((col, outer)), Some((&last, outer_shape))) if row > 0 && last == row && !outer.is_empty() => {
+                let r = self.lin(outer, outer_shape)?;
+                let r = self.b.build_int_mul(r, self.i32c((row + plan::ROW_PAD) as i64), "")?;
+                let e = self.b.build_int_add(r, *col, "")?;
+                self.slot_ptr_phys(slot, d, e)
+            }
+            _ => {
+                let e = self.lin(idx, shape)?;
+                self.slot_ptr(slot, d, e)
+            }
+        }
+    }
+
+    /// The address of physical element `e` of a slot (padding already applied).
+    fn slot_ptr_phys(&self, slot: usize, d: DType, e: IntValue<'ctx>) -> R<PointerValue<'ctx>> {
+        let (off, global) = match self.plan.slots.get(slot) {
+            Some(s) => (s.offset, s.global),
+            None => return fail(format!("slot {slot} does not exist")),
         };
         let space = if global {
             match self.scratch {
@@ -589,6 +641,10 @@ impl<'ctx> Em<'ctx, '_> {
 
     fn load_slot(&self, slot: usize, d: DType, e: IntValue<'ctx>) -> R<BasicValueEnum<'ctx>> {
         let p = self.slot_ptr(slot, d, e)?;
+        self.load_ptr(p, d)
+    }
+
+    fn load_ptr(&self, p: PointerValue<'ctx>, d: DType) -> R<BasicValueEnum<'ctx>> {
         let x = self.b.build_load(self.sty(d), p, "")?;
         if d == DType::Bool {
             Ok(self.icmp(IntPredicate::NE, iv(x)?, self.cx.i8_type().const_zero())?.into())
@@ -599,6 +655,10 @@ impl<'ctx> Em<'ctx, '_> {
 
     fn store_slot(&self, slot: usize, d: DType, e: IntValue<'ctx>, x: BasicValueEnum<'ctx>) -> R<()> {
         let p = self.slot_ptr(slot, d, e)?;
+        self.store_ptr(p, d, x)
+    }
+
+    fn store_ptr(&self, p: PointerValue<'ctx>, d: DType, x: BasicValueEnum<'ctx>) -> R<()> {
         let x = if d == DType::Bool { self.b.build_int_z_extend(iv(x)?, self.cx.i8_type(), "")?.into() } else { x };
         self.b.build_store(p, x)?;
         Ok(())
@@ -680,8 +740,8 @@ impl<'ctx> Em<'ctx, '_> {
             },
             Some(Repr::Splat(c)) => self.const_of(ty.dtype, *c),
             Some(Repr::Mat(s)) => {
-                let e = self.lin(idx, &ty.shape)?;
-                self.load_slot(*s, ty.dtype, e)?
+                let p = self.slot_ptr_at(*s, ty.dtype, idx, &ty.shape)?;
+                self.load_ptr(p, ty.dtype)?
             }
             Some(_) => self.compute(v, idx)?,
             None => return fail(format!("%{} does not exist", v.0)),
@@ -762,25 +822,25 @@ impl<'ctx> Em<'ctx, '_> {
                     Some(m) => Some(iv(self.elem(*m, idx)?)?),
                     None => None,
                 };
-                let (addr, sty) = self.gaddr(ptr.index(), off)?;
+                // A masked load reads element 0 where the mask is off (every
+                // buffer holds at least one element) and selects `other`: no
+                // branch, so the loads of a thread's elements all issue before
+                // the first one is waited for.
                 let raw = match m {
-                    None => self.b.build_load(sty, addr, "")?,
+                    None => {
+                        let (addr, sty) = self.gaddr(ptr.index(), off)?;
+                        self.b.build_load(sty, addr, "")?
+                    }
                     Some(m) => {
-                        let pre = self.cur()?;
-                        let (ld, merge) = (self.bb("ld"), self.bb("ld_done"));
-                        self.b.build_conditional_branch(m, ld, merge)?;
-                        self.b.position_at_end(ld);
+                        let safe = iv(self.select(m, off.into(), self.i32c(0).into())?)?;
+                        let (addr, sty) = self.gaddr(ptr.index(), safe)?;
                         let x = self.b.build_load(sty, addr, "")?;
-                        self.b.build_unconditional_branch(merge)?;
-                        self.b.position_at_end(merge);
                         let o: BasicValueEnum = if sty.is_float_type() {
                             self.f32c(*other).into()
                         } else {
                             self.i32c(other.trunc() as i64).into()
                         };
-                        let phi = self.b.build_phi(sty, "")?;
-                        phi.add_incoming(&[(&x, ld), (&o, pre)]);
-                        phi.as_basic_value()
+                        self.select(m, x, o)?
                     }
                 };
                 if ty.dtype == DType::Bool {
@@ -1199,7 +1259,8 @@ impl<'ctx> Em<'ctx, '_> {
                 self.each(numel(&ty.shape), &mut |s, e| {
                     let idx = s.delin(e, &ty.shape)?;
                     let x = s.compute(v, &idx)?;
-                    s.store_slot(slot, ty.dtype, e, x)
+                    let p = s.slot_ptr_at(slot, ty.dtype, &idx, &ty.shape)?;
+                    s.store_ptr(p, ty.dtype, x)
                 })
             }
             _ => {

@@ -28,6 +28,20 @@ pub(crate) fn library_ir() -> Result<String, String> {
     Ok(out)
 }
 
+/// The library with `mixc_exp` (and so everything built on it: sigmoid,
+/// SiLU, softplus, tanh, ...) as `2^(x·log2 e)` on the hardware's `ex2.approx`.
+pub(crate) fn with_fast_exp(lib: &str) -> Result<String, String> {
+    let start = lib.find("define float @mixc_exp(").ok_or("math library: no mixc_exp")?;
+    let len = lib[start..].find("\n}\n").ok_or("math library: mixc_exp has no end")? + 3;
+    let fast = format!(
+        "define float @mixc_exp(float %x) #0 {{\n  %t = fmul float %x, {}\n  \
+         %r = call float @llvm.nvvm.ex2.approx.ftz.f32(float %t)\n  ret float %r\n}}\n\n\
+         declare float @llvm.nvvm.ex2.approx.ftz.f32(float)\n",
+        f32_hex(std::f64::consts::LOG2_E)
+    );
+    Ok(format!("{}{}{}", &lib[..start], fast, &lib[start + len..]))
+}
+
 /// The library function computing a unary op, if the op needs one.
 pub(crate) fn unary_fn(f: mixc_ir::ops::UnaryFn) -> Option<&'static str> {
     use mixc_ir::ops::UnaryFn as U;

@@ -113,7 +113,13 @@ pub const ROW_PAD: u32 = 4;
 /// over it included) costs more than the bank conflicts of the fragment
 /// reads. The layout stays for a later `ldmatrix` tier, whose operand tiles
 /// are written once and read only as fragments.
-const PAD_DOT_OPERANDS: bool = false;
+const PAD_DOT_OPERANDS: bool = true;
+
+/// Whether every 2-D slot (not only `dot` operands) gets padded rows.
+/// Elementwise tiles read down a column by a warp's lanes (e.g. the
+/// `[c, 1, d] × [1, c, d]` broadcast reductions of gated recurrences' diagonal
+/// blocks) otherwise hit one bank 16 ways.
+const PAD_ALL_ROWS: bool = true;
 
 /// A slot for a tile of this type: (bytes, bytes per element, padded row
 /// length or 0). Only `dot` operands (`pad`) are padded: elsewhere the index
@@ -460,7 +466,7 @@ pub(crate) fn plan(k: &Kernel, defs: &Defs) -> Result<Plan, PtxError> {
     let mut slots: Vec<Slot> = vec![];
     let mut carried: HashMap<(usize, usize), usize> = HashMap::new();
     let slot_for = |slots: &mut Vec<Slot>, v: TValue, w: &Walk| -> usize {
-        let (bytes, eb, row) = slot_layout(k.ty(v), dot_operand[v.index()]);
+        let (bytes, eb, row) = slot_layout(k.ty(v), PAD_ALL_ROWS || dot_operand[v.index()]);
         slots.push(Slot {
             bytes,
             offset: 0,

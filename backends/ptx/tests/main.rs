@@ -453,3 +453,25 @@ fn math_library_is_accurate() {
     assert!(unsafe { f1("mixc_log").call(-1.0) }.is_nan());
     println!("{}", report.join("\n"));
 }
+
+/// `exp` on the hardware's `ex2.approx` (the default) or the library's
+/// polynomial (`fast_exp: false`): both forms assemble, and each uses what
+/// it says.
+#[test]
+fn exp_forms_assemble() {
+    use mixc_backend_ptx::{compile_with, Options};
+    let kernels = kernels_of("models");
+    let (id, k) = kernels.iter().find(|(id, _)| id.starts_with("gla/")).expect("a gla kernel");
+    let fast = compile_with(k, Target::Sm90, Options::default()).unwrap_or_else(|e| panic!("{id}: {e}"));
+    let precise = compile_with(k, Target::Sm90, Options { fast_exp: false, ..Options::default() })
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(Options::default().fast_exp);
+    assert!(fast.ptx.contains("ex2.approx"), "{id}: the default exp is not ex2.approx");
+    assert!(!precise.ptx.contains("ex2.approx"), "{id}: the precise exp uses ex2.approx");
+    let Some(ptxas) = ptxas() else { return };
+    for (tag, p) in [("fast", &fast), ("precise", &precise)] {
+        let file = target_dir().join(format!("exp-forms-{tag}.ptx"));
+        std::fs::write(&file, &p.ptx).unwrap_or_else(|e| panic!("{e}"));
+        assemble(&ptxas, &file, "sm_90").unwrap_or_else(|e| panic!("{tag}: {e}"));
+    }
+}

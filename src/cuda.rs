@@ -1,0 +1,166 @@
+//! Running mixers on a CUDA GPU (feature `cuda`): opening the card, getting a
+//! program's kernels for it — compiled here through LLVM (feature `llvm`) or
+//! taken from a kernel bundle — and running them on named tensors.
+
+use crate::bundle::{BundledProgram, KernelImage};
+use crate::Error;
+use mixc_ir::tile::Program;
+use mixc_passes::device::DeviceProfile;
+use mixc_runtime::cuda::{CudaRunner, DeviceInfo, GpuKernel, LoadedProgram};
+use mixc_runtime::HostTensor;
+use std::collections::BTreeMap;
+
+/// Why a build without LLVM cannot compile kernels, and what to do instead.
+pub const NO_LLVM: &str = "this mixc was built without LLVM, so it cannot compile kernels for the GPU: pass \
+                           --kernels DIR, a bundle written by `mixc compile FILE --target sm_90 -o DIR` on a \
+                           machine with LLVM";
+
+/// The card (device 0) and what it is.
+pub struct Gpu {
+    runner: CudaRunner,
+    info: DeviceInfo,
+}
+
+impl Gpu {
+    /// Opens device 0; without a CUDA driver, says so.
+    pub fn open() -> Result<Gpu, Error> {
+        let runner = CudaRunner::new()?;
+        let info = runner.device()?;
+        Ok(Gpu { runner, info })
+    }
+
+    pub fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    pub fn runner(&self) -> &CudaRunner {
+        &self.runner
+    }
+
+    /// The built-in profile the card's name calls for.
+    pub fn profile(&self) -> DeviceProfile {
+        crate::card::profile(&self.info.name)
+    }
+
+    /// The PTX target to compile for this card.
+    pub fn target(&self) -> Result<&'static str, Error> {
+        crate::card::ptx_target(self.info.compute_capability).map_err(Error::Usage)
+    }
+
+    /// Refuses a bundle whose PTX this card cannot load.
+    pub fn check_bundle(&self, dir: &std::path::Path, target: &str) -> Result<(), Error> {
+        let (major, minor) = self.info.compute_capability;
+        if crate::card::runs_on(target, (major, minor)) {
+            return Ok(());
+        }
+        Err(Error::Usage(format!(
+            "kernel bundle {}: compiled for {target}, which the {} (compute capability {major}.{minor}) cannot run: \
+             rebuild it with --target {}",
+            dir.display(),
+            self.info.name,
+            crate::card::ptx_target((major, minor)).unwrap_or("sm_90")
+        )))
+    }
+
+    /// Loads compiled kernels of `prog`.
+    pub fn load(&self, mixer: &str, prog: &Program, images: &[KernelImage]) -> Result<LoadedProgram, Error> {
+        let kernels: Vec<GpuKernel> = images.iter().map(kernel_of).collect();
+        self.runner.load(prog, &kernels).map_err(|e| Error::Run { mixer: mixer.to_string(), msg: e.to_string() })
+    }
+
+    /// Compiles every kernel of `prog` for this card (default code generation
+    /// options) and loads them; needs LLVM.
+    pub fn compile(&self, mixer: &str, prog: &Program) -> Result<LoadedProgram, Error> {
+        #[cfg(feature = "llvm")]
+        {
+            let name = self.target()?;
+            let target =
+                crate::gpu::target(name).ok_or_else(|| Error::Usage(format!("unknown GPU target `{name}`")))?;
+            let images: Vec<KernelImage> =
+                crate::gpu::compile_program(mixer, prog, target, crate::gpu::Options::default())?
+                    .into_iter()
+                    .map(|(k, _)| k)
+                    .collect();
+            self.load(mixer, prog, &images)
+        }
+        #[cfg(not(feature = "llvm"))]
+        {
+            let _ = (mixer, prog);
+            Err(Error::Usage(NO_LLVM.into()))
+        }
+    }
+
+    /// Runs a loaded program once on host tensors and returns its outputs.
+    pub fn run(
+        &self,
+        mixer: &str,
+        lp: &LoadedProgram,
+        inputs: &BTreeMap<String, HostTensor>,
+    ) -> Result<BTreeMap<String, HostTensor>, Error> {
+        let run = |e: mixc_runtime::cuda::CudaError| Error::Run { mixer: mixer.to_string(), msg: e.to_string() };
+        Ok(self.runner.run(lp, inputs, 1).map_err(run)?.outputs)
+    }
+}
+
+/// A kernel image as the runtime loads it.
+pub fn kernel_of(k: &KernelImage) -> GpuKernel {
+    GpuKernel {
+        name: k.name.clone(),
+        ptx: k.code.clone(),
+        threads: k.threads,
+        shared_bytes: k.shared_bytes,
+        scratch_bytes: k.scratch_bytes,
+    }
+}
+
+/// A mixer's prefill and decode programs loaded on the card; a program a
+/// bundle lacks is an error (naming what is missing) when it is run.
+pub struct GpuMixer {
+    gpu: Gpu,
+    prefill: Result<LoadedProgram, String>,
+    decode: Result<LoadedProgram, String>,
+}
+
+impl GpuMixer {
+    /// Compiles both programs for the card (see [`Gpu::compile`]).
+    pub fn compile(mixer: &str, prefill: &Program, decode: &Program) -> Result<GpuMixer, Error> {
+        let gpu = Gpu::open()?;
+        let prefill = Ok(gpu.compile(mixer, prefill)?);
+        let decode = Ok(gpu.compile(mixer, decode)?);
+        Ok(GpuMixer { gpu, prefill, decode })
+    }
+
+    /// Loads a bundle's programs (either may be missing: its error is kept).
+    pub fn from_bundle(
+        gpu: Gpu,
+        mixer: &str,
+        prefill: Result<&BundledProgram, String>,
+        decode: Result<&BundledProgram, String>,
+    ) -> Result<GpuMixer, Error> {
+        let load = |p: Result<&BundledProgram, String>| -> Result<Result<LoadedProgram, String>, Error> {
+            match p {
+                Ok(p) => Ok(Ok(gpu.load(mixer, &p.program, &p.kernels)?)),
+                Err(why) => Ok(Err(why)),
+            }
+        };
+        let (prefill, decode) = (load(prefill)?, load(decode)?);
+        Ok(GpuMixer { gpu, prefill, decode })
+    }
+
+    /// The card it runs on.
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    /// Runs the decode-step program (`decode`) or the prefill program.
+    pub fn run(
+        &self,
+        mixer: &str,
+        decode: bool,
+        inputs: &BTreeMap<String, HostTensor>,
+    ) -> Result<BTreeMap<String, HostTensor>, Error> {
+        let lp = if decode { &self.decode } else { &self.prefill };
+        let lp = lp.as_ref().map_err(|why| Error::Usage(why.clone()))?;
+        self.gpu.run(mixer, lp, inputs)
+    }
+}
