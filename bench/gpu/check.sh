@@ -1,12 +1,22 @@
 #!/usr/bin/env bash
-# Run ON THE GPU MACHINE from the folder prepare.sh wrote: every bundled
-# program against the f64 reference at ragged sizes (fresh random inputs,
-# poisoned outputs); exits non-zero on any failure. With SANITIZE=1 also
-# under compute-sanitizer (memcheck) at small sizes.
+# Run ON THE GPU MACHINE from the folder bench/gpu/prepare.sh wrote (with the
+# repository's models/ one level up, as the device tool's working tree has
+# it): every program of the bundles compiled ahead of time, and of kernels
+# compiled here by the statically linked mixc, against the f64 reference at
+# ragged sizes (fresh random inputs, poisoned outputs); exits non-zero on any
+# failure. SANITIZE=1 adds compute-sanitizer (memcheck) at small sizes.
 set -uo pipefail
 cd "$(dirname "$0")"
+[ -x ./mixc ] || xz -dkf mixc.xz
+models=${MODELS:-../models}
 status=0
-for b in bundles/*/ bundles-bf16/*/; do
+fresh=$(mktemp -d)
+for f in "$models"/*.toml "$models"/bench/anchors.toml; do
+  n=$(basename "$f" .toml)
+  ./mixc compile "$f" --target sm_90 -o "$fresh/$n" --chunk "${CHUNK:-64}" >/dev/null || { echo "compile failed: $f"; status=1; }
+done
+./mixc compile "$models/bench/anchors.toml" --target sm_90 --matmul bf16 -o "$fresh/anchors-bf16" --chunk "${CHUNK:-64}" >/dev/null || status=1
+for b in bundles/*/ bundles-bf16/*/ bundles-f32/*/ "$fresh"/*/; do
   [ -d "$b" ] || continue
   if ! ./mixc gpu-check --kernels "$b" --max-t "${MAX_T:-600}"; then status=1; fi
 done
