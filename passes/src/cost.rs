@@ -11,7 +11,7 @@
 //! its time is `max(compute, memory)` under a parallelism factor (how well the
 //! programs fill the device's units) plus a launch.
 
-use crate::device::DeviceProfile;
+use crate::device::{DeviceKind, DeviceProfile};
 use mixc_ir::dims::DimId;
 use mixc_ir::ops::BinaryFn;
 use mixc_ir::tile::{Arg, Block, Kernel, ParamKind, Program, TOp, TValue};
@@ -151,7 +151,8 @@ fn time(
     let util = (p / (waves * slots)).clamp(1.0 / slots, 1.0);
     let mem_util = (p / dev.units as f64).clamp(1.0 / dev.units as f64, 1.0);
     let (mm, vec, ld, st) = (w.matmul * scale, w.vector * scale, w.loaded * scale, w.stored * scale);
-    let compute_s = w.matmul_padded * scale / (dev.matmul_flops * util) + vec / (dev.vector_flops * util);
+    let compute_s =
+        w.matmul_padded * scale / (dev.matmul_flops * util) + w.vector_priced * scale / (dev.vector_flops * util);
     let dram_ld = ld.min(read_bytes);
     let memory_s = ((dram_ld + st) / dev.dram_bw).max(ld / dev.l2_bw) / mem_util;
     KernelCost {
@@ -203,6 +204,9 @@ struct Work {
     /// Matrix work as the unit executes it (dims padded to its granularity).
     matmul_padded: f64,
     vector: f64,
+    /// Vector work as the unit executes it: on a CPU a transcendental costs the
+    /// instructions of its polynomial, not one FLOP.
+    vector_priced: f64,
     loaded: f64,
     stored: f64,
 }
@@ -212,6 +216,7 @@ impl Work {
         self.matmul += o.matmul * times;
         self.matmul_padded += o.matmul_padded * times;
         self.vector += o.vector * times;
+        self.vector_priced += o.vector_priced * times;
         self.loaded += o.loaded * times;
         self.stored += o.stored * times;
     }
@@ -225,6 +230,15 @@ struct Walker<'a> {
     pid: [u64; 3],
     work: Work,
 }
+
+/// Vector operations per FLOP of a rank-1 update on a CPU: each accumulator
+/// vector costs an FMA and a store, and a core stores one vector in the time
+/// it issues two FMAs, so the update runs at half the FMA peak. (Measured on
+/// the 2-core Zen 3 box, B = 1, H = 16, D = 128, T = 8192: the step form of
+/// Gated DeltaNet, one more one-row pass over the state per token than GLA's,
+/// ran 2.75× slower than its chunk-16 form while GLA's ran 1.37× faster;
+/// pricing the rank-1 pass at the FMA peak ranks both the wrong way.)
+const CPU_RANK1_WEIGHT: f64 = 2.0;
 
 /// Loops with more iterations than this are walked for a sample and scaled.
 const MAX_WALKED_ITERATIONS: u64 = 64;
@@ -248,6 +262,12 @@ impl Walker<'_> {
         }
     }
 
+    /// Elementwise work of `n` FLOPs, each costing `weight` vector operations.
+    fn vector(&mut self, n: f64, weight: f64) {
+        self.work.vector += n;
+        self.work.vector_priced += n * weight;
+    }
+
     fn block(&mut self, b: &Block, times: f64) {
         for s in &b.stmts {
             let numel = s.results.first().map(|r| self.k.ty(*r).numel() as f64).unwrap_or(0.0);
@@ -259,7 +279,7 @@ impl Walker<'_> {
                 TOp::Binary(f, a, b2) => match (self.val(*a), self.val(*b2)) {
                     (Some(x), Some(y)) if scalar_out => scalar_binary(*f, x, y, self.k.ty(*a).dtype.is_int()),
                     _ => {
-                        self.work.vector += numel * times;
+                        self.vector(numel * times, 1.0);
                         None
                     }
                 },
@@ -278,19 +298,36 @@ impl Walker<'_> {
                     Some(_) => self.val(*b2),
                     None => None,
                 },
-                TOp::Unary(..) | TOp::Cast(..) | TOp::Select(..) | TOp::Reduce { .. } | TOp::Cumsum { .. } => {
-                    self.work.vector += numel * times;
+                TOp::Unary(f, _) => {
+                    let weight = if self.dev.kind == DeviceKind::Cpu { cpu_unary_ops(*f) } else { 1.0 };
+                    self.vector(numel * times, weight);
+                    None
+                }
+                TOp::Cast(..) | TOp::Select(..) | TOp::Reduce { .. } | TOp::Cumsum { .. } => {
+                    self.vector(numel * times, 1.0);
                     None
                 }
                 TOp::Dot { a, trans_a, .. } => {
                     let ta = self.k.ty(*a);
                     let kk = if *trans_a { ta.shape[0] } else { ta.shape[1] };
                     let out = s.results.first().map(|r| self.k.ty(*r).shape.clone()).unwrap_or_default();
-                    let gran = self.dev.mma_granularity.max(1);
-                    let pad = |x: u32| x.div_ceil(gran) * gran;
-                    let padded: f64 = out.iter().map(|d| pad(*d) as f64).product::<f64>() * pad(kk) as f64;
-                    self.work.matmul += 2.0 * numel * kk as f64 * times;
-                    self.work.matmul_padded += 2.0 * padded * times;
+                    let flops = 2.0 * numel * kk as f64 * times;
+                    self.work.matmul += flops;
+                    // On a CPU a dot with a unit dim (a rank-1 update `kᵀv`, a
+                    // one-row readout `q·S`) runs as vector FMAs with nothing
+                    // padded: one per B element (one row), or one per
+                    // accumulator element (rank-1), each of which is also
+                    // stored back, at one vector store to two FMAs.
+                    let vector_fma = self.dev.kind == DeviceKind::Cpu && (kk == 1 || out.contains(&1));
+                    if vector_fma {
+                        let weight = if kk == 1 { CPU_RANK1_WEIGHT } else { 1.0 };
+                        self.work.vector_priced += flops * weight;
+                    } else {
+                        let gran = self.dev.mma_granularity.max(1);
+                        let pad = |x: u32| x.div_ceil(gran) * gran;
+                        let padded: f64 = out.iter().map(|d| pad(*d) as f64).product::<f64>() * pad(kk) as f64;
+                        self.work.matmul_padded += 2.0 * padded * times;
+                    }
                     None
                 }
                 TOp::Load { ptr, .. } => {
@@ -332,6 +369,29 @@ impl Walker<'_> {
                 self.set(*r, value);
             }
         }
+    }
+}
+
+/// Vector operations per element of a unary function in the CPU backend's
+/// code: a transcendental is a range reduction and a polynomial (≈ 20
+/// operations, `backends/cpu/src/math.rs`; the backend's own planner weighs it
+/// the same in `plan::unary_cost`), a square root or reciprocal a few.
+fn cpu_unary_ops(f: mixc_ir::ops::UnaryFn) -> f64 {
+    use mixc_ir::ops::UnaryFn as U;
+    match f {
+        U::Exp
+        | U::Log
+        | U::Sigmoid
+        | U::LogSigmoid
+        | U::Softplus
+        | U::Silu
+        | U::Elu
+        | U::EluPlusOne
+        | U::Tanh
+        | U::Sin
+        | U::Cos => 20.0,
+        U::Sqrt | U::Rsqrt | U::Recip => 4.0,
+        _ => 1.0,
     }
 }
 

@@ -72,3 +72,34 @@ fn causal_attention_flops_match_the_anchor_count() {
     let ratio = flash.matmul_flops / anchor;
     assert!((1.0..1.03).contains(&ratio), "counted {} vs anchor {anchor}: ratio {ratio}", flash.matmul_flops);
 }
+
+/// On a CPU the step form's one-row readout `q·S` and rank-1 update `kᵀv` run
+/// as vector FMAs: priced on the vector unit, unpadded (the granularity does
+/// not change them), the readout at one FMA per state element and the rank-1
+/// update at twice that (each accumulator vector is also stored).
+#[test]
+fn cpu_prices_one_row_and_rank1_dots_as_unpadded_vector_fmas() {
+    let (b, h, dk, dv, t) = (1u64, 4u64, 64u64, 64u64, 256u64);
+    let g = recurrence_graph(Transition::ScalarDecay, false, true, h, dk, dv);
+    let prog = lower(&g, &Schedule::decode()).unwrap();
+    // A matrix unit so fast that only the vector unit's share is left.
+    let dev = DeviceProfile { matmul_flops: 1e30, launch_s: 0.0, ..DeviceProfile::cpu_default() };
+    let coarse = DeviceProfile { mma_granularity: 16, ..dev.clone() };
+    let cost = price(&prog, &free(b, t), &dev);
+    assert_eq!(cost.kernels.len(), 1);
+    let k = &cost.kernels[0];
+    // Two dots per token and head, each 2·dk·dv FLOPs: rank-1 and readout.
+    let dots = 2.0 * (2 * b * h * t * dk * dv) as f64;
+    assert_eq!(k.matmul_flops, dots);
+    let priced = k.compute_s * dev.vector_flops;
+    // Rank-1 at 2×, readout at 1×, plus the elementwise work (a transcendental
+    // at up to 20 operations an element).
+    let floor = 1.5 * dots + k.vector_flops;
+    assert!(priced >= floor * (1.0 - 1e-9), "priced {priced:e} below {floor:e}");
+    assert!(priced <= 1.5 * dots + 20.0 * k.vector_flops, "priced {priced:e}");
+    assert_eq!(price(&prog, &free(b, t), &coarse).kernels[0].compute_s, k.compute_s, "padded to the granularity");
+    // The GPU still pads them: a one-row dot costs as much as a 16-row one.
+    let gpu = price(&prog, &free(b, t), &DeviceProfile::h100()).kernels[0].compute_s;
+    let gpu_floor = 16.0 * dots / DeviceProfile::h100().matmul_flops;
+    assert!(gpu >= gpu_floor, "GPU {gpu:e} < {gpu_floor:e}");
+}
