@@ -67,6 +67,9 @@ impl Default for Schedule {
     }
 }
 
+/// Query rows per attention program in decode steps ([`Schedule::decode`]).
+pub const DECODE_BLOCK_Q: u32 = 16;
+
 impl Schedule {
     /// The default schedule with another chunk size (sub-chunks of at most 16).
     pub fn with_chunk(chunk: u32) -> Schedule {
@@ -74,9 +77,12 @@ impl Schedule {
     }
 
     /// The decode-step schedule: recurrences token by token (with the short
-    /// convolution fused, which saves most of a decode step's launches).
+    /// convolution fused, which saves most of a decode step's launches), and
+    /// attention in query blocks of 16 rows — a step has one or a few new
+    /// tokens, and a 64-row block did 64× the work of one query (16 is the
+    /// fewest rows the tensor-core `dot` takes).
     pub fn decode() -> Schedule {
-        Schedule { step: true, ..Schedule::default() }
+        Schedule { step: true, block_q: DECODE_BLOCK_Q, ..Schedule::default() }
     }
 
     /// Checks the schedule's own consistency.

@@ -170,8 +170,16 @@ fn ms(s: f64) -> String {
     format!("{:.4} ms", s * 1e3)
 }
 
+/// Whether the chunked candidates differ in attention blocks (the token-by-token
+/// candidate carries the decode schedule's blocks, which say nothing here).
+fn blocks_vary(cands: &[Candidate]) -> bool {
+    let mut blocks = cands.iter().filter(|c| !c.schedule.step).map(|c| (c.schedule.block_q, c.schedule.block_k));
+    let first = blocks.next();
+    blocks.any(|b| Some(b) != first)
+}
+
 fn table(out: &mut String, cands: &[Candidate], top: usize) {
-    let blocks_vary = cands.iter().any(|c| c.schedule.block_q != cands[0].schedule.block_q);
+    let blocks_vary = blocks_vary(cands);
     let _ = writeln!(
         out,
         "{:>3}  {:<26} {:>8} {:>10} {:>10} {:>9} {:>7} {:>12}",
@@ -218,7 +226,7 @@ fn table(out: &mut String, cands: &[Candidate], top: usize) {
 
 fn why(out: &mut String, cands: &[Candidate]) {
     let Some(pick) = cands.first() else { return };
-    let blocks_vary = cands.iter().any(|c| c.schedule.block_q != pick.schedule.block_q);
+    let blocks_vary = blocks_vary(cands);
     let slowest = pick.cost.kernels.iter().max_by(|a, b| a.time_s.total_cmp(&b.time_s));
     let bound = match slowest {
         Some(k) if k.memory_bound() => format!("memory-bound ({:.1} FLOP/B)", k.intensity()),

@@ -162,7 +162,12 @@ proptest! {
     fn value_blocks_match_the_reference(c in case()) {
         let g = build(&mixer(c.which, c.dk, c.dv));
         let sched = schedule(c.mode, c.chunk, c.block_v);
-        let prec = if c.f32 { Precision::F32 } else { Precision::F64 };
+        // MoM's top-k router is discontinuous: f32 rounding can flip a near
+        // tie between two memories' scores and route a token elsewhere than
+        // the f64 reference does (seen: relative error 0.2 with every value
+        // block width, none at all in f64). MoM runs in f64 here.
+        let mom = c.which % 12 == 11;
+        let prec = if c.f32 && !mom { Precision::F32 } else { Precision::F64 };
         let first = inputs(&g, c.b, c.t1, c.seed, c.warm);
         check(&g, &sched, &first, prec, tol(prec));
         let second = continued(&g, &first, c.b, c.t1, c.t2, c.seed ^ 0x5eed);
