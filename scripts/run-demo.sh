@@ -5,9 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release
-mixc=./target/release/mixc
+target=${CARGO_TARGET_DIR:-target}
+mixc=$target/release/mixc
 model=models/hybrid.toml
 $mixc compile $model --emit graph | head -n 20
 $mixc explain $model --target sm_90 --sizes B=8,T=8192 --top 3
-$mixc init-weights $model -o target/hybrid.safetensors --seed 0
-$mixc run $model --weights target/hybrid.safetensors --prompt-ids "1 2 3 4 5 6 7 8" --max-new-tokens 8 --report-memory
+$mixc init-weights $model -o "$target/hybrid.safetensors" --seed 0
+$mixc run $model --weights "$target/hybrid.safetensors" --prompt-ids "1 2 3 4 5 6 7 8" --max-new-tokens 8 --report-memory

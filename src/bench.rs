@@ -450,7 +450,8 @@ impl<'a> Bencher<'a> {
     }
 }
 
-fn median(mut xs: Vec<f64>) -> f64 {
+/// The median of `xs` (0 for none).
+pub(crate) fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
     match xs.len() {
         0 => 0.0,

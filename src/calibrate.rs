@@ -17,6 +17,7 @@
 //! own that the profile reader ignores. `mixc explain --target cpu`,
 //! `mixc devices` and `mixc bench` use that profile when it is present.
 
+use crate::bench::median;
 use crate::Error;
 use mixc_passes::device::{DeviceKind, DeviceProfile};
 use std::hint::black_box;
@@ -385,15 +386,6 @@ pub fn measure(opts: CalibrateOptions) -> Result<Calibration, Error> {
 
 /// Timed repetitions per figure (after one warm-up); the median is kept.
 const REPS: usize = 5;
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    match xs.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => xs[n / 2],
-        n => 0.5 * (xs[n / 2 - 1] + xs[n / 2]),
-    }
-}
 
 /// Runs `work(item)` for every item on its own thread, all released at once;
 /// returns the seconds from the release until the last one finished.

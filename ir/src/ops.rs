@@ -465,6 +465,28 @@ pub const BINARY_FNS: [BinaryFn; 14] = [
 pub const REDUCE_FNS: [ReduceFn; 5] =
     [ReduceFn::Sum, ReduceFn::Max, ReduceFn::Min, ReduceFn::Mean, ReduceFn::LogSumExp];
 
+/// Vector operations per element a unary function costs where it is computed
+/// in software, as on a CPU: a transcendental is a range reduction and a
+/// polynomial (about 20), a square root or reciprocal a few, the rest one.
+/// Shared by the cost model and the CPU backend's planner.
+pub fn software_ops(f: UnaryFn) -> u32 {
+    match f {
+        UnaryFn::Exp
+        | UnaryFn::Log
+        | UnaryFn::Sigmoid
+        | UnaryFn::LogSigmoid
+        | UnaryFn::Softplus
+        | UnaryFn::Silu
+        | UnaryFn::Elu
+        | UnaryFn::EluPlusOne
+        | UnaryFn::Tanh
+        | UnaryFn::Sin
+        | UnaryFn::Cos => 20,
+        UnaryFn::Sqrt | UnaryFn::Rsqrt | UnaryFn::Recip => 4,
+        _ => 1,
+    }
+}
+
 pub fn unary_name(f: UnaryFn) -> &'static str {
     match f {
         UnaryFn::Neg => "neg",

@@ -299,7 +299,8 @@ impl Walker<'_> {
                     None => None,
                 },
                 TOp::Unary(f, _) => {
-                    let weight = if self.dev.kind == DeviceKind::Cpu { cpu_unary_ops(*f) } else { 1.0 };
+                    let weight =
+                        if self.dev.kind == DeviceKind::Cpu { mixc_ir::ops::software_ops(*f) as f64 } else { 1.0 };
                     self.vector(numel * times, weight);
                     None
                 }
@@ -369,29 +370,6 @@ impl Walker<'_> {
                 self.set(*r, value);
             }
         }
-    }
-}
-
-/// Vector operations per element of a unary function in the CPU backend's
-/// code: a transcendental is a range reduction and a polynomial (≈ 20
-/// operations, `backends/cpu/src/math.rs`; the backend's own planner weighs it
-/// the same in `plan::unary_cost`), a square root or reciprocal a few.
-fn cpu_unary_ops(f: mixc_ir::ops::UnaryFn) -> f64 {
-    use mixc_ir::ops::UnaryFn as U;
-    match f {
-        U::Exp
-        | U::Log
-        | U::Sigmoid
-        | U::LogSigmoid
-        | U::Softplus
-        | U::Silu
-        | U::Elu
-        | U::EluPlusOne
-        | U::Tanh
-        | U::Sin
-        | U::Cos => 20.0,
-        U::Sqrt | U::Rsqrt | U::Recip => 4.0,
-        _ => 1.0,
     }
 }
 

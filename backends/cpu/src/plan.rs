@@ -89,27 +89,9 @@ pub fn squeeze_reshape(from: &[u32], to: &[u32]) -> bool {
     squeezed(from) == squeezed(to)
 }
 
-pub fn unary_cost(f: UnaryFn) -> u32 {
-    match f {
-        UnaryFn::Exp
-        | UnaryFn::Log
-        | UnaryFn::Sigmoid
-        | UnaryFn::LogSigmoid
-        | UnaryFn::Softplus
-        | UnaryFn::Silu
-        | UnaryFn::Elu
-        | UnaryFn::EluPlusOne
-        | UnaryFn::Tanh
-        | UnaryFn::Sin
-        | UnaryFn::Cos => 20,
-        UnaryFn::Sqrt | UnaryFn::Rsqrt | UnaryFn::Recip => 4,
-        _ => 1,
-    }
-}
-
 fn op_cost(k: &Kernel, op: &TOp) -> u32 {
     match op {
-        TOp::Unary(f, _) => unary_cost(*f),
+        TOp::Unary(f, _) => mixc_ir::ops::software_ops(*f),
         TOp::Binary(f, a, _) => {
             let int = k.ty(*a).dtype.is_int() || k.ty(*a).dtype == mixc_ir::DType::Bool;
             match f {

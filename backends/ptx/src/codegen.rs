@@ -826,15 +826,15 @@ impl<'ctx> Em<'ctx, '_> {
                 // buffer holds at least one element) and selects `other`: no
                 // branch, so the loads of a thread's elements all issue before
                 // the first one is waited for.
+                let off = match m {
+                    Some(m) => iv(self.select(m, off.into(), self.i32c(0).into())?)?,
+                    None => off,
+                };
+                let (addr, sty) = self.gaddr(ptr.index(), off)?;
+                let x = self.b.build_load(sty, addr, "")?;
                 let raw = match m {
-                    None => {
-                        let (addr, sty) = self.gaddr(ptr.index(), off)?;
-                        self.b.build_load(sty, addr, "")?
-                    }
+                    None => x,
                     Some(m) => {
-                        let safe = iv(self.select(m, off.into(), self.i32c(0).into())?)?;
-                        let (addr, sty) = self.gaddr(ptr.index(), safe)?;
-                        let x = self.b.build_load(sty, addr, "")?;
                         let o: BasicValueEnum = if sty.is_float_type() {
                             self.f32c(*other).into()
                         } else {

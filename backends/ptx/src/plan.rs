@@ -106,30 +106,26 @@ fn numel(shape: &[u32]) -> u64 {
 /// Elements added after each row of a padded slot (see [`Slot::row`]).
 pub const ROW_PAD: u32 = 4;
 
-/// Whether `dot` operands get padded rows. Off: measured on an H200 (bf16
-/// `mma`, B=8, H=16, D=128), padding made attention 1.4–1.6× slower and the
-/// chunked recurrences 1.1–1.5× slower (only Gated DeltaNet gained, ~11%):
-/// the index arithmetic on every access of a padded slot (elementwise loops
-/// over it included) costs more than the bank conflicts of the fragment
-/// reads. The layout stays for a later `ldmatrix` tier, whose operand tiles
-/// are written once and read only as fragments.
-const PAD_DOT_OPERANDS: bool = true;
-
-/// Whether every 2-D slot (not only `dot` operands) gets padded rows.
-/// Elementwise tiles read down a column by a warp's lanes (e.g. the
-/// `[c, 1, d] × [1, c, d]` broadcast reductions of gated recurrences' diagonal
-/// blocks) otherwise hit one bank 16 ways.
-const PAD_ALL_ROWS: bool = true;
+/// Whether 2-D slots get padded rows. On: measured on an H200 (bf16, B=8,
+/// H=16, D=128, T=2048), padding every 2-D f32 slot made attention, GLA,
+/// linear attention, mLSTM and simple GLA 1.2–1.5× faster (Gated DeltaNet 8%
+/// slower): lanes of a warp reading down a column (the `mma` fragment
+/// pattern, and the `[c, 1, d] × [1, c, d]` broadcast reductions of gated
+/// recurrences' diagonal blocks) otherwise hit one bank 16 ways. Reads
+/// address a padded slot from the index (`row·(len + pad) + col`), so
+/// neighbouring columns stay vectorizable. (Padding only `dot` operands,
+/// through a division of the flat index, had measured slower.)
+const PAD_ROWS: bool = true;
 
 /// A slot for a tile of this type: (bytes, bytes per element, padded row
-/// length or 0). Only `dot` operands (`pad`) are padded: elsewhere the index
-/// arithmetic costs more than the bank conflicts it avoids.
+/// length or 0). `pad`: whether the slot may be padded (loop temporaries,
+/// copied flat, are not).
 fn slot_layout(t: &mixc_ir::tile::TileType, pad: bool) -> (u32, u32, u32) {
     let eb = if t.dtype == mixc_ir::DType::Bool { 1 } else { 4 };
     let n = numel(&t.shape);
     let last = t.shape.last().copied().unwrap_or(1);
     let row = if pad
-        && PAD_DOT_OPERANDS
+        && PAD_ROWS
         && eb == 4
         && t.shape.len() >= 2
         && last >= 32
@@ -439,25 +435,6 @@ pub(crate) fn plan(k: &Kernel, defs: &Defs) -> Result<Plan, PtxError> {
         };
     }
 
-    // Operands of `dot` (and what they transpose): their slots get padded rows.
-    let mut dot_operand = vec![false; n];
-    k.walk(&mut |s| {
-        if let TOp::Dot { a, b, .. } = &s.op {
-            for x in [a, b] {
-                if let Some(f) = dot_operand.get_mut(x.index()) {
-                    *f = true;
-                }
-                if let Some(Def::Stmt(d)) = w.defs.get(x.index()).copied().flatten() {
-                    if let TOp::Transpose(y) = &d.op {
-                        if let Some(f) = dot_operand.get_mut(y.index()) {
-                            *f = true;
-                        }
-                    }
-                }
-            }
-        }
-    });
-
     // Representations, consumers first.
     let mut repr: Vec<Repr> = vec![Repr::Scalar; n];
     let mut evals = vec![Evals::Zero; n];
@@ -466,7 +443,7 @@ pub(crate) fn plan(k: &Kernel, defs: &Defs) -> Result<Plan, PtxError> {
     let mut slots: Vec<Slot> = vec![];
     let mut carried: HashMap<(usize, usize), usize> = HashMap::new();
     let slot_for = |slots: &mut Vec<Slot>, v: TValue, w: &Walk| -> usize {
-        let (bytes, eb, row) = slot_layout(k.ty(v), PAD_ALL_ROWS || dot_operand[v.index()]);
+        let (bytes, eb, row) = slot_layout(k.ty(v), true);
         slots.push(Slot {
             bytes,
             offset: 0,

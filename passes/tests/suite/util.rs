@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use mixc_ir::interp::{self, Tensor};
+use mixc_ir::mixers::{carried_input, random_inputs};
 use mixc_ir::tile::interp::Precision;
 use mixc_ir::{mixers, model::MixerConfig, Graph};
 use mixc_passes::{lower, Schedule};
@@ -84,4 +85,47 @@ pub fn check(
 
 pub fn sizes(b: usize, t: usize) -> BTreeMap<&'static str, usize> {
     BTreeMap::from([("B", b), ("T", t), ("S", 0)])
+}
+
+/// The relative-error tolerance of a precision against the f64 reference.
+pub fn tol(prec: Precision) -> f64 {
+    match prec {
+        Precision::F64 => 1e-9,
+        Precision::F32 => 1e-4,
+    }
+}
+
+/// Inputs rounded to f32, so that both precisions see what the buffers hold.
+pub fn inputs(g: &Graph, b: usize, t: usize, seed: u64, with_optional: bool) -> BTreeMap<String, Tensor> {
+    let mut ins = random_inputs(g, &sizes(b, t), seed, with_optional);
+    for t in ins.values_mut() {
+        t.data.iter_mut().for_each(|x| *x = *x as f32 as f64);
+    }
+    ins
+}
+
+/// The next call's inputs: fresh ones, with the states, tails and caches that
+/// `prev` left (and the position it reached).
+pub fn continued(
+    g: &Graph,
+    prev: &BTreeMap<String, Tensor>,
+    b: usize,
+    t1: usize,
+    t2: usize,
+    seed: u64,
+) -> BTreeMap<String, Tensor> {
+    let carried = interp::run(g, prev).unwrap_or_else(|e| panic!("interp: {e}"));
+    let mut next = inputs(g, b, t2, seed, false);
+    for (out, value) in carried {
+        if let Some(input) = carried_input(&out) {
+            if g.inputs().iter().any(|(n, _, _)| *n == input) {
+                let data = value.data.iter().map(|x| *x as f32 as f64).collect();
+                next.insert(input, Tensor { shape: value.shape, data });
+            }
+        }
+    }
+    if g.inputs().iter().any(|(n, _, _)| *n == "offset") {
+        next.insert("offset".into(), Tensor::scalar(t1 as f64));
+    }
+    next
 }
