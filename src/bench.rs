@@ -20,9 +20,9 @@
 use crate::{Error, NamedGraph};
 use mixc_ir::graph::Graph;
 use mixc_ir::model::{self, MixerConfig};
-use mixc_passes::cost::{price, KernelCost, ProgramCost};
+use mixc_passes::cost::{price_with, KernelCost, ProgramCost};
 use mixc_passes::device::DeviceProfile;
-use mixc_passes::search::search;
+use mixc_passes::search::search_with;
 use mixc_passes::Schedule;
 use mixc_runtime::HostTensor;
 use std::collections::{BTreeMap, BTreeSet};
@@ -385,7 +385,7 @@ impl<'a> Bencher<'a> {
         let inputs = self.engine.inputs(&graph, &sizes, self.seed, carries(phase, &sizes));
         let timing = self.engine.time(&prog, &inputs, self.runs).map_err(|e| fail(&sizes, e))?;
         drop(inputs);
-        let cost = price(&prog, &sizes, self.dev);
+        let cost = price_with(&prog, &sizes, self.dev, &*crate::pricing::kernel_resources(self.dev));
         Ok(Row { mixer: m.name().to_string(), phase, sizes, schedule, schedule_from, compile_s, timing, cost })
     }
 
@@ -403,8 +403,8 @@ impl<'a> Bencher<'a> {
         if let Some(c) = m.named.chunk {
             return Ok((Schedule::with_chunk(c), "table"));
         }
-        let cands =
-            search(graph, sizes, self.dev).map_err(|source| Error::Lower { mixer: m.name().to_string(), source })?;
+        let cands = search_with(graph, sizes, self.dev, &*crate::pricing::kernel_resources(self.dev))
+            .map_err(|source| Error::Lower { mixer: m.name().to_string(), source })?;
         let pick = cands.iter().find(|c| c.rejected.is_none()).or(cands.first());
         Ok((pick.map(|c| c.schedule).unwrap_or_default(), "model"))
     }
@@ -420,7 +420,8 @@ impl<'a> Bencher<'a> {
         };
         let graph = m.graph_at(point.get("H").copied()).map_err(|e| fail(point, e.to_string()))?;
         let sizes = self.bind(&graph, Phase::Prefill, point);
-        let cands = search(&graph, &sizes, self.dev).map_err(|e| fail(&sizes, e.to_string()))?;
+        let cands = search_with(&graph, &sizes, self.dev, &*crate::pricing::kernel_resources(self.dev))
+            .map_err(|e| fail(&sizes, e.to_string()))?;
         let total = cands.len();
         let feasible: Vec<_> = cands.into_iter().filter(|c| c.rejected.is_none()).collect();
         let infeasible = total - feasible.len();

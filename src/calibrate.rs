@@ -133,6 +133,8 @@ impl Calibration {
             launch_s: builtin.launch_s,
             elem_bytes: 4,
             mma_granularity: builtin.mma_granularity,
+            threads_per_unit: builtin.threads_per_unit,
+            latency: builtin.latency,
         }
     }
 

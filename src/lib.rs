@@ -13,6 +13,7 @@ pub mod cuda;
 #[cfg(feature = "llvm")]
 pub mod gpu;
 pub mod jit;
+pub mod pricing;
 pub mod runner;
 pub use runner::Model;
 

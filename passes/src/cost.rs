@@ -33,10 +33,55 @@ pub struct KernelCost {
     pub bytes_requested: f64,
     /// Bytes of tiles a program keeps live across loop iterations (an occupancy proxy).
     pub footprint: u64,
+    /// Tile statements one program executes (average over the grid).
+    pub ops_per_program: f64,
+    /// Elements of those statements' results, per program.
+    pub elems_per_program: f64,
+    /// Of those statements, global loads and `dot`s, per program.
+    pub loads_per_program: f64,
+    pub dots_per_program: f64,
     pub compute_s: f64,
     pub memory_s: f64,
+    /// Time of the programs' statements one after another, wave by wave
+    /// (see [`latency`]); 0 on a profile without latency terms.
+    pub latency_s: f64,
     pub time_s: f64,
 }
+
+/// What limits a kernel's predicted time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bound {
+    Compute,
+    Memory,
+    /// The programs' statements run one after another faster than neither
+    /// the device's compute nor its memory could serve them (barriers,
+    /// shared-memory passes, load latency): the kernel waits on itself.
+    Latency,
+}
+
+impl Bound {
+    pub fn name(self) -> &'static str {
+        match self {
+            Bound::Compute => "compute",
+            Bound::Memory => "memory",
+            Bound::Latency => "latency",
+        }
+    }
+}
+
+/// What one kernel needs of a GPU's SM, from the backend's plan of it:
+/// threads per program, shared memory, and the bytes of tiles that did not fit
+/// in shared memory and live in global scratch instead. The facade asks the
+/// backend and hands the answers to [`price_with`] (passes never call a backend).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelResources {
+    pub threads: u32,
+    pub shared_bytes: u64,
+    pub spill_bytes: u64,
+}
+
+/// The backend's resource plan of a kernel, where one is known.
+pub type Resources<'a> = &'a dyn Fn(&Kernel) -> Option<KernelResources>;
 
 impl KernelCost {
     pub fn bytes(&self) -> f64 {
@@ -50,7 +95,16 @@ impl KernelCost {
         self.flops() / self.bytes().max(1.0)
     }
     pub fn memory_bound(&self) -> bool {
-        self.memory_s >= self.compute_s
+        self.bound() == Bound::Memory
+    }
+    pub fn bound(&self) -> Bound {
+        if self.latency_s > self.compute_s.max(self.memory_s) {
+            Bound::Latency
+        } else if self.memory_s >= self.compute_s {
+            Bound::Memory
+        } else {
+            Bound::Compute
+        }
     }
 }
 
@@ -79,8 +133,20 @@ pub fn bind_sizes(prog: &Program, free: &BTreeMap<String, u64>) -> Vec<u64> {
         .collect()
 }
 
-/// Prices every launch of `prog` at the given sizes.
+/// Prices every launch of `prog` at the given sizes, without the backend's
+/// resource plan (occupancy from the profile, nothing spilled).
 pub fn price(prog: &Program, free: &BTreeMap<String, u64>, dev: &DeviceProfile) -> ProgramCost {
+    price_with(prog, free, dev, &|_| None)
+}
+
+/// Prices every launch of `prog` at the given sizes, with each kernel's
+/// resources where `resources` knows them.
+pub fn price_with(
+    prog: &Program,
+    free: &BTreeMap<String, u64>,
+    dev: &DeviceProfile,
+    resources: Resources,
+) -> ProgramCost {
     let sizes = bind_sizes(prog, free);
     let mut kernels = Vec::new();
     for l in &prog.launches {
@@ -128,12 +194,14 @@ pub fn price(prog: &Program, free: &BTreeMap<String, u64>, dev: &DeviceProfile) 
         }
         let scale = if samples.is_empty() { 0.0 } else { programs as f64 / samples.len() as f64 };
         let footprint = footprint(k);
-        kernels.push(time(k.name.clone(), programs, &work, scale, footprint, read_bytes, dev));
+        let res = resources(k);
+        kernels.push(time(k.name.clone(), programs, &work, scale, footprint, read_bytes, res, dev));
     }
     let time_s = kernels.iter().map(|k| k.time_s).sum();
     ProgramCost { kernels, time_s }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn time(
     name: String,
     programs: u64,
@@ -141,6 +209,7 @@ fn time(
     scale: f64,
     footprint: u64,
     read_bytes: f64,
+    res: Option<KernelResources>,
     dev: &DeviceProfile,
 ) -> KernelCost {
     let slots = (dev.units * dev.programs_per_unit).max(1) as f64;
@@ -155,6 +224,14 @@ fn time(
         w.matmul_padded * scale / (dev.matmul_flops * util) + w.vector_priced * scale / (dev.vector_flops * util);
     let dram_ld = ld.min(read_bytes);
     let memory_s = ((dram_ld + st) / dev.dram_bw).max(ld / dev.l2_bw) / mem_util;
+    let per_program = |x: f64| x * scale / p.max(1.0);
+    let program = ProgramWork {
+        ops: per_program(w.tile_ops),
+        elems: per_program(w.tile_elems),
+        loads: per_program(w.tile_loads),
+        dots: per_program(w.tile_dots),
+    };
+    let latency_s = latency(programs, &program, res, dev);
     KernelCost {
         name,
         programs,
@@ -164,11 +241,62 @@ fn time(
         bytes_stored: st,
         bytes_requested: ld,
         footprint,
+        ops_per_program: program.ops,
+        elems_per_program: program.elems,
+        loads_per_program: program.loads,
+        dots_per_program: program.dots,
         compute_s,
         memory_s,
-        time_s: compute_s.max(memory_s) + dev.launch_s,
+        latency_s,
+        time_s: compute_s.max(memory_s).max(latency_s) + dev.launch_s,
     }
 }
+
+/// The statements one program executes, on average over the grid.
+struct ProgramWork {
+    ops: f64,
+    elems: f64,
+    loads: f64,
+    dots: f64,
+}
+
+/// The latency term: a program's statements run one after another (each is a
+/// pass of its threads over a tile, most end at a barrier, a global load waits
+/// for memory before the threads can use it), and an SM runs as many programs
+/// at once as its shared memory and thread slots hold. So the kernel takes
+/// `waves × per-program time`, with `waves = ⌈programs / (SMs × programs per
+/// SM)⌉` and the per-program time summed from the profile's latency terms:
+/// per statement, per element of a statement (served from shared memory, or
+/// from global scratch at a higher price for the share of the kernel's tiles
+/// the backend could not fit on chip), per global load, per `dot`.
+///
+/// The roofline terms alone put every GPU kernel 15–40× below its measured
+/// time (bench/RESULTS.md): the kernels are far from the tensor-core and HBM
+/// peaks, and what they wait on grows at both ends of the chunk sizes — small
+/// chunks run more statements (and loads) per token, large ones more elements
+/// per statement and, past the shared memory, spill tiles to global scratch.
+fn latency(programs: u64, w: &ProgramWork, res: Option<KernelResources>, dev: &DeviceProfile) -> f64 {
+    let l = &dev.latency;
+    if programs == 0 || dev.kind != DeviceKind::Gpu {
+        return 0.0;
+    }
+    let per_unit = match res {
+        Some(r) => {
+            let by_shared = dev.local_mem / (r.shared_bytes + SHARED_RESERVED).max(1);
+            let by_threads = u64::from(dev.threads_per_unit / r.threads.max(1));
+            by_shared.min(by_threads).max(1)
+        }
+        None => u64::from(dev.programs_per_unit.max(1)),
+    };
+    let spilled = res.map_or(0.0, |r| r.spill_bytes as f64 / (r.shared_bytes + r.spill_bytes).max(1) as f64);
+    let waves = programs.div_ceil(u64::from(dev.units.max(1)) * per_unit) as f64;
+    let elem_s = l.elem_s * (1.0 - spilled) + l.spilled_elem_s * spilled;
+    let program_s = l.op_s * w.ops + elem_s * w.elems + l.load_s * w.loads + l.dot_s * w.dots;
+    waves * program_s
+}
+
+/// Shared memory the GPU reserves per resident CTA (1 KiB on sm_80 and sm_90).
+const SHARED_RESERVED: u64 = 1024;
 
 /// Up to `n` program ids spread evenly over the grid.
 fn sample_programs(grid: [u64; 3], n: u64) -> Vec<[u64; 3]> {
@@ -209,6 +337,14 @@ struct Work {
     vector_priced: f64,
     loaded: f64,
     stored: f64,
+    /// Tile statements executed (not scalars, not views): each is a pass of
+    /// the program's threads over the tile, most of them ending at a barrier.
+    tile_ops: f64,
+    /// Elements of those statements' results.
+    tile_elems: f64,
+    /// Of those, global loads and `dot`s.
+    tile_loads: f64,
+    tile_dots: f64,
 }
 
 impl Work {
@@ -219,6 +355,10 @@ impl Work {
         self.vector_priced += o.vector_priced * times;
         self.loaded += o.loaded * times;
         self.stored += o.stored * times;
+        self.tile_ops += o.tile_ops * times;
+        self.tile_elems += o.tile_elems * times;
+        self.tile_loads += o.tile_loads * times;
+        self.tile_dots += o.tile_dots * times;
     }
 }
 
@@ -268,10 +408,36 @@ impl Walker<'_> {
         self.work.vector_priced += n * weight;
     }
 
+    /// Counts a statement that makes the program's threads pass over a tile.
+    fn count_tile_op(&mut self, op: &TOp, numel: f64, scalar_out: bool, times: f64) {
+        let elems = match op {
+            TOp::Store { value, .. } => self.k.ty(*value).numel() as f64,
+            TOp::For { .. }
+            | TOp::If { .. }
+            | TOp::ProgramId(_)
+            | TOp::Param(_)
+            | TOp::Const(_)
+            | TOp::Arange(_)
+            | TOp::Broadcast(_)
+            | TOp::Reshape(_)
+            | TOp::Transpose(_) => return,
+            _ if scalar_out => return,
+            _ => numel,
+        };
+        self.work.tile_ops += times;
+        self.work.tile_elems += elems * times;
+        match op {
+            TOp::Load { .. } => self.work.tile_loads += times,
+            TOp::Dot { .. } => self.work.tile_dots += times,
+            _ => {}
+        }
+    }
+
     fn block(&mut self, b: &Block, times: f64) {
         for s in &b.stmts {
             let numel = s.results.first().map(|r| self.k.ty(*r).numel() as f64).unwrap_or(0.0);
             let scalar_out = s.results.first().is_some_and(|r| self.k.ty(*r).shape.is_empty());
+            self.count_tile_op(&s.op, numel, scalar_out, times);
             let value = match &s.op {
                 TOp::ProgramId(a) => self.pid.get(*a as usize).map(|p| *p as f64),
                 TOp::Param(p) => self.scalars.get(p.index()).copied().flatten(),

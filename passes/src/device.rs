@@ -43,6 +43,47 @@ pub struct DeviceProfile {
     /// to a multiple of it (16 for `mma.m16n8k16`), so a rank-1 update or a
     /// one-row product costs as much as a 16-wide one.
     pub mma_granularity: u32,
+    /// Threads an SM holds at once (GPU; occupancy with the threads per program).
+    #[serde(default = "default_threads_per_unit")]
+    pub threads_per_unit: u32,
+    /// What a program waits on besides the roofline's peaks (GPU); all 0: none.
+    #[serde(default)]
+    pub latency: LatencyTerms,
+}
+
+fn default_threads_per_unit() -> u32 {
+    2048
+}
+
+/// Seconds one program spends per statement it executes, by kind, on one SM
+/// (the cost model's latency term, `passes::cost`). Fitted to measurement: the
+/// built-in GPU figures come from the schedule sweep of the five anchor mixers
+/// on an H200 (148 measured candidates at B·H ∈ {8, 128}, L ∈ {2048, 8192},
+/// `bench/results/2026-11-26-h200-afternoon/sweep_*.txt`), by least squares
+/// on relative error, with each kernel's shared memory and spill taken from the
+/// PTX backend's plan.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LatencyTerms {
+    /// Per tile statement (a pass of the program's threads, most ending at a barrier).
+    pub op_s: f64,
+    /// Per element of a statement's result whose tiles live in shared memory.
+    pub elem_s: f64,
+    /// Per element, for the share of a kernel's tiles spilled to global scratch.
+    pub spilled_elem_s: f64,
+    /// Per global load statement (the wait for device memory).
+    pub load_s: f64,
+    /// Per `dot` statement.
+    pub dot_s: f64,
+}
+
+impl LatencyTerms {
+    /// Fitted on an H200 (sm_90, 132 SMs) to the code this backend emits today;
+    /// also used for the H100 (the same SM) and, for want of a measurement,
+    /// the A100. Refit when the generated code changes much.
+    pub fn hopper() -> LatencyTerms {
+        LatencyTerms { op_s: 90e-9, elem_s: 0.069e-9, spilled_elem_s: 0.56e-9, load_s: 0.91e-6, dot_s: 75e-9 }
+    }
 }
 
 impl DeviceProfile {
@@ -63,6 +104,8 @@ impl DeviceProfile {
             launch_s: 4e-6,
             elem_bytes: 2,
             mma_granularity: 16,
+            threads_per_unit: 2048,
+            latency: LatencyTerms::hopper(),
         }
     }
 
@@ -88,6 +131,8 @@ impl DeviceProfile {
             launch_s: 2e-6,
             elem_bytes: 4,
             mma_granularity: 4,
+            threads_per_unit: 2048,
+            latency: LatencyTerms::default(),
         }
     }
 

@@ -1,7 +1,7 @@
 //! Schedule search: enumerate the schedules that apply to a graph, lower and
 //! price each, reject what does not fit on chip, and rank the rest.
 
-use crate::cost::{price, ProgramCost};
+use crate::cost::{price_with, ProgramCost, Resources};
 use crate::device::{DeviceKind, DeviceProfile};
 use crate::lower::{lower, LowerError};
 use crate::schedule::Schedule;
@@ -65,10 +65,21 @@ fn widest_value_dim(g: &Graph) -> u64 {
 /// Prices every enumerated schedule at the given sizes (free dims by name) and
 /// returns them cheapest first, the rejected ones last.
 pub fn search(g: &Graph, free: &BTreeMap<String, u64>, dev: &DeviceProfile) -> Result<Vec<Candidate>, LowerError> {
+    search_with(g, free, dev, &|_| None)
+}
+
+/// [`search`], pricing each kernel with its resources where `resources`
+/// knows them (the facade passes the GPU backend's plan).
+pub fn search_with(
+    g: &Graph,
+    free: &BTreeMap<String, u64>,
+    dev: &DeviceProfile,
+    resources: Resources,
+) -> Result<Vec<Candidate>, LowerError> {
     let mut out = Vec::new();
     for schedule in enumerate(g) {
         let prog = lower(g, &schedule)?;
-        let cost = price(&prog, free, dev);
+        let cost = price_with(&prog, free, dev, resources);
         let worst = cost.kernels.iter().map(|k| k.footprint).max().unwrap_or(0);
         let rejected = (dev.kind == DeviceKind::Gpu && worst > dev.local_mem).then(|| {
             format!("needs {} KiB on chip per program, the device has {} KiB", worst / 1024, dev.local_mem / 1024)
@@ -87,6 +98,16 @@ pub fn search(g: &Graph, free: &BTreeMap<String, u64>, dev: &DeviceProfile) -> R
 /// at batch `b` (the runtime's `decode_threshold`). `None` if the step form
 /// wins up to 4096 tokens or the graph has no recurrence.
 pub fn decode_threshold(g: &Graph, b: u64, dev: &DeviceProfile) -> Result<Option<u64>, LowerError> {
+    decode_threshold_with(g, b, dev, &|_| None)
+}
+
+/// [`decode_threshold`] with the kernels' resources where `resources` knows them.
+pub fn decode_threshold_with(
+    g: &Graph,
+    b: u64,
+    dev: &DeviceProfile,
+    resources: Resources,
+) -> Result<Option<u64>, LowerError> {
     if !g.ops.iter().any(|o| matches!(o.kind, OpKind::LinearRecurrence(_))) {
         return Ok(None);
     }
@@ -99,8 +120,8 @@ pub fn decode_threshold(g: &Graph, b: u64, dev: &DeviceProfile) -> Result<Option
     let mut t = 1u64;
     while t <= 4096 {
         let free: BTreeMap<String, u64> = [("B".to_string(), b), ("T".to_string(), t)].into_iter().collect();
-        let step_s = price(&step, &free, dev).time_s;
-        let best = chunked.iter().map(|p| price(p, &free, dev).time_s).fold(f64::INFINITY, f64::min);
+        let step_s = price_with(&step, &free, dev, resources).time_s;
+        let best = chunked.iter().map(|p| price_with(p, &free, dev, resources).time_s).fold(f64::INFINITY, f64::min);
         if best < step_s {
             return Ok(Some(t));
         }

@@ -1,9 +1,9 @@
 //! `mixc explain FILE --target T --sizes B=..,T=..`: the cost model's table.
 
 use super::ExplainArgs;
-use mixc_passes::cost::KernelCost;
+use mixc_passes::cost::{Bound, KernelCost};
 use mixc_passes::device::{DeviceKind, DeviceProfile};
-use mixc_passes::search::{search, Candidate};
+use mixc_passes::search::{search_with, Candidate};
 use mixc_passes::Schedule;
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -15,12 +15,13 @@ pub fn run(args: &ExplainArgs) -> Result<String, mixc::Error> {
     let graphs = mixc::graphs_of_file(&args.file)?;
     let shown: Vec<String> = free.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let mut points: Vec<(String, f64, f64)> = Vec::new();
+    let resources = mixc::pricing::kernel_resources(&dev);
     for (i, g) in graphs.iter().enumerate() {
         if i > 0 {
             out.push('\n');
         }
-        let cands =
-            search(&g.graph, &free, &dev).map_err(|source| mixc::Error::Lower { mixer: g.name.clone(), source })?;
+        let cands = search_with(&g.graph, &free, &dev, &*resources)
+            .map_err(|source| mixc::Error::Lower { mixer: g.name.clone(), source })?;
         let _ = writeln!(out, "# mixer {} on {} ({})", g.name, dev.name, shown.join(", "));
         table(&mut out, &cands, args.top);
         why(&mut out, &cands);
@@ -32,7 +33,7 @@ pub fn run(args: &ExplainArgs) -> Result<String, mixc::Error> {
             }
         }
         let b = free.get("B").copied().unwrap_or(1);
-        match mixc_passes::search::decode_threshold(&g.graph, b, &dev)
+        match mixc_passes::search::decode_threshold_with(&g.graph, b, &dev, &*resources)
             .map_err(|source| mixc::Error::Lower { mixer: g.name.clone(), source })?
         {
             Some(t) => {
@@ -191,8 +192,7 @@ fn table(out: &mut String, cands: &[Candidate], top: usize) {
         let slowest = c.cost.kernels.iter().max_by(|a, b| a.time_s.total_cmp(&b.time_s));
         let bound = match (&c.rejected, slowest) {
             (Some(_), _) => "no fit",
-            (None, Some(k)) if k.memory_bound() => "memory",
-            (None, Some(_)) => "compute",
+            (None, Some(k)) => k.bound().name(),
             _ => "-",
         };
         let _ = writeln!(
@@ -229,8 +229,13 @@ fn why(out: &mut String, cands: &[Candidate]) {
     let blocks_vary = blocks_vary(cands);
     let slowest = pick.cost.kernels.iter().max_by(|a, b| a.time_s.total_cmp(&b.time_s));
     let bound = match slowest {
-        Some(k) if k.memory_bound() => format!("memory-bound ({:.1} FLOP/B)", k.intensity()),
-        Some(k) => format!("compute-bound ({:.1} FLOP/B)", k.intensity()),
+        Some(k) => match k.bound() {
+            Bound::Latency => format!(
+                "latency-bound ({:.0} statements, {:.0} global loads per program)",
+                k.ops_per_program, k.loads_per_program
+            ),
+            b => format!("{}-bound ({:.1} FLOP/B)", b.name(), k.intensity()),
+        },
         None => "empty".into(),
     };
     let runner = cands.get(1).filter(|c| c.rejected.is_none());

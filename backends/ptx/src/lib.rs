@@ -222,6 +222,24 @@ impl Default for Options {
     }
 }
 
+/// What a kernel needs of an SM, from the backend's plan alone (no LLVM
+/// involved, so it is cheap enough for the cost model to ask of every
+/// candidate): the same figures [`PtxKernel`] reports once compiled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resources {
+    pub threads: u32,
+    pub shared_bytes: u32,
+    pub scratch_bytes: u32,
+}
+
+/// Plans `k` (slots, their shared-memory offsets and the spill to global
+/// scratch, the CTA size) without generating code.
+pub fn resources(k: &Kernel) -> Result<Resources, PtxError> {
+    let defs = plan::Defs::new(k);
+    let p = plan::plan(k, &defs)?;
+    Ok(Resources { threads: p.threads, shared_bytes: p.shared_bytes, scratch_bytes: p.scratch_bytes })
+}
+
 /// Compiles one tile kernel to PTX for `target` with the default options.
 pub fn compile(k: &Kernel, target: Target) -> Result<PtxKernel, PtxError> {
     codegen::compile(k, target, Options::default())

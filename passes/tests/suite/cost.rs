@@ -3,7 +3,7 @@
 
 use super::recurrence::recurrence_graph;
 use mixc_ir::ops::Transition;
-use mixc_passes::cost::price;
+use mixc_passes::cost::{price, price_with, Bound, KernelResources};
 use mixc_passes::device::DeviceProfile;
 use mixc_passes::search::search;
 use mixc_passes::{lower, Schedule};
@@ -102,4 +102,45 @@ fn cpu_prices_one_row_and_rank1_dots_as_unpadded_vector_fmas() {
     let gpu = price(&prog, &free(b, t), &DeviceProfile::h100()).kernels[0].compute_s;
     let gpu_floor = 16.0 * dots / DeviceProfile::h100().matmul_flops;
     assert!(gpu >= gpu_floor, "GPU {gpu:e} < {gpu_floor:e}");
+}
+
+/// The GPU latency term: `waves × per-program time`, the per-program time
+/// summed from the profile's terms over the statements one program runs
+/// (counted: per chunk, loads of q, k, v and the gate and four `dot`s, plus the
+/// initial state's load), waves from the occupancy the kernel's resources allow.
+#[test]
+fn gpu_latency_term_is_waves_times_the_statements_of_a_program() {
+    let (b, h, dk, dv, t, c) = (4u64, 64u64, 128u64, 128u64, 2048u64, 32u64);
+    let g = recurrence_graph(Transition::ScalarDecay, false, true, h, dk, dv);
+    let prog = lower(&g, &Schedule::with_chunk(c as u32)).unwrap();
+    let dev = DeviceProfile::h100();
+    let big = KernelResources { threads: 256, shared_bytes: 150 * 1024, spill_bytes: 0 };
+    let cost = price_with(&prog, &free(b, t), &dev, &|_| Some(big));
+    let k = &cost.kernels[0];
+    let chunks = (t / c) as f64;
+    assert_eq!(k.loads_per_program, 4.0 * chunks + 1.0, "q, k, v, g per chunk and the initial state");
+    assert_eq!(k.dots_per_program, 4.0 * chunks, "q·kᵀ, scores·v, q·S and kᵀ·v per chunk");
+    // 150 KiB of shared memory: one program per SM, B·H = 256 programs on 132 SMs.
+    let waves = 2.0;
+    let l = dev.latency;
+    let program_s = l.op_s * k.ops_per_program
+        + l.elem_s * k.elems_per_program
+        + l.load_s * k.loads_per_program
+        + l.dot_s * k.dots_per_program;
+    assert!((k.latency_s - waves * program_s).abs() <= 1e-12 * k.latency_s, "{} vs {}", k.latency_s, waves * program_s);
+    assert_eq!(k.bound(), Bound::Latency, "far from both peaks");
+    assert_eq!(k.time_s, k.latency_s + dev.launch_s);
+
+    // Small enough for two programs per SM: one wave.
+    let small = KernelResources { shared_bytes: 100 * 1024, ..big };
+    let one_wave = price_with(&prog, &free(b, t), &dev, &|_| Some(small)).kernels[0].latency_s;
+    assert!((one_wave - program_s).abs() <= 1e-12 * program_s);
+    // Half the tiles spilled to global scratch: elements cost the mean of the two prices.
+    let spilled = KernelResources { spill_bytes: 150 * 1024, ..big };
+    let slow = price_with(&prog, &free(b, t), &dev, &|_| Some(spilled)).kernels[0].latency_s;
+    let extra = waves * 0.5 * (l.spilled_elem_s - l.elem_s) * k.elems_per_program;
+    assert!((slow - k.latency_s - extra).abs() <= 1e-9 * slow);
+    // The CPU profile has no latency term.
+    let cpu = price_with(&prog, &free(b, t), &DeviceProfile::cpu_default(), &|_| Some(big));
+    assert_eq!(cpu.kernels[0].latency_s, 0.0);
 }
