@@ -6,10 +6,13 @@ use mixc_ir::tile::Kernel;
 use mixc_passes::cost::KernelResources;
 use mixc_passes::device::{DeviceKind, DeviceProfile};
 
+/// A kernel's resources, where the backend can plan it.
+pub type ResourceFn = Box<dyn Fn(&Kernel) -> Option<KernelResources>>;
+
 /// Each kernel's resources as the backend for `dev` would plan them: the PTX
 /// backend's plan on a GPU profile (when mixc is built with LLVM), nothing on
 /// a CPU (the CPU model has no occupancy or spill terms).
-pub fn kernel_resources(dev: &DeviceProfile) -> Box<dyn Fn(&Kernel) -> Option<KernelResources>> {
+pub fn kernel_resources(dev: &DeviceProfile) -> ResourceFn {
     if dev.kind != DeviceKind::Gpu {
         return Box::new(|_| None);
     }
@@ -17,7 +20,7 @@ pub fn kernel_resources(dev: &DeviceProfile) -> Box<dyn Fn(&Kernel) -> Option<Ke
 }
 
 #[cfg(feature = "llvm")]
-fn gpu_resources() -> Box<dyn Fn(&Kernel) -> Option<KernelResources>> {
+fn gpu_resources() -> ResourceFn {
     Box::new(|k| {
         mixc_backend_ptx::resources(k).ok().map(|r| KernelResources {
             threads: r.threads,
@@ -28,6 +31,6 @@ fn gpu_resources() -> Box<dyn Fn(&Kernel) -> Option<KernelResources>> {
 }
 
 #[cfg(not(feature = "llvm"))]
-fn gpu_resources() -> Box<dyn Fn(&Kernel) -> Option<KernelResources>> {
+fn gpu_resources() -> ResourceFn {
     Box::new(|_| None)
 }

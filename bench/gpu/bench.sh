@@ -28,9 +28,13 @@ if [[ $parts == *anchors* ]] && [ -f anchors/gpu_anchor_bench.py ]; then
   grep -E "ceiling|chunk_|sdpa|mlstm|fused_rec" "$out/anchors.txt"
 fi
 if [[ $parts == *sweep* ]]; then
-  for m in gla simple_gla gated_deltanet mlstm attention; do
-    timeout 100 ./mixc bench "$models/bench/anchors.toml" --target cuda --mixer $m --sweep --max-candidates 8 --runs 3 \
-      --sizes B=1,H=8,T=2048 --sizes B=1,H=8,T=8192 --sizes B=8,H=16,T=2048 --sizes B=8,H=16,T=8192 > "$out/sweep_$m.txt" 2>&1
+  # The points of issue 6 (B·H ∈ {8, 128}, L ∈ {2048, 8192}) unless SWEEP_SIZES
+  # gives others (space-separated, e.g. "B=4,H=16,T=4096 B=2,H=16,T=16384").
+  read -r -a points <<< "${SWEEP_SIZES:-B=1,H=8,T=2048 B=1,H=8,T=8192 B=8,H=16,T=2048 B=8,H=16,T=8192}"
+  sizes=(); for p in "${points[@]}"; do sizes+=(--sizes "$p"); done
+  for m in ${SWEEP_MIXERS:-gla simple_gla gated_deltanet mlstm attention}; do
+    timeout "${SWEEP_S:-100}" ./mixc bench "$models/bench/anchors.toml" --target cuda --mixer $m --sweep --max-candidates 8 --runs 3 \
+      "${sizes[@]}" > "$out/sweep_$m.txt" 2>&1
     grep -E "^pick|sweep at" "$out/sweep_$m.txt"
   done
 fi

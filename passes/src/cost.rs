@@ -433,6 +433,19 @@ impl Walker<'_> {
         }
     }
 
+    /// Each iteration of a loop ends by moving its yielded tiles into the
+    /// carried ones (a pass over each, on a GPU through shared memory): the
+    /// fixed cost per chunk of a fused recurrence's state.
+    fn carried_copies(&mut self, body: &Block, times: f64) {
+        for y in &body.yields {
+            let n = self.k.ty(*y).numel() as f64;
+            if !self.k.ty(*y).shape.is_empty() {
+                self.work.tile_ops += times;
+                self.work.tile_elems += n * times;
+            }
+        }
+    }
+
     fn block(&mut self, b: &Block, times: f64) {
         for s in &b.stmts {
             let numel = s.results.first().map(|r| self.k.ty(*r).numel() as f64).unwrap_or(0.0);
@@ -519,6 +532,7 @@ impl Walker<'_> {
                                 }
                                 self.block(body, times * each);
                             }
+                            self.carried_copies(body, times * trips as f64);
                         }
                     }
                     None
