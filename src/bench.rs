@@ -23,7 +23,7 @@ use mixc_ir::model::{self, MixerConfig};
 use mixc_passes::cost::{price_with, KernelCost, ProgramCost};
 use mixc_passes::device::DeviceProfile;
 use mixc_passes::search::search_with;
-use mixc_passes::Schedule;
+use mixc_passes::{Schedule, Storage};
 use mixc_runtime::HostTensor;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -322,6 +322,9 @@ pub struct Bencher<'a> {
     /// Timed runs per measurement (at least 20 where one run takes under 10 ms).
     pub runs: usize,
     pub seed: u64,
+    /// The storage of activations in every schedule it compiles (a bundle's
+    /// schedules keep their own).
+    pub storage: Storage,
     engine: Box<dyn BenchEngine + 'a>,
 }
 
@@ -338,7 +341,7 @@ impl<'a> Bencher<'a> {
         seed: u64,
         engine: Box<dyn BenchEngine + 'a>,
     ) -> Bencher<'a> {
-        Bencher { dev, runs: runs.max(1), seed, engine }
+        Bencher { dev, runs: runs.max(1), seed, storage: Storage::F32, engine }
     }
 
     /// The sizes a row runs at: prefill at `B`, `T` (cache dims empty unless
@@ -375,9 +378,10 @@ impl<'a> Bencher<'a> {
         let sizes = self.bind(&graph, phase, point);
         let (schedule, schedule_from) = match (self.engine.fixed_schedule(m.name(), &graph, phase), phase) {
             (Some(fixed), _) => (fixed.map_err(|e| fail(&sizes, e))?, "bundle"),
-            (None, Phase::Decode) => (Schedule::decode(), "decode"),
+            (None, Phase::Decode) => (Schedule { storage: self.storage, ..Schedule::decode() }, "decode"),
             (None, Phase::Prefill) => {
-                self.prefill_schedule(m, &graph, &sizes).map_err(|e| fail(&sizes, e.to_string()))?
+                let (s, from) = self.prefill_schedule(m, &graph, &sizes).map_err(|e| fail(&sizes, e.to_string()))?;
+                (Schedule { storage: self.storage, ..s }, from)
             }
         };
         let prog = crate::lower_graph(m.name(), &graph, &schedule).map_err(|e| fail(&sizes, e.to_string()))?;
@@ -428,8 +432,9 @@ impl<'a> Bencher<'a> {
         let inputs = self.engine.inputs(&graph, &sizes, self.seed, carries(Phase::Prefill, &sizes));
         let mut entries = Vec::new();
         for (i, c) in feasible.iter().enumerate().take(max.max(1)) {
+            let schedule = Schedule { storage: self.storage, ..c.schedule };
             let measured =
-                crate::lower_graph(m.name(), &graph, &c.schedule).map_err(|e| e.to_string()).and_then(|prog| {
+                crate::lower_graph(m.name(), &graph, &schedule).map_err(|e| e.to_string()).and_then(|prog| {
                     let compile_s = self.engine.compile(m.name(), &prog)?;
                     Ok((compile_s, self.engine.time(&prog, &inputs, self.runs)?))
                 });
@@ -439,7 +444,7 @@ impl<'a> Bencher<'a> {
             };
             entries.push(SweepEntry {
                 predicted_rank: i + 1,
-                schedule: c.schedule,
+                schedule,
                 predicted_s: c.cost.time_s,
                 cost: c.cost.clone(),
                 compile_s,
@@ -605,6 +610,9 @@ pub fn describe(s: &Schedule, g: &Graph) -> String {
     }
     if parts.is_empty() {
         parts.push(format!("blocks of {}", s.block_elems));
+    }
+    if s.storage.is_narrow() {
+        parts.push(s.storage.to_string());
     }
     parts.join(", ")
 }

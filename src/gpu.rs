@@ -43,7 +43,7 @@ pub fn compile_program(
 }
 
 /// Writes a bundle with, per mixer, the prefill program under `sched` and the
-/// decode-step program.
+/// decode-step program (with `sched`'s storage).
 pub fn write_bundle(
     dir: &Path,
     graphs: &[NamedGraph],
@@ -54,7 +54,8 @@ pub fn write_bundle(
     let t = target(target_name).ok_or_else(|| Error::Usage(format!("unknown GPU target `{target_name}`")))?;
     let mut programs = Vec::new();
     for g in graphs {
-        for (mode, s) in [("prefill", *sched), ("decode", Schedule::decode())] {
+        let decode = Schedule { storage: sched.storage, ..Schedule::decode() };
+        for (mode, s) in [("prefill", *sched), ("decode", decode)] {
             let program = crate::lower_graph(&g.name, &g.graph, &s)?;
             let kernels = compile_program(&g.name, &program, t, opts)?.into_iter().map(|(k, _)| k).collect();
             programs.push(BundledProgram {

@@ -27,7 +27,7 @@
 use crate::{graphs_of_file, Error, NamedGraph};
 use mixc_ir::graph::Graph;
 use mixc_ir::tile::Program;
-use mixc_passes::Schedule;
+use mixc_passes::{Schedule, Storage};
 use mixc_runtime::{exec, Engine, HostTensor};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -92,6 +92,8 @@ pub struct JitOptions {
     pub chunk: Option<u32>,
     /// Split state passing for prefill.
     pub split: bool,
+    /// The dtype of activation buffers (both programs; states stay f32).
+    pub storage: Storage,
 }
 
 pub fn jit(source: MixerSource, target: Target) -> Result<CompiledMixer, Error> {
@@ -146,9 +148,9 @@ pub fn select_graph(source: MixerSource) -> Result<NamedGraph, Error> {
 pub fn jit_with(source: MixerSource, target: Target, opts: JitOptions) -> Result<CompiledMixer, Error> {
     let g = select_graph(source)?;
     let chunk = opts.chunk.or(g.chunk).unwrap_or(64);
-    let sched = Schedule { split: opts.split, ..Schedule::with_chunk(chunk) };
+    let sched = Schedule { split: opts.split, storage: opts.storage, ..Schedule::with_chunk(chunk) };
     let prefill = crate::lower_graph(&g.name, &g.graph, &sched)?;
-    let decode = crate::lower_graph(&g.name, &g.graph, &Schedule::decode())?;
+    let decode = crate::lower_graph(&g.name, &g.graph, &Schedule { storage: opts.storage, ..Schedule::decode() })?;
     let mut fallback = None;
     let exec = match target {
         Target::Cpu => match mixc_runtime::cpu::prepare(&prefill).and_then(|_| mixc_runtime::cpu::prepare(&decode)) {

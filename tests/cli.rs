@@ -453,6 +453,71 @@ fn kernel_bundles_round_trip_and_refuse_mismatches() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `--storage bf16`: the tile program stores activations in bf16, a bundle
+/// records it in every program's schedule (and re-lowers to bf16 buffers),
+/// `exec` on the CPU computes the reference of the rounded inputs; a dtype
+/// that is no storage is a usage error naming the choices.
+#[test]
+fn storage_flag_reaches_programs_bundles_and_exec() {
+    let out = mixc(&["compile", "models/gla.toml", "--emit", "tile", "--storage", "bf16"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let tile = text(&out.stdout);
+    assert!(tile.contains("bf16 storage") && tile.contains("*bf16"), "{tile}");
+    let out = mixc(&["compile", "models/gla.toml", "--emit", "tile"]);
+    assert!(!text(&out.stdout).contains("bf16"), "f32 storage by default");
+    for bad in [["--storage", "f8"], ["--storage", "i32"]] {
+        let out = mixc(&[&["compile", "models/gla.toml", "--emit", "tile"][..], &bad[..]].concat());
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(stderr.contains(bad[1]) && stderr.contains("f32, bf16 or f16"), "{stderr}");
+    }
+    if cfg!(feature = "llvm") {
+        let dir = std::env::temp_dir().join(format!("mixc-cli-storage-bundle-{}", std::process::id()));
+        let dir_arg = dir.to_str().unwrap_or_else(|| panic!("temp path is not UTF-8"));
+        let out = mixc(&["compile", "models/gla.toml", "--target", "sm_90", "--storage", "bf16", "-o", dir_arg]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let manifest = std::fs::read_to_string(dir.join("manifest.toml")).unwrap_or_default();
+        assert_eq!(manifest.matches("storage = \"bf16\"").count(), 2, "prefill and decode: {manifest}");
+        let bundle = mixc::bundle::read_bundle(&dir).unwrap_or_else(|e| panic!("{e}"));
+        for p in &bundle.programs {
+            assert_eq!(p.schedule.storage, mixc::passes::Storage::Bf16, "{} {}", p.mixer, p.mode);
+            let q = p.program.buffers.iter().find(|b| b.name == "q").map(|b| b.dtype);
+            assert_eq!(q, Some(mixc::ir::DType::BF16), "{} {}", p.mixer, p.mode);
+        }
+        // Its schedules are fixed: --storage with --kernels is refused.
+        let args = ["exec", "models/gla.toml", "--inputs", "/x.safetensors", "-o", "/dev/null", "--target", "cuda"];
+        let out = mixc(&[&args[..], &["--kernels", dir_arg, "--storage", "f16"]].concat());
+        fails_with(&out, &["--storage", "bundle"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    // exec on the CPU: the reference of bf16-rounded activations (the states
+    // stay f32), `o` within bf16's output rounding.
+    let graphs = mixc::graphs_of_file(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/gla.toml").as_path())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let g = &graphs[0];
+    let (inputs, mut reference_in) = write_inputs(&g.graph, 2, 21, 5);
+    for (name, t) in reference_in.iter_mut() {
+        if ["q", "k", "v", "g"].contains(&name.as_str()) {
+            t.data.iter_mut().for_each(|x| *x = mixc::ir::DType::BF16.round(*x));
+        }
+    }
+    let out = TempFile::new("outputs", "safetensors", "");
+    let res = mixc(&["exec", "models/gla.toml", "--inputs", inputs.arg(), "-o", out.arg(), "--storage", "bf16"]);
+    assert!(res.status.success(), "{}", text(&res.stderr));
+    let got = mixc::runtime::st::load(&out.0).unwrap_or_else(|e| panic!("{e}"));
+    let want = mixc::ir::interp::run(&g.graph, &reference_in).unwrap_or_else(|e| panic!("{e}"));
+    for (name, tol) in [("o", 4e-3), ("final_state", 1e-4)] {
+        let (o, w) = (got[name].to_f64(), &want[name]);
+        let num: f64 = o.data.iter().zip(&w.data).map(|(a, b)| (a - b) * (a - b)).sum();
+        let den: f64 = w.data.iter().map(|b| b * b).sum();
+        let err = (num / den).sqrt();
+        assert!(err <= tol, "`{name}` relative error {err:e} > {tol:e}");
+    }
+    let o = got["o"].to_f64();
+    assert!(o.data.iter().all(|x| mixc::ir::DType::BF16.round(*x) == *x), "o holds values that are not bf16");
+}
+
 /// Prefill of T tokens then N decode steps gives the logits of a prefill of
 /// T + N tokens, for every model of the zoo, on random weights.
 #[test]

@@ -43,6 +43,13 @@ impl DType {
         matches!(self, DType::I32 | DType::I8 | DType::I4)
     }
 
+    /// The value of this dtype nearest `x`, as the interpreters store it:
+    /// floats rounded to nearest even, integers truncated and saturated,
+    /// bools 0 or 1.
+    pub fn round(self, x: f64) -> f64 {
+        crate::interp::round_to_pub(self, x)
+    }
+
     /// Storage size in bits of one element.
     pub fn bits(self) -> u32 {
         match self {

@@ -13,4 +13,4 @@ pub mod search;
 pub mod simplify;
 
 pub use lower::{lower, LowerError};
-pub use schedule::Schedule;
+pub use schedule::{Schedule, Storage};

@@ -1,6 +1,60 @@
 //! The schedule: a plain value saying how to run a mixer graph (serializable:
 //! kernel bundles record the schedule their kernels were built under).
 
+use mixc_ir::DType;
+use std::fmt;
+use std::str::FromStr;
+
+/// The element type a program's activations are stored in (see
+/// [`Schedule::storage`]); arithmetic is f32 whatever it is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Storage {
+    #[default]
+    F32,
+    Bf16,
+    F16,
+}
+
+impl Storage {
+    pub const ALL: [Storage; 3] = [Storage::F32, Storage::Bf16, Storage::F16];
+
+    /// The buffers' dtype.
+    pub fn dtype(self) -> DType {
+        match self {
+            Storage::F32 => DType::F32,
+            Storage::Bf16 => DType::BF16,
+            Storage::F16 => DType::F16,
+        }
+    }
+
+    /// `f32`, `bf16` or `f16`: what [`Storage::from_str`] reads.
+    pub fn name(self) -> &'static str {
+        self.dtype().name()
+    }
+
+    /// Whether elements are 16-bit (values rounded on every store).
+    pub fn is_narrow(self) -> bool {
+        self != Storage::F32
+    }
+}
+
+impl fmt::Display for Storage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Storage {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Storage, String> {
+        Storage::ALL
+            .into_iter()
+            .find(|x| x.name() == s)
+            .ok_or_else(|| format!("unknown storage dtype `{s}` (expected f32, bf16 or f16)"))
+    }
+}
+
 /// How the recurrent and attention ops of a graph are cut into tiles.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -49,6 +103,14 @@ pub struct Schedule {
     /// schedule: 0, as recorded before the field existed.
     #[serde(default)]
     pub block_v: u32,
+    /// The dtype of the program's activation inputs and outputs (`q`, `k`,
+    /// `v`, gates, `beta`, `o`, ...: fla's and cuDNN's bf16 tensors), read
+    /// into f32 and rounded (to nearest even) when stored; which buffers count
+    /// as activations is said in `lower::storage`. Not part of the graph's
+    /// math: the graph and its f64 reference are the same under every storage.
+    /// Absent in a serialized schedule: f32, as recorded before it existed.
+    #[serde(default)]
+    pub storage: Storage,
 }
 
 impl Default for Schedule {
@@ -63,6 +125,7 @@ impl Default for Schedule {
             step: false,
             fuse_conv: true,
             block_v: 0,
+            storage: Storage::F32,
         }
     }
 }

@@ -5,7 +5,9 @@
 //! the largest kernel frame.
 //!
 //! Buffers are 32-bit words (f32 bits for float dtypes, i32 for the rest), the
-//! CPU backend's memory layout. Programs of one launch write disjoint elements
+//! CPU backend's memory layout; f16/bf16 buffers too, holding only values of
+//! their precision (inputs are rounded as they are copied in, the kernels
+//! round what they store), so results are those of 16-bit storage. Programs of one launch write disjoint elements
 //! (the lowering guarantees it), so they run in parallel without locks.
 
 use crate::disk_cache::DiskCache;
@@ -13,6 +15,7 @@ use crate::tensor::{Data, HostTensor};
 use mixc_backend_cpu::CpuKernel;
 use mixc_ir::interp::Tensor;
 use mixc_ir::tile::{Arg, BufferRole, Kernel, Program, TileError};
+use mixc_ir::DType;
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -176,6 +179,15 @@ impl Words {
     }
 }
 
+/// Copies a host tensor into a buffer of `dtype`'s words, rounded to what the
+/// buffer holds.
+fn copy_in(dst: &mut [u32], t: &HostTensor, dtype: DType) {
+    match &t.data {
+        Data::F32(v) => dst.iter_mut().zip(v).for_each(|(d, x)| *d = crate::layout::stored_value(dtype, *x).to_bits()),
+        Data::I32(v) => dst.iter_mut().zip(v).for_each(|(d, x)| *d = *x as u32),
+    }
+}
+
 /// Runs every launch of `prog` on `inputs`.
 pub fn run(prog: &Program, inputs: &BTreeMap<String, HostTensor>) -> Result<BTreeMap<String, HostTensor>, TileError> {
     let shapes: BTreeMap<String, Tensor> =
@@ -190,11 +202,7 @@ pub fn run(prog: &Program, inputs: &BTreeMap<String, HostTensor>) -> Result<BTre
             match &b.role {
                 BufferRole::Input { name, .. } => {
                     if let Some(t) = inputs.get(name) {
-                        let dst = w.as_mut_slice();
-                        match &t.data {
-                            Data::F32(v) => dst.iter_mut().zip(v).for_each(|(d, x)| *d = x.to_bits()),
-                            Data::I32(v) => dst.iter_mut().zip(v).for_each(|(d, x)| *d = *x as u32),
-                        }
+                        copy_in(w.as_mut_slice(), t, b.dtype);
                     }
                 }
                 // Poisoned: a kernel that forgets a store shows up as NaN.
@@ -407,6 +415,40 @@ mod tests {
             warm[2]
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// bf16 storage of GLA's activations: the CPU run rounds its inputs (raw
+    /// or pre-rounded, the same bits out), its `o` holds bf16 values, and it
+    /// agrees with the tile interpreter.
+    #[test]
+    fn narrow_storage_rounds_at_the_boundary() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/gla.toml");
+        let file = mixc_ir::model::load_model(&path).unwrap_or_else(|e| panic!("{e}"));
+        let g = mixc_ir::mixers::build("gla", &file.mixer["gla"]).unwrap_or_else(|e| panic!("{e}"));
+        let sched =
+            mixc_passes::Schedule { storage: mixc_passes::Storage::Bf16, ..mixc_passes::Schedule::with_chunk(16) };
+        let prog = mixc_passes::lower(&g, &sched).unwrap_or_else(|e| panic!("{e}"));
+        let sizes = BTreeMap::from([("B", 2usize), ("T", 37)]);
+        let raw: BTreeMap<String, HostTensor> = mixc_ir::mixers::random_inputs(&g, &sizes, 3, true)
+            .into_iter()
+            .map(|(n, t)| (n, HostTensor::from_f64(&t, false)))
+            .collect();
+        let held = crate::layout::as_stored(&prog, &raw);
+        assert_ne!(raw["q"], held["q"], "q was not rounded");
+        assert_eq!(raw["initial_state"], held["initial_state"], "a state was rounded");
+        let a = run(&prog, &raw).unwrap_or_else(|e| panic!("{e}"));
+        let b = run(&prog, &held).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(a, b);
+        let Data::F32(o) = &a["o"].data else { panic!("o is not float") };
+        assert!(o.iter().all(|x| crate::layout::stored_value(DType::BF16, *x) == *x), "o holds non-bf16 values");
+        let reference =
+            crate::exec::run_program(&prog, &raw, crate::Engine::Reference).unwrap_or_else(|e| panic!("{e}"));
+        for (name, t) in &reference {
+            let (x, y) = (a[name].to_f64(), t.to_f64());
+            let num: f64 = x.data.iter().zip(&y.data).map(|(p, q)| (p - q) * (p - q)).sum();
+            let den: f64 = y.data.iter().map(|q| q * q).sum();
+            assert!((num / den).sqrt() < 1e-3, "{name}: CPU and interpreter differ");
+        }
     }
 
     /// A cache that cannot be written is no error.

@@ -1,9 +1,12 @@
 //! Running tile programs on a CUDA GPU through the driver API (cudarc, loaded
 //! at run time, so machines without CUDA build and run the CPU paths).
 //!
-//! Buffers are 32-bit words on the device (f32 bits for float dtypes, i32 for
-//! the rest), as the PTX backend's kernels address them. Outputs and scratch
-//! are poisoned with NaN before the launches, so a missing store shows.
+//! Buffers are laid out on the device as the PTX backend's kernels address
+//! them ([`crate::layout`]): 2-byte elements for f16/bf16 buffers (host f32
+//! tensors converted on upload, rounding to nearest even, and back to f32 on
+//! download), 32-bit words for the rest (f32 bits for float dtypes, i32 for
+//! the others). Outputs and scratch are poisoned with NaN of their own format
+//! before the launches, so a missing store shows.
 //!
 //! A run has three steps, so that timing loops pay for the transfers once:
 //! [`CudaRunner::prepare`] binds the sizes, allocates every buffer, uploads
@@ -11,12 +14,14 @@
 //! (as often as asked) and times them with CUDA events; [`CudaRunner::download`]
 //! copies the outputs back. [`CudaRunner::run`] does all three.
 
+use crate::layout::{self, Poison};
 use crate::tensor::{Data, HostTensor};
 use cudarc::driver::sys::{self, CUfunction_attribute_enum};
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtrMut, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::Ptx;
 use mixc_ir::interp::Tensor;
 use mixc_ir::tile::{Arg, BufferRole, ParamKind, Program};
+use mixc_ir::DType;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -53,9 +58,6 @@ pub fn available() -> bool {
     // Safety: only probes for the shared library.
     unsafe { cudarc::driver::sys::is_culib_present() }
 }
-
-/// The NaN the outputs and temporaries are filled with before a run.
-const POISON: u32 = 0x7fc0_0000;
 
 /// Words read back per piece when outputs are only checked, not kept.
 const TRANSFER_WORDS: usize = 1 << 22;
@@ -119,8 +121,8 @@ pub struct PreparedRun {
     /// Shared by every launch with scratch (launches run one after another).
     scratch: Option<CudaSlice<u32>>,
     launches: Vec<PlannedLaunch>,
-    /// (buffer index, output name, shape, float) of each output.
-    outputs: Vec<(usize, String, Vec<usize>, bool)>,
+    /// (buffer index, output name, shape, dtype) of each output.
+    outputs: Vec<(usize, String, Vec<usize>, DType)>,
     /// The [`LoadedProgram`] it was prepared for (its id and name).
     loaded: u64,
     program: String,
@@ -192,19 +194,19 @@ impl CudaRunner {
         let mut outputs = Vec::new();
         for (i, b) in prog.buffers.iter().enumerate() {
             let shape = dims(&b.shape);
-            let n = shape.iter().product::<usize>().max(1);
-            let mut buf = self.stream.alloc_zeros::<u32>(n).map_err(drv("allocating a buffer"))?;
+            let words = layout::words_for(b.dtype, shape.iter().product::<usize>());
+            let mut buf = self.stream.alloc_zeros::<u32>(words).map_err(drv("allocating a buffer"))?;
             match &b.role {
                 BufferRole::Input { name, .. } => {
                     if let Some(t) = inputs.get(name) {
-                        self.upload(t, &mut buf)?;
+                        self.upload(t, b.dtype, &mut buf)?;
                     }
                 }
                 BufferRole::Output(name) => {
-                    self.poison(&mut buf)?;
-                    outputs.push((i, name.clone(), shape, b.dtype.is_float()));
+                    self.poison(&mut buf, b.dtype)?;
+                    outputs.push((i, name.clone(), shape, b.dtype));
                 }
-                BufferRole::Temp => self.poison(&mut buf)?,
+                BufferRole::Temp => self.poison(&mut buf, b.dtype)?,
             }
             bufs.push(buf);
         }
@@ -271,16 +273,23 @@ impl CudaRunner {
     /// Copies the outputs of a prepared run back to the host.
     pub fn download(&self, run: &PreparedRun) -> Result<BTreeMap<String, HostTensor>, CudaError> {
         let mut out = BTreeMap::new();
-        for (i, name, shape, float) in &run.outputs {
+        for (i, name, shape, dtype) in &run.outputs {
             let buf = run.bufs.get(*i).ok_or_else(|| CudaError::Program("missing output buffer".into()))?;
-            let n = shape.iter().product::<usize>().min(buf.len());
-            let data = if *float { Data::F32(self.copy_back(buf, n)?) } else { Data::I32(self.copy_back(buf, n)?) };
+            let n = shape.iter().product::<usize>();
+            let data = if layout::is_half(*dtype) {
+                Data::F32(layout::decode_halves(*dtype, &self.copy_back::<u16>(buf, n)?))
+            } else if dtype.is_float() {
+                Data::F32(self.copy_back(buf, n)?)
+            } else {
+                Data::I32(self.copy_back(buf, n)?)
+            };
             out.insert(name.clone(), HostTensor { shape: shape.clone(), data });
         }
         Ok(out)
     }
 
-    /// The first `n` words of a device buffer as `T` (f32 or i32 bits), in one copy.
+    /// The first `n` elements of a device buffer as `T` (16-bit float bits,
+    /// f32 or i32), in one copy.
     fn copy_back<T: cudarc::driver::DeviceRepr + Default + Clone>(
         &self,
         buf: &CudaSlice<u32>,
@@ -288,8 +297,8 @@ impl CudaRunner {
     ) -> Result<Vec<T>, CudaError> {
         let mut host = vec![T::default(); n];
         if n > 0 {
-            // Safety: T is a 32-bit type (f32 or i32) for which every bit
-            // pattern is a value, and `n` is within the buffer.
+            // Safety: T is u16, f32 or i32, plain types for which every bit
+            // pattern is a value; `transmute` checks that `n` of them fit.
             let view = unsafe { buf.transmute::<T>(n) }
                 .ok_or_else(|| CudaError::Program("an output larger than its buffer".into()))?;
             // A copy to pageable memory returns once the words have arrived.
@@ -302,28 +311,48 @@ impl CudaRunner {
     /// (read back in pieces, without keeping the outputs).
     pub fn outputs_finite(&self, run: &PreparedRun) -> Result<bool, CudaError> {
         let mut finite = true;
-        for (i, _, _, float) in &run.outputs {
-            if *float && finite {
-                self.each_piece(run, *i, |part| finite &= part.iter().all(|w| f32::from_bits(*w).is_finite()))?;
+        for (i, _, _, dtype) in &run.outputs {
+            let d = *dtype;
+            if !finite || !d.is_float() {
+                continue;
+            }
+            if layout::is_half(d) {
+                self.each_piece::<u16>(run, *i, |part| finite &= part.iter().all(|h| layout::half_is_finite(d, *h)))?;
+            } else {
+                self.each_piece::<u32>(run, *i, |part| finite &= part.iter().all(|w| f32::from_bits(*w).is_finite()))?;
             }
         }
         Ok(finite)
     }
 
-    /// Copies output `i` of a run back in pieces, handing each to `f`.
-    fn each_piece(&self, run: &PreparedRun, i: usize, mut f: impl FnMut(&[u32])) -> Result<(), CudaError> {
+    /// Copies output `i` of a run back in pieces of elements `T` (u16 for a
+    /// 16-bit buffer, u32 otherwise), handing each to `f`.
+    fn each_piece<T: cudarc::driver::DeviceRepr + Default + Clone>(
+        &self,
+        run: &PreparedRun,
+        i: usize,
+        mut f: impl FnMut(&[T]),
+    ) -> Result<(), CudaError> {
         let Some((b, _, shape, _)) = run.outputs.iter().find(|o| o.0 == i) else {
             return Err(CudaError::Program("missing output buffer".into()));
         };
         let buf = run.bufs.get(*b).ok_or_else(|| CudaError::Program("missing output buffer".into()))?;
-        let n: usize = shape.iter().product::<usize>().min(buf.len());
-        let mut words = vec![0u32; TRANSFER_WORDS.min(n)];
+        let n: usize = shape.iter().product();
+        if n == 0 {
+            return Ok(());
+        }
+        // Safety: T is u16 or u32, for which every bit pattern is a value;
+        // `transmute` checks that `n` of them fit in the buffer.
+        let view = unsafe { buf.transmute::<T>(n) }
+            .ok_or_else(|| CudaError::Program("an output larger than its buffer".into()))?;
+        let piece = TRANSFER_WORDS * 4 / std::mem::size_of::<T>().max(1);
+        let mut host = vec![T::default(); piece.min(n)];
         let mut at = 0;
         while at < n {
-            let len = TRANSFER_WORDS.min(n - at);
-            let part = &mut words[..len];
-            // A copy to pageable memory returns once the words have arrived.
-            self.stream.memcpy_dtoh(&buf.slice(at..at + len), part).map_err(drv("copying back"))?;
+            let len = piece.min(n - at);
+            let part = &mut host[..len];
+            // A copy to pageable memory returns once the elements have arrived.
+            self.stream.memcpy_dtoh(&view.slice(at..at + len), part).map_err(drv("copying back"))?;
             f(part);
             at += len;
         }
@@ -351,38 +380,48 @@ impl CudaRunner {
         Ok((t0.elapsed().as_secs_f64(), ms))
     }
 
-    /// Copies a host tensor into the start of a device buffer (a shorter
-    /// tensor leaves the rest as it was), in one copy without conversion.
-    fn upload(&self, t: &HostTensor, buf: &mut CudaSlice<u32>) -> Result<(), CudaError> {
-        let n = t.numel().min(buf.len());
+    /// Copies a host tensor into the start of a device buffer of `dtype`
+    /// (a shorter tensor leaves the rest as it was), in one copy: converted
+    /// to 16 bits for an f16/bf16 buffer, else its words as they are.
+    fn upload(&self, t: &HostTensor, dtype: DType, buf: &mut CudaSlice<u32>) -> Result<(), CudaError> {
+        if let Some(halves) = layout::half_elems(t, dtype) {
+            return self.copy_in(&halves, buf);
+        }
+        match &t.data {
+            Data::F32(v) => self.copy_in(v, buf),
+            Data::I32(v) => self.copy_in(v, buf),
+        }
+    }
+
+    /// Copies elements `T` (u16, f32 or i32) into the start of a device
+    /// buffer, as many as fit.
+    fn copy_in<T: cudarc::driver::DeviceRepr>(&self, v: &[T], buf: &mut CudaSlice<u32>) -> Result<(), CudaError> {
+        let fit = buf.len() * 4 / std::mem::size_of::<T>().max(1);
+        let n = v.len().min(fit);
         if n == 0 {
             return Ok(());
         }
-        let too_big = || CudaError::Program("an input larger than its buffer".into());
-        // Safety (both views): f32 and i32 are 32-bit types like the buffer's
-        // words, every bit pattern is a value of each, and `n` is within the buffer.
-        match &t.data {
-            Data::F32(v) => {
-                let mut view = unsafe { buf.transmute_mut::<f32>(n) }.ok_or_else(too_big)?;
-                self.stream.memcpy_htod(&v[..n], &mut view)
-            }
-            Data::I32(v) => {
-                let mut view = unsafe { buf.transmute_mut::<i32>(n) }.ok_or_else(too_big)?;
-                self.stream.memcpy_htod(&v[..n], &mut view)
-            }
-        }
-        .map_err(drv("copying to the device"))
+        // Safety: T is a plain 16- or 32-bit type for which every bit pattern
+        // is a value; `transmute_mut` checks that `n` of them fit.
+        let mut view = unsafe { buf.transmute_mut::<T>(n) }
+            .ok_or_else(|| CudaError::Program("an input larger than its buffer".into()))?;
+        self.stream.memcpy_htod(&v[..n], &mut view).map_err(drv("copying to the device"))
     }
 
-    /// Fills a device buffer with NaN, on the device.
-    fn poison(&self, buf: &mut CudaSlice<u32>) -> Result<(), CudaError> {
-        let n = buf.len();
+    /// Fills a device buffer of `dtype` with NaN of its format, on the device.
+    fn poison(&self, buf: &mut CudaSlice<u32>, dtype: DType) -> Result<(), CudaError> {
+        let words = buf.len();
+        let stream = self.stream.cu_stream();
         let (ptr, _record) = buf.device_ptr_mut(&self.stream);
-        // Safety: `ptr` addresses `n` 32-bit words of a live allocation of this
-        // context; the memset is ordered on the same stream as its uses.
-        unsafe { sys::cuMemsetD32Async(ptr, POISON, n, self.stream.cu_stream()) }
-            .result()
-            .map_err(drv("poisoning a buffer"))
+        // Safety: `ptr` addresses `words` 32-bit words (2·`words` 16-bit
+        // halves) of a live allocation of this context; the memset is
+        // ordered on the same stream as its uses.
+        match layout::poison(dtype) {
+            Poison::Half(bits) => unsafe { sys::cuMemsetD16Async(ptr, bits, 2 * words, stream) },
+            Poison::Word(bits) => unsafe { sys::cuMemsetD32Async(ptr, bits, words, stream) },
+        }
+        .result()
+        .map_err(drv("poisoning a buffer"))
     }
 }
 

@@ -11,6 +11,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod disk_cache;
 pub mod exec;
+pub mod layout;
 pub mod st;
 pub mod tensor;
 

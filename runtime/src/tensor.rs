@@ -2,6 +2,7 @@
 //! on load), i32 for integer and boolean ones.
 
 use mixc_ir::interp::Tensor;
+use mixc_ir::DType;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Data {
@@ -45,6 +46,18 @@ impl HostTensor {
             Data::F32(t.data.iter().map(|x| *x as f32).collect())
         };
         HostTensor { shape: t.shape.clone(), data }
+    }
+
+    /// The values a device buffer of `dtype` holds of this tensor: f32 data
+    /// rounded (to nearest even) to f16 or bf16 for those dtypes (see
+    /// [`crate::layout`]); otherwise unchanged.
+    pub fn stored_as(&self, dtype: DType) -> HostTensor {
+        match &self.data {
+            Data::F32(v) if crate::layout::is_half(dtype) => {
+                HostTensor::f32(self.shape.clone(), v.iter().map(|x| crate::layout::stored_value(dtype, *x)).collect())
+            }
+            _ => self.clone(),
+        }
     }
 
     /// The raw 32-bit words (f32 or i32 bits), as kernels see them in memory.

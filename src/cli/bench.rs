@@ -107,6 +107,10 @@ pub struct BenchArgs {
     /// Seed of the random inputs.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// The dtype kernels store activations in: f32 (default), bf16 or f16 (states
+    /// and caches stay f32; arithmetic is f32). A bundle's (--kernels) is fixed.
+    #[arg(long, value_name = "DTYPE")]
+    pub storage: Option<mixc::passes::Storage>,
 }
 
 /// Lines go to stdout as they are made, so long runs show progress; a
@@ -138,6 +142,13 @@ pub fn run(args: &BenchArgs) -> Result<String, mixc::Error> {
     if args.kernels.is_some() && args.target != BenchTarget::Cuda {
         return Err(usage("--kernels DIR runs a kernel bundle on the GPU: add --target cuda".into()));
     }
+    if args.kernels.is_some() && args.storage.is_some() {
+        return Err(usage(
+            "--storage chooses how kernels are compiled, but a kernel bundle's are fixed: rebuild the bundle with it \
+             (`mixc compile FILE --target sm_90 --storage bf16 -o DIR`)"
+                .into(),
+        ));
+    }
     let points: Vec<Sizes> = args.sizes.iter().map(|s| bench::parse_sizes(s)).collect::<Result<_, _>>()?;
     let mut mixers = bench::load_mixers(&args.file)?;
     if !args.mixer.is_empty() {
@@ -163,6 +174,7 @@ pub fn run(args: &BenchArgs) -> Result<String, mixc::Error> {
         out.line(line);
     }
     let mut b = Bencher::with_engine(&chosen.profile, args.runs, args.seed, engine);
+    b.storage = args.storage.unwrap_or_default();
     if args.sweep {
         sweeps(&mut out, &mut b, args, &mixers, points, &chosen, gpu)?;
     } else {

@@ -36,7 +36,12 @@ pub fn run(args: &CompileArgs) -> Result<String, mixc::Error> {
 
 fn schedule_of(g: &mixc::NamedGraph, args: &CompileArgs) -> mixc_passes::Schedule {
     let chunk = args.chunk.or(g.chunk).unwrap_or(64);
-    mixc_passes::Schedule { split: args.split, block_v: args.block_v, ..mixc_passes::Schedule::with_chunk(chunk) }
+    mixc_passes::Schedule {
+        split: args.split,
+        block_v: args.block_v,
+        storage: args.storage,
+        ..mixc_passes::Schedule::with_chunk(chunk)
+    }
 }
 
 #[cfg(feature = "llvm")]
@@ -95,7 +100,9 @@ fn emit_tiles(graphs: &[mixc::NamedGraph], args: &CompileArgs) -> Result<String,
         let sched = schedule_of(g, args);
         let chunk = sched.chunk;
         let prog = mixc::lower_graph(&g.name, &g.graph, &sched)?;
-        out.push_str(&format!("# mixer {} (chunk {chunk}{})\n", g.name, if args.split { ", split" } else { "" }));
+        let storage = if sched.storage.is_narrow() { format!(", {} storage", sched.storage) } else { String::new() };
+        let split = if args.split { ", split" } else { "" };
+        out.push_str(&format!("# mixer {} (chunk {chunk}{split}{storage})\n", g.name));
         out.push_str(&mixc::ir::tile::text::print_program(&prog));
     }
     Ok(out)

@@ -21,7 +21,10 @@ pub fn run(args: &ExecArgs) -> Result<String, mixc::Error> {
     let source = MixerSource::File { path: args.file.clone(), mixer: args.mixer.clone(), layer: args.layer };
     let mixer = match &args.kernels {
         Some(dir) => from_bundle(args, source, dir)?,
-        None => jit_with(source, jit_target(args.target)?, JitOptions { chunk: args.chunk, split: args.split })?,
+        None => {
+            let opts = JitOptions { chunk: args.chunk, split: args.split, storage: args.storage.unwrap_or_default() };
+            jit_with(source, jit_target(args.target)?, opts)?
+        }
     };
     let inputs = st::load(&args.inputs)?;
     let outputs = match args.mode {
@@ -47,10 +50,10 @@ fn from_bundle(args: &ExecArgs, source: MixerSource, dir: &std::path::Path) -> R
     if args.target != ExecTarget::Cuda {
         return Err(mixc::Error::Usage("--kernels DIR runs a kernel bundle on the GPU: add --target cuda".into()));
     }
-    if args.chunk.is_some() || args.split {
+    if args.chunk.is_some() || args.split || args.storage.is_some() {
         return Err(mixc::Error::Usage(
-            "--chunk and --split choose a schedule, but a kernel bundle's schedules are fixed: rebuild the bundle \
-             with them (`mixc compile FILE --target sm_90 --chunk N -o DIR`)"
+            "--chunk, --split and --storage choose a schedule, but a kernel bundle's schedules are fixed: rebuild \
+             the bundle with them (`mixc compile FILE --target sm_90 --chunk N --storage bf16 -o DIR`)"
                 .into(),
         ));
     }

@@ -34,7 +34,8 @@ Commands and their options:
                       graph  the verified mixer graph of every distinct mixer,
                              each after a line `# mixer NAME (kind)`
                       tile   the tile program (buffers, kernels, launches) of each
-                             mixer; --chunk N and --split choose the schedule
+                             mixer; --chunk N and --split choose the schedule,
+                             --storage bf16|f16 the dtype of activation buffers
                       clif   the Cranelift IR of every kernel (--target cpu)
                       llvm, ptx  the LLVM IR or PTX of every kernel (GPU targets)
 
@@ -184,6 +185,11 @@ pub struct ExecArgs {
     /// Split state passing instead of one fused kernel per head.
     #[arg(long)]
     pub split: bool,
+    /// The dtype kernels store activations in: f32 (default), bf16 or f16 (states
+    /// and caches stay f32; arithmetic is f32). Inputs are rounded to it, outputs
+    /// hold its values (written as f32). A bundle's (--kernels) is fixed.
+    #[arg(long, value_name = "DTYPE")]
+    pub storage: Option<mixc_passes::Storage>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -264,6 +270,12 @@ pub struct CompileArgs {
     /// the hardware's `ex2.approx` (a few ulp; faster).
     #[arg(long)]
     pub precise_exp: bool,
+    /// The dtype the kernels read and write activations in: f32 (the default),
+    /// bf16 or f16 (q, k, v, gates, beta, o, ...: the tensors flash-linear-attention
+    /// and cuDNN take in bf16), computing in f32; recurrent states, normalizers and
+    /// caches stay f32. Recorded in bundles (-o DIR).
+    #[arg(long, value_name = "DTYPE", default_value = "f32")]
+    pub storage: mixc_passes::Storage,
 }
 
 /// The stages `--emit` can print.

@@ -395,7 +395,8 @@ impl Model {
                 .filter(|gate| gate.from.as_deref() != Some("k"))
                 .and_then(|gate| gate.rank)
                 .map(|r| r as usize);
-            let mixer = jit_with(MixerSource::Graph(g.graph), target, JitOptions { chunk: g.chunk, split: false })?;
+            let mixer =
+                jit_with(MixerSource::Graph(g.graph), target, JitOptions { chunk: g.chunk, ..JitOptions::default() })?;
             let feeds = feeds(&mixer, rank)?;
             let o = mixer.graph.output("o").ok_or_else(|| Error::Usage(format!("mixer `{name}` has no output `o`")))?;
             let o_shape: Option<Vec<usize>> = mixer.graph.ty(o).shape[2..]

@@ -114,8 +114,9 @@ fn run_cpu(prog: &Program, inputs: &BTreeMap<String, Tensor>) -> BTreeMap<String
                 _ => None,
             };
             if b.dtype.is_float() {
+                // 16-bit buffers hold f32 words of their precision (the runtime rounds inputs).
                 Buf::F(match data {
-                    Some(d) => d.iter().map(|x| *x as f32).collect(),
+                    Some(d) => d.iter().map(|x| b.dtype.round(*x) as f32).collect(),
                     None => vec![f32::NAN; n],
                 })
             } else {
@@ -282,6 +283,71 @@ fn every_mixer_every_mode() {
         for mode in 0..3 {
             let ins = random_inputs(&g, &sizes(2, 37), 7, true);
             check(name, &g, &schedule(mode, 16, 16), &ins);
+        }
+    }
+}
+
+// ------------------------------------------------------- 16-bit storage --
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, max_shrink_iters: 16, ..ProptestConfig::default() })]
+
+    /// bf16 / f16 storage of activations: the CPU backend stores exactly what
+    /// the tile interpreter does (values of the storage's precision) and both
+    /// compute the f64 reference of the rounded inputs (bf16's output rounding
+    /// ≈ 2⁻⁹ relative; the states, f32, to f32's tolerance).
+    #[test]
+    fn narrow_storage_matches_the_interpreters(
+        which in prop::sample::select(vec![4usize, 5, 7, 8, 9, 10]),
+        f16: bool,
+        b in 1usize..3,
+        t in prop::sample::select(vec![1usize, 5, 17, 40, 70]),
+        mode in 0u8..3,
+        chunk in prop::sample::select(vec![16u32, 32, 64]),
+        with_state: bool,
+        seed: u64,
+    ) {
+        let lib = library(17, 24, 24);
+        let (name, text) = &lib[which];
+        let g = build(text);
+        let storage = if f16 { mixc_passes::Storage::F16 } else { mixc_passes::Storage::Bf16 };
+        let sched = Schedule { storage, ..schedule(mode, chunk, 32) };
+        let prog = lower(&g, &sched).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let raw = random_inputs(&g, &sizes(b, t), seed, with_state);
+        // What the input buffers hold, for the reference.
+        let held: BTreeMap<String, Tensor> = raw
+            .iter()
+            .map(|(n, x)| {
+                let d = prog
+                    .buffers
+                    .iter()
+                    .find(|b| matches!(&b.role, BufferRole::Input { name, .. } if name == n))
+                    .map(|b| b.dtype)
+                    .unwrap_or(DType::F32);
+                (n.clone(), Tensor { shape: x.shape.clone(), data: x.data.iter().map(|v| d.round(*v)).collect() })
+            })
+            .collect();
+        let want = interp::run(&g, &held).unwrap_or_else(|e| panic!("{name}: interp: {e}"));
+        let (tile, _) = prog.run(&raw, Precision::F32).unwrap_or_else(|e| panic!("{name}: tile run: {e}"));
+        let got = run_cpu(&prog, &raw);
+        for (out, w) in &want {
+            let d = prog
+                .buffers
+                .iter()
+                .find(|b| b.role == BufferRole::Output(out.clone()))
+                .map(|b| b.dtype)
+                .unwrap_or(DType::F32);
+            let narrow = out == "o";
+            prop_assert_eq!(narrow, d != DType::F32, "{}: `{}` is stored as {}", name, out, d);
+            let o = got.get(out).unwrap_or_else(|| panic!("{name}: no output `{out}`"));
+            prop_assert!(o.data.iter().all(|x| d.round(*x) == *x), "{}: `{}` holds values that are not {}", name, out, d);
+            let tol = match d { DType::BF16 => 4e-3, DType::F16 => 6e-4, _ => 1e-4 };
+            let e = rel_err(o, w);
+            prop_assert!(e <= tol, "{}: `{}` ({}) vs f64 reference: relative error {:e} (schedule {:?})", name, out, d, e, sched);
+            // Against the interpreter: the same roundings, up to a rare one-ulp
+            // difference where the f32 results straddle a rounding boundary.
+            let e = rel_err(o, &tile[out]);
+            prop_assert!(e <= tol / 4.0, "{}: `{}` vs tile interpreter: relative error {:e}", name, out, e);
         }
     }
 }

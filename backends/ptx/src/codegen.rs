@@ -678,10 +678,43 @@ impl<'ctx> Em<'ctx, '_> {
         }
     }
 
+    /// The type of one element of a global buffer of dtype `d` in memory:
+    /// `bfloat` and `half` for 16-bit floats (2-byte elements), `float` for
+    /// other floats, `i32` for the rest.
+    fn gty(&self, d: DType) -> BasicTypeEnum<'ctx> {
+        match d {
+            DType::BF16 => self.cx.bf16_type().into(),
+            DType::F16 => self.cx.f16_type().into(),
+            d if d.is_float() => self.cx.f32_type().into(),
+            _ => self.cx.i32_type().into(),
+        }
+    }
+
+    /// A value loaded from a global buffer of dtype `d`, as a tile element:
+    /// 16-bit floats extended (exactly) to f32.
+    fn widen_loaded(&self, d: DType, x: BasicValueEnum<'ctx>) -> R<BasicValueEnum<'ctx>> {
+        match d {
+            DType::BF16 | DType::F16 => Ok(self.b.build_float_ext(fv(x)?, self.cx.f32_type(), "")?.into()),
+            _ => Ok(x),
+        }
+    }
+
+    /// A tile element as stored to a global buffer of dtype `d`: an f32
+    /// already rounded to f16/bf16 precision (`convert`) truncated to 16 bits
+    /// (exact; an unrounded one would round to nearest even).
+    fn narrow_stored(&self, d: DType, x: BasicValueEnum<'ctx>) -> R<BasicValueEnum<'ctx>> {
+        let narrow = match d {
+            DType::BF16 => self.cx.bf16_type(),
+            DType::F16 => self.cx.f16_type(),
+            _ => return Ok(x),
+        };
+        Ok(self.b.build_float_trunc(fv(x)?, narrow, "")?.into())
+    }
+
     /// The address of element `off` of a pointer parameter, and its element type.
     fn gaddr(&self, p: usize, off: IntValue<'ctx>) -> R<(PointerValue<'ctx>, BasicTypeEnum<'ctx>)> {
         let d = self.param_dtype(p)?;
-        let ty: BasicTypeEnum = if d.is_float() { self.cx.f32_type().into() } else { self.cx.i32_type().into() };
+        let ty = self.gty(d);
         let off64 = self.b.build_int_s_extend(off, self.cx.i64_type(), "")?;
         // SAFETY: the tile program's offsets index its buffers (masked elsewhere).
         let a = unsafe { self.b.build_in_bounds_gep(ty, self.param_ptr(p)?, &[off64], "")? };
@@ -832,6 +865,7 @@ impl<'ctx> Em<'ctx, '_> {
                 };
                 let (addr, sty) = self.gaddr(ptr.index(), off)?;
                 let x = self.b.build_load(sty, addr, "")?;
+                let x = self.widen_loaded(self.param_dtype(ptr.index())?, x)?;
                 let raw = match m {
                     None => x,
                     Some(m) => {
@@ -1338,6 +1372,7 @@ impl<'ctx> Em<'ctx, '_> {
             let x = s.convert(x, vt.dtype, pd)?;
             let x: BasicValueEnum =
                 if pd == DType::Bool { s.b.build_int_z_extend(iv(x)?, s.cx.i32_type(), "")?.into() } else { x };
+            let x = s.narrow_stored(pd, x)?;
             let (addr, _) = s.gaddr(ptr, off)?;
             match mask {
                 None => {

@@ -14,10 +14,11 @@
 //!   convention `ptx_kernel`.
 //! * **Parameters**, in the tile kernel's parameter order:
 //!   * a pointer parameter (`*dtype`) is a `.u64` global address (`ptr addrspace(1)`)
-//!     of a buffer of **4-byte elements**: `f32` for float dtypes (f32, f16, bf16;
-//!     a store to an f16/bf16 buffer rounds the value to that precision but still
-//!     writes an f32), `i32` for `i32`, `i8`, `i4` and `bool` (0 or 1). Offsets are
-//!     element offsets. Pointer parameters must not alias one another
+//!     of a buffer of elements of its dtype: **2-byte** IEEE `f16` or `bf16` for
+//!     those dtypes (read and widened to f32; a store rounds to nearest even),
+//!     4-byte `f32` for `f32` and `f64`, 4-byte `i32` for `i32`, `i8`, `i4` and
+//!     `bool` (0 or 1). Offsets are element offsets (2-byte steps in a 16-bit
+//!     buffer, which needs 2-byte alignment). Pointer parameters must not alias one another
 //!     (they are `noalias`; read-only ones are loaded through the non-coherent cache);
 //!   * a scalar parameter is `.f32` for float dtypes and `.s32` otherwise
 //!     (`bool`: nonzero is true).
@@ -75,7 +76,8 @@
 //! # Numerics
 //!
 //! f32 throughout (f16/bf16 values are f32 rounded to their precision after
-//! each op, as the tile interpreter's f32 mode does). `div`, `sqrt` are IEEE
+//! each op, as the tile interpreter's f32 mode does; f16/bf16 buffers are
+//! only their storage). `div`, `sqrt` are IEEE
 //! (`div.rn`, `sqrt.rn`); `exp`, `log`, `log1p`, `expm1`, `tanh`, `sin`, `cos`,
 //! `pow` and the activations come from a small library in plain LLVM IR
 //! (`math.ll`: Cephes-style reductions and polynomials, 1–3 ulp, tested on the

@@ -37,10 +37,21 @@ fn schedules() -> Vec<(&'static str, mixc_passes::Schedule)> {
 /// Every distinct kernel of every mixer of the model files in `dir`, named
 /// `model/mixer/schedule/kernel`.
 fn kernels_of(dir: &str) -> Vec<(String, Kernel)> {
+    kernels_with(dir, &|_| true, &schedules())
+}
+
+/// Every distinct kernel of the mixers of the model files in `dir` that
+/// `wanted` picks (by file stem), under `scheds`.
+fn kernels_with(
+    dir: &str,
+    wanted: &dyn Fn(&str) -> bool,
+    scheds: &[(&'static str, mixc_passes::Schedule)],
+) -> Vec<(String, Kernel)> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(root().join(dir))
         .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
         .unwrap_or_default();
     files.retain(|p| p.extension().is_some_and(|e| e == "toml"));
+    files.retain(|p| p.file_stem().is_some_and(|s| wanted(&s.to_string_lossy())));
     files.sort();
     assert!(!files.is_empty(), "no model files in {dir}");
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
@@ -51,8 +62,8 @@ fn kernels_of(dir: &str) -> Vec<(String, Kernel)> {
         for name in file.distinct_mixers() {
             let cfg = &file.mixer[&name];
             let g = mixc_ir::mixers::build(&name, cfg).unwrap_or_else(|e| panic!("{model}/{name}: {e}"));
-            for (sn, s) in schedules() {
-                let p = mixc_passes::lower(&g, &s).unwrap_or_else(|e| panic!("{model}/{name}/{sn}: {e}"));
+            for (sn, s) in scheds {
+                let p = mixc_passes::lower(&g, s).unwrap_or_else(|e| panic!("{model}/{name}/{sn}: {e}"));
                 for k in &p.kernels {
                     let text = mixc_ir::tile::text::print_kernel(k);
                     let id = format!("{model}/{name}/{sn}/{}", k.name);
@@ -162,7 +173,16 @@ fn compile_all(kernels: &[(String, Kernel)], targets: &[Target]) -> Vec<(String,
 }
 
 fn check_models(dir: &str, report_name: &str) {
-    let kernels = kernels_of(dir);
+    check_kernels(kernels_of(dir), &format!("{dir}/*.toml"), &schedules(), report_name);
+}
+
+/// Assembles `kernels` for sm_80 and sm_90 and writes the `ptxas -v` report.
+fn check_kernels(
+    kernels: Vec<(String, Kernel)>,
+    what: &str,
+    scheds: &[(&'static str, mixc_passes::Schedule)],
+    report_name: &str,
+) {
     let targets = [Target::Sm80, Target::Sm90];
     let compiled = compile_all(&kernels, &targets);
     let outdir = target_dir().join("ptx-check").join(report_name);
@@ -172,8 +192,8 @@ fn check_models(dir: &str, report_name: &str) {
         return;
     };
     let mut lines = vec![format!(
-        "# ptxas -v of every distinct kernel of {dir}/*.toml (schedules: {})",
-        schedules().iter().map(|s| s.0).collect::<Vec<_>>().join(", ")
+        "# ptxas -v of every distinct kernel of {what} (schedules: {})",
+        scheds.iter().map(|s| s.0).collect::<Vec<_>>().join(", ")
     )];
     lines.push("# kernel target threads shared_bytes(dynamic) registers spill_stores spill_loads stack".into());
     let mut failures = vec![];
@@ -237,6 +257,50 @@ fn check_models(dir: &str, report_name: &str) {
 #[test]
 fn every_model_kernel_assembles_for_sm80_and_sm90() {
     check_models("models", "ptx");
+}
+
+/// Schedules with 16-bit storage of activations.
+fn narrow_schedules() -> Vec<(&'static str, mixc_passes::Schedule)> {
+    use mixc_passes::{Schedule, Storage};
+    let mut out = vec![];
+    for (tags, storage) in [
+        (["bf16-chunk64", "bf16-split64", "bf16-step"], Storage::Bf16),
+        (["f16-chunk64", "f16-split64", "f16-step"], Storage::F16),
+    ] {
+        let with = |s: Schedule| Schedule { storage, ..s };
+        out.extend([
+            (tags[0], with(Schedule::with_chunk(64))),
+            (tags[1], with(Schedule { split: true, ..Schedule::with_chunk(64) })),
+            (tags[2], with(Schedule::decode())),
+        ]);
+    }
+    out
+}
+
+/// bf16 and f16 storage: every kernel of a few mixers (GLA, Gated DeltaNet,
+/// attention and sliding-window attention, mLSTM, Mamba2) assembles for
+/// sm_80 and sm_90, and the activations move as 2-byte elements.
+#[test]
+fn narrow_storage_kernels_assemble_for_sm80_and_sm90() {
+    let models = ["gla", "gated-deltanet", "llama", "swa", "mlstm", "mamba2"];
+    let kernels = kernels_with("models", &|m| models.contains(&m), &narrow_schedules());
+    let ptrs =
+        |k: &Kernel, d: mixc_ir::DType| k.params.iter().filter(|p| p.kind == mixc_ir::tile::ParamKind::Ptr(d)).count();
+    for d in [mixc_ir::DType::BF16, mixc_ir::DType::F16] {
+        assert!(kernels.iter().any(|(_, k)| ptrs(k, d) > 0), "no kernel takes a {d} pointer");
+    }
+    // GLA's kernels with bf16 pointers read (q, k, v, g) and write (o) 2-byte elements.
+    let gla: Vec<String> = kernels
+        .iter()
+        .filter(|(id, k)| id.starts_with("gla/") && ptrs(k, mixc_ir::DType::BF16) > 0)
+        .map(|(id, k)| compile(k, Target::Sm90).unwrap_or_else(|e| panic!("{id}: {e}")).ptx)
+        .collect();
+    let has = |op: &str| {
+        gla.iter().flat_map(|p| p.lines()).any(|l| l.contains(op) && (l.contains(".b16") || l.contains(".u16")))
+    };
+    assert!(has("ld.global"), "no 16-bit global load in GLA's {} bf16 kernels", gla.len());
+    assert!(has("st.global"), "no 16-bit global store in GLA's {} bf16 kernels", gla.len());
+    check_kernels(kernels, "a few models with bf16/f16 storage", &narrow_schedules(), "ptx-narrow");
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! The tile interpreter: runs a kernel over its whole grid on host buffers.
 //! Arithmetic is f64, or rounded to f32 after every float operation to model
-//! what an f32 backend computes.
+//! what an f32 backend computes. Buffers hold what their dtype holds: a store
+//! rounds to the pointer's dtype (in f64 arithmetic, only to 16-bit floats and
+//! integer types, the storage formats; f32 and f64 buffers keep f64 values).
 
 use super::*;
 use crate::dtype::DType;
@@ -276,11 +278,8 @@ impl Ctx<'_, '_, '_> {
                         });
                     }
                     let v = val.data[i];
-                    buf[*o as usize] = if prec == Precision::F32 || !dtype.is_float() {
-                        crate::interp::round_to_pub(dtype, v)
-                    } else {
-                        v
-                    };
+                    buf[*o as usize] =
+                        if rounds_stores(dtype, prec) { crate::interp::round_to_pub(dtype, v) } else { v };
                     stored += 1;
                 }
                 self.stats.stored += stored;
@@ -379,6 +378,12 @@ impl Ctx<'_, '_, '_> {
             }
         }
     }
+}
+
+/// Whether values written to a buffer of `dtype` are rounded to it: always for
+/// integers and 16-bit floats (storage formats), for f32 in f32 arithmetic.
+pub fn rounds_stores(dtype: DType, prec: Precision) -> bool {
+    !dtype.is_float() || dtype.bits() < 32 || (prec == Precision::F32 && dtype != DType::F64)
 }
 
 fn reduce(f: ReduceFn, row: &[f64]) -> f64 {

@@ -172,7 +172,7 @@ impl Program {
                 let n: usize = shape_of(b).iter().product();
                 match &b.role {
                     BufferRole::Input { name, .. } => match inputs.get(name) {
-                        Some(t) if prec == Precision::F32 || !b.dtype.is_float() => {
+                        Some(t) if super::interp::rounds_stores(b.dtype, prec) => {
                             t.data.iter().map(|x| crate::interp::round_to_pub(b.dtype, *x)).collect()
                         }
                         Some(t) => t.data.clone(),

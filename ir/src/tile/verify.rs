@@ -1,5 +1,6 @@
 //! The tile verifier: every value defined once before use (dominance by
-//! block nesting), every statement's types as inferred.
+//! block nesting), every statement's types as inferred; and for programs,
+//! every launch's arguments of the kind and dtype its kernel declares.
 
 use super::build::infer;
 use super::*;
@@ -7,6 +8,38 @@ use super::*;
 pub fn verify(k: &Kernel) -> Result<(), TileError> {
     let mut defined = vec![false; k.types.len()];
     check_block(k, &k.body, &mut defined, true)
+}
+
+/// Checks that every launch names a kernel and passes one argument per
+/// parameter, of its kind: a buffer of the pointer's dtype, or a scalar.
+pub fn verify_program(p: &Program) -> Result<(), TileError> {
+    for (i, l) in p.launches.iter().enumerate() {
+        let Some(k) = p.kernels.get(l.kernel) else {
+            return Err(TileError::Program(format!("launch {i} names kernel {}, which does not exist", l.kernel)));
+        };
+        let err = |msg: String| TileError::Kernel { kernel: k.name.clone(), msg: format!("launch {i}: {msg}") };
+        if l.args.len() != k.params.len() {
+            return Err(err(format!("{} arguments for {} parameters", l.args.len(), k.params.len())));
+        }
+        for (a, param) in l.args.iter().zip(&k.params) {
+            match (a, &param.kind) {
+                (Arg::Buffer(b), ParamKind::Ptr(d)) => {
+                    let Some(buf) = p.buffers.get(*b) else {
+                        return Err(err(format!("`{}` is bound to buffer {b}, which does not exist", param.name)));
+                    };
+                    if buf.dtype != *d {
+                        return Err(err(format!(
+                            "`{}: *{d}` is bound to buffer `{}` of {}",
+                            param.name, buf.name, buf.dtype
+                        )));
+                    }
+                }
+                (Arg::Size(_) | Arg::Float(_), ParamKind::Scalar(_)) => {}
+                _ => return Err(err(format!("the argument for `{}` is not of its kind", param.name))),
+            }
+        }
+    }
+    Ok(())
 }
 
 fn check_block(k: &Kernel, b: &Block, defined: &mut Vec<bool>, top: bool) -> Result<(), TileError> {

@@ -2,6 +2,7 @@ mod golden;
 mod identities;
 mod model;
 mod snapshots;
+mod storage;
 mod text;
 mod tile_text;
 mod util;

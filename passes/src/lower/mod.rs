@@ -6,20 +6,23 @@
 //! flash attention (`attention`), and simple kernels for everything else
 //! (`generic`). Under `Schedule::fuse_conv`, short causal convolutions feeding
 //! a recurrence are computed in the recurrence's kernels (`conv_prologue`),
-//! and the ops that leaves without a use are not lowered.
+//! and the ops that leaves without a use are not lowered. Activation inputs
+//! and outputs take the schedule's storage dtype (`storage`); recipes declare
+//! f32 pointers, and each launch gives its pointers its buffers' dtypes.
 
 mod attention;
 mod conv_prologue;
 mod delta;
 mod generic;
 mod recurrence;
+pub mod storage;
 pub mod util;
 
 use crate::schedule::Schedule;
 use mixc_ir::dims::DimId;
 use mixc_ir::graph::{Graph, OpNode, ValueId};
 use mixc_ir::ops::OpKind;
-use mixc_ir::tile::{Arg, BufferRole, Count, Kernel, Launch, Program, TileError};
+use mixc_ir::tile::{Arg, BufferRole, Count, Kernel, Launch, ParamKind, Program, TileError};
 use mixc_ir::DType;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -38,6 +41,8 @@ pub struct Lowering<'g> {
     pub sched: Schedule,
     pub prog: Program,
     buf_of: Vec<Option<usize>>,
+    /// Per value: the dtype of its buffer (see `storage`).
+    dtype_of: Vec<DType>,
     /// Per value: computed on chip by the recurrences that read it (see `conv_prologue`).
     fused: Vec<Option<conv_prologue::ConvPrologue>>,
 }
@@ -49,7 +54,7 @@ impl<'g> Lowering<'g> {
             return *b;
         }
         let val = self.g.value(v);
-        let dtype = if val.ty.dtype.is_float() { DType::F32 } else { val.ty.dtype };
+        let dtype = self.dtype_of.get(v.index()).copied().unwrap_or(DType::F32);
         let shape = val.ty.shape.iter().map(|d| Count::Dim(*d)).collect();
         let b = self.prog.add_buffer(&val.name, dtype, shape, BufferRole::Temp);
         if let Some(slot) = self.buf_of.get_mut(v.index()) {
@@ -88,16 +93,31 @@ impl<'g> Lowering<'g> {
         self.g.ty(v).shape.iter().fold(Count::Const(1), |acc, d| Count::times(acc, Count::Dim(*d)))
     }
 
-    pub fn launch(&mut self, kernel: Kernel, grid: [Count; 3], args: Vec<Arg>) -> Result<(), LowerError> {
+    pub fn launch(&mut self, mut kernel: Kernel, grid: [Count; 3], args: Vec<Arg>) -> Result<(), LowerError> {
         if kernel.params.len() != args.len() {
             return Err(LowerError::Tile(TileError::Kernel {
                 kernel: kernel.name.clone(),
                 msg: format!("{} arguments for {} parameters", args.len(), kernel.params.len()),
             }));
         }
+        self.type_pointers(&mut kernel, &args);
         let k = self.prog.add_kernel(kernel);
         self.prog.launches.push(Launch { kernel: k, grid, args });
         Ok(())
+    }
+
+    /// Gives each float pointer parameter the dtype of the float buffer it is
+    /// bound to: recipes compute in f32 and declare f32 pointers; whether the
+    /// elements are stored narrower is the buffer's business.
+    fn type_pointers(&self, kernel: &mut Kernel, args: &[Arg]) {
+        for (p, a) in kernel.params.iter_mut().zip(args) {
+            let (ParamKind::Ptr(d), Arg::Buffer(b)) = (&mut p.kind, a) else { continue };
+            if let Some(buf) = self.prog.buffers.get(*b) {
+                if d.is_float() && buf.dtype.is_float() {
+                    *d = buf.dtype;
+                }
+            }
+        }
     }
 
     /// An error naming the op being lowered.
@@ -116,6 +136,7 @@ pub fn lower(g: &Graph, sched: &Schedule) -> Result<Program, LowerError> {
         sched: *sched,
         prog: Program { name: g.name.clone(), dims: g.dims.clone(), ..Default::default() },
         buf_of: vec![None; g.values.len()],
+        dtype_of: storage::buffer_dtypes(g, sched.storage.dtype()),
         fused: plan.fused,
     };
     let mut deferred = Vec::new();
@@ -134,8 +155,8 @@ pub fn lower(g: &Graph, sched: &Schedule) -> Result<Program, LowerError> {
             }
         }
         match &op.kind {
-            OpKind::Input { name, dtype, shape, optional } => {
-                let dtype = if dtype.is_float() { DType::F32 } else { *dtype };
+            OpKind::Input { name, shape, optional, .. } => {
+                let dtype = lw.dtype_of[op.results[0].index()];
                 let shape = shape.iter().map(|d| Count::Dim(*d)).collect();
                 let role = BufferRole::Input { name: name.clone(), optional: *optional };
                 let b = lw.prog.add_buffer(name, dtype, shape, role);
@@ -161,7 +182,7 @@ pub fn lower(g: &Graph, sched: &Schedule) -> Result<Program, LowerError> {
         } else {
             // An input returned as is, or one value under two names: copy it.
             let shape = lw.prog.buffers[b].shape.clone();
-            let dtype = lw.prog.buffers[b].dtype;
+            let dtype = storage::output_dtype(g, name, *v, sched.storage.dtype());
             let out = lw.prog.add_buffer(name, dtype, shape, BufferRole::Output(name.clone()));
             let n = lw.numel(*v);
             generic::copy(&mut lw, b, out, n)?;
@@ -170,5 +191,7 @@ pub fn lower(g: &Graph, sched: &Schedule) -> Result<Program, LowerError> {
     // Constant folding, common loads and arithmetic, dead code: recipes may
     // load a chunk twice (outputs, then the state update) and leave the rest
     // to this.
-    Ok(crate::simplify::simplify_program(&lw.prog))
+    let prog = crate::simplify::simplify_program(&lw.prog);
+    mixc_ir::tile::verify::verify_program(&prog)?;
+    Ok(prog)
 }

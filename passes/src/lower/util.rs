@@ -13,8 +13,9 @@ pub struct Binder {
 }
 
 impl Binder {
-    /// An f32 pointer parameter bound to buffer `buffer` (one per buffer: a
-    /// buffer bound twice gives the first parameter back).
+    /// A float pointer parameter bound to buffer `buffer` (one per buffer: a
+    /// buffer bound twice gives the first parameter back), declared f32:
+    /// `Lowering::launch` gives it the buffer's dtype.
     pub fn ptr(&mut self, kb: &mut KernelBuilder, name: &str, buffer: usize) -> ParamId {
         if let Some((_, p)) = self.bufs.iter().find(|(b, _)| *b == buffer) {
             return *p;

@@ -7,4 +7,5 @@ mod generic;
 mod library;
 mod recurrence;
 mod simplify;
+mod storage;
 mod util;

@@ -144,7 +144,8 @@ pub fn cuda(args: &BenchArgs) -> Result<Setup, Error> {
         }
         None => {
             let target = gpu.target()?;
-            (CudaEngine::new(gpu), format!("kernels compiled here for {target} (dot tf32x3)"))
+            let storage = args.storage.unwrap_or_default();
+            (CudaEngine::new(gpu), format!("kernels compiled here for {target} (dot tf32x3, {storage} storage)"))
         }
     };
     let p = &chosen.profile;
