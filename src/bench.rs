@@ -612,7 +612,7 @@ pub fn describe(s: &Schedule, g: &Graph) -> String {
         parts.push(format!("blocks of {}", s.block_elems));
     }
     if s.storage.is_narrow() {
-        parts.push(s.storage.to_string());
+        parts.push(format!("{} storage", s.storage));
     }
     parts.join(", ")
 }

@@ -48,12 +48,13 @@ pub fn write_bundle(
     dir: &Path,
     graphs: &[NamedGraph],
     target_name: &str,
-    sched: &Schedule,
+    schedule: &dyn Fn(&NamedGraph) -> Result<Schedule, Error>,
     opts: Options,
 ) -> Result<usize, Error> {
     let t = target(target_name).ok_or_else(|| Error::Usage(format!("unknown GPU target `{target_name}`")))?;
     let mut programs = Vec::new();
     for g in graphs {
+        let sched = &schedule(g)?;
         let decode = Schedule { storage: sched.storage, ..Schedule::decode() };
         for (mode, s) in [("prefill", *sched), ("decode", decode)] {
             let program = crate::lower_graph(&g.name, &g.graph, &s)?;

@@ -88,7 +88,9 @@ enum Exec {
 /// Options of [`jit_with`].
 #[derive(Clone, Copy, Debug, Default)]
 pub struct JitOptions {
-    /// Overrides the table's chunk size.
+    /// Overrides the table's chunk size (default: the table's, or for
+    /// `chunk = "auto"` the cost model's pick for the target, see
+    /// [`crate::pricing::auto_schedule`]).
     pub chunk: Option<u32>,
     /// Split state passing for prefill.
     pub split: bool,
@@ -147,8 +149,14 @@ pub fn select_graph(source: MixerSource) -> Result<NamedGraph, Error> {
 
 pub fn jit_with(source: MixerSource, target: Target, opts: JitOptions) -> Result<CompiledMixer, Error> {
     let g = select_graph(source)?;
-    let chunk = opts.chunk.or(g.chunk).unwrap_or(64);
-    let sched = Schedule { split: opts.split, storage: opts.storage, ..Schedule::with_chunk(chunk) };
+    let base = match opts.chunk.or(g.chunk) {
+        Some(chunk) => Schedule::with_chunk(chunk),
+        None => {
+            let dev = profile_for(target)?;
+            crate::pricing::auto_schedule(&g.name, &g.graph, &dev, &crate::pricing::default_point(&dev))?
+        }
+    };
+    let sched = Schedule { split: base.split || opts.split, storage: opts.storage, ..base };
     let prefill = crate::lower_graph(&g.name, &g.graph, &sched)?;
     let decode = crate::lower_graph(&g.name, &g.graph, &Schedule { storage: opts.storage, ..Schedule::decode() })?;
     let mut fallback = None;
@@ -167,6 +175,17 @@ pub fn jit_with(source: MixerSource, target: Target, opts: JitOptions) -> Result
         Target::Cuda => Exec::Gpu(Box::new(crate::cuda::GpuMixer::compile(&g.name, &prefill, &decode)?)),
     };
     Ok(CompiledMixer { name: g.name, graph: g.graph, prefill, decode, exec, fallback })
+}
+
+/// The device profile `chunk = "auto"` is priced on for a target: the
+/// calibrated CPU profile (`mixc calibrate`) or the built-in one, the H100's
+/// for CUDA (the latency terms are the same on an H200).
+fn profile_for(target: Target) -> Result<mixc_passes::device::DeviceProfile, Error> {
+    match target {
+        Target::Cpu | Target::Reference => Ok(crate::calibrate::choose_profile("cpu", None)?.profile),
+        #[cfg(feature = "cuda")]
+        Target::Cuda => Ok(mixc_passes::device::DeviceProfile::h100()),
+    }
 }
 
 /// A mixer whose kernels come from a kernel bundle (`mixc compile FILE

@@ -1,10 +1,16 @@
 //! What the cost model needs from a backend: the facade asks the GPU backend
 //! for each kernel's plan (threads, shared memory, spill to global scratch)
-//! and hands the answers to `passes::cost`, which never calls a backend itself.
+//! and hands the answers to `passes::cost`, which never calls a backend itself;
+//! and the schedule `chunk = "auto"` stands for: the search's pick.
 
+use crate::Error;
+use mixc_ir::graph::Graph;
 use mixc_ir::tile::Kernel;
 use mixc_passes::cost::KernelResources;
 use mixc_passes::device::{DeviceKind, DeviceProfile};
+use mixc_passes::search::search_with;
+use mixc_passes::Schedule;
+use std::collections::BTreeMap;
 
 /// A kernel's resources, where the backend can plan it.
 pub type ResourceFn = Box<dyn Fn(&Kernel) -> Option<KernelResources>>;
@@ -33,4 +39,31 @@ fn gpu_resources() -> ResourceFn {
 #[cfg(not(feature = "llvm"))]
 fn gpu_resources() -> ResourceFn {
     Box::new(|_| None)
+}
+
+/// The size point a schedule is picked for when the caller names none: a
+/// GPU's prefill at B = 8, T = 8192 (the anchors' size), a CPU's at B = 1,
+/// T = 2048. Dims not named here (heads are the graph's) take the graph's
+/// own sizes.
+pub fn default_point(dev: &DeviceProfile) -> BTreeMap<String, u64> {
+    let point: [(&str, u64); 2] = match dev.kind {
+        DeviceKind::Gpu => [("B", 8), ("T", 8192)],
+        DeviceKind::Cpu => [("B", 1), ("T", 2048)],
+    };
+    point.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+/// The schedule the cost model picks for `graph` on `dev` at `sizes` (its
+/// cheapest candidate that fits): what `chunk = "auto"` means.
+pub fn auto_schedule(
+    mixer: &str,
+    graph: &Graph,
+    dev: &DeviceProfile,
+    sizes: &BTreeMap<String, u64>,
+) -> Result<Schedule, Error> {
+    let resources = kernel_resources(dev);
+    let cands = search_with(graph, sizes, dev, &*resources)
+        .map_err(|source| Error::Lower { mixer: mixer.to_string(), source })?;
+    let pick = cands.iter().find(|c| c.rejected.is_none()).or(cands.first());
+    Ok(pick.map(|c| c.schedule).unwrap_or_default())
 }

@@ -12,11 +12,16 @@ out=${OUT:-out}; mkdir -p "$out"
 parts=${PARTS:-mixc,anchors,sweep}
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/card.txt"
 if [[ $parts == *mixc* ]]; then
-  b=$(mktemp -d)/bf16
-  ./mixc compile "$models/bench/anchors.toml" --target sm_90 --matmul bf16 -o "$b" --chunk "${CHUNK:-64}" >/dev/null
-  ./mixc bench "$models/bench/anchors.toml" --target cuda --kernels "$b" --mode prefill --runs 5 \
-    --sizes B=8,H=16,T=2048 --sizes B=8,H=16,T=8192 --sizes B=8,H=16,T=32768 --sizes B=1,H=16,T=65536 \
-    | tee "$out/mixc_prefill.txt"
+  # The anchors' precision (bf16 tensor-core dots; activations stored in
+  # STORAGE, bf16 by default), each size under the cost model's pick for it
+  # (or chunk CHUNK).
+  chunk=(${CHUNK:+--chunk "$CHUNK"})
+  for p in B=8,H=16,T=2048 B=8,H=16,T=8192 B=8,H=16,T=32768 B=1,H=16,T=65536; do
+    b=$(mktemp -d)/k
+    ./mixc compile "$models/bench/anchors.toml" --target sm_90 --matmul bf16 --storage "${STORAGE:-bf16}" \
+      --sizes "$p" -o "$b" "${chunk[@]}" >/dev/null
+    ./mixc bench "$models/bench/anchors.toml" --target cuda --kernels "$b" --mode prefill --runs 5 --sizes "$p"
+  done | tee "$out/mixc_prefill.txt"
   ./mixc bench "$models/bench/anchors.toml" --target cuda --kernels "$b" --mode decode --runs 5 \
     --sizes B=64,H=16 --sizes B=128,H=16 --sizes B=256,H=16 | tee "$out/mixc_decode.txt"
 fi

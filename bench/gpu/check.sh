@@ -11,9 +11,14 @@ cd "$(dirname "$0")"
 models=${MODELS:-../models}
 status=0
 fresh=$(mktemp -d)
+# Fresh kernels at chunk CHUNK (default 64), and at the cost model's picks
+# with activations stored in bf16 and in f16.
 for f in "$models"/*.toml "$models"/bench/anchors.toml; do
   n=$(basename "$f" .toml)
   ./mixc compile "$f" --target sm_90 -o "$fresh/$n" --chunk "${CHUNK:-64}" >/dev/null || { echo "compile failed: $f"; status=1; }
+  for s in bf16 f16; do
+    ./mixc compile "$f" --target sm_90 --storage $s -o "$fresh/$n-$s" >/dev/null || { echo "compile failed: $f ($s)"; status=1; }
+  done
 done
 ./mixc compile "$models/bench/anchors.toml" --target sm_90 --matmul bf16 -o "$fresh/anchors-bf16" --chunk "${CHUNK:-64}" >/dev/null || status=1
 for b in bundles/*/ bundles-bf16/*/ bundles-f32/*/ "$fresh"/*/; do

@@ -34,20 +34,24 @@ pub fn run(args: &CompileArgs) -> Result<String, mixc::Error> {
     }
 }
 
-fn schedule_of(g: &mixc::NamedGraph, args: &CompileArgs) -> mixc_passes::Schedule {
-    let chunk = args.chunk.or(g.chunk).unwrap_or(64);
-    mixc_passes::Schedule {
-        split: args.split,
-        block_v: args.block_v,
-        storage: args.storage,
-        ..mixc_passes::Schedule::with_chunk(chunk)
-    }
+/// The schedule a mixer is compiled under: `--chunk`, else the table's chunk,
+/// else (`chunk = "auto"`) the cost model's pick for the target at `--sizes`;
+/// `--split`, `--block-v` and `--storage` on top.
+fn schedule_of(g: &mixc::NamedGraph, args: &CompileArgs) -> Result<mixc_passes::Schedule, mixc::Error> {
+    let base = match args.chunk.or(g.chunk) {
+        Some(chunk) => mixc_passes::Schedule::with_chunk(chunk),
+        None => {
+            let dev = mixc::calibrate::choose_profile(&args.target, None)?.profile;
+            let point = super::explain::size_point(args.sizes.as_deref(), &dev)?;
+            mixc::pricing::auto_schedule(&g.name, &g.graph, &dev, &point)?
+        }
+    };
+    Ok(mixc_passes::Schedule { split: base.split || args.split, block_v: args.block_v, storage: args.storage, ..base })
 }
 
 #[cfg(feature = "llvm")]
 fn bundle(graphs: &[mixc::NamedGraph], args: &CompileArgs, dir: &std::path::Path) -> Result<String, mixc::Error> {
-    let sched = graphs.first().map(|g| schedule_of(g, args)).unwrap_or_default();
-    let n = mixc::gpu::write_bundle(dir, graphs, &args.target, &sched, options(args)?)?;
+    let n = mixc::gpu::write_bundle(dir, graphs, &args.target, &|g| schedule_of(g, args), options(args)?)?;
     Ok(format!("wrote {n} programs for {} to {}\n", args.target, dir.display()))
 }
 
@@ -72,7 +76,7 @@ fn emit_gpu(graphs: &[mixc::NamedGraph], args: &CompileArgs) -> Result<String, m
     let opts = options(args)?;
     let mut out = String::new();
     for g in graphs {
-        let prog = mixc::lower_graph(&g.name, &g.graph, &schedule_of(g, args))?;
+        let prog = mixc::lower_graph(&g.name, &g.graph, &schedule_of(g, args)?)?;
         for (image, llvm) in mixc::gpu::compile_program(&g.name, &prog, target, opts)? {
             out.push_str(&format!(
                 "// mixer {} kernel {} ({} threads, {} B shared, {} B scratch)\n",
@@ -97,12 +101,11 @@ fn emit_tiles(graphs: &[mixc::NamedGraph], args: &CompileArgs) -> Result<String,
         if i > 0 {
             out.push('\n');
         }
-        let sched = schedule_of(g, args);
-        let chunk = sched.chunk;
+        let sched = schedule_of(g, args)?;
         let prog = mixc::lower_graph(&g.name, &g.graph, &sched)?;
-        let storage = if sched.storage.is_narrow() { format!(", {} storage", sched.storage) } else { String::new() };
-        let split = if args.split { ", split" } else { "" };
-        out.push_str(&format!("# mixer {} (chunk {chunk}{split}{storage})\n", g.name));
+        let form = mixc::bench::describe(&sched, &g.graph);
+        let from = if args.chunk.or(g.chunk).is_none() { ", the cost model's pick" } else { "" };
+        out.push_str(&format!("# mixer {} ({form}{from})\n", g.name));
         out.push_str(&mixc::ir::tile::text::print_program(&prog));
     }
     Ok(out)
@@ -113,7 +116,7 @@ fn emit_tiles(graphs: &[mixc::NamedGraph], args: &CompileArgs) -> Result<String,
 fn emit_clif(graphs: &[mixc::NamedGraph], args: &CompileArgs) -> Result<String, mixc::Error> {
     let mut out = String::new();
     for g in graphs {
-        let prog = mixc::lower_graph(&g.name, &g.graph, &schedule_of(g, args))?;
+        let prog = mixc::lower_graph(&g.name, &g.graph, &schedule_of(g, args)?)?;
         for k in &prog.kernels {
             let clif = mixc::runtime::cpu::clif(k).map_err(|e| {
                 mixc::Error::Usage(format!("mixer `{}`: the CPU backend cannot compile it: {e}", g.name))

@@ -11,7 +11,7 @@ use std::fmt::Write;
 pub fn run(args: &ExplainArgs) -> Result<String, mixc::Error> {
     let mut out = String::new();
     let dev = profile(args, &mut out)?;
-    let free = sizes(args, &dev)?;
+    let free = size_point(args.sizes.as_deref(), &dev)?;
     let graphs = mixc::graphs_of_file(&args.file)?;
     let shown: Vec<String> = free.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let mut points: Vec<(String, f64, f64)> = Vec::new();
@@ -122,15 +122,11 @@ fn profile(args: &ExplainArgs, out: &mut String) -> Result<DeviceProfile, mixc::
     Ok(chosen.profile)
 }
 
-fn sizes(args: &ExplainArgs, dev: &DeviceProfile) -> Result<BTreeMap<String, u64>, mixc::Error> {
-    let mut free: BTreeMap<String, u64> = match dev.kind {
-        DeviceKind::Gpu => [("B", 8), ("T", 8192)],
-        DeviceKind::Cpu => [("B", 1), ("T", 2048)],
-    }
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    if let Some(text) = &args.sizes {
+/// The size point of `--sizes DIM=N,...` over the device's default one
+/// ([`mixc::pricing::default_point`]).
+pub(super) fn size_point(sizes: Option<&str>, dev: &DeviceProfile) -> Result<BTreeMap<String, u64>, mixc::Error> {
+    let mut free = mixc::pricing::default_point(dev);
+    if let Some(text) = sizes {
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let bad = || mixc::Error::Usage(format!("--sizes: `{part}` is not DIM=N (e.g. B=8,T=8192)"));
             let (k, v) = part.split_once('=').ok_or_else(bad)?;

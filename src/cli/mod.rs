@@ -243,9 +243,14 @@ pub struct CompileArgs {
     #[arg(long, value_enum, value_name = "STAGE", default_value_t = Emit::Graph)]
     pub emit: Emit,
     /// Chunk size of chunked recurrences (16…256, a power of two); default: the
-    /// mixer table's `chunk`, or 64 for `auto`.
+    /// mixer table's `chunk`, or for `auto` the cost model's pick (the
+    /// schedule `mixc explain` shows first) for the target at --sizes.
     #[arg(long, value_name = "N")]
     pub chunk: Option<u32>,
+    /// The sizes the cost model picks `chunk = "auto"` schedules for (DIM=N,...;
+    /// default B=8,T=8192 for GPU targets, B=1,T=2048 for the CPU).
+    #[arg(long, value_name = "DIM=N,...")]
+    pub sizes: Option<String>,
     /// Split state passing (chunk-start states written out, outputs computed in
     /// parallel over chunks) instead of one fused kernel per head.
     #[arg(long)]
