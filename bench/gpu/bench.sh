@@ -22,6 +22,8 @@ if [[ $parts == *mixc* ]]; then
       --sizes "$p" -o "$b" "${chunk[@]}" >/dev/null
     ./mixc bench "$models/bench/anchors.toml" --target cuda --kernels "$b" --mode prefill --runs 5 --sizes "$p"
   done | tee "$out/mixc_prefill.txt"
+  b=$(mktemp -d)/k
+  ./mixc compile "$models/bench/anchors.toml" --target sm_90 --matmul bf16 --storage "${STORAGE:-bf16}" -o "$b" >/dev/null
   ./mixc bench "$models/bench/anchors.toml" --target cuda --kernels "$b" --mode decode --runs 5 \
     --sizes B=64,H=16 --sizes B=128,H=16 --sizes B=256,H=16 | tee "$out/mixc_decode.txt"
 fi
