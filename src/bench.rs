@@ -604,6 +604,10 @@ pub fn describe(s: &Schedule, g: &Graph) -> String {
         if s.block_v > 0 {
             parts.push(format!("v{}", s.block_v));
         }
+        let has_conv = g.ops.iter().any(|o| matches!(o.kind, mixc_ir::OpKind::CausalConv1d { .. }));
+        if has_conv && !s.fuse_conv {
+            parts.push("conv apart".to_string());
+        }
     }
     if has_attention(g) {
         parts.push(format!("q{} k{}", s.block_q, s.block_k));

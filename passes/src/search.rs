@@ -29,8 +29,18 @@ const VALUE_BLOCKS: [u32; 1] = [0];
 /// The schedules worth trying for a graph: chunk sizes × fused/split and the
 /// token-by-token form for recurrences, each whole or split into value blocks
 /// of [`VALUE_BLOCKS`] columns (those narrower than the widest value head
-/// dim); query/key block sizes for attention.
+/// dim); query/key block sizes for attention; and, for a graph with a short
+/// causal convolution, each of those with the convolution inside the
+/// recurrence's kernels and as kernels of its own.
 pub fn enumerate(g: &Graph) -> Vec<Schedule> {
+    let base = enumerate_blocks(g);
+    if !g.ops.iter().any(|o| matches!(o.kind, OpKind::CausalConv1d { .. })) {
+        return base;
+    }
+    base.into_iter().flat_map(|s| [s, Schedule { fuse_conv: false, ..s }]).collect()
+}
+
+fn enumerate_blocks(g: &Graph) -> Vec<Schedule> {
     let has_rec = g.ops.iter().any(|o| matches!(o.kind, OpKind::LinearRecurrence(_)));
     let has_attn = g.ops.iter().any(|o| matches!(o.kind, OpKind::Attention { .. }));
     let mut rec: Vec<Schedule> = vec![Schedule::default()];

@@ -146,6 +146,9 @@ fn describe(s: &Schedule, has_many: bool) -> String {
     if has_many {
         let _ = write!(d, ", q{} k{}", s.block_q, s.block_k);
     }
+    if !s.fuse_conv {
+        d.push_str(", conv apart");
+    }
     d
 }
 

@@ -144,3 +144,27 @@ fn gpu_latency_term_is_waves_times_the_statements_of_a_program() {
     let cpu = price_with(&prog, &free(b, t), &DeviceProfile::cpu_default(), &|_| Some(big));
     assert_eq!(cpu.kernels[0].latency_s, 0.0);
 }
+
+/// For a graph with a short convolution the search tries each schedule with
+/// the convolution fused into the recurrence's kernels and as kernels of its
+/// own; fused, the GPU saves the convolved activations' round trip through
+/// memory and the launches, so the pick fuses.
+#[test]
+fn search_tries_the_convolution_fused_and_apart() {
+    let g = super::util::build(
+        "kind = \"gated_deltanet\"\nheads = 16\ndk = 128\ndv = 128\nshort_conv = 4\ngate = { activation = \"mamba\" }\n",
+    );
+    let all = mixc_passes::search::enumerate(&g);
+    assert!(all.iter().any(|s| s.fuse_conv) && all.iter().any(|s| !s.fuse_conv));
+    let cands = search(&g, &free(8, 4096), &DeviceProfile::h100()).unwrap();
+    assert!(cands[0].schedule.fuse_conv, "pick: {:?}", cands[0].schedule);
+    let priced = |fuse: bool| {
+        let s = Schedule { fuse_conv: fuse, ..cands[0].schedule };
+        cands.iter().find(|c| c.schedule == s).map(|c| (c.cost.time_s, c.cost.kernels.len())).unwrap()
+    };
+    let (fused, apart) = (priced(true), priced(false));
+    assert!(fused.0 < apart.0 && fused.1 < apart.1, "fused {fused:?}, apart {apart:?}");
+    // No convolution: nothing to try.
+    let plain = super::util::build("kind = \"gla\"\nheads = 4\ndk = 64\ndv = 64\n");
+    assert!(mixc_passes::search::enumerate(&plain).iter().all(|s| s.fuse_conv));
+}
