@@ -169,8 +169,7 @@ pub fn price_with(
             .filter_map(|(_, (a, p))| match (a, &p.kind) {
                 (Arg::Buffer(i), ParamKind::Ptr(d)) => prog.buffers.get(*i).map(|b| {
                     let n: u64 = b.shape.iter().map(|c| c.eval(&sizes)).product();
-                    let eb = if d.is_float() { dev.elem_bytes as f64 } else { (d.bits() as f64 / 8.0).max(0.5) };
-                    n as f64 * eb
+                    n as f64 * stored_bytes(*d, dev)
                 }),
                 _ => None,
             })
@@ -295,6 +294,18 @@ fn latency(programs: u64, w: &ProgramWork, res: Option<KernelResources>, dev: &D
     waves * program_s
 }
 
+/// Bytes one element of a buffer of dtype `d` takes in the device's memory:
+/// a 16-bit float the profile's `elem_bytes` (2 on a GPU; 4 on the CPU, whose
+/// runtime keeps every buffer in 32-bit words), any other float 4 (f32),
+/// integers their width.
+fn stored_bytes(d: mixc_ir::DType, dev: &DeviceProfile) -> f64 {
+    match d {
+        mixc_ir::DType::BF16 | mixc_ir::DType::F16 => f64::from(dev.elem_bytes),
+        d if d.is_float() => 4.0,
+        d => (f64::from(d.bits()) / 8.0).max(0.5),
+    }
+}
+
 /// Shared memory the GPU reserves per resident CTA (1 KiB on sm_80 and sm_90).
 const SHARED_RESERVED: u64 = 1024;
 
@@ -396,8 +407,7 @@ impl Walker<'_> {
 
     fn elem_bytes(&self, p: mixc_ir::tile::ParamId) -> f64 {
         match self.k.params.get(p.index()).map(|p| &p.kind) {
-            Some(ParamKind::Ptr(d)) if d.is_float() => self.dev.elem_bytes as f64,
-            Some(ParamKind::Ptr(d)) => (d.bits() as f64 / 8.0).max(0.5),
+            Some(ParamKind::Ptr(d)) => stored_bytes(*d, self.dev),
             _ => 4.0,
         }
     }

@@ -37,7 +37,9 @@ pub struct DeviceProfile {
     pub registers: u32,
     /// Cost of one kernel launch, s.
     pub launch_s: f64,
-    /// Bytes per element of activations and states in memory (2 for bf16 storage).
+    /// Bytes per element of a bf16/f16 buffer in this device's memory: 2 on a
+    /// GPU, 4 on the CPU (its runtime keeps every buffer in 32-bit words).
+    /// f32 buffers take 4 everywhere.
     pub elem_bytes: u32,
     /// The matrix unit's tile granularity: each dimension of a `dot` is padded
     /// to a multiple of it (16 for `mma.m16n8k16`), so a rank-1 update or a

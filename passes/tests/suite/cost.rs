@@ -29,18 +29,28 @@ fn counted_work_matches_hand_derived_values() {
     let flops = 2 * b * h * t * (c * dk + c * dv + 2 * dk * dv);
     assert_eq!(k.matmul_flops, flops as f64);
     // Memory: every chunk loads q, k, v [c, d] and g [c] once (the state
-    // update's loads are the outputs' ones, shared by the simplifier; bf16
-    // storage on the H100 profile) and stores o [c, dv]; the state is loaded
-    // and stored once per program.
+    // update's loads are the outputs' ones, shared by the simplifier) and
+    // stores o [c, dv]; the state is loaded and stored once per program. f32
+    // storage: 4 bytes an element.
     let chunks = t / c;
     let per_chunk_loads = 2 * c * dk + c * dv + c;
-    let loads = b * h * (chunks * per_chunk_loads + dk * dv) * dev.elem_bytes as u64;
-    let stores = b * h * (chunks * c * dv + dk * dv) * dev.elem_bytes as u64;
+    let loads = b * h * (chunks * per_chunk_loads + dk * dv) * 4;
+    let stores = b * h * (chunks * c * dv + dk * dv) * 4;
     assert_eq!(k.bytes_requested, loads as f64);
     // From DRAM: each input once (q, k, v, g and the initial state).
-    let inputs = (b * t * h * (2 * dk + dv + 1) + b * h * dk * dv) * dev.elem_bytes as u64;
+    let inputs = (b * t * h * (2 * dk + dv + 1) + b * h * dk * dv) * 4;
     assert_eq!(k.bytes_loaded, inputs as f64);
     assert_eq!(k.bytes_stored, stores as f64);
+
+    // bf16 activations: q, k, v, g and o take 2 bytes on the GPU, the state 4.
+    let bf16 = lower(&g, &Schedule { storage: mixc_passes::Storage::Bf16, ..Schedule::with_chunk(c as u32) }).unwrap();
+    let k16 = price(&bf16, &free(b, t), &dev).kernels[0].clone();
+    let activations = b * h * chunks * per_chunk_loads;
+    assert_eq!(k16.bytes_requested, (activations * 2 + b * h * dk * dv * 4) as f64);
+    assert_eq!(k16.bytes_stored, (b * h * chunks * c * dv * 2 + b * h * dk * dv * 4) as f64);
+    // On the CPU every buffer is 32-bit words, whatever the storage.
+    let cpu = DeviceProfile::cpu_default();
+    assert_eq!(price(&bf16, &free(b, t), &cpu).kernels[0].bytes_requested, loads as f64);
 }
 
 /// Split wins when B·H is small against the SM count (the fused kernel has
