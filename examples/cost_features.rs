@@ -43,7 +43,7 @@ fn main() -> Result<(), Box<dyn Error>> {
                 let cost = price_with(&prog, &free, &dev, &*resources);
                 let label = mixc::bench::describe(&c.schedule, &g.graph);
                 for (launch, k) in prog.launches.iter().zip(&cost.kernels) {
-                    let plan = prog.kernels.get(launch.kernel).and_then(|kern| resources(kern));
+                    let plan = prog.kernels.get(launch.kernel).and_then(&resources);
                     let (shared, threads, scratch) =
                         plan.map_or((0, 0, 0), |r| (r.shared_bytes, r.threads, r.spill_bytes));
                     println!(
