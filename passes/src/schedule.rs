@@ -111,7 +111,26 @@ pub struct Schedule {
     /// Absent in a serialized schedule: f32, as recorded before it existed.
     #[serde(default)]
     pub storage: Storage,
+    /// Tokens per pass over the state of the token-by-token form (`step`) of
+    /// diagonal-gated recurrences: each iteration loads `n` tokens, computes
+    /// their gates and normalizers, then applies their state updates and
+    /// readouts one after the other (tokens past the end are identities), so
+    /// a backend can keep a block of the state on chip (in registers on the
+    /// CPU) through all `n` and read and write the state once per `n` tokens
+    /// instead of once per token. The same arithmetic, token for token, as
+    /// `n = 1`. Delta rules step one token at a time whatever it says. 1 to
+    /// [`MAX_STEP_TOKENS`]; more than 1 only with `step`. Absent in a
+    /// serialized schedule: 1, as recorded before it existed.
+    #[serde(default = "one")]
+    pub step_tokens: u32,
 }
+
+fn one() -> u32 {
+    1
+}
+
+/// The most tokens per pass of the token-by-token form ([`Schedule::step_tokens`]).
+pub const MAX_STEP_TOKENS: u32 = 16;
 
 impl Default for Schedule {
     fn default() -> Self {
@@ -126,6 +145,7 @@ impl Default for Schedule {
             fuse_conv: true,
             block_v: 0,
             storage: Storage::F32,
+            step_tokens: 1,
         }
     }
 }
@@ -148,6 +168,13 @@ impl Schedule {
         Schedule { step: true, block_q: DECODE_BLOCK_Q, ..Schedule::default() }
     }
 
+    /// The token-by-token form over `n` tokens per pass of the state
+    /// ([`Schedule::step_tokens`]): a prefill schedule for CPUs, where the
+    /// state does not fit the first-level cache.
+    pub fn steps(n: u32) -> Schedule {
+        Schedule { step_tokens: n, ..Schedule::decode() }
+    }
+
     /// Checks the schedule's own consistency.
     pub fn validate(&self) -> Result<(), String> {
         let pow2 = |x: u32| x.is_power_of_two();
@@ -162,6 +189,12 @@ impl Schedule {
         }
         if self.block_v != 0 && (!pow2(self.block_v) || self.block_v < 16) {
             return Err(format!("value block {} must be 0 (no split) or a power of two of at least 16", self.block_v));
+        }
+        if !(1..=MAX_STEP_TOKENS).contains(&self.step_tokens) {
+            return Err(format!("tokens per step {} must be 1 to {MAX_STEP_TOKENS}", self.step_tokens));
+        }
+        if self.step_tokens > 1 && !self.step {
+            return Err(format!("{} tokens per step need the token-by-token form (step)", self.step_tokens));
         }
         Ok(())
     }

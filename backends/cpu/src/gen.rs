@@ -50,6 +50,30 @@ struct DotArgs {
     shape: Vec<u32>,
 }
 
+/// One token of a recurrence's step form: `r1 = acc + kᵀ·v` (`k` is `[m, 1]`,
+/// or `[1, m]` transposed), `r2 = q·r1` (see [`Gen::step_pair`]).
+struct StepPair {
+    r1: TValue,
+    r2: TValue,
+    k: TValue,
+    trans_a: bool,
+    v: TValue,
+    acc: Option<TValue>,
+    q: TValue,
+}
+
+/// How a step pair's update reads the state before it (see [`Gen::update_of`]).
+enum Update {
+    /// No accumulator: `S = kᵀ·v`.
+    Zero,
+    /// `S + kᵀ·v`, the state being this value.
+    Add(TValue),
+    /// `d ⊙ S + kᵀ·v` (state, decay), the decay one value per row or for all.
+    Decay(TValue, TValue),
+    /// Any other elementwise expression of the state, evaluated at each point.
+    Generic(TValue),
+}
+
 /// A reduction being emitted.
 struct Red {
     func: ReduceFn,
@@ -1028,9 +1052,11 @@ impl<'a, 'k> Gen<'a, 'k> {
     fn block(&mut self, b: &'k Block) -> Res<()> {
         let mut i = 0;
         while let Some(s) = b.stmts.get(i) {
-            if let Some(next) = b.stmts.get(i + 1) {
-                if self.emit_rank1_readout(s, next)? {
-                    i += 2;
+            if self.target.fma && self.target.x86 {
+                let (pairs, used) = self.step_chain(&b.stmts[i..]);
+                if !pairs.is_empty() {
+                    self.emit_step_chain(&pairs)?;
+                    i += used;
                     continue;
                 }
             }
@@ -2002,111 +2028,377 @@ impl<'a, 'k> Gen<'a, 'k> {
         Ok(())
     }
 
-    /// A rank-1 update followed by a one-row product of its result, `S' = acc +
-    /// kᵀ·v; o = q·S'` (a recurrence's token step): one pass over the state,
-    /// panel by panel of 16 columns, each new row of `S'` stored and folded
-    /// into four accumulators of `o` while in registers. Returns `false`
-    /// (emitting nothing) when the two statements are not of that shape.
-    fn emit_rank1_readout(&mut self, s1: &'k Stmt, s2: &'k Stmt) -> Res<bool> {
-        const NV: usize = 4;
-        if !(self.target.fma && self.target.x86) {
-            return Ok(false);
-        }
+    /// One token of a recurrence's step form at `s1`, `s2`: a rank-1 update
+    /// followed by a one-row product of its result, `S' = acc + kᵀ·v; o = q·S'`,
+    /// with `S'` at least 16 columns wide (a multiple of 16) and `v` a tile.
+    fn step_pair(&self, s1: &'k Stmt, s2: &'k Stmt) -> Option<StepPair> {
         let (
-            TOp::Dot { a: a1, b: b1, acc: acc1, trans_a: ta1, trans_b: false },
-            TOp::Dot { a: a2, b: b2, acc: None, trans_a: false, trans_b: false },
+            TOp::Dot { a: k, b: v, acc, trans_a, trans_b: false },
+            TOp::Dot { a: q, b: b2, acc: None, trans_a: false, trans_b: false },
         ) = (&s1.op, &s2.op)
         else {
-            return Ok(false);
+            return None;
         };
-        let (Some(&r1), Some(&r2)) = (s1.results.first(), s2.results.first()) else { return Ok(false) };
-        if *b2 != r1 || *a2 == r1 || self.repr(r1) != Repr::Tile || self.repr(r2) != Repr::Tile {
-            return Ok(false);
+        let (&r1, &r2) = (s1.results.first()?, s2.results.first()?);
+        if *b2 != r1 || *q == r1 || self.repr(r1) != Repr::Tile || self.repr(r2) != Repr::Tile {
+            return None;
         }
-        let (sh1, sh2, ash) = (self.shape(r1), self.shape(r2), self.shape(*a1));
-        let kk = if *ta1 { ash.first() } else { ash.get(1) }.copied().unwrap_or(0);
+        let (sh1, sh2, ash) = (self.shape(r1), self.shape(r2), self.shape(*k));
+        let kk = if *trans_a { ash.first() } else { ash.get(1) }.copied().unwrap_or(0);
         if kk != 1 || sh1.len() != 2 || sh2 != [1, sh1[1]] || sh1[1] < 16 || sh1[1] % 16 != 0 {
-            return Ok(false);
+            return None;
         }
         let (l1, l2) = (self.plan.dot_layout(self.k, s1), self.plan.dot_layout(self.k, s2));
-        if l1.b_packed || l2.b_packed || self.plan.view(self.k, *b1).is_none() {
-            return Ok(false);
+        if l1.b_packed || l2.b_packed || self.plan.view(self.k, *v).is_none() {
+            return None;
         }
+        Some(StepPair { r1, r2, k: *k, trans_a: *trans_a, v: *v, acc: *acc, q: *q })
+    }
+
+    /// The tile values a value's lazy expression reads (itself if a tile).
+    fn tile_leaves(&self, v: TValue) -> Vec<TValue> {
+        let (mut out, mut stack, mut seen) = (Vec::new(), vec![v], std::collections::HashSet::new());
+        while let Some(x) = stack.pop() {
+            if !seen.insert(x) {
+                continue;
+            }
+            match self.repr(x) {
+                Repr::Tile => out.push(x),
+                Repr::Lazy => stack.extend(self.def(x).map(|s| s.op.operands()).unwrap_or_default()),
+                Repr::Scalar => {}
+            }
+        }
+        out
+    }
+
+    /// A run of step pairs from the start of `stmts`, each after the first
+    /// updating the previous one's state (its `acc` an elementwise expression
+    /// of it, read element for element, with only lazy statements in
+    /// between), the intermediate states read by nothing else: a recurrence's
+    /// step form over several tokens (`Schedule::step_tokens`). Returns the
+    /// pairs and how many statements they span (none: not a step pair).
+    fn step_chain(&self, stmts: &'k [Stmt]) -> (Vec<StepPair>, usize) {
+        let (Some(s1), Some(s2)) = (stmts.first(), stmts.get(1)) else { return (vec![], 0) };
+        let Some(first) = self.step_pair(s1, s2) else { return (vec![], 0) };
+        let mut pairs = vec![first];
+        let mut pos = 2;
+        loop {
+            let mut end = pos;
+            while stmts
+                .get(end)
+                .is_some_and(|s| !s.results.is_empty() && s.results.iter().all(|r| self.repr(*r) == Repr::Lazy))
+            {
+                end += 1;
+            }
+            let (Some(s1), Some(s2)) = (stmts.get(end), stmts.get(end + 1)) else { break };
+            let Some(p) = self.step_pair(s1, s2) else { break };
+            if !self.chains(&pairs, &p, &stmts[pos..end], s1, &stmts[pos - 1]) {
+                break;
+            }
+            pairs.push(p);
+            pos = end + 2;
+        }
+        (pairs, pos)
+    }
+
+    /// Whether pair `p` (its update at `s1`, after the lazy statements `gap`)
+    /// continues the chain `pairs` (whose last readout is `s2_prev`).
+    fn chains(&self, pairs: &[StepPair], p: &StepPair, gap: &'k [Stmt], s1: &Stmt, s2_prev: &Stmt) -> bool {
+        let Some(prev) = pairs.last() else { return false };
+        let Some(acc) = p.acc else { return false };
+        if self.shape(p.r1) != self.shape(prev.r1) || self.plan.yielded(prev.r1) != 0 {
+            return false;
+        }
+        // `acc` reads the previous state element for element, and no other
+        // state or readout of the chain (those are not in memory).
+        let root = self.plan.root(prev.r1);
+        if self.plan.reads(self.k, acc).get(&root) != Some(&true) {
+            return false;
+        }
+        let chain: Vec<TValue> = pairs.iter().flat_map(|x| [x.r1, x.r2]).chain([p.r1, p.r2]).collect();
+        let bad = |v: TValue, allowed: Option<TValue>| {
+            self.tile_leaves(v).iter().any(|l| {
+                Some(*l) != allowed
+                    && (chain.contains(l)
+                        || self.plan.root(*l) == root
+                        || pairs.iter().any(|x| self.plan.root(*l) == self.plan.root(x.r1)))
+            })
+        };
+        if bad(acc, Some(prev.r1)) || bad(p.k, None) || bad(p.v, None) || bad(p.q, None) {
+            return false;
+        }
+        // Inside the loop that stores this pair's state row by row, only the
+        // first pair's state is read (the rest is copied out before it): it
+        // must not share this state's slot (the plan may give a tile that
+        // died earlier the slot), unless it is the same tile read element for
+        // element. So later updates are `S + kᵀv` or `d ⊙ S + kᵀv`, `d` read
+        // before the loop.
+        if let Update::Generic(_) = self.update_of(p, Some(prev.r1), &self.shape(p.r1)) {
+            return false;
+        }
+        let (Some(first), Some(slot)) = (pairs.first(), self.plan.slot(p.r1)) else { return false };
+        if let Some(a) = first.acc {
+            let ident = self.plan.reads(self.k, a);
+            let own = self.plan.root(p.r1);
+            let clash = self.tile_leaves(a).into_iter().any(|l| {
+                let r = self.plan.root(l);
+                self.plan.slot(l) == Some(slot) && !(r == own && ident.get(&r) == Some(&true))
+            });
+            if clash {
+                return false;
+            }
+        }
+        // The previous state, and the gap's values, feed only this update.
+        let inside =
+            |u: &&Stmt| std::ptr::eq(*u, s1) || std::ptr::eq(*u, s2_prev) || gap.iter().any(|g| std::ptr::eq(*u, g));
+        self.plan.users(prev.r1).iter().all(inside)
+            && gap.iter().flat_map(|g| &g.results).all(|r| {
+                self.plan.yielded(*r) == 0
+                    && self
+                        .plan
+                        .users(*r)
+                        .iter()
+                        .all(|u| std::ptr::eq(*u, s1) || gap.iter().any(|g| std::ptr::eq(*u, g)))
+            })
+    }
+
+    /// How pair `p`'s update reads the state before it: `prev`, the previous
+    /// pair's (none for the first pair, whose state is any value of the
+    /// state's shape `sh`).
+    fn update_of(&self, p: &StepPair, prev: Option<TValue>, sh: &[u32]) -> Update {
+        let Some(c) = p.acc else { return Update::Zero };
+        let is_state = |x: TValue| match prev {
+            Some(s) => x == s,
+            None => self.shape(x) == sh,
+        };
+        // A decay the same along the columns: a row's one value, or one for all.
+        let per_row = |d: TValue| {
+            let ds = self.shape(d);
+            let along = ds.len().checked_sub(1).map_or(1, |a| ds[a]);
+            (ds.len() < 2 || along == 1) && prev.is_none_or(|s| !self.tile_leaves(d).contains(&s))
+        };
+        if let Ok(TOp::Binary(BinaryFn::Mul, a, b)) = self.def(c).map(|s| &s.op) {
+            if is_state(*a) && per_row(*b) {
+                return Update::Decay(*a, *b);
+            }
+            if is_state(*b) && per_row(*a) {
+                return Update::Decay(*b, *a);
+            }
+        }
+        if is_state(c) {
+            return Update::Add(c);
+        }
+        Update::Generic(c)
+    }
+
+    /// A chain of step pairs (see [`Gen::step_chain`]), `S_t = acc_t + k_tᵀ·v_t;
+    /// o_t = q_t·S_t` with `acc_t` computed from `S_{t−1}`: one pass over the
+    /// state, panel by panel of 16 columns and row by row, each row's panel
+    /// of the state loaded once, taken through every token's update in
+    /// registers and stored; the intermediate states are never stored. A
+    /// decayed update `acc = d ⊙ S` is `S·d + k·v` (one FMA on the chain from
+    /// token to token). First every token's `k`, `q` and decay go to one
+    /// scratch as broadcast vectors, row by row (`[m][tokens][k, q, d]`, no
+    /// shuffles in the loop), and its `v` to another: the loop reads them at
+    /// constant offsets from three addresses (a base address per operand
+    /// would each take a register).
+    fn emit_step_chain(&mut self, pairs: &[StepPair]) -> Res<()> {
+        let Some(last) = pairs.last() else { return Ok(()) };
+        // One token: panels of 16 columns (the state's four vectors, the
+        // broadcasts and four accumulators of `o` fit the 16 vector registers).
+        const NV: usize = 4;
+        let sh1 = self.shape(last.r1);
         let (m, n) = (sh1[0] as i64, sh1[1] as i64);
-        let t1 = if l1.a_temp.is_some() { self.plan.temps(s1).first().copied() } else { None };
-        let (kbase, kst) = self.dot_operand(*a1, t1)?;
-        let ki = if *ta1 { kst[1] } else { kst[0] };
-        let (vbase, _) = self.dot_operand(*b1, None)?;
-        // The plan lets the second dot's scratch and result reuse what the
-        // first one reads (dead by then in statement order): here both run
-        // together, so `q` (if computed) and `o` go to private slots.
-        let private = |g: &mut Self, bytes: u32| {
-            let slot = g.b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, bytes, 4));
-            g.b.ins().stack_addr(I64, slot, 0)
-        };
-        let (qbase, ql) = match self.plan.view(self.k, *a2) {
-            Some(w) => {
-                let slot = self.plan.slot_of_root(w.root).ok_or_else(|| self.kerr("dot operand without a slot"))?;
-                (self.slot_addr(slot)?, w.strides[1])
-            }
-            None => {
-                let base = private(self, (m * 4) as u32);
-                self.materialize(*a2, base, None)?;
-                (base, 1)
-            }
-        };
-        let sdst = self.tile_addr(r1)?;
-        let odst = private(self, (n * 4) as u32);
+        let ntok = pairs.len();
         let map = identity_map(&sh1);
-        let ro = MemFlagsData::new().with_notrap().with_readonly().with_can_move();
-        if let Some(c) = acc1 {
-            self.pin_uniform(*c)?;
+        let updates: Vec<Update> = pairs
+            .iter()
+            .enumerate()
+            .map(|(t, p)| self.update_of(p, t.checked_sub(1).map(|u| pairs[u].r1), &sh1))
+            .collect();
+        let private = |g: &mut Self, bytes: i64| {
+            g.b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, bytes as u32, 4))
+        };
+        let tok_bytes = 48 * ntok as i64;
+        let (pslot, vslot, oslot) =
+            (private(self, m * tok_bytes), private(self, n * 4 * ntok as i64), private(self, n * 4 * ntok as i64));
+        for (t, (p, u)) in pairs.iter().zip(&updates).enumerate() {
+            // Row `i` of `k` and `q` (`[1, m]`, or `k` as `[m, 1]`), and the decay.
+            let along = |len: u32| (len != 1).then_some(0u8);
+            let kmap: Map = if p.trans_a { vec![None, along(m as u32)] } else { vec![along(m as u32), None] };
+            let qmap: Map = vec![None, along(m as u32)];
+            let decay = match u {
+                Update::Decay(_, d) => Some((*d, broadcast_map(&self.shape(*d), &sh1, &[along(m as u32), None]))),
+                _ => None,
+            };
+            let base = self.b.ins().stack_addr(I64, pslot, 0);
+            let vector = self.vectorize;
+            self.for_points(&[m as u32, 1], vector, &mut |g, pt| {
+                let row = g.b.ins().imul_imm_s(pt.idx[0], tok_bytes);
+                let row = g.b.ins().iadd(base, row);
+                // Four rows at a time where vectorized: each lane broadcast.
+                let lanes = if pt.vaxis.is_some() { 4 } else { 1 };
+                let put = |g: &mut Self, x: Value, at: i64| {
+                    for l in 0..lanes {
+                        let xl = if g.lanes(x) > 1 { g.b.ins().extractlane(x, l as u8) } else { x };
+                        let xl = g.b.ins().splat(F32X4, xl);
+                        g.b.ins().store(flags(), xl, row, (at + tok_bytes * l) as i32);
+                    }
+                };
+                let off = 48 * t as i64;
+                let kx = g.eval(p.k, &kmap, pt)?;
+                put(g, kx, off);
+                let qx = g.eval(p.q, &qmap, pt)?;
+                put(g, qx, off + 16);
+                if let Some((d, dmap)) = &decay {
+                    let dx = g.eval(*d, dmap, pt)?;
+                    put(g, dx, off + 32);
+                }
+                Ok(())
+            })?;
+            let (vbase, vst) = self.dot_operand(p.v, None)?;
+            if vst.last() != Some(&1) {
+                return Err(self.kerr("step operand `v` is not a contiguous row"));
+            }
+            let dst = self.b.ins().stack_addr(I64, vslot, (n * 4 * t as i64) as i32);
+            self.copy_bytes(dst, vbase, n * 4)?;
+            if ntok > 1 {
+                let zero = self.b.ins().f32const(0.0);
+                let zero = self.b.ins().splat(F32X4, zero);
+                for c in (0..n).step_by(4) {
+                    self.b.ins().stack_store(I64, zero, oslot, (4 * (c + n * t as i64)) as i32);
+                }
+            }
         }
-        self.counted(0, n, (4 * NV) as i64, vec![], &mut |g, j0, _| {
+        let sslot = self.plan.slot(last.r1).ok_or_else(|| self.kerr("step state without a slot"))?;
+        let sslot = *self.slots.get(sslot).ok_or_else(|| self.kerr("missing stack slot"))?;
+        let ro = MemFlagsData::new().with_notrap().with_readonly().with_can_move();
+        for p in pairs {
+            if let Some(c) = p.acc {
+                self.pin_uniform(c)?;
+            }
+        }
+        // Rows per iteration: one with `o` in registers (one token); two
+        // otherwise, their chains of updates independent (twice the work in
+        // flight per chain's latency), sharing the loads of `v` and `o`.
+        let (rows, nv) = if ntok == 1 || m % 2 != 0 { (1usize, NV) } else { (2, 2) };
+        self.counted(0, n, (4 * nv) as i64, vec![], &mut |g, j0, _| {
             let zero = g.b.ins().f32const(0.0);
             let zero = g.b.ins().splat(F32X4, zero);
-            let o = g.counted(0, m, 1, vec![zero; NV], &mut |g, i, o| {
-                let pk = g.b.ins().imul_imm_s(i, ki * 4);
-                let pk = g.b.ins().iadd(kbase, pk);
-                let kb = g.b.ins().load(F32, ro, pk, 0);
-                let kb = g.b.ins().splat(F32X4, kb);
-                let pq = g.b.ins().imul_imm_s(i, ql * 4);
-                let pq = g.b.ins().iadd(qbase, pq);
-                let qb = g.b.ins().load(F32, ro, pq, 0);
-                let qb = g.b.ins().splat(F32X4, qb);
+            // One token: `o` in registers; more: read and written back row by
+            // row (first-level cache), as Cranelift places pure instructions at
+            // their first use, and carried to the end of the row every token's
+            // accumulators would hold its state and `q` there (spilled).
+            let carried = if ntok == 1 { vec![zero; nv] } else { vec![] };
+            let o = g.counted(0, m, rows as i64, carried, &mut |g, i0, o| {
                 let jb = g.b.ins().ishl_imm_s(j0, 2);
-                let crow = g.b.ins().imul_imm_s(i, n * 4);
-                let crow = g.b.ins().iadd(sdst, crow);
-                let crow = g.b.ins().iadd(crow, jb);
-                let pv = g.b.ins().iadd(vbase, jb);
-                let mut out = Vec::with_capacity(NV);
-                for (v, ov) in o.iter().enumerate() {
-                    let c = match acc1 {
-                        Some(c) => {
-                            let j = g.b.ins().iadd_imm_s(j0, 4 * v as i64);
-                            let c = g.eval(*c, &map, &Pt { idx: vec![i, j], vaxis: Some(1) })?;
-                            g.widen(c)
+                let js: Vec<Value> = (0..nv).map(|v| g.b.ins().iadd_imm_s(j0, 4 * v as i64)).collect();
+                let is: Vec<Value> = (0..rows).map(|r| g.b.ins().iadd_imm_s(i0, r as i64)).collect();
+                let prow = g.b.ins().imul_imm_s(i0, tok_bytes);
+                let pbase = g.b.ins().stack_addr(I64, pslot, 0);
+                let prow = g.b.ins().iadd(pbase, prow);
+                let vbase = g.b.ins().stack_addr(I64, vslot, 0);
+                let vrow = g.b.ins().iadd(vbase, jb);
+                let obase = g.b.ins().stack_addr(I64, oslot, 0);
+                let orow = g.b.ins().iadd(obase, jb);
+                // s[r][v]: row `r`'s state, vector `v`.
+                let mut s: Vec<Vec<Value>> = vec![Vec::new(); rows];
+                let mut out = Vec::with_capacity(o.len());
+                for (t, u) in updates.iter().enumerate() {
+                    let voff = (n * 4 * t as i64) as i32;
+                    let mut next: Vec<Vec<Value>> = vec![Vec::with_capacity(nv); rows];
+                    let mut bc = Vec::with_capacity(rows);
+                    for r in 0..rows {
+                        let off = (tok_bytes * r as i64 + 48 * t as i64) as i32;
+                        let kb = g.b.ins().load(F32X4, ro, prow, off);
+                        let qb = g.b.ins().load(F32X4, ro, prow, off + 16);
+                        let db = if let Update::Decay(..) = u {
+                            Some(g.b.ins().load(F32X4, ro, prow, off + 32))
+                        } else {
+                            None
+                        };
+                        bc.push((kb, qb, db));
+                    }
+                    for v in 0..nv {
+                        // Not `can_move`: the same at every row, it would be
+                        // hoisted out of the loop (and spilled).
+                        let bv = g.b.ins().load(F32X4, flags(), vrow, voff + (16 * v) as i32);
+                        let mut ov =
+                            if ntok == 1 { o[v] } else { g.b.ins().load(F32X4, flags(), orow, voff + (16 * v) as i32) };
+                        for (r, &(kb, qb, db)) in bc.iter().enumerate() {
+                            let pt = Pt { idx: vec![is[r], js[v]], vaxis: Some(1) };
+                            // The state before this token: the first token's is read.
+                            let prev = s[r].get(v).copied();
+                            let state = |g: &mut Self, x: TValue| -> Res<Value> {
+                                if let Some(p) = prev {
+                                    return Ok(p);
+                                }
+                                let x = g.eval(x, &map, &pt)?;
+                                Ok(g.widen(x))
+                            };
+                            let sv = match u {
+                                Update::Zero => g.b.ins().fmul(kb, bv),
+                                Update::Add(x) => {
+                                    let c = state(g, *x)?;
+                                    g.b.ins().fma(kb, bv, c)
+                                }
+                                Update::Decay(x, _) => {
+                                    let c = state(g, *x)?;
+                                    let kv = g.b.ins().fmul(kb, bv);
+                                    let d = db.ok_or_else(|| g.kerr("decay without its value"))?;
+                                    g.b.ins().fma(c, d, kv)
+                                }
+                                Update::Generic(c) => {
+                                    if let Some(p) = prev {
+                                        // The previous token's state, in a register.
+                                        let key =
+                                            (pairs[t - 1].r1, map.clone(), vec![Some(is[r]), Some(js[v])], Some(1));
+                                        g.cache.insert(key, p);
+                                    }
+                                    let c = g.eval(*c, &map, &pt)?;
+                                    let c = g.widen(c);
+                                    g.b.ins().fma(kb, bv, c)
+                                }
+                            };
+                            ov = g.b.ins().fma(sv, qb, ov);
+                            next[r].push(sv);
                         }
-                        None => zero,
-                    };
-                    let bv = g.b.ins().load(F32X4, ro, pv, (16 * v) as i32);
-                    let s = g.b.ins().fma(kb, bv, c);
-                    g.b.ins().store(flags(), s, crow, (16 * v) as i32);
-                    out.push(g.b.ins().fma(s, qb, *ov));
+                        if ntok == 1 {
+                            out.push(ov);
+                        } else {
+                            g.b.ins().store(flags(), ov, orow, voff + (16 * v) as i32);
+                        }
+                    }
+                    s = next;
+                }
+                let sbase = g.b.ins().stack_addr(I64, sslot, 0);
+                for (r, sr) in s.iter().enumerate() {
+                    let crow = g.b.ins().imul_imm_s(is[r], n * 4);
+                    let crow = g.b.ins().iadd(sbase, crow);
+                    let crow = g.b.ins().iadd(crow, jb);
+                    for (v, sv) in sr.iter().enumerate() {
+                        g.b.ins().store(flags(), *sv, crow, (16 * v) as i32);
+                    }
                 }
                 Ok(out)
             })?;
-            let pd = g.b.ins().ishl_imm_s(j0, 2);
-            let pd = g.b.ins().iadd(odst, pd);
-            for (v, x) in o.iter().enumerate() {
-                g.b.ins().store(flags(), *x, pd, (16 * v) as i32);
+            if ntok == 1 {
+                let pd = g.b.ins().ishl_imm_s(j0, 2);
+                let base = g.b.ins().stack_addr(I64, oslot, 0);
+                let pd = g.b.ins().iadd(base, pd);
+                for (v, x) in o.iter().enumerate() {
+                    g.b.ins().store(flags(), *x, pd, (16 * v) as i32);
+                }
             }
             Ok(vec![])
         })?;
         self.unpin();
-        let dst = self.tile_addr(r2)?;
-        self.copy_bytes(dst, odst, n * 4)?;
-        Ok(true)
+        for (t, p) in pairs.iter().enumerate() {
+            let dst = self.tile_addr(p.r2)?;
+            let src = self.b.ins().stack_addr(I64, oslot, (n * 4 * t as i64) as i32);
+            self.copy_bytes(dst, src, n * 4)?;
+        }
+        Ok(())
     }
 
     /// A one-row product (`m = 1`, e.g. a recurrence's readout `q·S` or an

@@ -333,6 +333,16 @@ impl<'k> Plan<'k> {
         self.slot_of_root.get(&root).copied()
     }
 
+    /// The statements that read `v` directly (each once).
+    pub fn users(&self, v: TValue) -> &[&'k Stmt] {
+        self.users.get(v.index()).map(|u| u.as_slice()).unwrap_or(&[])
+    }
+
+    /// How many blocks yield `v`.
+    pub fn yielded(&self, v: TValue) -> u32 {
+        self.yielded.get(v.index()).copied().unwrap_or(0)
+    }
+
     /// Scratch slots of a statement.
     pub fn temps(&self, s: &Stmt) -> &[usize] {
         self.temps.get(&stmt_key(s)).map(|v| v.as_slice()).unwrap_or(&[])

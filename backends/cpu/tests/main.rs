@@ -287,6 +287,47 @@ fn every_mixer_every_mode() {
     }
 }
 
+// -------------------------------------------------- multi-token steps --
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, max_shrink_iters: 16, ..ProptestConfig::default() })]
+
+    /// The step form over `n` tokens per pass of the state
+    /// (`Schedule::step_tokens`, one pass of registers over the state on
+    /// x86): every diagonal recurrence of the library against both
+    /// interpreters, at lengths not a multiple of `n` and shorter than it, and
+    /// bit for bit against the one-token step form (the same arithmetic).
+    #[test]
+    fn multi_token_steps_match_the_interpreters(
+        which in prop::sample::select(vec![0usize, 1, 2, 3, 4, 5, 8]),
+        b in 1usize..3,
+        t in prop::sample::select(vec![1usize, 2, 3, 7, 8, 9, 17, 40]),
+        dk in prop::sample::select(vec![8usize, 16, 17, 24]),
+        dv in prop::sample::select(vec![8usize, 16, 24, 40]),
+        n in prop::sample::select(vec![2u32, 4, 8]),
+        block_v in prop::sample::select(vec![0u32, 16]),
+        with_state: bool,
+        seed: u64,
+    ) {
+        let lib = library(dk, dv, 16);
+        let (name, text) = &lib[which];
+        let g = build(text);
+        let ins = random_inputs(&g, &sizes(b, t), seed, with_state);
+        let sched = Schedule { block_v, ..Schedule::steps(n) };
+        check(name, &g, &sched, &ins);
+        let ins: BTreeMap<String, Tensor> = ins
+            .into_iter()
+            .map(|(k, x)| (k, Tensor { data: x.data.iter().map(|v| *v as f32 as f64).collect(), ..x }))
+            .collect();
+        let run = |s: &Schedule| run_cpu(&lower(&g, s).unwrap_or_else(|e| panic!("{name}: {e}")), &ins);
+        let (many, one) = (run(&sched), run(&Schedule { block_v, ..Schedule::decode() }));
+        for (out, x) in &one {
+            let same = many[out].data.iter().zip(&x.data).all(|(a, b)| a == b);
+            prop_assert!(same, "{}: `{}` differs from the one-token step form", name, out);
+        }
+    }
+}
+
 // ------------------------------------------------------- 16-bit storage --
 
 proptest! {
@@ -656,7 +697,8 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 
 /// Times a mixer on the CPU backend (not a check): `cargo test -p mixc-backend-cpu
 /// --test main -- --ignored bench --nocapture`, sized by
-/// MIXC_BENCH_{KIND,B,T,H,D,MODE,CHUNK,THREADS,REPS,BLOCK_V,GATE}.
+/// MIXC_BENCH_{KIND,B,T,H,D,MODE,CHUNK,THREADS,REPS,BLOCK_V,GATE,TOKENS}
+/// (TOKENS: tokens per pass of the step form, MODE=2).
 #[test]
 #[ignore]
 fn bench() {
@@ -686,6 +728,7 @@ fn bench() {
     let g = build(&text);
     let sched = Schedule { block_q: 64, block_k: 64, ..schedule(mode, chunk, 64) };
     let sched = Schedule { block_elems: 1024, block_v: env_or("MIXC_BENCH_BLOCK_V", 0), ..sched };
+    let sched = Schedule { step_tokens: if sched.step { env_or("MIXC_BENCH_TOKENS", 1) } else { 1 }, ..sched };
     let inputs = random_inputs(&g, &sizes(b, t), 1, false);
     let prog = lower(&g, &sched).expect("lower");
     let sizes = prog.bind(&inputs).expect("bind");
@@ -997,7 +1040,8 @@ fn show_code() {
         };
         let g = build(&text);
         let sched = schedule(env_or("MIXC_BENCH_MODE", 0), env_or("MIXC_BENCH_CHUNK", 64), 64);
-        let prog = lower(&g, &Schedule { block_elems: 1024, ..sched }).expect("lower");
+        let tokens = if sched.step { env_or("MIXC_BENCH_TOKENS", 1) } else { 1 };
+        let prog = lower(&g, &Schedule { block_elems: 1024, step_tokens: tokens, ..sched }).expect("lower");
         let want: String = env_or("MIXC_SHOW_KERNEL", String::new());
         k = prog.kernels.iter().find(|k| k.name.contains(&want)).cloned().expect("no such kernel");
         eprintln!("{}", mixc_ir::tile::text::print_kernel(&k));

@@ -31,6 +31,7 @@ fn schedules() -> Vec<(&'static str, mixc_passes::Schedule)> {
         ("split64", Schedule { split: true, ..Schedule::with_chunk(64) }),
         ("split16", Schedule { split: true, ..Schedule::with_chunk(16) }),
         ("step", Schedule::decode()),
+        ("steps4", Schedule::steps(4)),
     ]
 }
 

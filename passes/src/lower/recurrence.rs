@@ -12,6 +12,8 @@
 //! Fused: one program per (batch, head) walks the chunks with the state on
 //! chip. Split: a first kernel walks the chunks writing each chunk-start state
 //! to scratch, a second computes every chunk's output in parallel.
+//! Step (`Schedule::step`): one program per (batch, head) walks the tokens,
+//! `Schedule::step_tokens` of them per iteration (see `token_steps`).
 //!
 //! Under `Schedule::block_v`, every kernel runs one program per value block
 //! as well: `o[:, j]` and the state's column `S[:, j]` need only `v[:, j]`,
@@ -56,6 +58,8 @@ struct Shape {
     vb: ValueBlocks,
     c: u32,
     sub: u32,
+    /// Tokens per iteration of the step form (`Schedule::step_tokens`).
+    tokens: u32,
 }
 
 /// Parameters and per-program scalars of a recurrence kernel.
@@ -135,7 +139,17 @@ pub fn lower(lw: &mut Lowering, op: &OpNode, r: &Recurrence) -> Result<(), Lower
     // A `v` computed by a prologue that normalizes its rows is not split.
     let block_v = if acts[2].column_local() { lw.sched.block_v } else { 0 };
     let vb = ValueBlocks::new(dv, block_v);
-    let shape = Shape { r: *r, dk, dv, dkp: pad16(dk), bv: vb.width, vb, c, sub: lw.sched.sub_chunk.min(c) };
+    let shape = Shape {
+        r: *r,
+        dk,
+        dv,
+        dkp: pad16(dk),
+        bv: vb.width,
+        vb,
+        c,
+        sub: lw.sched.sub_chunk.min(c),
+        tokens: lw.sched.step_tokens.max(1),
+    };
     let (b_dim, t_dim, h_dim) = (qshape[0], qshape[1], qshape[2]);
     let bh = Count::times(Count::Dim(b_dim), Count::Dim(h_dim));
     let nchunks = Count::ceil_div(Count::Dim(t_dim), c as u64);
@@ -451,11 +465,11 @@ fn body(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape, variant: Variant) -> Res<(
         None
     };
     let init = State { s, aux, m };
-    let step = if variant == Variant::Step { kb.i32(1)? } else { step };
+    let step = if variant == Variant::Step { kb.i32(sh.tokens as i64)? } else { step };
     let finals = kb.for_loop(zero_i, ctx.t_len, step, &init.values(), |kb, t0, carried| {
         let st = State::from(carried, &init);
         if variant == Variant::Step {
-            return Ok(token_step(kb, ctx, sh, t0, st)?.values());
+            return Ok(token_steps(kb, ctx, sh, t0, st)?.values());
         }
         if variant == Variant::States {
             let cc = kb.i32(sh.c as i64)?;
@@ -568,6 +582,10 @@ fn cum(kb: &mut KernelBuilder, x: TValue) -> Res<(TValue, TValue)> {
     let [n, w] = kb.ty(x).shape[..] else {
         return Err(TileError::Program("cumulative gates must be 2-D".into()));
     };
+    if n == 1 {
+        // One row (a token step): its own sum and total, without three passes over it.
+        return Ok((x, x));
+    }
     let c = kb.cumsum(x, 0)?;
     let r = kb.arange(n)?;
     let r = kb.expand(r, 1)?;
@@ -800,71 +818,106 @@ fn chunk_update(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape, t0: TValue, st: St
     }
 }
 
-/// One token: the state update with a rank-1 product, then the readout.
-fn token_step(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape, t: TValue, st: State) -> Res<State> {
-    let ct = load_chunk(kb, ctx, sh, t, 1)?;
-    let kv = |kb: &mut KernelBuilder, k: TValue, acc: TValue| kb.dot(k, ct.v, Some(acc), true, false);
-    let next = match sh.r.transition {
-        Transition::Identity => {
-            let s = kv(kb, ct.k, st.s)?;
-            let aux = match st.aux {
-                Some(z) => {
+/// What the state update of one token needs besides the state: its tiles,
+/// the `k` of its rank-1 product (mLSTM: weighted by the input gate), the
+/// factor the state decays by (`None`: 1), and the normalizer and stabilizer
+/// after it.
+struct Token {
+    ct: ChunkTiles,
+    k: TValue,
+    decay: Option<TValue>,
+    aux: Option<TValue>,
+    m: Option<TValue>,
+}
+
+/// `sh.tokens` tokens from `t0` (those past the end load `k = v = 0` and a
+/// decay of 1 — a gate of 0, mLSTM's input gate −∞ — and leave the state as
+/// it is): first every token's loads, gates, normalizer and stabilizer (none
+/// of which reads the state), then the state updates
+/// `S_i = decay_i · S_{i−1} + k_iᵀ v_i`, each followed by its readout
+/// `q_i · S_i` (rank-1 and one-row dots, nothing else in between but
+/// elementwise ops, which the CPU backend runs as one pass over the state),
+/// then the normalized outputs' stores.
+fn token_steps(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape, t0: TValue, st: State) -> Res<State> {
+    let mut toks = Vec::with_capacity(sh.tokens as usize);
+    let (mut aux, mut m) = (st.aux, st.m);
+    for i in 0..sh.tokens {
+        let t = if i == 0 {
+            t0
+        } else {
+            let di = kb.i32(i as i64)?;
+            kb.add(t0, di)?
+        };
+        let ct = load_chunk(kb, ctx, sh, t, 1)?;
+        let tok = match sh.r.transition {
+            Transition::Identity => {
+                if let Some(z) = aux {
                     let kt = kb.reshape(ct.k, &[sh.dkp, 1])?;
-                    Some(kb.add(z, kt)?)
+                    aux = Some(kb.add(z, kt)?);
                 }
-                None => None,
-            };
-            State { s, aux, m: None }
-        }
-        Transition::ScalarDecay | Transition::KeyDecay => {
-            // Γ of one row is its gate; `gsum` is the same value as `[1, w]`.
-            let (_, g) = ct.gamma.ok_or_else(missing)?;
-            let w = kb.ty(g).shape[1];
-            let decay = kb.exp(g)?;
-            let decay = if w == 1 { decay } else { kb.reshape(decay, &[sh.dkp, 1])? };
-            let s = kb.mul(st.s, decay)?;
-            State { s: kv(kb, ct.k, s)?, aux: None, m: None }
-        }
-        Transition::Mlstm => {
-            let (_, lf) = ct.gamma.ok_or_else(missing)?;
-            let ig = ct.igate.ok_or_else(missing)?;
-            let (m0, n0) = (st.m.ok_or_else(missing)?, st.aux.ok_or_else(missing)?);
-            let carry = kb.add(lf, m0)?;
-            let m = kb.max(carry, ig)?;
-            let fl = kb.sub(carry, m)?;
-            let f = kb.exp(fl)?;
-            let il = kb.sub(ig, m)?;
-            let i = kb.exp(il)?;
-            let ki = kb.mul(ct.k, i)?;
-            let s = kb.mul(st.s, f)?;
-            let s = kv(kb, ki, s)?;
-            let kt = kb.reshape(ki, &[sh.dkp, 1])?;
-            let n = kb.mul(n0, f)?;
-            let n = kb.add(n, kt)?;
-            State { s, aux: Some(n), m: Some(m) }
-        }
-        _ => return Err(missing()),
-    };
-    let o = kb.dot(ct.q, next.s, None, false, false)?;
-    let o = match (sh.r.transition, next.aux) {
-        (Transition::Mlstm, Some(n)) => {
-            let qn = kb.dot(ct.q, n, None, false, false)?;
-            let qn = kb.unary(UnaryFn::Abs, qn)?;
-            let negm = kb.unary(UnaryFn::Neg, next.m.ok_or_else(missing)?)?;
-            let floor = kb.exp(negm)?;
-            let den = kb.max(qn, floor)?;
-            let eps = kb.f32(sh.r.eps)?;
-            let den = kb.add(den, eps)?;
-            kb.div(o, den)?
-        }
-        (_, Some(z)) => {
-            let den = kb.dot(ct.q, z, None, false, false)?;
-            let eps = kb.f32(sh.r.eps)?;
-            let den = kb.add(den, eps)?;
-            kb.div(o, den)?
-        }
-        _ => o,
-    };
-    kb.store(ctx.o.ok_or_else(missing)?, ct.out_offs, o, Some(ct.out_mask))?;
-    Ok(next)
+                Token { k: ct.k, decay: None, aux, m: None, ct }
+            }
+            Transition::ScalarDecay | Transition::KeyDecay => {
+                // Γ of one row is its gate; `gsum` is the same value as `[1, w]`.
+                let (_, g) = ct.gamma.ok_or_else(missing)?;
+                let w = kb.ty(g).shape[1];
+                let decay = kb.exp(g)?;
+                let decay = if w == 1 { decay } else { kb.reshape(decay, &[sh.dkp, 1])? };
+                Token { k: ct.k, decay: Some(decay), aux: None, m: None, ct }
+            }
+            Transition::Mlstm => {
+                let (_, lf) = ct.gamma.ok_or_else(missing)?;
+                let ig = ct.igate.ok_or_else(missing)?;
+                let (m0, n0) = (m.ok_or_else(missing)?, aux.ok_or_else(missing)?);
+                let carry = kb.add(lf, m0)?;
+                let mt = kb.max(carry, ig)?;
+                let fl = kb.sub(carry, mt)?;
+                let f = kb.exp(fl)?;
+                let il = kb.sub(ig, mt)?;
+                let i = kb.exp(il)?;
+                let ki = kb.mul(ct.k, i)?;
+                let kt = kb.reshape(ki, &[sh.dkp, 1])?;
+                let n = kb.mul(n0, f)?;
+                let n = kb.add(n, kt)?;
+                (aux, m) = (Some(n), Some(mt));
+                Token { k: ki, decay: Some(f), aux, m, ct }
+            }
+            _ => return Err(missing()),
+        };
+        toks.push(tok);
+    }
+    let mut s = st.s;
+    let mut outs = Vec::with_capacity(toks.len());
+    for tok in &toks {
+        let acc = match tok.decay {
+            Some(d) => kb.mul(s, d)?,
+            None => s,
+        };
+        s = kb.dot(tok.k, tok.ct.v, Some(acc), true, false)?;
+        outs.push(kb.dot(tok.ct.q, s, None, false, false)?);
+    }
+    for (tok, o) in toks.iter().zip(outs) {
+        let q = tok.ct.q;
+        let o = match (sh.r.transition, tok.aux) {
+            (Transition::Mlstm, Some(n)) => {
+                let qn = kb.dot(q, n, None, false, false)?;
+                let qn = kb.unary(UnaryFn::Abs, qn)?;
+                let negm = kb.unary(UnaryFn::Neg, tok.m.ok_or_else(missing)?)?;
+                let floor = kb.exp(negm)?;
+                let den = kb.max(qn, floor)?;
+                let eps = kb.f32(sh.r.eps)?;
+                let den = kb.add(den, eps)?;
+                kb.div(o, den)?
+            }
+            (_, Some(z)) => {
+                let den = kb.dot(q, z, None, false, false)?;
+                let eps = kb.f32(sh.r.eps)?;
+                let den = kb.add(den, eps)?;
+                kb.div(o, den)?
+            }
+            _ => o,
+        };
+        kb.store(ctx.o.ok_or_else(missing)?, tok.ct.out_offs, o, Some(tok.ct.out_mask))?;
+    }
+    Ok(State { s, aux, m })
 }

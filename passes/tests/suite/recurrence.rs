@@ -8,7 +8,7 @@ use mixc_ir::interp::Tensor;
 use mixc_ir::mixers::random_inputs;
 use mixc_ir::ops::{OpKind, Recurrence, Transition};
 use mixc_ir::tile::interp::Precision;
-use mixc_passes::Schedule;
+use mixc_passes::{lower, Schedule};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 
@@ -117,6 +117,58 @@ proptest! {
         let sched = Schedule { split, ..Schedule::with_chunk(chunk) };
         check(&g, &sched, &ins, Precision::F32, 1e-4);
     }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// The step form over `n` tokens per pass of the state (`step_tokens`)
+    /// against the reference, at lengths that are not multiples of `n` and
+    /// shorter than it (a decode step is `T = 1`), with and without an initial
+    /// state, whole or in value blocks; and against the one-token step form,
+    /// which does the same arithmetic token for token: the same bits.
+    #[test]
+    fn multi_token_steps_match_the_reference(
+        which in 0usize..5,
+        b in 1usize..3,
+        h in 1u64..3,
+        dk in prop::sample::select(vec![4u64, 16, 17, 24, 40]),
+        dv in prop::sample::select(vec![3u64, 16, 24, 33]),
+        t in prop::sample::select(vec![1usize, 2, 3, 5, 7, 8, 9, 17, 31, 40]),
+        n in prop::sample::select(vec![2u32, 4, 8]),
+        block_v in prop::sample::select(vec![0u32, 16]),
+        with_initial: bool,
+        seed: u64,
+    ) {
+        let (tr, normalize) = transition(which);
+        let g = recurrence_graph(tr, normalize, true, h, dk, dv);
+        let mut ins = inputs(&g, b, t, seed, with_initial);
+        if normalize {
+            make_positive(&mut ins);
+        }
+        let sched = Schedule { block_v, ..Schedule::steps(n) };
+        check(&g, &sched, &ins, Precision::F64, tol(Precision::F64));
+        check(&g, &sched, &ins, Precision::F32, tol(Precision::F32));
+        let one = Schedule { block_v, ..Schedule::decode() };
+        let run = |s: &Schedule| lower(&g, s).unwrap().run(&ins, Precision::F32).unwrap().0;
+        let (many, single) = (run(&sched), run(&one));
+        for (name, x) in &single {
+            prop_assert_eq!(rel_err(&many[name], x), 0.0, "output `{}`", name);
+        }
+    }
+}
+
+#[test]
+fn step_tokens_are_validated() {
+    assert!(Schedule::steps(8).validate().is_ok());
+    assert!(Schedule::steps(0).validate().is_err());
+    assert!(Schedule::steps(17).validate().is_err());
+    assert!(Schedule { step_tokens: 4, ..Schedule::default() }.validate().is_err());
+    // A schedule recorded before the field existed reads one token per step.
+    let mut old = toml::Table::try_from(Schedule::decode()).unwrap();
+    old.remove("step_tokens");
+    let back: Schedule = old.try_into().unwrap();
+    assert_eq!(back, Schedule::decode());
 }
 
 /// The prefill really is chunked: the diagonal-gated programs do their work as
