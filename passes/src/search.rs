@@ -6,7 +6,7 @@ use crate::device::{DeviceKind, DeviceProfile};
 use crate::lower::{lower, LowerError};
 use crate::schedule::Schedule;
 use mixc_ir::graph::Graph;
-use mixc_ir::ops::OpKind;
+use mixc_ir::ops::{OpKind, Transition};
 use std::collections::BTreeMap;
 
 /// One priced schedule.
@@ -26,22 +26,38 @@ pub struct Candidate {
 /// them faster. Add 32 and 64 back when the model prices that work right.
 const VALUE_BLOCKS: [u32; 1] = [0];
 
+/// Tokens per pass of the state tried for the token-by-token form of
+/// diagonal recurrences besides one (`Schedule::step_tokens`): on the CPU the
+/// state is read and written once per pass, and 4–8 tokens a pass measured
+/// 1.3–1.6× faster than one (GLA, B=1, H=16, T=2048–8192, bench/RESULTS.md).
+const STEP_TOKENS: [u32; 2] = [4, 8];
+
 /// The schedules worth trying for a graph: chunk sizes × fused/split and the
-/// token-by-token form for recurrences, each whole or split into value blocks
+/// token-by-token form (one token or [`STEP_TOKENS`] a pass) for recurrences, each whole or split into value blocks
 /// of [`VALUE_BLOCKS`] columns (those narrower than the widest value head
 /// dim); query/key block sizes for attention; and, for a graph with a short
 /// causal convolution, each of those with the convolution inside the
-/// recurrence's kernels and as kernels of its own.
-pub fn enumerate(g: &Graph) -> Vec<Schedule> {
-    let base = enumerate_blocks(g);
+/// recurrence's kernels and as kernels of its own. Several tokens a pass only
+/// on a CPU: there the backend keeps the state in registers through a pass;
+/// the GPU backend keeps it in shared memory either way and has not been
+/// measured with them.
+pub fn enumerate(g: &Graph, kind: DeviceKind) -> Vec<Schedule> {
+    let base = enumerate_blocks(g, kind);
     if !g.ops.iter().any(|o| matches!(o.kind, OpKind::CausalConv1d { .. })) {
         return base;
     }
     base.into_iter().flat_map(|s| [s, Schedule { fuse_conv: false, ..s }]).collect()
 }
 
-fn enumerate_blocks(g: &Graph) -> Vec<Schedule> {
+fn enumerate_blocks(g: &Graph, kind: DeviceKind) -> Vec<Schedule> {
     let has_rec = g.ops.iter().any(|o| matches!(o.kind, OpKind::LinearRecurrence(_)));
+    // Delta rules step one token at a time whatever `step_tokens` says.
+    let multi_token = has_rec
+        && kind == DeviceKind::Cpu
+        && g.ops.iter().all(|o| match &o.kind {
+            OpKind::LinearRecurrence(r) => !matches!(r.transition, Transition::Delta | Transition::GatedDelta),
+            _ => true,
+        });
     let has_attn = g.ops.iter().any(|o| matches!(o.kind, OpKind::Attention { .. }));
     let mut rec: Vec<Schedule> = vec![Schedule::default()];
     if has_rec {
@@ -51,6 +67,7 @@ fn enumerate_blocks(g: &Graph) -> Vec<Schedule> {
             .into_iter()
             .flat_map(|c| [false, true].map(|split| Schedule { split, ..Schedule::with_chunk(c) }))
             .chain([Schedule::decode()])
+            .chain(STEP_TOKENS.into_iter().filter(|_| multi_token).map(Schedule::steps))
             .flat_map(|s| blocks.iter().map(move |&block_v| Schedule { block_v, ..s }))
             .collect();
     }
@@ -87,7 +104,7 @@ pub fn search_with(
     resources: Resources,
 ) -> Result<Vec<Candidate>, LowerError> {
     let mut out = Vec::new();
-    for schedule in enumerate(g) {
+    for schedule in enumerate(g, dev.kind) {
         let prog = lower(g, &schedule)?;
         let cost = price_with(&prog, free, dev, resources);
         let worst = cost.kernels.iter().map(|k| k.footprint).max().unwrap_or(0);

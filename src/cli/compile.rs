@@ -36,8 +36,15 @@ pub fn run(args: &CompileArgs) -> Result<String, mixc::Error> {
 
 /// The schedule a mixer is compiled under: `--chunk`, else the table's chunk,
 /// else (`chunk = "auto"`) the cost model's pick for the target at `--sizes`;
-/// `--split`, `--block-v` and `--storage` on top.
+/// `--split`, `--block-v` and `--storage` on top. `--step-tokens N`: the
+/// token-by-token form, N tokens a pass.
 fn schedule_of(g: &mixc::NamedGraph, args: &CompileArgs) -> Result<mixc_passes::Schedule, mixc::Error> {
+    if let Some(n) = args.step_tokens {
+        let s =
+            mixc_passes::Schedule { block_v: args.block_v, storage: args.storage, ..mixc_passes::Schedule::steps(n) };
+        s.validate().map_err(|why| mixc::Error::Usage(format!("--step-tokens {n}: {why}")))?;
+        return Ok(s);
+    }
     let base = match args.chunk.or(g.chunk) {
         Some(chunk) => mixc_passes::Schedule::with_chunk(chunk),
         None => {

@@ -138,7 +138,9 @@ pub(super) fn size_point(sizes: Option<&str>, dev: &DeviceProfile) -> Result<BTr
 }
 
 fn describe(s: &Schedule, has_many: bool) -> String {
-    let mut d = if s.step {
+    let mut d = if s.step && s.step_tokens > 1 {
+        format!("token by token, {} a pass", s.step_tokens)
+    } else if s.step {
         "token by token".to_string()
     } else {
         format!("chunk {} {}", s.chunk, if s.split { "split" } else { "fused" })

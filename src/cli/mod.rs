@@ -256,9 +256,15 @@ pub struct CompileArgs {
     #[arg(long)]
     pub split: bool,
     /// Value columns per recurrence program (a power of two ≥ 16): one program
-    /// per (batch, head, block of N value columns); default 0, the whole head.
+    /// per (batch, head, block of N value columns), in the prefill and the
+    /// decode-step programs; default 0, the whole head.
     #[arg(long = "block-v", value_name = "N", default_value_t = 0)]
     pub block_v: u32,
+    /// Compile the prefill of diagonal recurrences in the token-by-token form,
+    /// N tokens (1…16) per pass over the state (the state read and written
+    /// once per N tokens), instead of chunks.
+    #[arg(long = "step-tokens", value_name = "N", conflicts_with_all = ["chunk", "split"])]
+    pub step_tokens: Option<u32>,
     /// The target: cpu, sm_80, sm_90, sm_90a, or cuda (the GPU of the lent machine, sm_90).
     #[arg(long, value_name = "TARGET", default_value = "cpu")]
     pub target: String,

@@ -4,7 +4,7 @@
 use super::recurrence::recurrence_graph;
 use mixc_ir::ops::Transition;
 use mixc_passes::cost::{price, price_with, Bound, KernelResources};
-use mixc_passes::device::DeviceProfile;
+use mixc_passes::device::{DeviceKind, DeviceProfile};
 use mixc_passes::search::search;
 use mixc_passes::{lower, Schedule};
 use std::collections::BTreeMap;
@@ -114,6 +114,52 @@ fn cpu_prices_one_row_and_rank1_dots_as_unpadded_vector_fmas() {
     assert!(gpu >= gpu_floor, "GPU {gpu:e} < {gpu_floor:e}");
 }
 
+/// Several tokens a pass of the state (`Schedule::steps(n)`): the CPU backend
+/// keeps the intermediate states in registers, so only the last update of a
+/// pass pays for storing its state: per token, `(n − 1)·1 + 2` rank-1 units
+/// over `n` instead of 2, the readouts unchanged. The search tries them on the
+/// CPU for diagonal recurrences only (delta rules step one token at a time)
+/// and never on a GPU.
+#[test]
+fn cpu_prices_chained_token_updates_without_their_stores() {
+    let (b, h, dk, dv, t) = (1u64, 4u64, 64u64, 64u64, 256u64);
+    let g = recurrence_graph(Transition::ScalarDecay, false, true, h, dk, dv);
+    let dev = DeviceProfile { matmul_flops: 1e30, launch_s: 0.0, ..DeviceProfile::cpu_default() };
+    let dot_units = |n: u32| {
+        let prog = lower(&g, &Schedule::steps(n)).unwrap();
+        let k = price(&prog, &free(b, t), &dev).kernels[0].clone();
+        // Priced vector work per FLOP of one token's dot (the elementwise
+        // part is the same whatever n is: T is a multiple of it).
+        let per_dot = (2 * b * h * t * dk * dv) as f64;
+        k.compute_s * dev.vector_flops / per_dot
+    };
+    let (one, four, eight) = (dot_units(1), dot_units(4), dot_units(8));
+    // Readout 1 + rank-1 2 → readout 1 + rank-1 (3·1 + 2)/4 → (7 + 2)/8.
+    let saved = |n: f64| 1.0 - 1.0 / n;
+    assert!((one - four - saved(4.0)).abs() < 0.05, "one {one}, four {four}");
+    assert!((one - eight - saved(8.0)).abs() < 0.05, "one {one}, eight {eight}");
+    // The GPU prices the same dots whatever n is.
+    let gpu = |n: u32| {
+        let prog = lower(&g, &Schedule::steps(n)).unwrap();
+        price(&prog, &free(b, t), &DeviceProfile::h100()).kernels[0].compute_s
+    };
+    assert_eq!(gpu(1), gpu(4));
+    // The search: a multi-token step on the CPU for GLA-like gates, none
+    // tried for a delta rule or on a GPU.
+    let tried = |g: &mixc_ir::graph::Graph, kind| {
+        mixc_passes::search::enumerate(g, kind).iter().filter(|s| s.step_tokens > 1).count()
+    };
+    assert_eq!(tried(&g, DeviceKind::Cpu), 2);
+    assert_eq!(tried(&g, DeviceKind::Gpu), 0);
+    let delta = super::util::build(
+        "kind = \"gated_deltanet\"\nheads = 4\ndk = 64\ndv = 64\ngate = { activation = \"mamba\" }\n",
+    );
+    assert_eq!(tried(&delta, DeviceKind::Cpu), 0);
+    let cands = search(&g, &free(b, 2048), &dev).unwrap();
+    let rank = |n: u32| cands.iter().position(|c| c.schedule == Schedule::steps(n)).unwrap();
+    assert!(rank(8) < rank(1) && rank(4) < rank(1), "ranks {} {} {}", rank(1), rank(4), rank(8));
+}
+
 /// The GPU latency term: `waves × per-program time`, the per-program time
 /// summed from the profile's terms over the statements one program runs
 /// (counted: per chunk, loads of q, k, v and the gate and four `dot`s, plus the
@@ -164,7 +210,7 @@ fn search_tries_the_convolution_fused_and_apart() {
     let g = super::util::build(
         "kind = \"gated_deltanet\"\nheads = 16\ndk = 128\ndv = 128\nshort_conv = 4\ngate = { activation = \"mamba\" }\n",
     );
-    let all = mixc_passes::search::enumerate(&g);
+    let all = mixc_passes::search::enumerate(&g, DeviceKind::Gpu);
     assert!(all.iter().any(|s| s.fuse_conv) && all.iter().any(|s| !s.fuse_conv));
     let cands = search(&g, &free(8, 4096), &DeviceProfile::h100()).unwrap();
     assert!(cands[0].schedule.fuse_conv, "pick: {:?}", cands[0].schedule);
@@ -176,5 +222,5 @@ fn search_tries_the_convolution_fused_and_apart() {
     assert!(fused.0 < apart.0 && fused.1 < apart.1, "fused {fused:?}, apart {apart:?}");
     // No convolution: nothing to try.
     let plain = super::util::build("kind = \"gla\"\nheads = 4\ndk = 64\ndv = 64\n");
-    assert!(mixc_passes::search::enumerate(&plain).iter().all(|s| s.fuse_conv));
+    assert!(mixc_passes::search::enumerate(&plain, DeviceKind::Gpu).iter().all(|s| s.fuse_conv));
 }
