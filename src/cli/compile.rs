@@ -62,13 +62,13 @@ fn bundle(graphs: &[mixc::NamedGraph], args: &CompileArgs, dir: &std::path::Path
     Ok(format!("wrote {n} programs for {} to {}\n", args.target, dir.display()))
 }
 
-/// Code generation options from `--matmul`.
+/// Code generation options from `--matmul`, `--precise-exp` and `--ctas-per-sm`.
 #[cfg(feature = "llvm")]
 fn options(args: &CompileArgs) -> Result<mixc::gpu::Options, mixc::Error> {
     let matmul = mixc::gpu::Matmul::parse(&args.matmul).ok_or_else(|| {
         mixc::Error::Usage(format!("unknown --matmul `{}` (expected tf32x3, bf16 or simt)", args.matmul))
     })?;
-    Ok(mixc::gpu::Options { matmul, fast_exp: !args.precise_exp })
+    Ok(mixc::gpu::Options { matmul, fast_exp: !args.precise_exp, ctas_per_sm: args.ctas_per_sm })
 }
 
 #[cfg(not(feature = "llvm"))]

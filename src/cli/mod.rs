@@ -281,6 +281,12 @@ pub struct CompileArgs {
     /// the hardware's `ex2.approx` (a few ulp; faster).
     #[arg(long)]
     pub precise_exp: bool,
+    /// CTAs per SM each GPU kernel asks ptxas to leave room for
+    /// (`.minnctapersm`): registers per thread are then capped at 65536 /
+    /// (threads · N), spilling past that. 1 lets a kernel use up to 255.
+    #[arg(long = "ctas-per-sm", value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=32))]
+    pub ctas_per_sm: u32,
     /// The dtype the kernels read and write activations in: f32 (the default),
     /// bf16 or f16 (q, k, v, gates, beta, o, ...: the tensors flash-linear-attention
     /// and cuDNN take in bf16), computing in f32; recurrent states, normalizers and

@@ -108,7 +108,7 @@ pub(crate) fn compile(k: &Kernel, target: Target, opts: Options) -> R<PtxKernel>
     md.set_triple(&triple);
     md.set_data_layout(&tm.get_target_data().get_data_layout());
 
-    let f = declare_kernel(&cx, &md, k, &name, plan.threads, plan.scratch_bytes > 0)?;
+    let f = declare_kernel(&cx, &md, k, &name, plan.threads, plan.scratch_bytes > 0, opts.ctas_per_sm)?;
     let b = cx.create_builder();
     let entry = cx.append_basic_block(f, "entry");
     b.position_at_end(entry);
@@ -176,6 +176,7 @@ fn declare_kernel<'ctx>(
     name: &str,
     threads: u32,
     scratch: bool,
+    ctas_per_sm: u32,
 ) -> R<FunctionValue<'ctx>> {
     let gptr = cx.ptr_type(AddressSpace::from(1u16));
     let mut tys: Vec<BasicMetadataTypeEnum> = k
@@ -193,9 +194,11 @@ fn declare_kernel<'ctx>(
     let f = md.add_function(name, cx.void_type().fn_type(&tys, false), None);
     f.set_call_conventions(PTX_KERNEL_CC);
     f.add_attribute(AttributeLoc::Function, cx.create_string_attribute("nvvm.maxntid", &threads.to_string()));
-    // `.minnctapersm 1`: without it ptxas aims at full occupancy (32 registers
-    // at 2048 threads per SM) and spills rather than use more registers.
-    f.add_attribute(AttributeLoc::Function, cx.create_string_attribute("nvvm.minctasm", "1"));
+    // `.minnctapersm` (1 by default): without it ptxas aims at full occupancy
+    // (32 registers at 2048 threads per SM) and spills rather than use more
+    // registers; `Options::ctas_per_sm` asks for more CTAs, fewer registers.
+    let ctas = ctas_per_sm.clamp(1, (2048 / threads.max(1)).max(1));
+    f.add_attribute(AttributeLoc::Function, cx.create_string_attribute("nvvm.minctasm", &ctas.to_string()));
     let mut stored = vec![false; k.params.len()];
     k.walk(&mut |s| {
         if let TOp::Store { ptr, .. } = &s.op {

@@ -216,11 +216,18 @@ pub struct Options {
     /// were padded it made GLA 30% slower: its diagonal blocks' exponentials
     /// then waited behind 16-way bank conflicts.)
     pub fast_exp: bool,
+    /// The CTAs per SM each kernel asks `ptxas` to make room for
+    /// (`.minnctapersm`): it then keeps a thread's registers within
+    /// `65536 / (threads · N)`, spilling past that. 1 (the default) lets a
+    /// kernel take what it needs (up to 255 a thread): most kernels are
+    /// compute- or latency-bound and spill-free at 1; memory-bound ones (decode
+    /// steps) may gain from the occupancy more.
+    pub ctas_per_sm: u32,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { matmul: Matmul::default(), fast_exp: true }
+        Options { matmul: Matmul::default(), fast_exp: true, ctas_per_sm: 1 }
     }
 }
 
