@@ -18,12 +18,12 @@ cargo build --release --features llvm
 chunk=(${CHUNK:+--chunk "$CHUNK"})
 for f in models/*.toml; do
   name=$(basename "$f" .toml)
-  ./target/release/mixc compile "$f" --target sm_90 -o "$out/bundles/$name" "${chunk[@]}" >/dev/null
+  "${CARGO_TARGET_DIR:-target}"/release/mixc compile "$f" --target sm_90 -o "$out/bundles/$name" "${chunk[@]}" >/dev/null
 done
 # The anchors' precision: bf16 tensor-core dots, bf16 activations in memory.
-./target/release/mixc compile models/bench/anchors.toml --target sm_90 --matmul bf16 --storage bf16 \
+"${CARGO_TARGET_DIR:-target}"/release/mixc compile models/bench/anchors.toml --target sm_90 --matmul bf16 --storage bf16 \
   -o "$out/bundles-bf16/anchors" "${chunk[@]}" >/dev/null
-./target/release/mixc compile models/bench/anchors.toml --target sm_90 -o "$out/bundles-f32/anchors" "${chunk[@]}" >/dev/null
+"${CARGO_TARGET_DIR:-target}"/release/mixc compile models/bench/anchors.toml --target sm_90 -o "$out/bundles-f32/anchors" "${chunk[@]}" >/dev/null
 # LLVM linked statically: llvm-sys (prefer-dynamic) falls back to the static
 # libraries when llvm-config refuses --link-shared (scripts/llvm-static).
 LLVM_SYS_221_PREFIX="$PWD/scripts/llvm-static" CARGO_TARGET_DIR="${STATIC_TARGET:-target/static}" \
