@@ -378,7 +378,9 @@ impl<'a> Bencher<'a> {
         let sizes = self.bind(&graph, phase, point);
         let (schedule, schedule_from) = match (self.engine.fixed_schedule(m.name(), &graph, phase), phase) {
             (Some(fixed), _) => (fixed.map_err(|e| fail(&sizes, e))?, "bundle"),
-            (None, Phase::Decode) => (Schedule { storage: self.storage, ..Schedule::decode() }, "decode"),
+            (None, Phase::Decode) => {
+                (Schedule { storage: self.storage, ..Schedule::decode_for(self.dev.kind) }, "decode")
+            }
             (None, Phase::Prefill) => {
                 let (s, from) = self.prefill_schedule(m, &graph, &sizes).map_err(|e| fail(&sizes, e.to_string()))?;
                 (Schedule { storage: self.storage, ..s }, from)

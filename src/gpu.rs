@@ -43,7 +43,8 @@ pub fn compile_program(
 }
 
 /// Writes a bundle with, per mixer, the prefill program under `sched` and the
-/// decode-step program (with `sched`'s storage and value blocks).
+/// decode-step program (`Schedule::decode_for` a GPU, with `sched`'s storage,
+/// and its value blocks where it sets them).
 pub fn write_bundle(
     dir: &Path,
     graphs: &[NamedGraph],
@@ -55,7 +56,8 @@ pub fn write_bundle(
     let mut programs = Vec::new();
     for g in graphs {
         let sched = &schedule(g)?;
-        let decode = Schedule { storage: sched.storage, block_v: sched.block_v, ..Schedule::decode() };
+        let decode = Schedule { storage: sched.storage, ..Schedule::decode_for(mixc_passes::device::DeviceKind::Gpu) };
+        let decode = if sched.block_v > 0 { Schedule { block_v: sched.block_v, ..decode } } else { decode };
         for (mode, s) in [("prefill", *sched), ("decode", decode)] {
             let program = crate::lower_graph(&g.name, &g.graph, &s)?;
             let kernels = compile_program(&g.name, &program, t, opts)?.into_iter().map(|(k, _)| k).collect();

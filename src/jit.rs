@@ -158,7 +158,13 @@ pub fn jit_with(source: MixerSource, target: Target, opts: JitOptions) -> Result
     };
     let sched = Schedule { split: base.split || opts.split, storage: opts.storage, ..base };
     let prefill = crate::lower_graph(&g.name, &g.graph, &sched)?;
-    let decode = crate::lower_graph(&g.name, &g.graph, &Schedule { storage: opts.storage, ..Schedule::decode() })?;
+    let decode_kind = match target {
+        Target::Cpu | Target::Reference => mixc_passes::device::DeviceKind::Cpu,
+        #[cfg(feature = "cuda")]
+        Target::Cuda => mixc_passes::device::DeviceKind::Gpu,
+    };
+    let decode_sched = Schedule { storage: opts.storage, ..Schedule::decode_for(decode_kind) };
+    let decode = crate::lower_graph(&g.name, &g.graph, &decode_sched)?;
     let mut fallback = None;
     let exec = match target {
         Target::Cpu => match mixc_runtime::cpu::prepare(&prefill).and_then(|_| mixc_runtime::cpu::prepare(&decode)) {

@@ -129,6 +129,16 @@ fn one() -> u32 {
     1
 }
 
+/// Value columns per program of a GPU's decode step ([`Schedule::decode_for`];
+/// heads with at most this many columns stay whole). A decode step streams
+/// the state through once, so it is memory-bound, and one CTA per (batch,
+/// head) leaves HBM idle: on an H100 (bf16, H=16, Dk=Dv=128, batch 64–256)
+/// blocks of 64 raised GLA from 52–56% to 62–71% of the HBM peak, linear
+/// attention 51–56% → 67–79%, simple GLA 51–56% → 69–82%, mLSTM 46–51% →
+/// 58–66%, Gated DeltaNet 43–48% → 52–57%; blocks of 16 gained less and of 32
+/// lost for some (bench/RESULTS.md, 2026-12-06).
+pub const GPU_DECODE_BLOCK_V: u32 = 64;
+
 /// The most tokens per pass of the token-by-token form ([`Schedule::step_tokens`]).
 pub const MAX_STEP_TOKENS: u32 = 16;
 
@@ -166,6 +176,16 @@ impl Schedule {
     /// fewest rows the tensor-core `dot` takes).
     pub fn decode() -> Schedule {
         Schedule { step: true, block_q: DECODE_BLOCK_Q, ..Schedule::default() }
+    }
+
+    /// The decode step's schedule on a device of `kind`: [`Schedule::decode`],
+    /// on a GPU with the value columns split into blocks of
+    /// [`GPU_DECODE_BLOCK_V`].
+    pub fn decode_for(kind: crate::device::DeviceKind) -> Schedule {
+        match kind {
+            crate::device::DeviceKind::Gpu => Schedule { block_v: GPU_DECODE_BLOCK_V, ..Schedule::decode() },
+            _ => Schedule::decode(),
+        }
     }
 
     /// The token-by-token form over `n` tokens per pass of the state

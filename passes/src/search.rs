@@ -138,7 +138,7 @@ pub fn decode_threshold_with(
     if !g.ops.iter().any(|o| matches!(o.kind, OpKind::LinearRecurrence(_))) {
         return Ok(None);
     }
-    let step = lower(g, &Schedule::decode())?;
+    let step = lower(g, &Schedule::decode_for(dev.kind))?;
     let chunked: Vec<_> = [16, 32, 64, 128]
         .into_iter()
         .flat_map(|c| [false, true].map(|split| Schedule { split, ..Schedule::with_chunk(c) }))
