@@ -598,13 +598,7 @@ fn ranks_of(xs: &[f64]) -> Vec<f64> {
 pub fn describe(s: &Schedule, g: &Graph) -> String {
     let mut parts = Vec::new();
     if has_recurrence(g) {
-        parts.push(if s.step && s.step_tokens > 1 {
-            format!("token by token, {} a pass", s.step_tokens)
-        } else if s.step {
-            "token by token".to_string()
-        } else {
-            format!("chunk {} {}", s.chunk, if s.split { "split" } else { "fused" })
-        });
+        parts.push(s.form());
         if s.block_v > 0 {
             parts.push(format!("v{}", s.block_v));
         }

@@ -15,7 +15,7 @@ use crate::device::{DeviceKind, DeviceProfile};
 use mixc_ir::dims::DimId;
 use mixc_ir::ops::BinaryFn;
 use mixc_ir::tile::{Arg, Block, Kernel, ParamKind, Program, Stmt, TOp, TValue};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 /// Work of one kernel launch, and its predicted time.
 #[derive(Clone, Debug, PartialEq)]
@@ -184,10 +184,11 @@ pub fn price_with(
             })
             .collect();
         let mut work = Work::default();
+        let chained = if dev.kind == DeviceKind::Cpu { chained_updates(k) } else { HashSet::new() };
         let samples = sample_programs(grid, 8);
         for pid in &samples {
-            let mut w =
-                Walker { k, env: vec![None; k.types.len()], scalars: &scalars, dev, pid: *pid, work: Work::default() };
+            let env = vec![None; k.types.len()];
+            let mut w = Walker { k, env, scalars: &scalars, dev, pid: *pid, work: Work::default(), chained: &chained };
             w.block(&k.body, 1.0);
             work.add(&w.work, 1.0);
         }
@@ -380,6 +381,44 @@ struct Walker<'a> {
     dev: &'a DeviceProfile,
     pid: [u64; 3],
     work: Work,
+    /// On a CPU, the rank-1 updates whose state is never stored ([`chained_updates`]).
+    chained: &'a HashSet<TValue>,
+}
+
+/// The rank-1 updates of `k` whose result only passes to the next one (as
+/// its accumulator, directly or scaled by a decay): a recurrence's step form
+/// over several tokens a pass, whose intermediate states the CPU backend
+/// keeps in registers, never storing them.
+fn chained_updates(k: &Kernel) -> HashSet<TValue> {
+    let mut stmts = Vec::new();
+    k.walk(&mut |s| stmts.push(s));
+    let rank1 = |s: &Stmt| match &s.op {
+        TOp::Dot { a, trans_a, .. } => {
+            let sh = &k.ty(*a).shape;
+            (if *trans_a { sh.first() } else { sh.get(1) }) == Some(&1)
+        }
+        _ => false,
+    };
+    let updates: HashSet<TValue> =
+        stmts.iter().filter(|s| rank1(s)).filter_map(|s| s.results.first().copied()).collect();
+    let scaled: BTreeMap<TValue, TValue> = stmts
+        .iter()
+        .filter_map(|s| match (&s.op, s.results.first()) {
+            (TOp::Binary(BinaryFn::Mul, x, y), Some(r)) => {
+                [*x, *y].into_iter().find(|v| updates.contains(v)).map(|v| (*r, v))
+            }
+            _ => None,
+        })
+        .collect();
+    stmts
+        .iter()
+        .filter(|s| rank1(s))
+        .filter_map(|s| match &s.op {
+            TOp::Dot { acc: Some(acc), .. } if updates.contains(acc) => Some(*acc),
+            TOp::Dot { acc: Some(acc), .. } => scaled.get(acc).copied(),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Vector operations per FLOP of a rank-1 update on a CPU: each accumulator
@@ -456,43 +495,7 @@ impl Walker<'_> {
         }
     }
 
-    /// The rank-1 updates of `b` whose result only passes to the next one
-    /// (as its accumulator, directly or scaled by a decay): a recurrence's
-    /// step form over several tokens a pass, whose intermediate states the CPU
-    /// backend keeps in registers, never storing them.
-    fn chained_updates(&self, b: &Block) -> std::collections::HashSet<TValue> {
-        let rank1 = |s: &Stmt| match &s.op {
-            TOp::Dot { a, trans_a, .. } => {
-                let sh = &self.k.ty(*a).shape;
-                (if *trans_a { sh.first() } else { sh.get(1) }) == Some(&1)
-            }
-            _ => false,
-        };
-        let updates: std::collections::HashSet<TValue> =
-            b.stmts.iter().filter(|s| rank1(s)).filter_map(|s| s.results.first().copied()).collect();
-        let scaled: BTreeMap<TValue, TValue> = b
-            .stmts
-            .iter()
-            .filter_map(|s| match (&s.op, s.results.first()) {
-                (TOp::Binary(BinaryFn::Mul, x, y), Some(r)) => {
-                    [*x, *y].into_iter().find(|v| updates.contains(v)).map(|v| (*r, v))
-                }
-                _ => None,
-            })
-            .collect();
-        b.stmts
-            .iter()
-            .filter(|s| rank1(s))
-            .filter_map(|s| match &s.op {
-                TOp::Dot { acc: Some(acc), .. } if updates.contains(acc) => Some(*acc),
-                TOp::Dot { acc: Some(acc), .. } => scaled.get(acc).copied(),
-                _ => None,
-            })
-            .collect()
-    }
-
     fn block(&mut self, b: &Block, times: f64) {
-        let chained = if self.dev.kind == DeviceKind::Cpu { self.chained_updates(b) } else { Default::default() };
         for s in &b.stmts {
             let numel = s.results.first().map(|r| self.k.ty(*r).numel() as f64).unwrap_or(0.0);
             let scalar_out = s.results.first().is_some_and(|r| self.k.ty(*r).shape.is_empty());
@@ -547,7 +550,7 @@ impl Walker<'_> {
                     let vector_fma = self.dev.kind == DeviceKind::Cpu && (kk == 1 || out.contains(&1));
                     if vector_fma {
                         // A chained update's state is not stored: its FMAs alone.
-                        let stored = s.results.first().is_none_or(|r| !chained.contains(r));
+                        let stored = s.results.first().is_none_or(|r| !self.chained.contains(r));
                         let weight = if kk == 1 && stored { CPU_RANK1_WEIGHT } else { 1.0 };
                         self.work.vector_priced += flops * weight;
                     } else {

@@ -188,6 +188,16 @@ impl Schedule {
         }
     }
 
+    /// The recurrence form in words: `chunk 64 fused`, `chunk 32 split`,
+    /// `token by token` or `token by token, 8 a pass`.
+    pub fn form(&self) -> String {
+        match (self.step, self.step_tokens) {
+            (true, 1) => "token by token".to_string(),
+            (true, n) => format!("token by token, {n} a pass"),
+            (false, _) => format!("chunk {} {}", self.chunk, if self.split { "split" } else { "fused" }),
+        }
+    }
+
     /// The token-by-token form over `n` tokens per pass of the state
     /// ([`Schedule::step_tokens`]): a prefill schedule for CPUs, where the
     /// state does not fit the first-level cache.

@@ -138,13 +138,7 @@ pub(super) fn size_point(sizes: Option<&str>, dev: &DeviceProfile) -> Result<BTr
 }
 
 fn describe(s: &Schedule, has_many: bool) -> String {
-    let mut d = if s.step && s.step_tokens > 1 {
-        format!("token by token, {} a pass", s.step_tokens)
-    } else if s.step {
-        "token by token".to_string()
-    } else {
-        format!("chunk {} {}", s.chunk, if s.split { "split" } else { "fused" })
-    };
+    let mut d = s.form();
     if has_many {
         let _ = write!(d, ", q{} k{}", s.block_q, s.block_k);
     }

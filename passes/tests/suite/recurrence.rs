@@ -63,6 +63,24 @@ fn transition(i: usize) -> (Transition, bool) {
     ][i % 5]
 }
 
+/// Case `which` of [`transition`] at the given head dims, with inputs from
+/// `make` (positive `q`, `k` where the output is normalized).
+fn case(
+    which: usize,
+    h: u64,
+    dk: u64,
+    dv: u64,
+    make: impl FnOnce(&mixc_ir::graph::Graph) -> BTreeMap<String, Tensor>,
+) -> (mixc_ir::graph::Graph, BTreeMap<String, Tensor>) {
+    let (tr, normalize) = transition(which);
+    let g = recurrence_graph(tr, normalize, true, h, dk, dv);
+    let mut ins = make(&g);
+    if normalize {
+        make_positive(&mut ins);
+    }
+    (g, ins)
+}
+
 /// Positive feature maps keep the normalized linear attention's denominator away from 0.
 fn make_positive(ins: &mut BTreeMap<String, Tensor>) {
     for name in ["q", "k"] {
@@ -88,12 +106,7 @@ proptest! {
         with_initial: bool,
         seed: u64,
     ) {
-        let (tr, normalize) = transition(which);
-        let g = recurrence_graph(tr, normalize, true, h, dk, dv);
-        let mut ins = random_inputs(&g, &sizes(b, t), seed, with_initial);
-        if normalize {
-            make_positive(&mut ins);
-        }
+        let (g, ins) = case(which, h, dk, dv, |g| random_inputs(g, &sizes(b, t), seed, with_initial));
         let sched = Schedule { split, ..Schedule::with_chunk(chunk) };
         check(&g, &sched, &ins, Precision::F64, 1e-9);
         // The token-by-token (decode-step) form of the same graph.
@@ -108,12 +121,7 @@ proptest! {
         split: bool,
         seed: u64,
     ) {
-        let (tr, normalize) = transition(which);
-        let g = recurrence_graph(tr, normalize, true, 2, 24, 16);
-        let mut ins = random_inputs(&g, &sizes(2, t), seed, true);
-        if normalize {
-            make_positive(&mut ins);
-        }
+        let (g, ins) = case(which, 2, 24, 16, |g| random_inputs(g, &sizes(2, t), seed, true));
         let sched = Schedule { split, ..Schedule::with_chunk(chunk) };
         check(&g, &sched, &ins, Precision::F32, 1e-4);
     }
@@ -140,12 +148,7 @@ proptest! {
         with_initial: bool,
         seed: u64,
     ) {
-        let (tr, normalize) = transition(which);
-        let g = recurrence_graph(tr, normalize, true, h, dk, dv);
-        let mut ins = inputs(&g, b, t, seed, with_initial);
-        if normalize {
-            make_positive(&mut ins);
-        }
+        let (g, ins) = case(which, h, dk, dv, |g| inputs(g, b, t, seed, with_initial));
         let sched = Schedule { block_v, ..Schedule::steps(n) };
         check(&g, &sched, &ins, Precision::F64, tol(Precision::F64));
         check(&g, &sched, &ins, Precision::F32, tol(Precision::F32));
