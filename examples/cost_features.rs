@@ -9,6 +9,7 @@
 //! ```
 //!
 //! Each point is `B,H,T`; `H` rewrites the file's `heads = ...` lines.
+//! `MATMUL=bf16` prices `dot`s as the bf16 tensor-core mode (default tf32x3).
 
 use mixc_passes::cost::price_with;
 use mixc_passes::device::DeviceProfile;
@@ -29,9 +30,10 @@ fn main() -> Result<(), Box<dyn Error>> {
         Ok("cpu") => DeviceProfile::cpu_default(),
         _ => DeviceProfile::h200(),
     };
-    let resources = mixc::pricing::kernel_resources(&dev);
+    let matmul = std::env::var("MATMUL").unwrap_or_else(|_| "tf32x3".into());
+    let resources = mixc::pricing::kernel_resources_for(&dev, &matmul)?;
     let src = std::fs::read_to_string(file)?;
-    println!("mixer,B,H,T,schedule,kernel,programs,ops_pp,elems_pp,loads_pp,dots_pp,shared,threads,scratch,pred_s,compute_s,memory_s");
+    println!("mixer,B,H,T,schedule,kernel,programs,ops_pp,elems_pp,loads_pp,dots_pp,mma_pw,shared,threads,scratch,registers,pred_s,compute_s,memory_s");
     for point in points {
         let [b, h, t] = parse_point(point)?;
         let path = std::env::temp_dir().join(format!("mixc-cost-features-h{h}.toml"));
@@ -44,10 +46,10 @@ fn main() -> Result<(), Box<dyn Error>> {
                 let label = mixc::bench::describe(&c.schedule, &g.graph);
                 for (launch, k) in prog.launches.iter().zip(&cost.kernels) {
                     let plan = prog.kernels.get(launch.kernel).and_then(&resources);
-                    let (shared, threads, scratch) =
-                        plan.map_or((0, 0, 0), |r| (r.shared_bytes, r.threads, r.spill_bytes));
+                    let (shared, threads, scratch, registers) =
+                        plan.map_or((0, 0, 0, 0), |r| (r.shared_bytes, r.threads, r.spill_bytes, r.registers));
                     println!(
-                        "{},{b},{h},{t},{label},{},{},{},{},{},{},{shared},{threads},{scratch},{},{},{}",
+                        "{},{b},{h},{t},{label},{},{},{},{},{},{},{},{shared},{threads},{scratch},{registers},{},{},{}",
                         g.name,
                         k.name,
                         k.programs,
@@ -55,6 +57,7 @@ fn main() -> Result<(), Box<dyn Error>> {
                         k.elems_per_program,
                         k.loads_per_program,
                         k.dots_per_program,
+                        k.mma_per_warp,
                         k.time_s,
                         k.compute_s,
                         k.memory_s

@@ -325,6 +325,9 @@ pub struct Bencher<'a> {
     /// The storage of activations in every schedule it compiles (a bundle's
     /// schedules keep their own).
     pub storage: Storage,
+    /// The `dot` mode the kernels are compiled with, which the search prices
+    /// (`tf32x3`, `bf16`, `simt`; GPU kernels only).
+    pub matmul: String,
     engine: Box<dyn BenchEngine + 'a>,
 }
 
@@ -341,7 +344,13 @@ impl<'a> Bencher<'a> {
         seed: u64,
         engine: Box<dyn BenchEngine + 'a>,
     ) -> Bencher<'a> {
-        Bencher { dev, runs: runs.max(1), seed, storage: Storage::F32, engine }
+        Bencher { dev, runs: runs.max(1), seed, storage: Storage::F32, matmul: "tf32x3".into(), engine }
+    }
+
+    /// The kernels' resources the search and the rows' predictions price with.
+    fn resources(&self) -> crate::pricing::ResourceFn {
+        crate::pricing::kernel_resources_for(self.dev, &self.matmul)
+            .unwrap_or_else(|_| crate::pricing::kernel_resources(self.dev))
     }
 
     /// The sizes a row runs at: prefill at `B`, `T` (cache dims empty unless
@@ -391,7 +400,7 @@ impl<'a> Bencher<'a> {
         let inputs = self.engine.inputs(&graph, &sizes, self.seed, carries(phase, &sizes));
         let timing = self.engine.time(&prog, &inputs, self.runs).map_err(|e| fail(&sizes, e))?;
         drop(inputs);
-        let cost = price_with(&prog, &sizes, self.dev, &*crate::pricing::kernel_resources(self.dev));
+        let cost = price_with(&prog, &sizes, self.dev, &*self.resources());
         Ok(Row { mixer: m.name().to_string(), phase, sizes, schedule, schedule_from, compile_s, timing, cost })
     }
 
@@ -409,7 +418,7 @@ impl<'a> Bencher<'a> {
         if let Some(c) = m.named.chunk {
             return Ok((Schedule::with_chunk(c), "table"));
         }
-        let cands = search_with(graph, sizes, self.dev, &*crate::pricing::kernel_resources(self.dev))
+        let cands = search_with(graph, sizes, self.dev, &*self.resources())
             .map_err(|source| Error::Lower { mixer: m.name().to_string(), source })?;
         let pick = cands.iter().find(|c| c.rejected.is_none()).or(cands.first());
         Ok((pick.map(|c| c.schedule).unwrap_or_default(), "model"))
@@ -426,8 +435,8 @@ impl<'a> Bencher<'a> {
         };
         let graph = m.graph_at(point.get("H").copied()).map_err(|e| fail(point, e.to_string()))?;
         let sizes = self.bind(&graph, Phase::Prefill, point);
-        let cands = search_with(&graph, &sizes, self.dev, &*crate::pricing::kernel_resources(self.dev))
-            .map_err(|e| fail(&sizes, e.to_string()))?;
+        let cands =
+            search_with(&graph, &sizes, self.dev, &*self.resources()).map_err(|e| fail(&sizes, e.to_string()))?;
         let total = cands.len();
         let feasible: Vec<_> = cands.into_iter().filter(|c| c.rejected.is_none()).collect();
         let infeasible = total - feasible.len();

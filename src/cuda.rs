@@ -71,21 +71,28 @@ impl Gpu {
     /// Compiles every kernel of `prog` for this card (default code generation
     /// options) and loads them; needs LLVM.
     pub fn compile(&self, mixer: &str, prog: &Program) -> Result<LoadedProgram, Error> {
+        self.compile_with(mixer, prog, "tf32x3")
+    }
+
+    /// [`Gpu::compile`] with `dot`s computed in the mode `matmul` names
+    /// (`tf32x3`, `bf16` or `simt`).
+    pub fn compile_with(&self, mixer: &str, prog: &Program, matmul: &str) -> Result<LoadedProgram, Error> {
         #[cfg(feature = "llvm")]
         {
             let name = self.target()?;
             let target =
                 crate::gpu::target(name).ok_or_else(|| Error::Usage(format!("unknown GPU target `{name}`")))?;
+            let matmul = crate::gpu::Matmul::parse(matmul).ok_or_else(|| {
+                Error::Usage(format!("unknown matmul mode `{matmul}` (expected tf32x3, bf16 or simt)"))
+            })?;
+            let opts = crate::gpu::Options { matmul, ..crate::gpu::Options::default() };
             let images: Vec<KernelImage> =
-                crate::gpu::compile_program(mixer, prog, target, crate::gpu::Options::default())?
-                    .into_iter()
-                    .map(|(k, _)| k)
-                    .collect();
+                crate::gpu::compile_program(mixer, prog, target, opts)?.into_iter().map(|(k, _)| k).collect();
             self.load(mixer, prog, &images)
         }
         #[cfg(not(feature = "llvm"))]
         {
-            let _ = (mixer, prog);
+            let _ = (mixer, prog, matmul);
             Err(Error::Usage(NO_LLVM.into()))
         }
     }

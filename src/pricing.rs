@@ -16,8 +16,9 @@ use std::collections::BTreeMap;
 pub type ResourceFn = Box<dyn Fn(&Kernel) -> Option<KernelResources>>;
 
 /// Each kernel's resources as the backend for `dev` would plan them: the PTX
-/// backend's plan on a GPU profile (when mixc is built with LLVM), nothing on
-/// a CPU (the CPU model has no occupancy or spill terms).
+/// backend's plan on a GPU profile (when mixc is built with LLVM), with
+/// `dot`s in the default mode (tf32x3); nothing on a CPU (the CPU model has
+/// no occupancy or spill terms).
 pub fn kernel_resources(dev: &DeviceProfile) -> ResourceFn {
     if dev.kind != DeviceKind::Gpu {
         return Box::new(|_| None);
@@ -27,11 +28,45 @@ pub fn kernel_resources(dev: &DeviceProfile) -> ResourceFn {
 
 #[cfg(feature = "llvm")]
 fn gpu_resources() -> ResourceFn {
-    Box::new(|k| {
-        mixc_backend_ptx::resources(k).ok().map(|r| KernelResources {
+    gpu_resources_for(mixc_backend_ptx::Matmul::default())
+}
+
+/// [`kernel_resources`] with `dot`s computed as the mode `matmul` names
+/// (`tf32x3`, `bf16`, `simt`: their registers, and the matrix-unit
+/// instructions a product takes). Without LLVM there is no plan to ask, and
+/// the mode only has to be one of those.
+pub fn kernel_resources_for(dev: &DeviceProfile, matmul: &str) -> Result<ResourceFn, Error> {
+    if !["tf32x3", "bf16", "simt"].contains(&matmul) {
+        return Err(Error::Usage(format!("unknown matmul mode `{matmul}` (expected tf32x3, bf16 or simt)")));
+    }
+    if dev.kind != DeviceKind::Gpu {
+        return Ok(Box::new(|_| None));
+    }
+    #[cfg(feature = "llvm")]
+    {
+        let mode = mixc_backend_ptx::Matmul::parse(matmul).unwrap_or_default();
+        Ok(gpu_resources_for(mode))
+    }
+    #[cfg(not(feature = "llvm"))]
+    Ok(gpu_resources())
+}
+
+#[cfg(feature = "llvm")]
+fn gpu_resources_for(matmul: mixc_backend_ptx::Matmul) -> ResourceFn {
+    use mixc_backend_ptx::Matmul;
+    let (mma_k, mma_passes) = match matmul {
+        Matmul::Simt => (0, 0),
+        Matmul::Tf32x3 => (8, 3),
+        Matmul::Bf16 => (16, 1),
+    };
+    Box::new(move |k| {
+        mixc_backend_ptx::resources(k, matmul).ok().map(|r| KernelResources {
             threads: r.threads,
             shared_bytes: u64::from(r.shared_bytes),
             spill_bytes: u64::from(r.scratch_bytes),
+            registers: r.registers,
+            mma_k,
+            mma_passes,
         })
     })
 }
@@ -61,8 +96,18 @@ pub fn auto_schedule(
     dev: &DeviceProfile,
     sizes: &BTreeMap<String, u64>,
 ) -> Result<Schedule, Error> {
-    let resources = kernel_resources(dev);
-    let cands = search_with(graph, sizes, dev, &*resources)
+    auto_schedule_with(mixer, graph, dev, sizes, &*kernel_resources(dev))
+}
+
+/// [`auto_schedule`] with the kernels' resources from `resources`.
+pub fn auto_schedule_with(
+    mixer: &str,
+    graph: &Graph,
+    dev: &DeviceProfile,
+    sizes: &BTreeMap<String, u64>,
+    resources: mixc_passes::cost::Resources,
+) -> Result<Schedule, Error> {
+    let cands = search_with(graph, sizes, dev, resources)
         .map_err(|source| Error::Lower { mixer: mixer.to_string(), source })?;
     let pick = cands.iter().find(|c| c.rejected.is_none()).or(cands.first());
     Ok(pick.map(|c| c.schedule).unwrap_or_default())

@@ -5,14 +5,16 @@
 
 FEATURES.csv comes from `cargo run --release --example cost_features` (per
 kernel of every candidate: statements, elements, global loads and dots per
-program, and the PTX backend's threads / shared bytes / spill); each SWEEP_DIR
+program, matrix-unit instructions per warp, and the PTX backend's threads /
+shared bytes / spill / estimated registers); each SWEEP_DIR
 holds `sweep_*.txt` files of `mixc bench --target cuda --sweep` (bench/gpu/
 bench.sh, part `sweep`). The model, per kernel:
 
-    waves × (op·ops + elem·elems·(1−s) + spilled·elems·s + load·loads + dot·dots)
+    waves × (op·ops + elem·elems·(1−s) + spilled·elems·s + load·loads + dot·dots
+             + mma·mma instructions per warp)
 
 with waves = ⌈programs / (SMs × programs per SM)⌉ (programs per SM from shared
-memory and threads) and s the spilled share of the kernel's tiles; a
+memory, threads and registers, at most 32) and s the spilled share of the kernel's tiles; a
 candidate's time is the sum over its kernels plus 4 µs per launch. The terms
 are fitted by non-negative least squares on relative error, and the script
 prints, per size point, the pick and its gap to the fastest measured
@@ -27,8 +29,8 @@ from collections import defaultdict
 
 import numpy as np
 
-SMS, SHARED, RESERVED, THREADS, LAUNCH = 132, 228 * 1024, 1024, 2048, 4e-6
-TERMS = ["op_s", "elem_s", "spilled_elem_s", "load_s", "dot_s"]
+SMS, SHARED, RESERVED, THREADS, REGISTERS, LAUNCH = 132, 228 * 1024, 1024, 2048, 65536, 4e-6
+TERMS = ["op_s", "elem_s", "spilled_elem_s", "load_s", "dot_s", "mma_s"]
 
 
 def measured(dirs):
@@ -60,10 +62,15 @@ def row(kernels):
     for k in kernels:
         if k["programs"] <= 0:
             continue
-        per_sm = max(1, min(SHARED // (k["shared"] + RESERVED), THREADS // max(1, k["threads"])))
+        per_sm = max(1, min(SHARED // (k["shared"] + RESERVED), THREADS // max(1, k["threads"]), 32))
+        regs = math.ceil(min(k.get("registers", 0), 255) / 8) * 8
+        if regs > 0:
+            per_sm = max(1, min(per_sm, REGISTERS // (regs * 32 * math.ceil(k["threads"] / 32))))
         waves = math.ceil(k["programs"] / (SMS * per_sm))
         s = k["scratch"] / max(1.0, k["shared"] + k["scratch"])
-        x += waves * np.array([k["ops_pp"], k["elems_pp"] * (1 - s), k["elems_pp"] * s, k["loads_pp"], k["dots_pp"]])
+        x += waves * np.array(
+            [k["ops_pp"], k["elems_pp"] * (1 - s), k["elems_pp"] * s, k["loads_pp"], k["dots_pp"], k.get("mma_pw", 0)]
+        )
         launches += 1
     return x, launches
 

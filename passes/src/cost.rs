@@ -40,6 +40,9 @@ pub struct KernelCost {
     /// Of those statements, global loads and `dot`s, per program.
     pub loads_per_program: f64,
     pub dots_per_program: f64,
+    /// Matrix-unit instructions one warp issues per program (0 without a
+    /// backend plan of the kernel).
+    pub mma_per_warp: f64,
     pub compute_s: f64,
     pub memory_s: f64,
     /// Time of the programs' statements one after another, wave by wave
@@ -78,6 +81,14 @@ pub struct KernelResources {
     pub threads: u32,
     pub shared_bytes: u64,
     pub spill_bytes: u64,
+    /// Registers per thread (the backend's estimate; 0: unknown).
+    pub registers: u32,
+    /// How the backend computes a `dot` on the matrix unit: each instruction
+    /// covers `16 × 8 × mma_k` multiply-adds and a product takes
+    /// `mma_passes` of them (tf32x3: k 8, 3 passes; bf16: k 16, 1 pass);
+    /// `mma_k = 0`: no matrix unit.
+    pub mma_k: u32,
+    pub mma_passes: u32,
 }
 
 /// The backend's resource plan of a kernel, where one is known.
@@ -230,6 +241,7 @@ fn time(
         elems: per_program(w.tile_elems),
         loads: per_program(w.tile_loads),
         dots: per_program(w.tile_dots),
+        mma: res.map_or(0.0, |r| mma_per_warp(per_program(w.tile_macs), r)),
     };
     let latency_s = latency(programs, &program, res, dev);
     KernelCost {
@@ -245,6 +257,7 @@ fn time(
         elems_per_program: program.elems,
         loads_per_program: program.loads,
         dots_per_program: program.dots,
+        mma_per_warp: program.mma,
         compute_s,
         memory_s,
         latency_s,
@@ -258,6 +271,18 @@ struct ProgramWork {
     elems: f64,
     loads: f64,
     dots: f64,
+    /// Matrix-unit instructions per warp.
+    mma: f64,
+}
+
+/// Matrix-unit instructions each warp of a program issues for `macs`
+/// multiply-adds of `dot`s, the warps sharing the work evenly.
+fn mma_per_warp(macs: f64, r: KernelResources) -> f64 {
+    if r.mma_k == 0 {
+        return 0.0;
+    }
+    let warps = f64::from(r.threads.div_ceil(32).max(1));
+    macs / f64::from(16 * 8 * r.mma_k) * f64::from(r.mma_passes.max(1)) / warps
 }
 
 /// The latency term: a program's statements run one after another (each is a
@@ -281,19 +306,37 @@ fn latency(programs: u64, w: &ProgramWork, res: Option<KernelResources>, dev: &D
         return 0.0;
     }
     let per_unit = match res {
-        Some(r) => {
-            let by_shared = dev.local_mem / (r.shared_bytes + SHARED_RESERVED).max(1);
-            let by_threads = u64::from(dev.threads_per_unit / r.threads.max(1));
-            by_shared.min(by_threads).max(1)
-        }
+        Some(r) => programs_per_sm(r, dev),
         None => u64::from(dev.programs_per_unit.max(1)),
     };
     let spilled = res.map_or(0.0, |r| r.spill_bytes as f64 / (r.shared_bytes + r.spill_bytes).max(1) as f64);
     let waves = programs.div_ceil(u64::from(dev.units.max(1)) * per_unit) as f64;
     let elem_s = l.elem_s * (1.0 - spilled) + l.spilled_elem_s * spilled;
-    let program_s = l.op_s * w.ops + elem_s * w.elems + l.load_s * w.loads + l.dot_s * w.dots;
+    let program_s = l.op_s * w.ops + elem_s * w.elems + l.load_s * w.loads + l.dot_s * w.dots + l.mma_s * w.mma;
     waves * program_s
 }
+
+/// Programs (CTAs) one SM holds at once: what its shared memory, thread
+/// slots and registers allow, at most [`MAX_PROGRAMS_PER_SM`]. Registers are
+/// allotted per warp in multiples of 256 (8 per thread).
+pub fn programs_per_sm(r: KernelResources, dev: &DeviceProfile) -> u64 {
+    let by_shared = dev.local_mem / (r.shared_bytes + SHARED_RESERVED).max(1);
+    let by_threads = u64::from(dev.threads_per_unit / r.threads.max(1));
+    let warps = u64::from(r.threads.div_ceil(32).max(1));
+    let regs = u64::from(r.registers.min(MAX_REGISTERS)).div_ceil(8) * 8;
+    let by_registers = if regs == 0 || dev.registers == 0 {
+        MAX_PROGRAMS_PER_SM
+    } else {
+        u64::from(dev.registers) / (regs * 32 * warps)
+    };
+    by_shared.min(by_threads).min(by_registers).clamp(1, MAX_PROGRAMS_PER_SM)
+}
+
+/// Registers per thread a GPU allots at most (more spill to local memory).
+const MAX_REGISTERS: u32 = 255;
+
+/// CTAs an SM holds at most (sm_80 and sm_90: 32).
+const MAX_PROGRAMS_PER_SM: u64 = 32;
 
 /// Bytes one element of a buffer of dtype `d` takes in the device's memory:
 /// a 16-bit float the profile's `elem_bytes` (2 on a GPU; 4 on the CPU, whose
@@ -357,6 +400,8 @@ struct Work {
     /// Of those, global loads and `dot`s.
     tile_loads: f64,
     tile_dots: f64,
+    /// Multiply-adds of the `dot` statements (unpadded).
+    tile_macs: f64,
 }
 
 impl Work {
@@ -371,6 +416,7 @@ impl Work {
         self.tile_elems += o.tile_elems * times;
         self.tile_loads += o.tile_loads * times;
         self.tile_dots += o.tile_dots * times;
+        self.tile_macs += o.tile_macs * times;
     }
 }
 
@@ -542,6 +588,7 @@ impl Walker<'_> {
                     let out = s.results.first().map(|r| self.k.ty(*r).shape.clone()).unwrap_or_default();
                     let flops = 2.0 * numel * kk as f64 * times;
                     self.work.matmul += flops;
+                    self.work.tile_macs += flops / 2.0;
                     // On a CPU a dot with a unit dim (a rank-1 update `kᵀv`, a
                     // one-row readout `q·S`) runs as vector FMAs with nothing
                     // padded: one per B element (one row), or one per

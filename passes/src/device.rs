@@ -77,6 +77,8 @@ pub struct LatencyTerms {
     pub load_s: f64,
     /// Per `dot` statement.
     pub dot_s: f64,
+    /// Per matrix-unit instruction a warp issues (a `dot`'s share of one warp).
+    pub mma_s: f64,
 }
 
 impl LatencyTerms {
@@ -84,7 +86,14 @@ impl LatencyTerms {
     /// also used for the H100 (the same SM) and, for want of a measurement,
     /// the A100. Refit when the generated code changes much.
     pub fn hopper() -> LatencyTerms {
-        LatencyTerms { op_s: 74e-9, elem_s: 0.075e-9, spilled_elem_s: 0.52e-9, load_s: 0.70e-6, dot_s: 84e-9 }
+        LatencyTerms {
+            op_s: 74e-9,
+            elem_s: 0.075e-9,
+            spilled_elem_s: 0.52e-9,
+            load_s: 0.70e-6,
+            dot_s: 84e-9,
+            mma_s: 0.0,
+        }
     }
 }
 

@@ -31,19 +31,22 @@ pub struct CudaEngine {
     bundle: Option<(PathBuf, Bundle)>,
     /// Every program loaded so far (a program timed at several sizes loads once).
     loaded: Vec<LoadedProgram>,
+    /// How kernels compiled here compute `dot` (`tf32x3`, `bf16`, `simt`).
+    pub matmul: String,
 }
 
 impl CudaEngine {
     /// Kernels compiled here (needs LLVM).
     pub fn new(gpu: Gpu) -> CudaEngine {
-        CudaEngine { gpu, bundle: None, loaded: Vec::new() }
+        CudaEngine { gpu, bundle: None, loaded: Vec::new(), matmul: "tf32x3".into() }
     }
 
     /// Kernels from a bundle, checked to run on this card.
     pub fn with_bundle(gpu: Gpu, dir: &Path) -> Result<CudaEngine, Error> {
         let bundle = crate::bundle::read_bundle(dir)?;
         gpu.check_bundle(dir, &bundle.target)?;
-        Ok(CudaEngine { gpu, bundle: Some((dir.to_path_buf(), bundle)), loaded: Vec::new() })
+        let matmul = bundle.matmul.clone();
+        Ok(CudaEngine { gpu, bundle: Some((dir.to_path_buf(), bundle)), loaded: Vec::new(), matmul })
     }
 
     pub fn gpu(&self) -> &Gpu {
@@ -80,7 +83,7 @@ impl BenchEngine for CudaEngine {
                 })?;
                 self.gpu.load(mixer, prog, &p.kernels)
             }
-            None => self.gpu.compile(mixer, prog),
+            None => self.gpu.compile_with(mixer, prog, &self.matmul),
         }
         .map_err(|e| e.to_string())?;
         let dt = t0.elapsed().as_secs_f64();

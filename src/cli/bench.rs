@@ -111,6 +111,12 @@ pub struct BenchArgs {
     /// and caches stay f32; arithmetic is f32). A bundle's (--kernels) is fixed.
     #[arg(long, value_name = "DTYPE")]
     pub storage: Option<mixc::passes::Storage>,
+    /// With --target cuda: how kernels compiled here compute `dot` (tf32x3, the
+    /// default: f32 accuracy; bf16: the anchors' precision; simt). The search
+    /// prices the mode (a bf16 product is a sixth of tf32x3's tensor-core
+    /// work). A bundle's (--kernels) is fixed.
+    #[arg(long, value_name = "MODE")]
+    pub matmul: Option<String>,
 }
 
 /// Lines go to stdout as they are made, so long runs show progress; a
@@ -165,7 +171,7 @@ pub fn run(args: &BenchArgs) -> Result<String, mixc::Error> {
     for p in &points {
         bench::check_sizes(&mixers, p)?;
     }
-    let Setup { chosen, engine, gpu, header, rates } = match args.target {
+    let Setup { chosen, engine, engine_matmul, gpu, header, rates } = match args.target {
         BenchTarget::Cpu => setup::cpu(args)?,
         BenchTarget::Cuda => setup::cuda(args)?,
     };
@@ -173,8 +179,10 @@ pub fn run(args: &BenchArgs) -> Result<String, mixc::Error> {
     for line in &header {
         out.line(line);
     }
+    let matmul = engine_matmul.unwrap_or_else(|| "tf32x3".into());
     let mut b = Bencher::with_engine(&chosen.profile, args.runs, args.seed, engine);
     b.storage = args.storage.unwrap_or_default();
+    b.matmul = matmul;
     if args.sweep {
         sweeps(&mut out, &mut b, args, &mixers, points, &chosen, gpu)?;
     } else {

@@ -50,10 +50,19 @@ fn schedule_of(g: &mixc::NamedGraph, args: &CompileArgs) -> Result<mixc_passes::
         None => {
             let dev = mixc::calibrate::choose_profile(&args.target, None)?.profile;
             let point = super::explain::size_point(args.sizes.as_deref(), &dev)?;
-            mixc::pricing::auto_schedule(&g.name, &g.graph, &dev, &point)?
+            mixc::pricing::auto_schedule_with(&g.name, &g.graph, &dev, &point, &*pricing_resources(&dev, args)?)?
         }
     };
     Ok(mixc_passes::Schedule { split: base.split || args.split, block_v: args.block_v, storage: args.storage, ..base })
+}
+
+/// The kernels' resources the search prices with: the GPU backend's plan
+/// under `--matmul`.
+fn pricing_resources(
+    dev: &mixc_passes::device::DeviceProfile,
+    args: &CompileArgs,
+) -> Result<mixc::pricing::ResourceFn, mixc::Error> {
+    mixc::pricing::kernel_resources_for(dev, &args.matmul)
 }
 
 #[cfg(feature = "llvm")]

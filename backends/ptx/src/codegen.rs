@@ -1,6 +1,6 @@
 //! Emitting a planned kernel as LLVM IR and running LLVM's NVPTX backend.
 
-mod mma;
+pub(crate) mod mma;
 
 use crate::plan::{self, Access, Defs, Plan, Repr, YieldCopy};
 use crate::{Options, PtxError, PtxKernel, Target};

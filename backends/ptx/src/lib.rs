@@ -94,8 +94,10 @@
 mod codegen;
 mod math;
 mod plan;
+mod registers;
 
 use mixc_ir::tile::Kernel;
+pub use registers::{RegisterFeatures, MAX_REGISTERS};
 
 /// A GPU target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -239,14 +241,26 @@ pub struct Resources {
     pub threads: u32,
     pub shared_bytes: u32,
     pub scratch_bytes: u32,
+    /// Registers per thread, estimated from the plan (see
+    /// [`RegisterFeatures::estimate`]); `ptxas` decides the real count.
+    pub registers: u32,
 }
 
 /// Plans `k` (slots, their shared-memory offsets and the spill to global
-/// scratch, the CTA size) without generating code.
-pub fn resources(k: &Kernel) -> Result<Resources, PtxError> {
+/// scratch, the CTA size, an estimate of its registers) without generating
+/// code, for `dot`s computed as `matmul` says.
+pub fn resources(k: &Kernel, matmul: Matmul) -> Result<Resources, PtxError> {
     let defs = plan::Defs::new(k);
     let p = plan::plan(k, &defs)?;
-    Ok(Resources { threads: p.threads, shared_bytes: p.shared_bytes, scratch_bytes: p.scratch_bytes })
+    let registers = registers::features(k, &defs, &p, matmul).estimate();
+    Ok(Resources { threads: p.threads, shared_bytes: p.shared_bytes, scratch_bytes: p.scratch_bytes, registers })
+}
+
+/// What [`Resources::registers`] is estimated from, for `k` compiled with `matmul`.
+pub fn register_features(k: &Kernel, matmul: Matmul) -> Result<RegisterFeatures, PtxError> {
+    let defs = plan::Defs::new(k);
+    let p = plan::plan(k, &defs)?;
+    Ok(registers::features(k, &defs, &p, matmul))
 }
 
 /// Compiles one tile kernel to PTX for `target` with the default options.

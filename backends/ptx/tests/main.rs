@@ -196,8 +196,12 @@ fn check_kernels(
         "# ptxas -v of every distinct kernel of {what} (schedules: {})",
         scheds.iter().map(|s| s.0).collect::<Vec<_>>().join(", ")
     )];
-    lines.push("# kernel target threads shared_bytes(dynamic) registers spill_stores spill_loads stack".into());
+    lines.push(
+        "# kernel target threads shared_bytes(dynamic) registers spill_stores spill_loads stack estimated_registers"
+            .into(),
+    );
     let mut failures = vec![];
+    let mut estimates = vec![];
     let jobs: Vec<(usize, PathBuf)> = compiled
         .iter()
         .enumerate()
@@ -231,8 +235,13 @@ fn check_kernels(
         match r {
             Err(e) => failures.push(format!("{id} ({}): ptxas failed:\n{e}", t.name())),
             Ok(r) => {
+                let kernel = &kernels.iter().find(|(kid, _)| kid == id).expect("a compiled kernel is listed").1;
+                let estimate = mixc_backend_ptx::resources(kernel, Default::default()).unwrap().registers;
+                if t.name() == "sm_90" {
+                    estimates.push((id.clone(), p.threads, r.registers, estimate));
+                }
                 lines.push(format!(
-                    "{id} {} {} {} {} {} {} {}",
+                    "{id} {} {} {} {} {} {} {} {estimate}",
                     t.name(),
                     p.threads,
                     p.shared_bytes,
@@ -251,8 +260,48 @@ fn check_kernels(
     }
     let report = target_dir().join(format!("{report_name}-ptxas-report.txt"));
     std::fs::write(&report, lines.join("\n") + "\n").unwrap();
+    check_register_estimates(&estimates, &mut failures);
     println!("{} kernels × {} targets assembled; report: {}", kernels.len(), targets.len(), report.display());
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n\n"));
+}
+
+/// The plan's register estimate (which the cost model's occupancy uses)
+/// against `ptxas` on sm_90: the CTAs per SM the two allow agree within 1.5×
+/// for at least 90% of the kernels, and the median error is at most 20%.
+fn check_register_estimates(est: &[(String, u32, u32, u32)], failures: &mut Vec<String>) {
+    if est.len() < 20 {
+        return;
+    }
+    let per_sm = |threads: u32, regs: u32| {
+        let alloc = regs.clamp(1, 255).div_ceil(8) * 8;
+        (65536 / (alloc * 32 * threads.div_ceil(32))).clamp(1, 2048 / threads.max(1))
+    };
+    let far: Vec<String> = est
+        .iter()
+        .filter(|(_, th, real, e)| {
+            let (a, b) = (per_sm(*th, *real) as f64, per_sm(*th, *e) as f64);
+            a.max(b) / a.min(b) > 1.5
+        })
+        .map(|(id, _, real, e)| format!("{id}: ptxas {real}, estimate {e}"))
+        .collect();
+    let mut rel: Vec<f64> = est.iter().map(|(_, _, real, e)| (*e as f64 - *real as f64).abs() / *real as f64).collect();
+    rel.sort_by(f64::total_cmp);
+    let median = rel[rel.len() / 2];
+    println!(
+        "register estimate: median error {:.0}%, CTAs/SM off by more than 1.5x for {} of {}",
+        median * 100.0,
+        far.len(),
+        est.len()
+    );
+    if far.len() * 10 > est.len() || median > 0.2 {
+        failures.push(format!(
+            "register estimates drifted from ptxas (median error {:.0}%); CTAs per SM off by > 1.5x for {} of {}:\n{}",
+            median * 100.0,
+            far.len(),
+            est.len(),
+            far.join("\n")
+        ));
+    }
 }
 
 #[test]

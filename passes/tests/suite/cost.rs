@@ -170,19 +170,31 @@ fn gpu_latency_term_is_waves_times_the_statements_of_a_program() {
     let g = recurrence_graph(Transition::ScalarDecay, false, true, h, dk, dv);
     let prog = lower(&g, &Schedule::with_chunk(c as u32)).unwrap();
     let dev = DeviceProfile::h100();
-    let big = KernelResources { threads: 256, shared_bytes: 150 * 1024, spill_bytes: 0 };
+    let big = KernelResources {
+        threads: 256,
+        shared_bytes: 150 * 1024,
+        spill_bytes: 0,
+        registers: 64,
+        mma_k: 16,
+        mma_passes: 1,
+    };
     let cost = price_with(&prog, &free(b, t), &dev, &|_| Some(big));
     let k = &cost.kernels[0];
     let chunks = (t / c) as f64;
     assert_eq!(k.loads_per_program, 4.0 * chunks + 1.0, "q, k, v, g per chunk and the initial state");
     assert_eq!(k.dots_per_program, 4.0 * chunks, "q·kᵀ, scores·v, q·S and kᵀ·v per chunk");
+    // Their multiply-adds per chunk, in m16n8k16 instructions shared by 8 warps.
+    let macs = (c * c * dk + c * c * dv + 2 * c * dk * dv) as f64;
+    let mma = chunks * macs / (16.0 * 8.0 * 16.0) / 8.0;
+    assert!((k.mma_per_warp - mma).abs() <= 1e-9 * mma, "{} vs {mma}", k.mma_per_warp);
     // 150 KiB of shared memory: one program per SM, B·H = 256 programs on 132 SMs.
     let waves = 2.0;
     let l = dev.latency;
     let program_s = l.op_s * k.ops_per_program
         + l.elem_s * k.elems_per_program
         + l.load_s * k.loads_per_program
-        + l.dot_s * k.dots_per_program;
+        + l.dot_s * k.dots_per_program
+        + l.mma_s * k.mma_per_warp;
     assert!((k.latency_s - waves * program_s).abs() <= 1e-12 * k.latency_s, "{} vs {}", k.latency_s, waves * program_s);
     assert_eq!(k.bound(), Bound::Latency, "far from both peaks");
     assert_eq!(k.time_s, k.latency_s + dev.launch_s);
@@ -191,6 +203,16 @@ fn gpu_latency_term_is_waves_times_the_statements_of_a_program() {
     let small = KernelResources { shared_bytes: 100 * 1024, ..big };
     let one_wave = price_with(&prog, &free(b, t), &dev, &|_| Some(small)).kernels[0].latency_s;
     assert!((one_wave - program_s).abs() <= 1e-12 * program_s);
+    // Registers bind too: 200 a thread (208 allotted) leave room for one
+    // 256-thread program per SM, so two waves again.
+    let heavy = KernelResources { registers: 200, ..small };
+    let two_waves = price_with(&prog, &free(b, t), &dev, &|_| Some(heavy)).kernels[0].latency_s;
+    assert!((two_waves - 2.0 * program_s).abs() <= 1e-12 * two_waves);
+    // tf32x3 takes six times the instructions of bf16 (half the k per
+    // instruction, three products).
+    let tf32 = KernelResources { mma_k: 8, mma_passes: 3, ..big };
+    let k3 = &price_with(&prog, &free(b, t), &dev, &|_| Some(tf32)).kernels[0];
+    assert!((k3.mma_per_warp - 6.0 * mma).abs() <= 1e-9 * mma);
     // Half the tiles spilled to global scratch: elements cost the mean of the two prices.
     let spilled = KernelResources { spill_bytes: 150 * 1024, ..big };
     let slow = price_with(&prog, &free(b, t), &dev, &|_| Some(spilled)).kernels[0].latency_s;
@@ -223,4 +245,27 @@ fn search_tries_the_convolution_fused_and_apart() {
     // No convolution: nothing to try.
     let plain = super::util::build("kind = \"gla\"\nheads = 4\ndk = 64\ndv = 64\n");
     assert!(mixc_passes::search::enumerate(&plain, DeviceKind::Gpu).iter().all(|s| s.fuse_conv));
+}
+
+/// Programs an SM holds: the tightest of its shared memory, its thread slots
+/// and its registers (allotted 8 a thread at a time, at most 255), never more
+/// than 32 CTAs.
+#[test]
+fn programs_per_sm_is_the_tightest_of_shared_memory_threads_and_registers() {
+    use mixc_passes::cost::programs_per_sm;
+    let dev = DeviceProfile::h100();
+    let r = |threads, shared_bytes, registers| KernelResources {
+        threads,
+        shared_bytes,
+        spill_bytes: 0,
+        registers,
+        mma_k: 0,
+        mma_passes: 0,
+    };
+    assert_eq!(programs_per_sm(r(128, 0, 32), &dev), 16, "threads and registers both allow 16");
+    assert_eq!(programs_per_sm(r(32, 0, 16), &dev), 32, "at most 32 CTAs");
+    assert_eq!(programs_per_sm(r(128, 0, 90), &dev), 5, "96 registers × 128 threads: 5 fit in 65536");
+    assert_eq!(programs_per_sm(r(128, 100 * 1024, 16), &dev), 2, "shared memory binds");
+    assert_eq!(programs_per_sm(r(256, 0, 300), &dev), 1, "past 255 registers a thread: as at 255");
+    assert_eq!(programs_per_sm(r(128, 0, 0), &dev), 16, "registers unknown: threads bind");
 }

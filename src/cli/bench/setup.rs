@@ -24,6 +24,8 @@ pub struct Rates {
 pub struct Setup {
     pub chosen: ChosenProfile,
     pub engine: Box<dyn BenchEngine>,
+    /// The `dot` mode of the engine's GPU kernels (none on the CPU: the default).
+    pub engine_matmul: Option<String>,
     /// Whether it times on a GPU (its default sizes).
     pub gpu: bool,
     /// Lines printed above the first table.
@@ -33,6 +35,9 @@ pub struct Setup {
 
 /// This CPU: the calibrated profile (or `--profile`), every core unless `--threads`.
 pub fn cpu(args: &BenchArgs) -> Result<Setup, Error> {
+    if args.matmul.is_some() {
+        return Err(Error::Usage("--matmul applies to --target cuda only (GPU tensor-core `dot`s)".into()));
+    }
     let threads = match args.threads {
         Some(0) => return Err(Error::Usage("--threads must be at least 1".into())),
         Some(n) => {
@@ -92,13 +97,22 @@ pub fn cpu(args: &BenchArgs) -> Result<Setup, Error> {
         dram_bw: p.dram_bw,
         mem_name: "%DRAM",
     };
-    Ok(Setup { chosen, engine: Box::new(CpuEngine::default()), gpu: false, header, rates })
+    Ok(Setup { chosen, engine: Box::new(CpuEngine::default()), engine_matmul: None, gpu: false, header, rates })
 }
 
 /// Checks the options that do not apply to a GPU run.
 fn gpu_options(args: &BenchArgs) -> Result<(), Error> {
     if args.threads.is_some() {
         return Err(Error::Usage("--threads applies to --target cpu only".into()));
+    }
+    if let Some(m) = &args.matmul {
+        if args.kernels.is_some() {
+            return Err(Error::Usage(
+                "--matmul chooses how kernels are compiled, but a kernel bundle's are fixed: rebuild the bundle with it"
+                    .into(),
+            ));
+        }
+        mixc::pricing::kernel_resources_for(&mixc::passes::device::DeviceProfile::h100(), m).map(drop)?;
     }
     if args.sweep && args.kernels.is_some() {
         return Err(Error::Usage(
@@ -145,7 +159,10 @@ pub fn cuda(args: &BenchArgs) -> Result<Setup, Error> {
         None => {
             let target = gpu.target()?;
             let storage = args.storage.unwrap_or_default();
-            (CudaEngine::new(gpu), format!("kernels compiled here for {target} (dot tf32x3, {storage} storage)"))
+            let mut engine = CudaEngine::new(gpu);
+            engine.matmul = args.matmul.clone().unwrap_or_else(|| "tf32x3".into());
+            let what = format!("kernels compiled here for {target} (dot {}, {storage} storage)", engine.matmul);
+            (engine, what)
         }
     };
     let p = &chosen.profile;
@@ -178,7 +195,8 @@ pub fn cuda(args: &BenchArgs) -> Result<Setup, Error> {
         dram_bw: p.dram_bw,
         mem_name: "%HBM",
     };
-    Ok(Setup { chosen, engine: Box::new(engine), gpu: true, header, rates })
+    let engine_matmul = Some(engine.matmul.clone());
+    Ok(Setup { chosen, engine: Box::new(engine), engine_matmul, gpu: true, header, rates })
 }
 
 /// A build without CUDA says how to get one (after the option checks).

@@ -57,8 +57,18 @@ fn warp_block(mt: u32, nt: u32, warps: u32) -> (u32, u32) {
     (wm, wn)
 }
 
+/// Registers one thread holds for a tensor-core `dot` of an `[m, n]` result
+/// in a CTA of `threads`: its warp block's accumulators (4 f32 per 16×8
+/// fragment) and one k-step's A and B fragments (4 and 2 registers each;
+/// tf32x3 keeps a high and a low part of both).
+pub(crate) fn registers(mode: Matmul, m: u32, n: u32, threads: u32) -> u32 {
+    let (wm, wn) = warp_block(m / 16, n / 8, (threads / 32).max(1));
+    let parts = if mode == Matmul::Tf32x3 { 2 } else { 1 };
+    wm * wn * 4 + parts * (wm * 4 + wn * 2)
+}
+
 /// Whether the tensor-core path takes a dot of these shapes.
-pub(super) fn takes(mode: Matmul, m: u32, n: u32, k: u32) -> bool {
+pub(crate) fn takes(mode: Matmul, m: u32, n: u32, k: u32) -> bool {
     let kstep = match mode {
         Matmul::Simt => return false,
         Matmul::Tf32x3 => 8,
