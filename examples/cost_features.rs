@@ -9,7 +9,9 @@
 //! ```
 //!
 //! Each point is `B,H,T`; `H` rewrites the file's `heads = ...` lines.
-//! `MATMUL=bf16` prices `dot`s as the bf16 tensor-core mode (default tf32x3).
+//! `MATMUL=bf16` prices `dot`s as the bf16 tensor-core mode (default tf32x3),
+//! `STORAGE=bf16` every candidate with bf16 activations (as `mixc bench
+//! --storage bf16` runs them; default f32).
 
 use mixc_passes::cost::price_with;
 use mixc_passes::device::DeviceProfile;
@@ -32,6 +34,10 @@ fn main() -> Result<(), Box<dyn Error>> {
     };
     let matmul = std::env::var("MATMUL").unwrap_or_else(|_| "tf32x3".into());
     let resources = mixc::pricing::kernel_resources_for(&dev, &matmul)?;
+    let storage: mixc_passes::Storage = match std::env::var("STORAGE") {
+        Ok(s) => s.parse().map_err(|e| format!("STORAGE={s}: {e}"))?,
+        Err(_) => mixc_passes::Storage::F32,
+    };
     let src = std::fs::read_to_string(file)?;
     println!("mixer,B,H,T,schedule,kernel,programs,ops_pp,elems_pp,loads_pp,dots_pp,mma_pw,shared,threads,scratch,registers,pred_s,compute_s,memory_s");
     for point in points {
@@ -41,15 +47,16 @@ fn main() -> Result<(), Box<dyn Error>> {
         let free: BTreeMap<String, u64> = [("B".to_string(), b), ("T".to_string(), t)].into_iter().collect();
         for g in mixc::graphs_of_file(Path::new(&path))?.iter().filter(|g| MIXERS.contains(&g.name.as_str())) {
             for c in search_with(&g.graph, &free, &dev, &*resources)?.iter().filter(|c| c.rejected.is_none()) {
-                let prog = mixc::lower_graph(&g.name, &g.graph, &c.schedule)?;
+                let schedule = mixc_passes::Schedule { storage, ..c.schedule };
+                let prog = mixc::lower_graph(&g.name, &g.graph, &schedule)?;
                 let cost = price_with(&prog, &free, &dev, &*resources);
-                let label = mixc::bench::describe(&c.schedule, &g.graph);
+                let label = mixc::bench::describe(&schedule, &g.graph);
                 for (launch, k) in prog.launches.iter().zip(&cost.kernels) {
                     let plan = prog.kernels.get(launch.kernel).and_then(&resources);
                     let (shared, threads, scratch, registers) =
                         plan.map_or((0, 0, 0, 0), |r| (r.shared_bytes, r.threads, r.spill_bytes, r.registers));
                     println!(
-                        "{},{b},{h},{t},{label},{},{},{},{},{},{},{},{shared},{threads},{scratch},{registers},{},{},{}",
+                        "{},{b},{h},{t},\"{label}\",{},{},{},{},{},{},{},{shared},{threads},{scratch},{registers},{},{},{}",
                         g.name,
                         k.name,
                         k.programs,

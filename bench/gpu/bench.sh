@@ -36,11 +36,14 @@ if [[ $parts == *anchors* ]] && [ -f anchors/gpu_anchor_bench.py ]; then
 fi
 if [[ $parts == *sweep* ]]; then
   # The points of issue 6 (B·H ∈ {8, 128}, L ∈ {2048, 8192}) unless SWEEP_SIZES
-  # gives others (space-separated, e.g. "B=4,H=16,T=4096 B=2,H=16,T=16384").
+  # gives others (space-separated, e.g. "B=4,H=16,T=4096 B=2,H=16,T=16384");
+  # SWEEP_MATMUL / SWEEP_STORAGE: the dot mode and activation dtype (default
+  # tf32x3, f32), SWEEP_MAX candidates per point (8).
   read -r -a points <<< "${SWEEP_SIZES:-B=1,H=8,T=2048 B=1,H=8,T=8192 B=8,H=16,T=2048 B=8,H=16,T=8192}"
   sizes=(); for p in "${points[@]}"; do sizes+=(--sizes "$p"); done
+  sizes+=(--matmul "${SWEEP_MATMUL:-tf32x3}" --storage "${SWEEP_STORAGE:-f32}")
   for m in ${SWEEP_MIXERS:-gla simple_gla gated_deltanet mlstm attention}; do
-    timeout "${SWEEP_S:-100}" ./mixc bench "$models/bench/anchors.toml" --target cuda --mixer $m --sweep --max-candidates 8 --runs 3 \
+    timeout "${SWEEP_S:-100}" ./mixc bench "$models/bench/anchors.toml" --target cuda --mixer $m --sweep --max-candidates "${SWEEP_MAX:-8}" --runs 3 \
       "${sizes[@]}" > "$out/sweep_$m.txt" 2>&1
     grep -E "^pick|sweep at" "$out/sweep_$m.txt"
   done
