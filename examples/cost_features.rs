@@ -39,7 +39,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         Err(_) => mixc_passes::Storage::F32,
     };
     let src = std::fs::read_to_string(file)?;
-    println!("mixer,B,H,T,schedule,kernel,programs,ops_pp,elems_pp,loads_pp,dots_pp,mma_pw,shared,threads,scratch,registers,pred_s,compute_s,memory_s");
+    println!("mixer,B,H,T,schedule,kernel,programs,ops_pp,elems_pp,loads_pp,dots_pp,mma_pw,shared,threads,scratch,spilled_share,registers,pred_s,compute_s,memory_s");
     for point in points {
         let [b, h, t] = parse_point(point)?;
         let path = std::env::temp_dir().join(format!("mixc-cost-features-h{h}.toml"));
@@ -53,10 +53,11 @@ fn main() -> Result<(), Box<dyn Error>> {
                 let label = mixc::bench::describe(&schedule, &g.graph);
                 for (launch, k) in prog.launches.iter().zip(&cost.kernels) {
                     let plan = prog.kernels.get(launch.kernel).and_then(&resources);
-                    let (shared, threads, scratch, registers) =
-                        plan.map_or((0, 0, 0, 0), |r| (r.shared_bytes, r.threads, r.spill_bytes, r.registers));
+                    let (shared, threads, scratch, spilled, registers) = plan.map_or((0, 0, 0, 0.0, 0), |r| {
+                        (r.shared_bytes, r.threads, r.spill_bytes, r.spilled_share, r.registers)
+                    });
                     println!(
-                        "{},{b},{h},{t},\"{label}\",{},{},{},{},{},{},{},{shared},{threads},{scratch},{registers},{},{},{}",
+                        "{},{b},{h},{t},\"{label}\",{},{},{},{},{},{},{},{shared},{threads},{scratch},{spilled},{registers},{},{},{}",
                         g.name,
                         k.name,
                         k.programs,

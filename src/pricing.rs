@@ -65,6 +65,7 @@ fn gpu_resources_for(matmul: mixc_backend_ptx::Matmul) -> ResourceFn {
             shared_bytes: u64::from(r.shared_bytes),
             spill_bytes: u64::from(r.scratch_bytes),
             registers: r.registers,
+            spilled_share: r.spilled_share,
             mma_k,
             mma_passes,
         })

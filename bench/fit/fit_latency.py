@@ -14,8 +14,8 @@ bench.sh, part `sweep`). The model, per kernel:
              + mma·mma instructions per warp)
 
 with waves = ⌈programs / (SMs × programs per SM)⌉ (programs per SM from shared
-memory, threads and registers, at most 32) and s the spilled share of the kernel's tiles; a
-candidate's time is the sum over its kernels plus 4 µs per launch. The terms
+memory, threads and registers, at most 32) and s the share of a program's
+tile elements that touch tiles spilled to global scratch; a candidate's time is the sum over its kernels plus 4 µs per launch. The terms
 are fitted by non-negative least squares on relative error, and the script
 prints, per size point, the pick and its gap to the fastest measured
 candidate. Needs numpy.
@@ -23,6 +23,7 @@ candidate. Needs numpy.
 import csv
 import glob
 import math
+import os
 import re
 import sys
 from collections import defaultdict
@@ -67,7 +68,7 @@ def row(kernels):
         if regs > 0:
             per_sm = max(1, min(per_sm, REGISTERS // (regs * 32 * math.ceil(k["threads"] / 32))))
         waves = math.ceil(k["programs"] / (SMS * per_sm))
-        s = k["scratch"] / max(1.0, k["shared"] + k["scratch"])
+        s = k["spilled_share"] if k["scratch"] > 0 else 0.0
         x += waves * np.array(
             [k["ops_pp"], k["elems_pp"] * (1 - s), k["elems_pp"] * s, k["loads_pp"], k["dots_pp"], k.get("mma_pw", 0)]
         )
@@ -75,28 +76,41 @@ def row(kernels):
     return x, launches
 
 
-def main():
-    feats, meas = features(sys.argv[1]), measured(sys.argv[2:])
-    keys = [k for k in meas if k in feats]
-    xs = [row(feats[k]) for k in keys]
-    X = np.array([x for x, _ in xs])
-    n = np.array([l for _, l in xs])
-    y = np.array([meas[k] for k in keys])
-    A, b = X / y[:, None], (y - n * LAUNCH) / y
-    active = list(range(len(TERMS)))
+def nnls(A, b):
+    active = list(range(A.shape[1]))
     while True:
         sol, *_ = np.linalg.lstsq(A[:, active], b, rcond=None)
         if (sol >= 0).all():
             break
         active = [a for a, v in zip(active, sol) if v >= 0]
-    terms = np.zeros(len(TERMS))
+    terms = np.zeros(A.shape[1])
     terms[active] = sol
-    print("fitted on", len(keys), "candidates:", ", ".join(f"{t} = {v:.3g}" for t, v in zip(TERMS, terms)))
+    return terms
+
+
+def main():
+    # TERMS=op,elem,spilled,load,dot,mma evaluates those terms instead of
+    # fitting; MIXERS=a,b fits (and reports) only those mixers.
+    feats, meas = features(sys.argv[1]), measured(sys.argv[2:])
+    only = os.environ.get("MIXERS", "").split(",") if os.environ.get("MIXERS") else None
+    keys = [k for k in meas if k in feats and (only is None or k[0] in only)]
+    xs = [row(feats[k]) for k in keys]
+    X = np.array([x for x, _ in xs])
+    n = np.array([l for _, l in xs])
+    y = np.array([meas[k] for k in keys])
+    A, b = X / y[:, None], (y - n * LAUNCH) / y
+    if os.environ.get("TERMS"):
+        terms = np.array([float(x) for x in os.environ["TERMS"].split(",")])
+    else:
+        terms = nnls(A, b)
+    print("fitted on" if not os.environ.get("TERMS") else "evaluated on", len(keys), "candidates:", ", ".join(f"{t} = {v:.3g}" for t, v in zip(TERMS, terms)))
     pred = X @ terms + n * LAUNCH
     print("median |log(pred/measured)| = %.3f" % np.median(np.abs(np.log(pred / y))))
     points = defaultdict(list)
     for k, p, m in zip(keys, pred, y):
-        points[k[:4]].append((p, m, k[4]))
+        # A point is a size and a storage (a bf16 sweep's labels say so).
+        storage = k[4].split(", ")[-1] if k[4].endswith(" storage") else "f32 storage"
+        points[k[:4] + (storage,)].append((p, m, k[4]))
     within = 0
     for point, cands in sorted(points.items()):
         pick, best = min(cands), min(cands, key=lambda c: c[1])

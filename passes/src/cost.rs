@@ -76,11 +76,14 @@ impl Bound {
 /// threads per program, shared memory, and the bytes of tiles that did not fit
 /// in shared memory and live in global scratch instead. The facade asks the
 /// backend and hands the answers to [`price_with`] (passes never call a backend).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct KernelResources {
     pub threads: u32,
     pub shared_bytes: u64,
     pub spill_bytes: u64,
+    /// The share of the program's tile elements (in its loops) that read or
+    /// write those spilled tiles.
+    pub spilled_share: f64,
     /// Registers per thread (the backend's estimate; 0: unknown).
     pub registers: u32,
     /// How the backend computes a `dot` on the matrix unit: each instruction
@@ -309,7 +312,7 @@ fn latency(programs: u64, w: &ProgramWork, res: Option<KernelResources>, dev: &D
         Some(r) => programs_per_sm(r, dev),
         None => u64::from(dev.programs_per_unit.max(1)),
     };
-    let spilled = res.map_or(0.0, |r| r.spill_bytes as f64 / (r.shared_bytes + r.spill_bytes).max(1) as f64);
+    let spilled = res.map_or(0.0, |r| if r.spill_bytes > 0 { r.spilled_share.clamp(0.0, 1.0) } else { 0.0 });
     let waves = programs.div_ceil(u64::from(dev.units.max(1)) * per_unit) as f64;
     let elem_s = l.elem_s * (1.0 - spilled) + l.spilled_elem_s * spilled;
     let program_s = l.op_s * w.ops + elem_s * w.elems + l.load_s * w.loads + l.dot_s * w.dots + l.mma_s * w.mma;

@@ -236,7 +236,7 @@ impl Default for Options {
 /// What a kernel needs of an SM, from the backend's plan alone (no LLVM
 /// involved, so it is cheap enough for the cost model to ask of every
 /// candidate): the same figures [`PtxKernel`] reports once compiled.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Resources {
     pub threads: u32,
     pub shared_bytes: u32,
@@ -244,6 +244,9 @@ pub struct Resources {
     /// Registers per thread, estimated from the plan (see
     /// [`RegisterFeatures::estimate`]); `ptxas` decides the real count.
     pub registers: u32,
+    /// The share of the tile work inside loops that reads or writes the
+    /// global scratch region (0 when nothing spills).
+    pub spilled_share: f64,
 }
 
 /// Plans `k` (slots, their shared-memory offsets and the spill to global
@@ -253,7 +256,14 @@ pub fn resources(k: &Kernel, matmul: Matmul) -> Result<Resources, PtxError> {
     let defs = plan::Defs::new(k);
     let p = plan::plan(k, &defs)?;
     let registers = registers::features(k, &defs, &p, matmul).estimate();
-    Ok(Resources { threads: p.threads, shared_bytes: p.shared_bytes, scratch_bytes: p.scratch_bytes, registers })
+    let spilled_share = registers::spilled_share(k, &defs, &p);
+    Ok(Resources {
+        threads: p.threads,
+        shared_bytes: p.shared_bytes,
+        scratch_bytes: p.scratch_bytes,
+        registers,
+        spilled_share,
+    })
 }
 
 /// What [`Resources::registers`] is estimated from, for `k` compiled with `matmul`.

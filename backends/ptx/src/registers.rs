@@ -102,6 +102,51 @@ pub(crate) fn features(k: &Kernel, defs: &Defs, plan: &Plan, matmul: Matmul) -> 
     RegisterFeatures { pointers, scalars, mma: mma_regs, trips, trip_loads, loop_trips, loop_mats }
 }
 
+/// The share of a kernel's tile work that touches global scratch: elements
+/// of the materialized statements inside loops (all statements where there
+/// is no loop) whose result or any operand lives in a slot that did not fit
+/// in shared memory, over the elements of all of them. The slots that spill
+/// are the largest (a recurrence's state, say), which few statements touch,
+/// so this is far below the spilled share of the bytes.
+pub(crate) fn spilled_share(k: &Kernel, defs: &Defs, plan: &Plan) -> f64 {
+    if plan.scratch_bytes == 0 {
+        return 0.0;
+    }
+    let global = |v: mixc_ir::tile::TValue| match plan.repr.get(v.index()) {
+        Some(Repr::Mat(s)) => plan.slots.get(*s).is_some_and(|s| s.global),
+        _ => false,
+    };
+    let has_loop = std::cell::Cell::new(false);
+    let (mut all, mut spilled, mut all_top, mut spilled_top) = (0f64, 0f64, 0f64, 0f64);
+    walk_depth(&k.body, 0, &mut |s, depth| {
+        if matches!(s.op, TOp::For { .. }) {
+            has_loop.set(true);
+        }
+        let Some(&v) = s.results.first() else { return };
+        if !matches!(plan.repr.get(v.index()), Some(Repr::Mat(_))) {
+            return;
+        }
+        let n = k.ty(v).shape.iter().map(|d| f64::from(*d)).product::<f64>();
+        let mut acc = vec![];
+        for x in s.op.operands() {
+            plan.accesses(k, defs, x, false, &mut acc);
+        }
+        let touches = global(v) || acc.iter().any(|a| matches!(a, Access::Shared { root, .. } if global(*root)));
+        let (a, sp) = if depth > 0 { (&mut all, &mut spilled) } else { (&mut all_top, &mut spilled_top) };
+        *a += n;
+        if touches {
+            *sp += n;
+        }
+    });
+    let (all, spilled) =
+        if has_loop.get() && all > 0.0 { (all, spilled) } else { (all + all_top, spilled + spilled_top) };
+    if all > 0.0 {
+        spilled / all
+    } else {
+        0.0
+    }
+}
+
 /// Calls `f` on every statement with the number of `for` loops around it.
 fn walk_depth<'k>(b: &'k Block, depth: u32, f: &mut dyn FnMut(&'k Stmt, u32)) {
     for s in &b.stmts {

@@ -174,6 +174,7 @@ fn gpu_latency_term_is_waves_times_the_statements_of_a_program() {
         threads: 256,
         shared_bytes: 150 * 1024,
         spill_bytes: 0,
+        spilled_share: 0.0,
         registers: 64,
         mma_k: 16,
         mma_passes: 1,
@@ -214,7 +215,7 @@ fn gpu_latency_term_is_waves_times_the_statements_of_a_program() {
     let k3 = &price_with(&prog, &free(b, t), &dev, &|_| Some(tf32)).kernels[0];
     assert!((k3.mma_per_warp - 6.0 * mma).abs() <= 1e-9 * mma);
     // Half the tiles spilled to global scratch: elements cost the mean of the two prices.
-    let spilled = KernelResources { spill_bytes: 150 * 1024, ..big };
+    let spilled = KernelResources { spill_bytes: 150 * 1024, spilled_share: 0.5, ..big };
     let slow = price_with(&prog, &free(b, t), &dev, &|_| Some(spilled)).kernels[0].latency_s;
     let extra = waves * 0.5 * (l.spilled_elem_s - l.elem_s) * k.elems_per_program;
     assert!((slow - k.latency_s - extra).abs() <= 1e-9 * slow);
@@ -258,6 +259,7 @@ fn programs_per_sm_is_the_tightest_of_shared_memory_threads_and_registers() {
         threads,
         shared_bytes,
         spill_bytes: 0,
+        spilled_share: 0.0,
         registers,
         mma_k: 0,
         mma_passes: 0,
