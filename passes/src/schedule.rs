@@ -123,6 +123,16 @@ pub struct Schedule {
     /// serialized schedule: 1, as recorded before it existed.
     #[serde(default = "one")]
     pub step_tokens: u32,
+    /// Keys per program of attention split over keys (FlashDecoding): a
+    /// first kernel runs a program per (query block, batch × head, run of
+    /// `kv_split` keys) and writes un-normalized partial results, a second
+    /// merges each row's `⌈Tk / kv_split⌉` partials. This multiplies the
+    /// programs of a decode step, which has a single query block per head, by
+    /// the splits of its cache. A multiple of `block_k` (at most
+    /// [`MAX_KV_SPLIT`]); 0: off, one kernel walking all keys. Absent in a
+    /// serialized schedule: 0, as recorded before it existed.
+    #[serde(default)]
+    pub kv_split: u32,
 }
 
 fn one() -> u32 {
@@ -142,6 +152,15 @@ pub const GPU_DECODE_BLOCK_V: u32 = 64;
 /// The most tokens per pass of the token-by-token form ([`Schedule::step_tokens`]).
 pub const MAX_STEP_TOKENS: u32 = 16;
 
+/// The most keys per program of attention split over keys ([`Schedule::kv_split`]):
+/// the kernels index keys in i32.
+pub const MAX_KV_SPLIT: u32 = 1 << 20;
+
+/// Keys per split program of a GPU's decode-step attention
+/// ([`Schedule::decode_for`]): a decode step's one query block per head
+/// otherwise leaves a CTA per (batch, head) streaming the whole cache alone.
+pub const GPU_DECODE_KV_SPLIT: u32 = 512;
+
 impl Default for Schedule {
     fn default() -> Self {
         Schedule {
@@ -156,6 +175,7 @@ impl Default for Schedule {
             block_v: 0,
             storage: Storage::F32,
             step_tokens: 1,
+            kv_split: 0,
         }
     }
 }
@@ -180,10 +200,13 @@ impl Schedule {
 
     /// The decode step's schedule on a device of `kind`: [`Schedule::decode`],
     /// on a GPU with the value columns split into blocks of
-    /// [`GPU_DECODE_BLOCK_V`].
+    /// [`GPU_DECODE_BLOCK_V`] and attention's keys into runs of
+    /// [`GPU_DECODE_KV_SPLIT`].
     pub fn decode_for(kind: crate::device::DeviceKind) -> Schedule {
         match kind {
-            crate::device::DeviceKind::Gpu => Schedule { block_v: GPU_DECODE_BLOCK_V, ..Schedule::decode() },
+            crate::device::DeviceKind::Gpu => {
+                Schedule { block_v: GPU_DECODE_BLOCK_V, kv_split: GPU_DECODE_KV_SPLIT, ..Schedule::decode() }
+            }
             _ => Schedule::decode(),
         }
     }
@@ -225,6 +248,12 @@ impl Schedule {
         }
         if self.step_tokens > 1 && !self.step {
             return Err(format!("{} tokens per step need the token-by-token form (step)", self.step_tokens));
+        }
+        if !self.kv_split.is_multiple_of(self.block_k) || self.kv_split > MAX_KV_SPLIT {
+            return Err(format!(
+                "keys per split {} must be 0 (no split) or a multiple of the key block {} up to {MAX_KV_SPLIT}",
+                self.kv_split, self.block_k
+            ));
         }
         Ok(())
     }

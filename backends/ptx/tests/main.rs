@@ -32,6 +32,8 @@ fn schedules() -> Vec<(&'static str, mixc_passes::Schedule)> {
         ("split16", Schedule { split: true, ..Schedule::with_chunk(16) }),
         ("step", Schedule::decode()),
         ("steps4", Schedule::steps(4)),
+        // The GPU's decode step: value blocks, attention split over keys.
+        ("gpu-decode", Schedule::decode_for(mixc_passes::device::DeviceKind::Gpu)),
     ]
 }
 
@@ -173,10 +175,6 @@ fn compile_all(kernels: &[(String, Kernel)], targets: &[Target]) -> Vec<(String,
     out
 }
 
-fn check_models(dir: &str, report_name: &str) {
-    check_kernels(kernels_of(dir), &format!("{dir}/*.toml"), &schedules(), report_name);
-}
-
 /// Assembles `kernels` for sm_80 and sm_90 and writes the `ptxas -v` report.
 fn check_kernels(
     kernels: Vec<(String, Kernel)>,
@@ -306,7 +304,11 @@ fn check_register_estimates(est: &[(String, u32, u32, u32)], failures: &mut Vec<
 
 #[test]
 fn every_model_kernel_assembles_for_sm80_and_sm90() {
-    check_models("models", "ptx");
+    let kernels = kernels_of("models");
+    for split in ["flash_attention_partial", "flash_attention_combine"] {
+        assert!(kernels.iter().any(|(_, k)| k.name == split), "no `{split}` kernel among the models' decode kernels");
+    }
+    check_kernels(kernels, "models/*.toml", &schedules(), "ptx");
 }
 
 /// Schedules with 16-bit storage of activations.
@@ -314,14 +316,15 @@ fn narrow_schedules() -> Vec<(&'static str, mixc_passes::Schedule)> {
     use mixc_passes::{Schedule, Storage};
     let mut out = vec![];
     for (tags, storage) in [
-        (["bf16-chunk64", "bf16-split64", "bf16-step"], Storage::Bf16),
-        (["f16-chunk64", "f16-split64", "f16-step"], Storage::F16),
+        (["bf16-chunk64", "bf16-split64", "bf16-step", "bf16-gpu-decode"], Storage::Bf16),
+        (["f16-chunk64", "f16-split64", "f16-step", "f16-gpu-decode"], Storage::F16),
     ] {
         let with = |s: Schedule| Schedule { storage, ..s };
         out.extend([
             (tags[0], with(Schedule::with_chunk(64))),
             (tags[1], with(Schedule { split: true, ..Schedule::with_chunk(64) })),
             (tags[2], with(Schedule::decode())),
+            (tags[3], with(Schedule::decode_for(mixc_passes::device::DeviceKind::Gpu))),
         ]);
     }
     out
@@ -409,9 +412,16 @@ fn gpu_bundle() {
                     let file = ptx_names.entry(c.ptx.clone()).or_insert_with(|| format!("k{n}.ptx")).clone();
                     compiled.push((c, file));
                 }
-                for t in [45usize, 1] {
-                    let id = format!("{model}__{name}__{sn}__T{t}");
-                    let sizes = BTreeMap::from([("B", 2usize), ("T", t), ("S", 0)]);
+                // The GPU decode step also against a cache of several key splits.
+                let sizes_of =
+                    if sn == "gpu-decode" { &[(45usize, 0usize), (1, 0), (1, 1100)][..] } else { &[(45, 0), (1, 0)] };
+                for &(t, cache) in sizes_of {
+                    let id = if cache == 0 {
+                        format!("{model}__{name}__{sn}__T{t}")
+                    } else {
+                        format!("{model}__{name}__{sn}__T{t}S{cache}")
+                    };
+                    let sizes = BTreeMap::from([("B", 2usize), ("T", t), ("S", cache)]);
                     let inputs = mixc_ir::mixers::random_inputs(&g, &sizes, 7 + t as u64, true);
                     let (outs, _) = match p.run(&inputs, Precision::F32) {
                         Ok(r) => r,

@@ -1,14 +1,16 @@
 //! Flash attention: the lowered program against the reference interpreter
-//! (masks, grouped-query heads, ragged head dims and blocks, a KV cache), and
-//! the mask-aware skipping of key blocks counted by the tile interpreter.
+//! (masks, grouped-query heads, ragged head dims and blocks, a KV cache), the
+//! form split over keys (`Schedule::kv_split`) against it and against the one
+//! kernel, and the mask-aware skipping of key blocks counted by the tile
+//! interpreter.
 
-use super::util::{build, check};
+use super::util::{build, check, rel_err};
 use mixc_ir::interp::Tensor;
 use mixc_ir::mixers::random_inputs;
 use mixc_ir::ops::{Mask, OpKind};
 use mixc_ir::tile::interp::Precision;
 use mixc_ir::{DType, Graph};
-use mixc_passes::Schedule;
+use mixc_passes::{lower, Schedule};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 
@@ -45,6 +47,35 @@ fn attn_inputs(g: &Graph, b: usize, tq: usize, tk: usize, seed: u64) -> BTreeMap
 
 fn sched(bq: u32, bk: u32) -> Schedule {
     Schedule { block_q: bq, block_k: bk, ..Schedule::default() }
+}
+
+fn split_sched(bq: u32, bk: u32, kv_split: u32) -> Schedule {
+    Schedule { kv_split, ..sched(bq, bk) }
+}
+
+/// The program's outputs under `s`, in f64 tile arithmetic.
+fn run_tiles(g: &Graph, s: &Schedule, inputs: &BTreeMap<String, Tensor>) -> (BTreeMap<String, Tensor>, u64) {
+    let prog = lower(g, s).unwrap_or_else(|e| panic!("lower: {e}"));
+    let (out, stats) = prog.run(inputs, Precision::F64).unwrap_or_else(|e| panic!("tile run: {e}"));
+    (out, stats.programs)
+}
+
+/// The split form's outputs equal the one kernel's to rounding (the same
+/// blocks, merged in another order), lse's `−inf` rows included.
+fn assert_split_matches_whole(g: &Graph, bq: u32, bk: u32, kv_split: u32, inputs: &BTreeMap<String, Tensor>) {
+    let (whole, _) = run_tiles(g, &sched(bq, bk), inputs);
+    let (split, _) = run_tiles(g, &split_sched(bq, bk, kv_split), inputs);
+    for (name, w) in &whole {
+        let got = &split[name];
+        let same_inf = w.data.iter().zip(&got.data).all(|(a, b)| a.is_finite() || a == b);
+        assert!(same_inf, "`{name}`: the split form's infinite entries differ (kv_split {kv_split})");
+        let finite = |t: &Tensor| Tensor {
+            shape: t.shape.clone(),
+            data: t.data.iter().map(|x| if x.is_finite() { *x } else { 0.0 }).collect(),
+        };
+        let e = rel_err(&finite(got), &finite(w));
+        assert!(e <= 1e-12, "`{name}`: split vs one kernel relative error {e:e} (kv_split {kv_split})");
+    }
 }
 
 /// Mask variants: 0 full, 1 causal, 2 causal + window, 3 causal + window + sinks,
@@ -87,6 +118,99 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// Attention split over keys equals the reference (f64 to 1e-9, f32 to
+    /// 1e-4) and the one-kernel form (to rounding): cache lengths that are not
+    /// multiples of the split or the key block, shorter than one split and
+    /// empty (only the new tokens), one to 20 queries, every mask (windows
+    /// that leave whole splits without a key), grouped-query heads and head
+    /// dims that are not multiples of 16.
+    #[test]
+    fn kv_split_attention_matches_reference(
+        b in 1usize..=2,
+        tq in 1usize..=20,
+        cache in prop_oneof![Just(0usize), 1usize..=40, 41usize..=260],
+        heads in prop::sample::select(vec![(1u64, 1u64), (2, 1), (4, 2), (4, 1)]),
+        d in prop::sample::select(vec![17u64, 24, 40, 16]),
+        dv_same in any::<bool>(),
+        mask_kind in 0u8..6,
+        w in 1u32..=70,
+        sinks in 1u32..=20,
+        bq in prop::sample::select(vec![16u32, 32]),
+        bk in prop::sample::select(vec![16u32, 32]),
+        splits_per_block in prop::sample::select(vec![1u32, 2, 4]),
+        seed: u64,
+    ) {
+        let dv = if dv_same { d } else { 24 };
+        let g = attn_graph(heads.0, heads.1, d, dv, mask_of(mask_kind, w, sinks));
+        let inputs = attn_inputs(&g, b, tq, tq + cache, seed);
+        let kv_split = bk * splits_per_block;
+        let s = split_sched(bq, bk, kv_split);
+        check(&g, &s, &inputs, Precision::F64, 1e-9);
+        check(&g, &s, &inputs, Precision::F32, 1e-4);
+        assert_split_matches_whole(&g, bq, bk, kv_split, &inputs);
+    }
+}
+
+/// The split form runs a program per (query block, batch × head, split) and one
+/// per (query block, batch × head) to combine: `⌈Tk / kv_split⌉` splits, none
+/// when there is no key (the combine then writes `o = 0`, `lse = −inf`).
+#[test]
+fn kv_split_programs_and_empty_cache() {
+    let g = attn_graph(4, 2, 24, 24, Mask::default());
+    for (tq, tk, splits) in [(1usize, 1usize, 1u64), (1, 64, 1), (1, 65, 2), (3, 200, 4), (17, 130, 3)] {
+        let inputs = attn_inputs(&g, 2, tq, tk, 11 + tk as u64);
+        let (_, programs) = run_tiles(&g, &split_sched(16, 32, 64), &inputs);
+        let qblocks = tq.div_ceil(16) as u64;
+        assert_eq!(programs, qblocks * 8 * (splits + 1), "Tq {tq}, Tk {tk}");
+    }
+    // No keys at all: the partial kernel has no programs.
+    let inputs = attn_inputs(&g, 2, 1, 0, 5);
+    let (out, _) = run_tiles(&g, &split_sched(16, 32, 64), &inputs);
+    assert!(out["o"].data.iter().all(|x| *x == 0.0), "rows without keys write o = 0");
+    assert!(out["lse"].data.iter().all(|x| *x == f64::NEG_INFINITY), "and lse = −inf");
+}
+
+#[test]
+fn kv_split_is_validated() {
+    assert!(split_sched(16, 64, 512).validate().is_ok());
+    assert!(split_sched(16, 64, 0).validate().is_ok());
+    assert!(split_sched(16, 64, 96).validate().is_err(), "not a multiple of block_k");
+    assert!(split_sched(16, 64, 32).validate().is_err(), "smaller than a key block");
+    assert!(split_sched(16, 64, 1 << 30).validate().is_err(), "too many keys for i32 offsets");
+    let g = attn_graph(2, 1, 16, 16, Mask::causal());
+    assert!(lower(&g, &split_sched(16, 64, 100)).is_err(), "lowering validates the schedule");
+}
+
+/// Kernel bundles record schedules as TOML: `kv_split` round-trips, and a
+/// schedule recorded before the field existed reads 0 (one kernel).
+#[test]
+fn kv_split_round_trips_through_serialized_schedules() {
+    use mixc_passes::device::DeviceKind;
+    let gpu = Schedule::decode_for(DeviceKind::Gpu);
+    let text = toml::to_string(&gpu).unwrap_or_else(|e| panic!("{e}"));
+    assert!(text.contains(&format!("kv_split = {}", gpu.kv_split)), "{text}");
+    let back: Schedule = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(back, gpu);
+    let mut old = toml::Table::try_from(gpu).unwrap_or_else(|e| panic!("{e}"));
+    old.remove("kv_split");
+    let back: Schedule = old.try_into().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(back, Schedule { kv_split: 0, ..gpu });
+    assert_ne!(back, gpu, "kv_split takes part in equality (and so in hashing)");
+}
+
+/// The GPU decode schedule splits attention's keys; the CPU's does not.
+#[test]
+fn decode_schedules_split_keys_on_the_gpu_only() {
+    use mixc_passes::device::DeviceKind;
+    let gpu = Schedule::decode_for(DeviceKind::Gpu);
+    assert!(gpu.kv_split > 0 && gpu.validate().is_ok());
+    assert_eq!(Schedule::decode_for(DeviceKind::Cpu).kv_split, 0);
+    assert_eq!(Schedule::decode_for(DeviceKind::Cpu), Schedule::decode());
+}
+
 /// A decode step (one query) and a prefill against a long cache, with every mask.
 #[test]
 fn decode_and_long_cache() {
@@ -96,6 +220,7 @@ fn decode_and_long_cache() {
         for (tq, tk) in [(1, 1), (1, 77), (5, 130), (33, 33)] {
             let inputs = attn_inputs(&g, 2, tq, tk, 7 + tk as u64);
             check(&g, &sched(16, 32), &inputs, Precision::F64, 1e-9);
+            check(&g, &split_sched(16, 32, 32), &inputs, Precision::F64, 1e-9);
         }
     }
 }
@@ -141,6 +266,8 @@ fn attention_mixer_graphs() {
             let inputs = random_inputs(&g, &sizes, 100 + i as u64 * 7 + t as u64, true);
             check(&g, &sched(16, 16), &inputs, Precision::F64, 1e-9);
             check(&g, &sched(32, 16), &inputs, Precision::F32, 1e-4);
+            // Split over keys: Tk = S + T is a sum of dims here.
+            check(&g, &split_sched(16, 16, 32), &inputs, Precision::F64, 1e-9);
         }
     }
 }
