@@ -603,7 +603,8 @@ fn ranks_of(xs: &[f64]) -> Vec<f64> {
 
 /// A schedule in words, naming only what varies for the graph: `chunk 64
 /// fused` or `token by token` for recurrences (`v32`: value columns split
-/// over programs in blocks of 32), `q64 k64` blocks for attention.
+/// over programs in blocks of 32), `q64 k64` blocks for attention (`kv512`:
+/// keys split over programs in runs of 512).
 pub fn describe(s: &Schedule, g: &Graph) -> String {
     let mut parts = Vec::new();
     if has_recurrence(g) {
@@ -618,6 +619,9 @@ pub fn describe(s: &Schedule, g: &Graph) -> String {
     }
     if has_attention(g) {
         parts.push(format!("q{} k{}", s.block_q, s.block_k));
+        if s.kv_split > 0 {
+            parts.push(format!("kv{}", s.kv_split));
+        }
     }
     if parts.is_empty() {
         parts.push(format!("blocks of {}", s.block_elems));

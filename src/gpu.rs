@@ -42,23 +42,35 @@ pub fn compile_program(
         .collect()
 }
 
+/// What the caller sets of a bundle's decode-step schedules beyond what the
+/// prefill's schedule passes on.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DecodeOverrides {
+    /// Keys per attention split program (0: off); `None`: the GPU decode default.
+    pub kv_split: Option<u32>,
+}
+
 /// Writes a bundle with, per mixer, the prefill program under `sched` and the
 /// decode-step program (`Schedule::decode_for` a GPU, with `sched`'s storage,
-/// and its value blocks where it sets them).
+/// its value blocks where it sets them, and `decode`'s key split where that
+/// sets one).
 pub fn write_bundle(
     dir: &Path,
     graphs: &[NamedGraph],
     target_name: &str,
     schedule: &dyn Fn(&NamedGraph) -> Result<Schedule, Error>,
+    decode: DecodeOverrides,
     opts: Options,
 ) -> Result<usize, Error> {
     let t = target(target_name).ok_or_else(|| Error::Usage(format!("unknown GPU target `{target_name}`")))?;
     let mut programs = Vec::new();
     for g in graphs {
         let sched = &schedule(g)?;
-        let decode = Schedule { storage: sched.storage, ..Schedule::decode_for(mixc_passes::device::DeviceKind::Gpu) };
-        let decode = if sched.block_v > 0 { Schedule { block_v: sched.block_v, ..decode } } else { decode };
-        for (mode, s) in [("prefill", *sched), ("decode", decode)] {
+        let step = Schedule { storage: sched.storage, ..Schedule::decode_for(mixc_passes::device::DeviceKind::Gpu) };
+        let step = if sched.block_v > 0 { Schedule { block_v: sched.block_v, ..step } } else { step };
+        let step = Schedule { kv_split: decode.kv_split.unwrap_or(step.kv_split), ..step };
+        step.validate().map_err(|why| Error::Usage(format!("the decode-step schedule: {why}")))?;
+        for (mode, s) in [("prefill", *sched), ("decode", step)] {
             let program = crate::lower_graph(&g.name, &g.graph, &s)?;
             let kernels = compile_program(&g.name, &program, t, opts)?.into_iter().map(|(k, _)| k).collect();
             programs.push(BundledProgram {

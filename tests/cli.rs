@@ -453,6 +453,47 @@ fn kernel_bundles_round_trip_and_refuse_mismatches() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `--kv-split N`: attention split over keys in the printed tile program (a
+/// partial and a combine kernel); a value that is not a multiple of the key
+/// block is a usage error naming the flag; bundles record the split in their
+/// schedules — GPU decode steps split by default, `--kv-split 0` turns that off.
+#[test]
+fn kv_split_flag_reaches_programs_and_bundles() {
+    let out = mixc(&["compile", "models/llama.toml", "--emit", "tile", "--kv-split", "128"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let tile = text(&out.stdout);
+    assert!(tile.contains("flash_attention_partial") && tile.contains("flash_attention_combine"), "{tile}");
+    assert!(tile.contains("kv128"), "the header names the split: {tile}");
+    let out = mixc(&["compile", "models/llama.toml", "--emit", "tile"]);
+    assert!(!text(&out.stdout).contains("flash_attention_partial"), "no split by default");
+    fails_with(&mixc(&["compile", "models/llama.toml", "--emit", "tile", "--kv-split", "100"]), &["--kv-split 100"]);
+    let help = text(&mixc(&["compile", "--help"]).stdout);
+    assert!(help.contains("--kv-split <N>"), "{help}");
+    if cfg!(feature = "llvm") {
+        let decode_split = |extra: &[&str]| {
+            let dir = std::env::temp_dir().join(format!("mixc-cli-kv-split-{}-{}", std::process::id(), extra.len()));
+            let dir_arg = dir.to_str().unwrap_or_else(|| panic!("temp path is not UTF-8"));
+            let args = [&["compile", "models/llama.toml", "--target", "sm_90", "-o", dir_arg][..], extra].concat();
+            let out = mixc(&args);
+            assert!(out.status.success(), "{}", text(&out.stderr));
+            let bundle = mixc::bundle::read_bundle(&dir).unwrap_or_else(|e| panic!("{e}"));
+            let split = |mode: &str| {
+                let p = bundle.programs.iter().find(|p| p.mode == mode).unwrap_or_else(|| panic!("no {mode}"));
+                let kernels = p.kernels.iter().any(|k| k.name == "flash_attention_partial");
+                assert_eq!(kernels, p.schedule.kv_split > 0, "{mode}: kernels follow the schedule");
+                p.schedule.kv_split
+            };
+            let got = (split("prefill"), split("decode"));
+            let _ = std::fs::remove_dir_all(&dir);
+            got
+        };
+        let gpu = mixc::passes::schedule::GPU_DECODE_KV_SPLIT;
+        assert_eq!(decode_split(&[]), (0, gpu), "GPU decode steps split by default");
+        assert_eq!(decode_split(&["--kv-split", "256"]), (256, 256));
+        assert_eq!(decode_split(&["--kv-split", "0", "--storage", "bf16"]), (0, 0));
+    }
+}
+
 /// `--storage bf16`: the tile program stores activations in bf16, a bundle
 /// records it in every program's schedule (and re-lowers to bf16 buffers),
 /// `exec` on the CPU computes the reference of the rounded inputs; a dtype

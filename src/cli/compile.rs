@@ -36,14 +36,27 @@ pub fn run(args: &CompileArgs) -> Result<String, mixc::Error> {
 
 /// The schedule a mixer is compiled under: `--chunk`, else the table's chunk,
 /// else (`chunk = "auto"`) the cost model's pick for the target at `--sizes`;
-/// `--split`, `--block-v` and `--storage` on top. `--step-tokens N`: the
-/// token-by-token form, N tokens a pass.
+/// `--split`, `--block-v`, `--kv-split` and `--storage` on top. `--step-tokens
+/// N`: the token-by-token form, N tokens a pass.
 fn schedule_of(g: &mixc::NamedGraph, args: &CompileArgs) -> Result<mixc_passes::Schedule, mixc::Error> {
+    let s = flagged_schedule(g, args)?;
+    let s = mixc_passes::Schedule { kv_split: args.kv_split.unwrap_or(s.kv_split), ..s };
+    match (args.kv_split, args.step_tokens) {
+        (Some(n), _) => s.validate().map_err(|why| mixc::Error::Usage(format!("--kv-split {n}: {why}")))?,
+        (None, Some(n)) => s.validate().map_err(|why| mixc::Error::Usage(format!("--step-tokens {n}: {why}")))?,
+        (None, None) => {}
+    }
+    Ok(s)
+}
+
+/// [`schedule_of`] before `--kv-split`.
+fn flagged_schedule(g: &mixc::NamedGraph, args: &CompileArgs) -> Result<mixc_passes::Schedule, mixc::Error> {
     if let Some(n) = args.step_tokens {
-        let s =
-            mixc_passes::Schedule { block_v: args.block_v, storage: args.storage, ..mixc_passes::Schedule::steps(n) };
-        s.validate().map_err(|why| mixc::Error::Usage(format!("--step-tokens {n}: {why}")))?;
-        return Ok(s);
+        return Ok(mixc_passes::Schedule {
+            block_v: args.block_v,
+            storage: args.storage,
+            ..mixc_passes::Schedule::steps(n)
+        });
     }
     let base = match args.chunk.or(g.chunk) {
         Some(chunk) => mixc_passes::Schedule::with_chunk(chunk),
@@ -67,7 +80,8 @@ fn pricing_resources(
 
 #[cfg(feature = "llvm")]
 fn bundle(graphs: &[mixc::NamedGraph], args: &CompileArgs, dir: &std::path::Path) -> Result<String, mixc::Error> {
-    let n = mixc::gpu::write_bundle(dir, graphs, &args.target, &|g| schedule_of(g, args), options(args)?)?;
+    let decode = mixc::gpu::DecodeOverrides { kv_split: args.kv_split };
+    let n = mixc::gpu::write_bundle(dir, graphs, &args.target, &|g| schedule_of(g, args), decode, options(args)?)?;
     Ok(format!("wrote {n} programs for {} to {}\n", args.target, dir.display()))
 }
 

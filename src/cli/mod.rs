@@ -266,6 +266,13 @@ pub struct CompileArgs {
     /// once per N tokens), instead of chunks.
     #[arg(long = "step-tokens", value_name = "N", conflicts_with_all = ["chunk", "split"])]
     pub step_tokens: Option<u32>,
+    /// Keys per attention program (a multiple of the key block, 64): one
+    /// program per (query block, batch × head, run of N keys) writes partial
+    /// results and a second kernel combines them (FlashDecoding), in the
+    /// prefill and the decode-step programs; 0: one kernel walking all keys.
+    /// Default: off for the prefill, runs of 512 keys for GPU decode steps.
+    #[arg(long = "kv-split", value_name = "N")]
+    pub kv_split: Option<u32>,
     /// The target: cpu, sm_80, sm_90, sm_90a, or cuda (the GPU of the lent machine, sm_90).
     #[arg(long, value_name = "TARGET", default_value = "cpu")]
     pub target: String,
