@@ -266,7 +266,7 @@ pub struct CompileArgs {
     /// once per N tokens), instead of chunks.
     #[arg(long = "step-tokens", value_name = "N", conflicts_with_all = ["chunk", "split"])]
     pub step_tokens: Option<u32>,
-    /// Keys per attention program (a multiple of the key block, 64): one
+    /// Keys per attention program (a multiple of the schedule's key block): one
     /// program per (query block, batch × head, run of N keys) writes partial
     /// results and a second kernel combines them (FlashDecoding), in the
     /// prefill and the decode-step programs; 0: one kernel walking all keys.
