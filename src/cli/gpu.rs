@@ -61,14 +61,15 @@ pub fn check(args: &GpuCheckArgs) -> Result<String, mixc::Error> {
     for p in programs {
         let lp = load(&runner, p)?;
         let tolerance = tolerance(&bundle.matmul, p.schedule.storage);
-        let cases: Vec<(usize, usize, bool)> = if p.mode == "decode" {
-            vec![(1, 1, true), (3, 1, true), (2, 5, true)]
+        // (B, T, with state, cache length S): decode steps also against a
+        // cache of several GPU key splits (`Schedule::kv_split`, 512 keys).
+        let cases: Vec<(usize, usize, bool, usize)> = if p.mode == "decode" {
+            vec![(1, 1, true, 7), (3, 1, true, 7), (2, 5, true, 7), (2, 1, true, 1100)]
         } else {
-            vec![(1, 1, false), (2, 37, true), (1, 130, false), (2, args.max_t.max(2) - 1, true)]
+            vec![(1, 1, false, 0), (2, 37, true, 7), (1, 130, false, 0), (2, args.max_t.max(2) - 1, true, 7)]
         };
-        for (i, (b, t, with_state)) in cases.into_iter().enumerate() {
-            let sizes =
-                BTreeMap::from([("B", b), ("T", t), ("S", if with_state { 7 } else { 0 }), ("Sr_", 5), ("Ss_", 5)]);
+        for (i, (b, t, with_state, cache)) in cases.into_iter().enumerate() {
+            let sizes = BTreeMap::from([("B", b), ("T", t), ("S", cache), ("Sr_", 5), ("Ss_", 5)]);
             let seed = args.seed.wrapping_mul(1000).wrapping_add(i as u64);
             let ins = mixc::ir::mixers::random_inputs(&p.graph, &sizes, seed, with_state);
             let host: BTreeMap<String, HostTensor> = p
@@ -100,7 +101,7 @@ pub fn check(args: &GpuCheckArgs) -> Result<String, mixc::Error> {
             failures += usize::from(!ok);
             let _ = writeln!(
                 out,
-                "{} {:<18} {:<7} B={b} T={t:<5} state={with_state:<5} max rel err {worst:.2e} ({worst_name}) {:.3} ms",
+                "{} {:<18} {:<7} B={b} T={t:<5} S={cache:<4} state={with_state:<5} max rel err {worst:.2e} ({worst_name}) {:.3} ms",
                 if ok { "ok  " } else { "FAIL" },
                 p.mixer,
                 p.mode,
