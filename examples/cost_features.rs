@@ -39,7 +39,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         Err(_) => mixc_passes::Storage::F32,
     };
     let src = std::fs::read_to_string(file)?;
-    println!("mixer,B,H,T,schedule,kernel,programs,ops_pp,elems_pp,loads_pp,dots_pp,mma_pw,shared,threads,scratch,spilled_share,registers,pred_s,compute_s,memory_s");
+    println!("mixer,B,H,T,schedule,kernel,programs,ops_pp,elems_pp,loads_pp,dots_pp,mma_pw,shared,threads,scratch,spilled_share,registers,pred_s,compute_s,matmul_s,memory_s");
     for point in points {
         let [b, h, t] = parse_point(point)?;
         let path = std::env::temp_dir().join(format!("mixc-cost-features-h{h}.toml"));
@@ -57,7 +57,7 @@ fn main() -> Result<(), Box<dyn Error>> {
                         (r.shared_bytes, r.threads, r.spill_bytes, r.spilled_share, r.registers)
                     });
                     println!(
-                        "{},{b},{h},{t},\"{label}\",{},{},{},{},{},{},{},{shared},{threads},{scratch},{spilled},{registers},{},{},{}",
+                        "{},{b},{h},{t},\"{label}\",{},{},{},{},{},{},{},{shared},{threads},{scratch},{spilled},{registers},{},{},{},{}",
                         g.name,
                         k.name,
                         k.programs,
@@ -68,6 +68,7 @@ fn main() -> Result<(), Box<dyn Error>> {
                         k.mma_per_warp,
                         k.time_s,
                         k.compute_s,
+                        k.matmul_s,
                         k.memory_s
                     );
                 }

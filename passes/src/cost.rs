@@ -44,6 +44,9 @@ pub struct KernelCost {
     /// backend plan of the kernel).
     pub mma_per_warp: f64,
     pub compute_s: f64,
+    /// Of `compute_s`, the matrix unit's part (padded `dot`s); the rest is
+    /// the vector unit's.
+    pub matmul_s: f64,
     pub memory_s: f64,
     /// Time of the programs' statements one after another, wave by wave
     /// (see [`latency`]); 0 on a profile without latency terms.
@@ -234,8 +237,8 @@ fn time(
     let util = (p / (waves * slots)).clamp(1.0 / slots, 1.0);
     let mem_util = (p / dev.units as f64).clamp(1.0 / dev.units as f64, 1.0);
     let (mm, vec, ld, st) = (w.matmul * scale, w.vector * scale, w.loaded * scale, w.stored * scale);
-    let compute_s =
-        w.matmul_padded * scale / (dev.matmul_flops * util) + w.vector_priced * scale / (dev.vector_flops * util);
+    let matmul_s = w.matmul_padded * scale / (dev.matmul_flops * util);
+    let compute_s = matmul_s + w.vector_priced * scale / (dev.vector_flops * util);
     let dram_ld = ld.min(read_bytes);
     let memory_s = ((dram_ld + st) / dev.dram_bw).max(ld / dev.l2_bw) / mem_util;
     let per_program = |x: f64| x * scale / p.max(1.0);
@@ -262,6 +265,7 @@ fn time(
         dots_per_program: program.dots,
         mma_per_warp: program.mma,
         compute_s,
+        matmul_s,
         memory_s,
         latency_s,
         time_s: compute_s.max(memory_s).max(latency_s) + dev.launch_s,
