@@ -8,8 +8,8 @@
 //! them through the runtime and hands a winner back as a `Schedule`.
 //!
 //! **What a time is** depends on the engine ([`BenchEngine`]): on the CPU
-//! ([`CpuEngine`]) one runtime call, and the same call without launches
-//! subtracted; on a GPU (`gpu::CudaEngine`, feature `cuda`) CUDA events
+//! ([`CpuEngine`]) one runtime call, and inside it the launches alone
+//! (after the buffers are set up); on a GPU (`gpu::CudaEngine`, feature `cuda`) CUDA events
 //! around the launches, on buffers uploaded once. Either way the rates are
 //! taken over the launches' time ([`Timing::kernel_s`]).
 //!
@@ -267,8 +267,8 @@ pub struct Timing {
     /// One call as the host sees it (CPU: buffers set up, launches, outputs
     /// converted; GPU: the launches enqueued and waited for).
     pub total_s: f64,
-    /// The launches alone (CPU: `total` minus the same call without launches,
-    /// never below 1% of it; GPU: CUDA events around the launches).
+    /// The launches alone (CPU: timed inside the runtime call, after the
+    /// buffers are set up; GPU: CUDA events around the launches).
     pub launches_s: f64,
     pub runs: usize,
     /// Every output of the first run was finite.

@@ -190,6 +190,16 @@ fn copy_in(dst: &mut [u32], t: &HostTensor, dtype: DType) {
 
 /// Runs every launch of `prog` on `inputs`.
 pub fn run(prog: &Program, inputs: &BTreeMap<String, HostTensor>) -> Result<BTreeMap<String, HostTensor>, TileError> {
+    Ok(run_timed(prog, inputs)?.0)
+}
+
+/// [`run`], also returning the seconds its launches took (the kernels
+/// alone: after every buffer is allocated, filled and touched, before the
+/// outputs are converted back) — what a benchmark of the kernels times.
+pub fn run_timed(
+    prog: &Program,
+    inputs: &BTreeMap<String, HostTensor>,
+) -> Result<(BTreeMap<String, HostTensor>, f64), TileError> {
     let shapes: BTreeMap<String, Tensor> =
         inputs.iter().map(|(n, t)| (n.clone(), Tensor { shape: t.shape.clone(), data: vec![] })).collect();
     let sizes = prog.bind(&shapes)?;
@@ -211,6 +221,7 @@ pub fn run(prog: &Program, inputs: &BTreeMap<String, HostTensor>) -> Result<BTre
             w
         })
         .collect();
+    let t0 = std::time::Instant::now();
     for l in &prog.launches {
         let k = prog.kernels.get(l.kernel).ok_or_else(|| TileError::Program("launch of a missing kernel".into()))?;
         let ck = compiled(k)?;
@@ -243,6 +254,7 @@ pub fn run(prog: &Program, inputs: &BTreeMap<String, HostTensor>) -> Result<BTre
             })
         });
     }
+    let launches_s = t0.elapsed().as_secs_f64();
     let mut out = BTreeMap::new();
     for (b, mut words) in prog.buffers.iter().zip(bufs) {
         if let BufferRole::Output(name) = &b.role {
@@ -256,7 +268,7 @@ pub fn run(prog: &Program, inputs: &BTreeMap<String, HostTensor>) -> Result<BTre
             out.insert(name.clone(), HostTensor { shape, data });
         }
     }
-    Ok(out)
+    Ok((out, launches_s))
 }
 
 #[cfg(test)]

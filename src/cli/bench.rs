@@ -22,7 +22,7 @@ a decode step at B with a cache of T (or S) tokens. H rebuilds the mixer with th
 Each row: the schedule (the search's pick on the profile unless the mixer table fixes a \
 chunk or `--tune` cached a winner), the JIT compile time of its kernels (cold: the first \
 compile in this process), `total` (one runtime call: buffers set up, inputs copied in, \
-launches, outputs out) and `kernels` (total minus the same call without launches), each the \
+launches, outputs out) and `kernels` (the launches alone, timed inside that call), each the \
 median of --runs runs after warm-up (at least 20 runs where one takes under 10 ms). GFLOP/s \
 and GB/s divide passes::cost's count of the program (matrix + vector FLOPs; DRAM bytes \
 loaded + stored) by the kernel time, and the % columns compare them with the profile's \

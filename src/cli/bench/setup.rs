@@ -87,7 +87,7 @@ pub fn cpu(args: &BenchArgs) -> Result<Setup, Error> {
     }
     header.push(
         "# FLOP and bytes: passes::cost's count of the program that ran (matrix + vector FLOPs, DRAM bytes loaded + \
-         stored); rates over kernel ms = total − the same call without launches"
+         stored); rates over kernel ms = the launches alone, timed inside the runtime call"
             .into(),
     );
     let rates = Rates {
