@@ -32,7 +32,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         Ok("cpu") => DeviceProfile::cpu_default(),
         _ => DeviceProfile::h200(),
     };
-    let matmul = std::env::var("MATMUL").unwrap_or_else(|_| "tf32x3".into());
+    let matmul = std::env::var("MATMUL").unwrap_or_else(|_| mixc::pricing::DEFAULT_MATMUL.into());
     let resources = mixc::pricing::kernel_resources_for(&dev, &matmul)?;
     let storage: mixc_passes::Storage = match std::env::var("STORAGE") {
         Ok(s) => s.parse().map_err(|e| format!("STORAGE={s}: {e}"))?,

@@ -344,7 +344,14 @@ impl<'a> Bencher<'a> {
         seed: u64,
         engine: Box<dyn BenchEngine + 'a>,
     ) -> Bencher<'a> {
-        Bencher { dev, runs: runs.max(1), seed, storage: Storage::F32, matmul: "tf32x3".into(), engine }
+        Bencher {
+            dev,
+            runs: runs.max(1),
+            seed,
+            storage: Storage::F32,
+            matmul: crate::pricing::DEFAULT_MATMUL.into(),
+            engine,
+        }
     }
 
     /// The kernels' resources the search and the rows' predictions price with.

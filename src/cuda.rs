@@ -71,7 +71,7 @@ impl Gpu {
     /// Compiles every kernel of `prog` for this card (default code generation
     /// options) and loads them; needs LLVM.
     pub fn compile(&self, mixer: &str, prog: &Program) -> Result<LoadedProgram, Error> {
-        self.compile_with(mixer, prog, "tf32x3")
+        self.compile_with(mixer, prog, crate::pricing::DEFAULT_MATMUL)
     }
 
     /// [`Gpu::compile`] with `dot`s computed in the mode `matmul` names

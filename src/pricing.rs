@@ -15,20 +15,19 @@ use std::collections::BTreeMap;
 /// A kernel's resources, where the backend can plan it.
 pub type ResourceFn = Box<dyn Fn(&Kernel) -> Option<KernelResources>>;
 
+/// The `dot` mode GPU kernels are compiled and priced with unless told
+/// otherwise (`--matmul`): tf32x3, f32 accuracy on tensor cores.
+pub const DEFAULT_MATMUL: &str = "tf32x3";
+
+/// The `dot` modes [`kernel_resources_for`] (and `--matmul`) take.
+const MATMUL_MODES: [&str; 3] = ["tf32x3", "bf16", "simt"];
+
 /// Each kernel's resources as the backend for `dev` would plan them: the PTX
 /// backend's plan on a GPU profile (when mixc is built with LLVM), with
-/// `dot`s in the default mode (tf32x3); nothing on a CPU (the CPU model has
-/// no occupancy or spill terms).
+/// `dot`s in the default mode; nothing on a CPU (the CPU model has no
+/// occupancy or spill terms).
 pub fn kernel_resources(dev: &DeviceProfile) -> ResourceFn {
-    if dev.kind != DeviceKind::Gpu {
-        return Box::new(|_| None);
-    }
-    gpu_resources()
-}
-
-#[cfg(feature = "llvm")]
-fn gpu_resources() -> ResourceFn {
-    gpu_resources_for(mixc_backend_ptx::Matmul::default())
+    kernel_resources_for(dev, DEFAULT_MATMUL).unwrap_or_else(|_| Box::new(|_| None))
 }
 
 /// [`kernel_resources`] with `dot`s computed as the mode `matmul` names
@@ -36,7 +35,7 @@ fn gpu_resources() -> ResourceFn {
 /// instructions a product takes). Without LLVM there is no plan to ask, and
 /// the mode only has to be one of those.
 pub fn kernel_resources_for(dev: &DeviceProfile, matmul: &str) -> Result<ResourceFn, Error> {
-    if !["tf32x3", "bf16", "simt"].contains(&matmul) {
+    if !MATMUL_MODES.contains(&matmul) {
         return Err(Error::Usage(format!("unknown matmul mode `{matmul}` (expected tf32x3, bf16 or simt)")));
     }
     if dev.kind != DeviceKind::Gpu {
@@ -48,7 +47,7 @@ pub fn kernel_resources_for(dev: &DeviceProfile, matmul: &str) -> Result<Resourc
         Ok(gpu_resources_for(mode))
     }
     #[cfg(not(feature = "llvm"))]
-    Ok(gpu_resources())
+    Ok(Box::new(|_| None))
 }
 
 #[cfg(feature = "llvm")]
@@ -70,11 +69,6 @@ fn gpu_resources_for(matmul: mixc_backend_ptx::Matmul) -> ResourceFn {
             mma_passes,
         })
     })
-}
-
-#[cfg(not(feature = "llvm"))]
-fn gpu_resources() -> ResourceFn {
-    Box::new(|_| None)
 }
 
 /// The size point a schedule is picked for when the caller names none: a

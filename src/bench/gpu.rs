@@ -38,7 +38,7 @@ pub struct CudaEngine {
 impl CudaEngine {
     /// Kernels compiled here (needs LLVM).
     pub fn new(gpu: Gpu) -> CudaEngine {
-        CudaEngine { gpu, bundle: None, loaded: Vec::new(), matmul: "tf32x3".into() }
+        CudaEngine { gpu, bundle: None, loaded: Vec::new(), matmul: crate::pricing::DEFAULT_MATMUL.into() }
     }
 
     /// Kernels from a bundle, checked to run on this card.

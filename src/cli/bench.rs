@@ -179,7 +179,7 @@ pub fn run(args: &BenchArgs) -> Result<String, mixc::Error> {
     for line in &header {
         out.line(line);
     }
-    let matmul = engine_matmul.unwrap_or_else(|| "tf32x3".into());
+    let matmul = engine_matmul.unwrap_or_else(|| mixc::pricing::DEFAULT_MATMUL.into());
     let mut b = Bencher::with_engine(&chosen.profile, args.runs, args.seed, engine);
     b.storage = args.storage.unwrap_or_default();
     b.matmul = matmul;

@@ -97,7 +97,7 @@ mod plan;
 mod registers;
 
 use mixc_ir::tile::Kernel;
-pub use registers::{RegisterFeatures, MAX_REGISTERS};
+pub use registers::RegisterFeatures;
 
 /// A GPU target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -41,9 +41,6 @@ pub struct RegisterFeatures {
     pub loop_mats: u32,
 }
 
-/// Registers per thread `ptxas` allots at most.
-pub const MAX_REGISTERS: u32 = 255;
-
 impl RegisterFeatures {
     /// Registers per thread: `19 + 1.4·pointers + 1.07·scalars + 0.8·mma +
     /// 0.34·trips + 0.35·loop trips`, least squares on `ptxas -v` of the
@@ -51,7 +48,7 @@ impl RegisterFeatures {
     /// median error 10%, mean 9 registers; the CTAs per SM this gives are
     /// within 1.5× of `ptxas`'s for 96% of them. It under-counts the
     /// largest fused delta-rule kernels (chunk 64: ~165 for 205–246), whose
-    /// occupancy is one CTA either way. Not capped: past [`MAX_REGISTERS`]
+    /// occupancy is one CTA either way. Not capped: past 255
     /// `ptxas` spills.
     pub fn estimate(&self) -> u32 {
         let x = 19.0
@@ -116,11 +113,11 @@ pub(crate) fn spilled_share(k: &Kernel, defs: &Defs, plan: &Plan) -> f64 {
         Some(Repr::Mat(s)) => plan.slots.get(*s).is_some_and(|s| s.global),
         _ => false,
     };
-    let has_loop = std::cell::Cell::new(false);
+    let mut has_loop = false;
     let (mut all, mut spilled, mut all_top, mut spilled_top) = (0f64, 0f64, 0f64, 0f64);
     walk_depth(&k.body, 0, &mut |s, depth| {
         if matches!(s.op, TOp::For { .. }) {
-            has_loop.set(true);
+            has_loop = true;
         }
         let Some(&v) = s.results.first() else { return };
         if !matches!(plan.repr.get(v.index()), Some(Repr::Mat(_))) {
@@ -138,8 +135,7 @@ pub(crate) fn spilled_share(k: &Kernel, defs: &Defs, plan: &Plan) -> f64 {
             *sp += n;
         }
     });
-    let (all, spilled) =
-        if has_loop.get() && all > 0.0 { (all, spilled) } else { (all + all_top, spilled + spilled_top) };
+    let (all, spilled) = if has_loop && all > 0.0 { (all, spilled) } else { (all + all_top, spilled + spilled_top) };
     if all > 0.0 {
         spilled / all
     } else {

@@ -270,9 +270,19 @@ fn check_register_estimates(est: &[(String, u32, u32, u32)], failures: &mut Vec<
     if est.len() < 20 {
         return;
     }
-    let per_sm = |threads: u32, regs: u32| {
-        let alloc = regs.clamp(1, 255).div_ceil(8) * 8;
-        (65536 / (alloc * 32 * threads.div_ceil(32))).clamp(1, 2048 / threads.max(1))
+    // CTAs per SM as the cost model counts them, with only threads and registers binding.
+    let h100 = mixc_passes::device::DeviceProfile::h100();
+    let per_sm = |threads: u32, registers: u32| {
+        let r = mixc_passes::cost::KernelResources {
+            threads,
+            shared_bytes: 0,
+            spill_bytes: 0,
+            spilled_share: 0.0,
+            registers,
+            mma_k: 0,
+            mma_passes: 0,
+        };
+        mixc_passes::cost::programs_per_sm(r, &h100)
     };
     let far: Vec<String> = est
         .iter()

@@ -160,7 +160,7 @@ pub fn cuda(args: &BenchArgs) -> Result<Setup, Error> {
             let target = gpu.target()?;
             let storage = args.storage.unwrap_or_default();
             let mut engine = CudaEngine::new(gpu);
-            engine.matmul = args.matmul.clone().unwrap_or_else(|| "tf32x3".into());
+            engine.matmul = args.matmul.clone().unwrap_or_else(|| mixc::pricing::DEFAULT_MATMUL.into());
             let what = format!("kernels compiled here for {target} (dot {}, {storage} storage)", engine.matmul);
             (engine, what)
         }
