@@ -159,6 +159,12 @@ impl GpuMixer {
         &self.gpu
     }
 
+    /// The loaded decode-step (`decode`) or prefill program.
+    pub fn program(&self, decode: bool) -> Result<&LoadedProgram, Error> {
+        let lp = if decode { &self.decode } else { &self.prefill };
+        lp.as_ref().map_err(|why| Error::Usage(why.clone()))
+    }
+
     /// Runs the decode-step program (`decode`) or the prefill program.
     pub fn run(
         &self,

@@ -301,6 +301,16 @@ impl CompiledMixer {
         }
     }
 
+    /// The loaded decode-step (`decode`) or prefill program where the mixer
+    /// runs on a GPU (`None` on the host).
+    #[cfg(feature = "cuda")]
+    pub fn gpu_program(&self, decode: bool) -> Option<Result<&mixc_runtime::cuda::LoadedProgram, Error>> {
+        match &self.exec {
+            Exec::Host(_) => None,
+            Exec::Gpu(gpu) => Some(gpu.program(decode)),
+        }
+    }
+
     /// The GPU's name where the mixer runs on one.
     pub fn device(&self) -> Option<String> {
         match &self.exec {

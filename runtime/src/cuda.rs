@@ -118,6 +118,8 @@ struct PlannedLaunch {
 /// inputs uploaded, the launches resolved. Launch it as often as needed.
 pub struct PreparedRun {
     bufs: Vec<CudaSlice<u32>>,
+    /// Per buffer: its role's name (`None` for temporaries), shape and dtype.
+    slots: Vec<Slot>,
     /// Shared by every launch with scratch (launches run one after another).
     scratch: Option<CudaSlice<u32>>,
     launches: Vec<PlannedLaunch>,
@@ -126,6 +128,68 @@ pub struct PreparedRun {
     /// The [`LoadedProgram`] it was prepared for (its id and name).
     loaded: u64,
     program: String,
+}
+
+/// What a prepared run's buffer holds.
+#[derive(Clone, Debug)]
+struct Slot {
+    input: Option<String>,
+    output: Option<String>,
+    shape: Vec<usize>,
+    dtype: DType,
+}
+
+/// A tensor kept on the device between calls (a model's weights, a
+/// sequence's carried state or cache): its shape, its dtype, and its words
+/// laid out as [`crate::layout`] says.
+pub struct DeviceTensor {
+    pub shape: Vec<usize>,
+    pub dtype: DType,
+    pub buf: CudaSlice<u32>,
+}
+
+impl DeviceTensor {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Bytes of its elements (2 per f16/bf16 value, 4 otherwise).
+    pub fn bytes(&self) -> usize {
+        self.numel() * layout::elem_bytes(self.dtype)
+    }
+}
+
+impl std::fmt::Debug for DeviceTensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DeviceTensor({} {:?})", self.dtype, self.shape)
+    }
+}
+
+impl PreparedRun {
+    /// The buffer of input `name`.
+    pub fn input_slot(&self, name: &str) -> Option<usize> {
+        self.slots.iter().position(|s| s.input.as_deref() == Some(name))
+    }
+
+    /// The buffer of output `name`.
+    pub fn output_slot(&self, name: &str) -> Option<usize> {
+        self.slots.iter().position(|s| s.output.as_deref() == Some(name))
+    }
+
+    /// The shape and dtype of buffer `slot` at the bound sizes.
+    pub fn slot_type(&self, slot: usize) -> Option<(&[usize], DType)> {
+        self.slots.get(slot).map(|s| (s.shape.as_slice(), s.dtype))
+    }
+
+    pub fn buffer(&self, slot: usize) -> Option<&CudaSlice<u32>> {
+        self.bufs.get(slot)
+    }
+
+    /// A buffer to fill before a launch or to swap with one of the same
+    /// length (a carried state moves in and out without a copy).
+    pub fn buffer_mut(&mut self, slot: usize) -> Option<&mut CudaSlice<u32>> {
+        self.bufs.get_mut(slot)
+    }
 }
 
 /// Ids of loaded programs.
@@ -184,31 +248,50 @@ impl CudaRunner {
     /// inputs (absent optional ones are zeros) and poisons outputs and
     /// temporaries with NaN.
     pub fn prepare(&self, lp: &LoadedProgram, inputs: &BTreeMap<String, HostTensor>) -> Result<PreparedRun, CudaError> {
+        let shapes = inputs.iter().map(|(n, t)| (n.clone(), t.shape.clone())).collect();
+        self.prepare_shaped(lp, &shapes, inputs)
+    }
+
+    /// [`CudaRunner::prepare`] with the sizes bound from `shapes` (every
+    /// input present, with or without data) and only `uploads` copied in:
+    /// the other inputs stay zero for the caller to fill on the device
+    /// ([`PreparedRun::input_slot`], [`PreparedRun::buffer_mut`]).
+    pub fn prepare_shaped(
+        &self,
+        lp: &LoadedProgram,
+        shapes: &BTreeMap<String, Vec<usize>>,
+        uploads: &BTreeMap<String, HostTensor>,
+    ) -> Result<PreparedRun, CudaError> {
         let prog = &lp.program;
-        let shapes: BTreeMap<String, Tensor> =
-            inputs.iter().map(|(n, t)| (n.clone(), Tensor { shape: t.shape.clone(), data: vec![] })).collect();
-        let sizes = prog.bind(&shapes).map_err(|e| CudaError::Program(e.to_string()))?;
+        let bound: BTreeMap<String, Tensor> =
+            shapes.iter().map(|(n, s)| (n.clone(), Tensor { shape: s.clone(), data: vec![] })).collect();
+        let sizes = prog.bind(&bound).map_err(|e| CudaError::Program(e.to_string()))?;
         let dims =
             |shape: &[mixc_ir::tile::Count]| -> Vec<usize> { shape.iter().map(|c| c.eval(&sizes) as usize).collect() };
         let mut bufs = Vec::with_capacity(prog.buffers.len());
+        let mut slots = Vec::with_capacity(prog.buffers.len());
         let mut outputs = Vec::new();
         for (i, b) in prog.buffers.iter().enumerate() {
             let shape = dims(&b.shape);
             let words = layout::words_for(b.dtype, shape.iter().product::<usize>());
             let mut buf = self.stream.alloc_zeros::<u32>(words).map_err(drv("allocating a buffer"))?;
+            let mut slot = Slot { input: None, output: None, shape: shape.clone(), dtype: b.dtype };
             match &b.role {
                 BufferRole::Input { name, .. } => {
-                    if let Some(t) = inputs.get(name) {
+                    if let Some(t) = uploads.get(name) {
                         self.upload(t, b.dtype, &mut buf)?;
                     }
+                    slot.input = Some(name.clone());
                 }
                 BufferRole::Output(name) => {
                     self.poison(&mut buf, b.dtype)?;
                     outputs.push((i, name.clone(), shape, b.dtype));
+                    slot.output = Some(name.clone());
                 }
                 BufferRole::Temp => self.poison(&mut buf, b.dtype)?,
             }
             bufs.push(buf);
+            slots.push(slot);
         }
         let (launches, scratch_words) = plan(prog, &lp.kernels, &sizes)?;
         let scratch = if scratch_words > 0 {
@@ -217,57 +300,63 @@ impl CudaRunner {
             None
         };
         self.stream.synchronize().map_err(drv("copying the inputs"))?;
-        Ok(PreparedRun { bufs, scratch, launches, outputs, loaded: lp.id, program: prog.name.clone() })
+        Ok(PreparedRun { bufs, slots, scratch, launches, outputs, loaded: lp.id, program: prog.name.clone() })
     }
 
     /// Runs every launch of a prepared run `reps` times (at least once) and
     /// returns the GPU milliseconds per repetition, timed by CUDA events
     /// around the launches only.
     pub fn launch(&self, lp: &LoadedProgram, run: &PreparedRun, reps: usize) -> Result<f32, CudaError> {
+        let event = || self.stream.record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT)).map_err(drv("event"));
+        let start = event()?;
+        for _ in 0..reps.max(1) {
+            self.enqueue(lp, run)?;
+        }
+        let end = event()?;
+        self.stream.synchronize().map_err(drv("running the kernels"))?;
+        Ok(start.elapsed_ms(&end).map_err(drv("timing"))? / reps.max(1) as f32)
+    }
+
+    /// Queues every launch of a prepared run on the stream, without waiting.
+    pub fn enqueue(&self, lp: &LoadedProgram, run: &PreparedRun) -> Result<(), CudaError> {
         if run.loaded != lp.id {
             return Err(CudaError::Program(format!(
                 "a run prepared for other kernels (of `{}`) launched with those of `{}`",
                 run.program, lp.program.name
             )));
         }
-        let event = || self.stream.record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT)).map_err(drv("event"));
-        let start = event()?;
-        for _ in 0..reps.max(1) {
-            for l in &run.launches {
-                let (Some(f), Some(tk)) = (lp.fns.get(l.kernel), lp.program.kernels.get(l.kernel)) else {
-                    return Err(CudaError::Program("launch of a missing kernel".into()));
-                };
-                let mut builder = self.stream.launch_builder(f);
-                for a in &l.args {
-                    match a {
-                        LaunchArg::Buffer(b) => {
-                            let buf = run.bufs.get(*b).ok_or_else(|| CudaError::Program("missing buffer".into()))?;
-                            builder.arg(buf);
-                        }
-                        LaunchArg::Int(x) => {
-                            builder.arg(x);
-                        }
-                        LaunchArg::Float(x) => {
-                            builder.arg(x);
-                        }
+        for l in &run.launches {
+            let (Some(f), Some(tk)) = (lp.fns.get(l.kernel), lp.program.kernels.get(l.kernel)) else {
+                return Err(CudaError::Program("launch of a missing kernel".into()));
+            };
+            let mut builder = self.stream.launch_builder(f);
+            for a in &l.args {
+                match a {
+                    LaunchArg::Buffer(b) => {
+                        let buf = run.bufs.get(*b).ok_or_else(|| CudaError::Program("missing buffer".into()))?;
+                        builder.arg(buf);
+                    }
+                    LaunchArg::Int(x) => {
+                        builder.arg(x);
+                    }
+                    LaunchArg::Float(x) => {
+                        builder.arg(x);
                     }
                 }
-                if l.scratch {
-                    let s = run
-                        .scratch
-                        .as_ref()
-                        .ok_or_else(|| CudaError::Program(format!("kernel `{}` has no scratch region", tk.name)))?;
-                    builder.arg(s);
-                }
-                // Safety: the arguments match the kernel's parameters in order and
-                // kind (checked when planned); buffer sizes come from the same
-                // program, the scratch region from its largest launch.
-                unsafe { builder.launch(l.cfg) }.map_err(drv("launching"))?;
             }
+            if l.scratch {
+                let s = run
+                    .scratch
+                    .as_ref()
+                    .ok_or_else(|| CudaError::Program(format!("kernel `{}` has no scratch region", tk.name)))?;
+                builder.arg(s);
+            }
+            // Safety: the arguments match the kernel's parameters in order and
+            // kind (checked when planned); buffer sizes come from the same
+            // program, the scratch region from its largest launch.
+            unsafe { builder.launch(l.cfg) }.map_err(drv("launching"))?;
         }
-        let end = event()?;
-        self.stream.synchronize().map_err(drv("running the kernels"))?;
-        Ok(start.elapsed_ms(&end).map_err(drv("timing"))? / reps.max(1) as f32)
+        Ok(())
     }
 
     /// Copies the outputs of a prepared run back to the host.
@@ -378,6 +467,94 @@ impl CudaRunner {
         let t0 = Instant::now();
         let ms = self.launch(lp, run, 1)?;
         Ok((t0.elapsed().as_secs_f64(), ms))
+    }
+
+    /// The stream every launch and copy of this runner is queued on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// Waits for everything queued so far.
+    pub fn synchronize(&self) -> Result<(), CudaError> {
+        self.stream.synchronize().map_err(drv("waiting for the GPU"))
+    }
+
+    /// A device tensor of `dtype` holding `t` (converted to 16 bits for
+    /// f16/bf16).
+    pub fn upload_tensor(&self, t: &HostTensor, dtype: DType) -> Result<DeviceTensor, CudaError> {
+        let mut out = self.zeros(&t.shape, dtype)?;
+        self.upload(t, dtype, &mut out.buf)?;
+        Ok(out)
+    }
+
+    /// A device tensor of `dtype` `shape` holding `data` (f32 values;
+    /// rounded to 16 bits for f16/bf16, converted on all cores).
+    pub fn upload_f32(&self, data: &[f32], shape: &[usize], dtype: DType) -> Result<DeviceTensor, CudaError> {
+        use rayon::prelude::*;
+        if data.len() != shape.iter().product::<usize>() || !dtype.is_float() {
+            return Err(CudaError::Program(format!(
+                "{} f32 values for a {dtype} tensor of shape {shape:?}",
+                data.len()
+            )));
+        }
+        let mut out = self.zeros(shape, dtype)?;
+        if layout::is_half(dtype) {
+            let halves: Vec<u16> = data.par_iter().map(|x| layout::half_bits(dtype, *x)).collect();
+            self.copy_in(&halves, &mut out.buf)?;
+        } else {
+            self.copy_in(data, &mut out.buf)?;
+        }
+        Ok(out)
+    }
+
+    /// A device tensor of zeros.
+    pub fn zeros(&self, shape: &[usize], dtype: DType) -> Result<DeviceTensor, CudaError> {
+        let words = layout::words_for(dtype, shape.iter().product::<usize>()).max(1);
+        let buf = self.stream.alloc_zeros::<u32>(words).map_err(drv("allocating a buffer"))?;
+        Ok(DeviceTensor { shape: shape.to_vec(), dtype, buf })
+    }
+
+    /// Copies a device tensor back as an f32 (or i32) host tensor.
+    pub fn download_tensor(&self, t: &DeviceTensor) -> Result<HostTensor, CudaError> {
+        let n = t.numel();
+        let data = if layout::is_half(t.dtype) {
+            Data::F32(layout::decode_halves(t.dtype, &self.copy_back::<u16>(&t.buf, n)?))
+        } else if t.dtype.is_float() {
+            Data::F32(self.copy_back(&t.buf, n)?)
+        } else {
+            Data::I32(self.copy_back(&t.buf, n)?)
+        };
+        Ok(HostTensor { shape: t.shape.clone(), data })
+    }
+
+    /// The first `n` f32 values of a device buffer.
+    pub fn download_f32(&self, buf: &CudaSlice<u32>, n: usize) -> Result<Vec<f32>, CudaError> {
+        self.copy_back(buf, n)
+    }
+
+    /// Copies i32 values into the start of a device buffer.
+    pub fn upload_i32(&self, v: &[i32], buf: &mut CudaSlice<u32>) -> Result<(), CudaError> {
+        if v.len() > buf.len() {
+            return Err(CudaError::Program(format!("{} values for a buffer of {}", v.len(), buf.len())));
+        }
+        self.copy_in(v, buf)
+    }
+
+    /// Queues a copy of the first `words` 32-bit words of `from` into `to`.
+    pub fn copy_words(&self, from: &CudaSlice<u32>, to: &mut CudaSlice<u32>, words: usize) -> Result<(), CudaError> {
+        if words > from.len() || words > to.len() {
+            return Err(CudaError::Program(format!(
+                "a copy of {words} words between buffers of {} and {}",
+                from.len(),
+                to.len()
+            )));
+        }
+        if words == 0 {
+            return Ok(());
+        }
+        self.stream
+            .memcpy_dtod(&from.slice(0..words), &mut to.slice_mut(0..words))
+            .map_err(drv("copying on the device"))
     }
 
     /// Copies a host tensor into the start of a device buffer of `dtype`

@@ -9,8 +9,11 @@
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+#[cfg(feature = "cuda")]
+pub mod dense;
 pub mod disk_cache;
 pub mod exec;
+pub mod glue;
 pub mod layout;
 pub mod st;
 pub mod tensor;

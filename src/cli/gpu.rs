@@ -43,13 +43,16 @@ fn tolerance(matmul: &str, storage: Storage) -> f64 {
 }
 
 pub fn check(args: &GpuCheckArgs) -> Result<String, mixc::Error> {
-    let bundle = mixc::bundle::read_bundle(&args.kernels)?;
+    let Some(kernels) = &args.kernels else {
+        return super::gpu_model::check(&args.model, args.seed);
+    };
+    let bundle = mixc::bundle::read_bundle(kernels)?;
     let (target, programs) = (&bundle.target, &bundle.programs);
     let storage = programs.first().map(|p| p.schedule.storage).unwrap_or_default();
     let runner = CudaRunner::new().map_err(|e| mixc::Error::Usage(e.to_string()))?;
     let mut out = format!(
         "bundle {} ({target}, dot {}, storage {storage}, tolerance {:.0e}): {} programs\n",
-        args.kernels.display(),
+        kernels.display(),
         bundle.matmul,
         tolerance(&bundle.matmul, storage),
         programs.len()

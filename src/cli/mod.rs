@@ -7,6 +7,8 @@ mod exec;
 mod explain;
 #[cfg(feature = "cuda")]
 mod gpu;
+#[cfg(feature = "cuda")]
+mod gpu_model;
 mod run;
 
 pub use run::RunArgs;
@@ -119,8 +121,13 @@ pub struct InitWeightsArgs {
 #[derive(Debug, Args)]
 pub struct GpuCheckArgs {
     /// A kernel bundle written by `mixc compile FILE --target sm_90 -o DIR`.
-    #[arg(long, value_name = "DIR")]
-    pub kernels: PathBuf,
+    #[arg(long, value_name = "DIR", required_unless_present = "model")]
+    pub kernels: Option<PathBuf>,
+    /// Instead of a bundle: a model file, run whole on the GPU (random
+    /// weights; projections in f32 and in bf16) against the same model on
+    /// the CPU, prefill then decode steps, row by row of the logits.
+    #[arg(long, value_name = "FILE", conflicts_with = "kernels")]
+    pub model: Vec<PathBuf>,
     /// Seed of the random inputs.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,

@@ -4,7 +4,7 @@ use super::{ExecTarget, InitWeightsArgs};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mixc::ir::mixers::inputs::SplitMix;
-use mixc::runner::{tokenizer::Tokenizer, Cache};
+use mixc::runner::{tokenizer::Tokenizer, Cache, WeightsDtype};
 use mixc::runtime::st;
 use mixc::{Error, Model};
 use std::fmt::Write;
@@ -46,6 +46,16 @@ pub struct RunArgs {
     /// Print the bytes each layer's cache holds after prefill and after decoding.
     #[arg(long)]
     pub report_memory: bool,
+    /// With --target cuda: the dtype of the projection weights on the GPU
+    /// (bf16 halves the bytes a decode step reads; f32 gives the CPU's logits).
+    #[arg(long, value_enum, default_value_t = GpuWeights::Bf16)]
+    pub gpu_weights: GpuWeights,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum GpuWeights {
+    Bf16,
+    F32,
 }
 
 pub fn init_weights(args: &InitWeightsArgs) -> Result<String, Error> {
@@ -148,7 +158,11 @@ pub fn run(args: &RunArgs) -> Result<String, Error> {
     }
     let target = super::exec::jit_target(args.target)?;
     let weights = st::load(&args.weights)?;
-    let model = Model::load(&args.file, weights, target)?;
+    let on_gpu = match args.gpu_weights {
+        GpuWeights::Bf16 => WeightsDtype::Bf16,
+        GpuWeights::F32 => WeightsDtype::F32,
+    };
+    let model = Model::load_with(&args.file, weights, target, on_gpu)?;
     let (vocab, layers) = (model.vocab(), model.layers());
     let mut rng = SplitMix::new(args.seed);
     let mut caches: Vec<Cache> = batch.iter().map(|_| model.new_cache()).collect();

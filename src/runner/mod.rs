@@ -39,6 +39,8 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(feature = "cuda")]
+mod gpu;
 mod math;
 pub mod names;
 pub mod tokenizer;
@@ -75,9 +77,12 @@ struct LoadedMixer {
 }
 
 /// A carried tensor as a cache keeps it between calls.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 enum Stored {
     Plain(HostTensor),
+    /// On the GPU (a model loaded for `Target::Cuda`).
+    #[cfg(feature = "cuda")]
+    Device(mixc_runtime::cuda::DeviceTensor),
     /// Symmetric int8 with one f32 scale per `group` values along the last axis.
     Int8 {
         shape: Vec<usize>,
@@ -92,13 +97,32 @@ impl Stored {
         match self {
             Stored::Plain(t) => t.numel() * 4,
             Stored::Int8 { q, scales, .. } => q.len() + scales.len() * 4,
+            #[cfg(feature = "cuda")]
+            Stored::Device(t) => t.bytes(),
         }
     }
 
-    fn tensor(&self) -> HostTensor {
+    #[cfg(feature = "cuda")]
+    fn shape(&self) -> &[usize] {
         match self {
-            Stored::Plain(t) => t.clone(),
-            Stored::Int8 { shape, q, scales, group } => HostTensor::f32(shape.clone(), dequantize(q, scales, *group)),
+            Stored::Plain(t) => &t.shape,
+            Stored::Int8 { shape, .. } => shape,
+            #[cfg(feature = "cuda")]
+            Stored::Device(t) => &t.shape,
+        }
+    }
+
+    /// The tensor on the host (a cache of a GPU model cannot feed a CPU one).
+    fn tensor(&self) -> Result<HostTensor, Error> {
+        match self {
+            Stored::Plain(t) => Ok(t.clone()),
+            Stored::Int8 { shape, q, scales, group } => {
+                Ok(HostTensor::f32(shape.clone(), dequantize(q, scales, *group)))
+            }
+            #[cfg(feature = "cuda")]
+            Stored::Device(_) => {
+                Err(Error::Usage("a cache filled on the GPU was passed to a model loaded for the CPU".into()))
+            }
         }
     }
 }
@@ -110,7 +134,7 @@ fn is_kv_cache(name: &str) -> bool {
 
 /// The caches of one sequence: every layer's carried tensors (recurrent
 /// state, KV cache, convolution tail) and the position of its next token.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct Cache {
     layers: Vec<BTreeMap<String, Stored>>,
     position: usize,
@@ -149,6 +173,21 @@ pub struct Model {
     /// Group size of int8 KV caches (`[runtime] kv_cache = "int8"`), if on.
     kv_int8: Option<usize>,
     cache: Cache,
+    /// The weights on the GPU, for a model loaded for `Target::Cuda`.
+    #[cfg(feature = "cuda")]
+    device: Option<gpu::DeviceModel>,
+}
+
+/// The dtype of a model's projection weights on the GPU (`Target::Cuda`);
+/// norms, biases and the mixers' own parameters stay f32.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WeightsDtype {
+    /// Half the bytes of f32 (the speed of a decode step is the speed of
+    /// reading the weights); logits within about 1e-2 of f32.
+    #[default]
+    Bf16,
+    /// Exact f32 products (cuBLAS without TF32): logits as the CPU's.
+    F32,
 }
 
 /// Classifies every input of a mixer graph; `rank` is the gate's low rank, if any.
@@ -188,6 +227,17 @@ impl Model {
     /// misshapen or integer tensors are errors that name the tensor (and the
     /// checkpoint name it came from).
     pub fn load(file: &Path, weights: BTreeMap<String, HostTensor>, target: Target) -> Result<Model, Error> {
+        Model::load_with(file, weights, target, WeightsDtype::default())
+    }
+
+    /// [`Model::load`] with the projection weights kept as `on_gpu` on the
+    /// GPU (for `Target::Cuda`; other targets compute in f32).
+    pub fn load_with(
+        file: &Path,
+        weights: BTreeMap<String, HostTensor>,
+        target: Target,
+        on_gpu: WeightsDtype,
+    ) -> Result<Model, Error> {
         let mut model = Model::structure(file, target)?;
         let (mut weights, sources) = names::rename(weights, &model.rules).map_err(Error::Usage)?;
         // Shapes that differ only in axes of size 1 take the expected shape.
@@ -201,7 +251,24 @@ impl Model {
         model.weights = weights;
         model.sources = sources;
         model.check_weights()?;
+        #[cfg(feature = "cuda")]
+        if target == Target::Cuda {
+            model.device = Some(gpu::DeviceModel::load(&model, on_gpu)?);
+            // Everything runs from the card's copy now.
+            model.weights = BTreeMap::new();
+        }
+        #[cfg(not(feature = "cuda"))]
+        let _ = on_gpu;
         Ok(model)
+    }
+
+    /// Bytes of the weights on the GPU (0 for a model that runs on the host).
+    pub fn device_weight_bytes(&self) -> usize {
+        #[cfg(feature = "cuda")]
+        if let Some(dev) = &self.device {
+            return dev.weight_bytes();
+        }
+        0
     }
 
     /// Every weight the model needs, with its shape (optional biases left out).
@@ -413,7 +480,7 @@ impl Model {
             Some(KvCacheDtype::Int8) => Some(kv_group(&mixers, runtime.kv_group, file)?),
             _ => None,
         };
-        let cache = Cache { layers: vec![BTreeMap::new(); layers.len()], position: 0 };
+        let cache = Cache { layers: (0..layers.len()).map(|_| BTreeMap::new()).collect(), position: 0 };
         Ok(Model {
             eps: cfg.norm_eps.unwrap_or(1e-6) as f32,
             cfg,
@@ -424,6 +491,8 @@ impl Model {
             sources: BTreeMap::new(),
             kv_int8,
             cache,
+            #[cfg(feature = "cuda")]
+            device: None,
         })
     }
 
@@ -434,7 +503,7 @@ impl Model {
 
     /// Empty caches for a new sequence (see [`Model::forward_in`]).
     pub fn new_cache(&self) -> Cache {
-        Cache { layers: vec![BTreeMap::new(); self.layers.len()], position: 0 }
+        Cache { layers: (0..self.layers.len()).map(|_| BTreeMap::new()).collect(), position: 0 }
     }
 
     /// Bytes held by each layer's caches of the current sequence.
@@ -486,6 +555,10 @@ impl Model {
         if decode && t != 1 {
             return Err(Error::Usage(format!("a decode step takes one token, got {t}")));
         }
+        #[cfg(feature = "cuda")]
+        if let Some(dev) = &self.device {
+            return dev.forward(self, cache, ids, decode);
+        }
         let embed = self.tensor("embed.weight", &[vocab, d])?;
         let mut x = Vec::with_capacity(t * d);
         for id in ids {
@@ -523,7 +596,7 @@ impl Model {
                     }
                     Feed::Carried => {
                         if let Some(s) = cache.layers.get(li).and_then(|l| l.get(name)) {
-                            inputs.insert(name.clone(), s.tensor());
+                            inputs.insert(name.clone(), s.tensor()?);
                         }
                     }
                     Feed::Offset => {

@@ -1,0 +1,290 @@
+//! The dense work of a model's layers on the GPU: projections through cuBLAS
+//! (`GemmEx`, f32 accumulation) and the glue kernels of [`crate::glue`].
+//!
+//! Every call only queues work on the runner's stream; buffers are the
+//! runtime's `CudaSlice<u32>` words (16-bit values packed two to a word).
+
+use crate::cuda::{CudaError, CudaRunner, DeviceTensor};
+use crate::glue::{self, Act};
+use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
+use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::nvrtc::Ptx;
+use mixc_ir::DType;
+use std::collections::BTreeMap;
+use std::ffi::c_void;
+
+fn drv<E: std::fmt::Debug>(what: &str) -> impl FnOnce(E) -> CudaError + '_ {
+    move |e| CudaError::Driver(format!("{what}: {e:?}"))
+}
+
+/// Whether cuBLAS can be loaded.
+pub fn blas_available() -> bool {
+    // Safety: only probes for the shared library.
+    unsafe { blas_sys::is_culib_present() }
+}
+
+/// cuBLAS and the glue kernels, bound to one runner's stream.
+pub struct Dense {
+    blas: CudaBlas,
+    fns: BTreeMap<String, CudaFunction>,
+    /// The dtype of the projections' operands.
+    pub act: Act,
+}
+
+/// A projection's weight `[out, inner]` (in [`Dense::act`]) and optional f32 bias `[out]`.
+pub struct Linear {
+    pub weight: DeviceTensor,
+    pub bias: Option<DeviceTensor>,
+}
+
+impl Linear {
+    pub fn out(&self) -> usize {
+        self.weight.shape.first().copied().unwrap_or(0)
+    }
+
+    pub fn inner(&self) -> usize {
+        self.weight.shape.get(1).copied().unwrap_or(0)
+    }
+}
+
+/// The device dtype of an [`Act`].
+pub fn act_dtype(act: Act) -> DType {
+    match act {
+        Act::F32 => DType::F32,
+        Act::Bf16 => DType::BF16,
+    }
+}
+
+impl Dense {
+    /// Loads the glue kernels (compiled for `target`, e.g. `sm_90`) and opens cuBLAS on the runner's stream.
+    pub fn new(runner: &CudaRunner, target: &str, act: Act) -> Result<Dense, CudaError> {
+        if !blas_available() {
+            return Err(CudaError::Driver(
+                "cuBLAS was not found (libcublas.so): add the folder that holds it (a CUDA toolkit's lib64, or \
+                 the pip package nvidia-cublas) to LD_LIBRARY_PATH"
+                    .into(),
+            ));
+        }
+        let ctx = runner.stream().context();
+        let module = ctx.load_module(Ptx::from_src(glue::ptx(target))).map_err(drv("loading the glue kernels"))?;
+        let mut fns = BTreeMap::new();
+        for name in glue::kernel_names() {
+            let f = module.load_function(&name).map_err(drv("finding a glue kernel"))?;
+            fns.insert(name, f);
+        }
+        let blas = CudaBlas::new(runner.stream().clone()).map_err(drv("opening cuBLAS"))?;
+        Ok(Dense { blas, fns, act })
+    }
+
+    fn kernel(&self, name: &str) -> Result<&CudaFunction, CudaError> {
+        self.fns.get(name).ok_or_else(|| CudaError::Program(format!("no glue kernel `{name}`")))
+    }
+
+    fn act_kernel(&self, what: &str) -> Result<&CudaFunction, CudaError> {
+        self.kernel(&format!("mixc_{what}_{}", self.act.suffix()))
+    }
+
+    /// `y[rows, out] (+)= x[rows, inner] · Wᵀ (+ b)`: `x` in the act dtype,
+    /// `y` f32; with `accumulate`, added to what `y` holds (the residual).
+    pub fn linear(
+        &self,
+        runner: &CudaRunner,
+        y: &mut CudaSlice<u32>,
+        x: &CudaSlice<u32>,
+        lin: &Linear,
+        rows: usize,
+        accumulate: bool,
+    ) -> Result<(), CudaError> {
+        let (out, inner) = (lin.out(), lin.inner());
+        let need_x = (rows * inner * self.act.elem_bytes()).div_ceil(4);
+        if y.len() < rows * out || x.len() < need_x {
+            return Err(CudaError::Program(format!(
+                "a projection [{out}, {inner}] of {rows} rows with buffers of {} and {} words",
+                x.len(),
+                y.len()
+            )));
+        }
+        if rows == 0 || out == 0 {
+            return Ok(());
+        }
+        let dt = match self.act {
+            Act::F32 => blas_sys::cudaDataType::CUDA_R_32F,
+            Act::Bf16 => blas_sys::cudaDataType::CUDA_R_16BF,
+        };
+        let (alpha, beta) = (1.0f32, if accumulate { 1.0f32 } else { 0.0f32 });
+        let stream = runner.stream();
+        {
+            let (wp, _w) = lin.weight.buf.device_ptr(stream);
+            let (xp, _x) = x.device_ptr(stream);
+            let (yp, _y) = y.device_ptr_mut(stream);
+            // Column-major view: yᵀ [out, rows] = W (stored [out, inner] row-major,
+            // i.e. [inner, out] column-major, transposed) · xᵀ [inner, rows].
+            // Safety: the pointers address live buffers of at least the sizes
+            // checked above, on the handle's stream; alpha and beta are f32 as
+            // the f32 compute type requires.
+            unsafe {
+                blas::gemm_ex(
+                    *self.blas.handle(),
+                    blas_sys::cublasOperation_t::CUBLAS_OP_T,
+                    blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                    out as i32,
+                    rows as i32,
+                    inner as i32,
+                    &alpha as *const f32 as *const c_void,
+                    wp as *const c_void,
+                    dt,
+                    inner as i32,
+                    xp as *const c_void,
+                    dt,
+                    inner as i32,
+                    &beta as *const f32 as *const c_void,
+                    yp as *mut c_void,
+                    blas_sys::cudaDataType::CUDA_R_32F,
+                    out as i32,
+                    blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                    blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                )
+            }
+            .map_err(drv("cuBLAS GemmEx"))?;
+        }
+        if let Some(b) = &lin.bias {
+            let n = (rows * out) as u32;
+            let f = self.kernel("mixc_add_bias")?;
+            let mut l = stream.launch_builder(f);
+            let cols = out as u32;
+            l.arg(&mut *y).arg(&b.buf).arg(&cols).arg(&n);
+            // Safety: y holds rows·out f32, b holds out f32 (checked by the loader).
+            unsafe { l.launch(grid_stride(rows * out)) }.map_err(drv("launching mixc_add_bias"))?;
+        }
+        Ok(())
+    }
+
+    /// `out[r, :] = f32(table[ids[r], :])`; ids were checked against the table's rows.
+    pub fn embed(
+        &self,
+        runner: &CudaRunner,
+        out: &mut CudaSlice<u32>,
+        table: &DeviceTensor,
+        ids: &CudaSlice<u32>,
+        rows: usize,
+    ) -> Result<(), CudaError> {
+        let d = table.shape.get(1).copied().unwrap_or(0);
+        if out.len() < rows * d || ids.len() < rows {
+            return Err(CudaError::Program("embedding buffers too small".into()));
+        }
+        let f = self.act_kernel("embed")?;
+        let mut l = runner.stream().launch_builder(f);
+        let d32 = d as u32;
+        l.arg(&table.buf).arg(ids).arg(&mut *out).arg(&d32);
+        // Safety: one CTA per row; every id < the table's rows (checked by the caller).
+        unsafe { l.launch(per_row(rows)) }.map_err(drv("launching mixc_embed"))?;
+        Ok(())
+    }
+
+    /// `out = rmsnorm(x) · w` over rows of `d`, stored in the act dtype.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rmsnorm(
+        &self,
+        runner: &CudaRunner,
+        out: &mut CudaSlice<u32>,
+        x: &CudaSlice<u32>,
+        w: &DeviceTensor,
+        rows: usize,
+        d: usize,
+        eps: f32,
+    ) -> Result<(), CudaError> {
+        if x.len() < rows * d || w.numel() != d || out.len() < (rows * d * self.act.elem_bytes()).div_ceil(4) {
+            return Err(CudaError::Program("RMSNorm buffers too small".into()));
+        }
+        let f = self.act_kernel("rmsnorm")?;
+        let mut l = runner.stream().launch_builder(f);
+        let d32 = d as u32;
+        l.arg(x).arg(&w.buf).arg(&mut *out).arg(&d32).arg(&eps);
+        // Safety: sizes checked above; one CTA per row.
+        unsafe { l.launch(per_row(rows)) }.map_err(drv("launching mixc_rmsnorm"))?;
+        Ok(())
+    }
+
+    /// `out = silu(gate) · up` from rows of `[gate | up]` (`2h` f32 each), in the act dtype.
+    pub fn swiglu(
+        &self,
+        runner: &CudaRunner,
+        out: &mut CudaSlice<u32>,
+        gu: &CudaSlice<u32>,
+        rows: usize,
+        h: usize,
+    ) -> Result<(), CudaError> {
+        if gu.len() < rows * 2 * h || out.len() < (rows * h * self.act.elem_bytes()).div_ceil(4) {
+            return Err(CudaError::Program("SwiGLU buffers too small".into()));
+        }
+        let f = self.act_kernel("swiglu")?;
+        let mut l = runner.stream().launch_builder(f);
+        let (h32, n) = (h as u32, (rows * h) as u32);
+        l.arg(gu).arg(&mut *out).arg(&h32).arg(&n);
+        // Safety: sizes checked above.
+        unsafe { l.launch(grid_stride(rows * h)) }.map_err(drv("launching mixc_swiglu"))?;
+        Ok(())
+    }
+
+    /// `out = gelu(u)` over `n` values, in the act dtype.
+    pub fn gelu(
+        &self,
+        runner: &CudaRunner,
+        out: &mut CudaSlice<u32>,
+        u: &CudaSlice<u32>,
+        n: usize,
+    ) -> Result<(), CudaError> {
+        if u.len() < n || out.len() < (n * self.act.elem_bytes()).div_ceil(4) {
+            return Err(CudaError::Program("GELU buffers too small".into()));
+        }
+        let f = self.act_kernel("gelu")?;
+        let mut l = runner.stream().launch_builder(f);
+        let n32 = n as u32;
+        l.arg(u).arg(&mut *out).arg(&n32);
+        // Safety: sizes checked above.
+        unsafe { l.launch(grid_stride(n)) }.map_err(drv("launching mixc_gelu"))?;
+        Ok(())
+    }
+
+    /// `out = bf16(x)` over `n` values.
+    pub fn cast_bf16(
+        &self,
+        runner: &CudaRunner,
+        out: &mut CudaSlice<u32>,
+        x: &CudaSlice<u32>,
+        n: usize,
+    ) -> Result<(), CudaError> {
+        if x.len() < n || out.len() < n.div_ceil(2) {
+            return Err(CudaError::Program("cast buffers too small".into()));
+        }
+        let f = self.kernel("mixc_cast_bf16")?;
+        let mut l = runner.stream().launch_builder(f);
+        let n32 = n as u32;
+        l.arg(x).arg(&mut *out).arg(&n32);
+        // Safety: sizes checked above.
+        unsafe { l.launch(grid_stride(n)) }.map_err(drv("launching mixc_cast_bf16"))?;
+        Ok(())
+    }
+
+    /// Copies `n` f32 values into an act-dtype buffer (a cast for bf16, a copy for f32).
+    pub fn to_act(
+        &self,
+        runner: &CudaRunner,
+        out: &mut CudaSlice<u32>,
+        x: &CudaSlice<u32>,
+        n: usize,
+    ) -> Result<(), CudaError> {
+        match self.act {
+            Act::Bf16 => self.cast_bf16(runner, out, x, n),
+            Act::F32 => runner.copy_words(x, out, n),
+        }
+    }
+}
+
+fn per_row(rows: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (glue::THREADS, 1, 1), shared_mem_bytes: 0 }
+}
+
+fn grid_stride(n: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (glue::grid_for(n), 1, 1), block_dim: (glue::THREADS, 1, 1), shared_mem_bytes: 0 }
+}

@@ -1,0 +1,478 @@
+//! The dense glue between a model's mixers on the GPU, as PTX: token
+//! embedding, RMSNorm, the MLP activations, casts and bias adds.
+//!
+//! These few kernels are fixed, memory-bound and tiny next to the mixers and
+//! the projections (cuBLAS), so they are written here once as PTX rather
+//! than scheduled and lowered: that keeps them loadable by a build without
+//! LLVM, and `ptxas` checks them in `cargo test` like every generated kernel.
+//!
+//! Activations between kernels are f32 (`x`, the residual stream; GEMM
+//! outputs); the operands of the projections are in the weights' dtype
+//! ([`Act`]): each kernel that feeds a projection stores in that dtype.
+
+/// The dtype of a projection's operands (the weights on the device, and the
+/// activations multiplied by them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Act {
+    F32,
+    Bf16,
+}
+
+impl Act {
+    pub const ALL: [Act; 2] = [Act::F32, Act::Bf16];
+
+    /// Suffix of the kernels that store (or load) this dtype.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Act::F32 => "f32",
+            Act::Bf16 => "bf16",
+        }
+    }
+
+    /// log2 of the element size.
+    fn shift(self) -> u32 {
+        match self {
+            Act::F32 => 2,
+            Act::Bf16 => 1,
+        }
+    }
+
+    pub fn elem_bytes(self) -> usize {
+        1 << self.shift()
+    }
+
+    /// PTX that loads element `[addr]` of this dtype into f32 register `f`.
+    fn load(self, f: &str, addr: &str) -> String {
+        match self {
+            Act::F32 => format!("ld.global.f32 {f}, [{addr}];"),
+            // bf16 is the high half of an f32: widen and shift.
+            Act::Bf16 => format!(
+                "ld.global.u16 %hs1, [{addr}];\n  cvt.u32.u16 %rt1, %hs1;\n  shl.b32 %rt1, %rt1, 16;\n  mov.b32 {f}, %rt1;"
+            ),
+        }
+    }
+
+    /// PTX that stores f32 register `f` as this dtype at `[addr]` (bf16:
+    /// rounded to nearest even).
+    fn store(self, addr: &str, f: &str) -> String {
+        match self {
+            Act::F32 => format!("st.global.f32 [{addr}], {f};"),
+            Act::Bf16 => format!("cvt.rn.bf16.f32 %hs2, {f};\n  st.global.b16 [{addr}], %hs2;"),
+        }
+    }
+}
+
+/// Threads of every glue kernel's CTA.
+pub const THREADS: u32 = 256;
+
+/// Registers every kernel declares (the helpers above use `%hs1`, `%hs2`, `%rt1`).
+const REGS: &str = "  .reg .pred %p<8>;\n  .reg .b16 %hs<4>;\n  .reg .b32 %r<24>;\n  .reg .b32 %rt<2>;\n  \
+                    .reg .f32 %f<16>;\n  .reg .b64 %rd<16>;";
+
+/// The kernel names, for loading: `(name, what it does)`.
+pub fn kernel_names() -> Vec<String> {
+    let mut out = Vec::new();
+    for a in Act::ALL {
+        for k in ["embed", "rmsnorm", "swiglu", "gelu"] {
+            out.push(format!("mixc_{k}_{}", a.suffix()));
+        }
+    }
+    out.push("mixc_cast_bf16".into());
+    out.push("mixc_add_bias".into());
+    out
+}
+
+/// The module of every glue kernel for `target` (`sm_80`, `sm_90`, ...).
+pub fn ptx(target: &str) -> String {
+    let mut s = format!("//\n// mixc's model glue kernels\n//\n.version 8.0\n.target {target}\n.address_size 64\n\n");
+    for a in Act::ALL {
+        s.push_str(&embed(a));
+        s.push_str(&rmsnorm(a));
+        s.push_str(&swiglu(a));
+        s.push_str(&gelu(a));
+    }
+    s.push_str(&cast_bf16());
+    s.push_str(&add_bias());
+    s
+}
+
+/// `out[r, :] = f32(table[ids[r], :])`, one CTA per row `r`. Parameters:
+/// table (act `[vocab, d]`), ids (i32 `[rows]`), out (f32 `[rows, d]`), d.
+fn embed(a: Act) -> String {
+    format!(
+        r#".visible .entry mixc_embed_{sfx}(
+  .param .u64 p_table, .param .u64 p_ids, .param .u64 p_out, .param .u32 p_d)
+{{
+{REGS}
+  ld.param.u64 %rd1, [p_table];
+  ld.param.u64 %rd2, [p_ids];
+  ld.param.u64 %rd3, [p_out];
+  ld.param.u32 %r1, [p_d];
+  cvta.to.global.u64 %rd1, %rd1;
+  cvta.to.global.u64 %rd2, %rd2;
+  cvta.to.global.u64 %rd3, %rd3;
+  mov.u32 %r2, %ctaid.x;
+  mul.wide.u32 %rd4, %r2, 4;
+  add.s64 %rd4, %rd2, %rd4;
+  ld.global.u32 %r3, [%rd4];
+  mul.wide.u32 %rd5, %r3, %r1;
+  mul.wide.u32 %rd6, %r2, %r1;
+  mov.u32 %r4, %tid.x;
+  mov.u32 %r5, %ntid.x;
+$copy:
+  setp.ge.u32 %p1, %r4, %r1;
+  @%p1 bra $done;
+  cvt.u64.u32 %rd7, %r4;
+  add.s64 %rd8, %rd5, %rd7;
+  shl.b64 %rd8, %rd8, {shift};
+  add.s64 %rd8, %rd1, %rd8;
+  {load}
+  add.s64 %rd9, %rd6, %rd7;
+  shl.b64 %rd9, %rd9, 2;
+  add.s64 %rd9, %rd3, %rd9;
+  st.global.f32 [%rd9], %f1;
+  add.u32 %r4, %r4, %r5;
+  bra.uni $copy;
+$done:
+  ret;
+}}
+
+"#,
+        sfx = a.suffix(),
+        shift = a.shift(),
+        load = a.load("%f1", "%rd8"),
+    )
+}
+
+/// `out[r, :] = x[r, :] / sqrt(mean(x[r, :]²) + eps) · w`, one CTA per row
+/// (warp sums through shuffles, then through shared memory). Parameters: x
+/// (f32 `[rows, d]`), w (f32 `[d]`), out (act `[rows, d]`), d, eps.
+fn rmsnorm(a: Act) -> String {
+    format!(
+        r#".visible .entry mixc_rmsnorm_{sfx}(
+  .param .u64 p_x, .param .u64 p_w, .param .u64 p_out, .param .u32 p_d, .param .f32 p_eps)
+{{
+{REGS}
+  .shared .align 4 .f32 sums[33];
+  ld.param.u64 %rd1, [p_x];
+  ld.param.u64 %rd2, [p_w];
+  ld.param.u64 %rd3, [p_out];
+  ld.param.u32 %r1, [p_d];
+  ld.param.f32 %f9, [p_eps];
+  cvta.to.global.u64 %rd1, %rd1;
+  cvta.to.global.u64 %rd2, %rd2;
+  cvta.to.global.u64 %rd3, %rd3;
+  mov.u32 %r2, %ctaid.x;
+  mov.u32 %r3, %tid.x;
+  mov.u32 %r4, %ntid.x;
+  mul.wide.u32 %rd4, %r2, %r1;
+  shl.b64 %rd5, %rd4, 2;
+  add.s64 %rd5, %rd1, %rd5;
+  mov.f32 %f1, 0f00000000;
+  mov.u32 %r5, %r3;
+$sum:
+  setp.ge.u32 %p1, %r5, %r1;
+  @%p1 bra $reduce;
+  mul.wide.u32 %rd6, %r5, 4;
+  add.s64 %rd6, %rd5, %rd6;
+  ld.global.f32 %f2, [%rd6];
+  fma.rn.f32 %f1, %f2, %f2, %f1;
+  add.u32 %r5, %r5, %r4;
+  bra.uni $sum;
+$reduce:
+  shfl.sync.bfly.b32 %f3, %f1, 16, 31, -1;
+  add.f32 %f1, %f1, %f3;
+  shfl.sync.bfly.b32 %f3, %f1, 8, 31, -1;
+  add.f32 %f1, %f1, %f3;
+  shfl.sync.bfly.b32 %f3, %f1, 4, 31, -1;
+  add.f32 %f1, %f1, %f3;
+  shfl.sync.bfly.b32 %f3, %f1, 2, 31, -1;
+  add.f32 %f1, %f1, %f3;
+  shfl.sync.bfly.b32 %f3, %f1, 1, 31, -1;
+  add.f32 %f1, %f1, %f3;
+  and.b32 %r6, %r3, 31;
+  shr.u32 %r7, %r3, 5;
+  setp.ne.u32 %p2, %r6, 0;
+  @%p2 bra $partial;
+  mov.u32 %r8, sums;
+  shl.b32 %r9, %r7, 2;
+  add.u32 %r8, %r8, %r9;
+  st.shared.f32 [%r8], %f1;
+$partial:
+  bar.sync 0;
+  setp.ne.u32 %p3, %r3, 0;
+  @%p3 bra $scaled;
+  shr.u32 %r10, %r4, 5;
+  mov.f32 %f4, 0f00000000;
+  mov.u32 %r11, 0;
+  mov.u32 %r12, sums;
+$total:
+  setp.ge.u32 %p4, %r11, %r10;
+  @%p4 bra $inverse;
+  ld.shared.f32 %f5, [%r12];
+  add.f32 %f4, %f4, %f5;
+  add.u32 %r12, %r12, 4;
+  add.u32 %r11, %r11, 1;
+  bra.uni $total;
+$inverse:
+  cvt.rn.f32.u32 %f6, %r1;
+  div.rn.f32 %f4, %f4, %f6;
+  add.f32 %f4, %f4, %f9;
+  sqrt.rn.f32 %f4, %f4;
+  rcp.rn.f32 %f4, %f4;
+  st.shared.f32 [sums+128], %f4;
+$scaled:
+  bar.sync 0;
+  ld.shared.f32 %f7, [sums+128];
+  mov.u32 %r5, %r3;
+$write:
+  setp.ge.u32 %p1, %r5, %r1;
+  @%p1 bra $done;
+  mul.wide.u32 %rd6, %r5, 4;
+  add.s64 %rd7, %rd5, %rd6;
+  ld.global.f32 %f2, [%rd7];
+  add.s64 %rd8, %rd2, %rd6;
+  ld.global.f32 %f8, [%rd8];
+  mul.f32 %f2, %f2, %f7;
+  mul.f32 %f2, %f2, %f8;
+  cvt.u64.u32 %rd9, %r5;
+  add.s64 %rd9, %rd4, %rd9;
+  shl.b64 %rd9, %rd9, {shift};
+  add.s64 %rd9, %rd3, %rd9;
+  {store}
+  add.u32 %r5, %r5, %r4;
+  bra.uni $write;
+$done:
+  ret;
+}}
+
+"#,
+        sfx = a.suffix(),
+        shift = a.shift(),
+        store = a.store("%rd9", "%f2"),
+    )
+}
+
+/// The start of a grid-stride loop over `%r1` elements: index `%r2`, stride
+/// `%r3`; the body jumps back to `$next` and leaves through `$done`.
+const GRID_STRIDE: &str = r#"  mov.u32 %r2, %ctaid.x;
+  mov.u32 %r4, %ntid.x;
+  mov.u32 %r5, %tid.x;
+  mad.lo.u32 %r2, %r2, %r4, %r5;
+  mov.u32 %r3, %nctaid.x;
+  mul.lo.u32 %r3, %r3, %r4;
+$loop:
+  setp.ge.u32 %p1, %r2, %r1;
+  @%p1 bra $done;"#;
+
+/// `out[r, c] = silu(gu[r, c]) · gu[r, h + c]` over rows of `2h` (the gate
+/// and up projections side by side). Parameters: gu (f32 `[rows, 2h]`), out
+/// (act `[rows, h]`), h, n = rows·h.
+fn swiglu(a: Act) -> String {
+    format!(
+        r#".visible .entry mixc_swiglu_{sfx}(
+  .param .u64 p_gu, .param .u64 p_out, .param .u32 p_h, .param .u32 p_n)
+{{
+{REGS}
+  ld.param.u64 %rd1, [p_gu];
+  ld.param.u64 %rd2, [p_out];
+  ld.param.u32 %r6, [p_h];
+  ld.param.u32 %r1, [p_n];
+  cvta.to.global.u64 %rd1, %rd1;
+  cvta.to.global.u64 %rd2, %rd2;
+  shl.b32 %r7, %r6, 1;
+{GRID_STRIDE}
+  div.u32 %r8, %r2, %r6;
+  mul.lo.u32 %r9, %r8, %r6;
+  sub.u32 %r9, %r2, %r9;
+  mul.wide.u32 %rd3, %r8, %r7;
+  cvt.u64.u32 %rd4, %r9;
+  add.s64 %rd3, %rd3, %rd4;
+  shl.b64 %rd3, %rd3, 2;
+  add.s64 %rd3, %rd1, %rd3;
+  ld.global.f32 %f1, [%rd3];
+  mul.wide.u32 %rd5, %r6, 4;
+  add.s64 %rd5, %rd3, %rd5;
+  ld.global.f32 %f2, [%rd5];
+  mul.f32 %f3, %f1, 0fBFB8AA3B;
+  ex2.approx.f32 %f3, %f3;
+  add.f32 %f3, %f3, 0f3F800000;
+  div.rn.f32 %f4, %f1, %f3;
+  mul.f32 %f4, %f4, %f2;
+  mul.wide.u32 %rd6, %r2, {bytes};
+  add.s64 %rd6, %rd2, %rd6;
+  {store}
+  add.u32 %r2, %r2, %r3;
+  bra.uni $loop;
+$done:
+  ret;
+}}
+
+"#,
+        sfx = a.suffix(),
+        bytes = a.elem_bytes(),
+        store = a.store("%rd6", "%f4"),
+    )
+}
+
+/// `out[i] = gelu(u[i])` (the tanh form: `0.5·u·(1 + tanh(0.7978846·(u +
+/// 0.044715·u³)))`, with `tanh z = 1 - 2/(e^{2z} + 1)`). Parameters: u (f32),
+/// out (act), n.
+fn gelu(a: Act) -> String {
+    format!(
+        r#".visible .entry mixc_gelu_{sfx}(
+  .param .u64 p_u, .param .u64 p_out, .param .u32 p_n)
+{{
+{REGS}
+  ld.param.u64 %rd1, [p_u];
+  ld.param.u64 %rd2, [p_out];
+  ld.param.u32 %r1, [p_n];
+  cvta.to.global.u64 %rd1, %rd1;
+  cvta.to.global.u64 %rd2, %rd2;
+{GRID_STRIDE}
+  mul.wide.u32 %rd3, %r2, 4;
+  add.s64 %rd3, %rd1, %rd3;
+  ld.global.f32 %f1, [%rd3];
+  mul.f32 %f2, %f1, %f1;
+  mul.f32 %f2, %f2, %f1;
+  fma.rn.f32 %f2, %f2, 0f3D372713, %f1;
+  mul.f32 %f2, %f2, 0f3F4C422A;
+  mul.f32 %f3, %f2, 0f4038AA3B;
+  ex2.approx.f32 %f3, %f3;
+  add.f32 %f3, %f3, 0f3F800000;
+  mov.f32 %f5, 0f40000000;
+  div.rn.f32 %f4, %f5, %f3;
+  mov.f32 %f5, 0f3F800000;
+  sub.f32 %f4, %f5, %f4;
+  add.f32 %f4, %f4, 0f3F800000;
+  mul.f32 %f4, %f4, %f1;
+  mul.f32 %f4, %f4, 0f3F000000;
+  mul.wide.u32 %rd6, %r2, {bytes};
+  add.s64 %rd6, %rd2, %rd6;
+  {store}
+  add.u32 %r2, %r2, %r3;
+  bra.uni $loop;
+$done:
+  ret;
+}}
+
+"#,
+        sfx = a.suffix(),
+        bytes = a.elem_bytes(),
+        store = a.store("%rd6", "%f4"),
+    )
+}
+
+/// `out[i] = bf16(x[i])`. Parameters: x (f32), out (bf16), n.
+fn cast_bf16() -> String {
+    format!(
+        r#".visible .entry mixc_cast_bf16(
+  .param .u64 p_x, .param .u64 p_out, .param .u32 p_n)
+{{
+{REGS}
+  ld.param.u64 %rd1, [p_x];
+  ld.param.u64 %rd2, [p_out];
+  ld.param.u32 %r1, [p_n];
+  cvta.to.global.u64 %rd1, %rd1;
+  cvta.to.global.u64 %rd2, %rd2;
+{GRID_STRIDE}
+  mul.wide.u32 %rd3, %r2, 4;
+  add.s64 %rd3, %rd1, %rd3;
+  ld.global.f32 %f1, [%rd3];
+  mul.wide.u32 %rd6, %r2, 2;
+  add.s64 %rd6, %rd2, %rd6;
+  {store}
+  add.u32 %r2, %r2, %r3;
+  bra.uni $loop;
+$done:
+  ret;
+}}
+
+"#,
+        store = Act::Bf16.store("%rd6", "%f1"),
+    )
+}
+
+/// `y[r, c] += b[c]` over rows of `cols`. Parameters: y (f32), b (f32
+/// `[cols]`), cols, n = rows·cols.
+fn add_bias() -> String {
+    format!(
+        r#".visible .entry mixc_add_bias(
+  .param .u64 p_y, .param .u64 p_b, .param .u32 p_cols, .param .u32 p_n)
+{{
+{REGS}
+  ld.param.u64 %rd1, [p_y];
+  ld.param.u64 %rd2, [p_b];
+  ld.param.u32 %r6, [p_cols];
+  ld.param.u32 %r1, [p_n];
+  cvta.to.global.u64 %rd1, %rd1;
+  cvta.to.global.u64 %rd2, %rd2;
+{GRID_STRIDE}
+  rem.u32 %r7, %r2, %r6;
+  mul.wide.u32 %rd3, %r2, 4;
+  add.s64 %rd3, %rd1, %rd3;
+  ld.global.f32 %f1, [%rd3];
+  mul.wide.u32 %rd4, %r7, 4;
+  add.s64 %rd4, %rd2, %rd4;
+  ld.global.f32 %f2, [%rd4];
+  add.f32 %f1, %f1, %f2;
+  st.global.f32 [%rd3], %f1;
+  add.u32 %r2, %r2, %r3;
+  bra.uni $loop;
+$done:
+  ret;
+}}
+
+"#
+    )
+}
+
+/// CTAs of a grid-stride launch over `n` elements.
+pub fn grid_for(n: usize) -> u32 {
+    n.div_ceil(THREADS as usize).clamp(1, 8192) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    fn ptxas() -> Option<PathBuf> {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/find-ptxas.sh");
+        let out = Command::new("bash").arg(script).output().ok()?;
+        let p = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (out.status.success() && !p.is_empty()).then(|| PathBuf::from(p))
+    }
+
+    #[test]
+    fn every_kernel_is_in_the_module_once() {
+        let text = ptx("sm_90");
+        for name in kernel_names() {
+            assert_eq!(text.matches(&format!(".entry {name}(")).count(), 1, "{name}");
+        }
+        assert_eq!(text.matches(".entry ").count(), kernel_names().len());
+    }
+
+    #[test]
+    fn the_glue_assembles_for_sm80_and_sm90_without_spills() {
+        let Some(ptxas) = ptxas() else {
+            panic!("ptxas not found: run scripts/setup.sh (it installs the pip package nvidia-cuda-nvcc-cu12)");
+        };
+        let dir = std::env::temp_dir().join(format!("mixc-glue-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        for arch in ["sm_80", "sm_90"] {
+            let file = dir.join(format!("glue-{arch}.ptx"));
+            std::fs::write(&file, ptx(arch)).unwrap_or_else(|e| panic!("{e}"));
+            let out = Command::new(&ptxas)
+                .args(["-v", &format!("-arch={arch}"), "-o", "/dev/null"])
+                .arg(&file)
+                .output()
+                .unwrap_or_else(|e| panic!("running ptxas: {e}"));
+            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            assert!(out.status.success(), "{arch}:\n{text}");
+            assert!(!text.lines().any(|l| l.contains("spill") && !l.contains("0 bytes spill")), "{arch}:\n{text}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,75 @@
+//! `mixc gpu-check --model FILE`: whole models on the GPU against the same
+//! model on the CPU (random weights), prefill then decode steps, row by row
+//! of the logits; and on the GPU, prefill + decode against one prefill of
+//! the whole sequence.
+
+use mixc::ir::mixers::inputs::SplitMix;
+use mixc::jit::Target;
+use mixc::runner::WeightsDtype;
+use mixc::Model;
+use std::fmt::Write;
+use std::path::PathBuf;
+
+/// Tokens of the prompt, then decode steps.
+const PROMPT: usize = 13;
+const STEPS: usize = 4;
+
+/// Largest row-wise relative error `‖a − b‖ / ‖b‖` over rows of `n`.
+fn worst_row(a: &[f32], b: &[f32], n: usize) -> f64 {
+    if a.len() != b.len() || a.iter().any(|x| !x.is_finite()) {
+        return f64::INFINITY;
+    }
+    a.chunks(n.max(1))
+        .zip(b.chunks(n.max(1)))
+        .map(|(x, y)| {
+            let num: f64 = x.iter().zip(y).map(|(p, q)| ((p - q) as f64).powi(2)).sum();
+            let den: f64 = y.iter().map(|q| (*q as f64).powi(2)).sum();
+            (num / den.max(1e-30)).sqrt()
+        })
+        .fold(0.0, f64::max)
+}
+
+/// Logits of a prefill of `ids[..prompt]` then one decode step per remaining id.
+fn prefill_then_decode(model: &mut Model, ids: &[u32], prompt: usize) -> Result<Vec<f32>, mixc::Error> {
+    model.reset();
+    let mut out = model.prefill(&ids[..prompt])?;
+    for id in &ids[prompt..] {
+        out.extend(model.decode_step(*id)?);
+    }
+    Ok(out)
+}
+
+pub fn check(files: &[PathBuf], seed: u64) -> Result<String, mixc::Error> {
+    let mut out = String::new();
+    let mut failures = 0;
+    for file in files {
+        let weights = Model::init_weights(file, seed)?;
+        let mut cpu = Model::load(file, weights.clone(), Target::Cpu)?;
+        let vocab = cpu.vocab();
+        let mut rng = SplitMix::new(seed ^ 0x5eed);
+        let ids: Vec<u32> = (0..PROMPT + STEPS).map(|_| (rng.uniform() * vocab as f64) as u32 % vocab as u32).collect();
+        let want = prefill_then_decode(&mut cpu, &ids, PROMPT)?;
+        let _ = write!(out, "{}:", file.display());
+        for (dtype, tolerance) in [(WeightsDtype::F32, 1e-4), (WeightsDtype::Bf16, 3e-2)] {
+            let mut gpu = Model::load_with(file, weights.clone(), Target::Cuda, dtype)?;
+            let got = prefill_then_decode(&mut gpu, &ids, PROMPT)?;
+            let err = worst_row(&got, &want, vocab);
+            gpu.reset();
+            let whole = gpu.prefill(&ids)?;
+            let split = worst_row(&got, &whole, vocab);
+            let ok = err <= tolerance && split <= tolerance;
+            failures += usize::from(!ok);
+            let _ = write!(
+                out,
+                " {dtype:?} weights: {err:.1e} vs CPU, {split:.1e} vs one prefill (tolerance {tolerance:.0e}) {};",
+                if ok { "ok" } else { "FAIL" }
+            );
+        }
+        out.push('\n');
+    }
+    if failures > 0 {
+        return Err(mixc::Error::Usage(format!("{out}{failures} model checks failed")));
+    }
+    let _ = writeln!(out, "all {} models pass", files.len());
+    Ok(out)
+}

@@ -1,0 +1,486 @@
+//! Whole models on a CUDA GPU: the weights stay on the card (projections in
+//! bf16 or f32, norms in f32), projections run through cuBLAS, the glue
+//! (embedding, RMSNorm, MLP activations) through `mixc_runtime::glue`, and
+//! every mixer through its compiled kernels, fed on the device: a
+//! projection writes straight into the mixer's input buffer, and carried
+//! states and caches move between a sequence's [`Cache`] and the mixer's
+//! buffers by swapping buffers (a copy only where lengths differ), never
+//! through the host. Only the token ids go up and the logits come back.
+//!
+//! A decode step's mixer buffers are kept per layer and reused while the
+//! carried shapes stay the same (recurrent states, windows); an attention
+//! layer whose KV cache grows is prepared again at each step.
+
+use super::{Cache, Feed, LoadedMixer, Model, Stored, WeightsDtype};
+use crate::Error;
+use mixc_ir::mixers::carried_input;
+use mixc_ir::model::MlpKind;
+use mixc_ir::DType;
+use mixc_runtime::cuda::{CudaRunner, DeviceTensor, LoadedProgram, PreparedRun};
+use mixc_runtime::dense::{act_dtype, Dense, Linear};
+use mixc_runtime::glue::Act;
+use mixc_runtime::{Data, HostTensor};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+/// How a projected mixer input is computed.
+enum Projection {
+    Full(Linear),
+    /// Through a rank-`r` bottleneck (GLA's gate): `x → [r] → [size]`.
+    LowRank(Linear, Linear),
+}
+
+/// One layer's weights on the card.
+struct DeviceLayer {
+    mixer_norm: DeviceTensor,
+    projections: BTreeMap<String, Projection>,
+    /// The mixer's own parameters, uploaded with each new set of mixer buffers.
+    params: BTreeMap<String, HostTensor>,
+    o_proj: Linear,
+    mlp: Option<DeviceMlp>,
+}
+
+struct DeviceMlp {
+    norm: DeviceTensor,
+    /// SwiGLU: `[gate; up]` stacked (`[2·hidden, d]`); GELU: `up`.
+    up: Linear,
+    down: Linear,
+    kind: MlpKind,
+}
+
+/// Activation buffers of one call of `rows` tokens, kept while `rows` stays the same.
+struct Workspace {
+    rows: usize,
+    ids: DeviceTensor,
+    /// The residual stream, f32 `[rows, d]`.
+    x: DeviceTensor,
+    /// A normed copy of it in the act dtype.
+    h: DeviceTensor,
+    /// f32 scratch as large as the widest projection.
+    wide: DeviceTensor,
+    /// The same in the act dtype (a projection's operand).
+    wide_act: DeviceTensor,
+    logits: DeviceTensor,
+}
+
+/// A model's weights on the GPU and what runs them.
+pub(super) struct DeviceModel {
+    runner: CudaRunner,
+    dense: Dense,
+    embed: Linear,
+    /// `None` with tied embeddings.
+    head: Option<Linear>,
+    norm: DeviceTensor,
+    layers: Vec<DeviceLayer>,
+    /// The widest per-token activation any projection reads or writes.
+    widest: usize,
+    work: RefCell<Option<Workspace>>,
+    /// Per layer: the decode step's mixer buffers and the input shapes they were bound at.
+    decode_runs: RefCell<Vec<Option<KeptRun>>>,
+}
+
+/// A decode step's mixer buffers and the input shapes they were bound at.
+type KeptRun = (BTreeMap<String, Vec<usize>>, PreparedRun);
+
+fn act_of(w: WeightsDtype) -> Act {
+    match w {
+        WeightsDtype::F32 => Act::F32,
+        WeightsDtype::Bf16 => Act::Bf16,
+    }
+}
+
+impl DeviceModel {
+    /// Uploads the (checked) weights of `model`.
+    pub(super) fn load(model: &Model, weights: WeightsDtype) -> Result<DeviceModel, Error> {
+        if model.kv_int8.is_some() {
+            return Err(Error::Usage(
+                "int8 KV caches (`[runtime] kv_cache = \"int8\"`) run on the CPU only for now: use --target cpu".into(),
+            ));
+        }
+        let runner = CudaRunner::new()?;
+        let info = runner.device()?;
+        let target = crate::card::ptx_target(info.compute_capability).map_err(Error::Usage)?;
+        let act = act_of(weights);
+        let dense = Dense::new(&runner, target, act)?;
+        let (d, vocab) = (model.cfg.d_model as usize, model.cfg.vocab as usize);
+        let up = Uploader { model, runner: &runner, act };
+        let embed = up.linear_named("embed.weight", None, vocab, d)?;
+        let head = if model.cfg.tie_embeddings { None } else { Some(up.linear("lm_head", vocab, d)?) };
+        let norm = up.f32("norm.weight", &[d])?;
+        let mut widest = d.max(vocab);
+        let mut layers = Vec::with_capacity(model.layers.len());
+        for (li, &mi) in model.layers.iter().enumerate() {
+            let LoadedMixer { feeds, o_shape, .. } = &model.mixers[mi];
+            let mut projections = BTreeMap::new();
+            let mut params = BTreeMap::new();
+            for (name, feed) in feeds {
+                let p = format!("layers.{li}.mixer.{name}_proj");
+                match feed {
+                    Feed::Projected { size, rank: None, .. } => {
+                        widest = widest.max(*size);
+                        projections.insert(name.clone(), Projection::Full(up.linear(&p, *size, d)?));
+                    }
+                    Feed::Projected { size, rank: Some(r), .. } => {
+                        widest = widest.max(*size);
+                        let a = up.linear(&format!("{p}.0"), *r, d)?;
+                        let b = up.linear(&format!("{p}.1"), *size, *r)?;
+                        projections.insert(name.clone(), Projection::LowRank(a, b));
+                    }
+                    Feed::Param => {
+                        let key = format!("layers.{li}.mixer.{name}");
+                        let w =
+                            model.weights.get(&key).ok_or_else(|| Error::Usage(format!("weights: missing `{key}`")))?;
+                        params.insert(name.clone(), w.clone());
+                    }
+                    Feed::Carried | Feed::Offset => {}
+                }
+            }
+            let od: usize = o_shape.iter().product();
+            widest = widest.max(od);
+            let o_proj = up.linear(&format!("layers.{li}.mixer.o_proj"), d, od)?;
+            let mlp = match &model.cfg.mlp {
+                None => None,
+                Some(m) => {
+                    let hdn = m.hidden as usize;
+                    let p = format!("layers.{li}.mlp");
+                    let up_w = match m.kind {
+                        MlpKind::Swiglu => {
+                            widest = widest.max(2 * hdn);
+                            up.stacked(&format!("{p}.gate_proj"), &format!("{p}.up_proj"), hdn, d)?
+                        }
+                        MlpKind::Gelu => {
+                            widest = widest.max(hdn);
+                            up.linear(&format!("{p}.up_proj"), hdn, d)?
+                        }
+                    };
+                    Some(DeviceMlp {
+                        norm: up.f32(&format!("layers.{li}.mlp_norm.weight"), &[d])?,
+                        up: up_w,
+                        down: up.linear(&format!("{p}.down_proj"), d, hdn)?,
+                        kind: m.kind,
+                    })
+                }
+            };
+            layers.push(DeviceLayer {
+                mixer_norm: up.f32(&format!("layers.{li}.mixer_norm.weight"), &[d])?,
+                projections,
+                params,
+                o_proj,
+                mlp,
+            });
+        }
+        runner.synchronize()?;
+        let n = layers.len();
+        Ok(DeviceModel {
+            runner,
+            dense,
+            embed,
+            head,
+            norm,
+            layers,
+            widest,
+            work: RefCell::new(None),
+            decode_runs: RefCell::new((0..n).map(|_| None).collect()),
+        })
+    }
+
+    /// Bytes of the weights on the card.
+    pub(super) fn weight_bytes(&self) -> usize {
+        let lin = |l: &Linear| l.weight.bytes() + l.bias.as_ref().map_or(0, |b| b.bytes());
+        let mut n = lin(&self.embed) + self.head.as_ref().map_or(0, lin) + self.norm.bytes();
+        for l in &self.layers {
+            n += l.mixer_norm.bytes() + lin(&l.o_proj);
+            for p in l.projections.values() {
+                n += match p {
+                    Projection::Full(a) => lin(a),
+                    Projection::LowRank(a, b) => lin(a) + lin(b),
+                };
+            }
+            if let Some(m) = &l.mlp {
+                n += m.norm.bytes() + lin(&m.up) + lin(&m.down);
+            }
+        }
+        n
+    }
+
+    fn workspace(&self, rows: usize, d: usize, vocab: usize) -> Result<Workspace, Error> {
+        let r = &self.runner;
+        let act = act_dtype(self.dense.act);
+        Ok(Workspace {
+            rows,
+            ids: r.zeros(&[rows], DType::I32)?,
+            x: r.zeros(&[rows, d], DType::F32)?,
+            h: r.zeros(&[rows, d], act)?,
+            wide: r.zeros(&[rows, self.widest], DType::F32)?,
+            wide_act: r.zeros(&[rows, self.widest], act)?,
+            logits: r.zeros(&[rows, vocab], DType::F32)?,
+        })
+    }
+
+    /// Runs `ids` from `cache` (checked by the caller: at least one id, one
+    /// for a decode step) and returns the logits `[len, vocab]`.
+    pub(super) fn forward(
+        &self,
+        model: &Model,
+        cache: &mut Cache,
+        ids: &[u32],
+        decode: bool,
+    ) -> Result<Vec<f32>, Error> {
+        let (d, vocab) = (model.cfg.d_model as usize, model.cfg.vocab as usize);
+        let t = ids.len();
+        let mut tokens = Vec::with_capacity(t);
+        for id in ids {
+            if *id as usize >= vocab {
+                return Err(Error::Usage(format!("token id {id} is out of the vocabulary (size {vocab})")));
+            }
+            tokens.push(*id as i32);
+        }
+        let mut slot = self.work.borrow_mut();
+        if slot.as_ref().is_none_or(|w| w.rows != t) {
+            *slot = None;
+            *slot = Some(self.workspace(t, d, vocab)?);
+        }
+        let Some(w) = slot.as_mut() else { return Err(Error::Usage("no GPU workspace".into())) };
+        let (r, dense) = (&self.runner, &self.dense);
+        r.upload_i32(&tokens, &mut w.ids.buf)?;
+        dense.embed(r, &mut w.x.buf, &self.embed.weight, &w.ids.buf, t)?;
+        let eps = model.eps;
+        if cache.layers.len() != self.layers.len() {
+            cache.layers = (0..self.layers.len()).map(|_| BTreeMap::new()).collect();
+        }
+        for (li, layer) in self.layers.iter().enumerate() {
+            dense.rmsnorm(r, &mut w.h.buf, &w.x.buf, &layer.mixer_norm, t, d, eps)?;
+            let lm = &model.mixers[model.layers[li]];
+            self.mixer(lm, li, layer, cache, w, decode)?;
+            if let Some(m) = &layer.mlp {
+                dense.rmsnorm(r, &mut w.h.buf, &w.x.buf, &m.norm, t, d, eps)?;
+                dense.linear(r, &mut w.wide.buf, &w.h.buf, &m.up, t, false)?;
+                let hdn = m.down.inner();
+                match m.kind {
+                    MlpKind::Swiglu => dense.swiglu(r, &mut w.wide_act.buf, &w.wide.buf, t, hdn)?,
+                    MlpKind::Gelu => dense.gelu(r, &mut w.wide_act.buf, &w.wide.buf, t * hdn)?,
+                }
+                dense.linear(r, &mut w.x.buf, &w.wide_act.buf, &m.down, t, true)?;
+            }
+        }
+        dense.rmsnorm(r, &mut w.h.buf, &w.x.buf, &self.norm, t, d, eps)?;
+        let head = self.head.as_ref().unwrap_or(&self.embed);
+        dense.linear(r, &mut w.logits.buf, &w.h.buf, head, t, false)?;
+        let logits = r.download_f32(&w.logits.buf, t * vocab)?;
+        cache.position += t;
+        Ok(logits)
+    }
+
+    /// One layer's mixer: its projections into the mixer's buffers, the
+    /// carried tensors in, the kernels, `o_proj` added to the residual, the
+    /// carried tensors out.
+    #[allow(clippy::too_many_arguments)]
+    fn mixer(
+        &self,
+        lm: &LoadedMixer,
+        li: usize,
+        layer: &DeviceLayer,
+        cache: &mut Cache,
+        w: &mut Workspace,
+        decode: bool,
+    ) -> Result<(), Error> {
+        let (r, dense) = (&self.runner, &self.dense);
+        let t = w.rows;
+        let name = &lm.mixer.name;
+        let run_err = |msg: String| Error::Run { mixer: name.clone(), msg };
+        let lp: &LoadedProgram =
+            lm.mixer.gpu_program(decode).ok_or_else(|| run_err("the mixer was not compiled for the GPU".into()))??;
+        let layer_cache = cache.layers.get_mut(li).ok_or_else(|| run_err("no cache for the layer".into()))?;
+        // The shapes every input is bound at: projected inputs per token,
+        // parameters as loaded, carried tensors as the cache holds them.
+        let mut shapes = BTreeMap::new();
+        let mut uploads = BTreeMap::new();
+        for (input, feed) in &lm.feeds {
+            match feed {
+                Feed::Projected { shape, .. } => {
+                    let mut full = vec![1, t];
+                    full.extend(shape);
+                    shapes.insert(input.clone(), full);
+                }
+                Feed::Param => {
+                    if let Some(p) = layer.params.get(input) {
+                        shapes.insert(input.clone(), p.shape.clone());
+                        uploads.insert(input.clone(), p.clone());
+                    }
+                }
+                Feed::Carried => {
+                    if let Some(s) = layer_cache.get(input) {
+                        shapes.insert(input.clone(), s.shape().to_vec());
+                    }
+                }
+                Feed::Offset => {
+                    shapes.insert(input.clone(), vec![]);
+                    uploads.insert(
+                        input.clone(),
+                        HostTensor { shape: vec![], data: Data::I32(vec![cache.position as i32]) },
+                    );
+                }
+            }
+        }
+        let mut runs = self.decode_runs.borrow_mut();
+        let kept = if decode { runs.get_mut(li) } else { None };
+        let mut fresh = None;
+        let run: &mut PreparedRun = match kept {
+            Some(entry) => {
+                if entry.as_ref().is_none_or(|(bound, _)| *bound != shapes) {
+                    *entry = None;
+                    *entry = Some((shapes.clone(), r.prepare_shaped(lp, &shapes, &uploads)?));
+                } else if let Some(slot) = lm.feeds.iter().find(|(_, f)| matches!(f, Feed::Offset)) {
+                    // A kept run: only the position changes.
+                    let (_, run) = entry.as_mut().ok_or_else(|| run_err("no decode buffers".into()))?;
+                    if let Some(s) = run.input_slot(&slot.0) {
+                        let buf = run.buffer_mut(s).ok_or_else(|| run_err("no offset buffer".into()))?;
+                        r.upload_i32(&[cache.position as i32], buf)?;
+                    }
+                }
+                &mut entry.as_mut().ok_or_else(|| run_err("no decode buffers".into()))?.1
+            }
+            None => fresh.insert(r.prepare_shaped(lp, &shapes, &uploads)?),
+        };
+        // Projections straight into the mixer's input buffers.
+        for (input, proj) in &layer.projections {
+            let s = run.input_slot(input).ok_or_else(|| run_err(format!("no input buffer `{input}`")))?;
+            let dtype = run.slot_type(s).map(|x| x.1).unwrap_or(DType::F32);
+            let operand = match proj {
+                Projection::Full(_) => &w.h.buf,
+                Projection::LowRank(a, _) => {
+                    dense.linear(r, &mut w.wide.buf, &w.h.buf, a, t, false)?;
+                    dense.to_act(r, &mut w.wide_act.buf, &w.wide.buf, t * a.out())?;
+                    &w.wide_act.buf
+                }
+            };
+            let lin = match proj {
+                Projection::Full(a) | Projection::LowRank(_, a) => a,
+            };
+            let target = run.buffer_mut(s).ok_or_else(|| run_err(format!("no input buffer `{input}`")))?;
+            match dtype {
+                DType::F32 => dense.linear(r, target, operand, lin, t, false)?,
+                DType::BF16 => {
+                    dense.linear(r, &mut w.wide.buf, operand, lin, t, false)?;
+                    dense.cast_bf16(r, target, &w.wide.buf, t * lin.out())?;
+                }
+                other => return Err(run_err(format!("input `{input}` is stored as {other}: expected f32 or bf16"))),
+            }
+        }
+        // Carried tensors in: swapped where lengths match, else copied.
+        for (input, feed) in &lm.feeds {
+            if !matches!(feed, Feed::Carried) {
+                continue;
+            }
+            let (Some(s), Some(stored)) = (run.input_slot(input), layer_cache.get_mut(input)) else { continue };
+            let buf = run.buffer_mut(s).ok_or_else(|| run_err(format!("no input buffer `{input}`")))?;
+            match stored {
+                Stored::Device(dt) if dt.buf.len() == buf.len() => std::mem::swap(&mut dt.buf, buf),
+                Stored::Device(dt) => r.copy_words(&dt.buf, buf, dt.buf.len().min(buf.len()))?,
+                other => {
+                    let host = other.tensor()?;
+                    let (_, dtype) = run.slot_type(s).ok_or_else(|| run_err("no slot".into()))?;
+                    let up = r.upload_tensor(&host, dtype)?;
+                    let buf = run.buffer_mut(s).ok_or_else(|| run_err(format!("no input buffer `{input}`")))?;
+                    r.copy_words(&up.buf, buf, up.buf.len().min(buf.len()))?;
+                }
+            }
+        }
+        r.enqueue(lp, run)?;
+        // The output through o_proj into the residual stream.
+        let od = layer.o_proj.inner();
+        let o = run.output_slot("o").ok_or_else(|| run_err("no output `o`".into()))?;
+        let (_, o_dtype) = run.slot_type(o).ok_or_else(|| run_err("no slot".into()))?;
+        let o_buf = run.buffer(o).ok_or_else(|| run_err("no output buffer `o`".into()))?;
+        let operand = match (o_dtype, dense.act) {
+            (DType::F32, Act::F32) | (DType::BF16, Act::Bf16) => o_buf,
+            (DType::F32, Act::Bf16) => {
+                dense.cast_bf16(r, &mut w.wide_act.buf, o_buf, t * od)?;
+                &w.wide_act.buf
+            }
+            (other, _) => {
+                return Err(run_err(format!("output `o` is stored as {other}, the weights as {:?}", dense.act)))
+            }
+        };
+        dense.linear(r, &mut w.x.buf, operand, &layer.o_proj, t, true)?;
+        // Carried tensors out: the new state moves into the cache.
+        let outputs: Vec<(String, String)> = lm
+            .mixer
+            .graph
+            .outputs
+            .iter()
+            .filter_map(|(out, _)| carried_input(out).map(|input| (out.clone(), input)))
+            .collect();
+        for (out, input) in outputs {
+            let Some(s) = run.output_slot(&out) else { continue };
+            let (shape, dtype) =
+                run.slot_type(s).map(|(sh, dt)| (sh.to_vec(), dt)).ok_or_else(|| run_err("no slot".into()))?;
+            let buf = run.buffer_mut(s).ok_or_else(|| run_err(format!("no output buffer `{out}`")))?;
+            let mut held = match layer_cache.remove(&input) {
+                Some(Stored::Device(dt)) if dt.buf.len() == buf.len() => dt,
+                _ => r.zeros(&shape, dtype)?,
+            };
+            std::mem::swap(&mut held.buf, buf);
+            held.shape = shape;
+            held.dtype = dtype;
+            layer_cache.insert(input, Stored::Device(held));
+        }
+        Ok(())
+    }
+}
+
+/// Uploads a model's checked weights.
+struct Uploader<'a> {
+    model: &'a Model,
+    runner: &'a CudaRunner,
+    act: Act,
+}
+
+impl Uploader<'_> {
+    fn f32(&self, name: &str, shape: &[usize]) -> Result<DeviceTensor, Error> {
+        let data = self.model.tensor(name, shape)?;
+        Ok(self.runner.upload_f32(data, shape, DType::F32)?)
+    }
+
+    /// The linear layer `prefix` (`.weight` `[out, inner]`, optional `.bias`).
+    fn linear(&self, prefix: &str, out: usize, inner: usize) -> Result<Linear, Error> {
+        let bias = format!("{prefix}.bias");
+        let bias = if self.model.weights.contains_key(&bias) { Some(bias) } else { None };
+        self.linear_named(&format!("{prefix}.weight"), bias.as_deref(), out, inner)
+    }
+
+    fn linear_named(&self, weight: &str, bias: Option<&str>, out: usize, inner: usize) -> Result<Linear, Error> {
+        let data = self.model.tensor(weight, &[out, inner])?;
+        let weight = self.runner.upload_f32(data, &[out, inner], act_dtype(self.act))?;
+        let bias = match bias {
+            Some(b) => Some(self.f32(b, &[out])?),
+            None => None,
+        };
+        Ok(Linear { weight, bias })
+    }
+
+    /// Two linear layers of the same input stacked into one `[2·out, inner]`
+    /// (SwiGLU's gate and up: one GEMM instead of two).
+    fn stacked(&self, first: &str, second: &str, out: usize, inner: usize) -> Result<Linear, Error> {
+        let a = self.model.tensor(&format!("{first}.weight"), &[out, inner])?;
+        let b = self.model.tensor(&format!("{second}.weight"), &[out, inner])?;
+        let mut both = Vec::with_capacity(2 * out * inner);
+        both.extend_from_slice(a);
+        both.extend_from_slice(b);
+        let weight = self.runner.upload_f32(&both, &[2 * out, inner], act_dtype(self.act))?;
+        let (ba, bb) = (format!("{first}.bias"), format!("{second}.bias"));
+        let bias = if self.model.weights.contains_key(&ba) || self.model.weights.contains_key(&bb) {
+            let mut v = vec![0.0f32; 2 * out];
+            if self.model.weights.contains_key(&ba) {
+                v[..out].copy_from_slice(self.model.tensor(&ba, &[out])?);
+            }
+            if self.model.weights.contains_key(&bb) {
+                v[out..].copy_from_slice(self.model.tensor(&bb, &[out])?);
+            }
+            Some(self.runner.upload_f32(&v, &[2 * out], DType::F32)?)
+        } else {
+            None
+        };
+        Ok(Linear { weight, bias })
+    }
+}
