@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Run ON THE GPU MACHINE from the folder bench/gpu/prepare.sh wrote (models/
+# one level up): whole models on the GPU against the same models on the CPU
+# (`mixc gpu-check --model`, random weights, projections in f32 and bf16),
+# then GLA-1.3B (models/bench/gla-1.3b.toml, random weights written here)
+# timed by `mixc run --target cuda`. Exits non-zero on any failed check.
+#   MODELS="a.toml b.toml"  the models to check (default: every models/*.toml)
+#   BENCH=0                 skip the 1.3B run
+#   PROMPT=N STEPS=M        its prompt length and generated tokens (64, 64)
+set -uo pipefail
+cd "$(dirname "$0")"
+[ -x ./mixc ] || xz -dkf mixc.xz
+# cuBLAS: mixc (cudarc) loads libcublas.so or libcublas.so.12; CUDA 13 names
+# it libcublas.so.13, so link the first one found under the plain name.
+lib=$(ls /usr/local/cuda/lib64/libcublas.so* /usr/local/cuda*/targets/x86_64-linux/lib/libcublas.so* 2>/dev/null | head -1)
+if [ -z "$lib" ]; then
+  lib=$(python3 -c 'import glob, nvidia; print(next(iter(sorted(f for p in nvidia.__path__ for f in glob.glob(p + "/*/lib/libcublas.so*"))), ""))' 2>/dev/null)
+fi
+if [ -n "$lib" ]; then
+  mkdir -p /tmp/mixc-cublas && ln -sf "$lib" /tmp/mixc-cublas/libcublas.so
+  export LD_LIBRARY_PATH="/tmp/mixc-cublas:$(dirname "$lib"):${LD_LIBRARY_PATH:-}"
+  echo "cuBLAS: $lib"
+else
+  echo "cuBLAS not found"
+fi
+status=0
+models=${MODELS:-$(ls ../models/*.toml)}
+# shellcheck disable=SC2086
+./mixc gpu-check --model $models || status=1
+if [ "${BENCH:-1}" = 1 ]; then
+  w=/tmp/gla-1.3b.safetensors
+  [ -f $w ] || ./mixc init-weights ../models/bench/gla-1.3b.toml -o $w --seed 1
+  ids=$(seq 1 "${PROMPT:-64}" | tr '\n' ' ')
+  for run in 1 2; do
+    echo "GLA-1.3B, bf16 weights, run $run:"
+    ./mixc run ../models/bench/gla-1.3b.toml --weights $w --target cuda --prompt-ids "$ids" \
+      --max-new-tokens "${STEPS:-64}" | tail -2 || status=1
+  done
+fi
+exit $status
