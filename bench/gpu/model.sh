@@ -32,9 +32,13 @@ if [ "${BENCH:-1}" = 1 ]; then
   [ -f $w ] || ./mixc init-weights ../models/bench/gla-1.3b.toml -o $w --seed 1
   ids=$(seq 1 "${PROMPT:-64}" | tr '\n' ' ')
   for run in 1 2; do
-    echo "GLA-1.3B, bf16 weights, run $run:"
+    echo "GLA-1.3B, bf16 weights, batch 1, run $run:"
     ./mixc run ../models/bench/gla-1.3b.toml --weights $w --target cuda --prompt-ids "$ids" \
       --max-new-tokens "${STEPS:-64}" | tail -2 || status=1
   done
+  batch=(); for _ in $(seq 16); do batch+=(--prompt-ids "$ids"); done
+  echo "GLA-1.3B, bf16 weights, batch 16:"
+  ./mixc run ../models/bench/gla-1.3b.toml --weights $w --target cuda "${batch[@]}" \
+    --max-new-tokens "${STEPS:-64}" | tail -2 || status=1
 fi
 exit $status

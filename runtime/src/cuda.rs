@@ -540,6 +540,31 @@ impl CudaRunner {
         self.copy_in(v, buf)
     }
 
+    /// Queues a copy of `words` 32-bit words from `from` at word `from_at`
+    /// into `to` at word `to_at`.
+    pub fn copy_words_at(
+        &self,
+        from: &CudaSlice<u32>,
+        from_at: usize,
+        to: &mut CudaSlice<u32>,
+        to_at: usize,
+        words: usize,
+    ) -> Result<(), CudaError> {
+        if from_at + words > from.len() || to_at + words > to.len() {
+            return Err(CudaError::Program(format!(
+                "a copy of {words} words from word {from_at} of {} into word {to_at} of {}",
+                from.len(),
+                to.len()
+            )));
+        }
+        if words == 0 {
+            return Ok(());
+        }
+        self.stream
+            .memcpy_dtod(&from.slice(from_at..from_at + words), &mut to.slice_mut(to_at..to_at + words))
+            .map_err(drv("copying on the device"))
+    }
+
     /// Queues a copy of the first `words` 32-bit words of `from` into `to`.
     pub fn copy_words(&self, from: &CudaSlice<u32>, to: &mut CudaSlice<u32>, words: usize) -> Result<(), CudaError> {
         if words > from.len() || words > to.len() {

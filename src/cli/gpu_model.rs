@@ -39,6 +39,33 @@ fn prefill_then_decode(model: &mut Model, ids: &[u32], prompt: usize) -> Result<
     Ok(out)
 }
 
+/// Three sequences of different lengths decoded side by side against each
+/// alone (`None` where the model cannot batch them): the largest row error.
+fn side_by_side(model: &Model, ids: &[u32]) -> Result<Option<f64>, mixc::Error> {
+    if model.batch_unsupported().is_some() {
+        return Ok(None);
+    }
+    let vocab = model.vocab();
+    let prompts = [&ids[..5], &ids[2..PROMPT], &ids[1..3]];
+    let mut all = model.new_batch_cache(prompts.len())?;
+    let mut alone: Vec<_> = prompts.iter().map(|_| model.new_cache()).collect();
+    let mut worst: f64 = 0.0;
+    for (b, p) in prompts.iter().enumerate() {
+        let x = model.prefill_slot(&mut all, b, p)?;
+        let y = model.forward_in(&mut alone[b], p, false)?;
+        worst = worst.max(worst_row(&x, &y, vocab));
+    }
+    for step in 0..STEPS {
+        let next: Vec<u32> = (0..prompts.len()).map(|b| ids[(PROMPT + step + b) % ids.len()]).collect();
+        let x = model.decode_batch(&mut all, &next)?;
+        for (b, id) in next.iter().enumerate() {
+            let y = model.forward_in(&mut alone[b], &[*id], true)?;
+            worst = worst.max(worst_row(&x[b * vocab..(b + 1) * vocab], &y, vocab));
+        }
+    }
+    Ok(Some(worst))
+}
+
 pub fn check(files: &[PathBuf], seed: u64) -> Result<String, mixc::Error> {
     let mut out = String::new();
     let mut failures = 0;
@@ -57,11 +84,13 @@ pub fn check(files: &[PathBuf], seed: u64) -> Result<String, mixc::Error> {
             gpu.reset();
             let whole = gpu.prefill(&ids)?;
             let split = worst_row(&got, &whole, vocab);
-            let ok = err <= tolerance && split <= tolerance;
+            let side = side_by_side(&gpu, &ids)?;
+            let ok = err <= tolerance && split <= tolerance && side.is_none_or(|e| e <= tolerance);
             failures += usize::from(!ok);
+            let side = side.map_or(String::new(), |e| format!(", {e:.1e} side by side vs alone"));
             let _ = write!(
                 out,
-                " {dtype:?} weights: {err:.1e} vs CPU, {split:.1e} vs one prefill (tolerance {tolerance:.0e}) {};",
+                " {dtype:?} weights: {err:.1e} vs CPU, {split:.1e} vs one prefill{side} (tolerance {tolerance:.0e}) {};",
                 if ok { "ok" } else { "FAIL" }
             );
         }

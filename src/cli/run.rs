@@ -170,29 +170,58 @@ pub fn run(args: &RunArgs) -> Result<String, Error> {
     let steps = batch.len() * args.max_new_tokens.saturating_sub(1);
     let mut progress = Progress::new((prompt_tokens + steps) as u64);
 
+    // Several sequences on the GPU decode side by side where the model
+    // allows it (one pass over the weights per step for all of them).
+    let mut side_by_side = if batch.len() > 1 && model.batch_unsupported().is_none() {
+        Some(model.new_batch_cache(batch.len())?)
+    } else {
+        None
+    };
+
     // Prefill, one sequence at a time, each from its own caches.
     let t0 = Instant::now();
     let mut next = Vec::with_capacity(batch.len());
-    for (ids, cache) in batch.iter().zip(&mut caches) {
-        let logits = model.forward_in(cache, ids, false)?;
+    for (b, (ids, cache)) in batch.iter().zip(&mut caches).enumerate() {
+        let logits = match &mut side_by_side {
+            Some(all) => model.prefill_slot(all, b, ids)?,
+            None => model.forward_in(cache, ids, false)?,
+        };
         next.push(pick(&logits[(ids.len() - 1) * vocab..ids.len() * vocab], args.temperature, &mut rng));
         progress.step("prefill", ids.len() as u64);
     }
     let prefill_s = t0.elapsed().as_secs_f64();
     let first_token_s = start.elapsed().as_secs_f64();
     let mut memory = String::new();
-    let report = |memory: &mut String, when: &str, caches: &[Cache]| {
+    let report = |memory: &mut String, when: &str, caches: &[Cache], side: &Option<Cache>| {
+        if let Some(all) = side {
+            let _ = writeln!(
+                memory,
+                "cache bytes per layer {when} (all {} sequences): {:?}",
+                batch.len(),
+                all.bytes(layers)
+            );
+            return;
+        }
         for (b, c) in caches.iter().enumerate() {
             let which = if caches.len() > 1 { format!(" (sequence {b})") } else { String::new() };
             let _ = writeln!(memory, "cache bytes per layer {when}{which}: {:?}", c.bytes(layers));
         }
     };
-    report(&mut memory, "after prefill", &caches);
+    report(&mut memory, "after prefill", &caches, &side_by_side);
 
     // Decode: each step advances every sequence by one token.
     let mut generated: Vec<Vec<u32>> = next.iter().map(|n| vec![*n]).collect();
     let t1 = Instant::now();
     for _ in 1..args.max_new_tokens {
+        if let Some(all) = &mut side_by_side {
+            let logits = model.decode_batch(all, &next)?;
+            for (b, (n, out)) in next.iter_mut().zip(&mut generated).enumerate() {
+                *n = pick(&logits[b * vocab..(b + 1) * vocab], args.temperature, &mut rng);
+                out.push(*n);
+            }
+            progress.step("decode", batch.len() as u64);
+            continue;
+        }
         for ((cache, next), out) in caches.iter_mut().zip(&mut next).zip(&mut generated) {
             let l = model.forward_in(cache, &[*next], true)?;
             *next = pick(&l, args.temperature, &mut rng);
@@ -202,7 +231,7 @@ pub fn run(args: &RunArgs) -> Result<String, Error> {
     }
     let decode_s = t1.elapsed().as_secs_f64();
     drop(progress);
-    report(&mut memory, &format!("after {} tokens", generated[0].len()), &caches);
+    report(&mut memory, &format!("after {} tokens", generated[0].len()), &caches, &side_by_side);
 
     let mut out = String::new();
     for g in &generated {
@@ -214,7 +243,11 @@ pub fn run(args: &RunArgs) -> Result<String, Error> {
             let _ = writeln!(out, "text: {:?}", tok.decode(g)?);
         }
     }
-    let seqs = if batch.len() > 1 { format!(" in {} sequences", batch.len()) } else { String::new() };
+    let seqs = match (&side_by_side, batch.len()) {
+        (_, 1) => String::new(),
+        (Some(_), n) => format!(" in {n} sequences side by side"),
+        (None, n) => format!(" in {n} sequences"),
+    };
     let _ = writeln!(
         out,
         "prefill: {prompt_tokens} tokens{seqs} in {:.3} s ({:.1} tokens/s); first token after {:.3} s",

@@ -51,6 +51,8 @@ struct DeviceMlp {
 /// Activation buffers of one call of `rows` tokens, kept while `rows` stays the same.
 struct Workspace {
     rows: usize,
+    /// Sequences side by side (`rows / seqs` tokens each).
+    seqs: usize,
     ids: DeviceTensor,
     /// The residual stream, f32 `[rows, d]`.
     x: DeviceTensor,
@@ -203,11 +205,12 @@ impl DeviceModel {
         n
     }
 
-    fn workspace(&self, rows: usize, d: usize, vocab: usize) -> Result<Workspace, Error> {
+    fn workspace(&self, rows: usize, seqs: usize, d: usize, vocab: usize) -> Result<Workspace, Error> {
         let r = &self.runner;
         let act = act_dtype(self.dense.act);
         Ok(Workspace {
             rows,
+            seqs,
             ids: r.zeros(&[rows], DType::I32)?,
             x: r.zeros(&[rows, d], DType::F32)?,
             h: r.zeros(&[rows, d], act)?,
@@ -218,16 +221,22 @@ impl DeviceModel {
     }
 
     /// Runs `ids` from `cache` (checked by the caller: at least one id, one
-    /// for a decode step) and returns the logits `[len, vocab]`.
+    /// per sequence for a decode step) and returns the logits `[len, vocab]`:
+    /// `seqs` sequences side by side (a batch cache's), `ids.len() / seqs`
+    /// tokens each.
     pub(super) fn forward(
         &self,
         model: &Model,
         cache: &mut Cache,
         ids: &[u32],
+        seqs: usize,
         decode: bool,
     ) -> Result<Vec<f32>, Error> {
         let (d, vocab) = (model.cfg.d_model as usize, model.cfg.vocab as usize);
         let t = ids.len();
+        if seqs == 0 || !t.is_multiple_of(seqs) {
+            return Err(Error::Usage(format!("{t} tokens do not split into {seqs} sequences")));
+        }
         let mut tokens = Vec::with_capacity(t);
         for id in ids {
             if *id as usize >= vocab {
@@ -236,9 +245,9 @@ impl DeviceModel {
             tokens.push(*id as i32);
         }
         let mut slot = self.work.borrow_mut();
-        if slot.as_ref().is_none_or(|w| w.rows != t) {
+        if slot.as_ref().is_none_or(|w| w.rows != t || w.seqs != seqs) {
             *slot = None;
-            *slot = Some(self.workspace(t, d, vocab)?);
+            *slot = Some(self.workspace(t, seqs, d, vocab)?);
         }
         let Some(w) = slot.as_mut() else { return Err(Error::Usage("no GPU workspace".into())) };
         let (r, dense) = (&self.runner, &self.dense);
@@ -267,8 +276,45 @@ impl DeviceModel {
         let head = self.head.as_ref().unwrap_or(&self.embed);
         dense.linear(r, &mut w.logits.buf, &w.h.buf, head, t, false)?;
         let logits = r.download_f32(&w.logits.buf, t * vocab)?;
-        cache.position += t;
+        cache.position += t / seqs;
         Ok(logits)
+    }
+
+    /// Moves the carried tensors of a one-sequence cache into slot `slot` of
+    /// a cache of `seqs` sequences stacked along the batch axis (allocated
+    /// at the first slot filled).
+    pub(super) fn adopt(&self, batch: &mut Cache, seqs: usize, slot: usize, one: Cache) -> Result<(), Error> {
+        let r = &self.runner;
+        if batch.layers.len() != one.layers.len() {
+            batch.layers = (0..one.layers.len()).map(|_| BTreeMap::new()).collect();
+        }
+        for (li, layer) in one.layers.into_iter().enumerate() {
+            for (name, stored) in layer {
+                let Stored::Device(t) = stored else {
+                    return Err(Error::Usage(format!("layer {li}: `{name}` is not on the GPU")));
+                };
+                let words = t.buf.len();
+                if t.shape.first() != Some(&1) || t.bytes() != 4 * words {
+                    return Err(Error::Usage(format!(
+                        "layer {li}: `{name}` of shape {:?} cannot be stacked by sequence",
+                        t.shape
+                    )));
+                }
+                let held = &mut batch.layers[li];
+                let fits = matches!(held.get(&name), Some(Stored::Device(b)) if b.buf.len() == seqs * words);
+                if !fits {
+                    let mut shape = t.shape.clone();
+                    shape[0] = seqs;
+                    held.insert(name.clone(), Stored::Device(r.zeros(&shape, t.dtype)?));
+                }
+                if let Some(Stored::Device(b)) = held.get_mut(&name) {
+                    r.copy_words_at(&t.buf, 0, &mut b.buf, slot * words, words)?;
+                }
+            }
+        }
+        batch.position = batch.position.max(one.position);
+        r.synchronize()?;
+        Ok(())
     }
 
     /// One layer's mixer: its projections into the mixer's buffers, the
@@ -286,6 +332,7 @@ impl DeviceModel {
     ) -> Result<(), Error> {
         let (r, dense) = (&self.runner, &self.dense);
         let t = w.rows;
+        let (seqs, per_seq) = (w.seqs, w.rows / w.seqs.max(1));
         let name = &lm.mixer.name;
         let run_err = |msg: String| Error::Run { mixer: name.clone(), msg };
         let lp: &LoadedProgram =
@@ -298,7 +345,7 @@ impl DeviceModel {
         for (input, feed) in &lm.feeds {
             match feed {
                 Feed::Projected { shape, .. } => {
-                    let mut full = vec![1, t];
+                    let mut full = vec![seqs, per_seq];
                     full.extend(shape);
                     shapes.insert(input.clone(), full);
                 }

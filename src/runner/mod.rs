@@ -138,6 +138,9 @@ fn is_kv_cache(name: &str) -> bool {
 pub struct Cache {
     layers: Vec<BTreeMap<String, Stored>>,
     position: usize,
+    /// Sequences stacked along the batch axis of every carried tensor (0 or
+    /// 1: one sequence; see [`Model::new_batch_cache`]).
+    sequences: usize,
 }
 
 impl Cache {
@@ -480,7 +483,7 @@ impl Model {
             Some(KvCacheDtype::Int8) => Some(kv_group(&mixers, runtime.kv_group, file)?),
             _ => None,
         };
-        let cache = Cache { layers: (0..layers.len()).map(|_| BTreeMap::new()).collect(), position: 0 };
+        let cache = Cache { layers: (0..layers.len()).map(|_| BTreeMap::new()).collect(), position: 0, sequences: 1 };
         Ok(Model {
             eps: cfg.norm_eps.unwrap_or(1e-6) as f32,
             cfg,
@@ -503,7 +506,7 @@ impl Model {
 
     /// Empty caches for a new sequence (see [`Model::forward_in`]).
     pub fn new_cache(&self) -> Cache {
-        Cache { layers: (0..self.layers.len()).map(|_| BTreeMap::new()).collect(), position: 0 }
+        Cache { layers: (0..self.layers.len()).map(|_| BTreeMap::new()).collect(), position: 0, sequences: 1 }
     }
 
     /// Bytes held by each layer's caches of the current sequence.
@@ -555,9 +558,15 @@ impl Model {
         if decode && t != 1 {
             return Err(Error::Usage(format!("a decode step takes one token, got {t}")));
         }
+        if cache.sequences > 1 {
+            return Err(Error::Usage(format!(
+                "a cache of {} sequences runs through Model::prefill_slot and Model::decode_batch",
+                cache.sequences
+            )));
+        }
         #[cfg(feature = "cuda")]
         if let Some(dev) = &self.device {
-            return dev.forward(self, cache, ids, decode);
+            return dev.forward(self, cache, ids, 1, decode);
         }
         let embed = self.tensor("embed.weight", &[vocab, d])?;
         let mut x = Vec::with_capacity(t * d);
@@ -658,6 +667,84 @@ impl Model {
         cache.layers = new_states;
         cache.position += t;
         Ok(logits)
+    }
+
+    /// Why the sequences of a batch cannot be decoded side by side
+    /// ([`Model::new_batch_cache`]), if they cannot: only a model on the GPU
+    /// whose carried tensors have the same shape for every sequence
+    /// (recurrent states, convolution tails; not growing KV caches) and
+    /// whose mixers need no token position.
+    pub fn batch_unsupported(&self) -> Option<String> {
+        #[cfg(feature = "cuda")]
+        let on_gpu = self.device.is_some();
+        #[cfg(not(feature = "cuda"))]
+        let on_gpu = false;
+        if !on_gpu {
+            return Some("sequences decode side by side on the GPU only (--target cuda)".into());
+        }
+        for m in &self.mixers {
+            for (name, feed) in &m.feeds {
+                match feed {
+                    Feed::Offset => {
+                        return Some(format!("mixer `{}` needs each sequence's token position", m.mixer.name))
+                    }
+                    Feed::Carried if is_kv_cache(name) => {
+                        return Some(format!("mixer `{}` keeps a KV cache that grows per sequence", m.mixer.name))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        None
+    }
+
+    /// Caches for `n` sequences decoded side by side: one batch of the
+    /// mixers' decode programs per step, one pass over the weights for all
+    /// of them. Fill each slot with [`Model::prefill_slot`], then step them
+    /// together with [`Model::decode_batch`]. See [`Model::batch_unsupported`].
+    pub fn new_batch_cache(&self, n: usize) -> Result<Cache, Error> {
+        if let Some(why) = self.batch_unsupported() {
+            return Err(Error::Usage(why));
+        }
+        if n == 0 {
+            return Err(Error::Usage("a batch needs at least one sequence".into()));
+        }
+        Ok(Cache { layers: (0..self.layers.len()).map(|_| BTreeMap::new()).collect(), position: 0, sequences: n })
+    }
+
+    /// Prefill of sequence `slot` of a batch cache (alone, then its carried
+    /// tensors move into the slot); returns its logits `[len, vocab]`.
+    pub fn prefill_slot(&self, batch: &mut Cache, slot: usize, ids: &[u32]) -> Result<Vec<f32>, Error> {
+        if slot >= batch.sequences {
+            return Err(Error::Usage(format!("slot {slot} of a batch of {} sequences", batch.sequences)));
+        }
+        #[cfg(feature = "cuda")]
+        if let Some(dev) = &self.device {
+            let mut one = self.new_cache();
+            let logits = self.forward_in(&mut one, ids, false)?;
+            dev.adopt(batch, batch.sequences, slot, one)?;
+            return Ok(logits);
+        }
+        let _ = ids;
+        Err(Error::Usage("sequences decode side by side on the GPU only (--target cuda)".into()))
+    }
+
+    /// One decode step of every sequence of a batch cache: `ids[b]` is
+    /// sequence `b`'s next token; returns the logits `[n, vocab]`.
+    pub fn decode_batch(&self, batch: &mut Cache, ids: &[u32]) -> Result<Vec<f32>, Error> {
+        if ids.len() != batch.sequences {
+            return Err(Error::Usage(format!(
+                "a decode step of a batch of {} sequences takes {} ids, got {}",
+                batch.sequences,
+                batch.sequences,
+                ids.len()
+            )));
+        }
+        #[cfg(feature = "cuda")]
+        if let Some(dev) = &self.device {
+            return dev.forward(self, batch, ids, batch.sequences, true);
+        }
+        Err(Error::Usage("sequences decode side by side on the GPU only (--target cuda)".into()))
     }
 
     pub fn vocab(&self) -> usize {
