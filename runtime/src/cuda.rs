@@ -17,7 +17,9 @@
 use crate::layout::{self, Poison};
 use crate::tensor::{Data, HostTensor};
 use cudarc::driver::sys::{self, CUfunction_attribute_enum};
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
+};
 use cudarc::nvrtc::Ptx;
 use mixc_ir::interp::Tensor;
 use mixc_ir::tile::{Arg, BufferRole, ParamKind, Program};
@@ -192,6 +194,19 @@ impl PreparedRun {
     }
 }
 
+/// Work recorded from a stream ([`CudaRunner::begin_capture`]), replayed
+/// with one launch.
+pub struct DeviceGraph {
+    graph: CudaGraph,
+}
+
+impl DeviceGraph {
+    /// Queues the whole graph on the stream it was captured from.
+    pub fn launch(&self) -> Result<(), CudaError> {
+        self.graph.launch().map_err(drv("launching a graph"))
+    }
+}
+
 /// Ids of loaded programs.
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
@@ -203,6 +218,58 @@ impl CudaRunner {
         let ctx = CudaContext::new(0).map_err(drv("opening device 0"))?;
         let stream = ctx.default_stream();
         Ok(CudaRunner { ctx, stream })
+    }
+
+    /// A runner with a stream of its own (work on it can be captured into
+    /// a CUDA graph, which the default stream cannot), whose buffers are
+    /// ordered by that stream alone (no cross-stream event tracking).
+    pub fn with_own_stream() -> Result<CudaRunner, CudaError> {
+        if !available() {
+            return Err(CudaError::NoDriver);
+        }
+        let ctx = CudaContext::new(0).map_err(drv("opening device 0"))?;
+        // Safety: every buffer of this runner is allocated, used and freed on
+        // its one stream, so the stream's order is all the synchronization
+        // they need.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(drv("creating a stream"))?;
+        Ok(CudaRunner { ctx, stream })
+    }
+
+    /// Starts recording the work queued on the stream into a graph (nothing
+    /// runs until the graph is launched).
+    pub fn begin_capture(&self) -> Result<(), CudaError> {
+        self.stream
+            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(drv("starting a graph capture"))
+    }
+
+    /// Ends a capture: the recorded work as a graph, ready to launch.
+    pub fn end_capture(&self) -> Result<DeviceGraph, CudaError> {
+        let graph = self
+            .stream
+            .end_capture(sys::CUgraphInstantiate_flags(0))
+            .map_err(drv("ending a graph capture"))?
+            .ok_or_else(|| CudaError::Program("an empty graph capture".into()))?;
+        Ok(DeviceGraph { graph })
+    }
+
+    /// The device address of a buffer (identifies what a graph reads and writes).
+    pub fn address(&self, buf: &CudaSlice<u32>) -> u64 {
+        let (ptr, _sync) = buf.device_ptr(&self.stream);
+        ptr
+    }
+
+    /// Queues a copy of buffer `from` of a prepared run into its buffer `to`
+    /// (the shorter length).
+    pub fn copy_slot(&self, run: &mut PreparedRun, from: usize, to: usize) -> Result<(), CudaError> {
+        if from == to || from >= run.bufs.len() || to >= run.bufs.len() {
+            return Err(CudaError::Program(format!("a copy from buffer {from} to buffer {to}")));
+        }
+        let (a, b) = if from < to { run.bufs.split_at_mut(to) } else { run.bufs.split_at_mut(from) };
+        let (src, dst) = if from < to { (&a[from], &mut b[0]) } else { (&b[0], &mut a[to]) };
+        let words = src.len().min(dst.len());
+        self.copy_words(src, dst, words)
     }
 
     /// The device's name and compute capability.

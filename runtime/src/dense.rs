@@ -17,6 +17,9 @@ fn drv<E: std::fmt::Debug>(what: &str) -> impl FnOnce(E) -> CudaError + '_ {
     move |e| CudaError::Driver(format!("{what}: {e:?}"))
 }
 
+/// Bytes of cuBLAS's workspace (its guide suggests 32 MiB on Hopper).
+const BLAS_WORKSPACE: usize = 32 << 20;
+
 /// Whether cuBLAS can be loaded.
 pub fn blas_available() -> bool {
     // Safety: only probes for the shared library.
@@ -26,6 +29,9 @@ pub fn blas_available() -> bool {
 /// cuBLAS and the glue kernels, bound to one runner's stream.
 pub struct Dense {
     blas: CudaBlas,
+    /// cuBLAS's workspace, set once so that GEMMs allocate nothing (a
+    /// requirement of graph capture).
+    _workspace: CudaSlice<u32>,
     fns: BTreeMap<String, CudaFunction>,
     /// The dtype of the projections' operands.
     pub act: Act,
@@ -73,7 +79,15 @@ impl Dense {
             fns.insert(name, f);
         }
         let blas = CudaBlas::new(runner.stream().clone()).map_err(drv("opening cuBLAS"))?;
-        Ok(Dense { blas, fns, act })
+        let mut workspace = runner.stream().alloc_zeros::<u32>(BLAS_WORKSPACE / 4).map_err(drv("allocating"))?;
+        {
+            let (ptr, _w) = workspace.device_ptr_mut(runner.stream());
+            // Safety: the workspace lives as long as the handle (both in `Dense`).
+            unsafe { blas_sys::cublasSetWorkspace_v2(*blas.handle(), ptr as *mut c_void, BLAS_WORKSPACE) }
+                .result()
+                .map_err(drv("setting cuBLAS's workspace"))?;
+        }
+        Ok(Dense { blas, _workspace: workspace, fns, act })
     }
 
     fn kernel(&self, name: &str) -> Result<&CudaFunction, CudaError> {

@@ -126,7 +126,7 @@ pub struct GpuCheckArgs {
     /// Instead of a bundle: a model file, run whole on the GPU (random
     /// weights; projections in f32 and in bf16) against the same model on
     /// the CPU, prefill then decode steps, row by row of the logits.
-    #[arg(long, value_name = "FILE", conflicts_with = "kernels")]
+    #[arg(long, value_name = "FILE", num_args = 1.., conflicts_with = "kernels")]
     pub model: Vec<PathBuf>,
     /// Seed of the random inputs.
     #[arg(long, default_value_t = 1)]

@@ -16,11 +16,11 @@ use crate::Error;
 use mixc_ir::mixers::carried_input;
 use mixc_ir::model::MlpKind;
 use mixc_ir::DType;
-use mixc_runtime::cuda::{CudaRunner, DeviceTensor, LoadedProgram, PreparedRun};
+use mixc_runtime::cuda::{CudaRunner, DeviceGraph, DeviceTensor, LoadedProgram, PreparedRun};
 use mixc_runtime::dense::{act_dtype, Dense, Linear};
 use mixc_runtime::glue::Act;
 use mixc_runtime::{Data, HostTensor};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 
 /// How a projected mixer input is computed.
@@ -79,10 +79,29 @@ pub(super) struct DeviceModel {
     work: RefCell<Option<Workspace>>,
     /// Per layer: the decode step's mixer buffers and the input shapes they were bound at.
     decode_runs: RefCell<Vec<Option<KeptRun>>>,
+    /// Captured decode steps by the addresses they read and write.
+    graphs: RefCell<Vec<(Vec<u64>, DeviceGraph)>>,
+    /// Whether decode steps run as graphs (off by `MIXC_CUDA_GRAPHS=0`, or
+    /// after a capture failed).
+    graphs_on: Cell<bool>,
 }
 
 /// A decode step's mixer buffers and the input shapes they were bound at.
 type KeptRun = (BTreeMap<String, Vec<usize>>, PreparedRun);
+
+/// Decode-step graphs kept (one per set of carried buffers: a sequence, or a batch).
+const KEPT_GRAPHS: usize = 8;
+
+/// How a layer's carried tensors move between the cache and the mixer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Carry {
+    /// Swapped into the mixer's inputs before its kernels, its outputs
+    /// swapped into the cache after.
+    Swap,
+    /// In the mixer's inputs already (a graph step): the outputs are copied
+    /// back over them.
+    InPlace,
+}
 
 fn act_of(w: WeightsDtype) -> Act {
     match w {
@@ -99,7 +118,7 @@ impl DeviceModel {
                 "int8 KV caches (`[runtime] kv_cache = \"int8\"`) run on the CPU only for now: use --target cpu".into(),
             ));
         }
-        let runner = CudaRunner::new()?;
+        let runner = CudaRunner::with_own_stream()?;
         let info = runner.device()?;
         let target = crate::card::ptx_target(info.compute_capability).map_err(Error::Usage)?;
         let act = act_of(weights);
@@ -183,6 +202,8 @@ impl DeviceModel {
             widest,
             work: RefCell::new(None),
             decode_runs: RefCell::new((0..n).map(|_| None).collect()),
+            graphs: RefCell::new(Vec::new()),
+            graphs_on: Cell::new(std::env::var("MIXC_CUDA_GRAPHS").map_or(true, |v| v != "0")),
         })
     }
 
@@ -223,7 +244,8 @@ impl DeviceModel {
     /// Runs `ids` from `cache` (checked by the caller: at least one id, one
     /// per sequence for a decode step) and returns the logits `[len, vocab]`:
     /// `seqs` sequences side by side (a batch cache's), `ids.len() / seqs`
-    /// tokens each.
+    /// tokens each. A decode step whose every layer keeps its mixer buffers
+    /// runs as one CUDA graph (captured at its first such step).
     pub(super) fn forward(
         &self,
         model: &Model,
@@ -247,20 +269,44 @@ impl DeviceModel {
         let mut slot = self.work.borrow_mut();
         if slot.as_ref().is_none_or(|w| w.rows != t || w.seqs != seqs) {
             *slot = None;
+            self.graphs.borrow_mut().clear();
             *slot = Some(self.workspace(t, seqs, d, vocab)?);
         }
         let Some(w) = slot.as_mut() else { return Err(Error::Usage("no GPU workspace".into())) };
-        let (r, dense) = (&self.runner, &self.dense);
-        r.upload_i32(&tokens, &mut w.ids.buf)?;
-        dense.embed(r, &mut w.x.buf, &self.embed.weight, &w.ids.buf, t)?;
-        let eps = model.eps;
         if cache.layers.len() != self.layers.len() {
             cache.layers = (0..self.layers.len()).map(|_| BTreeMap::new()).collect();
         }
+        let r = &self.runner;
+        r.upload_i32(&tokens, &mut w.ids.buf)?;
+        let mut runs = self.decode_runs.borrow_mut();
+        let graphed = decode && self.graphs_on.get() && self.as_graph(model, cache, w, &mut runs)?;
+        if !graphed {
+            self.pass(model, cache, w, decode, Carry::Swap, &mut runs)?;
+        }
+        let logits = r.download_f32(&w.logits.buf, t * vocab)?;
+        cache.position += t / seqs;
+        Ok(logits)
+    }
+
+    /// Queues the whole model over the tokens in the workspace: embedding,
+    /// every layer, the final norm and the head.
+    fn pass(
+        &self,
+        model: &Model,
+        cache: &mut Cache,
+        w: &mut Workspace,
+        decode: bool,
+        carry: Carry,
+        runs: &mut [Option<KeptRun>],
+    ) -> Result<(), Error> {
+        let (r, dense) = (&self.runner, &self.dense);
+        let (d, t, eps) = (model.cfg.d_model as usize, w.rows, model.eps);
+        dense.embed(r, &mut w.x.buf, &self.embed.weight, &w.ids.buf, t)?;
         for (li, layer) in self.layers.iter().enumerate() {
             dense.rmsnorm(r, &mut w.h.buf, &w.x.buf, &layer.mixer_norm, t, d, eps)?;
             let lm = &model.mixers[model.layers[li]];
-            self.mixer(lm, li, layer, cache, w, decode)?;
+            let kept = if decode { runs.get_mut(li) } else { None };
+            self.mixer(lm, li, layer, cache, w, kept, carry)?;
             if let Some(m) = &layer.mlp {
                 dense.rmsnorm(r, &mut w.h.buf, &w.x.buf, &m.norm, t, d, eps)?;
                 dense.linear(r, &mut w.wide.buf, &w.h.buf, &m.up, t, false)?;
@@ -275,9 +321,124 @@ impl DeviceModel {
         dense.rmsnorm(r, &mut w.h.buf, &w.x.buf, &self.norm, t, d, eps)?;
         let head = self.head.as_ref().unwrap_or(&self.embed);
         dense.linear(r, &mut w.logits.buf, &w.h.buf, head, t, false)?;
-        let logits = r.download_f32(&w.logits.buf, t * vocab)?;
-        cache.position += t / seqs;
-        Ok(logits)
+        Ok(())
+    }
+
+    /// A decode step as a CUDA graph, where every layer keeps its mixer
+    /// buffers at the cache's shapes: the cache's carried buffers are
+    /// swapped into the mixers' input buffers (so the graph reads and
+    /// writes them in place: its key is their addresses), the graph is
+    /// captured at the first step with those addresses and replayed after,
+    /// and the buffers are swapped back. `false` (nothing done) where the
+    /// step does not qualify; a capture that fails turns graphs off.
+    fn as_graph(
+        &self,
+        model: &Model,
+        cache: &mut Cache,
+        w: &mut Workspace,
+        runs: &mut [Option<KeptRun>],
+    ) -> Result<bool, Error> {
+        let r = &self.runner;
+        let (seqs, per_seq) = (w.seqs, w.rows / w.seqs.max(1));
+        // Every layer kept, bound at the shapes the cache has now, every
+        // carried tensor on the card at its input's length.
+        let mut swaps: Vec<(usize, String, usize)> = Vec::new();
+        for (li, layer) in self.layers.iter().enumerate() {
+            let lm = &model.mixers[model.layers[li]];
+            let held = &cache.layers[li];
+            let (shapes, _) = bound(lm, layer, held, seqs, per_seq, cache.position);
+            let Some(Some((at, run))) = runs.get(li) else { return Ok(false) };
+            if *at != shapes {
+                return Ok(false);
+            }
+            for (input, feed) in &lm.feeds {
+                if !matches!(feed, Feed::Carried) {
+                    continue;
+                }
+                let Some(s) = run.input_slot(input) else { continue };
+                match (held.get(input), run.buffer(s)) {
+                    (Some(Stored::Device(dt)), Some(buf)) if dt.buf.len() == buf.len() => {
+                        swaps.push((li, input.clone(), s))
+                    }
+                    (None, _) => {}
+                    _ => return Ok(false),
+                }
+            }
+        }
+        // Positions for the mixers that read one.
+        for (li, entry) in runs.iter_mut().enumerate() {
+            let lm = &model.mixers[model.layers[li]];
+            if let (Some((_, run)), Some((name, _))) =
+                (entry.as_mut(), lm.feeds.iter().find(|(_, f)| matches!(f, Feed::Offset)))
+            {
+                if let Some(buf) = run.input_slot(name).and_then(|s| run.buffer_mut(s)) {
+                    r.upload_i32(&[cache.position as i32], buf)?;
+                }
+            }
+        }
+        let swap = |cache: &mut Cache, runs: &mut [Option<KeptRun>]| {
+            for (li, input, s) in &swaps {
+                if let (Some(Stored::Device(dt)), Some(Some((_, run)))) =
+                    (cache.layers[*li].get_mut(input), runs.get_mut(*li))
+                {
+                    if let Some(buf) = run.buffer_mut(*s) {
+                        std::mem::swap(&mut dt.buf, buf);
+                    }
+                }
+            }
+        };
+        swap(cache, runs);
+        let ran = self.replay(model, cache, w, runs, &swaps);
+        swap(cache, runs);
+        ran
+    }
+
+    /// Launches the graph of this step's buffers (the carried ones swapped
+    /// in), capturing it first if it is new.
+    fn replay(
+        &self,
+        model: &Model,
+        cache: &mut Cache,
+        w: &mut Workspace,
+        runs: &mut [Option<KeptRun>],
+        swaps: &[(usize, String, usize)],
+    ) -> Result<bool, Error> {
+        let r = &self.runner;
+        let mut key: Vec<u64> = vec![w.rows as u64, r.address(&w.x.buf)];
+        for (li, _, s) in swaps {
+            if let Some(Some((_, run))) = runs.get(*li) {
+                key.extend(run.buffer(*s).map(|b| r.address(b)));
+            }
+        }
+        let known = self.graphs.borrow().iter().any(|(k, _)| *k == key);
+        if !known {
+            r.begin_capture()?;
+            let recorded = self.pass(model, cache, w, true, Carry::InPlace, runs);
+            let graph = r.end_capture();
+            match (recorded, graph) {
+                (Ok(()), Ok(g)) => {
+                    let mut graphs = self.graphs.borrow_mut();
+                    if graphs.len() >= KEPT_GRAPHS {
+                        graphs.remove(0);
+                    }
+                    graphs.push((key.clone(), g));
+                }
+                (recorded, graph) => {
+                    self.graphs_on.set(false);
+                    let why = recorded.err().map(|e| e.to_string()).or(graph.err().map(|e| e.to_string()));
+                    eprintln!("note: CUDA graphs off, decoding kernel by kernel ({})", why.unwrap_or_default());
+                    return Ok(false);
+                }
+            }
+        }
+        let graphs = self.graphs.borrow();
+        match graphs.iter().find(|(k, _)| *k == key) {
+            Some((_, g)) => {
+                g.launch()?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     /// Moves the carried tensors of a one-sequence cache into slot `slot` of
@@ -319,7 +480,8 @@ impl DeviceModel {
 
     /// One layer's mixer: its projections into the mixer's buffers, the
     /// carried tensors in, the kernels, `o_proj` added to the residual, the
-    /// carried tensors out.
+    /// carried tensors out. `kept`: the layer's decode buffers (a decode
+    /// step), reused while the shapes stay the same.
     #[allow(clippy::too_many_arguments)]
     fn mixer(
         &self,
@@ -328,61 +490,35 @@ impl DeviceModel {
         layer: &DeviceLayer,
         cache: &mut Cache,
         w: &mut Workspace,
-        decode: bool,
+        kept: Option<&mut Option<KeptRun>>,
+        carry: Carry,
     ) -> Result<(), Error> {
         let (r, dense) = (&self.runner, &self.dense);
         let t = w.rows;
         let (seqs, per_seq) = (w.seqs, w.rows / w.seqs.max(1));
         let name = &lm.mixer.name;
         let run_err = |msg: String| Error::Run { mixer: name.clone(), msg };
-        let lp: &LoadedProgram =
-            lm.mixer.gpu_program(decode).ok_or_else(|| run_err("the mixer was not compiled for the GPU".into()))??;
+        let lp: &LoadedProgram = lm
+            .mixer
+            .gpu_program(kept.is_some())
+            .ok_or_else(|| run_err("the mixer was not compiled for the GPU".into()))??;
+        let position = cache.position;
         let layer_cache = cache.layers.get_mut(li).ok_or_else(|| run_err("no cache for the layer".into()))?;
-        // The shapes every input is bound at: projected inputs per token,
-        // parameters as loaded, carried tensors as the cache holds them.
-        let mut shapes = BTreeMap::new();
-        let mut uploads = BTreeMap::new();
-        for (input, feed) in &lm.feeds {
-            match feed {
-                Feed::Projected { shape, .. } => {
-                    let mut full = vec![seqs, per_seq];
-                    full.extend(shape);
-                    shapes.insert(input.clone(), full);
-                }
-                Feed::Param => {
-                    if let Some(p) = layer.params.get(input) {
-                        shapes.insert(input.clone(), p.shape.clone());
-                        uploads.insert(input.clone(), p.clone());
-                    }
-                }
-                Feed::Carried => {
-                    if let Some(s) = layer_cache.get(input) {
-                        shapes.insert(input.clone(), s.shape().to_vec());
-                    }
-                }
-                Feed::Offset => {
-                    shapes.insert(input.clone(), vec![]);
-                    uploads.insert(
-                        input.clone(),
-                        HostTensor { shape: vec![], data: Data::I32(vec![cache.position as i32]) },
-                    );
-                }
-            }
-        }
-        let mut runs = self.decode_runs.borrow_mut();
-        let kept = if decode { runs.get_mut(li) } else { None };
+        let (shapes, uploads) = bound(lm, layer, layer_cache, seqs, per_seq, position);
         let mut fresh = None;
         let run: &mut PreparedRun = match kept {
             Some(entry) => {
-                if entry.as_ref().is_none_or(|(bound, _)| *bound != shapes) {
+                if entry.as_ref().is_none_or(|(at, _)| *at != shapes) {
                     *entry = None;
+                    self.graphs.borrow_mut().clear();
                     *entry = Some((shapes.clone(), r.prepare_shaped(lp, &shapes, &uploads)?));
-                } else if let Some(slot) = lm.feeds.iter().find(|(_, f)| matches!(f, Feed::Offset)) {
+                } else if carry == Carry::Swap {
                     // A kept run: only the position changes.
                     let (_, run) = entry.as_mut().ok_or_else(|| run_err("no decode buffers".into()))?;
-                    if let Some(s) = run.input_slot(&slot.0) {
-                        let buf = run.buffer_mut(s).ok_or_else(|| run_err("no offset buffer".into()))?;
-                        r.upload_i32(&[cache.position as i32], buf)?;
+                    if let Some((name, _)) = lm.feeds.iter().find(|(_, f)| matches!(f, Feed::Offset)) {
+                        if let Some(buf) = run.input_slot(name).and_then(|s| run.buffer_mut(s)) {
+                            r.upload_i32(&[position as i32], buf)?;
+                        }
                     }
                 }
                 &mut entry.as_mut().ok_or_else(|| run_err("no decode buffers".into()))?.1
@@ -414,9 +550,10 @@ impl DeviceModel {
                 other => return Err(run_err(format!("input `{input}` is stored as {other}: expected f32 or bf16"))),
             }
         }
-        // Carried tensors in: swapped where lengths match, else copied.
+        // Carried tensors in: swapped where lengths match, else copied (in a
+        // graph step they are in place already).
         for (input, feed) in &lm.feeds {
-            if !matches!(feed, Feed::Carried) {
+            if carry == Carry::InPlace || !matches!(feed, Feed::Carried) {
                 continue;
             }
             let (Some(s), Some(stored)) = (run.input_slot(input), layer_cache.get_mut(input)) else { continue };
@@ -450,7 +587,8 @@ impl DeviceModel {
             }
         };
         dense.linear(r, &mut w.x.buf, operand, &layer.o_proj, t, true)?;
-        // Carried tensors out: the new state moves into the cache.
+        // Carried tensors out: the new state moves into the cache (in a
+        // graph step, is copied over the input it came from).
         let outputs: Vec<(String, String)> = lm
             .mixer
             .graph
@@ -460,6 +598,12 @@ impl DeviceModel {
             .collect();
         for (out, input) in outputs {
             let Some(s) = run.output_slot(&out) else { continue };
+            if carry == Carry::InPlace {
+                if let Some(to) = run.input_slot(&input) {
+                    r.copy_slot(run, s, to)?;
+                }
+                continue;
+            }
             let (shape, dtype) =
                 run.slot_type(s).map(|(sh, dt)| (sh.to_vec(), dt)).ok_or_else(|| run_err("no slot".into()))?;
             let buf = run.buffer_mut(s).ok_or_else(|| run_err(format!("no output buffer `{out}`")))?;
@@ -474,6 +618,46 @@ impl DeviceModel {
         }
         Ok(())
     }
+}
+
+/// The shapes every input of a layer's mixer is bound at (projected inputs
+/// per token, parameters as loaded, carried tensors as the cache holds
+/// them), and what is uploaded with new buffers (parameters, the position).
+fn bound(
+    lm: &LoadedMixer,
+    layer: &DeviceLayer,
+    held: &BTreeMap<String, Stored>,
+    seqs: usize,
+    per_seq: usize,
+    position: usize,
+) -> (BTreeMap<String, Vec<usize>>, BTreeMap<String, HostTensor>) {
+    let mut shapes = BTreeMap::new();
+    let mut uploads = BTreeMap::new();
+    for (input, feed) in &lm.feeds {
+        match feed {
+            Feed::Projected { shape, .. } => {
+                let mut full = vec![seqs, per_seq];
+                full.extend(shape);
+                shapes.insert(input.clone(), full);
+            }
+            Feed::Param => {
+                if let Some(p) = layer.params.get(input) {
+                    shapes.insert(input.clone(), p.shape.clone());
+                    uploads.insert(input.clone(), p.clone());
+                }
+            }
+            Feed::Carried => {
+                if let Some(s) = held.get(input) {
+                    shapes.insert(input.clone(), s.shape().to_vec());
+                }
+            }
+            Feed::Offset => {
+                shapes.insert(input.clone(), vec![]);
+                uploads.insert(input.clone(), HostTensor { shape: vec![], data: Data::I32(vec![position as i32]) });
+            }
+        }
+    }
+    (shapes, uploads)
 }
 
 /// Uploads a model's checked weights.

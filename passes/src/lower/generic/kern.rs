@@ -343,6 +343,12 @@ impl Kern {
         Ok(Space { flat, mask, idx: Vec::new() })
     }
 
+    /// Finishes the kernel and launches it over `grid`.
+    pub fn launch_grid(self, lw: &mut Lowering, grid: [Count; 3]) -> R<()> {
+        let k = self.kb.finish()?;
+        lw.launch(k, grid, self.args)
+    }
+
     /// Finishes the kernel and launches it over `ceil(total / block)` programs.
     pub fn launch(self, lw: &mut Lowering, total: Count) -> R<()> {
         let k = self.kb.finish()?;

@@ -22,7 +22,10 @@ pub fn lower(lw: &mut Lowering, op: &OpNode) -> Option<R<()>> {
         OpKind::Einsum { out } => einsum(lw, op, out),
         OpKind::Cumsum { dim, exclusive, reverse } => cumsum(lw, op, *dim, *exclusive, *reverse),
         OpKind::Softmax { dim } => softmax(lw, op, *dim),
-        OpKind::Normalize { kind, dim, eps } => normalize(lw, op, *kind, *dim, *eps),
+        OpKind::Normalize { kind, dim, eps } => match normalize_tiled(lw, op, *kind, *dim, *eps) {
+            Some(r) => r,
+            None => normalize(lw, op, *kind, *dim, *eps),
+        },
         OpKind::TopK { along, into } => topk(lw, op, *along, *into),
         OpKind::Quantize { bits, group, .. } => quantize(lw, op, *bits, *group),
         _ => return None,
@@ -274,6 +277,128 @@ fn normalize(lw: &mut Lowering, op: &OpNode, kind: NormKind, dim: DimId, eps: f6
         Ok(vec![])
     })?;
     k.launch(lw, kern::numel(&lane_dims))
+}
+
+/// Lanes along a row of the tiled norm (at most), and the fewest.
+const NORM_LANES: u32 = 128;
+const NORM_MIN_LANES: u32 = 16;
+
+/// A norm over the innermost, contiguous dim as `[R, W]` tiles: `W` lanes
+/// walk each row `W` elements at a time (coalesced), a tile reduction sums
+/// the squares, and `R = block / W` rows share a program. The lane-per-row
+/// form (`normalize`) reads a row one element per iteration and serializes
+/// on memory latency (a decode step's few rows took milliseconds). `None`
+/// where the dim is not the innermost one of both operand and result.
+fn normalize_tiled(lw: &mut Lowering, op: &OpNode, kind: NormKind, dim: DimId, eps: f64) -> Option<R<()>> {
+    let (x, out) = unary_op(lw, op).ok()?;
+    let shape = lw.g.ty(x).shape.clone();
+    let innermost = |lw: &Lowering, v: ValueId| {
+        lw.g.ty(v).shape.last() == Some(&dim)
+            && lw.strides(v).last().is_some_and(|c| kern::simplify(c.clone()) == mixc_ir::tile::Count::Const(1))
+    };
+    if shape != lw.g.ty(out).shape || !innermost(lw, x) || !innermost(lw, out) {
+        return None;
+    }
+    Some(normalize_rows(lw, op, kind, dim, eps, x, out, &shape))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn normalize_rows(
+    lw: &mut Lowering,
+    op: &OpNode,
+    kind: NormKind,
+    dim: DimId,
+    eps: f64,
+    x: ValueId,
+    out: ValueId,
+    shape: &[DimId],
+) -> R<()> {
+    let lane_dims: Vec<DimId> = shape.iter().copied().filter(|d| *d != dim).collect();
+    let mut k = Kern::new(lw, &kname(lw, op, out));
+    let width = match lw.const_dim(dim) {
+        Some(n) => (n.max(1) as u32).next_power_of_two().clamp(NORM_MIN_LANES, NORM_LANES),
+        None => NORM_LANES,
+    }
+    .min(k.block.max(NORM_MIN_LANES));
+    let rows_per = (k.block / width).max(1);
+    let xo = k.operand(lw, x)?;
+    let oo = k.operand(lw, out)?;
+    let n = k.dim(lw, dim)?;
+    let nrows = k.size(lw, kern::numel(&lane_dims))?;
+    let mut sizes = vec![nrows];
+    sizes.extend(k.dims(lw, lane_dims.get(1..).unwrap_or(&[]))?);
+    let kb = &mut k.kb;
+    let tile = [rows_per, width];
+    // This program's rows, their bases in x and out, and which exist.
+    let pid = kb.program_id(0)?;
+    let per = kb.i32(i64::from(rows_per))?;
+    let first = kb.mul(pid, per)?;
+    let ar = kb.arange(rows_per)?;
+    let row = kb.add(ar, first)?;
+    let live = kb.lt(row, nrows)?;
+    let idx = kern::unflatten(kb, row, &lane_dims, &sizes)?;
+    let column = |kb: &mut KernelBuilder, v: TValue| -> TR<TValue> {
+        let v = kern::lanes(kb, v, rows_per)?;
+        let v = kb.expand(v, 1)?;
+        kb.broadcast(v, &tile)
+    };
+    let x_base = kern::partial(kb, &xo, &idx)?;
+    let x_base = column(kb, x_base)?;
+    let o_base = kern::partial(kb, &oo, &idx)?;
+    let o_base = column(kb, o_base)?;
+    let live = column(kb, live)?;
+    let lanes = kb.arange(width)?;
+    let lanes = kb.expand(lanes, 0)?;
+    let lanes = kb.broadcast(lanes, &tile)?;
+    let w = kb.i32(i64::from(width))?;
+    let w_less = kb.i32(i64::from(width) - 1)?;
+    let padded = kb.add(n, w_less)?;
+    let steps = kb.binary(BinaryFn::FloorDiv, padded, w)?;
+    // Columns of step `s`, and which are inside the row.
+    let at = |kb: &mut KernelBuilder, s: TValue| -> TR<(TValue, TValue)> {
+        let c0 = kb.mul(s, w)?;
+        let col = kb.add(lanes, c0)?;
+        let inside = kb.lt(col, n)?;
+        Ok((col, kb.and(inside, live)?))
+    };
+    let zero = kb.zeros(&tile)?;
+    let acc = kern::for_n(kb, steps, &[zero], |kb, s, c| {
+        let (col, mask) = at(kb, s)?;
+        let off = kb.add(x_base, col)?;
+        let v = kb.load(xo.ptr, off, Some(mask), 0.0)?;
+        let sq = kb.mul(v, v)?;
+        Ok(vec![kb.add(c[0], sq)?])
+    })?[0];
+    let ss = kb.reduce(ReduceFn::Sum, acc, 1)?;
+    let ss = match kind {
+        NormKind::L2 => ss,
+        NormKind::Rms => {
+            let one = kb.i32(1)?;
+            let len = kb.max(n, one)?;
+            let len = kern::to_f32(kb, len)?;
+            kb.div(ss, len)?
+        }
+    };
+    let e = kb.f32(eps)?;
+    let denom = kb.add(ss, e)?;
+    let denom = kb.unary(UnaryFn::Sqrt, denom)?;
+    let denom = kb.expand(denom, 1)?;
+    let denom = kb.broadcast(denom, &tile)?;
+    kern::for_n(kb, steps, &[], |kb, s, _| {
+        let (col, mask) = at(kb, s)?;
+        let off = kb.add(x_base, col)?;
+        let v = kb.load(xo.ptr, off, Some(mask), 0.0)?;
+        let q = kb.div(v, denom)?;
+        let off = kb.add(o_base, col)?;
+        kb.store(oo.ptr, off, q, Some(mask))?;
+        Ok(vec![])
+    })?;
+    let grid = [
+        kern::simplify(mixc_ir::tile::Count::ceil_div(kern::numel(&lane_dims), u64::from(rows_per))),
+        mixc_ir::tile::Count::Const(1),
+        mixc_ir::tile::Count::Const(1),
+    ];
+    k.launch_grid(lw, grid)
 }
 
 /// `k` selection passes per row: pass `r` picks the largest element that comes
