@@ -44,4 +44,13 @@ if [ "${BENCH:-1}" = 1 ]; then
   ./mixc run ../models/bench/gla-1.3b.toml --weights $w --target cuda "${batch[@]}" \
     --max-new-tokens "${STEPS:-64}" | tail -2 || status=1
 fi
+# One decode step's kernels, each timed by Nsight Compute (kernel by kernel:
+# graph replay hides the names), grouped by name.
+if [ "${PROFILE:-0}" = 1 ] && command -v ncu >/dev/null; then
+  w=/tmp/gla-1.3b.safetensors
+  MIXC_CUDA_GRAPHS=0 timeout 300 ncu --metrics gpu__time_duration.sum --print-summary per-kernel \
+    --launch-skip "${SKIP:-1500}" --launch-count "${COUNT:-460}" \
+    ./mixc run ../models/bench/gla-1.3b.toml --weights $w --target cuda --prompt-ids "1 2 3" --max-new-tokens 12 \
+    2>&1 | grep -v "^==PROF==" 
+fi
 exit $status

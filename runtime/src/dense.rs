@@ -109,9 +109,29 @@ impl Dense {
         rows: usize,
         accumulate: bool,
     ) -> Result<(), CudaError> {
+        self.linear_as(runner, y, Act::F32, x, lin, rows, accumulate)
+    }
+
+    /// [`Dense::linear`] with `y` stored as `y_dtype` (bf16: rounded from
+    /// the f32 accumulation; a bias needs an f32 `y`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn linear_as(
+        &self,
+        runner: &CudaRunner,
+        y: &mut CudaSlice<u32>,
+        y_dtype: Act,
+        x: &CudaSlice<u32>,
+        lin: &Linear,
+        rows: usize,
+        accumulate: bool,
+    ) -> Result<(), CudaError> {
         let (out, inner) = (lin.out(), lin.inner());
         let need_x = (rows * inner * self.act.elem_bytes()).div_ceil(4);
-        if y.len() < rows * out || x.len() < need_x {
+        let need_y = (rows * out * y_dtype.elem_bytes()).div_ceil(4);
+        if y_dtype != Act::F32 && lin.bias.is_some() {
+            return Err(CudaError::Program("a biased projection needs an f32 output".into()));
+        }
+        if y.len() < need_y || x.len() < need_x {
             return Err(CudaError::Program(format!(
                 "a projection [{out}, {inner}] of {rows} rows with buffers of {} and {} words",
                 x.len(),
@@ -153,7 +173,10 @@ impl Dense {
                     inner as i32,
                     &beta as *const f32 as *const c_void,
                     yp as *mut c_void,
-                    blas_sys::cudaDataType::CUDA_R_32F,
+                    match y_dtype {
+                        Act::F32 => blas_sys::cudaDataType::CUDA_R_32F,
+                        Act::Bf16 => blas_sys::cudaDataType::CUDA_R_16BF,
+                    },
                     out as i32,
                     blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
                     blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,

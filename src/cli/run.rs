@@ -157,12 +157,16 @@ pub fn run(args: &RunArgs) -> Result<String, Error> {
         ));
     }
     let target = super::exec::jit_target(args.target)?;
+    let read_start = Instant::now();
     let weights = st::load(&args.weights)?;
+    let read_s = read_start.elapsed().as_secs_f64();
+    let load_start = Instant::now();
     let on_gpu = match args.gpu_weights {
         GpuWeights::Bf16 => WeightsDtype::Bf16,
         GpuWeights::F32 => WeightsDtype::F32,
     };
     let model = Model::load_with(&args.file, weights, target, on_gpu)?;
+    let load_s = load_start.elapsed().as_secs_f64();
     let (vocab, layers) = (model.vocab(), model.layers());
     let mut rng = SplitMix::new(args.seed);
     let mut caches: Vec<Cache> = batch.iter().map(|_| model.new_cache()).collect();
@@ -254,6 +258,14 @@ pub fn run(args: &RunArgs) -> Result<String, Error> {
         prefill_s,
         prompt_tokens as f64 / prefill_s.max(1e-9),
         first_token_s
+    );
+    let _ = writeln!(
+        out,
+        "startup: weights read in {read_s:.3} s, mixers compiled and weights placed in {load_s:.3} s{}",
+        match model.device_weight_bytes() {
+            0 => String::new(),
+            n => format!(" ({:.2} GB on the GPU)", n as f64 / 1e9),
+        }
     );
     if steps > 0 {
         let per_step = if batch.len() > 1 {

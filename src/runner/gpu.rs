@@ -525,12 +525,17 @@ impl DeviceModel {
             }
             None => fresh.insert(r.prepare_shaped(lp, &shapes, &uploads)?),
         };
-        // Projections straight into the mixer's input buffers.
+        // Projections straight into the mixer's input buffers (in their
+        // dtype, where no bias needs an f32 sum first).
         for (input, proj) in &layer.projections {
             let s = run.input_slot(input).ok_or_else(|| run_err(format!("no input buffer `{input}`")))?;
             let dtype = run.slot_type(s).map(|x| x.1).unwrap_or(DType::F32);
             let operand = match proj {
                 Projection::Full(_) => &w.h.buf,
+                Projection::LowRank(a, _) if a.bias.is_none() => {
+                    dense.linear_as(r, &mut w.wide_act.buf, dense.act, &w.h.buf, a, t, false)?;
+                    &w.wide_act.buf
+                }
                 Projection::LowRank(a, _) => {
                     dense.linear(r, &mut w.wide.buf, &w.h.buf, a, t, false)?;
                     dense.to_act(r, &mut w.wide_act.buf, &w.wide.buf, t * a.out())?;
@@ -543,6 +548,7 @@ impl DeviceModel {
             let target = run.buffer_mut(s).ok_or_else(|| run_err(format!("no input buffer `{input}`")))?;
             match dtype {
                 DType::F32 => dense.linear(r, target, operand, lin, t, false)?,
+                DType::BF16 if lin.bias.is_none() => dense.linear_as(r, target, Act::Bf16, operand, lin, t, false)?,
                 DType::BF16 => {
                     dense.linear(r, &mut w.wide.buf, operand, lin, t, false)?;
                     dense.cast_bf16(r, target, &w.wide.buf, t * lin.out())?;

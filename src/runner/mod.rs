@@ -241,7 +241,15 @@ impl Model {
         target: Target,
         on_gpu: WeightsDtype,
     ) -> Result<Model, Error> {
-        let mut model = Model::structure(file, target)?;
+        // Activations between the mixers' kernels in the projections' dtype on the GPU.
+        #[cfg(feature = "cuda")]
+        let storage = match (target, on_gpu) {
+            (Target::Cuda, WeightsDtype::Bf16) => mixc_passes::Storage::Bf16,
+            _ => mixc_passes::Storage::F32,
+        };
+        #[cfg(not(feature = "cuda"))]
+        let storage = mixc_passes::Storage::F32;
+        let mut model = Model::structure(file, target, storage)?;
         let (mut weights, sources) = names::rename(weights, &model.rules).map_err(Error::Usage)?;
         // Shapes that differ only in axes of size 1 take the expected shape.
         for e in model.expected() {
@@ -418,7 +426,7 @@ impl Model {
 
     /// Random, well-scaled weights for a model file (for demos and tests).
     pub fn init_weights(file: &Path, seed: u64) -> Result<BTreeMap<String, HostTensor>, Error> {
-        let m = Model::structure(file, Target::Reference)?;
+        let m = Model::structure(file, Target::Reference, mixc_passes::Storage::F32)?;
         let mut rng = mixc_ir::mixers::inputs::SplitMix::new(seed);
         let mut w = BTreeMap::new();
         for (name, shape) in m.weight_shapes() {
@@ -449,7 +457,7 @@ impl Model {
     }
 
     /// The layer stack of a model file with its compiled mixers, no weights yet.
-    fn structure(file: &Path, target: Target) -> Result<Model, Error> {
+    fn structure(file: &Path, target: Target, storage: mixc_passes::Storage) -> Result<Model, Error> {
         let mf: ModelFile = load_model(file)?;
         let Some(cfg) = mf.model.clone() else {
             return Err(Error::Usage(format!("{}: has no [model] section: it describes mixers only", file.display())));
@@ -465,8 +473,8 @@ impl Model {
                 .filter(|gate| gate.from.as_deref() != Some("k"))
                 .and_then(|gate| gate.rank)
                 .map(|r| r as usize);
-            let mixer =
-                jit_with(MixerSource::Graph(g.graph), target, JitOptions { chunk: g.chunk, ..JitOptions::default() })?;
+            let opts = JitOptions { chunk: g.chunk, storage, ..JitOptions::default() };
+            let mixer = jit_with(MixerSource::Graph(g.graph), target, opts)?;
             let feeds = feeds(&mixer, rank)?;
             let o = mixer.graph.output("o").ok_or_else(|| Error::Usage(format!("mixer `{name}` has no output `o`")))?;
             let o_shape: Option<Vec<usize>> = mixer.graph.ty(o).shape[2..]
