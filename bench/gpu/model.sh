@@ -29,7 +29,7 @@ models=${MODELS:-$(ls ../models/*.toml)}
 ./mixc gpu-check --model $models || status=1
 if [ "${BENCH:-1}" = 1 ]; then
   w=/tmp/gla-1.3b.safetensors
-  [ -f $w ] || ./mixc init-weights ../models/bench/gla-1.3b.toml -o $w --seed 1
+  [ -f $w ] || ./mixc init-weights ../models/bench/gla-1.3b.toml -o $w --seed 1 --bf16
   ids=$(seq 1 "${PROMPT:-64}" | tr '\n' ' ')
   for run in 1 2; do
     echo "GLA-1.3B, bf16 weights, batch 1, run $run:"

@@ -116,6 +116,10 @@ pub struct InitWeightsArgs {
     pub output: PathBuf,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Store the weights as bf16 (half the bytes to write and read; what a
+    /// GPU run keeps of them anyway) instead of f32.
+    #[arg(long)]
+    pub bf16: bool,
 }
 
 #[derive(Debug, Args)]

@@ -60,7 +60,7 @@ pub enum GpuWeights {
 
 pub fn init_weights(args: &InitWeightsArgs) -> Result<String, Error> {
     let w = Model::init_weights(&args.file, args.seed)?;
-    st::save(&args.output, &w)?;
+    st::save_as(&args.output, &w, args.bf16)?;
     let n: usize = w.values().map(|t| t.numel()).sum();
     Ok(format!("wrote {} tensors ({n} parameters) to {}\n", w.len(), args.output.display()))
 }

@@ -48,6 +48,11 @@ pub fn conv_tail(lw: &mut Lowering, op: &OpNode, x_at: Option<usize>) -> Result<
     }
 }
 
+/// Which values an elementwise consumer computes itself (see `ew::inline_plan`).
+pub fn inline_plan(g: &mixc_ir::graph::Graph, lowered: &[bool]) -> Vec<Option<usize>> {
+    ew::inline_plan(g, lowered)
+}
+
 /// Copies `n` elements from buffer `from` to buffer `to`.
 pub fn copy(lw: &mut Lowering, from: usize, to: usize, n: Count) -> Result<(), LowerError> {
     moves::copy(lw, from, to, n)

@@ -45,6 +45,10 @@ pub struct Lowering<'g> {
     dtype_of: Vec<DType>,
     /// Per value: computed on chip by the recurrences that read it (see `conv_prologue`).
     fused: Vec<Option<conv_prologue::ConvPrologue>>,
+    /// Per value: the op computing it, where that op is elementwise and is
+    /// computed inside the kernel of its one elementwise consumer instead of
+    /// a kernel of its own (see `generic::inline_plan`).
+    inline: Vec<Option<usize>>,
 }
 
 impl<'g> Lowering<'g> {
@@ -61,6 +65,12 @@ impl<'g> Lowering<'g> {
             *slot = Some(b);
         }
         b
+    }
+
+    /// The op that computes `v` inside its consumer's kernel, if one does.
+    pub fn inlined(&self, v: ValueId) -> Option<&'g OpNode> {
+        let g = self.g;
+        self.inline.get(v.index()).copied().flatten().and_then(|i| g.ops.get(i))
     }
 
     /// How a recurrence computes operand `v` on chip, if it does.
@@ -138,9 +148,15 @@ pub fn lower(g: &Graph, sched: &Schedule) -> Result<Program, LowerError> {
         buf_of: vec![None; g.values.len()],
         dtype_of: storage::buffer_dtypes(g, sched.storage.dtype()),
         fused: plan.fused,
+        inline: Vec::new(),
     };
+    let lowered: Vec<bool> = plan.actions.iter().map(|a| matches!(a, conv_prologue::Action::Lower)).collect();
+    lw.inline = generic::inline_plan(g, &lowered);
     let mut deferred = Vec::new();
     for (op, action) in g.ops.iter().zip(&plan.actions) {
+        if op.results.first().is_some_and(|r| lw.inline.get(r.index()).copied().flatten().is_some()) {
+            continue;
+        }
         match *action {
             conv_prologue::Action::Lower => {}
             conv_prologue::Action::Skip => continue,

@@ -4,38 +4,122 @@
 //! unary and binary math, where, casts, clamp, broadcast, permute, mix,
 //! dequantization and rotary embeddings.
 //!
+//! Chains fuse: a one-operand elementwise op (unary math, a cast) whose
+//! value has one consumer, itself elementwise over the same elements, is
+//! computed inside that consumer's kernel (recursively), as is every
+//! constant: a gate's `logsigmoid(g) · (1/τ)` is one kernel, not three
+//! (`inline_plan`). Longer chains (binary producers) would fuse the same
+//! way, but raise registers past what the PTX plan's register estimate
+//! models (its fit is on unfused kernels): refit it first.
+//!
 //! Speedups left for later: contiguous operands could skip the div/rem index
-//! decomposition; neighbouring elementwise ops could fuse into one kernel.
+//! decomposition.
 
 use super::super::Lowering;
 use super::kern::{self, Kern, Space, R, TR};
-use mixc_ir::graph::OpNode;
+use mixc_ir::graph::{Graph, OpNode, ValueId};
 use mixc_ir::ops::{BinaryFn, OpKind, UnaryFn};
 use mixc_ir::tile::{KernelBuilder, TValue};
 use mixc_ir::DType;
 
-/// Launches `result[i] = f(operands gathered at i)` over the op's first result.
-pub fn map(
-    lw: &mut Lowering,
-    op: &OpNode,
-    f: impl FnOnce(&mut KernelBuilder, &Space, &[TValue]) -> TR<TValue>,
-) -> R<()> {
+/// What an elementwise op computes from its operands' values at one index.
+type EwFn = Box<dyn Fn(&mut KernelBuilder, &Space, &[TValue]) -> TR<TValue>>;
+
+/// Whether an op is computed by [`func`] (and may so be inlined into a
+/// consumer, or have operands inlined into it).
+fn mappable(kind: &OpKind) -> bool {
+    matches!(
+        kind,
+        OpKind::Const { .. }
+            | OpKind::Unary(_)
+            | OpKind::Binary(_)
+            | OpKind::Select
+            | OpKind::Cast(_)
+            | OpKind::Clamp { .. }
+            | OpKind::Broadcast { .. }
+            | OpKind::Permute { .. }
+            | OpKind::Mix { .. }
+            | OpKind::Dequantize
+    )
+}
+
+/// Per value, the op that computes it inside its consumer's kernel: every
+/// value of a [`mappable`] op (that is lowered, `lowered[op]`) whose
+/// consumers are all lowered mappable ops and which is no graph output,
+/// where it is a constant, or a one-operand op whose one consumer covers the
+/// same elements (so nothing is computed twice).
+pub fn inline_plan(g: &Graph, lowered: &[bool]) -> Vec<Option<usize>> {
+    let mut producer = vec![None; g.values.len()];
+    let mut users: Vec<Vec<usize>> = vec![Vec::new(); g.values.len()];
+    for (i, op) in g.ops.iter().enumerate() {
+        for r in &op.results {
+            producer[r.index()] = Some(i);
+        }
+        for v in &op.operands {
+            users[v.index()].push(i);
+        }
+    }
+    let outputs: Vec<ValueId> = g.outputs.iter().map(|(_, v)| *v).collect();
+    let mut out = vec![None; g.values.len()];
+    for (vi, p) in producer.iter().enumerate() {
+        let Some(p) = *p else { continue };
+        let op = &g.ops[p];
+        let v = op.results[0];
+        if op.results.len() != 1 || !lowered.get(p).copied().unwrap_or(false) || !mappable(&op.kind) {
+            continue;
+        }
+        if outputs.contains(&v) || users[vi].is_empty() {
+            continue;
+        }
+        let consumers_ok =
+            users[vi].iter().all(|&u| lowered.get(u).copied().unwrap_or(false) && mappable(&g.ops[u].kind));
+        let constant = matches!(op.kind, OpKind::Const { .. });
+        // One-operand producers only: longer inlined chains raise the
+        // consumer's registers past what the PTX plan's estimate knows.
+        let unary = matches!(op.kind, OpKind::Unary(_) | OpKind::Cast(_));
+        let same = unary && users[vi].len() == 1 && {
+            let mut a = g.ty(v).shape.clone();
+            let mut b = g.ty(g.ops[users[vi][0]].results[0]).shape.clone();
+            a.sort_by_key(|d| d.index());
+            b.sort_by_key(|d| d.index());
+            a == b
+        };
+        if consumers_ok && (constant || same) {
+            out[vi] = Some(p);
+        }
+    }
+    out
+}
+
+/// The value of `v` at the space's indices: loaded from its buffer, or
+/// computed here where its op is inlined (recursively).
+fn value_at(lw: &mut Lowering, k: &mut Kern, v: ValueId, sp: &Space) -> R<TValue> {
+    if let Some(op) = lw.inlined(v) {
+        let f = func(lw, op).ok_or_else(|| lw.err(op, "an inlined op that is not elementwise"))?;
+        let mut vals = Vec::with_capacity(op.operands.len());
+        for x in &op.operands {
+            vals.push(value_at(lw, k, *x, sp)?);
+        }
+        return Ok(f(&mut k.kb, sp, &vals)?);
+    }
+    let x = k.operand(lw, v)?;
+    let off = kern::offset(&mut k.kb, &x, &sp.idx)?;
+    Ok(kern::load(&mut k.kb, &x, off, sp.mask)?)
+}
+
+/// Launches `result[i] = f(operands at i)` over the op's first result.
+pub fn map(lw: &mut Lowering, op: &OpNode, f: EwFn) -> R<()> {
     let Some(&out) = op.results.first() else { return Err(lw.err(op, "no result")) };
     let name = format!("{}_{}", op.kind.mnemonic(), lw.g.value(out).name);
     let mut k = Kern::new(lw, &name);
-    let mut ins = Vec::with_capacity(op.operands.len());
-    for v in &op.operands {
-        ins.push(k.operand(lw, *v)?);
-    }
     let o = k.operand(lw, out)?;
     let dims = lw.g.ty(out).shape.clone();
     let sp = k.space(lw, &dims)?;
-    let kb = &mut k.kb;
-    let mut vals = Vec::with_capacity(ins.len());
-    for x in &ins {
-        let off = kern::offset(kb, x, &sp.idx)?;
-        vals.push(kern::load(kb, x, off, sp.mask)?);
+    let mut vals = Vec::with_capacity(op.operands.len());
+    for v in &op.operands {
+        vals.push(value_at(lw, &mut k, *v, &sp)?);
     }
+    let kb = &mut k.kb;
     let r = f(kb, &sp, &vals)?;
     kern::store(kb, &o, sp.flat, r, sp.mask)?;
     k.launch(lw, kern::numel(&dims))
@@ -43,11 +127,27 @@ pub fn map(
 
 /// The lowering of every elementwise kind (`None`: not one of them).
 pub fn lower(lw: &mut Lowering, op: &OpNode) -> Option<R<()>> {
+    if let Some(f) = func(lw, op) {
+        return Some(map(lw, op, f));
+    }
+    Some(match &op.kind {
+        OpKind::Iota { .. } => map(lw, op, Box::new(|_, sp, _| Ok(sp.flat))),
+        OpKind::Indices { values, .. } => {
+            let values = values.clone();
+            map(lw, op, Box::new(move |kb, sp, _| indices(kb, sp.flat, &values)))
+        }
+        OpKind::Rope { time, dim, theta } => rope(lw, op, *time, *dim, *theta),
+        _ => return None,
+    })
+}
+
+/// What a [`mappable`] op computes at one index from its operands' values.
+fn func(lw: &Lowering, op: &OpNode) -> Option<EwFn> {
     let out_dtype = op.results.first().map(|r| lw.g.ty(*r).dtype).unwrap_or(DType::F32);
     Some(match &op.kind {
         OpKind::Const { value, dtype, .. } => {
             let (value, dtype) = (*value, *dtype);
-            map(lw, op, move |kb, _, _| {
+            Box::new(move |kb, _, _| {
                 if dtype.is_float() {
                     let c = kb.constant(value, DType::F64, &[])?;
                     kern::round_to(kb, c, dtype)
@@ -56,33 +156,28 @@ pub fn lower(lw: &mut Lowering, op: &OpNode) -> Option<R<()>> {
                 }
             })
         }
-        OpKind::Iota { .. } => map(lw, op, |_, sp, _| Ok(sp.flat)),
-        OpKind::Indices { values, .. } => {
-            let values = values.clone();
-            map(lw, op, move |kb, sp, _| indices(kb, sp.flat, &values))
-        }
         OpKind::Unary(f) => {
             let f = *f;
-            map(lw, op, move |kb, _, x| {
+            Box::new(move |kb, _, x| {
                 let r = kb.unary(f, x[0])?;
                 kern::round_to(kb, r, out_dtype)
             })
         }
         OpKind::Binary(f) => {
             let f = *f;
-            map(lw, op, move |kb, _, x| {
+            Box::new(move |kb, _, x| {
                 let r = kb.binary(f, x[0], x[1])?;
                 kern::round_to(kb, r, out_dtype)
             })
         }
-        OpKind::Select => map(lw, op, |kb, _, x| kb.select(x[0], x[1], x[2])),
+        OpKind::Select => Box::new(|kb, _, x| kb.select(x[0], x[1], x[2])),
         OpKind::Cast(to) => {
             let to = *to;
-            map(lw, op, move |kb, _, x| cast(kb, x[0], to))
+            Box::new(move |kb, _, x| cast(kb, x[0], to))
         }
         OpKind::Clamp { lo, hi } => {
             let (lo, hi) = (*lo, *hi);
-            map(lw, op, move |kb, _, x| {
+            Box::new(move |kb, _, x| {
                 let dt = kb.ty(x[0]).dtype;
                 // An integer clamped to [lo, hi] lies in [⌈lo⌉, ⌊hi⌋].
                 let (lo, hi) = if dt.is_float() { (lo, hi) } else { (lo.ceil(), hi.floor()) };
@@ -91,10 +186,10 @@ pub fn lower(lw: &mut Lowering, op: &OpNode) -> Option<R<()>> {
                 kb.max(r, l)
             })
         }
-        OpKind::Broadcast { .. } | OpKind::Permute { .. } => map(lw, op, |_, _, x| Ok(x[0])),
+        OpKind::Broadcast { .. } | OpKind::Permute { .. } => Box::new(|_, _, x| Ok(x[0])),
         OpKind::Mix { weights } => {
             let weights = weights.clone();
-            map(lw, op, move |kb, _, x| {
+            Box::new(move |kb, _, x| {
                 let mut acc = kb.f32(0.0)?;
                 for (w, v) in weights.iter().zip(x) {
                     let w = kb.f32(*w)?;
@@ -104,11 +199,10 @@ pub fn lower(lw: &mut Lowering, op: &OpNode) -> Option<R<()>> {
                 Ok(acc)
             })
         }
-        OpKind::Dequantize => map(lw, op, |kb, _, x| {
+        OpKind::Dequantize => Box::new(|kb, _, x| {
             let c = kern::to_f32(kb, x[0])?;
             kb.mul(c, x[1])
         }),
-        OpKind::Rope { time, dim, theta } => rope(lw, op, *time, *dim, *theta),
         _ => return None,
     })
 }
