@@ -87,8 +87,9 @@ pub enum Command {
     #[command(after_help = EXEC_HELP)]
     Exec(ExecArgs),
     /// Check a kernel bundle on the GPU against the f64 reference (random ragged
-    /// shapes, every program of the bundle) and time it; exits non-zero on any
-    /// failure. Needs a build with `--features cuda`.
+    /// shapes, every program of the bundle) and time it, or (`--model`) whole
+    /// models on the GPU against the CPU; exits non-zero on any failure. Needs a
+    /// build with `--features cuda`.
     GpuCheck(GpuCheckArgs),
     /// List the built-in device profiles the cost model prices against.
     Devices,
