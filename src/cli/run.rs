@@ -254,18 +254,18 @@ pub fn run(args: &RunArgs) -> Result<String, Error> {
     };
     let _ = writeln!(
         out,
-        "prefill: {prompt_tokens} tokens{seqs} in {:.3} s ({:.1} tokens/s); first token after {:.3} s",
-        prefill_s,
-        prompt_tokens as f64 / prefill_s.max(1e-9),
-        first_token_s
-    );
-    let _ = writeln!(
-        out,
         "startup: weights read in {read_s:.3} s, mixers compiled and weights placed in {load_s:.3} s{}",
         match model.device_weight_bytes() {
             0 => String::new(),
             n => format!(" ({:.2} GB on the GPU)", n as f64 / 1e9),
         }
+    );
+    let _ = writeln!(
+        out,
+        "prefill: {prompt_tokens} tokens{seqs} in {:.3} s ({:.1} tokens/s); first token after {:.3} s",
+        prefill_s,
+        prompt_tokens as f64 / prefill_s.max(1e-9),
+        first_token_s
     );
     if steps > 0 {
         let per_step = if batch.len() > 1 {
