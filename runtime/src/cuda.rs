@@ -634,19 +634,7 @@ impl CudaRunner {
 
     /// Queues a copy of the first `words` 32-bit words of `from` into `to`.
     pub fn copy_words(&self, from: &CudaSlice<u32>, to: &mut CudaSlice<u32>, words: usize) -> Result<(), CudaError> {
-        if words > from.len() || words > to.len() {
-            return Err(CudaError::Program(format!(
-                "a copy of {words} words between buffers of {} and {}",
-                from.len(),
-                to.len()
-            )));
-        }
-        if words == 0 {
-            return Ok(());
-        }
-        self.stream
-            .memcpy_dtod(&from.slice(0..words), &mut to.slice_mut(0..words))
-            .map_err(drv("copying on the device"))
+        self.copy_words_at(from, 0, to, 0, words)
     }
 
     /// Copies a host tensor into the start of a device buffer of `dtype`

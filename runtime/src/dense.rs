@@ -271,16 +271,8 @@ impl Dense {
         u: &CudaSlice<u32>,
         n: usize,
     ) -> Result<(), CudaError> {
-        if u.len() < n || out.len() < (n * self.act.elem_bytes()).div_ceil(4) {
-            return Err(CudaError::Program("GELU buffers too small".into()));
-        }
-        let f = self.act_kernel("gelu")?;
-        let mut l = runner.stream().launch_builder(f);
-        let n32 = n as u32;
-        l.arg(u).arg(&mut *out).arg(&n32);
-        // Safety: sizes checked above.
-        unsafe { l.launch(grid_stride(n)) }.map_err(drv("launching mixc_gelu"))?;
-        Ok(())
+        let name = format!("mixc_gelu_{}", self.act.suffix());
+        self.map(runner, &name, out, self.act.elem_bytes(), u, n)
     }
 
     /// `out = bf16(x)` over `n` values.
@@ -291,15 +283,29 @@ impl Dense {
         x: &CudaSlice<u32>,
         n: usize,
     ) -> Result<(), CudaError> {
-        if x.len() < n || out.len() < n.div_ceil(2) {
-            return Err(CudaError::Program("cast buffers too small".into()));
+        self.map(runner, "mixc_cast_bf16", out, 2, x, n)
+    }
+
+    /// Glue kernel `name` over `n` f32 values of `x` into `out` (elements of
+    /// `out_bytes`): the one-input kernels, parameters (x, out, n).
+    fn map(
+        &self,
+        runner: &CudaRunner,
+        name: &str,
+        out: &mut CudaSlice<u32>,
+        out_bytes: usize,
+        x: &CudaSlice<u32>,
+        n: usize,
+    ) -> Result<(), CudaError> {
+        if x.len() < n || out.len() < (n * out_bytes).div_ceil(4) {
+            return Err(CudaError::Program(format!("{name}: buffers too small for {n} values")));
         }
-        let f = self.kernel("mixc_cast_bf16")?;
+        let f = self.kernel(name)?;
         let mut l = runner.stream().launch_builder(f);
         let n32 = n as u32;
         l.arg(x).arg(&mut *out).arg(&n32);
         // Safety: sizes checked above.
-        unsafe { l.launch(grid_stride(n)) }.map_err(drv("launching mixc_cast_bf16"))?;
+        unsafe { l.launch(grid_stride(n)) }.map_err(|e| CudaError::Driver(format!("launching {name}: {e:?}")))?;
         Ok(())
     }
 

@@ -254,7 +254,7 @@ $done:
 }
 
 /// The start of a grid-stride loop over `%r1` elements: index `%r2`, stride
-/// `%r3`; the body jumps back to `$next` and leaves through `$done`.
+/// `%r3`; [`grid_stride_kernel`] closes it (back to `$loop`, out through `$done`).
 const GRID_STRIDE: &str = r#"  mov.u32 %r2, %ctaid.x;
   mov.u32 %r4, %ntid.x;
   mov.u32 %r5, %tid.x;
@@ -265,24 +265,40 @@ $loop:
   setp.ge.u32 %p1, %r2, %r1;
   @%p1 bra $done;"#;
 
+/// A kernel over `%r1` elements in a grid-stride loop (index `%r2`):
+/// pointer parameters `ptrs` in `%rd1`, `%rd2`, … (as global addresses),
+/// u32 parameters `ints` as `(name, register)` (the count in `%r1`), `setup`
+/// once before the loop and `body` for each element.
+fn grid_stride_kernel(name: &str, ptrs: &[&str], ints: &[(&str, &str)], setup: &str, body: &str) -> String {
+    let params: Vec<String> = ptrs
+        .iter()
+        .map(|p| format!(".param .u64 {p}"))
+        .chain(ints.iter().map(|(p, _)| format!(".param .u32 {p}")))
+        .collect();
+    let mut s = format!(".visible .entry {name}(\n  {})\n{{\n{REGS}\n", params.join(", "));
+    for (i, p) in ptrs.iter().enumerate() {
+        s.push_str(&format!("  ld.param.u64 %rd{}, [{p}];\n", i + 1));
+    }
+    for (p, reg) in ints {
+        s.push_str(&format!("  ld.param.u32 {reg}, [{p}];\n"));
+    }
+    for i in 1..=ptrs.len() {
+        s.push_str(&format!("  cvta.to.global.u64 %rd{i}, %rd{i};\n"));
+    }
+    s.push_str(setup);
+    s.push_str(GRID_STRIDE);
+    s.push('\n');
+    s.push_str(body);
+    s.push_str("\n  add.u32 %r2, %r2, %r3;\n  bra.uni $loop;\n$done:\n  ret;\n}\n\n");
+    s
+}
+
 /// `out[r, c] = silu(gu[r, c]) · gu[r, h + c]` over rows of `2h` (the gate
 /// and up projections side by side). Parameters: gu (f32 `[rows, 2h]`), out
 /// (act `[rows, h]`), h, n = rows·h.
 fn swiglu(a: Act) -> String {
-    format!(
-        r#".visible .entry mixc_swiglu_{sfx}(
-  .param .u64 p_gu, .param .u64 p_out, .param .u32 p_h, .param .u32 p_n)
-{{
-{REGS}
-  ld.param.u64 %rd1, [p_gu];
-  ld.param.u64 %rd2, [p_out];
-  ld.param.u32 %r6, [p_h];
-  ld.param.u32 %r1, [p_n];
-  cvta.to.global.u64 %rd1, %rd1;
-  cvta.to.global.u64 %rd2, %rd2;
-  shl.b32 %r7, %r6, 1;
-{GRID_STRIDE}
-  div.u32 %r8, %r2, %r6;
+    let body = format!(
+        r#"  div.u32 %r8, %r2, %r6;
   mul.lo.u32 %r9, %r8, %r6;
   sub.u32 %r9, %r2, %r9;
   mul.wide.u32 %rd3, %r8, %r7;
@@ -301,17 +317,16 @@ fn swiglu(a: Act) -> String {
   mul.f32 %f4, %f4, %f2;
   mul.wide.u32 %rd6, %r2, {bytes};
   add.s64 %rd6, %rd2, %rd6;
-  {store}
-  add.u32 %r2, %r2, %r3;
-  bra.uni $loop;
-$done:
-  ret;
-}}
-
-"#,
-        sfx = a.suffix(),
+  {store}"#,
         bytes = a.elem_bytes(),
         store = a.store("%rd6", "%f4"),
+    );
+    grid_stride_kernel(
+        &format!("mixc_swiglu_{}", a.suffix()),
+        &["p_gu", "p_out"],
+        &[("p_h", "%r6"), ("p_n", "%r1")],
+        "  shl.b32 %r7, %r6, 1;\n",
+        &body,
     )
 }
 
@@ -319,18 +334,8 @@ $done:
 /// 0.044715·u³)))`, with `tanh z = 1 - 2/(e^{2z} + 1)`). Parameters: u (f32),
 /// out (act), n.
 fn gelu(a: Act) -> String {
-    format!(
-        r#".visible .entry mixc_gelu_{sfx}(
-  .param .u64 p_u, .param .u64 p_out, .param .u32 p_n)
-{{
-{REGS}
-  ld.param.u64 %rd1, [p_u];
-  ld.param.u64 %rd2, [p_out];
-  ld.param.u32 %r1, [p_n];
-  cvta.to.global.u64 %rd1, %rd1;
-  cvta.to.global.u64 %rd2, %rd2;
-{GRID_STRIDE}
-  mul.wide.u32 %rd3, %r2, 4;
+    let body = format!(
+        r#"  mul.wide.u32 %rd3, %r2, 4;
   add.s64 %rd3, %rd1, %rd3;
   ld.global.f32 %f1, [%rd3];
   mul.f32 %f2, %f1, %f1;
@@ -349,66 +354,31 @@ fn gelu(a: Act) -> String {
   mul.f32 %f4, %f4, 0f3F000000;
   mul.wide.u32 %rd6, %r2, {bytes};
   add.s64 %rd6, %rd2, %rd6;
-  {store}
-  add.u32 %r2, %r2, %r3;
-  bra.uni $loop;
-$done:
-  ret;
-}}
-
-"#,
-        sfx = a.suffix(),
+  {store}"#,
         bytes = a.elem_bytes(),
         store = a.store("%rd6", "%f4"),
-    )
+    );
+    grid_stride_kernel(&format!("mixc_gelu_{}", a.suffix()), &["p_u", "p_out"], &[("p_n", "%r1")], "", &body)
 }
 
 /// `out[i] = bf16(x[i])`. Parameters: x (f32), out (bf16), n.
 fn cast_bf16() -> String {
-    format!(
-        r#".visible .entry mixc_cast_bf16(
-  .param .u64 p_x, .param .u64 p_out, .param .u32 p_n)
-{{
-{REGS}
-  ld.param.u64 %rd1, [p_x];
-  ld.param.u64 %rd2, [p_out];
-  ld.param.u32 %r1, [p_n];
-  cvta.to.global.u64 %rd1, %rd1;
-  cvta.to.global.u64 %rd2, %rd2;
-{GRID_STRIDE}
-  mul.wide.u32 %rd3, %r2, 4;
+    let body = format!(
+        r#"  mul.wide.u32 %rd3, %r2, 4;
   add.s64 %rd3, %rd1, %rd3;
   ld.global.f32 %f1, [%rd3];
   mul.wide.u32 %rd6, %r2, 2;
   add.s64 %rd6, %rd2, %rd6;
-  {store}
-  add.u32 %r2, %r2, %r3;
-  bra.uni $loop;
-$done:
-  ret;
-}}
-
-"#,
+  {store}"#,
         store = Act::Bf16.store("%rd6", "%f1"),
-    )
+    );
+    grid_stride_kernel("mixc_cast_bf16", &["p_x", "p_out"], &[("p_n", "%r1")], "", &body)
 }
 
 /// `y[r, c] += b[c]` over rows of `cols`. Parameters: y (f32), b (f32
 /// `[cols]`), cols, n = rows·cols.
 fn add_bias() -> String {
-    format!(
-        r#".visible .entry mixc_add_bias(
-  .param .u64 p_y, .param .u64 p_b, .param .u32 p_cols, .param .u32 p_n)
-{{
-{REGS}
-  ld.param.u64 %rd1, [p_y];
-  ld.param.u64 %rd2, [p_b];
-  ld.param.u32 %r6, [p_cols];
-  ld.param.u32 %r1, [p_n];
-  cvta.to.global.u64 %rd1, %rd1;
-  cvta.to.global.u64 %rd2, %rd2;
-{GRID_STRIDE}
-  rem.u32 %r7, %r2, %r6;
+    let body = r#"  rem.u32 %r7, %r2, %r6;
   mul.wide.u32 %rd3, %r2, 4;
   add.s64 %rd3, %rd1, %rd3;
   ld.global.f32 %f1, [%rd3];
@@ -416,15 +386,8 @@ fn add_bias() -> String {
   add.s64 %rd4, %rd2, %rd4;
   ld.global.f32 %f2, [%rd4];
   add.f32 %f1, %f1, %f2;
-  st.global.f32 [%rd3], %f1;
-  add.u32 %r2, %r2, %r3;
-  bra.uni $loop;
-$done:
-  ret;
-}}
-
-"#
-    )
+  st.global.f32 [%rd3], %f1;"#;
+    grid_stride_kernel("mixc_add_bias", &["p_y", "p_b"], &[("p_cols", "%r6"), ("p_n", "%r1")], "", body)
 }
 
 /// CTAs of a grid-stride launch over `n` elements.

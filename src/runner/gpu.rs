@@ -346,7 +346,7 @@ impl DeviceModel {
         for (li, layer) in self.layers.iter().enumerate() {
             let lm = &model.mixers[model.layers[li]];
             let held = &cache.layers[li];
-            let (shapes, _) = bound(lm, layer, held, seqs, per_seq, cache.position);
+            let shapes = bound(lm, layer, held, seqs, per_seq);
             let Some(Some((at, run))) = runs.get(li) else { return Ok(false) };
             if *at != shapes {
                 return Ok(false);
@@ -367,13 +367,8 @@ impl DeviceModel {
         }
         // Positions for the mixers that read one.
         for (li, entry) in runs.iter_mut().enumerate() {
-            let lm = &model.mixers[model.layers[li]];
-            if let (Some((_, run)), Some((name, _))) =
-                (entry.as_mut(), lm.feeds.iter().find(|(_, f)| matches!(f, Feed::Offset)))
-            {
-                if let Some(buf) = run.input_slot(name).and_then(|s| run.buffer_mut(s)) {
-                    r.upload_i32(&[cache.position as i32], buf)?;
-                }
+            if let Some((_, run)) = entry.as_mut() {
+                set_position(r, &model.mixers[model.layers[li]], run, cache.position)?;
             }
         }
         let swap = |cache: &mut Cache, runs: &mut [Option<KeptRun>]| {
@@ -504,26 +499,23 @@ impl DeviceModel {
             .ok_or_else(|| run_err("the mixer was not compiled for the GPU".into()))??;
         let position = cache.position;
         let layer_cache = cache.layers.get_mut(li).ok_or_else(|| run_err("no cache for the layer".into()))?;
-        let (shapes, uploads) = bound(lm, layer, layer_cache, seqs, per_seq, position);
+        let shapes = bound(lm, layer, layer_cache, seqs, per_seq);
         let mut fresh = None;
         let run: &mut PreparedRun = match kept {
             Some(entry) => {
                 if entry.as_ref().is_none_or(|(at, _)| *at != shapes) {
                     *entry = None;
                     self.graphs.borrow_mut().clear();
-                    *entry = Some((shapes.clone(), r.prepare_shaped(lp, &shapes, &uploads)?));
+                    let run = r.prepare_shaped(lp, &shapes, &uploads(lm, layer, position))?;
+                    *entry = Some((shapes, run));
                 } else if carry == Carry::Swap {
                     // A kept run: only the position changes.
                     let (_, run) = entry.as_mut().ok_or_else(|| run_err("no decode buffers".into()))?;
-                    if let Some((name, _)) = lm.feeds.iter().find(|(_, f)| matches!(f, Feed::Offset)) {
-                        if let Some(buf) = run.input_slot(name).and_then(|s| run.buffer_mut(s)) {
-                            r.upload_i32(&[position as i32], buf)?;
-                        }
-                    }
+                    set_position(r, lm, run, position)?;
                 }
                 &mut entry.as_mut().ok_or_else(|| run_err("no decode buffers".into()))?.1
             }
-            None => fresh.insert(r.prepare_shaped(lp, &shapes, &uploads)?),
+            None => fresh.insert(r.prepare_shaped(lp, &shapes, &uploads(lm, layer, position))?),
         };
         // Projections straight into the mixer's input buffers (in their
         // dtype, where no bias needs an f32 sum first).
@@ -626,44 +618,54 @@ impl DeviceModel {
     }
 }
 
-/// The shapes every input of a layer's mixer is bound at (projected inputs
-/// per token, parameters as loaded, carried tensors as the cache holds
-/// them), and what is uploaded with new buffers (parameters, the position).
+/// The shapes every input of a layer's mixer is bound at: projected inputs
+/// per token, parameters as loaded, carried tensors as the cache holds them.
 fn bound(
     lm: &LoadedMixer,
     layer: &DeviceLayer,
     held: &BTreeMap<String, Stored>,
     seqs: usize,
     per_seq: usize,
-    position: usize,
-) -> (BTreeMap<String, Vec<usize>>, BTreeMap<String, HostTensor>) {
+) -> BTreeMap<String, Vec<usize>> {
     let mut shapes = BTreeMap::new();
-    let mut uploads = BTreeMap::new();
     for (input, feed) in &lm.feeds {
-        match feed {
-            Feed::Projected { shape, .. } => {
-                let mut full = vec![seqs, per_seq];
-                full.extend(shape);
-                shapes.insert(input.clone(), full);
-            }
-            Feed::Param => {
-                if let Some(p) = layer.params.get(input) {
-                    shapes.insert(input.clone(), p.shape.clone());
-                    uploads.insert(input.clone(), p.clone());
-                }
-            }
-            Feed::Carried => {
-                if let Some(s) = held.get(input) {
-                    shapes.insert(input.clone(), s.shape().to_vec());
-                }
-            }
-            Feed::Offset => {
-                shapes.insert(input.clone(), vec![]);
-                uploads.insert(input.clone(), HostTensor { shape: vec![], data: Data::I32(vec![position as i32]) });
-            }
-        }
+        let shape = match feed {
+            Feed::Projected { shape, .. } => [&[seqs, per_seq][..], shape].concat(),
+            Feed::Param => match layer.params.get(input) {
+                Some(p) => p.shape.clone(),
+                None => continue,
+            },
+            Feed::Carried => match held.get(input) {
+                Some(s) => s.shape().to_vec(),
+                None => continue,
+            },
+            Feed::Offset => vec![],
+        };
+        shapes.insert(input.clone(), shape);
     }
-    (shapes, uploads)
+    shapes
+}
+
+/// What new mixer buffers are given on the host: the parameters and the position.
+fn uploads(lm: &LoadedMixer, layer: &DeviceLayer, position: usize) -> BTreeMap<String, HostTensor> {
+    let mut out = layer.params.clone();
+    if let Some(name) = offset_input(lm) {
+        out.insert(name.to_string(), HostTensor { shape: vec![], data: Data::I32(vec![position as i32]) });
+    }
+    out
+}
+
+/// The mixer's input that takes the position of the first new token, if any.
+fn offset_input(lm: &LoadedMixer) -> Option<&str> {
+    lm.feeds.iter().find(|(_, f)| matches!(f, Feed::Offset)).map(|(n, _)| n.as_str())
+}
+
+/// Writes the position into a kept run's offset buffer (a mixer that reads one).
+fn set_position(r: &CudaRunner, lm: &LoadedMixer, run: &mut PreparedRun, position: usize) -> Result<(), Error> {
+    if let Some(buf) = offset_input(lm).and_then(|n| run.input_slot(n)).and_then(|s| run.buffer_mut(s)) {
+        r.upload_i32(&[position as i32], buf)?;
+    }
+    Ok(())
 }
 
 /// Uploads a model's checked weights.

@@ -257,6 +257,19 @@ fn normalize(lw: &mut Lowering, op: &OpNode, kind: NormKind, dim: DimId, eps: f6
         let sq = kb.mul(v, v)?;
         Ok(vec![kb.add(c[0], sq)?])
     })?[0];
+    let denom = norm_denominator(kb, kind, ss, n, eps)?;
+    kern::for_n(kb, n, &[], |kb, t, _| {
+        let off = at(kb, t)?;
+        let v = kern::load(kb, &xo, off, sp.mask)?;
+        let q = kb.div(v, denom)?;
+        kern::store(kb, &oo, off, q, sp.mask)?;
+        Ok(vec![])
+    })?;
+    k.launch(lw, kern::numel(&lane_dims))
+}
+
+/// `sqrt(ss + eps)` (L2) or `sqrt(ss / n + eps)` (RMS) from a row's sum of squares.
+fn norm_denominator(kb: &mut KernelBuilder, kind: NormKind, ss: TValue, n: TValue, eps: f64) -> TR<TValue> {
     let ss = match kind {
         NormKind::L2 => ss,
         NormKind::Rms => {
@@ -268,15 +281,7 @@ fn normalize(lw: &mut Lowering, op: &OpNode, kind: NormKind, dim: DimId, eps: f6
     };
     let e = kb.f32(eps)?;
     let denom = kb.add(ss, e)?;
-    let denom = kb.unary(UnaryFn::Sqrt, denom)?;
-    kern::for_n(kb, n, &[], |kb, t, _| {
-        let off = at(kb, t)?;
-        let v = kern::load(kb, &xo, off, sp.mask)?;
-        let q = kb.div(v, denom)?;
-        kern::store(kb, &oo, off, q, sp.mask)?;
-        Ok(vec![])
-    })?;
-    k.launch(lw, kern::numel(&lane_dims))
+    kb.unary(UnaryFn::Sqrt, denom)
 }
 
 /// Lanes along a row of the tiled norm (at most), and the fewest.
@@ -370,18 +375,7 @@ fn normalize_rows(
         Ok(vec![kb.add(c[0], sq)?])
     })?[0];
     let ss = kb.reduce(ReduceFn::Sum, acc, 1)?;
-    let ss = match kind {
-        NormKind::L2 => ss,
-        NormKind::Rms => {
-            let one = kb.i32(1)?;
-            let len = kb.max(n, one)?;
-            let len = kern::to_f32(kb, len)?;
-            kb.div(ss, len)?
-        }
-    };
-    let e = kb.f32(eps)?;
-    let denom = kb.add(ss, e)?;
-    let denom = kb.unary(UnaryFn::Sqrt, denom)?;
+    let denom = norm_denominator(kb, kind, ss, n, eps)?;
     let denom = kb.expand(denom, 1)?;
     let denom = kb.broadcast(denom, &tile)?;
     kern::for_n(kb, steps, &[], |kb, s, _| {
