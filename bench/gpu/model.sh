@@ -36,6 +36,9 @@ if [ "${BENCH:-1}" = 1 ]; then
     ./mixc run ../models/bench/gla-1.3b.toml --weights $w --target cuda --prompt-ids "$ids" \
       --max-new-tokens "${STEPS:-64}" | tail -2 || status=1
   done
+  echo "GLA-1.3B, bf16 weights, batch 1, projections by cuBLAS (MIXC_GEMV=0):"
+  MIXC_GEMV=0 ./mixc run ../models/bench/gla-1.3b.toml --weights $w --target cuda --prompt-ids "$ids" \
+    --max-new-tokens "${STEPS:-64}" | tail -2 || status=1
   echo "GLA-1.3B, bf16 weights, batch 1, kernel by kernel (MIXC_CUDA_GRAPHS=0):"
   MIXC_CUDA_GRAPHS=0 ./mixc run ../models/bench/gla-1.3b.toml --weights $w --target cuda --prompt-ids "$ids" \
     --max-new-tokens "${STEPS:-64}" | tail -2 || status=1

@@ -149,6 +149,13 @@ fn one() -> u32 {
 /// lost for some (bench/RESULTS.md, 2026-12-06).
 pub const GPU_DECODE_BLOCK_V: u32 = 64;
 
+/// Elements per program of a GPU decode step's elementwise and row kernels:
+/// one per thread. A step's tensors are a few thousand values; blocks of
+/// 1024 put them in one program whose threads walk 8 elements each, one
+/// dependent load after another (GLA-1.3B's gate scale took 8 µs a layer,
+/// H100, 2026-12-06).
+pub const GPU_DECODE_BLOCK_ELEMS: u32 = 128;
+
 /// The most tokens per pass of the token-by-token form ([`Schedule::step_tokens`]).
 pub const MAX_STEP_TOKENS: u32 = 16;
 
@@ -200,13 +207,17 @@ impl Schedule {
 
     /// The decode step's schedule on a device of `kind`: [`Schedule::decode`],
     /// on a GPU with the value columns split into blocks of
-    /// [`GPU_DECODE_BLOCK_V`] and attention's keys into runs of
-    /// [`GPU_DECODE_KV_SPLIT`].
+    /// [`GPU_DECODE_BLOCK_V`], attention's keys into runs of
+    /// [`GPU_DECODE_KV_SPLIT`] and generic kernels in blocks of
+    /// [`GPU_DECODE_BLOCK_ELEMS`].
     pub fn decode_for(kind: crate::device::DeviceKind) -> Schedule {
         match kind {
-            crate::device::DeviceKind::Gpu => {
-                Schedule { block_v: GPU_DECODE_BLOCK_V, kv_split: GPU_DECODE_KV_SPLIT, ..Schedule::decode() }
-            }
+            crate::device::DeviceKind::Gpu => Schedule {
+                block_v: GPU_DECODE_BLOCK_V,
+                kv_split: GPU_DECODE_KV_SPLIT,
+                block_elems: GPU_DECODE_BLOCK_ELEMS,
+                ..Schedule::decode()
+            },
             _ => Schedule::decode(),
         }
     }

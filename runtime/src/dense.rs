@@ -5,6 +5,7 @@
 //! runtime's `CudaSlice<u32>` words (16-bit values packed two to a word).
 
 use crate::cuda::{CudaError, CudaRunner, DeviceTensor};
+use crate::gemv;
 use crate::glue::{self, Act};
 use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
 use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
@@ -35,6 +36,9 @@ pub struct Dense {
     fns: BTreeMap<String, CudaFunction>,
     /// The dtype of the projections' operands.
     pub act: Act,
+    /// Projections of a few rows through [`gemv`] rather than cuBLAS
+    /// (bf16 operands; `MIXC_GEMV=0` turns it off).
+    gemv: bool,
 }
 
 /// A projection's weight `[out, inner]` (in [`Dense::act`]) and optional f32 bias `[out]`.
@@ -87,7 +91,8 @@ impl Dense {
                 .result()
                 .map_err(drv("setting cuBLAS's workspace"))?;
         }
-        Ok(Dense { blas, _workspace: workspace, fns, act })
+        let gemv = std::env::var("MIXC_GEMV").map_or(true, |v| v != "0");
+        Ok(Dense { blas, _workspace: workspace, fns, act, gemv })
     }
 
     fn kernel(&self, name: &str) -> Result<&CudaFunction, CudaError> {
@@ -141,6 +146,10 @@ impl Dense {
         if rows == 0 || out == 0 {
             return Ok(());
         }
+        if self.gemv && self.act == Act::Bf16 && rows <= gemv::MAX_ROWS && inner.is_multiple_of(8) {
+            self.gemv(runner, y, y_dtype, x, lin, rows, accumulate)?;
+            return self.add_bias(runner, y, lin, rows);
+        }
         let dt = match self.act {
             Act::F32 => blas_sys::cudaDataType::CUDA_R_32F,
             Act::Bf16 => blas_sys::cudaDataType::CUDA_R_16BF,
@@ -184,15 +193,49 @@ impl Dense {
             }
             .map_err(drv("cuBLAS GemmEx"))?;
         }
-        if let Some(b) = &lin.bias {
-            let n = (rows * out) as u32;
-            let f = self.kernel("mixc_add_bias")?;
-            let mut l = stream.launch_builder(f);
-            let cols = out as u32;
-            l.arg(&mut *y).arg(&b.buf).arg(&cols).arg(&n);
-            // Safety: y holds rows·out f32, b holds out f32 (checked by the loader).
-            unsafe { l.launch(grid_stride(rows * out)) }.map_err(drv("launching mixc_add_bias"))?;
-        }
+        self.add_bias(runner, y, lin, rows)
+    }
+
+    /// `y += b` over `rows` rows, where the projection has a bias (y f32).
+    fn add_bias(&self, runner: &CudaRunner, y: &mut CudaSlice<u32>, lin: &Linear, rows: usize) -> Result<(), CudaError> {
+        let Some(b) = &lin.bias else { return Ok(()) };
+        let out = lin.out();
+        let n = (rows * out) as u32;
+        let f = self.kernel("mixc_add_bias")?;
+        let mut l = runner.stream().launch_builder(f);
+        let cols = out as u32;
+        l.arg(&mut *y).arg(&b.buf).arg(&cols).arg(&n);
+        // Safety: y holds rows·out f32, b holds out f32 (checked by the loader).
+        unsafe { l.launch(grid_stride(rows * out)) }.map_err(drv("launching mixc_add_bias"))?;
+        Ok(())
+    }
+
+    /// The projection of at most [`gemv::MAX_ROWS`] rows by [`gemv`]'s
+    /// kernels (bf16 weights and `x`; sizes checked by the caller).
+    #[allow(clippy::too_many_arguments)]
+    fn gemv(
+        &self,
+        runner: &CudaRunner,
+        y: &mut CudaSlice<u32>,
+        y_dtype: Act,
+        x: &CudaSlice<u32>,
+        lin: &Linear,
+        rows: usize,
+        accumulate: bool,
+    ) -> Result<(), CudaError> {
+        let f = self.kernel(&gemv::kernel_name(rows, y_dtype))?;
+        let mut l = runner.stream().launch_builder(f);
+        let (out, inner, acc) = (lin.out() as u32, lin.inner() as u32, u32::from(accumulate));
+        l.arg(&lin.weight.buf).arg(x).arg(&mut *y).arg(&out).arg(&inner).arg(&acc);
+        let cfg = LaunchConfig {
+            grid_dim: (gemv::grid_for(lin.out()), 1, 1),
+            block_dim: (32 * gemv::WARPS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // Safety: the caller checked x ([rows, inner] bf16) and y ([rows, out]
+        // in y_dtype) against the weight's shape; inner is a multiple of 8, so
+        // every 16-byte load stays inside a row of a 16-byte aligned buffer.
+        unsafe { l.launch(cfg) }.map_err(drv("launching mixc_gemv"))?;
         Ok(())
     }
 
@@ -237,8 +280,12 @@ impl Dense {
         let mut l = runner.stream().launch_builder(f);
         let d32 = d as u32;
         l.arg(x).arg(&w.buf).arg(&mut *out).arg(&d32).arg(&eps);
-        // Safety: sizes checked above; one CTA per row.
-        unsafe { l.launch(per_row(rows)) }.map_err(drv("launching mixc_rmsnorm"))?;
+        // One CTA per row, of up to 1024 threads: each thread's loads wait
+        // one after another, so fewer per thread is a shorter kernel.
+        let threads = (d.div_ceil(2).next_multiple_of(32) as u32).clamp(glue::THREADS, 1024);
+        let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+        // Safety: sizes checked above; the kernel's shared sums hold 32 warps.
+        unsafe { l.launch(cfg) }.map_err(drv("launching mixc_rmsnorm"))?;
         Ok(())
     }
 

@@ -79,6 +79,7 @@ pub fn kernel_names() -> Vec<String> {
     }
     out.push("mixc_cast_bf16".into());
     out.push("mixc_add_bias".into());
+    out.extend(crate::gemv::kernel_names());
     out
 }
 
@@ -93,6 +94,7 @@ pub fn ptx(target: &str) -> String {
     }
     s.push_str(&cast_bf16());
     s.push_str(&add_bias());
+    s.push_str(&crate::gemv::ptx());
     s
 }
 

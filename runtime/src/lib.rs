@@ -13,6 +13,7 @@ pub mod cuda;
 pub mod dense;
 pub mod disk_cache;
 pub mod exec;
+pub mod gemv;
 pub mod glue;
 pub mod layout;
 pub mod st;

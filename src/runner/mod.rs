@@ -249,6 +249,24 @@ impl Model {
         };
         #[cfg(not(feature = "cuda"))]
         let storage = mixc_passes::Storage::F32;
+        Model::load_stored(file, weights, target, on_gpu, storage)
+    }
+
+    /// A CPU model whose mixers store their activations (projected inputs,
+    /// outputs) in bf16, as a bf16 GPU model's do, projections in f32: how
+    /// much the bf16 rounding at the mixers alone moves a model's logits
+    /// (`mixc gpu-check --model` scales its bf16 tolerance by it).
+    pub fn load_cpu_bf16_mixers(file: &Path, weights: BTreeMap<String, HostTensor>) -> Result<Model, Error> {
+        Model::load_stored(file, weights, Target::Cpu, WeightsDtype::F32, mixc_passes::Storage::Bf16)
+    }
+
+    fn load_stored(
+        file: &Path,
+        weights: BTreeMap<String, HostTensor>,
+        target: Target,
+        on_gpu: WeightsDtype,
+        storage: mixc_passes::Storage,
+    ) -> Result<Model, Error> {
         let mut model = Model::structure(file, target, storage)?;
         let (mut weights, sources) = names::rename(weights, &model.rules).map_err(Error::Usage)?;
         // Shapes that differ only in axes of size 1 take the expected shape.

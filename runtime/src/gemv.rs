@@ -1,0 +1,176 @@
+//! A bf16 matrix–vector product for the few rows of a decode step, as PTX:
+//! `y[r, n] (+)= Σ_k x[r, k] · W[n, k]` for `r < R ≤ 4` rows.
+//!
+//! cuBLAS's GEMMs at one row reach a third to three quarters of the copy
+//! rate on a decode step's 4–46 MB matrices (H100, 2026-12-06): a decode
+//! step is a stream over the weights, and a GEMM tiled for many rows wastes
+//! most of it. Here each warp owns one output `n` and walks its weight row
+//! in 16-byte loads (8 bf16 per lane, `U` loads in flight per lane), the
+//! `R` rows of `x` (read through the read-only cache, shared by every warp
+//! of the SM) alongside; the warp sums its lanes with shuffles and lane 0
+//! writes the `R` results (f32, optionally added to what `y` holds, or
+//! bf16). Accumulation is f32, as cuBLAS's `CUBLAS_COMPUTE_32F`.
+//!
+//! Requirements (checked by the caller): `inner` a multiple of 8 and every
+//! buffer 16-byte aligned (device allocations are), so that a lane's 8
+//! values never straddle a row.
+
+use crate::glue::Act;
+
+/// Rows the kernels take at most.
+pub const MAX_ROWS: usize = 4;
+
+/// Warps (outputs in flight) per CTA.
+pub const WARPS: u32 = 8;
+
+/// The kernel for `rows` rows writing `y` as `y_act`.
+pub fn kernel_name(rows: usize, y_act: Act) -> String {
+    format!("mixc_gemv_r{rows}_{}", y_act.suffix())
+}
+
+/// Every kernel's name.
+pub fn kernel_names() -> Vec<String> {
+    (1..=MAX_ROWS).flat_map(|r| Act::ALL.map(|a| kernel_name(r, a))).collect()
+}
+
+/// The PTX of every kernel (appended to the glue module).
+pub fn ptx() -> String {
+    (1..=MAX_ROWS).flat_map(|r| Act::ALL.map(|a| kernel(r, a))).collect()
+}
+
+/// 16-byte loads in flight per lane and step: fewer with more rows (each
+/// adds 4 registers per load for `x`).
+fn unroll(rows: usize) -> usize {
+    if rows <= 2 {
+        4
+    } else {
+        2
+    }
+}
+
+/// Lines of PTX that widen the bf16 pair in b32 `word` into f32 `lo`, `hi`.
+fn widen(word: &str, lo: &str, hi: &str) -> String {
+    format!("  shl.b32 %s1, {word}, 16;\n  mov.b32 {lo}, %s1;\n  and.b32 %s2, {word}, -65536;\n  mov.b32 {hi}, %s2;\n")
+}
+
+fn kernel(rows: usize, y_act: Act) -> String {
+    let u = unroll(rows);
+    let name = kernel_name(rows, y_act);
+    let mut s = format!(
+        ".visible .entry {name}(\n  .param .u64 p_w, .param .u64 p_x, .param .u64 p_y, .param .u32 p_out, \
+         .param .u32 p_inner, .param .u32 p_acc)\n{{\n"
+    );
+    s += &format!(
+        "  .reg .pred %p<8>;\n  .reg .b32 %r<16>;\n  .reg .b32 %s<4>;\n  .reg .b32 %w<{}>;\n  .reg .b32 %x<{}>;\n  \
+         .reg .f32 %a<{}>;\n  .reg .f32 %f<8>;\n  .reg .b64 %rd<12>;\n  .reg .b64 %xr<{}>;\n  .reg .b16 %h<2>;\n",
+        4 * u,
+        4 * u * rows,
+        rows,
+        rows
+    );
+    // Parameters: %rd1 W, %rd2 x, %rd3 y; %r1 out, %r2 inner, %r3 acc.
+    s += "  ld.param.u64 %rd1, [p_w];\n  ld.param.u64 %rd2, [p_x];\n  ld.param.u64 %rd3, [p_y];\n";
+    s += "  ld.param.u32 %r1, [p_out];\n  ld.param.u32 %r2, [p_inner];\n  ld.param.u32 %r3, [p_acc];\n";
+    s += "  cvta.to.global.u64 %rd1, %rd1;\n  cvta.to.global.u64 %rd2, %rd2;\n  cvta.to.global.u64 %rd3, %rd3;\n";
+    // Row r of x starts at x + r·inner·2.
+    s += "  mul.wide.u32 %rd4, %r2, 2;\n";
+    for r in 0..rows {
+        if r == 0 {
+            s += "  mov.b64 %xr0, %rd2;\n";
+        } else {
+            s += &format!("  add.s64 %xr{r}, %xr{}, %rd4;\n", r - 1);
+        }
+    }
+    // %r4 lane, %r5 this warp's first output, %r6 the stride over outputs.
+    s += "  mov.u32 %r7, %tid.x;\n  and.b32 %r4, %r7, 31;\n  shr.u32 %r7, %r7, 5;\n";
+    s += "  mov.u32 %r8, %ctaid.x;\n  mov.u32 %r9, %ntid.x;\n  shr.u32 %r9, %r9, 5;\n";
+    s += "  mad.lo.u32 %r5, %r8, %r9, %r7;\n  mov.u32 %r6, %nctaid.x;\n  mul.lo.u32 %r6, %r6, %r9;\n";
+    s += "$row:\n  setp.ge.u32 %p1, %r5, %r1;\n  @%p1 bra $done;\n";
+    // %rd5: W's row n.
+    s += "  mul.wide.u32 %rd5, %r5, %r2;\n  shl.b64 %rd5, %rd5, 1;\n  add.s64 %rd5, %rd1, %rd5;\n";
+    for r in 0..rows {
+        s += &format!("  mov.f32 %a{r}, 0f00000000;\n");
+    }
+    // %r10: this lane's first value of the step.
+    s += "  shl.b32 %r10, %r4, 3;\n$step:\n  setp.ge.u32 %p2, %r10, %r2;\n  @%p2 bra $reduce;\n";
+    // Issue every load of the step before any arithmetic.
+    for l in 0..u {
+        let w: Vec<String> = (0..4).map(|j| format!("%w{}", 4 * l + j)).collect();
+        s += &format!("  add.u32 %r11, %r10, {};\n", 256 * l);
+        s += &format!("  setp.lt.u32 %p3, %r11, %r2;\n  mul.wide.u32 %rd6, %r11, 2;\n  add.s64 %rd7, %rd5, %rd6;\n");
+        for reg in &w {
+            s += &format!("  mov.b32 {reg}, 0;\n");
+        }
+        s += &format!("  @%p3 ld.global.nc.v4.b32 {{{}}}, [%rd7];\n", w.join(", "));
+        for r in 0..rows {
+            let x: Vec<String> = (0..4).map(|j| format!("%x{}", 4 * (l * rows + r) + j)).collect();
+            for reg in &x {
+                s += &format!("  mov.b32 {reg}, 0;\n");
+            }
+            s += &format!("  add.s64 %rd8, %xr{r}, %rd6;\n  @%p3 ld.global.nc.v4.b32 {{{}}}, [%rd8];\n", x.join(", "));
+        }
+    }
+    for l in 0..u {
+        for j in 0..4 {
+            s += &widen(&format!("%w{}", 4 * l + j), "%f0", "%f1");
+            for r in 0..rows {
+                s += &widen(&format!("%x{}", 4 * (l * rows + r) + j), "%f2", "%f3");
+                s += &format!("  fma.rn.f32 %a{r}, %f0, %f2, %a{r};\n  fma.rn.f32 %a{r}, %f1, %f3, %a{r};\n");
+            }
+        }
+    }
+    s += &format!("  add.u32 %r10, %r10, {};\n  bra.uni $step;\n$reduce:\n", 256 * u);
+    for r in 0..rows {
+        for shift in [16, 8, 4, 2, 1] {
+            s += &format!("  shfl.sync.bfly.b32 %f4, %a{r}, {shift}, 31, -1;\n  add.f32 %a{r}, %a{r}, %f4;\n");
+        }
+    }
+    s += "  setp.ne.u32 %p4, %r4, 0;\n  @%p4 bra $next;\n  setp.ne.u32 %p5, %r3, 0;\n";
+    for r in 0..rows {
+        // %rd9: element [r, n] of y.
+        s += &format!("  mad.lo.u32 %r12, %r1, {r}, %r5;\n");
+        match y_act {
+            Act::F32 => {
+                s += "  mul.wide.u32 %rd9, %r12, 4;\n  add.s64 %rd9, %rd3, %rd9;\n";
+                s += &format!(
+                    "  @%p5 ld.global.f32 %f5, [%rd9];\n  @%p5 add.f32 %a{r}, %a{r}, %f5;\n  st.global.f32 [%rd9], %a{r};\n"
+                );
+            }
+            Act::Bf16 => {
+                s += "  mul.wide.u32 %rd9, %r12, 2;\n  add.s64 %rd9, %rd3, %rd9;\n";
+                s += &format!("  cvt.rn.bf16.f32 %h0, %a{r};\n  st.global.b16 [%rd9], %h0;\n");
+            }
+        }
+    }
+    s += "$next:\n  add.u32 %r5, %r5, %r6;\n  bra.uni $row;\n$done:\n  ret;\n}\n\n";
+    s
+}
+
+/// CTAs for `out` outputs (one warp each).
+pub fn grid_for(out: usize) -> u32 {
+    (out.div_ceil(WARPS as usize)).clamp(1, 1 << 20) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_kernel_per_row_count_and_output_dtype() {
+        let text = ptx();
+        for name in kernel_names() {
+            assert_eq!(text.matches(&format!(".entry {name}(")).count(), 1, "{name}");
+        }
+        assert_eq!(kernel_names().len(), MAX_ROWS * 2);
+    }
+
+    #[test]
+    fn every_load_of_a_step_comes_before_its_arithmetic() {
+        let k = kernel(2, Act::F32);
+        let step = &k[k.find("$step:").unwrap_or(0)..k.find("$reduce:").unwrap_or(0)];
+        let last_load = step.rfind("ld.global.nc").unwrap_or(usize::MAX);
+        let first_fma = step.find("fma.rn").unwrap_or(0);
+        assert!(last_load < first_fma, "loads must all be issued before the first FMA");
+        assert_eq!(step.matches("ld.global.nc.v4.b32").count(), unroll(2) * 3);
+    }
+}
