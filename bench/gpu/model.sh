@@ -5,6 +5,7 @@
 # then GLA-1.3B (models/bench/gla-1.3b.toml, random weights written here)
 # timed by `mixc run --target cuda`. Exits non-zero on any failed check.
 #   MODELS="a.toml b.toml"  the models to check (default: every models/*.toml)
+#   BIG=0                   skip checking GLA-1.3B whole against the CPU
 #   BENCH=0                 skip the 1.3B run
 #   PROMPT=N STEPS=M        its prompt length and generated tokens (64, 64)
 set -uo pipefail
@@ -27,6 +28,10 @@ status=0
 models=${MODELS:-$(ls ../models/*.toml)}
 # shellcheck disable=SC2086
 ./mixc gpu-check --model $models || status=1
+# GLA-1.3B whole on the card against the CPU (its shapes through the GEMV).
+if [ "${BIG:-1}" = 1 ]; then
+  timeout 300 ./mixc gpu-check --model ../models/bench/gla-1.3b.toml | grep -v "^gemv" || status=1
+fi
 if [ "${BENCH:-1}" = 1 ]; then
   w=/tmp/gla-1.3b.safetensors
   [ -f $w ] || ./mixc init-weights ../models/bench/gla-1.3b.toml -o $w --seed 1 --bf16

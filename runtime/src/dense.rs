@@ -57,6 +57,24 @@ impl Linear {
     }
 }
 
+/// One case of [`Dense::check_gemv`].
+#[derive(Clone, Debug)]
+pub struct GemvCase {
+    pub rows: usize,
+    pub out: usize,
+    pub inner: usize,
+    pub y: Act,
+    pub accumulate: bool,
+    pub worst: f64,
+}
+
+impl GemvCase {
+    /// Whether the error is within rounding: f32 accumulation, or bf16 output.
+    pub fn ok(&self) -> bool {
+        self.worst <= if self.y == Act::Bf16 { 1e-2 } else { 1e-4 }
+    }
+}
+
 /// The device dtype of an [`Act`].
 pub fn act_dtype(act: Act) -> DType {
     match act {
@@ -197,7 +215,13 @@ impl Dense {
     }
 
     /// `y += b` over `rows` rows, where the projection has a bias (y f32).
-    fn add_bias(&self, runner: &CudaRunner, y: &mut CudaSlice<u32>, lin: &Linear, rows: usize) -> Result<(), CudaError> {
+    fn add_bias(
+        &self,
+        runner: &CudaRunner,
+        y: &mut CudaSlice<u32>,
+        lin: &Linear,
+        rows: usize,
+    ) -> Result<(), CudaError> {
         let Some(b) = &lin.bias else { return Ok(()) };
         let out = lin.out();
         let n = (rows * out) as u32;
@@ -237,6 +261,63 @@ impl Dense {
         // every 16-byte load stays inside a row of a 16-byte aligned buffer.
         unsafe { l.launch(cfg) }.map_err(drv("launching mixc_gemv"))?;
         Ok(())
+    }
+
+    /// Checks the GEMV kernels (whatever `MIXC_GEMV` says) against f64
+    /// products of the same bf16 values, over shapes of a 1.3B model's decode
+    /// step and ragged ones: per case `(rows, out, inner, y dtype,
+    /// accumulate, worst relative error)`, the error as `max |y − ref| /
+    /// max |ref|` per row. Needs bf16 operands ([`Act::Bf16`]).
+    pub fn check_gemv(&self, runner: &CudaRunner) -> Result<Vec<GemvCase>, CudaError> {
+        if self.act != Act::Bf16 {
+            return Err(CudaError::Program("the GEMV kernels take bf16 operands".into()));
+        }
+        let cases = [
+            (1, 2048, 2048, Act::F32, true),
+            (1, 11264, 2048, Act::F32, false),
+            (1, 2048, 5632, Act::F32, true),
+            (1, 1024, 2048, Act::Bf16, false),
+            (2, 16, 2048, Act::Bf16, false),
+            (3, 1024, 16, Act::F32, false),
+            (4, 64, 176, Act::F32, true),
+            (4, 200, 1000, Act::Bf16, false),
+        ];
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            half::bf16::from_f32(((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0).to_f32()
+        };
+        let mut out = Vec::new();
+        for (rows, n_out, inner, y_act, accumulate) in cases {
+            let w: Vec<f32> = (0..n_out * inner).map(|_| next()).collect();
+            let x: Vec<f32> = (0..rows * inner).map(|_| next()).collect();
+            let y0: Vec<f32> = (0..rows * n_out).map(|_| next()).collect();
+            let lin = Linear { weight: runner.upload_f32(&w, &[n_out, inner], DType::BF16)?, bias: None };
+            let xd = runner.upload_f32(&x, &[rows, inner], DType::BF16)?;
+            let mut yd = runner.upload_f32(&y0, &[rows, n_out], act_dtype(y_act))?;
+            self.gemv(runner, &mut yd.buf, y_act, &xd.buf, &lin, rows, accumulate)?;
+            let crate::Data::F32(got) = runner.download_tensor(&yd)?.data else {
+                return Err(CudaError::Program("a GEMV output downloaded as integers".into()));
+            };
+            let mut worst: f64 = 0.0;
+            for r in 0..rows {
+                let want: Vec<f64> = (0..n_out)
+                    .map(|n| {
+                        let dot: f64 =
+                            (0..inner).map(|k| f64::from(w[n * inner + k]) * f64::from(x[r * inner + k])).sum();
+                        dot + if accumulate { f64::from(y0[r * n_out + n]) } else { 0.0 }
+                    })
+                    .collect();
+                let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
+                let err = (0..n_out).fold(0.0f64, |m, n| {
+                    let g = got.get(r * n_out + n).map_or(f64::INFINITY, |v| f64::from(*v));
+                    m.max((g - want[n]).abs())
+                });
+                worst = worst.max(err / scale);
+            }
+            out.push(GemvCase { rows, out: n_out, inner, y: y_act, accumulate, worst });
+        }
+        Ok(out)
     }
 
     /// `out[r, :] = f32(table[ids[r], :])`; ids were checked against the table's rows.

@@ -97,7 +97,7 @@ fn kernel(rows: usize, y_act: Act) -> String {
     for l in 0..u {
         let w: Vec<String> = (0..4).map(|j| format!("%w{}", 4 * l + j)).collect();
         s += &format!("  add.u32 %r11, %r10, {};\n", 256 * l);
-        s += &format!("  setp.lt.u32 %p3, %r11, %r2;\n  mul.wide.u32 %rd6, %r11, 2;\n  add.s64 %rd7, %rd5, %rd6;\n");
+        s += "  setp.lt.u32 %p3, %r11, %r2;\n  mul.wide.u32 %rd6, %r11, 2;\n  add.s64 %rd7, %rd5, %rd6;\n";
         for reg in &w {
             s += &format!("  mov.b32 {reg}, 0;\n");
         }

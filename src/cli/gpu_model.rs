@@ -67,8 +67,8 @@ fn side_by_side(model: &Model, ids: &[u32]) -> Result<Option<f64>, mixc::Error> 
 }
 
 pub fn check(files: &[PathBuf], seed: u64) -> Result<String, mixc::Error> {
-    let mut out = String::new();
-    let mut failures = 0;
+    let (mut out, gemv_ok) = mixc::runner::check_gemv()?;
+    let mut failures = usize::from(!gemv_ok);
     let mut checked = 0;
     for file in files {
         if mixc::ir::model::load_model(file)?.model.is_none() {

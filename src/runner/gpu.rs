@@ -110,6 +110,30 @@ fn act_of(w: WeightsDtype) -> Act {
     }
 }
 
+/// [`Dense::check_gemv`] on this machine's GPU: one line per case, and
+/// whether every case is within rounding.
+pub fn check_gemv() -> Result<(String, bool), Error> {
+    let runner = CudaRunner::with_own_stream()?;
+    let target = crate::card::ptx_target(runner.device()?.compute_capability).map_err(Error::Usage)?;
+    let dense = Dense::new(&runner, target, Act::Bf16)?;
+    let mut text = String::new();
+    let mut all = true;
+    for c in dense.check_gemv(&runner)? {
+        all &= c.ok();
+        text.push_str(&format!(
+            "gemv {} rows, [{}, {}], y {:?}{}: {:.1e} {}\n",
+            c.rows,
+            c.out,
+            c.inner,
+            c.y,
+            if c.accumulate { " (+=)" } else { "" },
+            c.worst,
+            if c.ok() { "ok" } else { "FAIL" }
+        ));
+    }
+    Ok((text, all))
+}
+
 impl DeviceModel {
     /// Uploads the (checked) weights of `model`.
     pub(super) fn load(model: &Model, weights: WeightsDtype) -> Result<DeviceModel, Error> {

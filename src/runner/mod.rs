@@ -41,6 +41,8 @@
 
 #[cfg(feature = "cuda")]
 mod gpu;
+#[cfg(feature = "cuda")]
+pub use gpu::check_gemv;
 mod math;
 pub mod names;
 pub mod tokenizer;
