@@ -6,7 +6,7 @@
 
 use crate::cuda::{CudaError, CudaRunner, DeviceTensor};
 use crate::gemv;
-use crate::glue::{self, Act};
+use crate::glue::{self, Act, RowNorm};
 use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
 use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::Ptx;
@@ -342,31 +342,43 @@ impl Dense {
         Ok(())
     }
 
-    /// `out = rmsnorm(x) · w` over rows of `d`, stored in the act dtype.
+    /// `out = norm(x)` over rows of `d` (RMSNorm: `· w`; LayerNorm: `· w + b`,
+    /// `b` required), stored in the act dtype.
     #[allow(clippy::too_many_arguments)]
-    pub fn rmsnorm(
+    pub fn norm(
         &self,
         runner: &CudaRunner,
+        kind: RowNorm,
         out: &mut CudaSlice<u32>,
         x: &CudaSlice<u32>,
         w: &DeviceTensor,
+        b: Option<&DeviceTensor>,
         rows: usize,
         d: usize,
         eps: f32,
     ) -> Result<(), CudaError> {
+        let name = kind.name();
         if x.len() < rows * d || w.numel() != d || out.len() < (rows * d * self.act.elem_bytes()).div_ceil(4) {
-            return Err(CudaError::Program("RMSNorm buffers too small".into()));
+            return Err(CudaError::Program(format!("{name}: buffers too small")));
         }
-        let f = self.act_kernel("rmsnorm")?;
+        let f = self.act_kernel(name)?;
         let mut l = runner.stream().launch_builder(f);
         let d32 = d as u32;
-        l.arg(x).arg(&w.buf).arg(&mut *out).arg(&d32).arg(&eps);
+        l.arg(x).arg(&w.buf);
+        match (kind, b) {
+            (RowNorm::Layer, Some(b)) if b.numel() == d => {
+                l.arg(&b.buf);
+            }
+            (RowNorm::Layer, _) => return Err(CudaError::Program(format!("{name}: needs a bias of {d} values"))),
+            (RowNorm::Rms, _) => {}
+        }
+        l.arg(&mut *out).arg(&d32).arg(&eps);
         // One CTA per row, of up to 1024 threads: each thread's loads wait
         // one after another, so fewer per thread is a shorter kernel.
         let threads = (d.div_ceil(2).next_multiple_of(32) as u32).clamp(glue::THREADS, 1024);
         let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
         // Safety: sizes checked above; the kernel's shared sums hold 32 warps.
-        unsafe { l.launch(cfg) }.map_err(drv("launching mixc_rmsnorm"))?;
+        unsafe { l.launch(cfg) }.map_err(|e| CudaError::Driver(format!("launching {name}: {e:?}")))?;
         Ok(())
     }
 

@@ -73,7 +73,7 @@ const REGS: &str = "  .reg .pred %p<8>;\n  .reg .b16 %hs<4>;\n  .reg .b32 %r<24>
 pub fn kernel_names() -> Vec<String> {
     let mut out = Vec::new();
     for a in Act::ALL {
-        for k in ["embed", "rmsnorm", "swiglu", "gelu"] {
+        for k in ["embed", "rmsnorm", "layernorm", "swiglu", "gelu"] {
             out.push(format!("mixc_{k}_{}", a.suffix()));
         }
     }
@@ -88,7 +88,8 @@ pub fn ptx(target: &str) -> String {
     let mut s = format!("//\n// mixc's model glue kernels\n//\n.version 8.0\n.target {target}\n.address_size 64\n\n");
     for a in Act::ALL {
         s.push_str(&embed(a));
-        s.push_str(&rmsnorm(a));
+        s.push_str(&row_norm(a, RowNorm::Rms));
+        s.push_str(&row_norm(a, RowNorm::Layer));
         s.push_str(&swiglu(a));
         s.push_str(&gelu(a));
     }
@@ -146,20 +147,107 @@ $done:
     )
 }
 
-/// `out[r, :] = x[r, :] / sqrt(mean(x[r, :]²) + eps) · w`, one CTA per row
-/// (warp sums through shuffles, then through shared memory). Parameters: x
-/// (f32 `[rows, d]`), w (f32 `[d]`), out (act `[rows, d]`), d, eps.
-fn rmsnorm(a: Act) -> String {
+/// Which norm a row-norm kernel computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowNorm {
+    /// `x / sqrt(mean(x²) + eps) · w`.
+    Rms,
+    /// `(x − mean(x)) / sqrt(var(x) + eps) · w + b`.
+    Layer,
+}
+
+impl RowNorm {
+    pub fn name(self) -> &'static str {
+        match self {
+            RowNorm::Rms => "rmsnorm",
+            RowNorm::Layer => "layernorm",
+        }
+    }
+}
+
+/// PTX that sums `%f1` over the CTA (warp shuffles, then the warps' partial
+/// sums through shared `sums[0..32]` by thread 0) and leaves the total in
+/// `%f7` of every thread; `slot` (0 or 1) names the shared word it passes
+/// through, `tag` makes the labels unique.
+fn cta_total(tag: &str, slot: u32) -> String {
+    let mut s = String::new();
+    for shift in [16, 8, 4, 2, 1] {
+        s += &format!("  shfl.sync.bfly.b32 %f3, %f1, {shift}, 31, -1;\n  add.f32 %f1, %f1, %f3;\n");
+    }
+    s += &format!(
+        r#"  and.b32 %r6, %r3, 31;
+  shr.u32 %r7, %r3, 5;
+  setp.ne.u32 %p2, %r6, 0;
+  @%p2 bra $partial_{tag};
+  mov.u32 %r8, sums;
+  shl.b32 %r9, %r7, 2;
+  add.u32 %r8, %r8, %r9;
+  st.shared.f32 [%r8], %f1;
+$partial_{tag}:
+  bar.sync 0;
+  setp.ne.u32 %p3, %r3, 0;
+  @%p3 bra $shared_{tag};
+  shr.u32 %r10, %r4, 5;
+  mov.f32 %f4, 0f00000000;
+  mov.u32 %r11, 0;
+  mov.u32 %r12, sums;
+$total_{tag}:
+  setp.ge.u32 %p4, %r11, %r10;
+  @%p4 bra $store_{tag};
+  ld.shared.f32 %f5, [%r12];
+  add.f32 %f4, %f4, %f5;
+  add.u32 %r12, %r12, 4;
+  add.u32 %r11, %r11, 1;
+  bra.uni $total_{tag};
+$store_{tag}:
+  st.shared.f32 [sums+{at}], %f4;
+$shared_{tag}:
+  bar.sync 0;
+  ld.shared.f32 %f7, [sums+{at}];
+"#,
+        at = 128 + 4 * slot
+    );
+    s
+}
+
+/// PTX of a loop of this thread's elements of the row (`%r5` from `%tid.x`
+/// by `%ntid.x`, below `d` in `%r1`; element address `%rd6` = row + 4·i)
+/// running `body`.
+fn row_loop(tag: &str, body: &str) -> String {
     format!(
-        r#".visible .entry mixc_rmsnorm_{sfx}(
-  .param .u64 p_x, .param .u64 p_w, .param .u64 p_out, .param .u32 p_d, .param .f32 p_eps)
-{{
-{REGS}
-  .shared .align 4 .f32 sums[33];
-  ld.param.u64 %rd1, [p_x];
-  ld.param.u64 %rd2, [p_w];
-  ld.param.u64 %rd3, [p_out];
-  ld.param.u32 %r1, [p_d];
+        r#"  mov.u32 %r5, %r3;
+$loop_{tag}:
+  setp.ge.u32 %p1, %r5, %r1;
+  @%p1 bra $end_{tag};
+  mul.wide.u32 %rd10, %r5, 4;
+  add.s64 %rd6, %rd5, %rd10;
+{body}
+  add.u32 %r5, %r5, %r4;
+  bra.uni $loop_{tag};
+$end_{tag}:
+"#
+    )
+}
+
+/// One CTA per row `r` of `x` (f32 `[rows, d]`): RMSNorm, `out[r, :] =
+/// x[r, :] / sqrt(mean(x[r, :]²) + eps) · w`, or LayerNorm, `(x[r, :] − μ) /
+/// sqrt(σ² + eps) · w + b` (mean and variance in two passes, not from
+/// E[x²] − μ², which cancels where the mean is large). Parameters: x, w (f32
+/// `[d]`), for LayerNorm b (f32 `[d]`), out (act `[rows, d]`), d, eps.
+fn row_norm(a: Act, norm: RowNorm) -> String {
+    let layer = norm == RowNorm::Layer;
+    let mut s = format!(
+        ".visible .entry mixc_{}_{}(\n  .param .u64 p_x, .param .u64 p_w, {}.param .u64 p_out, .param .u32 p_d, \
+         .param .f32 p_eps)\n{{\n{REGS}\n  .shared .align 4 .f32 sums[34];\n",
+        norm.name(),
+        a.suffix(),
+        if layer { ".param .u64 p_b, " } else { "" }
+    );
+    s += "  ld.param.u64 %rd1, [p_x];\n  ld.param.u64 %rd2, [p_w];\n  ld.param.u64 %rd3, [p_out];\n";
+    if layer {
+        s += "  ld.param.u64 %rd11, [p_b];\n  cvta.to.global.u64 %rd11, %rd11;\n";
+    }
+    s += r#"  ld.param.u32 %r1, [p_d];
   ld.param.f32 %f9, [p_eps];
   cvta.to.global.u64 %rd1, %rd1;
   cvta.to.global.u64 %rd2, %rd2;
@@ -170,89 +258,36 @@ fn rmsnorm(a: Act) -> String {
   mul.wide.u32 %rd4, %r2, %r1;
   shl.b64 %rd5, %rd4, 2;
   add.s64 %rd5, %rd1, %rd5;
-  mov.f32 %f1, 0f00000000;
-  mov.u32 %r5, %r3;
-$sum:
-  setp.ge.u32 %p1, %r5, %r1;
-  @%p1 bra $reduce;
-  mul.wide.u32 %rd6, %r5, 4;
-  add.s64 %rd6, %rd5, %rd6;
-  ld.global.f32 %f2, [%rd6];
-  fma.rn.f32 %f1, %f2, %f2, %f1;
-  add.u32 %r5, %r5, %r4;
-  bra.uni $sum;
-$reduce:
-  shfl.sync.bfly.b32 %f3, %f1, 16, 31, -1;
-  add.f32 %f1, %f1, %f3;
-  shfl.sync.bfly.b32 %f3, %f1, 8, 31, -1;
-  add.f32 %f1, %f1, %f3;
-  shfl.sync.bfly.b32 %f3, %f1, 4, 31, -1;
-  add.f32 %f1, %f1, %f3;
-  shfl.sync.bfly.b32 %f3, %f1, 2, 31, -1;
-  add.f32 %f1, %f1, %f3;
-  shfl.sync.bfly.b32 %f3, %f1, 1, 31, -1;
-  add.f32 %f1, %f1, %f3;
-  and.b32 %r6, %r3, 31;
-  shr.u32 %r7, %r3, 5;
-  setp.ne.u32 %p2, %r6, 0;
-  @%p2 bra $partial;
-  mov.u32 %r8, sums;
-  shl.b32 %r9, %r7, 2;
-  add.u32 %r8, %r8, %r9;
-  st.shared.f32 [%r8], %f1;
-$partial:
-  bar.sync 0;
-  setp.ne.u32 %p3, %r3, 0;
-  @%p3 bra $scaled;
-  shr.u32 %r10, %r4, 5;
-  mov.f32 %f4, 0f00000000;
-  mov.u32 %r11, 0;
-  mov.u32 %r12, sums;
-$total:
-  setp.ge.u32 %p4, %r11, %r10;
-  @%p4 bra $inverse;
-  ld.shared.f32 %f5, [%r12];
-  add.f32 %f4, %f4, %f5;
-  add.u32 %r12, %r12, 4;
-  add.u32 %r11, %r11, 1;
-  bra.uni $total;
-$inverse:
   cvt.rn.f32.u32 %f6, %r1;
-  div.rn.f32 %f4, %f4, %f6;
-  add.f32 %f4, %f4, %f9;
-  sqrt.rn.f32 %f4, %f4;
-  rcp.rn.f32 %f4, %f4;
-  st.shared.f32 [sums+128], %f4;
-$scaled:
-  bar.sync 0;
-  ld.shared.f32 %f7, [sums+128];
-  mov.u32 %r5, %r3;
-$write:
-  setp.ge.u32 %p1, %r5, %r1;
-  @%p1 bra $done;
-  mul.wide.u32 %rd6, %r5, 4;
-  add.s64 %rd7, %rd5, %rd6;
-  ld.global.f32 %f2, [%rd7];
-  add.s64 %rd8, %rd2, %rd6;
-  ld.global.f32 %f8, [%rd8];
-  mul.f32 %f2, %f2, %f7;
-  mul.f32 %f2, %f2, %f8;
-  cvt.u64.u32 %rd9, %r5;
-  add.s64 %rd9, %rd4, %rd9;
-  shl.b64 %rd9, %rd9, {shift};
-  add.s64 %rd9, %rd3, %rd9;
-  {store}
-  add.u32 %r5, %r5, %r4;
-  bra.uni $write;
-$done:
-  ret;
-}}
-
-"#,
-        sfx = a.suffix(),
-        shift = a.shift(),
-        store = a.store("%rd9", "%f2"),
-    )
+  mov.f32 %f10, 0f00000000;
+"#;
+    if layer {
+        // %f10: the row's mean.
+        s += "  mov.f32 %f1, 0f00000000;\n";
+        s += &row_loop("mean", "  ld.global.f32 %f2, [%rd6];\n  add.f32 %f1, %f1, %f2;");
+        s += &cta_total("mean", 0);
+        s += "  div.rn.f32 %f10, %f7, %f6;\n";
+    }
+    s += "  mov.f32 %f1, 0f00000000;\n";
+    s += &row_loop("square", "  ld.global.f32 %f2, [%rd6];\n  sub.f32 %f2, %f2, %f10;\n  fma.rn.f32 %f1, %f2, %f2, %f1;");
+    s += &cta_total("square", 1);
+    // %f7: 1 / sqrt(mean square + eps).
+    s += "  div.rn.f32 %f7, %f7, %f6;\n  add.f32 %f7, %f7, %f9;\n  sqrt.rn.f32 %f7, %f7;\n  rcp.rn.f32 %f7, %f7;\n";
+    let mut body = String::from(
+        "  ld.global.f32 %f2, [%rd6];\n  sub.f32 %f2, %f2, %f10;\n  add.s64 %rd8, %rd2, %rd10;\n  \
+         ld.global.f32 %f8, [%rd8];\n  mul.f32 %f2, %f2, %f7;\n  mul.f32 %f2, %f2, %f8;\n",
+    );
+    if layer {
+        body += "  add.s64 %rd12, %rd11, %rd10;\n  ld.global.f32 %f11, [%rd12];\n  add.f32 %f2, %f2, %f11;\n";
+    }
+    body += &format!(
+        "  cvt.u64.u32 %rd9, %r5;\n  add.s64 %rd9, %rd4, %rd9;\n  shl.b64 %rd9, %rd9, {};\n  add.s64 %rd9, %rd3, %rd9;\n  {}",
+        a.shift(),
+        a.store("%rd9", "%f2")
+    );
+    s += &row_loop("write", &body);
+    s += "  ret;\n}\n\n";
+    s
 }
 
 /// The start of a grid-stride loop over `%r1` elements: index `%r2`, stride

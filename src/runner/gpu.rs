@@ -14,11 +14,11 @@
 use super::{Cache, Feed, LoadedMixer, Model, Stored, WeightsDtype};
 use crate::Error;
 use mixc_ir::mixers::carried_input;
-use mixc_ir::model::MlpKind;
+use mixc_ir::model::{MlpKind, NormChoice};
 use mixc_ir::DType;
 use mixc_runtime::cuda::{CudaRunner, DeviceGraph, DeviceTensor, LoadedProgram, PreparedRun};
 use mixc_runtime::dense::{act_dtype, Dense, Linear};
-use mixc_runtime::glue::Act;
+use mixc_runtime::glue::{Act, RowNorm};
 use mixc_runtime::{Data, HostTensor};
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -30,9 +30,21 @@ enum Projection {
     LowRank(Linear, Linear),
 }
 
+/// A block norm's weights on the card (f32; the bias for LayerNorm).
+struct DeviceNorm {
+    weight: DeviceTensor,
+    bias: Option<DeviceTensor>,
+}
+
+impl DeviceNorm {
+    fn bytes(&self) -> usize {
+        self.weight.bytes() + self.bias.as_ref().map_or(0, |b| b.bytes())
+    }
+}
+
 /// One layer's weights on the card.
 struct DeviceLayer {
-    mixer_norm: DeviceTensor,
+    mixer_norm: DeviceNorm,
     projections: BTreeMap<String, Projection>,
     /// The mixer's own parameters, uploaded with each new set of mixer buffers.
     params: BTreeMap<String, HostTensor>,
@@ -41,7 +53,7 @@ struct DeviceLayer {
 }
 
 struct DeviceMlp {
-    norm: DeviceTensor,
+    norm: DeviceNorm,
     /// SwiGLU: `[gate; up]` stacked (`[2·hidden, d]`); GELU: `up`.
     up: Linear,
     down: Linear,
@@ -72,7 +84,9 @@ pub(super) struct DeviceModel {
     embed: Linear,
     /// `None` with tied embeddings.
     head: Option<Linear>,
-    norm: DeviceTensor,
+    norm: DeviceNorm,
+    /// The block norms' kind (`[model] norm`).
+    norm_kind: RowNorm,
     layers: Vec<DeviceLayer>,
     /// The widest per-token activation any projection reads or writes.
     widest: usize,
@@ -151,7 +165,7 @@ impl DeviceModel {
         let up = Uploader { model, runner: &runner, act };
         let embed = up.linear_named("embed.weight", None, vocab, d)?;
         let head = if model.cfg.tie_embeddings { None } else { Some(up.linear("lm_head", vocab, d)?) };
-        let norm = up.f32("norm.weight", &[d])?;
+        let norm = up.norm("norm")?;
         let mut widest = d.max(vocab);
         let mut layers = Vec::with_capacity(model.layers.len());
         for (li, &mi) in model.layers.iter().enumerate() {
@@ -199,7 +213,7 @@ impl DeviceModel {
                         }
                     };
                     Some(DeviceMlp {
-                        norm: up.f32(&format!("layers.{li}.mlp_norm.weight"), &[d])?,
+                        norm: up.norm(&format!("layers.{li}.mlp_norm"))?,
                         up: up_w,
                         down: up.linear(&format!("{p}.down_proj"), d, hdn)?,
                         kind: m.kind,
@@ -207,7 +221,7 @@ impl DeviceModel {
                 }
             };
             layers.push(DeviceLayer {
-                mixer_norm: up.f32(&format!("layers.{li}.mixer_norm.weight"), &[d])?,
+                mixer_norm: up.norm(&format!("layers.{li}.mixer_norm"))?,
                 projections,
                 params,
                 o_proj,
@@ -222,6 +236,10 @@ impl DeviceModel {
             embed,
             head,
             norm,
+            norm_kind: match model.cfg.norm {
+                NormChoice::Rmsnorm => RowNorm::Rms,
+                NormChoice::Layernorm => RowNorm::Layer,
+            },
             layers,
             widest,
             work: RefCell::new(None),
@@ -312,6 +330,21 @@ impl DeviceModel {
         Ok(logits)
     }
 
+    /// `out = norm(x)` by the model's block norm, rows of `d`.
+    #[allow(clippy::too_many_arguments)]
+    fn block_norm(
+        &self,
+        out: &mut DeviceTensor,
+        x: &DeviceTensor,
+        norm: &DeviceNorm,
+        rows: usize,
+        d: usize,
+        eps: f32,
+    ) -> Result<(), Error> {
+        let (w, b) = (&norm.weight, norm.bias.as_ref());
+        Ok(self.dense.norm(&self.runner, self.norm_kind, &mut out.buf, &x.buf, w, b, rows, d, eps)?)
+    }
+
     /// Queues the whole model over the tokens in the workspace: embedding,
     /// every layer, the final norm and the head.
     fn pass(
@@ -327,12 +360,12 @@ impl DeviceModel {
         let (d, t, eps) = (model.cfg.d_model as usize, w.rows, model.eps);
         dense.embed(r, &mut w.x.buf, &self.embed.weight, &w.ids.buf, t)?;
         for (li, layer) in self.layers.iter().enumerate() {
-            dense.rmsnorm(r, &mut w.h.buf, &w.x.buf, &layer.mixer_norm, t, d, eps)?;
+            self.block_norm(&mut w.h, &w.x, &layer.mixer_norm, t, d, eps)?;
             let lm = &model.mixers[model.layers[li]];
             let kept = if decode { runs.get_mut(li) } else { None };
             self.mixer(lm, li, layer, cache, w, kept, carry)?;
             if let Some(m) = &layer.mlp {
-                dense.rmsnorm(r, &mut w.h.buf, &w.x.buf, &m.norm, t, d, eps)?;
+                self.block_norm(&mut w.h, &w.x, &m.norm, t, d, eps)?;
                 dense.linear(r, &mut w.wide.buf, &w.h.buf, &m.up, t, false)?;
                 let hdn = m.down.inner();
                 match m.kind {
@@ -342,7 +375,7 @@ impl DeviceModel {
                 dense.linear(r, &mut w.x.buf, &w.wide_act.buf, &m.down, t, true)?;
             }
         }
-        dense.rmsnorm(r, &mut w.h.buf, &w.x.buf, &self.norm, t, d, eps)?;
+        self.block_norm(&mut w.h, &w.x, &self.norm, t, d, eps)?;
         let head = self.head.as_ref().unwrap_or(&self.embed);
         dense.linear(r, &mut w.logits.buf, &w.h.buf, head, t, false)?;
         Ok(())
@@ -700,6 +733,17 @@ struct Uploader<'a> {
 }
 
 impl Uploader<'_> {
+    /// The block norm `prefix` (`.weight`, and for LayerNorm `.bias`).
+    fn norm(&self, prefix: &str) -> Result<DeviceNorm, Error> {
+        let d = self.model.cfg.d_model as usize;
+        let weight = self.f32(&format!("{prefix}.weight"), &[d])?;
+        let bias = match self.model.cfg.norm {
+            NormChoice::Rmsnorm => None,
+            NormChoice::Layernorm => Some(self.f32(&format!("{prefix}.bias"), &[d])?),
+        };
+        Ok(DeviceNorm { weight, bias })
+    }
+
     fn f32(&self, name: &str, shape: &[usize]) -> Result<DeviceTensor, Error> {
         let data = self.model.tensor(name, shape)?;
         Ok(self.runner.upload_f32(data, shape, DType::F32)?)

@@ -24,6 +24,19 @@ pub fn rmsnorm(x: &[f32], w: &[f32], d: usize, eps: f32) -> Vec<f32> {
         .collect()
 }
 
+/// LayerNorm over rows of `d`: `(x − mean) / sqrt(var + eps) · w + b` (the
+/// biased variance, as `torch.nn.LayerNorm`).
+pub fn layernorm(x: &[f32], w: &[f32], b: &[f32], d: usize, eps: f32) -> Vec<f32> {
+    x.chunks(d)
+        .flat_map(|row| {
+            let mean = row.iter().sum::<f32>() / d as f32;
+            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
+            let r = 1.0 / (var + eps).sqrt();
+            row.iter().zip(w).zip(b).map(move |((v, g), c)| (v - mean) * r * g + c).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 pub fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }

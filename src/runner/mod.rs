@@ -10,6 +10,7 @@
 //! | --- | --- |
 //! | `embed.weight` | `[vocab, d_model]` |
 //! | `layers.{i}.mixer_norm.weight`, `layers.{i}.mlp_norm.weight`, `norm.weight` | `[d_model]` |
+//! | `layers.{i}.mixer_norm.bias`, `layers.{i}.mlp_norm.bias`, `norm.bias` | `[d_model]`, with `[model] norm = "layernorm"` only (LayerNorm's shift; RMSNorm, the default, has none) |
 //! | `layers.{i}.mixer.{input}_proj.weight` | `[per-token size of the input, d_model]` for each per-token mixer input (`q`, `k`, `v`, `g`, `beta`, `o_gate`, `i`, `f`, `x`, `dt`, `b`, `c`, `router`, ...) |
 //! | `layers.{i}.mixer.g_proj.0.weight`, `layers.{i}.mixer.g_proj.1.weight` | `[rank, d_model]`, `[per-token size of g, rank]`: the gate projection when the mixer's `gate` sets `rank` (fla's `gk_proj`) |
 //! | `layers.{i}.mixer.{param}` | the mixer's own parameters as the graph declares them (`A_log`, `dt_bias`, `D`, `*_conv_weight`, `o_norm_weight`, `meta_k`, ...) |
@@ -49,9 +50,9 @@ pub mod tokenizer;
 
 use crate::jit::{jit_with, CompiledMixer, JitOptions, MixerSource, Target};
 use crate::{graphs_of_file, Error};
-use math::{dequantize, gelu, matmul, quantize, rmsnorm, silu};
+use math::{dequantize, gelu, layernorm, matmul, quantize, rmsnorm, silu};
 use mixc_ir::mixers::carried_input;
-use mixc_ir::model::{load_model, KvCacheDtype, MlpKind, ModelFile, ModelSection};
+use mixc_ir::model::{load_model, KvCacheDtype, MlpKind, ModelFile, ModelSection, NormChoice};
 use mixc_runtime::{Data, HostTensor};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -362,6 +363,17 @@ impl Model {
             out.push(Expected { name: format!("{p}.weight"), shape: vec![o, i], required: true });
             out.push(Expected { name: format!("{p}.bias"), shape: vec![o], required: false });
         }
+        if self.cfg.norm == NormChoice::Layernorm {
+            let biases: Vec<Expected> = out
+                .iter()
+                .filter_map(|e| {
+                    let stem = e.name.strip_suffix(".weight")?;
+                    (stem == "norm" || stem.ends_with("_norm"))
+                        .then(|| Expected { name: format!("{stem}.bias"), shape: vec![d], required: true })
+                })
+                .collect();
+            out.extend(biases);
+        }
         out
     }
 
@@ -444,6 +456,17 @@ impl Model {
         Ok(y)
     }
 
+    /// The model's block norm (`[model] norm`) of rows of `x` with the
+    /// weights under `prefix` (`{prefix}.weight`, LayerNorm's `{prefix}.bias`).
+    fn norm(&self, x: &[f32], prefix: &str) -> Result<Vec<f32>, Error> {
+        let d = self.cfg.d_model as usize;
+        let w = self.tensor(&format!("{prefix}.weight"), &[d])?;
+        Ok(match self.cfg.norm {
+            NormChoice::Rmsnorm => rmsnorm(x, w, d, self.eps),
+            NormChoice::Layernorm => layernorm(x, w, self.tensor(&format!("{prefix}.bias"), &[d])?, d, self.eps),
+        })
+    }
+
     /// Random, well-scaled weights for a model file (for demos and tests).
     pub fn init_weights(file: &Path, seed: u64) -> Result<BTreeMap<String, HostTensor>, Error> {
         let m = Model::structure(file, Target::Reference, mixc_passes::Storage::F32)?;
@@ -458,6 +481,8 @@ impl Model {
                     let x = rng.normal();
                     (if name.ends_with("norm.weight") || leaf == "o_norm_weight" {
                         1.0
+                    } else if name.ends_with("norm.bias") {
+                        0.0
                     } else if leaf == "A_log" {
                         (1.0 + 15.0 * rng.uniform()).ln()
                     } else if leaf == "dt_bias" {
@@ -608,7 +633,7 @@ impl Model {
         let mut new_states = Vec::with_capacity(self.layers.len());
         for (li, &mi) in self.layers.iter().enumerate() {
             let LoadedMixer { mixer, feeds, o_shape } = &self.mixers[mi];
-            let h = rmsnorm(&x, self.tensor(&format!("layers.{li}.mixer_norm.weight"), &[d])?, d, self.eps);
+            let h = self.norm(&x, &format!("layers.{li}.mixer_norm"))?;
             let mut inputs = BTreeMap::new();
             for (name, feed) in feeds {
                 match feed {
@@ -675,8 +700,7 @@ impl Model {
             x.iter_mut().zip(&y).for_each(|(a, b)| *a += b);
             if let Some(mlp) = &self.cfg.mlp {
                 let hdn = mlp.hidden as usize;
-                let nw = self.tensor(&format!("layers.{li}.mlp_norm.weight"), &[d])?;
-                let h = rmsnorm(&x, nw, d, self.eps);
+                let h = self.norm(&x, &format!("layers.{li}.mlp_norm"))?;
                 let up = self.linear(&h, t, &format!("layers.{li}.mlp.up_proj"), hdn, d)?;
                 let act: Vec<f32> = match mlp.kind {
                     MlpKind::Swiglu => {
@@ -689,7 +713,7 @@ impl Model {
                 x.iter_mut().zip(&y).for_each(|(a, b)| *a += b);
             }
         }
-        let h = rmsnorm(&x, self.tensor("norm.weight", &[d])?, d, self.eps);
+        let h = self.norm(&x, "norm")?;
         let head = if self.cfg.tie_embeddings { "embed.weight" } else { "lm_head.weight" };
         let logits = matmul(&h, t, self.tensor(head, &[vocab, d])?, vocab, d);
         cache.layers = new_states;

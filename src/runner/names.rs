@@ -22,10 +22,13 @@ pub fn hf_rules() -> Vec<(String, String)> {
         ("model.embed_tokens.weight", "embed.weight"),
         ("model.embeddings.weight", "embed.weight"),
         ("model.norm.weight", "norm.weight"),
+        ("model.norm.bias", "norm.bias"),
         ("lm_head.weight", "lm_head.weight"),
         ("model.layers.{i}.input_layernorm.weight", "layers.{i}.mixer_norm.weight"),
         ("model.layers.{i}.attn_norm.weight", "layers.{i}.mixer_norm.weight"),
+        ("model.layers.{i}.input_layernorm.bias", "layers.{i}.mixer_norm.bias"),
         ("model.layers.{i}.post_attention_layernorm.weight", "layers.{i}.mlp_norm.weight"),
+        ("model.layers.{i}.post_attention_layernorm.bias", "layers.{i}.mlp_norm.bias"),
         ("model.layers.{i}.mlp_norm.weight", "layers.{i}.mlp_norm.weight"),
         ("model.layers.{i}.mlp.*", "layers.{i}.mlp.*"),
     ]
