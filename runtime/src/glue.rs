@@ -269,7 +269,10 @@ fn row_norm(a: Act, norm: RowNorm) -> String {
         s += "  div.rn.f32 %f10, %f7, %f6;\n";
     }
     s += "  mov.f32 %f1, 0f00000000;\n";
-    s += &row_loop("square", "  ld.global.f32 %f2, [%rd6];\n  sub.f32 %f2, %f2, %f10;\n  fma.rn.f32 %f1, %f2, %f2, %f1;");
+    s += &row_loop(
+        "square",
+        "  ld.global.f32 %f2, [%rd6];\n  sub.f32 %f2, %f2, %f10;\n  fma.rn.f32 %f1, %f2, %f2, %f1;",
+    );
     s += &cta_total("square", 1);
     // %f7: 1 / sqrt(mean square + eps).
     s += "  div.rn.f32 %f7, %f7, %f6;\n  add.f32 %f7, %f7, %f9;\n  sqrt.rn.f32 %f7, %f7;\n  rcp.rn.f32 %f7, %f7;\n";

@@ -82,14 +82,18 @@ pub fn check(files: &[PathBuf], seed: u64) -> Result<String, mixc::Error> {
         let mut rng = SplitMix::new(seed ^ 0x5eed);
         let ids: Vec<u32> = (0..PROMPT + STEPS).map(|_| (rng.uniform() * vocab as f64) as u32 % vocab as u32).collect();
         let want = prefill_then_decode(&mut cpu, &ids, PROMPT)?;
-        // How far bf16 rounding at the mixers alone moves this model's logits
-        // (random small models can be ill-conditioned: a draw of RetNet's
-        // moves 0.34): bf16 may differ by 4× that, and by at least 3e-2.
+        // How far bf16 rounding (2⁻⁹) at the mixers alone moves this model's
+        // logits: random models can be ill-conditioned (a draw of a small
+        // RetNet's moved 0.34, GLA-1.3B's 24 random layers 0.43). bf16 may
+        // differ by 4× that, and by at least 3e-2; f32 by what the same
+        // amplification makes of f32 sums' reordering (~2e-3 of the bf16
+        // effect), and by at least 1e-4.
         let mut rounded = Model::load_cpu_bf16_mixers(file, weights.clone())?;
         let sensitivity = worst_row(&prefill_then_decode(&mut rounded, &ids, PROMPT)?, &want, vocab);
         let bf16_tolerance = (4.0 * sensitivity).max(3e-2);
+        let f32_tolerance = (8e-3 * sensitivity).max(1e-4);
         let _ = write!(out, "{}: bf16 mixers on the CPU {sensitivity:.1e};", file.display());
-        for (dtype, tolerance) in [(WeightsDtype::F32, 1e-4), (WeightsDtype::Bf16, bf16_tolerance)] {
+        for (dtype, tolerance) in [(WeightsDtype::F32, f32_tolerance), (WeightsDtype::Bf16, bf16_tolerance)] {
             let mut gpu = Model::load_with(file, weights.clone(), Target::Cuda, dtype)?;
             let got = prefill_then_decode(&mut gpu, &ids, PROMPT)?;
             let err = worst_row(&got, &want, vocab);

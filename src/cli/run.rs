@@ -252,9 +252,11 @@ pub fn run(args: &RunArgs) -> Result<String, Error> {
         (Some(_), n) => format!(" in {n} sequences side by side"),
         (None, n) => format!(" in {n} sequences"),
     };
+    let (compile_s, place_s) = model.load_seconds();
     let _ = writeln!(
         out,
-        "startup: weights read in {read_s:.3} s, mixers compiled and weights placed in {load_s:.3} s{}",
+        "startup: weights read in {read_s:.3} s, mixers compiled and weights placed in {load_s:.3} s \
+         ({compile_s:.3} s compiling, {place_s:.3} s placing){}",
         match model.device_weight_bytes() {
             0 => String::new(),
             n => format!(" ({:.2} GB on the GPU)", n as f64 / 1e9),

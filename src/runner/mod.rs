@@ -179,6 +179,8 @@ pub struct Model {
     /// Group size of int8 KV caches (`[runtime] kv_cache = "int8"`), if on.
     kv_int8: Option<usize>,
     cache: Cache,
+    /// Seconds spent loading: compiling the mixers, placing the weights (on the GPU).
+    load_seconds: (f64, f64),
     /// The weights on the GPU, for a model loaded for `Target::Cuda`.
     #[cfg(feature = "cuda")]
     device: Option<gpu::DeviceModel>,
@@ -270,7 +272,9 @@ impl Model {
         on_gpu: WeightsDtype,
         storage: mixc_passes::Storage,
     ) -> Result<Model, Error> {
+        let started = std::time::Instant::now();
         let mut model = Model::structure(file, target, storage)?;
+        let compiled = started.elapsed().as_secs_f64();
         let (mut weights, sources) = names::rename(weights, &model.rules).map_err(Error::Usage)?;
         // Shapes that differ only in axes of size 1 take the expected shape.
         for e in model.expected() {
@@ -291,7 +295,15 @@ impl Model {
         }
         #[cfg(not(feature = "cuda"))]
         let _ = on_gpu;
+        model.load_seconds = (compiled, started.elapsed().as_secs_f64() - compiled);
         Ok(model)
+    }
+
+    /// Seconds [`Model::load`] took compiling the mixers (their kernels,
+    /// loaded on the GPU for `Target::Cuda`), and checking and placing the
+    /// weights (uploading them, for `Target::Cuda`).
+    pub fn load_seconds(&self) -> (f64, f64) {
+        self.load_seconds
     }
 
     /// Bytes of the weights on the GPU (0 for a model that runs on the host).
@@ -368,8 +380,11 @@ impl Model {
                 .iter()
                 .filter_map(|e| {
                     let stem = e.name.strip_suffix(".weight")?;
-                    (stem == "norm" || stem.ends_with("_norm"))
-                        .then(|| Expected { name: format!("{stem}.bias"), shape: vec![d], required: true })
+                    (stem == "norm" || stem.ends_with("_norm")).then(|| Expected {
+                        name: format!("{stem}.bias"),
+                        shape: vec![d],
+                        required: true,
+                    })
                 })
                 .collect();
             out.extend(biases);
@@ -547,6 +562,7 @@ impl Model {
             sources: BTreeMap::new(),
             kv_int8,
             cache,
+            load_seconds: (0.0, 0.0),
             #[cfg(feature = "cuda")]
             device: None,
         })
