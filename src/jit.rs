@@ -163,7 +163,15 @@ pub fn jit_with(source: MixerSource, target: Target, opts: JitOptions) -> Result
         #[cfg(feature = "cuda")]
         Target::Cuda => mixc_passes::device::DeviceKind::Gpu,
     };
-    let decode_sched = Schedule { storage: opts.storage, ..Schedule::decode_for(decode_kind) };
+    let mut decode_sched = Schedule { storage: opts.storage, ..Schedule::decode_for(decode_kind) };
+    // An experiment's override of the decode step's value-column blocks
+    // (`MIXC_DECODE_BLOCK_V=16`: more programs for few heads at batch 1).
+    if let Some(v) = std::env::var("MIXC_DECODE_BLOCK_V").ok().and_then(|v| v.parse::<u32>().ok()) {
+        let candidate = Schedule { block_v: v, ..decode_sched };
+        if candidate.validate().is_ok() {
+            decode_sched = candidate;
+        }
+    }
     let decode = crate::lower_graph(&g.name, &g.graph, &decode_sched)?;
     let mut fallback = None;
     let exec = match target {

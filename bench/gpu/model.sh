@@ -39,8 +39,11 @@ if [ "${BENCH:-1}" = 1 ]; then
   for run in 1 2; do
     echo "GLA-1.3B, bf16 weights, batch 1, run $run:"
     ./mixc run ../models/bench/gla-1.3b.toml --weights $w --target cuda --prompt-ids "$ids" \
-      --max-new-tokens "${STEPS:-64}" | tail -2 || status=1
+      --max-new-tokens "${STEPS:-64}" | tail -3 || status=1
   done
+  echo "GLA-1.3B, bf16 weights, batch 1, decode value blocks of 16 (MIXC_DECODE_BLOCK_V=16):"
+  MIXC_DECODE_BLOCK_V=16 ./mixc run ../models/bench/gla-1.3b.toml --weights $w --target cuda --prompt-ids "$ids" \
+    --max-new-tokens "${STEPS:-64}" | tail -2 || status=1
   echo "GLA-1.3B, bf16 weights, batch 1, projections by cuBLAS (MIXC_GEMV=0):"
   MIXC_GEMV=0 ./mixc run ../models/bench/gla-1.3b.toml --weights $w --target cuda --prompt-ids "$ids" \
     --max-new-tokens "${STEPS:-64}" | tail -2 || status=1
