@@ -152,7 +152,7 @@ pub fn jit_with(source: MixerSource, target: Target, opts: JitOptions) -> Result
     let base = match opts.chunk.or(g.chunk) {
         Some(chunk) => Schedule::with_chunk(chunk),
         None => {
-            let dev = profile_for(target)?;
+            let dev = device_profile(target)?;
             crate::pricing::auto_schedule(&g.name, &g.graph, &dev, &crate::pricing::default_point(&dev))?
         }
     };
@@ -194,7 +194,7 @@ pub fn jit_with(source: MixerSource, target: Target, opts: JitOptions) -> Result
 /// The device profile `chunk = "auto"` is priced on for a target: the
 /// calibrated CPU profile (`mixc calibrate`) or the built-in one, the H100's
 /// for CUDA (the latency terms are the same on an H200).
-fn profile_for(target: Target) -> Result<mixc_passes::device::DeviceProfile, Error> {
+pub fn device_profile(target: Target) -> Result<mixc_passes::device::DeviceProfile, Error> {
     match target {
         Target::Cpu | Target::Reference => Ok(crate::calibrate::choose_profile("cpu", None)?.profile),
         #[cfg(feature = "cuda")]

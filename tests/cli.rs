@@ -731,6 +731,32 @@ fn batch_sequences_do_not_leak_into_each_other() {
 /// prompt, the same as each prompt run alone; prompts come as repeated
 /// `--prompt-ids` or separated by `;`, and as text through a tokenizer.
 #[test]
+fn run_bench_repeats_the_run_and_prices_the_decode_step() {
+    let out = mixc(&["run", "models/gla.toml", "--bench", "--bench-runs", "2", "--max-new-tokens", "3"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert!(s.contains("weights made (random)"), "{s}");
+    assert!(s.contains("prefill: 64 tokens"), "the default prompt: {s}");
+    assert!(s.contains("bench (2 runs after the one above, medians): prefill 64 tokens"), "{s}");
+    let line = s.lines().find(|l| l.starts_with("bench: decode")).unwrap_or_else(|| panic!("{s}"));
+    // The floor is the model's f32 weights at the profile's bandwidth, a
+    // positive time (a tiny model's weights sit in cache: the ratio only has
+    // to be a number).
+    let times_floor: f64 = line
+        .rsplit(": ")
+        .next()
+        .and_then(|t| t.strip_suffix("× the floor"))
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(times_floor > 0.0 && times_floor.is_finite(), "{line}");
+    assert!(line.contains("MB of weights at"), "{line}");
+    // Without --bench, weights are required.
+    let out = mixc(&["run", "models/gla.toml", "--prompt-ids", "1 2"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no weights: expected --weights"), "{}", text(&out.stderr));
+}
+
+#[test]
 fn run_generates_for_a_batch_of_prompts() {
     let w = TempFile::new("batch-w", "safetensors", "");
     let out = mixc(&["init-weights", "models/gla.toml", "-o", w.arg(), "--seed", "2"]);

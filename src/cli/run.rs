@@ -19,8 +19,9 @@ pub struct RunArgs {
     pub file: PathBuf,
     /// Weights (safetensors; names in the README, or a checkpoint's own
     /// names mapped by the model file's [weights] section).
+    /// Required unless --bench, which then runs random weights (`--seed`).
     #[arg(long, value_name = "W.safetensors")]
-    pub weights: PathBuf,
+    pub weights: Option<PathBuf>,
     /// A prompt as token ids separated by spaces. Repeat the option, or
     /// separate prompts by `;`, for a batch of sequences (of any lengths,
     /// each with its own caches).
@@ -46,6 +47,16 @@ pub struct RunArgs {
     /// Print the bytes each layer's cache holds after prefill and after decoding.
     #[arg(long)]
     pub report_memory: bool,
+    /// After the run, run the same prompts again --bench-runs times and print
+    /// the medians: prefill tokens/s, decode ms per step and per token, and the
+    /// decode step against its floor (every weight read once at the device
+    /// profile's memory bandwidth). Without a prompt, 64 tokens; without
+    /// --weights, random weights.
+    #[arg(long)]
+    pub bench: bool,
+    /// Timed runs of --bench.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub bench_runs: usize,
     /// With --target cuda: the dtype of the projection weights on the GPU
     /// (bf16 halves the bytes a decode step reads; f32 gives the CPU's logits).
     #[arg(long, value_enum, default_value_t = GpuWeights::Bf16)]
@@ -139,41 +150,24 @@ impl Drop for Progress {
     }
 }
 
-pub fn run(args: &RunArgs) -> Result<String, Error> {
-    let start = Instant::now();
-    let mut batch = parse_prompt_ids(&args.prompt_ids)?;
-    let tokenizer = match &args.tokenizer {
-        Some(path) => Some(Tokenizer::load(path)?),
-        None => None,
-    };
-    if let Some(tok) = &tokenizer {
-        for text in &args.prompt {
-            batch.push(tok.encode(text)?);
-        }
-    }
-    if batch.is_empty() {
-        return Err(Error::Usage(
-            "no prompt: expected --prompt-ids \"1 2 3\" (or --prompt TEXT with --tokenizer)".into(),
-        ));
-    }
-    let target = super::exec::jit_target(args.target)?;
-    let read_start = Instant::now();
-    let weights = st::load(&args.weights)?;
-    let read_s = read_start.elapsed().as_secs_f64();
-    let load_start = Instant::now();
-    let on_gpu = match args.gpu_weights {
-        GpuWeights::Bf16 => WeightsDtype::Bf16,
-        GpuWeights::F32 => WeightsDtype::F32,
-    };
-    let model = Model::load_with(&args.file, weights, target, on_gpu)?;
-    let load_s = load_start.elapsed().as_secs_f64();
+/// What one prefill of every prompt and its decode produced.
+struct Generated {
+    /// Per sequence: the generated ids.
+    ids: Vec<Vec<u32>>,
+    prefill_s: f64,
+    decode_s: f64,
+    /// The cache report (`--report-memory`).
+    memory: String,
+    side_by_side: bool,
+}
+
+/// Prefills every prompt of `batch` (each from new caches) and decodes
+/// `max_new_tokens − 1` more tokens for each, side by side where the model
+/// allows it.
+fn generate(model: &Model, batch: &[Vec<u32>], args: &RunArgs, progress: &mut Progress) -> Result<Generated, Error> {
     let (vocab, layers) = (model.vocab(), model.layers());
     let mut rng = SplitMix::new(args.seed);
     let mut caches: Vec<Cache> = batch.iter().map(|_| model.new_cache()).collect();
-    let prompt_tokens: usize = batch.iter().map(Vec::len).sum();
-    let steps = batch.len() * args.max_new_tokens.saturating_sub(1);
-    let mut progress = Progress::new((prompt_tokens + steps) as u64);
-
     // Several sequences on the GPU decode side by side where the model
     // allows it (one pass over the weights per step for all of them).
     let mut side_by_side = if batch.len() > 1 && model.batch_unsupported().is_none() {
@@ -194,7 +188,6 @@ pub fn run(args: &RunArgs) -> Result<String, Error> {
         progress.step("prefill", ids.len() as u64);
     }
     let prefill_s = t0.elapsed().as_secs_f64();
-    let first_token_s = start.elapsed().as_secs_f64();
     let mut memory = String::new();
     let report = |memory: &mut String, when: &str, caches: &[Cache], side: &Option<Cache>| {
         if let Some(all) = side {
@@ -234,29 +227,90 @@ pub fn run(args: &RunArgs) -> Result<String, Error> {
         }
     }
     let decode_s = t1.elapsed().as_secs_f64();
-    drop(progress);
     report(&mut memory, &format!("after {} tokens", generated[0].len()), &caches, &side_by_side);
+    Ok(Generated { ids: generated, prefill_s, decode_s, memory, side_by_side: side_by_side.is_some() })
+}
+
+/// The median of `v` (not empty).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Prompt tokens of `--bench` without a prompt.
+const BENCH_PROMPT: usize = 64;
+
+pub fn run(args: &RunArgs) -> Result<String, Error> {
+    let start = Instant::now();
+    let mut batch = parse_prompt_ids(&args.prompt_ids)?;
+    let tokenizer = match &args.tokenizer {
+        Some(path) => Some(Tokenizer::load(path)?),
+        None => None,
+    };
+    if let Some(tok) = &tokenizer {
+        for text in &args.prompt {
+            batch.push(tok.encode(text)?);
+        }
+    }
+    if batch.is_empty() && !args.bench {
+        return Err(Error::Usage(
+            "no prompt: expected --prompt-ids \"1 2 3\" (or --prompt TEXT with --tokenizer)".into(),
+        ));
+    }
+    let target = super::exec::jit_target(args.target)?;
+    let read_start = Instant::now();
+    let weights = match (&args.weights, args.bench) {
+        (Some(path), _) => st::load(path)?,
+        (None, true) => Model::init_weights(&args.file, args.seed)?,
+        (None, false) => {
+            return Err(Error::Usage(
+                "no weights: expected --weights W.safetensors (`mixc init-weights` writes random ones; --bench \
+                 runs random weights without it)"
+                    .into(),
+            ))
+        }
+    };
+    let read_s = read_start.elapsed().as_secs_f64();
+    let load_start = Instant::now();
+    let on_gpu = match args.gpu_weights {
+        GpuWeights::Bf16 => WeightsDtype::Bf16,
+        GpuWeights::F32 => WeightsDtype::F32,
+    };
+    let model = Model::load_with(&args.file, weights, target, on_gpu)?;
+    let load_s = load_start.elapsed().as_secs_f64();
+    if batch.is_empty() {
+        let vocab = model.vocab().max(1) as u32;
+        batch.push((1..=BENCH_PROMPT as u32).map(|i| i % vocab).collect());
+    }
+    let prompt_tokens: usize = batch.iter().map(Vec::len).sum();
+    let steps = batch.len() * args.max_new_tokens.saturating_sub(1);
+    let mut progress = Progress::new((prompt_tokens + steps) as u64);
+    let loaded_s = start.elapsed().as_secs_f64();
+    let g = generate(&model, &batch, args, &mut progress)?;
+    let first_token_s = loaded_s + g.prefill_s;
+    drop(progress);
 
     let mut out = String::new();
-    for g in &generated {
-        let list: Vec<String> = g.iter().map(|x| x.to_string()).collect();
+    for ids in &g.ids {
+        let list: Vec<String> = ids.iter().map(|x| x.to_string()).collect();
         let _ = writeln!(out, "{}", list.join(" "));
     }
     if let Some(tok) = &tokenizer {
-        for g in &generated {
-            let _ = writeln!(out, "text: {:?}", tok.decode(g)?);
+        for ids in &g.ids {
+            let _ = writeln!(out, "text: {:?}", tok.decode(ids)?);
         }
     }
-    let seqs = match (&side_by_side, batch.len()) {
+    let seqs = match (g.side_by_side, batch.len()) {
         (_, 1) => String::new(),
-        (Some(_), n) => format!(" in {n} sequences side by side"),
-        (None, n) => format!(" in {n} sequences"),
+        (true, n) => format!(" in {n} sequences side by side"),
+        (false, n) => format!(" in {n} sequences"),
     };
     let (compile_s, place_s) = model.load_seconds();
     let _ = writeln!(
         out,
-        "startup: weights read in {read_s:.3} s, mixers compiled and weights placed in {load_s:.3} s \
+        "startup: weights {} in {read_s:.3} s, mixers compiled and weights placed in {load_s:.3} s \
          ({compile_s:.3} s compiling, {place_s:.3} s placing){}",
+        if args.weights.is_some() { "read" } else { "made (random)" },
         match model.device_weight_bytes() {
             0 => String::new(),
             n => format!(" ({:.2} GB on the GPU)", n as f64 / 1e9),
@@ -265,25 +319,73 @@ pub fn run(args: &RunArgs) -> Result<String, Error> {
     let _ = writeln!(
         out,
         "prefill: {prompt_tokens} tokens{seqs} in {:.3} s ({:.1} tokens/s); first token after {:.3} s",
-        prefill_s,
-        prompt_tokens as f64 / prefill_s.max(1e-9),
+        g.prefill_s,
+        prompt_tokens as f64 / g.prefill_s.max(1e-9),
         first_token_s
     );
     if steps > 0 {
         let per_step = if batch.len() > 1 {
-            format!(", {:.2} ms per step of the batch", 1e3 * decode_s / (args.max_new_tokens - 1) as f64)
+            format!(", {:.2} ms per step of the batch", 1e3 * g.decode_s / (args.max_new_tokens - 1) as f64)
         } else {
             String::new()
         };
         let _ = writeln!(
             out,
             "decode: {steps} tokens{seqs} in {:.3} s ({:.2} ms/token{per_step})",
-            decode_s,
-            1e3 * decode_s / steps as f64
+            g.decode_s,
+            1e3 * g.decode_s / steps as f64
         );
     }
+    if args.bench {
+        out.push_str(&bench(&model, &batch, args, target)?);
+    }
     if args.report_memory {
-        out.push_str(&memory);
+        out.push_str(&g.memory);
+    }
+    Ok(out)
+}
+
+/// `--bench`: the same prefill and decode `--bench-runs` times more (the run
+/// above warmed up: kernels compiled and loaded, graphs captured), their
+/// medians, and the decode step against its floor, reading every weight once
+/// at the memory bandwidth of the target's device profile.
+fn bench(model: &Model, batch: &[Vec<u32>], args: &RunArgs, target: mixc::jit::Target) -> Result<String, Error> {
+    let runs = args.bench_runs.max(1);
+    let (mut prefill, mut decode) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
+    for _ in 0..runs {
+        let g = generate(model, batch, args, &mut Progress::new(0))?;
+        prefill.push(g.prefill_s);
+        decode.push(g.decode_s);
+    }
+    let prompt_tokens: usize = batch.iter().map(Vec::len).sum();
+    let step_count = args.max_new_tokens.saturating_sub(1);
+    let (p, d) = (median(prefill), median(decode));
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "bench ({runs} runs after the one above, medians): prefill {prompt_tokens} tokens in {:.3} s ({:.1} tokens/s)",
+        p,
+        prompt_tokens as f64 / p.max(1e-9)
+    );
+    if step_count > 0 {
+        let step_ms = 1e3 * d / step_count as f64;
+        let profile = mixc::jit::device_profile(target)?;
+        let bytes = model.weight_bytes();
+        let floor_ms = 1e3 * bytes as f64 / profile.dram_bw.max(1.0);
+        let _ = writeln!(
+            out,
+            "bench: decode {:.3} ms per step ({} sequence{}; {:.3} ms/token); floor {:.3} ms ({:.1} MB of weights \
+             at {:.0} GB/s, profile `{}`): {:.1}× the floor",
+            step_ms,
+            batch.len(),
+            if batch.len() == 1 { "" } else { "s" },
+            step_ms / batch.len() as f64,
+            floor_ms,
+            bytes as f64 / 1e6,
+            profile.dram_bw / 1e9,
+            profile.name,
+            step_ms / floor_ms.max(1e-12)
+        );
     }
     Ok(out)
 }

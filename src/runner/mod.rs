@@ -306,6 +306,15 @@ impl Model {
         self.load_seconds
     }
 
+    /// Bytes of the weights a forward pass reads: the card's copy on the GPU,
+    /// the f32 tensors on the host.
+    pub fn weight_bytes(&self) -> usize {
+        match self.device_weight_bytes() {
+            0 => self.weights.values().map(|t| 4 * t.numel()).sum(),
+            n => n,
+        }
+    }
+
     /// Bytes of the weights on the GPU (0 for a model that runs on the host).
     pub fn device_weight_bytes(&self) -> usize {
         #[cfg(feature = "cuda")]
