@@ -49,9 +49,35 @@ pub struct Lowering<'g> {
     /// computed inside the kernel of its one elementwise consumer instead of
     /// a kernel of its own (see `generic::inline_plan`).
     inline: Vec<Option<usize>>,
+    /// Per op: computed by the kernel of the op that produces its operand (a
+    /// row norm's weight, see `generic::rows`), so not lowered on its own.
+    absorbed: Vec<bool>,
 }
 
 impl<'g> Lowering<'g> {
+    /// Declares the input buffer of graph input `v` (once: a kernel that
+    /// reads an input declared later in the graph declares it first).
+    pub fn input_buffer(&mut self, v: ValueId) {
+        if self.buf_of.get(v.index()).copied().flatten().is_some() {
+            return;
+        }
+        let OpKind::Input { name, shape, optional, .. } = &self.g.op(self.g.value(v).op).kind else { return };
+        let dtype = self.dtype_of[v.index()];
+        let shape = shape.iter().map(|d| Count::Dim(*d)).collect();
+        let role = BufferRole::Input { name: name.clone(), optional: *optional };
+        let b = self.prog.add_buffer(name, dtype, shape, role);
+        if let Some(slot) = self.buf_of.get_mut(v.index()) {
+            *slot = Some(b);
+        }
+    }
+
+    /// Marks op `i` as computed inside another op's kernel.
+    pub fn absorb(&mut self, i: usize) {
+        if let Some(a) = self.absorbed.get_mut(i) {
+            *a = true;
+        }
+    }
+
     /// The buffer holding value `v` (made as scratch on first use).
     pub fn buffer(&mut self, v: ValueId) -> usize {
         if let Some(Some(b)) = self.buf_of.get(v.index()) {
@@ -149,12 +175,16 @@ pub fn lower(g: &Graph, sched: &Schedule) -> Result<Program, LowerError> {
         dtype_of: storage::buffer_dtypes(g, sched.storage.dtype()),
         fused: plan.fused,
         inline: Vec::new(),
+        absorbed: vec![false; g.ops.len()],
     };
     let lowered: Vec<bool> = plan.actions.iter().map(|a| matches!(a, conv_prologue::Action::Lower)).collect();
     lw.inline = generic::inline_plan(g, &lowered);
     let mut deferred = Vec::new();
-    for (op, action) in g.ops.iter().zip(&plan.actions) {
+    for (i, (op, action)) in g.ops.iter().zip(&plan.actions).enumerate() {
         if op.results.first().is_some_and(|r| lw.inline.get(r.index()).copied().flatten().is_some()) {
+            continue;
+        }
+        if lw.absorbed.get(i).copied().unwrap_or(false) {
             continue;
         }
         match *action {
@@ -171,13 +201,7 @@ pub fn lower(g: &Graph, sched: &Schedule) -> Result<Program, LowerError> {
             }
         }
         match &op.kind {
-            OpKind::Input { name, shape, optional, .. } => {
-                let dtype = lw.dtype_of[op.results[0].index()];
-                let shape = shape.iter().map(|d| Count::Dim(*d)).collect();
-                let role = BufferRole::Input { name: name.clone(), optional: *optional };
-                let b = lw.prog.add_buffer(name, dtype, shape, role);
-                lw.buf_of[op.results[0].index()] = Some(b);
-            }
+            OpKind::Input { .. } => lw.input_buffer(op.results[0]),
             OpKind::LinearRecurrence(r) => match r.transition {
                 mixc_ir::ops::Transition::Delta | mixc_ir::ops::Transition::GatedDelta => delta::lower(&mut lw, op, r)?,
                 _ => recurrence::lower(&mut lw, op, r)?,

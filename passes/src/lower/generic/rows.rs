@@ -304,7 +304,57 @@ fn normalize_tiled(lw: &mut Lowering, op: &OpNode, kind: NormKind, dim: DimId, e
     if shape != lw.g.ty(out).shape || !innermost(lw, x) || !innermost(lw, out) {
         return None;
     }
-    Some(normalize_rows(lw, op, kind, dim, eps, x, out, &shape))
+    let epilogue = epilogue(lw, out, dim).filter(|e| innermost(lw, e.result));
+    if let Some(e) = &epilogue {
+        lw.absorb(e.op);
+        // A weight input declared after the norm: its buffer, not scratch.
+        lw.input_buffer(e.weight);
+    }
+    Some(normalize_rows(lw, op, kind, dim, eps, x, out, &shape, epilogue.as_ref()))
+}
+
+/// An elementwise op a row norm's kernel computes as it stores: `y = n · w`
+/// or `n + w` of the norm's result `n` and a weight `w` along the normed dim
+/// alone (the norm's scale and shift), where `y` is `n`'s one use.
+struct Epilogue {
+    /// The op's index in the graph (not lowered on its own).
+    op: usize,
+    func: BinaryFn,
+    weight: ValueId,
+    result: ValueId,
+}
+
+/// The [`Epilogue`] of norm result `n` (normed along `dim`), if it has one:
+/// `n` is no graph output and has one use, a lowered `mul`/`add` of `n` and a
+/// weight of shape `[dim]` that is in a buffer of its own (an input, or made
+/// by an op before the norm), whose result has `n`'s shape.
+fn epilogue(lw: &Lowering, n: ValueId, dim: DimId) -> Option<Epilogue> {
+    let g = lw.g;
+    if g.outputs.iter().any(|(_, v)| *v == n) {
+        return None;
+    }
+    let mut uses = g.ops.iter().enumerate().filter(|(_, o)| o.operands.contains(&n));
+    let (i, user) = uses.next()?;
+    if uses.next().is_some() || user.results.len() != 1 || user.operands.len() != 2 {
+        return None;
+    }
+    let func = match user.kind {
+        OpKind::Binary(f @ (BinaryFn::Mul | BinaryFn::Add)) => f,
+        _ => return None,
+    };
+    let weight = *user.operands.iter().find(|v| **v != n)?;
+    let result = user.results[0];
+    // The weight must exist when the norm's kernel runs: an input, or the
+    // result of an op lowered (so launched) before the norm.
+    let producer = g.value(weight).op;
+    let ready = matches!(g.op(producer).kind, OpKind::Input { .. }) || producer.index() < g.value(n).op.index();
+    let fits = ready
+        && g.ty(weight).shape == [dim]
+        && g.ty(weight).dtype.is_float()
+        && g.ty(result).shape == g.ty(n).shape
+        && lw.inlined(weight).is_none()
+        && lw.inlined(result).is_none();
+    fits.then_some(Epilogue { op: i, func, weight, result })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -317,8 +367,11 @@ fn normalize_rows(
     x: ValueId,
     out: ValueId,
     shape: &[DimId],
+    epilogue: Option<&Epilogue>,
 ) -> R<()> {
     let lane_dims: Vec<DimId> = shape.iter().copied().filter(|d| *d != dim).collect();
+    // With an epilogue the kernel stores the epilogue's result, not the norm's.
+    let out = epilogue.map_or(out, |e| e.result);
     let mut k = Kern::new(lw, &kname(lw, op, out));
     let width = match lw.const_dim(dim) {
         Some(n) => (n.max(1) as u32).next_power_of_two().clamp(NORM_MIN_LANES, NORM_LANES),
@@ -328,6 +381,10 @@ fn normalize_rows(
     let rows_per = (k.block / width).max(1);
     let xo = k.operand(lw, x)?;
     let oo = k.operand(lw, out)?;
+    let wo = match epilogue {
+        Some(e) => Some((e.func, k.operand(lw, e.weight)?, lw.g.ty(e.result).dtype)),
+        None => None,
+    };
     let n = k.dim(lw, dim)?;
     let nrows = k.size(lw, kern::numel(&lane_dims))?;
     let mut sizes = vec![nrows];
@@ -382,7 +439,14 @@ fn normalize_rows(
         let (col, mask) = at(kb, s)?;
         let off = kb.add(x_base, col)?;
         let v = kb.load(xo.ptr, off, Some(mask), 0.0)?;
-        let q = kb.div(v, denom)?;
+        let mut q = kb.div(v, denom)?;
+        if let Some((func, wo, dtype)) = &wo {
+            let at = kern::offset(kb, wo, &[(dim, col)])?;
+            let w = kb.load(wo.ptr, at, Some(mask), 0.0)?;
+            // Rounded as the elementwise op's own kernel rounds its result.
+            let y = kb.binary(*func, q, w)?;
+            q = kern::round_to(kb, y, *dtype)?;
+        }
         let off = kb.add(o_base, col)?;
         kb.store(oo.ptr, off, q, Some(mask))?;
         Ok(vec![])
