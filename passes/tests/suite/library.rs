@@ -101,3 +101,23 @@ fn every_mixer_in_f32() {
         check(&g, &Schedule::with_chunk(16), &ins, Precision::F32, 1e-4);
     }
 }
+
+/// Work that needs no kernel of its own: RetNet's per-head decay (constants
+/// and head indices only) is computed where it is broadcast, and an output
+/// norm's weight as the norm stores. A decode step of RetNet with an output
+/// norm is three kernels (decay, step, norm) and still exact.
+#[test]
+fn constant_chains_and_norm_weights_take_no_kernels_of_their_own() {
+    let g = build(&table("retnet", 3, 17, 24, "output_norm = true\n"));
+    let sched = Schedule::decode();
+    let prog = mixc_passes::lower(&g, &sched).unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<&str> = prog.kernels.iter().map(|k| k.name.as_str()).collect();
+    assert_eq!(prog.launches.len(), 3, "{names:?}");
+    assert!(names.iter().all(|n| !n.starts_with("mul_") && !n.starts_with("log_")), "{names:?}");
+    let ins = random_inputs(&g, &sizes(2, 1), 11, true);
+    check(&g, &sched, &ins, Precision::F64, 1e-9);
+    let gla =
+        build(&table("gla", 2, 24, 17, "gate = { activation = \"logsigmoid\", tau = 16.0 }\noutput_norm = true\n"));
+    let prog = mixc_passes::lower(&gla, &sched).unwrap_or_else(|e| panic!("{e}"));
+    assert!(prog.kernels.iter().all(|k| k.name != "mul_o"), "the norm's weight has its own kernel");
+}

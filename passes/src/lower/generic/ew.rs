@@ -31,6 +31,7 @@ fn mappable(kind: &OpKind) -> bool {
     matches!(
         kind,
         OpKind::Const { .. }
+            | OpKind::Iota { .. }
             | OpKind::Unary(_)
             | OpKind::Binary(_)
             | OpKind::Select
@@ -60,6 +61,15 @@ pub fn inline_plan(g: &Graph, lowered: &[bool]) -> Vec<Option<usize>> {
         }
     }
     let outputs: Vec<ValueId> = g.outputs.iter().map(|(_, v)| *v).collect();
+    // Per value: computed from constants and indices alone, by mappable ops
+    // (ops come in order: operands before their users).
+    let mut pure = vec![false; g.values.len()];
+    for op in &g.ops {
+        let is = mappable(&op.kind) && op.operands.iter().all(|x| pure[x.index()]);
+        for r in &op.results {
+            pure[r.index()] = is;
+        }
+    }
     let mut out = vec![None; g.values.len()];
     for (vi, p) in producer.iter().enumerate() {
         let Some(p) = *p else { continue };
@@ -74,6 +84,14 @@ pub fn inline_plan(g: &Graph, lowered: &[bool]) -> Vec<Option<usize>> {
         let consumers_ok =
             users[vi].iter().all(|&u| lowered.get(u).copied().unwrap_or(false) && mappable(&g.ops[u].kind));
         let constant = matches!(op.kind, OpKind::Const { .. });
+        // A value of constants and indices alone (RetNet's per-head decay:
+        // iota, sub, pow, log over [H]) is computed where it is used, in
+        // every consumer that indexes all of its dims.
+        let covered = users[vi].iter().all(|&u| {
+            let r = g.ops[u].results[0];
+            g.ty(v).shape.iter().all(|d| g.ty(r).shape.contains(d))
+        });
+        let pure = pure[vi] && covered;
         // One-operand producers only: longer inlined chains raise the
         // consumer's registers past what the PTX plan's estimate knows.
         let unary = matches!(op.kind, OpKind::Unary(_) | OpKind::Cast(_));
@@ -84,7 +102,7 @@ pub fn inline_plan(g: &Graph, lowered: &[bool]) -> Vec<Option<usize>> {
             b.sort_by_key(|d| d.index());
             a == b
         };
-        if consumers_ok && (constant || same) {
+        if consumers_ok && (constant || same || pure) {
             out[vi] = Some(p);
         }
     }
@@ -131,7 +149,6 @@ pub fn lower(lw: &mut Lowering, op: &OpNode) -> Option<R<()>> {
         return Some(map(lw, op, f));
     }
     Some(match &op.kind {
-        OpKind::Iota { .. } => map(lw, op, Box::new(|_, sp, _| Ok(sp.flat))),
         OpKind::Indices { values, .. } => {
             let values = values.clone();
             map(lw, op, Box::new(move |kb, sp, _| indices(kb, sp.flat, &values)))
@@ -171,6 +188,14 @@ fn func(lw: &Lowering, op: &OpNode) -> Option<EwFn> {
             })
         }
         OpKind::Select => Box::new(|kb, _, x| kb.select(x[0], x[1], x[2])),
+        OpKind::Iota { dim } => {
+            let dim = *dim;
+            Box::new(move |_, sp, _| match sp.at(dim) {
+                Some(i) => Ok(i),
+                // Its own kernel's space is the iota's one dim, flat.
+                None => Ok(sp.flat),
+            })
+        }
         OpKind::Cast(to) => {
             let to = *to;
             Box::new(move |kb, _, x| cast(kb, x[0], to))
