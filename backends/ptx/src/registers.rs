@@ -50,6 +50,12 @@ impl RegisterFeatures {
     /// largest fused delta-rule kernels (chunk 64: ~165 for 205–246), whose
     /// occupancy is one CTA either way. Not capped: past 255
     /// `ptxas` spills.
+    ///
+    /// Kernels with one element per thread and no `dot` (GPU decode steps'
+    /// generic kernels in blocks of 128 since 2026-12-06) take half of that:
+    /// no index math per element, and `ptxas` keeps their few scalars in
+    /// registers it reuses (`ptxas` 8–32 against this fit's 25–52 for the
+    /// zoo's 60-odd such kernels; halved, within a few registers).
     pub fn estimate(&self) -> u32 {
         let x = 19.0
             + 1.4 * f64::from(self.pointers)
@@ -57,6 +63,7 @@ impl RegisterFeatures {
             + 0.8 * f64::from(self.mma)
             + 0.34 * f64::from(self.trips)
             + 0.35 * f64::from(self.loop_trips);
+        let x = if self.trips <= 1 && self.mma == 0 { x / 2.0 } else { x };
         x.round().clamp(16.0, f64::from(u32::MAX)) as u32
     }
 }
