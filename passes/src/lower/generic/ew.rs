@@ -4,13 +4,14 @@
 //! unary and binary math, where, casts, clamp, broadcast, permute, mix,
 //! dequantization and rotary embeddings.
 //!
-//! Chains fuse: a one-operand elementwise op (unary math, a cast) whose
-//! value has one consumer, itself elementwise over the same elements, is
-//! computed inside that consumer's kernel (recursively), as is every
-//! constant: a gate's `logsigmoid(g) · (1/τ)` is one kernel, not three
-//! (`inline_plan`). Longer chains (binary producers) would fuse the same
-//! way, but raise registers past what the PTX plan's register estimate
-//! models (its fit is on unfused kernels): refit it first.
+//! Chains fuse: an elementwise op whose value has one consumer, itself
+//! elementwise over the same elements, is computed inside that consumer's
+//! kernel (recursively), as is every constant and every value of constants
+//! and indices alone: a gate's `logsigmoid(g) · (1/τ)` is one kernel, not
+//! three, and so is lizard's `(o + num·e) / …` numerator (`inline_plan`). A
+//! value with two consumers, or broadcast to more elements than its own,
+//! keeps its kernel (fusing would compute it again). The `ptxas` test keeps
+//! the register estimate within its bounds on the fused kernels.
 //!
 //! Speedups left for later: contiguous operands could skip the div/rem index
 //! decomposition.
@@ -47,8 +48,9 @@ fn mappable(kind: &OpKind) -> bool {
 /// Per value, the op that computes it inside its consumer's kernel: every
 /// value of a [`mappable`] op (that is lowered, `lowered[op]`) whose
 /// consumers are all lowered mappable ops and which is no graph output,
-/// where it is a constant, or a one-operand op whose one consumer covers the
-/// same elements (so nothing is computed twice).
+/// where it is a constant, a value of constants and indices alone (in
+/// consumers that index all its dims), or any such op whose one consumer
+/// covers the same elements (so nothing is computed twice).
 pub fn inline_plan(g: &Graph, lowered: &[bool]) -> Vec<Option<usize>> {
     let mut producer = vec![None; g.values.len()];
     let mut users: Vec<Vec<usize>> = vec![Vec::new(); g.values.len()];
@@ -92,10 +94,9 @@ pub fn inline_plan(g: &Graph, lowered: &[bool]) -> Vec<Option<usize>> {
             g.ty(v).shape.iter().all(|d| g.ty(r).shape.contains(d))
         });
         let pure = pure[vi] && covered;
-        // One-operand producers only: longer inlined chains raise the
-        // consumer's registers past what the PTX plan's estimate knows.
-        let unary = matches!(op.kind, OpKind::Unary(_) | OpKind::Cast(_));
-        let same = unary && users[vi].len() == 1 && {
+        // Any elementwise producer with one consumer over the same elements:
+        // chains (exp, mul, add, div…) become one kernel.
+        let same = users[vi].len() == 1 && {
             let mut a = g.ty(v).shape.clone();
             let mut b = g.ty(g.ops[users[vi][0]].results[0]).shape.clone();
             a.sort_by_key(|d| d.index());
