@@ -36,11 +36,9 @@ if [ "${BENCH:-1}" = 1 ]; then
   w=/tmp/gla-1.3b.safetensors
   [ -f $w ] || ./mixc init-weights ../models/bench/gla-1.3b.toml -o $w --seed 1 --bf16
   ids=$(seq 1 "${PROMPT:-64}" | tr '\n' ' ')
-  for run in 1 2; do
-    echo "GLA-1.3B, bf16 weights, batch 1, run $run:"
-    ./mixc run ../models/bench/gla-1.3b.toml --weights $w --target cuda --prompt-ids "$ids" \
-      --max-new-tokens "${STEPS:-64}" | tail -3 || status=1
-  done
+  echo "GLA-1.3B, bf16 weights, batch 1 (--bench: medians of 3 runs after the first):"
+  ./mixc run ../models/bench/gla-1.3b.toml --weights $w --target cuda --prompt-ids "$ids" \
+    --max-new-tokens "${STEPS:-64}" --bench | tail -5 || status=1
   echo "GLA-1.3B, bf16 weights, batch 1, decode value blocks of 16 (MIXC_DECODE_BLOCK_V=16):"
   MIXC_DECODE_BLOCK_V=16 ./mixc run ../models/bench/gla-1.3b.toml --weights $w --target cuda --prompt-ids "$ids" \
     --max-new-tokens "${STEPS:-64}" | tail -2 || status=1
