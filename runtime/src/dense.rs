@@ -282,11 +282,8 @@ impl Dense {
             (4, 64, 176, Act::F32, true),
             (4, 200, 1000, Act::Bf16, false),
         ];
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            half::bf16::from_f32(((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0).to_f32()
-        };
+        let mut rng = mixc_ir::mixers::inputs::SplitMix::new(0x9e37_79b9);
+        let mut next = move || half::bf16::from_f32((rng.uniform() * 2.0 - 1.0) as f32).to_f32();
         let mut out = Vec::new();
         for (rows, n_out, inner, y_act, accumulate) in cases {
             let w: Vec<f32> = (0..n_out * inner).map(|_| next()).collect();

@@ -85,8 +85,6 @@ pub(super) struct DeviceModel {
     /// `None` with tied embeddings.
     head: Option<Linear>,
     norm: DeviceNorm,
-    /// The block norms' kind (`[model] norm`).
-    norm_kind: RowNorm,
     layers: Vec<DeviceLayer>,
     /// The widest per-token activation any projection reads or writes.
     widest: usize,
@@ -236,10 +234,6 @@ impl DeviceModel {
             embed,
             head,
             norm,
-            norm_kind: match model.cfg.norm {
-                NormChoice::Rmsnorm => RowNorm::Rms,
-                NormChoice::Layernorm => RowNorm::Layer,
-            },
             layers,
             widest,
             work: RefCell::new(None),
@@ -330,19 +324,21 @@ impl DeviceModel {
         Ok(logits)
     }
 
-    /// `out = norm(x)` by the model's block norm, rows of `d`.
-    #[allow(clippy::too_many_arguments)]
+    /// `out = norm(x)` over `rows` rows by the model's block norm (`[model] norm`).
     fn block_norm(
         &self,
+        model: &Model,
         out: &mut DeviceTensor,
         x: &DeviceTensor,
         norm: &DeviceNorm,
         rows: usize,
-        d: usize,
-        eps: f32,
     ) -> Result<(), Error> {
-        let (w, b) = (&norm.weight, norm.bias.as_ref());
-        Ok(self.dense.norm(&self.runner, self.norm_kind, &mut out.buf, &x.buf, w, b, rows, d, eps)?)
+        let kind = match model.cfg.norm {
+            NormChoice::Rmsnorm => RowNorm::Rms,
+            NormChoice::Layernorm => RowNorm::Layer,
+        };
+        let (w, b, d) = (&norm.weight, norm.bias.as_ref(), model.cfg.d_model as usize);
+        Ok(self.dense.norm(&self.runner, kind, &mut out.buf, &x.buf, w, b, rows, d, model.eps)?)
     }
 
     /// Queues the whole model over the tokens in the workspace: embedding,
@@ -357,15 +353,15 @@ impl DeviceModel {
         runs: &mut [Option<KeptRun>],
     ) -> Result<(), Error> {
         let (r, dense) = (&self.runner, &self.dense);
-        let (d, t, eps) = (model.cfg.d_model as usize, w.rows, model.eps);
+        let t = w.rows;
         dense.embed(r, &mut w.x.buf, &self.embed.weight, &w.ids.buf, t)?;
         for (li, layer) in self.layers.iter().enumerate() {
-            self.block_norm(&mut w.h, &w.x, &layer.mixer_norm, t, d, eps)?;
+            self.block_norm(model, &mut w.h, &w.x, &layer.mixer_norm, t)?;
             let lm = &model.mixers[model.layers[li]];
             let kept = if decode { runs.get_mut(li) } else { None };
             self.mixer(lm, li, layer, cache, w, kept, carry)?;
             if let Some(m) = &layer.mlp {
-                self.block_norm(&mut w.h, &w.x, &m.norm, t, d, eps)?;
+                self.block_norm(model, &mut w.h, &w.x, &m.norm, t)?;
                 dense.linear(r, &mut w.wide.buf, &w.h.buf, &m.up, t, false)?;
                 let hdn = m.down.inner();
                 match m.kind {
@@ -375,7 +371,7 @@ impl DeviceModel {
                 dense.linear(r, &mut w.x.buf, &w.wide_act.buf, &m.down, t, true)?;
             }
         }
-        self.block_norm(&mut w.h, &w.x, &self.norm, t, d, eps)?;
+        self.block_norm(model, &mut w.h, &w.x, &self.norm, t)?;
         let head = self.head.as_ref().unwrap_or(&self.embed);
         dense.linear(r, &mut w.logits.buf, &w.h.buf, head, t, false)?;
         Ok(())

@@ -387,6 +387,22 @@ proptest! {
 
 // ------------------------------------------------------- 16-bit storage --
 
+/// What `prog`'s input buffers hold of `raw` (rounded to each buffer's dtype),
+/// for the reference.
+fn held_inputs(prog: &Program, raw: &BTreeMap<String, Tensor>) -> BTreeMap<String, Tensor> {
+    raw.iter()
+        .map(|(n, x)| {
+            let d = prog
+                .buffers
+                .iter()
+                .find(|b| matches!(&b.role, BufferRole::Input { name, .. } if name == n))
+                .map(|b| b.dtype)
+                .unwrap_or(DType::F32);
+            (n.clone(), Tensor { shape: x.shape.clone(), data: x.data.iter().map(|v| d.round(*v)).collect() })
+        })
+        .collect()
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 16, max_shrink_iters: 16, ..ProptestConfig::default() })]
 
@@ -413,18 +429,7 @@ proptest! {
         let prog = lower(&g, &sched).unwrap_or_else(|e| panic!("{name}: {e}"));
         let raw = random_inputs(&g, &sizes(b, t), seed, with_state);
         // What the input buffers hold, for the reference.
-        let held: BTreeMap<String, Tensor> = raw
-            .iter()
-            .map(|(n, x)| {
-                let d = prog
-                    .buffers
-                    .iter()
-                    .find(|b| matches!(&b.role, BufferRole::Input { name, .. } if name == n))
-                    .map(|b| b.dtype)
-                    .unwrap_or(DType::F32);
-                (n.clone(), Tensor { shape: x.shape.clone(), data: x.data.iter().map(|v| d.round(*v)).collect() })
-            })
-            .collect();
+        let held = held_inputs(&prog, &raw);
         let want = interp::run(&g, &held).unwrap_or_else(|e| panic!("{name}: interp: {e}"));
         let (tile, _) = prog.run(&raw, Precision::F32).unwrap_or_else(|e| panic!("{name}: tile run: {e}"));
         let got = run_cpu(&prog, &raw);
@@ -1384,18 +1389,7 @@ fn f16_output_of_a_tiny_head_is_held_to_f16s_absolute_precision() {
     let sched = Schedule { storage: mixc_passes::Storage::F16, ..schedule(0, 16, 32) };
     let prog = lower(&g, &sched).unwrap_or_else(|e| panic!("{name}: {e}"));
     let raw = random_inputs(&g, &sizes(1, 1), 982156786934416989, false);
-    let held: BTreeMap<String, Tensor> = raw
-        .iter()
-        .map(|(n, x)| {
-            let d = prog
-                .buffers
-                .iter()
-                .find(|b| matches!(&b.role, BufferRole::Input { name, .. } if name == n))
-                .map(|b| b.dtype)
-                .unwrap_or(DType::F32);
-            (n.clone(), Tensor { shape: x.shape.clone(), data: x.data.iter().map(|v| d.round(*v)).collect() })
-        })
-        .collect();
+    let held = held_inputs(&prog, &raw);
     let want = interp::run(&g, &held).unwrap_or_else(|e| panic!("{name}: interp: {e}"));
     let got = run_cpu(&prog, &raw);
     let (o, w) = (&got["o"], &want["o"]);
