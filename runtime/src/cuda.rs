@@ -18,8 +18,11 @@ use crate::layout::{self, Poison};
 use crate::tensor::{Data, HostTensor};
 use cudarc::driver::sys::{self, CUfunction_attribute_enum};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
+    CudaContext, CudaFunction, CudaGraph, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
 };
+/// The device buffers of this API: words (`u32`; 16-bit values two to a
+/// word), and mutable views of ranges of them.
+pub use cudarc::driver::{CudaSlice, CudaViewMut};
 use cudarc::nvrtc::Ptx;
 use mixc_ir::interp::Tensor;
 use mixc_ir::tile::{Arg, BufferRole, ParamKind, Program};
@@ -191,6 +194,18 @@ impl PreparedRun {
     /// length (a carried state moves in and out without a copy).
     pub fn buffer_mut(&mut self, slot: usize) -> Option<&mut CudaSlice<u32>> {
         self.bufs.get_mut(slot)
+    }
+
+    /// The buffers of several distinct slots at once, in the order asked
+    /// (`None` if a slot is missing or asked twice).
+    pub fn buffers_mut(&mut self, slots: &[usize]) -> Option<Vec<&mut CudaSlice<u32>>> {
+        let mut found: Vec<Option<&mut CudaSlice<u32>>> = slots.iter().map(|_| None).collect();
+        for (i, b) in self.bufs.iter_mut().enumerate() {
+            if let Some(k) = slots.iter().position(|s| *s == i) {
+                found[k] = Some(b);
+            }
+        }
+        found.into_iter().collect()
     }
 }
 
@@ -570,6 +585,47 @@ impl CudaRunner {
             self.copy_in(&halves, &mut out.buf)?;
         } else {
             self.copy_in(data, &mut out.buf)?;
+        }
+        Ok(out)
+    }
+
+    /// A device tensor of `dtype` `shape` holding `parts` one after another
+    /// (stacked weights), each converted and copied on its own: no host copy
+    /// of the whole.
+    pub fn upload_f32_stacked(
+        &self,
+        parts: &[&[f32]],
+        shape: &[usize],
+        dtype: DType,
+    ) -> Result<DeviceTensor, CudaError> {
+        use rayon::prelude::*;
+        let n: usize = parts.iter().map(|p| p.len()).sum();
+        if n != shape.iter().product::<usize>() || !dtype.is_float() {
+            return Err(CudaError::Program(format!("{n} f32 values for a {dtype} tensor of shape {shape:?}")));
+        }
+        let half = layout::is_half(dtype);
+        if half && parts.iter().any(|p| p.len() % 2 != 0) {
+            // A part would start mid-word: stack on the host.
+            return self.upload_f32(&parts.concat(), shape, dtype);
+        }
+        let mut out = self.zeros(shape, dtype)?;
+        let mut at = 0;
+        for p in parts {
+            let words = layout::words_for(dtype, p.len());
+            let mut view = out.buf.slice_mut(at..at + words);
+            if half {
+                let halves: Vec<u16> = p.par_iter().map(|x| layout::half_bits(dtype, *x)).collect();
+                // Safety: u16 is a plain type; `transmute_mut` checks the length.
+                let mut v = unsafe { view.transmute_mut::<u16>(p.len()) }
+                    .ok_or_else(|| CudaError::Program("a stacked part larger than its rows".into()))?;
+                self.stream.memcpy_htod(&halves, &mut v).map_err(drv("copying to the device"))?;
+            } else {
+                // Safety: f32 is a plain type; `transmute_mut` checks the length.
+                let mut v = unsafe { view.transmute_mut::<f32>(p.len()) }
+                    .ok_or_else(|| CudaError::Program("a stacked part larger than its rows".into()))?;
+                self.stream.memcpy_htod(*p, &mut v).map_err(drv("copying to the device"))?;
+            }
+            at += words;
         }
         Ok(out)
     }

@@ -5,7 +5,6 @@
 //! runtime's `CudaSlice<u32>` words (16-bit values packed two to a word).
 
 use crate::cuda::{CudaError, CudaRunner, DeviceTensor};
-use crate::gemv;
 use crate::glue::{self, Act, RowNorm};
 use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
 use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
@@ -36,9 +35,17 @@ pub struct Dense {
     fns: BTreeMap<String, CudaFunction>,
     /// The dtype of the projections' operands.
     pub act: Act,
-    /// Projections of a few rows through [`gemv`] rather than cuBLAS
+    /// Projections of a few rows through [`crate::gemv`] rather than cuBLAS
     /// (bf16 operands; `MIXC_GEMV=0` turns it off).
-    gemv: bool,
+    pub(crate) gemv: bool,
+}
+
+/// Rows `first..first + count` of a weight matrix: one projection of
+/// several stacked into one matrix (they read the same input).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rows {
+    pub first: usize,
+    pub count: usize,
 }
 
 /// A projection's weight `[out, inner]` (in [`Dense::act`]) and optional f32 bias `[out]`.
@@ -54,24 +61,6 @@ impl Linear {
 
     pub fn inner(&self) -> usize {
         self.weight.shape.get(1).copied().unwrap_or(0)
-    }
-}
-
-/// One case of [`Dense::check_gemv`].
-#[derive(Clone, Debug)]
-pub struct GemvCase {
-    pub rows: usize,
-    pub out: usize,
-    pub inner: usize,
-    pub y: Act,
-    pub accumulate: bool,
-    pub worst: f64,
-}
-
-impl GemvCase {
-    /// Whether the error is within rounding: f32 accumulation, or bf16 output.
-    pub fn ok(&self) -> bool {
-        self.worst <= if self.y == Act::Bf16 { 1e-2 } else { 1e-4 }
     }
 }
 
@@ -113,7 +102,7 @@ impl Dense {
         Ok(Dense { blas, _workspace: workspace, fns, act, gemv })
     }
 
-    fn kernel(&self, name: &str) -> Result<&CudaFunction, CudaError> {
+    pub(crate) fn kernel(&self, name: &str) -> Result<&CudaFunction, CudaError> {
         self.fns.get(name).ok_or_else(|| CudaError::Program(format!("no glue kernel `{name}`")))
     }
 
@@ -148,11 +137,40 @@ impl Dense {
         rows: usize,
         accumulate: bool,
     ) -> Result<(), CudaError> {
-        let (out, inner) = (lin.out(), lin.inner());
-        let need_x = (rows * inner * self.act.elem_bytes()).div_ceil(4);
-        let need_y = (rows * out * y_dtype.elem_bytes()).div_ceil(4);
         if y_dtype != Act::F32 && lin.bias.is_some() {
             return Err(CudaError::Program("a biased projection needs an f32 output".into()));
+        }
+        let all = Rows { first: 0, count: lin.out() };
+        self.project(runner, y, y_dtype, x, &lin.weight, all, rows, accumulate)?;
+        self.add_bias(runner, y, lin, rows)
+    }
+
+    /// `y[rows, count] (+)= x[rows, inner] · W[part]ᵀ` (no bias): through
+    /// the GEMV for a decode step's few rows where it applies, else cuBLAS.
+    #[allow(clippy::too_many_arguments)]
+    pub fn project(
+        &self,
+        runner: &CudaRunner,
+        y: &mut CudaSlice<u32>,
+        y_dtype: Act,
+        x: &CudaSlice<u32>,
+        w: &DeviceTensor,
+        part: Rows,
+        rows: usize,
+        accumulate: bool,
+    ) -> Result<(), CudaError> {
+        let (all, inner) = (w.shape.first().copied().unwrap_or(0), w.shape.get(1).copied().unwrap_or(0));
+        let out = part.count;
+        let need_x = (rows * inner * self.act.elem_bytes()).div_ceil(4);
+        let need_y = (rows * out * y_dtype.elem_bytes()).div_ceil(4);
+        if part.first + out > all || w.dtype != act_dtype(self.act) {
+            return Err(CudaError::Program(format!(
+                "rows {}..{} of a {} weight [{all}, {inner}] for {:?} operands",
+                part.first,
+                part.first + out,
+                w.dtype,
+                self.act
+            )));
         }
         if y.len() < need_y || x.len() < need_x {
             return Err(CudaError::Program(format!(
@@ -164,9 +182,8 @@ impl Dense {
         if rows == 0 || out == 0 {
             return Ok(());
         }
-        if self.gemv && self.act == Act::Bf16 && rows <= gemv::MAX_ROWS && inner.is_multiple_of(8) {
-            self.gemv(runner, y, y_dtype, x, lin, rows, accumulate)?;
-            return self.add_bias(runner, y, lin, rows);
+        if self.gemv_fits(rows, inner) {
+            return self.gemv(runner, y, y_dtype, x, w, part, rows, accumulate);
         }
         let dt = match self.act {
             Act::F32 => blas_sys::cudaDataType::CUDA_R_32F,
@@ -175,14 +192,16 @@ impl Dense {
         let (alpha, beta) = (1.0f32, if accumulate { 1.0f32 } else { 0.0f32 });
         let stream = runner.stream();
         {
-            let (wp, _w) = lin.weight.buf.device_ptr(stream);
+            let (wp, _w) = w.buf.device_ptr(stream);
+            let wp = wp + (part.first * inner * self.act.elem_bytes()) as u64;
             let (xp, _x) = x.device_ptr(stream);
             let (yp, _y) = y.device_ptr_mut(stream);
             // Column-major view: yᵀ [out, rows] = W (stored [out, inner] row-major,
             // i.e. [inner, out] column-major, transposed) · xᵀ [inner, rows].
             // Safety: the pointers address live buffers of at least the sizes
-            // checked above, on the handle's stream; alpha and beta are f32 as
-            // the f32 compute type requires.
+            // checked above (W's rows `part` inside its `all` rows), on the
+            // handle's stream; alpha and beta are f32 as the f32 compute type
+            // requires.
             unsafe {
                 blas::gemm_ex(
                     *self.blas.handle(),
@@ -211,11 +230,11 @@ impl Dense {
             }
             .map_err(drv("cuBLAS GemmEx"))?;
         }
-        self.add_bias(runner, y, lin, rows)
+        Ok(())
     }
 
     /// `y += b` over `rows` rows, where the projection has a bias (y f32).
-    fn add_bias(
+    pub(crate) fn add_bias(
         &self,
         runner: &CudaRunner,
         y: &mut CudaSlice<u32>,
@@ -232,89 +251,6 @@ impl Dense {
         // Safety: y holds rows·out f32, b holds out f32 (checked by the loader).
         unsafe { l.launch(grid_stride(rows * out)) }.map_err(drv("launching mixc_add_bias"))?;
         Ok(())
-    }
-
-    /// The projection of at most [`gemv::MAX_ROWS`] rows by [`gemv`]'s
-    /// kernels (bf16 weights and `x`; sizes checked by the caller).
-    #[allow(clippy::too_many_arguments)]
-    fn gemv(
-        &self,
-        runner: &CudaRunner,
-        y: &mut CudaSlice<u32>,
-        y_dtype: Act,
-        x: &CudaSlice<u32>,
-        lin: &Linear,
-        rows: usize,
-        accumulate: bool,
-    ) -> Result<(), CudaError> {
-        let f = self.kernel(&gemv::kernel_name(rows, y_dtype))?;
-        let mut l = runner.stream().launch_builder(f);
-        let (out, inner, acc) = (lin.out() as u32, lin.inner() as u32, u32::from(accumulate));
-        l.arg(&lin.weight.buf).arg(x).arg(&mut *y).arg(&out).arg(&inner).arg(&acc);
-        let cfg = LaunchConfig {
-            grid_dim: (gemv::grid_for(lin.out()), 1, 1),
-            block_dim: (32 * gemv::WARPS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // Safety: the caller checked x ([rows, inner] bf16) and y ([rows, out]
-        // in y_dtype) against the weight's shape; inner is a multiple of 8, so
-        // every 16-byte load stays inside a row of a 16-byte aligned buffer.
-        unsafe { l.launch(cfg) }.map_err(drv("launching mixc_gemv"))?;
-        Ok(())
-    }
-
-    /// Checks the GEMV kernels (whatever `MIXC_GEMV` says) against f64
-    /// products of the same bf16 values, over shapes of a 1.3B model's decode
-    /// step and ragged ones: per case `(rows, out, inner, y dtype,
-    /// accumulate, worst relative error)`, the error as `max |y − ref| /
-    /// max |ref|` per row. Needs bf16 operands ([`Act::Bf16`]).
-    pub fn check_gemv(&self, runner: &CudaRunner) -> Result<Vec<GemvCase>, CudaError> {
-        if self.act != Act::Bf16 {
-            return Err(CudaError::Program("the GEMV kernels take bf16 operands".into()));
-        }
-        let cases = [
-            (1, 2048, 2048, Act::F32, true),
-            (1, 11264, 2048, Act::F32, false),
-            (1, 2048, 5632, Act::F32, true),
-            (1, 1024, 2048, Act::Bf16, false),
-            (2, 16, 2048, Act::Bf16, false),
-            (3, 1024, 16, Act::F32, false),
-            (4, 64, 176, Act::F32, true),
-            (4, 200, 1000, Act::Bf16, false),
-        ];
-        let mut rng = mixc_ir::mixers::inputs::SplitMix::new(0x9e37_79b9);
-        let mut next = move || half::bf16::from_f32((rng.uniform() * 2.0 - 1.0) as f32).to_f32();
-        let mut out = Vec::new();
-        for (rows, n_out, inner, y_act, accumulate) in cases {
-            let w: Vec<f32> = (0..n_out * inner).map(|_| next()).collect();
-            let x: Vec<f32> = (0..rows * inner).map(|_| next()).collect();
-            let y0: Vec<f32> = (0..rows * n_out).map(|_| next()).collect();
-            let lin = Linear { weight: runner.upload_f32(&w, &[n_out, inner], DType::BF16)?, bias: None };
-            let xd = runner.upload_f32(&x, &[rows, inner], DType::BF16)?;
-            let mut yd = runner.upload_f32(&y0, &[rows, n_out], act_dtype(y_act))?;
-            self.gemv(runner, &mut yd.buf, y_act, &xd.buf, &lin, rows, accumulate)?;
-            let crate::Data::F32(got) = runner.download_tensor(&yd)?.data else {
-                return Err(CudaError::Program("a GEMV output downloaded as integers".into()));
-            };
-            let mut worst: f64 = 0.0;
-            for r in 0..rows {
-                let want: Vec<f64> = (0..n_out)
-                    .map(|n| {
-                        let dot: f64 =
-                            (0..inner).map(|k| f64::from(w[n * inner + k]) * f64::from(x[r * inner + k])).sum();
-                        dot + if accumulate { f64::from(y0[r * n_out + n]) } else { 0.0 }
-                    })
-                    .collect();
-                let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
-                let err = (0..n_out).fold(0.0f64, |m, n| {
-                    let g = got.get(r * n_out + n).map_or(f64::INFINITY, |v| f64::from(*v));
-                    m.max((g - want[n]).abs())
-                });
-                worst = worst.max(err / scale);
-            }
-            out.push(GemvCase { rows, out: n_out, inner, y: y_act, accumulate, worst });
-        }
-        Ok(out)
     }
 
     /// `out[r, :] = f32(table[ids[r], :])`; ids were checked against the table's rows.

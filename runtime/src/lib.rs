@@ -16,6 +16,8 @@ pub mod exec;
 pub mod gemv;
 pub mod glue;
 pub mod layout;
+#[cfg(feature = "cuda")]
+pub mod projections;
 pub mod st;
 pub mod tensor;
 

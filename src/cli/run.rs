@@ -309,8 +309,12 @@ pub fn run(args: &RunArgs) -> Result<String, Error> {
     let _ = writeln!(
         out,
         "startup: weights {} in {read_s:.3} s, mixers compiled and weights placed in {load_s:.3} s \
-         ({compile_s:.3} s compiling, {place_s:.3} s placing){}",
+         ({compile_s:.3} s compiling, {place_s:.3} s placing{}){}",
         if args.weights.is_some() { "read" } else { "made (random)" },
+        match model.gpu_setup_seconds() {
+            s if s > 0.0 => format!(", of which {s:.3} s opening cuBLAS and the glue kernels"),
+            _ => String::new(),
+        },
         match model.device_weight_bytes() {
             0 => String::new(),
             n => format!(" ({:.2} GB on the GPU)", n as f64 / 1e9),

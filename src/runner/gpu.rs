@@ -19,16 +19,13 @@ use mixc_ir::DType;
 use mixc_runtime::cuda::{CudaRunner, DeviceGraph, DeviceTensor, LoadedProgram, PreparedRun};
 use mixc_runtime::dense::{act_dtype, Dense, Linear};
 use mixc_runtime::glue::{Act, RowNorm};
+use mixc_runtime::projections::GemvKind;
 use mixc_runtime::{Data, HostTensor};
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 
-/// How a projected mixer input is computed.
-enum Projection {
-    Full(Linear),
-    /// Through a rank-`r` bottleneck (GLA's gate): `x → [r] → [size]`.
-    LowRank(Linear, Linear),
-}
+mod inputs;
+use inputs::{Found, Inputs};
 
 /// A block norm's weights on the card (f32; the bias for LayerNorm).
 struct DeviceNorm {
@@ -45,7 +42,8 @@ impl DeviceNorm {
 /// One layer's weights on the card.
 struct DeviceLayer {
     mixer_norm: DeviceNorm,
-    projections: BTreeMap<String, Projection>,
+    /// The mixer's projected inputs (those without a bias stacked).
+    inputs: Inputs,
     /// The mixer's own parameters, uploaded with each new set of mixer buffers.
     params: BTreeMap<String, HostTensor>,
     o_proj: Linear,
@@ -96,6 +94,9 @@ pub(super) struct DeviceModel {
     /// Whether decode steps run as graphs (off by `MIXC_CUDA_GRAPHS=0`, or
     /// after a capture failed).
     graphs_on: Cell<bool>,
+    /// Seconds [`DeviceModel::load`] took before the first weight moved
+    /// (the stream, cuBLAS, the glue kernels' module).
+    pub(super) setup_seconds: f64,
 }
 
 /// A decode step's mixer buffers and the input shapes they were bound at.
@@ -138,7 +139,12 @@ pub fn check_gemv() -> Result<(String, bool), Error> {
             c.out,
             c.inner,
             c.y,
-            if c.accumulate { " (+=)" } else { "" },
+            match c.kind {
+                GemvKind::Plain { accumulate: true } => " (+=)".to_string(),
+                GemvKind::Plain { accumulate: false } => String::new(),
+                GemvKind::Stacked { parts } => format!(", {parts} stacked"),
+                GemvKind::SwiGlu => ", SwiGLU".to_string(),
+            },
             c.worst,
             if c.ok() { "ok" } else { "FAIL" }
         ));
@@ -154,11 +160,13 @@ impl DeviceModel {
                 "int8 KV caches (`[runtime] kv_cache = \"int8\"`) run on the CPU only for now: use --target cpu".into(),
             ));
         }
+        let started = std::time::Instant::now();
         let runner = CudaRunner::with_own_stream()?;
         let info = runner.device()?;
         let target = crate::card::ptx_target(info.compute_capability).map_err(Error::Usage)?;
         let act = act_of(weights);
         let dense = Dense::new(&runner, target, act)?;
+        let setup_seconds = started.elapsed().as_secs_f64();
         let (d, vocab) = (model.cfg.d_model as usize, model.cfg.vocab as usize);
         let up = Uploader { model, runner: &runner, act };
         let embed = up.linear_named("embed.weight", None, vocab, d)?;
@@ -168,20 +176,20 @@ impl DeviceModel {
         let mut layers = Vec::with_capacity(model.layers.len());
         for (li, &mi) in model.layers.iter().enumerate() {
             let LoadedMixer { feeds, o_shape, .. } = &model.mixers[mi];
-            let mut projections = BTreeMap::new();
+            let mut found = Vec::new();
             let mut params = BTreeMap::new();
             for (name, feed) in feeds {
                 let p = format!("layers.{li}.mixer.{name}_proj");
                 match feed {
-                    Feed::Projected { size, rank: None, .. } => {
+                    Feed::Projected { size, rank, .. } => {
                         widest = widest.max(*size);
-                        projections.insert(name.clone(), Projection::Full(up.linear(&p, *size, d)?));
-                    }
-                    Feed::Projected { size, rank: Some(r), .. } => {
-                        widest = widest.max(*size);
-                        let a = up.linear(&format!("{p}.0"), *r, d)?;
-                        let b = up.linear(&format!("{p}.1"), *size, *r)?;
-                        projections.insert(name.clone(), Projection::LowRank(a, b));
+                        let (prefix, rows, second) = match rank {
+                            None => (p, *size, None),
+                            Some(r) => (format!("{p}.0"), *r, Some(up.linear(&format!("{p}.1"), *size, *r)?)),
+                        };
+                        let weight = model.tensor(&format!("{prefix}.weight"), &[rows, d])?;
+                        let biased = model.weights.contains_key(&format!("{prefix}.bias"));
+                        found.push(Found { input: name.clone(), prefix, weight, rows, biased, second });
                     }
                     Feed::Param => {
                         let key = format!("layers.{li}.mixer.{name}");
@@ -192,6 +200,8 @@ impl DeviceModel {
                     Feed::Carried | Feed::Offset => {}
                 }
             }
+            let inputs = Inputs::build(&runner, act_dtype(act), d, found, |f| up.linear(&f.prefix, f.rows, d))?;
+            widest = widest.max(inputs.widest());
             let od: usize = o_shape.iter().product();
             widest = widest.max(od);
             let o_proj = up.linear(&format!("layers.{li}.mixer.o_proj"), d, od)?;
@@ -220,7 +230,7 @@ impl DeviceModel {
             };
             layers.push(DeviceLayer {
                 mixer_norm: up.norm(&format!("layers.{li}.mixer_norm"))?,
-                projections,
+                inputs,
                 params,
                 o_proj,
                 mlp,
@@ -240,6 +250,7 @@ impl DeviceModel {
             decode_runs: RefCell::new((0..n).map(|_| None).collect()),
             graphs: RefCell::new(Vec::new()),
             graphs_on: Cell::new(std::env::var("MIXC_CUDA_GRAPHS").map_or(true, |v| v != "0")),
+            setup_seconds,
         })
     }
 
@@ -248,13 +259,7 @@ impl DeviceModel {
         let lin = |l: &Linear| l.weight.bytes() + l.bias.as_ref().map_or(0, |b| b.bytes());
         let mut n = lin(&self.embed) + self.head.as_ref().map_or(0, lin) + self.norm.bytes();
         for l in &self.layers {
-            n += l.mixer_norm.bytes() + lin(&l.o_proj);
-            for p in l.projections.values() {
-                n += match p {
-                    Projection::Full(a) => lin(a),
-                    Projection::LowRank(a, b) => lin(a) + lin(b),
-                };
-            }
+            n += l.mixer_norm.bytes() + lin(&l.o_proj) + l.inputs.bytes();
             if let Some(m) = &l.mlp {
                 n += m.norm.bytes() + lin(&m.up) + lin(&m.down);
             }
@@ -362,11 +367,17 @@ impl DeviceModel {
             self.mixer(lm, li, layer, cache, w, kept, carry)?;
             if let Some(m) = &layer.mlp {
                 self.block_norm(model, &mut w.h, &w.x, &m.norm, t)?;
-                dense.linear(r, &mut w.wide.buf, &w.h.buf, &m.up, t, false)?;
                 let hdn = m.down.inner();
-                match m.kind {
-                    MlpKind::Swiglu => dense.swiglu(r, &mut w.wide_act.buf, &w.wide.buf, t, hdn)?,
-                    MlpKind::Gelu => dense.gelu(r, &mut w.wide_act.buf, &w.wide.buf, t * hdn)?,
+                let d = m.up.inner();
+                if m.kind == MlpKind::Swiglu && m.up.bias.is_none() && dense.gemv_fits(t, d) {
+                    // A decode step's gate and up with the activation in one launch.
+                    dense.project_swiglu(r, &mut w.wide_act.buf, &w.h.buf, &m.up, t)?;
+                } else {
+                    dense.linear(r, &mut w.wide.buf, &w.h.buf, &m.up, t, false)?;
+                    match m.kind {
+                        MlpKind::Swiglu => dense.swiglu(r, &mut w.wide_act.buf, &w.wide.buf, t, hdn)?,
+                        MlpKind::Gelu => dense.gelu(r, &mut w.wide_act.buf, &w.wide.buf, t * hdn)?,
+                    }
                 }
                 dense.linear(r, &mut w.x.buf, &w.wide_act.buf, &m.down, t, true)?;
             }
@@ -570,37 +581,8 @@ impl DeviceModel {
             }
             None => fresh.insert(r.prepare_shaped(lp, &shapes, &uploads(lm, layer, position))?),
         };
-        // Projections straight into the mixer's input buffers (in their
-        // dtype, where no bias needs an f32 sum first).
-        for (input, proj) in &layer.projections {
-            let s = run.input_slot(input).ok_or_else(|| run_err(format!("no input buffer `{input}`")))?;
-            let dtype = run.slot_type(s).map(|x| x.1).unwrap_or(DType::F32);
-            let operand = match proj {
-                Projection::Full(_) => &w.h.buf,
-                Projection::LowRank(a, _) if a.bias.is_none() => {
-                    dense.linear_as(r, &mut w.wide_act.buf, dense.act, &w.h.buf, a, t, false)?;
-                    &w.wide_act.buf
-                }
-                Projection::LowRank(a, _) => {
-                    dense.linear(r, &mut w.wide.buf, &w.h.buf, a, t, false)?;
-                    dense.to_act(r, &mut w.wide_act.buf, &w.wide.buf, t * a.out())?;
-                    &w.wide_act.buf
-                }
-            };
-            let lin = match proj {
-                Projection::Full(a) | Projection::LowRank(_, a) => a,
-            };
-            let target = run.buffer_mut(s).ok_or_else(|| run_err(format!("no input buffer `{input}`")))?;
-            match dtype {
-                DType::F32 => dense.linear(r, target, operand, lin, t, false)?,
-                DType::BF16 if lin.bias.is_none() => dense.linear_as(r, target, Act::Bf16, operand, lin, t, false)?,
-                DType::BF16 => {
-                    dense.linear(r, &mut w.wide.buf, operand, lin, t, false)?;
-                    dense.cast_bf16(r, target, &w.wide.buf, t * lin.out())?;
-                }
-                other => return Err(run_err(format!("input `{input}` is stored as {other}: expected f32 or bf16"))),
-            }
-        }
+        // Projections straight into the mixer's input buffers (in their dtype).
+        layer.inputs.project(r, dense, run, w, t, name)?;
         // Carried tensors in: swapped where lengths match, else copied (in a
         // graph step they are in place already).
         for (input, feed) in &lm.feeds {
@@ -767,10 +749,7 @@ impl Uploader<'_> {
     fn stacked(&self, first: &str, second: &str, out: usize, inner: usize) -> Result<Linear, Error> {
         let a = self.model.tensor(&format!("{first}.weight"), &[out, inner])?;
         let b = self.model.tensor(&format!("{second}.weight"), &[out, inner])?;
-        let mut both = Vec::with_capacity(2 * out * inner);
-        both.extend_from_slice(a);
-        both.extend_from_slice(b);
-        let weight = self.runner.upload_f32(&both, &[2 * out, inner], act_dtype(self.act))?;
+        let weight = self.runner.upload_f32_stacked(&[a, b], &[2 * out, inner], act_dtype(self.act))?;
         let (ba, bb) = (format!("{first}.bias"), format!("{second}.bias"));
         let bias = if self.model.weights.contains_key(&ba) || self.model.weights.contains_key(&bb) {
             let mut v = vec![0.0f32; 2 * out];

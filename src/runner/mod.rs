@@ -324,6 +324,17 @@ impl Model {
         0
     }
 
+    /// Seconds of [`Model::load_seconds`]'s placing spent opening the GPU's
+    /// dense work (cuBLAS, the glue kernels' module) before any weight moved
+    /// (0 for a model that runs on the host).
+    pub fn gpu_setup_seconds(&self) -> f64 {
+        #[cfg(feature = "cuda")]
+        if let Some(dev) = &self.device {
+            return dev.setup_seconds;
+        }
+        0.0
+    }
+
     /// Every weight the model needs, with its shape (optional biases left out).
     pub fn weight_shapes(&self) -> Vec<(String, Vec<usize>)> {
         self.expected().into_iter().filter(|e| e.required).map(|e| (e.name, e.shape)).collect()

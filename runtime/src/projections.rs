@@ -1,0 +1,316 @@
+//! A decode step's projections through the GEMV kernels of [`crate::gemv`]:
+//! a range of a weight's rows, several projections stacked into one weight
+//! (each into its own buffer, one launch), and SwiGLU's gate and up with the
+//! activation folded in; and the check of all three against f64 products.
+
+use crate::cuda::{CudaError, CudaRunner, DeviceTensor};
+use crate::dense::{act_dtype, Dense, Linear, Rows};
+use crate::gemv::{self, Epilogue};
+use crate::glue::Act;
+use cudarc::driver::{CudaSlice, CudaViewMut, LaunchConfig, PushKernelArg};
+use mixc_ir::DType;
+
+fn drv<E: std::fmt::Debug>(what: &str) -> impl FnOnce(E) -> CudaError + '_ {
+    move |e| CudaError::Driver(format!("{what}: {e:?}"))
+}
+
+/// CTAs of [`gemv::WARPS`] warps, a warp per output, for `out` outputs.
+fn config(out: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (gemv::grid_for(out), 1, 1), block_dim: (32 * gemv::WARPS, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// Words of `n` values of `act`.
+fn words(n: usize, act: Act) -> usize {
+    (n * act.elem_bytes()).div_ceil(4)
+}
+
+/// What one case of [`Dense::check_gemv`] checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemvKind {
+    /// One projection (f32 output optionally added to what it holds).
+    Plain { accumulate: bool },
+    /// Projections stacked into one weight, each into its own bf16 buffer.
+    Stacked { parts: usize },
+    /// SwiGLU's gate and up, the activation applied (bf16 output).
+    SwiGlu,
+}
+
+/// One case of [`Dense::check_gemv`].
+#[derive(Clone, Debug)]
+pub struct GemvCase {
+    pub kind: GemvKind,
+    pub rows: usize,
+    pub out: usize,
+    pub inner: usize,
+    pub y: Act,
+    /// `max |y − ref| / max |ref|` over each row (of each part), the worst.
+    pub worst: f64,
+}
+
+impl GemvCase {
+    /// Whether the error is within rounding: f32 accumulation, or bf16 output.
+    pub fn ok(&self) -> bool {
+        self.worst <= if self.y == Act::Bf16 { 1e-2 } else { 1e-4 }
+    }
+}
+
+impl Dense {
+    /// Whether a projection of `rows` rows over `inner` inputs runs through
+    /// the GEMV kernels (bf16 operands, at most [`gemv::MAX_ROWS`] rows,
+    /// `inner` a multiple of 8 so that 16-byte loads never straddle a row;
+    /// `MIXC_GEMV=0` turns them off).
+    pub fn gemv_fits(&self, rows: usize, inner: usize) -> bool {
+        self.gemv && self.gemv_shape_fits(rows, inner)
+    }
+
+    /// [`Dense::gemv_fits`] whatever `MIXC_GEMV` says.
+    fn gemv_shape_fits(&self, rows: usize, inner: usize) -> bool {
+        self.act == Act::Bf16 && (1..=gemv::MAX_ROWS).contains(&rows) && inner.is_multiple_of(8)
+    }
+
+    /// `y[rows, part.count] (+)= x · W[part]ᵀ` by the GEMV (sizes checked by
+    /// the caller, [`Dense::gemv_fits`] true).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn gemv(
+        &self,
+        runner: &CudaRunner,
+        y: &mut CudaSlice<u32>,
+        y_dtype: Act,
+        x: &CudaSlice<u32>,
+        w: &DeviceTensor,
+        part: Rows,
+        rows: usize,
+        accumulate: bool,
+    ) -> Result<(), CudaError> {
+        let inner = w.shape.get(1).copied().unwrap_or(0);
+        let f = self.kernel(&gemv::kernel_name(rows, Epilogue::Plain(y_dtype)))?;
+        // `inner` is a multiple of 8, so the part's first row starts a word
+        // (and a 16-byte boundary).
+        let first = part.first * inner / 2;
+        if first > w.buf.len() {
+            return Err(CudaError::Program(format!("rows from {} of a weight of {} words", part.first, w.buf.len())));
+        }
+        let wv = w.buf.slice(first..);
+        let mut l = runner.stream().launch_builder(f);
+        let (out, inner, acc) = (part.count as u32, inner as u32, u32::from(accumulate));
+        l.arg(&wv).arg(x).arg(&mut *y).arg(&out).arg(&inner).arg(&acc);
+        // Safety: the caller checked x ([rows, inner] bf16) and y ([rows, out]
+        // in y_dtype) against the part, which lies inside W; every 16-byte
+        // load stays inside a row of a 16-byte aligned buffer.
+        unsafe { l.launch(config(part.count)) }.map_err(drv("launching mixc_gemv"))?;
+        Ok(())
+    }
+
+    /// The projections stacked in `w` (`parts`, consecutive from row 0 and
+    /// covering it) of `rows` rows of `x`, each into its own bf16 buffer
+    /// `ys[i]` (`[rows, parts[i].count]`), in one launch.
+    pub fn project_stacked(
+        &self,
+        runner: &CudaRunner,
+        ys: &mut [CudaViewMut<'_, u32>],
+        x: &CudaSlice<u32>,
+        w: &DeviceTensor,
+        parts: &[Rows],
+        rows: usize,
+    ) -> Result<(), CudaError> {
+        let (all, inner) = (w.shape.first().copied().unwrap_or(0), w.shape.get(1).copied().unwrap_or(0));
+        if !self.gemv_shape_fits(rows, inner) || w.dtype != DType::BF16 {
+            return Err(CudaError::Program(format!("stacked projections of {rows} rows over {inner} need the GEMV")));
+        }
+        if parts.is_empty() || parts.len() > gemv::SEGMENTS || parts.len() != ys.len() {
+            return Err(CudaError::Program(format!(
+                "{} stacked projections for {} buffers (at most {})",
+                parts.len(),
+                ys.len(),
+                gemv::SEGMENTS
+            )));
+        }
+        let mut ends = [all as u32; gemv::SEGMENTS];
+        let mut next = 0;
+        for (i, (p, y)) in parts.iter().zip(ys.iter()).enumerate() {
+            if p.first != next || y.len() < words(rows * p.count, Act::Bf16) {
+                return Err(CudaError::Program(format!(
+                    "stacked projection {i} (rows {}..{}) after row {next}, into a buffer of {} words",
+                    p.first,
+                    p.first + p.count,
+                    y.len()
+                )));
+            }
+            next += p.count;
+            ends[i] = next as u32;
+        }
+        if next != all || x.len() < words(rows * inner, Act::Bf16) {
+            return Err(CudaError::Program(format!("stacked projections cover {next} of {all} rows")));
+        }
+        let f = self.kernel(&gemv::kernel_name(rows, Epilogue::Segments))?;
+        let unused = [0u64; gemv::SEGMENTS];
+        let mut l = runner.stream().launch_builder(f);
+        l.arg(&w.buf).arg(x);
+        for y in ys.iter_mut() {
+            l.arg(y);
+        }
+        for z in &unused[parts.len()..] {
+            l.arg(z);
+        }
+        for e in &ends {
+            l.arg(e);
+        }
+        let (out, inner) = (all as u32, inner as u32);
+        l.arg(&out).arg(&inner);
+        // Safety: checked above: x holds [rows, inner] bf16, every part's
+        // buffer [rows, count] bf16, the parts tile W's rows in order (an
+        // unused segment's end is W's last row, so it is never chosen).
+        unsafe { l.launch(config(all)) }.map_err(drv("launching mixc_gemv_seg"))?;
+        Ok(())
+    }
+
+    /// `y[rows, h] = silu(x · gateᵀ) · (x · upᵀ)` in bf16 from SwiGLU's
+    /// stacked `[gate; up]` (`[2h, inner]`, no bias), in one launch.
+    pub fn project_swiglu(
+        &self,
+        runner: &CudaRunner,
+        y: &mut CudaSlice<u32>,
+        x: &CudaSlice<u32>,
+        gate_up: &Linear,
+        rows: usize,
+    ) -> Result<(), CudaError> {
+        let (two_h, inner) = (gate_up.out(), gate_up.inner());
+        let h = two_h / 2;
+        if !self.gemv_shape_fits(rows, inner) || gate_up.bias.is_some() || two_h % 2 != 0 {
+            return Err(CudaError::Program(format!(
+                "SwiGLU's [{two_h}, {inner}] projection of {rows} rows needs the GEMV and no bias"
+            )));
+        }
+        if y.len() < words(rows * h, Act::Bf16) || x.len() < words(rows * inner, Act::Bf16) {
+            return Err(CudaError::Program("SwiGLU projection buffers too small".into()));
+        }
+        let f = self.kernel(&gemv::kernel_name(rows, Epilogue::SwiGlu))?;
+        let mut l = runner.stream().launch_builder(f);
+        let (h32, inner) = (h as u32, inner as u32);
+        l.arg(&gate_up.weight.buf).arg(x).arg(&mut *y).arg(&h32).arg(&inner);
+        // Safety: sizes checked above; a warp reads rows n and h + n < 2h of W.
+        unsafe { l.launch(config(h)) }.map_err(drv("launching mixc_gemv_swiglu"))?;
+        Ok(())
+    }
+
+    /// Checks the GEMV kernels (whatever `MIXC_GEMV` says) against f64
+    /// products of the same bf16 values, over shapes of a 1.3B model's decode
+    /// step and ragged ones, plain, stacked and SwiGLU. Needs bf16 operands
+    /// ([`Act::Bf16`]).
+    pub fn check_gemv(&self, runner: &CudaRunner) -> Result<Vec<GemvCase>, CudaError> {
+        if self.act != Act::Bf16 {
+            return Err(CudaError::Program("the GEMV kernels take bf16 operands".into()));
+        }
+        let mut rng = mixc_ir::mixers::inputs::SplitMix::new(0x9e37_79b9);
+        let mut next = move || half::bf16::from_f32((rng.uniform() * 2.0 - 1.0) as f32).to_f32();
+        let mut draw = |n: usize| -> Vec<f32> { (0..n).map(|_| next()).collect() };
+        let dense = self;
+        let mut out = Vec::new();
+        let plain = [
+            (1, 2048, 2048, Act::F32, true),
+            (1, 11264, 2048, Act::F32, false),
+            (1, 2048, 5632, Act::F32, true),
+            (1, 1024, 2048, Act::Bf16, false),
+            (2, 16, 2048, Act::Bf16, false),
+            (3, 1024, 16, Act::F32, false),
+            (4, 64, 176, Act::F32, true),
+            (4, 200, 1000, Act::Bf16, false),
+        ];
+        for (rows, n_out, inner, y_act, accumulate) in plain {
+            let (w, x, y0) = (draw(n_out * inner), draw(rows * inner), draw(rows * n_out));
+            let wd = runner.upload_f32(&w, &[n_out, inner], DType::BF16)?;
+            let xd = runner.upload_f32(&x, &[rows, inner], DType::BF16)?;
+            let mut yd = runner.upload_f32(&y0, &[rows, n_out], act_dtype(y_act))?;
+            let part = Rows { first: 0, count: n_out };
+            dense.gemv(runner, &mut yd.buf, y_act, &xd.buf, &wd, part, rows, accumulate)?;
+            let got = download(runner, &yd)?;
+            let want = products(&w, &x, rows, 0..n_out, inner);
+            let want: Vec<f64> =
+                want.iter().zip(&y0).map(|(p, y)| p + if accumulate { f64::from(*y) } else { 0.0 }).collect();
+            let worst = worst_by_row(&got, &want, rows, n_out);
+            out.push(GemvCase { kind: GemvKind::Plain { accumulate }, rows, out: n_out, inner, y: y_act, worst });
+        }
+        // Stacked: q, k, v and a low-rank gate's first stage of a small head,
+        // and a ragged set; and the second of three parts alone (a range of rows).
+        for (rows, counts, inner) in [(1, vec![1024, 1024, 2048, 2048, 16], 2048), (3, vec![24, 8, 40], 72)] {
+            let all: usize = counts.iter().sum();
+            let (w, x) = (draw(all * inner), draw(rows * inner));
+            let wd = runner.upload_f32(&w, &[all, inner], DType::BF16)?;
+            let xd = runner.upload_f32(&x, &[rows, inner], DType::BF16)?;
+            let mut parts = Vec::new();
+            let mut first = 0;
+            for c in &counts {
+                parts.push(Rows { first, count: *c });
+                first += c;
+            }
+            let mut bufs = Vec::new();
+            for p in &parts {
+                bufs.push(runner.upload_f32(&draw(rows * p.count), &[rows, p.count], DType::BF16)?);
+            }
+            let mut ys: Vec<CudaViewMut<'_, u32>> = bufs.iter_mut().map(|b| b.buf.slice_mut(..)).collect();
+            dense.project_stacked(runner, &mut ys, &xd.buf, &wd, &parts, rows)?;
+            let mut worst: f64 = 0.0;
+            for (p, b) in parts.iter().zip(&bufs) {
+                let want = products(&w, &x, rows, p.first..p.first + p.count, inner);
+                worst = worst.max(worst_by_row(&download(runner, b)?, &want, rows, p.count));
+            }
+            let kind = GemvKind::Stacked { parts: parts.len() };
+            out.push(GemvCase { kind, rows, out: all, inner, y: Act::Bf16, worst });
+            let middle = parts[1];
+            let mut yd = runner.zeros(&[rows, middle.count], DType::F32)?;
+            dense.gemv(runner, &mut yd.buf, Act::F32, &xd.buf, &wd, middle, rows, false)?;
+            let want = products(&w, &x, rows, middle.first..middle.first + middle.count, inner);
+            let worst = worst_by_row(&download(runner, &yd)?, &want, rows, middle.count);
+            let kind = GemvKind::Plain { accumulate: false };
+            out.push(GemvCase { kind, rows, out: middle.count, inner, y: Act::F32, worst });
+        }
+        for (rows, h, inner) in [(1, 5632, 2048), (2, 40, 2048), (4, 24, 264)] {
+            let (w, x) = (draw(2 * h * inner), draw(rows * inner));
+            let lin = Linear { weight: runner.upload_f32(&w, &[2 * h, inner], DType::BF16)?, bias: None };
+            let xd = runner.upload_f32(&x, &[rows, inner], DType::BF16)?;
+            let mut yd = runner.zeros(&[rows, h], DType::BF16)?;
+            dense.project_swiglu(runner, &mut yd.buf, &xd.buf, &lin, rows)?;
+            let gate = products(&w, &x, rows, 0..h, inner);
+            let up = products(&w, &x, rows, h..2 * h, inner);
+            let want: Vec<f64> = gate.iter().zip(&up).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
+            let worst = worst_by_row(&download(runner, &yd)?, &want, rows, h);
+            out.push(GemvCase { kind: GemvKind::SwiGlu, rows, out: h, inner, y: Act::Bf16, worst });
+        }
+        Ok(out)
+    }
+}
+
+/// `Σ_k x[r, k] · W[n, k]` in f64 for every row `r` and output `n` of `outs`
+/// (row-major `[rows, outs.len()]`).
+fn products(w: &[f32], x: &[f32], rows: usize, outs: std::ops::Range<usize>, inner: usize) -> Vec<f64> {
+    let mut y = Vec::with_capacity(rows * outs.len());
+    for r in 0..rows {
+        for n in outs.clone() {
+            y.push((0..inner).map(|k| f64::from(w[n * inner + k]) * f64::from(x[r * inner + k])).sum());
+        }
+    }
+    y
+}
+
+/// The worst over rows of `max |got − want| / max |want|` (a missing value
+/// counts as infinitely wrong).
+fn worst_by_row(got: &[f32], want: &[f64], rows: usize, n: usize) -> f64 {
+    let mut worst: f64 = 0.0;
+    for r in 0..rows {
+        let row = &want[r * n..(r + 1) * n];
+        let scale = row.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
+        let err = row.iter().enumerate().fold(0.0f64, |m, (i, want)| {
+            let g = got.get(r * n + i).map_or(f64::INFINITY, |v| f64::from(*v));
+            m.max((g - want).abs())
+        });
+        worst = worst.max(err / scale);
+    }
+    worst
+}
+
+fn download(runner: &CudaRunner, t: &DeviceTensor) -> Result<Vec<f32>, CudaError> {
+    match runner.download_tensor(t)?.data {
+        crate::Data::F32(v) => Ok(v),
+        crate::Data::I32(_) => Err(CudaError::Program("a GEMV output downloaded as integers".into())),
+    }
+}
