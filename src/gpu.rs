@@ -17,15 +17,17 @@ pub fn target(name: &str) -> Option<Target> {
     }
 }
 
-/// Compiles every kernel of a program.
+/// Compiles every kernel of a program, side by side on all cores (each
+/// kernel has its own LLVM context): a model's first token waits for it.
 pub fn compile_program(
     mixer: &str,
     prog: &Program,
     target: Target,
     opts: Options,
 ) -> Result<Vec<(KernelImage, String)>, Error> {
+    use rayon::prelude::*;
     prog.kernels
-        .iter()
+        .par_iter()
         .map(|k| {
             let p = compile_with(k, target, opts).map_err(|e| Error::Usage(format!("mixer `{mixer}`: {e}")))?;
             Ok((

@@ -303,7 +303,6 @@ impl CudaRunner {
                 prog.kernels.len()
             )));
         }
-        let mut fns = Vec::new();
         for (k, tk) in kernels.iter().zip(&prog.kernels) {
             if k.name != tk.name {
                 return Err(CudaError::Program(format!(
@@ -311,17 +310,24 @@ impl CudaRunner {
                     k.name, tk.name
                 )));
             }
-            let module = self.ctx.load_module(Ptx::from_src(k.ptx.clone())).map_err(drv("loading PTX"))?;
-            let f = module.load_function(&k.name).map_err(drv("finding the kernel"))?;
-            if k.shared_bytes > 48 * 1024 {
-                f.set_attribute(
-                    CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    k.shared_bytes as i32,
-                )
-                .map_err(drv("raising the shared-memory limit"))?;
-            }
-            fns.push(f);
         }
+        // The driver compiles each module's PTX for the card: side by side.
+        use rayon::prelude::*;
+        let fns = kernels
+            .par_iter()
+            .map(|k| {
+                let module = self.ctx.load_module(Ptx::from_src(k.ptx.clone())).map_err(drv("loading PTX"))?;
+                let f = module.load_function(&k.name).map_err(drv("finding the kernel"))?;
+                if k.shared_bytes > 48 * 1024 {
+                    f.set_attribute(
+                        CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        k.shared_bytes as i32,
+                    )
+                    .map_err(drv("raising the shared-memory limit"))?;
+                }
+                Ok(f)
+            })
+            .collect::<Result<Vec<_>, CudaError>>()?;
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         Ok(LoadedProgram { id, program: prog.clone(), kernels: kernels.to_vec(), fns })
     }

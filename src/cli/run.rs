@@ -312,7 +312,7 @@ pub fn run(args: &RunArgs) -> Result<String, Error> {
          ({compile_s:.3} s compiling, {place_s:.3} s placing{}){}",
         if args.weights.is_some() { "read" } else { "made (random)" },
         match model.gpu_setup_seconds() {
-            s if s > 0.0 => format!(", of which {s:.3} s opening cuBLAS and the glue kernels"),
+            s if s > 0.0 => format!("; cuBLAS and the glue kernels opened in {s:.3} s alongside the compiling"),
             _ => String::new(),
         },
         match model.device_weight_bytes() {

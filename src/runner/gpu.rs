@@ -75,6 +75,14 @@ struct Workspace {
     logits: DeviceTensor,
 }
 
+/// A stream, cuBLAS and the glue kernels, opened for a model's dense work.
+pub(super) struct Opened {
+    runner: CudaRunner,
+    dense: Dense,
+    /// Seconds it took.
+    setup_seconds: f64,
+}
+
 /// A model's weights on the GPU and what runs them.
 pub(super) struct DeviceModel {
     runner: CudaRunner,
@@ -94,8 +102,7 @@ pub(super) struct DeviceModel {
     /// Whether decode steps run as graphs (off by `MIXC_CUDA_GRAPHS=0`, or
     /// after a capture failed).
     graphs_on: Cell<bool>,
-    /// Seconds [`DeviceModel::load`] took before the first weight moved
-    /// (the stream, cuBLAS, the glue kernels' module).
+    /// Seconds [`DeviceModel::open`] took (alongside the mixers' compiling).
     pub(super) setup_seconds: f64,
 }
 
@@ -153,20 +160,28 @@ pub fn check_gemv() -> Result<(String, bool), Error> {
 }
 
 impl DeviceModel {
-    /// Uploads the (checked) weights of `model`.
-    pub(super) fn load(model: &Model, weights: WeightsDtype) -> Result<DeviceModel, Error> {
-        if model.kv_int8.is_some() {
-            return Err(Error::Usage(
-                "int8 KV caches (`[runtime] kv_cache = \"int8\"`) run on the CPU only for now: use --target cpu".into(),
-            ));
-        }
+    /// Opens what a model's dense work needs on the GPU (a stream, cuBLAS,
+    /// the glue kernels' module): independent of the model's file, so it
+    /// can happen while the mixers compile.
+    pub(super) fn open(weights: WeightsDtype) -> Result<Opened, Error> {
         let started = std::time::Instant::now();
         let runner = CudaRunner::with_own_stream()?;
         let info = runner.device()?;
         let target = crate::card::ptx_target(info.compute_capability).map_err(Error::Usage)?;
         let act = act_of(weights);
         let dense = Dense::new(&runner, target, act)?;
-        let setup_seconds = started.elapsed().as_secs_f64();
+        Ok(Opened { runner, dense, setup_seconds: started.elapsed().as_secs_f64() })
+    }
+
+    /// Uploads the (checked) weights of `model` through `opened`.
+    pub(super) fn load(model: &Model, opened: Opened) -> Result<DeviceModel, Error> {
+        if model.kv_int8.is_some() {
+            return Err(Error::Usage(
+                "int8 KV caches (`[runtime] kv_cache = \"int8\"`) run on the CPU only for now: use --target cpu".into(),
+            ));
+        }
+        let Opened { runner, dense, setup_seconds } = opened;
+        let act = dense.act;
         let (d, vocab) = (model.cfg.d_model as usize, model.cfg.vocab as usize);
         let up = Uploader { model, runner: &runner, act };
         let embed = up.linear_named("embed.weight", None, vocab, d)?;

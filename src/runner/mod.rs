@@ -273,7 +273,18 @@ impl Model {
         storage: mixc_passes::Storage,
     ) -> Result<Model, Error> {
         let started = std::time::Instant::now();
-        let mut model = Model::structure(file, target, storage)?;
+        // On the GPU, cuBLAS and the glue kernels open while the mixers compile.
+        #[cfg(feature = "cuda")]
+        let (structure, opened) = std::thread::scope(|s| {
+            let opening = (target == Target::Cuda).then(|| s.spawn(|| gpu::DeviceModel::open(on_gpu)));
+            let structure = Model::structure(file, target, storage);
+            let opened =
+                opening.map(|h| h.join().unwrap_or_else(|_| Err(Error::Usage("opening the GPU panicked".into()))));
+            (structure, opened)
+        });
+        #[cfg(not(feature = "cuda"))]
+        let structure = Model::structure(file, target, storage);
+        let mut model = structure?;
         let compiled = started.elapsed().as_secs_f64();
         let (mut weights, sources) = names::rename(weights, &model.rules).map_err(Error::Usage)?;
         // Shapes that differ only in axes of size 1 take the expected shape.
@@ -288,8 +299,8 @@ impl Model {
         model.sources = sources;
         model.check_weights()?;
         #[cfg(feature = "cuda")]
-        if target == Target::Cuda {
-            model.device = Some(gpu::DeviceModel::load(&model, on_gpu)?);
+        if let Some(opened) = opened {
+            model.device = Some(gpu::DeviceModel::load(&model, opened?)?);
             // Everything runs from the card's copy now.
             model.weights = BTreeMap::new();
         }
@@ -324,9 +335,9 @@ impl Model {
         0
     }
 
-    /// Seconds of [`Model::load_seconds`]'s placing spent opening the GPU's
-    /// dense work (cuBLAS, the glue kernels' module) before any weight moved
-    /// (0 for a model that runs on the host).
+    /// Seconds opening the GPU's dense work (a stream, cuBLAS, the glue
+    /// kernels' module) took, on a thread of its own while the mixers
+    /// compiled (0 for a model that runs on the host).
     pub fn gpu_setup_seconds(&self) -> f64 {
         #[cfg(feature = "cuda")]
         if let Some(dev) = &self.device {
