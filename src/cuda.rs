@@ -126,18 +126,29 @@ pub struct GpuMixer {
     gpu: Gpu,
     prefill: Result<LoadedProgram, String>,
     decode: Result<LoadedProgram, String>,
+    /// The decode step in narrow value blocks, where compiled.
+    narrow: Option<LoadedProgram>,
 }
 
 impl GpuMixer {
-    /// Compiles both programs for the card (see [`Gpu::compile`]).
-    pub fn compile(mixer: &str, prefill: &Program, decode: &Program) -> Result<GpuMixer, Error> {
+    /// Compiles and loads the programs (side by side).
+    pub fn compile(
+        mixer: &str,
+        prefill: &Program,
+        decode: &Program,
+        narrow: Option<&Program>,
+    ) -> Result<GpuMixer, Error> {
+        use rayon::prelude::*;
         let gpu = Gpu::open()?;
-        let prefill = Ok(gpu.compile(mixer, prefill)?);
-        let decode = Ok(gpu.compile(mixer, decode)?);
-        Ok(GpuMixer { gpu, prefill, decode })
+        let progs: Vec<&Program> = [Some(prefill), Some(decode), narrow].into_iter().flatten().collect();
+        let mut loaded =
+            progs.par_iter().map(|p| gpu.compile(mixer, p)).collect::<Result<Vec<_>, Error>>()?.into_iter();
+        let (Some(prefill), Some(decode)) = (loaded.next(), loaded.next()) else {
+            return Err(Error::Usage(format!("mixer `{mixer}`: a program did not compile")));
+        };
+        Ok(GpuMixer { gpu, prefill: Ok(prefill), decode: Ok(decode), narrow: loaded.next() })
     }
 
-    /// Loads a bundle's programs (either may be missing: its error is kept).
     pub fn from_bundle(
         gpu: Gpu,
         mixer: &str,
@@ -151,7 +162,7 @@ impl GpuMixer {
             }
         };
         let (prefill, decode) = (load(prefill)?, load(decode)?);
-        Ok(GpuMixer { gpu, prefill, decode })
+        Ok(GpuMixer { gpu, prefill, decode, narrow: None })
     }
 
     /// The card it runs on.
@@ -160,6 +171,14 @@ impl GpuMixer {
     }
 
     /// The loaded decode-step (`decode`) or prefill program.
+    /// [`GpuMixer::program`], the narrow decode step where `narrow` and compiled.
+    pub fn program_for(&self, decode: bool, narrow: bool) -> Result<&LoadedProgram, Error> {
+        match (&self.narrow, decode && narrow) {
+            (Some(lp), true) => Ok(lp),
+            _ => self.program(decode),
+        }
+    }
+
     pub fn program(&self, decode: bool) -> Result<&LoadedProgram, Error> {
         let lp = if decode { &self.decode } else { &self.prefill };
         lp.as_ref().map_err(|why| Error::Usage(why.clone()))

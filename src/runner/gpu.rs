@@ -574,7 +574,7 @@ impl DeviceModel {
         let run_err = |msg: String| Error::Run { mixer: name.clone(), msg };
         let lp: &LoadedProgram = lm
             .mixer
-            .gpu_program(kept.is_some())
+            .gpu_program_for(kept.is_some(), seqs)
             .ok_or_else(|| run_err("the mixer was not compiled for the GPU".into()))??;
         let position = cache.position;
         let layer_cache = cache.layers.get_mut(li).ok_or_else(|| run_err("no cache for the layer".into()))?;
