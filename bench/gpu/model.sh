@@ -39,8 +39,8 @@ if [ "${BENCH:-1}" = 1 ]; then
   echo "GLA-1.3B, bf16 weights, batch 1 (--bench: medians of 3 runs after the first):"
   ./mixc run ../models/bench/gla-1.3b.toml --weights $w --target cuda --prompt-ids "$ids" \
     --max-new-tokens "${STEPS:-64}" --bench | tail -5 || status=1
-  echo "GLA-1.3B, bf16 weights, batch 1, decode value blocks of 16 (MIXC_DECODE_BLOCK_V=16):"
-  MIXC_DECODE_BLOCK_V=16 ./mixc run ../models/bench/gla-1.3b.toml --weights $w --target cuda --prompt-ids "$ids" \
+  echo "GLA-1.3B, bf16 weights, batch 1, decode value blocks of 64 only (MIXC_DECODE_BLOCK_V=64):"
+  MIXC_DECODE_BLOCK_V=64 ./mixc run ../models/bench/gla-1.3b.toml --weights $w --target cuda --prompt-ids "$ids" \
     --max-new-tokens "${STEPS:-64}" | tail -2 || status=1
   echo "GLA-1.3B, bf16 weights, batch 1, projections by cuBLAS (MIXC_GEMV=0):"
   MIXC_GEMV=0 ./mixc run ../models/bench/gla-1.3b.toml --weights $w --target cuda --prompt-ids "$ids" \
@@ -49,9 +49,9 @@ if [ "${BENCH:-1}" = 1 ]; then
   MIXC_CUDA_GRAPHS=0 ./mixc run ../models/bench/gla-1.3b.toml --weights $w --target cuda --prompt-ids "$ids" \
     --max-new-tokens "${STEPS:-64}" | tail -2 || status=1
   batch=(); for _ in $(seq 16); do batch+=(--prompt-ids "$ids"); done
-  echo "GLA-1.3B, bf16 weights, batch 16:"
+  echo "GLA-1.3B, bf16 weights, batch 16 (--bench):"
   ./mixc run ../models/bench/gla-1.3b.toml --weights $w --target cuda "${batch[@]}" \
-    --max-new-tokens "${STEPS:-64}" | tail -2 || status=1
+    --max-new-tokens "${STEPS:-64}" --bench | tail -5 || status=1
 fi
 # One decode step's kernels, each timed by Nsight Compute (kernel by kernel:
 # graph replay hides the names), grouped by name.
@@ -60,6 +60,15 @@ if [ "${PROFILE:-0}" = 1 ] && command -v ncu >/dev/null; then
   MIXC_CUDA_GRAPHS=0 timeout 300 ncu --metrics gpu__time_duration.sum --print-summary per-kernel \
     --launch-skip "${SKIP:-1500}" --launch-count "${COUNT:-460}" \
     ./mixc run ../models/bench/gla-1.3b.toml --weights $w --target cuda --prompt-ids "1 2 3" --max-new-tokens 12 \
-    2>&1 | grep -v "^==PROF==" 
+    2>&1 | grep -v "^==PROF=="
+fi
+# The same for a decode step of 16 sequences side by side (PROFILE16=1).
+if [ "${PROFILE16:-0}" = 1 ] && command -v ncu >/dev/null; then
+  w=/tmp/gla-1.3b.safetensors
+  batch=(); for _ in $(seq 16); do batch+=(--prompt-ids "1 2 3"); done
+  MIXC_CUDA_GRAPHS=0 timeout 300 ncu --metrics gpu__time_duration.sum --print-summary per-kernel \
+    --launch-skip "${SKIP16:-12000}" --launch-count "${COUNT:-460}" \
+    ./mixc run ../models/bench/gla-1.3b.toml --weights $w --target cuda "${batch[@]}" --max-new-tokens 40 \
+    2>&1 | grep -v "^==PROF=="
 fi
 exit $status
