@@ -363,6 +363,7 @@ impl CompiledMixer {
     }
 
     /// The size of the graph's `H` axis (1 without one).
+    #[cfg(feature = "cuda")]
     fn heads(&self) -> usize {
         let dims = &self.graph.dims;
         dims.lookup("H").and_then(|d| dims.const_size(d)).map_or(1, |h| h as usize)

@@ -38,6 +38,9 @@ pub struct Dense {
     /// Projections of a few rows through [`crate::gemv`] rather than cuBLAS
     /// (bf16 operands; `MIXC_GEMV=0` turns it off).
     pub(crate) gemv: bool,
+    /// RMSNorms folded into the GEMVs that read them (`MIXC_FOLD_NORM=0`
+    /// turns it off).
+    pub(crate) fold_norm: bool,
 }
 
 /// Rows `first..first + count` of a weight matrix: one projection of
@@ -98,8 +101,8 @@ impl Dense {
                 .result()
                 .map_err(drv("setting cuBLAS's workspace"))?;
         }
-        let gemv = std::env::var("MIXC_GEMV").map_or(true, |v| v != "0");
-        Ok(Dense { blas, _workspace: workspace, fns, act, gemv })
+        let on = |var: &str| std::env::var(var).map_or(true, |v| v != "0");
+        Ok(Dense { blas, _workspace: workspace, fns, act, gemv: on("MIXC_GEMV"), fold_norm: on("MIXC_FOLD_NORM") })
     }
 
     pub(crate) fn kernel(&self, name: &str) -> Result<&CudaFunction, CudaError> {
@@ -183,7 +186,7 @@ impl Dense {
             return Ok(());
         }
         if self.gemv_fits(rows, inner) {
-            return self.gemv(runner, y, y_dtype, x, w, part, rows, accumulate);
+            return self.gemv(runner, y, y_dtype, crate::projections::GemvX::Act(x), w, part, rows, accumulate);
         }
         let dt = match self.act {
             Act::F32 => blas_sys::cudaDataType::CUDA_R_32F,

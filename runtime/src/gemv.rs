@@ -53,29 +53,59 @@ impl Epilogue {
     }
 }
 
-/// The kernel for `rows` rows with `epilogue`.
-pub fn kernel_name(rows: usize, epilogue: Epilogue) -> String {
-    match epilogue {
-        Epilogue::Plain(a) => format!("mixc_gemv_r{rows}_{}", a.suffix()),
-        Epilogue::Segments => format!("mixc_gemv_seg_r{rows}"),
-        Epilogue::SwiGlu => format!("mixc_gemv_swiglu_r{rows}"),
+/// Where a kernel's `x` comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// bf16 `x[rows, inner]` in global memory.
+    Act,
+    /// RMSNorm folded in: each CTA computes `bf16(x_r / rms(x_r) · w)` from
+    /// the f32 residual `x` and the norm's f32 weight `w` into shared memory
+    /// first (`rows · inner` bf16 of dynamic shared memory, see
+    /// [`shared_bytes`]): the norm needs no kernel and no buffer of its own.
+    RmsNorm,
+}
+
+/// Dynamic shared memory of a kernel reading `input` for `rows` rows of `inner`.
+pub fn shared_bytes(input: Input, rows: usize, inner: usize) -> usize {
+    match input {
+        Input::Act => 0,
+        Input::RmsNorm => NORM_SUMS + 2 * rows * inner,
     }
 }
 
-fn epilogues() -> Vec<Epilogue> {
-    let mut out: Vec<Epilogue> = Act::ALL.iter().map(|a| Epilogue::Plain(*a)).collect();
-    out.extend([Epilogue::Segments, Epilogue::SwiGlu]);
-    out
+/// Bytes before the normed `x` in shared memory: a partial sum per warp.
+const NORM_SUMS: usize = 4 * WARPS as usize;
+
+/// The kernel for `rows` rows with `input` and `epilogue`.
+pub fn kernel_name(rows: usize, input: Input, epilogue: Epilogue) -> String {
+    let base = match epilogue {
+        Epilogue::Plain(a) => format!("mixc_gemv_r{rows}_{}", a.suffix()),
+        Epilogue::Segments => format!("mixc_gemv_seg_r{rows}"),
+        Epilogue::SwiGlu => format!("mixc_gemv_swiglu_r{rows}"),
+    };
+    match input {
+        Input::Act => base,
+        Input::RmsNorm => format!("{base}_rms"),
+    }
+}
+
+fn variants() -> Vec<(Input, Epilogue)> {
+    let mut epilogues: Vec<Epilogue> = Act::ALL.iter().map(|a| Epilogue::Plain(*a)).collect();
+    epilogues.extend([Epilogue::Segments, Epilogue::SwiGlu]);
+    [Input::Act, Input::RmsNorm].into_iter().flat_map(|i| epilogues.clone().into_iter().map(move |e| (i, e))).collect()
 }
 
 /// Every kernel's name.
 pub fn kernel_names() -> Vec<String> {
-    (1..=MAX_ROWS).flat_map(|r| epilogues().into_iter().map(move |e| kernel_name(r, e))).collect()
+    (1..=MAX_ROWS).flat_map(|r| variants().into_iter().map(move |(i, e)| kernel_name(r, i, e))).collect()
 }
 
-/// The PTX of every kernel (appended to the glue module).
+/// The PTX of every kernel (appended to the glue module), after the
+/// declaration of the dynamic shared memory the normed inputs use.
 pub fn ptx() -> String {
-    (1..=MAX_ROWS).flat_map(|r| epilogues().into_iter().map(move |e| kernel(r, e))).collect()
+    let kernels: String =
+        (1..=MAX_ROWS).flat_map(|r| variants().into_iter().map(move |(i, e)| kernel(r, i, e))).collect();
+    format!(".extern .shared .align 16 .b8 xs[];\n\n{kernels}")
 }
 
 /// 16-byte loads in flight per lane and step: fewer with more rows (each
@@ -96,32 +126,76 @@ fn widen(word: &str, lo: &str, hi: &str) -> String {
     format!("  shl.b32 %s1, {word}, 16;\n  mov.b32 {lo}, %s1;\n  and.b32 %s2, {word}, -65536;\n  mov.b32 {hi}, %s2;\n")
 }
 
-/// The parameter list of a kernel.
-fn params(epilogue: Epilogue) -> String {
-    match epilogue {
-        Epilogue::Plain(_) => ".param .u64 p_w, .param .u64 p_x, .param .u64 p_y, .param .u32 p_out, \
-                               .param .u32 p_inner, .param .u32 p_acc"
-            .into(),
-        Epilogue::SwiGlu => {
-            ".param .u64 p_w, .param .u64 p_x, .param .u64 p_y, .param .u32 p_out, .param .u32 p_inner".into()
-        }
+/// The parameter list of a kernel: `W`, the input's (`x`; or the f32
+/// residual, the norm's weight and eps), the outputs', `out`, `inner`
+/// (and the accumulate flag of a plain one).
+fn params(input: Input, epilogue: Epilogue) -> String {
+    let x = match input {
+        Input::Act => ".param .u64 p_x",
+        Input::RmsNorm => ".param .u64 p_x, .param .u64 p_nw, .param .f32 p_eps",
+    };
+    let ys = match epilogue {
+        Epilogue::Plain(_) | Epilogue::SwiGlu => ".param .u64 p_y".to_string(),
         Epilogue::Segments => {
             let ys: Vec<String> = (0..SEGMENTS).map(|i| format!(".param .u64 p_y{i}")).collect();
             let ends: Vec<String> = (0..SEGMENTS).map(|i| format!(".param .u32 p_e{i}")).collect();
-            format!(
-                ".param .u64 p_w, .param .u64 p_x, {}, {}, .param .u32 p_out, .param .u32 p_inner",
-                ys.join(", "),
-                ends.join(", ")
-            )
+            format!("{}, {}", ys.join(", "), ends.join(", "))
         }
-    }
+    };
+    let acc = if matches!(epilogue, Epilogue::Plain(_)) { ", .param .u32 p_acc" } else { "" };
+    format!(".param .u64 p_w, {x}, {ys}, .param .u32 p_out, .param .u32 p_inner{acc}")
 }
 
-fn kernel(rows: usize, epilogue: Epilogue) -> String {
+/// The RMSNorm prologue: every row of the f32 residual (`%rd2`), normed by
+/// the weight (`%rd13`) and eps (`%f7`), into shared memory as bf16 at
+/// `xs + NORM_SUMS` (as the glue's RMSNorm: `x · (1 / sqrt(mean x² + eps)) · w`).
+fn norm_prologue(rows: usize) -> String {
+    let mut s = String::new();
+    s += "  ld.param.u64 %rd13, [p_nw];\n  cvta.to.global.u64 %rd13, %rd13;\n  ld.param.f32 %f7, [p_eps];\n";
+    // %q1 thread, %q2 threads, %q4 lane, %q5 warp, %q6 xs, %g6 inner as f32.
+    s += "  mov.u32 %q1, %tid.x;\n  mov.u32 %q2, %ntid.x;\n  and.b32 %q4, %q1, 31;\n  shr.u32 %q5, %q1, 5;\n";
+    s += "  mov.u32 %q6, xs;\n  cvt.rn.f32.u32 %g6, %r2;\n";
+    for r in 0..rows {
+        s += &format!("  mov.f32 %g1, 0f00000000;\n  mov.u32 %q3, %q1;\n$sq{r}:\n");
+        s += &format!("  setp.ge.u32 %p7, %q3, %r2;\n  @%p7 bra $sqd{r};\n");
+        s += &format!(
+            "  mad.lo.u32 %q7, %r2, {r}, %q3;\n  mul.wide.u32 %rd12, %q7, 4;\n  add.s64 %rd12, %rd2, %rd12;\n"
+        );
+        s += "  ld.global.f32 %g2, [%rd12];\n  fma.rn.f32 %g1, %g2, %g2, %g1;\n";
+        s += &format!("  add.u32 %q3, %q3, %q2;\n  bra.uni $sq{r};\n$sqd{r}:\n");
+        for shift in [16, 8, 4, 2, 1] {
+            s += &format!("  shfl.sync.bfly.b32 %g2, %g1, {shift}, 31, -1;\n  add.f32 %g1, %g1, %g2;\n");
+        }
+        s += "  setp.eq.u32 %p7, %q4, 0;\n  shl.b32 %q7, %q5, 2;\n  add.u32 %q7, %q6, %q7;\n";
+        s += "  @%p7 st.shared.f32 [%q7], %g1;\n  bar.sync 0;\n  mov.f32 %g3, 0f00000000;\n";
+        for w in 0..WARPS {
+            s += &format!("  ld.shared.f32 %g2, [%q6+{}];\n  add.f32 %g3, %g3, %g2;\n", 4 * w);
+        }
+        s += "  bar.sync 0;\n";
+        s += "  div.rn.f32 %g3, %g3, %g6;\n  add.f32 %g3, %g3, %f7;\n  sqrt.rn.f32 %g3, %g3;\n  rcp.rn.f32 %g4, %g3;\n";
+        s += &format!("  mov.u32 %q3, %q1;\n$wr{r}:\n  setp.ge.u32 %p7, %q3, %r2;\n  @%p7 bra $wrd{r};\n");
+        s += &format!(
+            "  mad.lo.u32 %q7, %r2, {r}, %q3;\n  mul.wide.u32 %rd12, %q7, 4;\n  add.s64 %rd12, %rd2, %rd12;\n"
+        );
+        s += "  ld.global.f32 %g2, [%rd12];\n  mul.wide.u32 %rd12, %q3, 4;\n  add.s64 %rd12, %rd13, %rd12;\n";
+        s += "  ld.global.f32 %g5, [%rd12];\n  mul.f32 %g2, %g2, %g4;\n  mul.f32 %g2, %g2, %g5;\n";
+        s += "  cvt.rn.bf16.f32 %h1, %g2;\n  shl.b32 %q7, %q7, 1;\n  add.u32 %q7, %q7, %q6;\n";
+        s += &format!(
+            "  st.shared.b16 [%q7+{NORM_SUMS}], %h1;\n  add.u32 %q3, %q3, %q2;\n  bra.uni $wr{r};\n$wrd{r}:\n"
+        );
+    }
+    s += "  bar.sync 0;\n";
+    s
+}
+
+fn kernel(rows: usize, input: Input, epilogue: Epilogue) -> String {
     let pairs = epilogue.pairs();
     let u = unroll(rows, pairs);
-    let name = kernel_name(rows, epilogue);
-    let mut s = format!(".visible .entry {name}(\n  {})\n{{\n", params(epilogue));
+    let name = kernel_name(rows, input, epilogue);
+    let mut s = format!(".visible .entry {name}(\n  {})\n{{\n", params(input, epilogue));
+    if input == Input::RmsNorm {
+        s += "  .reg .b32 %q<16>;\n  .reg .f32 %g<8>;\n";
+    }
     s += &format!(
         "  .reg .pred %p<8>;\n  .reg .b32 %r<20>;\n  .reg .b32 %s<4>;\n  .reg .b32 %w<{}>;\n  .reg .b32 %x<{}>;\n  \
          .reg .f32 %a<{}>;\n  .reg .f32 %f<8>;\n  .reg .b64 %rd<14>;\n  .reg .b64 %xr<{}>;\n  .reg .b16 %h<2>;\n",
@@ -149,11 +223,20 @@ fn kernel(rows: usize, epilogue: Epilogue) -> String {
     // Row r of x starts at x + r·inner·2; %rd10 is out·inner·2 bytes (the
     // distance from a gate row to its up row).
     s += "  mul.wide.u32 %rd4, %r2, 2;\n  mul.wide.u32 %rd10, %r1, %r2;\n  shl.b64 %rd10, %rd10, 1;\n";
-    for r in 0..rows {
-        if r == 0 {
-            s += "  mov.b64 %xr0, %rd2;\n";
-        } else {
-            s += &format!("  add.s64 %xr{r}, %xr{}, %rd4;\n", r - 1);
+    match input {
+        Input::Act => {
+            for r in 0..rows {
+                if r == 0 {
+                    s += "  mov.b64 %xr0, %rd2;\n";
+                } else {
+                    s += &format!("  add.s64 %xr{r}, %xr{}, %rd4;\n", r - 1);
+                }
+            }
+        }
+        Input::RmsNorm => {
+            s += &norm_prologue(rows);
+            // %q8 + r·inner·2: row r of the normed x in shared memory.
+            s += &format!("  add.u32 %q8, %q6, {NORM_SUMS};\n");
         }
     }
     // %r4 lane, %r5 this warp's first output, %r6 the stride over outputs.
@@ -190,7 +273,20 @@ fn kernel(rows: usize, epilogue: Epilogue) -> String {
             for reg in &x {
                 s += &format!("  mov.b32 {reg}, 0;\n");
             }
-            s += &format!("  add.s64 %rd8, %xr{r}, %rd6;\n  @%p3 ld.global.nc.v4.b32 {{{}}}, [%rd8];\n", x.join(", "));
+            match input {
+                Input::Act => {
+                    s += &format!(
+                        "  add.s64 %rd8, %xr{r}, %rd6;\n  @%p3 ld.global.nc.v4.b32 {{{}}}, [%rd8];\n",
+                        x.join(", ")
+                    )
+                }
+                Input::RmsNorm => {
+                    s += &format!(
+                        "  mad.lo.u32 %q9, %r2, {r}, %r11;\n  shl.b32 %q9, %q9, 1;\n  add.u32 %q9, %q9, %q8;\n"
+                    );
+                    s += &format!("  @%p3 ld.shared.v4.b32 {{{}}}, [%q9];\n", x.join(", "));
+                }
+            }
         }
     }
     for l in 0..u {
@@ -286,19 +382,20 @@ mod tests {
         for name in kernel_names() {
             assert_eq!(text.matches(&format!(".entry {name}(")).count(), 1, "{name}");
         }
-        assert_eq!(kernel_names().len(), MAX_ROWS * 4);
+        assert_eq!(kernel_names().len(), MAX_ROWS * 8);
     }
 
     #[test]
     fn every_load_of_a_step_comes_before_its_arithmetic() {
-        for e in epilogues() {
-            let k = kernel(2, e);
+        for (i, e) in variants() {
+            let k = kernel(2, i, e);
             let step = &k[k.find("$step:").unwrap_or(0)..k.find("$reduce:").unwrap_or(0)];
-            let last_load = step.rfind("ld.global.nc").unwrap_or(usize::MAX);
+            let last_load = step.rfind("ld.global.nc").max(step.rfind("ld.shared")).unwrap_or(usize::MAX);
             let first_fma = step.find("fma.rn").unwrap_or(0);
             assert!(last_load < first_fma, "{e:?}: loads must all be issued before the first FMA");
             let loads = unroll(2, e.pairs()) * (2 + e.pairs());
-            assert_eq!(step.matches("ld.global.nc.v4.b32").count(), loads, "{e:?}");
+            let counted = step.matches("ld.global.nc.v4.b32").count() + step.matches("ld.shared.v4.b32").count();
+            assert_eq!(counted, loads, "{i:?} {e:?}");
         }
     }
 }

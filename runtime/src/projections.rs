@@ -5,18 +5,75 @@
 
 use crate::cuda::{CudaError, CudaRunner, DeviceTensor};
 use crate::dense::{act_dtype, Dense, Linear, Rows};
-use crate::gemv::{self, Epilogue};
+use crate::gemv::{self, Epilogue, Input};
 use crate::glue::Act;
-use cudarc::driver::{CudaSlice, CudaViewMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaViewMut, LaunchArgs, LaunchConfig, PushKernelArg};
 use mixc_ir::DType;
 
 fn drv<E: std::fmt::Debug>(what: &str) -> impl FnOnce(E) -> CudaError + '_ {
     move |e| CudaError::Driver(format!("{what}: {e:?}"))
 }
 
-/// CTAs of [`gemv::WARPS`] warps, a warp per output, for `out` outputs.
-fn config(out: usize) -> LaunchConfig {
-    LaunchConfig { grid_dim: (gemv::grid_for(out), 1, 1), block_dim: (32 * gemv::WARPS, 1, 1), shared_mem_bytes: 0 }
+/// CTAs of [`gemv::WARPS`] warps, a warp per output, for `out` outputs
+/// (with the shared memory `x` needs for `rows` rows of `inner`).
+fn config(out: usize, x: &GemvX, rows: usize, inner: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (gemv::grid_for(out), 1, 1),
+        block_dim: (32 * gemv::WARPS, 1, 1),
+        shared_mem_bytes: gemv::shared_bytes(x.input(), rows, inner) as u32,
+    }
+}
+
+/// Shared memory a CTA may have without raising its limit.
+const SHARED_LIMIT: usize = 48 * 1024;
+
+/// What a GEMV multiplies by its weight.
+#[derive(Clone, Copy)]
+pub enum GemvX<'a> {
+    /// bf16 activations `[rows, inner]`.
+    Act(&'a CudaSlice<u32>),
+    /// The f32 residual `[rows, inner]`, RMS-normed by `weight` (f32
+    /// `[inner]`) and `eps` on the way in (bf16, as the glue's RMSNorm stores).
+    RmsNorm { x: &'a CudaSlice<u32>, weight: &'a DeviceTensor, eps: f32 },
+}
+
+impl GemvX<'_> {
+    fn input(&self) -> Input {
+        match self {
+            GemvX::Act(_) => Input::Act,
+            GemvX::RmsNorm { .. } => Input::RmsNorm,
+        }
+    }
+
+    /// Checks the sizes against `rows` rows of `inner`.
+    fn check(&self, rows: usize, inner: usize) -> Result<(), CudaError> {
+        let ok = match self {
+            GemvX::Act(x) => x.len() >= words(rows * inner, Act::Bf16),
+            GemvX::RmsNorm { x, weight, .. } => {
+                x.len() >= rows * inner
+                    && weight.numel() == inner
+                    && weight.dtype == DType::F32
+                    && gemv::shared_bytes(Input::RmsNorm, rows, inner) <= SHARED_LIMIT
+            }
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(CudaError::Program(format!("a GEMV input of {rows} rows of {inner} that does not fit")))
+        }
+    }
+
+    /// Pushes the kernel's input parameters.
+    fn push<'a>(&'a self, l: &mut LaunchArgs<'a>) {
+        match self {
+            GemvX::Act(x) => {
+                l.arg(*x);
+            }
+            GemvX::RmsNorm { x, weight, eps } => {
+                l.arg(*x).arg(&weight.buf).arg(eps);
+            }
+        }
+    }
 }
 
 /// Words of `n` values of `act`.
@@ -39,6 +96,8 @@ pub enum GemvKind {
 #[derive(Clone, Debug)]
 pub struct GemvCase {
     pub kind: GemvKind,
+    /// With the RMSNorm folded in ([`GemvX::RmsNorm`]).
+    pub normed: bool,
     pub rows: usize,
     pub out: usize,
     pub inner: usize,
@@ -48,9 +107,19 @@ pub struct GemvCase {
 }
 
 impl GemvCase {
-    /// Whether the error is within rounding: f32 accumulation, or bf16 output.
+    /// The error rounding allows: of f32 accumulation, of a bf16 output; a
+    /// normed `x` may round an element to the neighbouring bf16 where the
+    /// host's sum of squares differs in its last bits (1e-3).
+    pub fn tolerance(&self) -> f64 {
+        match (self.y, self.normed) {
+            (Act::Bf16, _) => 1e-2,
+            (Act::F32, true) => 1e-3,
+            (Act::F32, false) => 1e-4,
+        }
+    }
+
     pub fn ok(&self) -> bool {
-        self.worst <= if self.y == Act::Bf16 { 1e-2 } else { 1e-4 }
+        self.worst <= self.tolerance()
     }
 }
 
@@ -63,27 +132,38 @@ impl Dense {
         self.gemv && self.gemv_shape_fits(rows, inner)
     }
 
+    /// Whether [`Dense::gemv_fits`] and the RMSNorm can be folded in
+    /// ([`GemvX::RmsNorm`]: the normed rows fit in shared memory;
+    /// `MIXC_FOLD_NORM=0` says no).
+    pub fn gemv_norm_fits(&self, rows: usize, inner: usize) -> bool {
+        self.fold_norm && self.gemv_fits(rows, inner) && gemv::shared_bytes(Input::RmsNorm, rows, inner) <= SHARED_LIMIT
+    }
+
     /// [`Dense::gemv_fits`] whatever `MIXC_GEMV` says.
     fn gemv_shape_fits(&self, rows: usize, inner: usize) -> bool {
         self.act == Act::Bf16 && (1..=gemv::MAX_ROWS).contains(&rows) && inner.is_multiple_of(8)
     }
 
-    /// `y[rows, part.count] (+)= x · W[part]ᵀ` by the GEMV (sizes checked by
-    /// the caller, [`Dense::gemv_fits`] true).
+    /// `y[rows, part.count] (+)= x · W[part]ᵀ` by the GEMV (y's size and the
+    /// part checked by the caller, the shapes by [`Dense::gemv_fits`]).
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn gemv(
+    pub fn gemv(
         &self,
         runner: &CudaRunner,
         y: &mut CudaSlice<u32>,
         y_dtype: Act,
-        x: &CudaSlice<u32>,
+        x: GemvX,
         w: &DeviceTensor,
         part: Rows,
         rows: usize,
         accumulate: bool,
     ) -> Result<(), CudaError> {
         let inner = w.shape.get(1).copied().unwrap_or(0);
-        let f = self.kernel(&gemv::kernel_name(rows, Epilogue::Plain(y_dtype)))?;
+        x.check(rows, inner)?;
+        if y.len() < words(rows * part.count, y_dtype) || w.dtype != DType::BF16 {
+            return Err(CudaError::Program(format!("a GEMV of {rows} rows into {} words", y.len())));
+        }
+        let f = self.kernel(&gemv::kernel_name(rows, x.input(), Epilogue::Plain(y_dtype)))?;
         // `inner` is a multiple of 8, so the part's first row starts a word
         // (and a 16-byte boundary).
         let first = part.first * inner / 2;
@@ -91,13 +171,16 @@ impl Dense {
             return Err(CudaError::Program(format!("rows from {} of a weight of {} words", part.first, w.buf.len())));
         }
         let wv = w.buf.slice(first..);
+        let cfg = config(part.count, &x, rows, inner);
         let mut l = runner.stream().launch_builder(f);
         let (out, inner, acc) = (part.count as u32, inner as u32, u32::from(accumulate));
-        l.arg(&wv).arg(x).arg(&mut *y).arg(&out).arg(&inner).arg(&acc);
-        // Safety: the caller checked x ([rows, inner] bf16) and y ([rows, out]
-        // in y_dtype) against the part, which lies inside W; every 16-byte
-        // load stays inside a row of a 16-byte aligned buffer.
-        unsafe { l.launch(config(part.count)) }.map_err(drv("launching mixc_gemv"))?;
+        l.arg(&wv);
+        x.push(&mut l);
+        l.arg(&mut *y).arg(&out).arg(&inner).arg(&acc);
+        // Safety: x checked above, y ([rows, out] in y_dtype) too, the part
+        // lies inside W (checked by the caller); every 16-byte load stays
+        // inside a row of a 16-byte aligned buffer.
+        unsafe { l.launch(cfg) }.map_err(drv("launching mixc_gemv"))?;
         Ok(())
     }
 
@@ -108,7 +191,7 @@ impl Dense {
         &self,
         runner: &CudaRunner,
         ys: &mut [CudaViewMut<'_, u32>],
-        x: &CudaSlice<u32>,
+        x: GemvX,
         w: &DeviceTensor,
         parts: &[Rows],
         rows: usize,
@@ -139,13 +222,16 @@ impl Dense {
             next += p.count;
             ends[i] = next as u32;
         }
-        if next != all || x.len() < words(rows * inner, Act::Bf16) {
+        if next != all {
             return Err(CudaError::Program(format!("stacked projections cover {next} of {all} rows")));
         }
-        let f = self.kernel(&gemv::kernel_name(rows, Epilogue::Segments))?;
+        x.check(rows, inner)?;
+        let f = self.kernel(&gemv::kernel_name(rows, x.input(), Epilogue::Segments))?;
         let unused = [0u64; gemv::SEGMENTS];
+        let cfg = config(all, &x, rows, inner);
         let mut l = runner.stream().launch_builder(f);
-        l.arg(&w.buf).arg(x);
+        l.arg(&w.buf);
+        x.push(&mut l);
         for y in ys.iter_mut() {
             l.arg(y);
         }
@@ -160,7 +246,7 @@ impl Dense {
         // Safety: checked above: x holds [rows, inner] bf16, every part's
         // buffer [rows, count] bf16, the parts tile W's rows in order (an
         // unused segment's end is W's last row, so it is never chosen).
-        unsafe { l.launch(config(all)) }.map_err(drv("launching mixc_gemv_seg"))?;
+        unsafe { l.launch(cfg) }.map_err(drv("launching mixc_gemv_seg"))?;
         Ok(())
     }
 
@@ -170,7 +256,7 @@ impl Dense {
         &self,
         runner: &CudaRunner,
         y: &mut CudaSlice<u32>,
-        x: &CudaSlice<u32>,
+        x: GemvX,
         gate_up: &Linear,
         rows: usize,
     ) -> Result<(), CudaError> {
@@ -181,15 +267,19 @@ impl Dense {
                 "SwiGLU's [{two_h}, {inner}] projection of {rows} rows needs the GEMV and no bias"
             )));
         }
-        if y.len() < words(rows * h, Act::Bf16) || x.len() < words(rows * inner, Act::Bf16) {
+        if y.len() < words(rows * h, Act::Bf16) {
             return Err(CudaError::Program("SwiGLU projection buffers too small".into()));
         }
-        let f = self.kernel(&gemv::kernel_name(rows, Epilogue::SwiGlu))?;
+        x.check(rows, inner)?;
+        let f = self.kernel(&gemv::kernel_name(rows, x.input(), Epilogue::SwiGlu))?;
+        let cfg = config(h, &x, rows, inner);
         let mut l = runner.stream().launch_builder(f);
         let (h32, inner) = (h as u32, inner as u32);
-        l.arg(&gate_up.weight.buf).arg(x).arg(&mut *y).arg(&h32).arg(&inner);
+        l.arg(&gate_up.weight.buf);
+        x.push(&mut l);
+        l.arg(&mut *y).arg(&h32).arg(&inner);
         // Safety: sizes checked above; a warp reads rows n and h + n < 2h of W.
-        unsafe { l.launch(config(h)) }.map_err(drv("launching mixc_gemv_swiglu"))?;
+        unsafe { l.launch(cfg) }.map_err(drv("launching mixc_gemv_swiglu"))?;
         Ok(())
     }
 
@@ -204,39 +294,47 @@ impl Dense {
         let mut rng = mixc_ir::mixers::inputs::SplitMix::new(0x9e37_79b9);
         let mut next = move || half::bf16::from_f32((rng.uniform() * 2.0 - 1.0) as f32).to_f32();
         let mut draw = |n: usize| -> Vec<f32> { (0..n).map(|_| next()).collect() };
-        let dense = self;
         let mut out = Vec::new();
         let plain = [
-            (1, 2048, 2048, Act::F32, true),
-            (1, 11264, 2048, Act::F32, false),
-            (1, 2048, 5632, Act::F32, true),
-            (1, 1024, 2048, Act::Bf16, false),
-            (2, 16, 2048, Act::Bf16, false),
-            (3, 1024, 16, Act::F32, false),
-            (4, 64, 176, Act::F32, true),
-            (4, 200, 1000, Act::Bf16, false),
+            (1, 2048, 2048, Act::F32, true, false),
+            (1, 11264, 2048, Act::F32, false, false),
+            (1, 2048, 5632, Act::F32, true, false),
+            (1, 1024, 2048, Act::Bf16, false, false),
+            (2, 16, 2048, Act::Bf16, false, false),
+            (3, 1024, 16, Act::F32, false, false),
+            (4, 64, 176, Act::F32, true, false),
+            (4, 200, 1000, Act::Bf16, false, false),
+            (1, 4000, 2048, Act::F32, false, true),
+            (3, 200, 1000, Act::F32, true, true),
         ];
-        for (rows, n_out, inner, y_act, accumulate) in plain {
-            let (w, x, y0) = (draw(n_out * inner), draw(rows * inner), draw(rows * n_out));
+        for (rows, n_out, inner, y_act, accumulate, normed) in plain {
+            let (w, y0) = (draw(n_out * inner), draw(rows * n_out));
+            let x = Operand::new(runner, &mut draw, rows, inner, normed)?;
             let wd = runner.upload_f32(&w, &[n_out, inner], DType::BF16)?;
-            let xd = runner.upload_f32(&x, &[rows, inner], DType::BF16)?;
             let mut yd = runner.upload_f32(&y0, &[rows, n_out], act_dtype(y_act))?;
             let part = Rows { first: 0, count: n_out };
-            dense.gemv(runner, &mut yd.buf, y_act, &xd.buf, &wd, part, rows, accumulate)?;
+            self.gemv(runner, &mut yd.buf, y_act, x.gemv_x(), &wd, part, rows, accumulate)?;
             let got = download(runner, &yd)?;
-            let want = products(&w, &x, rows, 0..n_out, inner);
+            let want = products(&w, &x.values, rows, 0..n_out, inner);
             let want: Vec<f64> =
                 want.iter().zip(&y0).map(|(p, y)| p + if accumulate { f64::from(*y) } else { 0.0 }).collect();
             let worst = worst_by_row(&got, &want, rows, n_out);
-            out.push(GemvCase { kind: GemvKind::Plain { accumulate }, rows, out: n_out, inner, y: y_act, worst });
+            let kind = GemvKind::Plain { accumulate };
+            out.push(GemvCase { kind, normed, rows, out: n_out, inner, y: y_act, worst });
         }
         // Stacked: q, k, v and a low-rank gate's first stage of a small head,
         // and a ragged set; and the second of three parts alone (a range of rows).
-        for (rows, counts, inner) in [(1, vec![1024, 1024, 2048, 2048, 16], 2048), (3, vec![24, 8, 40], 72)] {
+        let stacked = [
+            (1, vec![1024, 1024, 2048, 2048, 16], 2048, false),
+            (3, vec![24, 8, 40], 72, false),
+            (1, vec![1024, 1024, 2048, 2048, 16], 2048, true),
+            (4, vec![24, 8, 40], 72, true),
+        ];
+        for (rows, counts, inner, normed) in stacked {
             let all: usize = counts.iter().sum();
-            let (w, x) = (draw(all * inner), draw(rows * inner));
+            let w = draw(all * inner);
+            let x = Operand::new(runner, &mut draw, rows, inner, normed)?;
             let wd = runner.upload_f32(&w, &[all, inner], DType::BF16)?;
-            let xd = runner.upload_f32(&x, &[rows, inner], DType::BF16)?;
             let mut parts = Vec::new();
             let mut first = 0;
             for c in &counts {
@@ -248,35 +346,84 @@ impl Dense {
                 bufs.push(runner.upload_f32(&draw(rows * p.count), &[rows, p.count], DType::BF16)?);
             }
             let mut ys: Vec<CudaViewMut<'_, u32>> = bufs.iter_mut().map(|b| b.buf.slice_mut(..)).collect();
-            dense.project_stacked(runner, &mut ys, &xd.buf, &wd, &parts, rows)?;
+            self.project_stacked(runner, &mut ys, x.gemv_x(), &wd, &parts, rows)?;
             let mut worst: f64 = 0.0;
             for (p, b) in parts.iter().zip(&bufs) {
-                let want = products(&w, &x, rows, p.first..p.first + p.count, inner);
+                let want = products(&w, &x.values, rows, p.first..p.first + p.count, inner);
                 worst = worst.max(worst_by_row(&download(runner, b)?, &want, rows, p.count));
             }
             let kind = GemvKind::Stacked { parts: parts.len() };
-            out.push(GemvCase { kind, rows, out: all, inner, y: Act::Bf16, worst });
+            out.push(GemvCase { kind, normed, rows, out: all, inner, y: Act::Bf16, worst });
             let middle = parts[1];
             let mut yd = runner.zeros(&[rows, middle.count], DType::F32)?;
-            dense.gemv(runner, &mut yd.buf, Act::F32, &xd.buf, &wd, middle, rows, false)?;
-            let want = products(&w, &x, rows, middle.first..middle.first + middle.count, inner);
+            self.gemv(runner, &mut yd.buf, Act::F32, x.gemv_x(), &wd, middle, rows, false)?;
+            let want = products(&w, &x.values, rows, middle.first..middle.first + middle.count, inner);
             let worst = worst_by_row(&download(runner, &yd)?, &want, rows, middle.count);
             let kind = GemvKind::Plain { accumulate: false };
-            out.push(GemvCase { kind, rows, out: middle.count, inner, y: Act::F32, worst });
+            out.push(GemvCase { kind, normed, rows, out: middle.count, inner, y: Act::F32, worst });
         }
-        for (rows, h, inner) in [(1, 5632, 2048), (2, 40, 2048), (4, 24, 264)] {
-            let (w, x) = (draw(2 * h * inner), draw(rows * inner));
+        let swiglu = [(1, 5632, 2048, false), (2, 40, 2048, false), (4, 24, 264, false), (1, 5632, 2048, true)];
+        for (rows, h, inner, normed) in swiglu {
+            let w = draw(2 * h * inner);
+            let x = Operand::new(runner, &mut draw, rows, inner, normed)?;
             let lin = Linear { weight: runner.upload_f32(&w, &[2 * h, inner], DType::BF16)?, bias: None };
-            let xd = runner.upload_f32(&x, &[rows, inner], DType::BF16)?;
             let mut yd = runner.zeros(&[rows, h], DType::BF16)?;
-            dense.project_swiglu(runner, &mut yd.buf, &xd.buf, &lin, rows)?;
-            let gate = products(&w, &x, rows, 0..h, inner);
-            let up = products(&w, &x, rows, h..2 * h, inner);
+            self.project_swiglu(runner, &mut yd.buf, x.gemv_x(), &lin, rows)?;
+            let gate = products(&w, &x.values, rows, 0..h, inner);
+            let up = products(&w, &x.values, rows, h..2 * h, inner);
             let want: Vec<f64> = gate.iter().zip(&up).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
             let worst = worst_by_row(&download(runner, &yd)?, &want, rows, h);
-            out.push(GemvCase { kind: GemvKind::SwiGlu, rows, out: h, inner, y: Act::Bf16, worst });
+            out.push(GemvCase { kind: GemvKind::SwiGlu, normed, rows, out: h, inner, y: Act::Bf16, worst });
         }
         Ok(out)
+    }
+}
+
+/// A checked GEMV's `x` on the card, and the bf16 values the kernel
+/// multiplies (for a normed one, the f32 residual normed on the host as the
+/// kernel norms it).
+struct Operand {
+    x: DeviceTensor,
+    norm: Option<DeviceTensor>,
+    values: Vec<f32>,
+}
+
+/// The eps of the checked norms.
+const CHECK_EPS: f32 = 1e-6;
+
+impl Operand {
+    fn new(
+        runner: &CudaRunner,
+        draw: &mut impl FnMut(usize) -> Vec<f32>,
+        rows: usize,
+        inner: usize,
+        normed: bool,
+    ) -> Result<Operand, CudaError> {
+        let x = draw(rows * inner);
+        if !normed {
+            return Ok(Operand { x: runner.upload_f32(&x, &[rows, inner], DType::BF16)?, norm: None, values: x });
+        }
+        // A residual of larger values, a norm weight around 1.
+        let x: Vec<f32> = x.iter().map(|v| 3.0 * v).collect();
+        let w: Vec<f32> = draw(inner).iter().map(|v| 1.0 + 0.5 * v).collect();
+        let mut values = Vec::with_capacity(rows * inner);
+        for row in x.chunks(inner) {
+            let mean = row.iter().map(|v| v * v).sum::<f32>() / inner as f32;
+            let scale = 1.0 / (mean + CHECK_EPS).sqrt();
+            values.extend(row.iter().zip(&w).map(|(v, g)| half::bf16::from_f32(v * scale * g).to_f32()));
+        }
+        Ok(Operand {
+            x: runner.upload_f32(&x, &[rows, inner], DType::F32)?,
+            norm: Some(runner.upload_f32(&w, &[inner], DType::F32)?),
+            values,
+        })
+    }
+
+    fn gemv_x(&self) -> GemvX<'_> {
+        match &self.norm {
+            None => GemvX::Act(&self.x.buf),
+            Some(weight) => GemvX::RmsNorm { x: &self.x.buf, weight, eps: CHECK_EPS },
+        }
     }
 }
 

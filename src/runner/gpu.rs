@@ -16,10 +16,12 @@ use crate::Error;
 use mixc_ir::mixers::carried_input;
 use mixc_ir::model::{MlpKind, NormChoice};
 use mixc_ir::DType;
+use mixc_runtime::cuda::CudaSlice;
 use mixc_runtime::cuda::{CudaRunner, DeviceGraph, DeviceTensor, LoadedProgram, PreparedRun};
+use mixc_runtime::dense::Rows;
 use mixc_runtime::dense::{act_dtype, Dense, Linear};
 use mixc_runtime::glue::{Act, RowNorm};
-use mixc_runtime::projections::GemvKind;
+use mixc_runtime::projections::{GemvKind, GemvX};
 use mixc_runtime::{Data, HostTensor};
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -73,6 +75,39 @@ struct Workspace {
     /// The same in the act dtype (a projection's operand).
     wide_act: DeviceTensor,
     logits: DeviceTensor,
+}
+
+/// A block norm of the residual stream: its kind, weights, eps and width.
+pub(super) struct BlockNorm<'a> {
+    kind: RowNorm,
+    weights: &'a DeviceNorm,
+    eps: f32,
+    d: usize,
+}
+
+impl<'a> BlockNorm<'a> {
+    /// `out = norm(x)` over `rows` rows, in the act dtype.
+    fn apply(
+        &self,
+        dense: &Dense,
+        r: &CudaRunner,
+        out: &mut CudaSlice<u32>,
+        x: &CudaSlice<u32>,
+        rows: usize,
+    ) -> Result<(), Error> {
+        let (w, b) = (&self.weights.weight, self.weights.bias.as_ref());
+        Ok(dense.norm(r, self.kind, out, x, w, b, rows, self.d, self.eps)?)
+    }
+
+    /// The norm of `x` folded into a GEMV's input, where it is an RMSNorm
+    /// and the GEMV can fold it at `rows` rows.
+    fn folded(&self, dense: &Dense, x: &'a CudaSlice<u32>, rows: usize) -> Option<GemvX<'a>> {
+        (self.kind == RowNorm::Rms && dense.gemv_norm_fits(rows, self.d)).then_some(GemvX::RmsNorm {
+            x,
+            weight: &self.weights.weight,
+            eps: self.eps,
+        })
+    }
 }
 
 /// A stream, cuBLAS and the glue kernels, opened for a model's dense work.
@@ -151,7 +186,7 @@ pub fn check_gemv() -> Result<(String, bool), Error> {
                 GemvKind::Plain { accumulate: false } => String::new(),
                 GemvKind::Stacked { parts } => format!(", {parts} stacked"),
                 GemvKind::SwiGlu => ", SwiGLU".to_string(),
-            },
+            } + if c.normed { ", RMSNorm folded in" } else { "" },
             c.worst,
             if c.ok() { "ok" } else { "FAIL" }
         ));
@@ -344,25 +379,18 @@ impl DeviceModel {
         Ok(logits)
     }
 
-    /// `out = norm(x)` over `rows` rows by the model's block norm (`[model] norm`).
-    fn block_norm(
-        &self,
-        model: &Model,
-        out: &mut DeviceTensor,
-        x: &DeviceTensor,
-        norm: &DeviceNorm,
-        rows: usize,
-    ) -> Result<(), Error> {
+    /// The model's block norm (`[model] norm`) with the weights `norm`.
+    fn norm_of<'a>(&self, model: &Model, norm: &'a DeviceNorm) -> BlockNorm<'a> {
         let kind = match model.cfg.norm {
             NormChoice::Rmsnorm => RowNorm::Rms,
             NormChoice::Layernorm => RowNorm::Layer,
         };
-        let (w, b, d) = (&norm.weight, norm.bias.as_ref(), model.cfg.d_model as usize);
-        Ok(self.dense.norm(&self.runner, kind, &mut out.buf, &x.buf, w, b, rows, d, model.eps)?)
+        BlockNorm { kind, weights: norm, eps: model.eps, d: model.cfg.d_model as usize }
     }
 
     /// Queues the whole model over the tokens in the workspace: embedding,
-    /// every layer, the final norm and the head.
+    /// every layer, the final norm and the head. A decode step's RMSNorms
+    /// are folded into the GEMVs that read them where they fit.
     fn pass(
         &self,
         model: &Model,
@@ -376,30 +404,45 @@ impl DeviceModel {
         let t = w.rows;
         dense.embed(r, &mut w.x.buf, &self.embed.weight, &w.ids.buf, t)?;
         for (li, layer) in self.layers.iter().enumerate() {
-            self.block_norm(model, &mut w.h, &w.x, &layer.mixer_norm, t)?;
             let lm = &model.mixers[model.layers[li]];
             let kept = if decode { runs.get_mut(li) } else { None };
-            self.mixer(lm, li, layer, cache, w, kept, carry)?;
+            let norm = self.norm_of(model, &layer.mixer_norm);
+            self.mixer(lm, li, layer, cache, w, kept, carry, &norm)?;
             if let Some(m) = &layer.mlp {
-                self.block_norm(model, &mut w.h, &w.x, &m.norm, t)?;
+                let norm = self.norm_of(model, &m.norm);
                 let hdn = m.down.inner();
-                let d = m.up.inner();
-                if m.kind == MlpKind::Swiglu && m.up.bias.is_none() && dense.gemv_fits(t, d) {
-                    // A decode step's gate and up with the activation in one launch.
-                    dense.project_swiglu(r, &mut w.wide_act.buf, &w.h.buf, &m.up, t)?;
-                } else {
-                    dense.linear(r, &mut w.wide.buf, &w.h.buf, &m.up, t, false)?;
-                    match m.kind {
-                        MlpKind::Swiglu => dense.swiglu(r, &mut w.wide_act.buf, &w.wide.buf, t, hdn)?,
-                        MlpKind::Gelu => dense.gelu(r, &mut w.wide_act.buf, &w.wide.buf, t * hdn)?,
+                let swiglu = m.kind == MlpKind::Swiglu && m.up.bias.is_none() && dense.gemv_fits(t, norm.d);
+                match norm.folded(dense, &w.x.buf, t) {
+                    // Norm, gate, up and the activation in one launch.
+                    Some(x) if swiglu => dense.project_swiglu(r, &mut w.wide_act.buf, x, &m.up, t)?,
+                    _ => {
+                        norm.apply(dense, r, &mut w.h.buf, &w.x.buf, t)?;
+                        if swiglu {
+                            dense.project_swiglu(r, &mut w.wide_act.buf, GemvX::Act(&w.h.buf), &m.up, t)?;
+                        } else {
+                            dense.linear(r, &mut w.wide.buf, &w.h.buf, &m.up, t, false)?;
+                            match m.kind {
+                                MlpKind::Swiglu => dense.swiglu(r, &mut w.wide_act.buf, &w.wide.buf, t, hdn)?,
+                                MlpKind::Gelu => dense.gelu(r, &mut w.wide_act.buf, &w.wide.buf, t * hdn)?,
+                            }
+                        }
                     }
                 }
                 dense.linear(r, &mut w.x.buf, &w.wide_act.buf, &m.down, t, true)?;
             }
         }
-        self.block_norm(model, &mut w.h, &w.x, &self.norm, t)?;
+        let norm = self.norm_of(model, &self.norm);
         let head = self.head.as_ref().unwrap_or(&self.embed);
-        dense.linear(r, &mut w.logits.buf, &w.h.buf, head, t, false)?;
+        match norm.folded(dense, &w.x.buf, t) {
+            Some(x) if head.bias.is_none() => {
+                let all = Rows { first: 0, count: head.out() };
+                dense.gemv(r, &mut w.logits.buf, Act::F32, x, &head.weight, all, t, false)?;
+            }
+            _ => {
+                norm.apply(dense, r, &mut w.h.buf, &w.x.buf, t)?;
+                dense.linear(r, &mut w.logits.buf, &w.h.buf, head, t, false)?;
+            }
+        }
         Ok(())
     }
 
@@ -566,6 +609,7 @@ impl DeviceModel {
         w: &mut Workspace,
         kept: Option<&mut Option<KeptRun>>,
         carry: Carry,
+        norm: &BlockNorm,
     ) -> Result<(), Error> {
         let (r, dense) = (&self.runner, &self.dense);
         let t = w.rows;
@@ -597,7 +641,7 @@ impl DeviceModel {
             None => fresh.insert(r.prepare_shaped(lp, &shapes, &uploads(lm, layer, position))?),
         };
         // Projections straight into the mixer's input buffers (in their dtype).
-        layer.inputs.project(r, dense, run, w, t, name)?;
+        layer.inputs.project(r, dense, run, w, t, name, norm)?;
         // Carried tensors in: swapped where lengths match, else copied (in a
         // graph step they are in place already).
         for (input, feed) in &lm.feeds {

@@ -6,13 +6,14 @@
 //! weights become one), each written straight into the mixer's input buffer.
 //! Prefill runs the same rows through cuBLAS, one GEMM per projection.
 
-use super::Workspace;
+use super::{BlockNorm, Workspace};
 use crate::Error;
 use mixc_ir::DType;
-use mixc_runtime::cuda::{CudaRunner, CudaViewMut, DeviceTensor, PreparedRun};
+use mixc_runtime::cuda::{CudaRunner, CudaSlice, CudaViewMut, DeviceTensor, PreparedRun};
 use mixc_runtime::dense::{Dense, Linear, Rows};
 use mixc_runtime::gemv::SEGMENTS;
 use mixc_runtime::glue::Act;
+use mixc_runtime::projections::GemvX;
 
 /// Where a projection's first stage comes from.
 pub(super) enum First {
@@ -121,8 +122,11 @@ impl Inputs {
         n
     }
 
-    /// Computes every projected input of `rows` rows of `w.h` into the
-    /// mixer's input buffers of `run` (in their dtypes).
+    /// Computes every projected input of `rows` rows of the residual
+    /// `w.x` normed by `norm` into the mixer's input buffers of `run` (in
+    /// their dtypes): the norm folded into the stacked GEMV where it can
+    /// be, else into `w.h` first.
+    #[allow(clippy::too_many_arguments)]
     pub fn project(
         &self,
         runner: &CudaRunner,
@@ -131,6 +135,7 @@ impl Inputs {
         w: &mut Workspace,
         rows: usize,
         mixer: &str,
+        norm: &BlockNorm,
     ) -> Result<(), Error> {
         let err = |msg: String| Error::Run { mixer: mixer.to_string(), msg };
         let mut slots = Vec::with_capacity(self.members.len());
@@ -156,8 +161,15 @@ impl Inputs {
             }
             None => false,
         };
+        // The norm folds into the stacked launch when nothing else reads `h`.
+        let all_stacked = stacked_members.len() == self.members.len();
+        let folded = if fused && all_stacked { norm.folded(dense, &w.x.buf, rows) } else { None };
+        if folded.is_none() {
+            norm.apply(dense, runner, &mut w.h.buf, &w.x.buf, rows)?;
+        }
         if let (true, Some(stacked)) = (fused, &self.stacked) {
-            self.stacked_gemv(runner, dense, run, w, rows, stacked, &stacked_members, &slots)?;
+            let x = folded.unwrap_or(GemvX::Act(&w.h.buf));
+            self.stacked_gemv(runner, dense, run, &mut w.wide_act.buf, x, rows, stacked, &stacked_members, &slots)?;
         }
         for (m, (slot, dtype)) in self.members.iter().zip(slots) {
             let stacked = || self.stacked.as_ref().ok_or_else(|| err("no stacked weight".into()));
@@ -213,14 +225,15 @@ impl Inputs {
     }
 
     /// The one launch over the stacked weight: each member's rows into its
-    /// input buffer, a low-rank member's into `w.wide_act`.
+    /// input buffer, a low-rank member's into `wide_act`.
     #[allow(clippy::too_many_arguments)]
     fn stacked_gemv(
         &self,
         runner: &CudaRunner,
         dense: &Dense,
         run: &mut PreparedRun,
-        w: &mut Workspace,
+        wide_act: &mut CudaSlice<u32>,
+        x: GemvX,
         rows: usize,
         stacked: &DeviceTensor,
         members: &[usize],
@@ -232,7 +245,7 @@ impl Inputs {
             .buffers_mut(&direct)
             .ok_or_else(|| Error::Usage("two projections share a mixer input".into()))?
             .into_iter();
-        let mut wide = Some(w.wide_act.buf.slice_mut(..));
+        let mut wide = Some(wide_act.slice_mut(..));
         let mut views: Vec<CudaViewMut<'_, u32>> = Vec::with_capacity(members.len());
         let mut parts = Vec::with_capacity(members.len());
         for i in members {
@@ -245,6 +258,6 @@ impl Inputs {
             };
             views.push(view.ok_or_else(|| Error::Usage("a stacked projection without a buffer".into()))?);
         }
-        Ok(dense.project_stacked(runner, &mut views, &w.h.buf, stacked, &parts, rows)?)
+        Ok(dense.project_stacked(runner, &mut views, x, stacked, &parts, rows)?)
     }
 }
