@@ -1,6 +1,8 @@
 //! Whole models on a CUDA GPU: the weights stay on the card (projections in
-//! bf16 or f32, norms in f32), projections run through cuBLAS, the glue
-//! (embedding, RMSNorm, MLP activations) through `mixc_runtime::glue`, and
+//! bf16 or f32, norms in f32), projections run through cuBLAS (prefill) or
+//! the GEMVs of `mixc_runtime::gemv` (decode steps, with the RMSNorm before
+//! them, the stacked projections of one input and SwiGLU folded in), the
+//! glue (embedding, norms, MLP activations) through `mixc_runtime::glue`, and
 //! every mixer through its compiled kernels, fed on the device: a
 //! projection writes straight into the mixer's input buffer, and carried
 //! states and caches move between a sequence's [`Cache`] and the mixer's
