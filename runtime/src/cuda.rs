@@ -15,6 +15,7 @@
 //! copies the outputs back. [`CudaRunner::run`] does all three.
 
 use crate::layout::{self, Poison};
+use crate::staging::Staging;
 use crate::tensor::{Data, HostTensor};
 use cudarc::driver::sys::{self, CUfunction_attribute_enum};
 use cudarc::driver::{
@@ -30,6 +31,7 @@ use mixc_ir::DType;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Instant;
 
 /// One compiled kernel as the GPU loads it.
@@ -71,7 +73,14 @@ const TRANSFER_WORDS: usize = 1 << 22;
 pub struct CudaRunner {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
+    /// Pinned buffers large 16-bit uploads go through (made at the first,
+    /// freed by [`CudaRunner::end_staging`]).
+    staging: Mutex<Option<Staging>>,
 }
+
+/// Values of an upload from which it goes through the pinned staging
+/// buffers (`MIXC_PINNED=0`: never).
+const STAGED_FROM: usize = 1 << 20;
 
 /// The GPU this runner drives.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -232,7 +241,7 @@ impl CudaRunner {
         }
         let ctx = CudaContext::new(0).map_err(drv("opening device 0"))?;
         let stream = ctx.default_stream();
-        Ok(CudaRunner { ctx, stream })
+        Ok(CudaRunner { ctx, stream, staging: Mutex::new(None) })
     }
 
     /// A runner with a stream of its own (work on it can be captured into
@@ -248,7 +257,7 @@ impl CudaRunner {
         // they need.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(drv("creating a stream"))?;
-        Ok(CudaRunner { ctx, stream })
+        Ok(CudaRunner { ctx, stream, staging: Mutex::new(None) })
     }
 
     /// Starts recording the work queued on the stream into a graph (nothing
@@ -578,21 +587,45 @@ impl CudaRunner {
     /// A device tensor of `dtype` `shape` holding `data` (f32 values;
     /// rounded to 16 bits for f16/bf16, converted on all cores).
     pub fn upload_f32(&self, data: &[f32], shape: &[usize], dtype: DType) -> Result<DeviceTensor, CudaError> {
-        use rayon::prelude::*;
         if data.len() != shape.iter().product::<usize>() || !dtype.is_float() {
             return Err(CudaError::Program(format!(
                 "{} f32 values for a {dtype} tensor of shape {shape:?}",
                 data.len()
             )));
         }
-        let mut out = self.zeros(shape, dtype)?;
         if layout::is_half(dtype) {
-            let halves: Vec<u16> = data.par_iter().map(|x| layout::half_bits(dtype, *x)).collect();
-            self.copy_in(&halves, &mut out.buf)?;
-        } else {
-            self.copy_in(data, &mut out.buf)?;
+            return self.upload_f32_stacked(&[data], shape, dtype);
         }
+        let mut out = self.zeros(shape, dtype)?;
+        self.copy_in(data, &mut out.buf)?;
         Ok(out)
+    }
+
+    /// Copies `values` converted to `dtype`'s 16 bits into `dst`: through the
+    /// pinned staging buffers where there are many, else from a pageable copy.
+    fn put_halves(&self, values: &[f32], dtype: DType, dst: &mut CudaViewMut<'_, u16>) -> Result<(), CudaError> {
+        use rayon::prelude::*;
+        let staged = values.len() >= STAGED_FROM && std::env::var("MIXC_PINNED").map_or(true, |v| v != "0");
+        if staged {
+            let mut slot = self.staging.lock().map_err(|_| CudaError::Driver("the staging buffers' lock".into()))?;
+            if slot.is_none() {
+                *slot = Some(Staging::new(&self.ctx).map_err(drv("allocating pinned staging buffers"))?);
+            }
+            if let Some(staging) = slot.as_mut() {
+                return staging
+                    .upload(&self.stream, values, |x| layout::half_bits(dtype, x), dst)
+                    .map_err(drv("copying to the device"));
+            }
+        }
+        let halves: Vec<u16> = values.par_iter().map(|x| layout::half_bits(dtype, *x)).collect();
+        self.stream.memcpy_htod(&halves, dst).map_err(drv("copying to the device"))
+    }
+
+    /// Frees the pinned staging buffers (after the copies out of them).
+    pub fn end_staging(&self) {
+        if let Ok(mut slot) = self.staging.lock() {
+            *slot = None;
+        }
     }
 
     /// A device tensor of `dtype` `shape` holding `parts` one after another
@@ -604,15 +637,15 @@ impl CudaRunner {
         shape: &[usize],
         dtype: DType,
     ) -> Result<DeviceTensor, CudaError> {
-        use rayon::prelude::*;
         let n: usize = parts.iter().map(|p| p.len()).sum();
         if n != shape.iter().product::<usize>() || !dtype.is_float() {
             return Err(CudaError::Program(format!("{n} f32 values for a {dtype} tensor of shape {shape:?}")));
         }
         let half = layout::is_half(dtype);
-        if half && parts.iter().any(|p| p.len() % 2 != 0) {
+        let before_last = &parts[..parts.len().saturating_sub(1)];
+        if half && before_last.iter().any(|p| p.len() % 2 != 0) {
             // A part would start mid-word: stack on the host.
-            return self.upload_f32(&parts.concat(), shape, dtype);
+            return self.upload_f32_stacked(&[&parts.concat()], shape, dtype);
         }
         let mut out = self.zeros(shape, dtype)?;
         let mut at = 0;
@@ -620,11 +653,10 @@ impl CudaRunner {
             let words = layout::words_for(dtype, p.len());
             let mut view = out.buf.slice_mut(at..at + words);
             if half {
-                let halves: Vec<u16> = p.par_iter().map(|x| layout::half_bits(dtype, *x)).collect();
                 // Safety: u16 is a plain type; `transmute_mut` checks the length.
                 let mut v = unsafe { view.transmute_mut::<u16>(p.len()) }
                     .ok_or_else(|| CudaError::Program("a stacked part larger than its rows".into()))?;
-                self.stream.memcpy_htod(&halves, &mut v).map_err(drv("copying to the device"))?;
+                self.put_halves(p, dtype, &mut v)?;
             } else {
                 // Safety: f32 is a plain type; `transmute_mut` checks the length.
                 let mut v = unsafe { view.transmute_mut::<f32>(p.len()) }

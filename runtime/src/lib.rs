@@ -19,6 +19,8 @@ pub mod layout;
 #[cfg(feature = "cuda")]
 pub mod projections;
 pub mod st;
+#[cfg(feature = "cuda")]
+mod staging;
 pub mod tensor;
 
 pub use exec::{Engine, RunError};

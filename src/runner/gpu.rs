@@ -289,6 +289,7 @@ impl DeviceModel {
             });
         }
         runner.synchronize()?;
+        runner.end_staging();
         let n = layers.len();
         Ok(DeviceModel {
             runner,
