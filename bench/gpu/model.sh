@@ -41,13 +41,19 @@ if [ "${BENCH:-1}" = 1 ]; then
     --max-new-tokens "${STEPS:-64}" --bench | tail -5 || status=1
   echo "GLA-1.3B, bf16 weights, batch 1, decode value blocks of 64 only (MIXC_DECODE_BLOCK_V=64):"
   MIXC_DECODE_BLOCK_V=64 ./mixc run ../models/bench/gla-1.3b.toml --weights $w --target cuda --prompt-ids "$ids" \
-    --max-new-tokens "${STEPS:-64}" | tail -2 || status=1
+    --max-new-tokens "${STEPS:-64}" | grep -E "^(startup|prefill|decode)" || status=1
+  echo "GLA-1.3B, bf16 weights, batch 1, norms as kernels of their own (MIXC_FOLD_NORM=0):"
+  MIXC_FOLD_NORM=0 ./mixc run ../models/bench/gla-1.3b.toml --weights $w --target cuda --prompt-ids "$ids" \
+    --max-new-tokens "${STEPS:-64}" | grep -E "^(startup|prefill|decode)" || status=1
+  echo "GLA-1.3B, bf16 weights, batch 1, weights copied from pageable memory (MIXC_PINNED=0):"
+  MIXC_PINNED=0 ./mixc run ../models/bench/gla-1.3b.toml --weights $w --target cuda --prompt-ids "$ids" \
+    --max-new-tokens "${STEPS:-64}" | grep -E "^(startup|prefill|decode)" || status=1
   echo "GLA-1.3B, bf16 weights, batch 1, projections by cuBLAS (MIXC_GEMV=0):"
   MIXC_GEMV=0 ./mixc run ../models/bench/gla-1.3b.toml --weights $w --target cuda --prompt-ids "$ids" \
-    --max-new-tokens "${STEPS:-64}" | tail -2 || status=1
+    --max-new-tokens "${STEPS:-64}" | grep -E "^(startup|prefill|decode)" || status=1
   echo "GLA-1.3B, bf16 weights, batch 1, kernel by kernel (MIXC_CUDA_GRAPHS=0):"
   MIXC_CUDA_GRAPHS=0 ./mixc run ../models/bench/gla-1.3b.toml --weights $w --target cuda --prompt-ids "$ids" \
-    --max-new-tokens "${STEPS:-64}" | tail -2 || status=1
+    --max-new-tokens "${STEPS:-64}" | grep -E "^(startup|prefill|decode)" || status=1
   batch=(); for _ in $(seq 16); do batch+=(--prompt-ids "$ids"); done
   echo "GLA-1.3B, bf16 weights, batch 16 (--bench):"
   ./mixc run ../models/bench/gla-1.3b.toml --weights $w --target cuda "${batch[@]}" \
