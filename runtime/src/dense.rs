@@ -41,6 +41,9 @@ pub struct Dense {
     /// RMSNorms folded into the GEMVs that read them (`MIXC_FOLD_NORM=0`
     /// turns it off).
     pub(crate) fold_norm: bool,
+    /// Products of 5–16 rows on tensor cores ([`crate::skinny`]) rather
+    /// than cuBLAS (`MIXC_SKINNY=0` turns it off).
+    pub(crate) skinny: bool,
 }
 
 /// Rows `first..first + count` of a weight matrix: one projection of
@@ -102,7 +105,15 @@ impl Dense {
                 .map_err(drv("setting cuBLAS's workspace"))?;
         }
         let on = |var: &str| std::env::var(var).map_or(true, |v| v != "0");
-        Ok(Dense { blas, _workspace: workspace, fns, act, gemv: on("MIXC_GEMV"), fold_norm: on("MIXC_FOLD_NORM") })
+        Ok(Dense {
+            blas,
+            _workspace: workspace,
+            fns,
+            act,
+            gemv: on("MIXC_GEMV"),
+            fold_norm: on("MIXC_FOLD_NORM"),
+            skinny: on("MIXC_SKINNY"),
+        })
     }
 
     pub(crate) fn kernel(&self, name: &str) -> Result<&CudaFunction, CudaError> {

@@ -80,6 +80,7 @@ pub fn kernel_names() -> Vec<String> {
     out.push("mixc_cast_bf16".into());
     out.push("mixc_add_bias".into());
     out.extend(crate::gemv::kernel_names());
+    out.extend(crate::skinny::kernel_names());
     out
 }
 
@@ -96,6 +97,7 @@ pub fn ptx(target: &str) -> String {
     s.push_str(&cast_bf16());
     s.push_str(&add_bias());
     s.push_str(&crate::gemv::ptx());
+    s.push_str(&crate::skinny::ptx());
     s
 }
 

@@ -18,6 +18,7 @@ pub mod glue;
 pub mod layout;
 #[cfg(feature = "cuda")]
 pub mod projections;
+pub mod skinny;
 pub mod st;
 #[cfg(feature = "cuda")]
 mod staging;

@@ -7,7 +7,8 @@ use crate::cuda::{CudaError, CudaRunner, DeviceTensor};
 use crate::dense::{act_dtype, Dense, Linear, Rows};
 use crate::gemv::{self, Epilogue, Input};
 use crate::glue::Act;
-use cudarc::driver::{CudaSlice, CudaViewMut, LaunchArgs, LaunchConfig, PushKernelArg};
+use crate::skinny;
+use cudarc::driver::{CudaFunction, CudaSlice, CudaViewMut, LaunchArgs, LaunchConfig, PushKernelArg};
 use mixc_ir::DType;
 
 fn drv<E: std::fmt::Debug>(what: &str) -> impl FnOnce(E) -> CudaError + '_ {
@@ -125,23 +126,55 @@ impl GemvCase {
 
 impl Dense {
     /// Whether a projection of `rows` rows over `inner` inputs runs through
-    /// the GEMV kernels (bf16 operands, at most [`gemv::MAX_ROWS`] rows,
-    /// `inner` a multiple of 8 so that 16-byte loads never straddle a row;
-    /// `MIXC_GEMV=0` turns them off).
+    /// the GEMV kernels (bf16 operands, at most [`gemv::MAX_ROWS`] rows, or
+    /// [`skinny::MAX_ROWS`] on tensor cores; `inner` a multiple of 8 so that
+    /// 16-byte loads never straddle a row; `MIXC_GEMV=0` turns them off,
+    /// `MIXC_SKINNY=0` the tensor-core ones).
     pub fn gemv_fits(&self, rows: usize, inner: usize) -> bool {
-        self.gemv && self.gemv_shape_fits(rows, inner)
+        self.gemv && self.gemv_shape_fits(rows, inner) && (rows <= gemv::MAX_ROWS || self.skinny)
     }
 
     /// Whether [`Dense::gemv_fits`] and the RMSNorm can be folded in
     /// ([`GemvX::RmsNorm`]: the normed rows fit in shared memory;
     /// `MIXC_FOLD_NORM=0` says no).
     pub fn gemv_norm_fits(&self, rows: usize, inner: usize) -> bool {
-        self.fold_norm && self.gemv_fits(rows, inner) && gemv::shared_bytes(Input::RmsNorm, rows, inner) <= SHARED_LIMIT
+        self.fold_norm
+            && rows <= gemv::MAX_ROWS
+            && self.gemv_fits(rows, inner)
+            && gemv::shared_bytes(Input::RmsNorm, rows, inner) <= SHARED_LIMIT
     }
 
-    /// [`Dense::gemv_fits`] whatever `MIXC_GEMV` says.
+    /// [`Dense::gemv_fits`] whatever `MIXC_GEMV` and `MIXC_SKINNY` say.
     fn gemv_shape_fits(&self, rows: usize, inner: usize) -> bool {
-        self.act == Act::Bf16 && (1..=gemv::MAX_ROWS).contains(&rows) && inner.is_multiple_of(8)
+        self.act == Act::Bf16 && (1..=skinny::MAX_ROWS).contains(&rows) && inner.is_multiple_of(8)
+    }
+
+    /// The kernel and launch of a product of `rows` rows with `epilogue`
+    /// into `out` outputs: the warp-per-output GEMV for at most
+    /// [`gemv::MAX_ROWS`] rows, the tensor-core [`skinny`] product beyond
+    /// (whose parameters take the row count after `inner`).
+    fn plan(
+        &self,
+        rows: usize,
+        x: &GemvX,
+        epilogue: Epilogue,
+        out: usize,
+        inner: usize,
+    ) -> Result<(&CudaFunction, LaunchConfig, bool), CudaError> {
+        if rows <= gemv::MAX_ROWS {
+            let f = self.kernel(&gemv::kernel_name(rows, x.input(), epilogue))?;
+            return Ok((f, config(out, x, rows, inner), false));
+        }
+        if x.input() != Input::Act {
+            return Err(CudaError::Program(format!("a norm folded into a product of {rows} rows")));
+        }
+        let f = self.kernel(&skinny::kernel_name(epilogue))?;
+        let cfg = LaunchConfig {
+            grid_dim: (skinny::grid_for(out), 1, 1),
+            block_dim: (32 * skinny::WARPS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        Ok((f, cfg, true))
     }
 
     /// `y[rows, part.count] (+)= x · W[part]ᵀ` by the GEMV (y's size and the
@@ -163,7 +196,7 @@ impl Dense {
         if y.len() < words(rows * part.count, y_dtype) || w.dtype != DType::BF16 {
             return Err(CudaError::Program(format!("a GEMV of {rows} rows into {} words", y.len())));
         }
-        let f = self.kernel(&gemv::kernel_name(rows, x.input(), Epilogue::Plain(y_dtype)))?;
+        let (f, cfg, skinny) = self.plan(rows, &x, Epilogue::Plain(y_dtype), part.count, inner)?;
         // `inner` is a multiple of 8, so the part's first row starts a word
         // (and a 16-byte boundary).
         let first = part.first * inner / 2;
@@ -171,12 +204,15 @@ impl Dense {
             return Err(CudaError::Program(format!("rows from {} of a weight of {} words", part.first, w.buf.len())));
         }
         let wv = w.buf.slice(first..);
-        let cfg = config(part.count, &x, rows, inner);
         let mut l = runner.stream().launch_builder(f);
-        let (out, inner, acc) = (part.count as u32, inner as u32, u32::from(accumulate));
+        let (out, inner, acc, rows32) = (part.count as u32, inner as u32, u32::from(accumulate), rows as u32);
         l.arg(&wv);
         x.push(&mut l);
-        l.arg(&mut *y).arg(&out).arg(&inner).arg(&acc);
+        l.arg(&mut *y).arg(&out).arg(&inner);
+        if skinny {
+            l.arg(&rows32);
+        }
+        l.arg(&acc);
         // Safety: x checked above, y ([rows, out] in y_dtype) too, the part
         // lies inside W (checked by the caller); every 16-byte load stays
         // inside a row of a 16-byte aligned buffer.
@@ -226,9 +262,8 @@ impl Dense {
             return Err(CudaError::Program(format!("stacked projections cover {next} of {all} rows")));
         }
         x.check(rows, inner)?;
-        let f = self.kernel(&gemv::kernel_name(rows, x.input(), Epilogue::Segments))?;
+        let (f, cfg, skinny) = self.plan(rows, &x, Epilogue::Segments, all, inner)?;
         let unused = [0u64; gemv::SEGMENTS];
-        let cfg = config(all, &x, rows, inner);
         let mut l = runner.stream().launch_builder(f);
         l.arg(&w.buf);
         x.push(&mut l);
@@ -241,8 +276,11 @@ impl Dense {
         for e in &ends {
             l.arg(e);
         }
-        let (out, inner) = (all as u32, inner as u32);
+        let (out, inner, rows32) = (all as u32, inner as u32, rows as u32);
         l.arg(&out).arg(&inner);
+        if skinny {
+            l.arg(&rows32);
+        }
         // Safety: checked above: x holds [rows, inner] bf16, every part's
         // buffer [rows, count] bf16, the parts tile W's rows in order (an
         // unused segment's end is W's last row, so it is never chosen).
@@ -271,22 +309,25 @@ impl Dense {
             return Err(CudaError::Program("SwiGLU projection buffers too small".into()));
         }
         x.check(rows, inner)?;
-        let f = self.kernel(&gemv::kernel_name(rows, x.input(), Epilogue::SwiGlu))?;
-        let cfg = config(h, &x, rows, inner);
+        let (f, cfg, skinny) = self.plan(rows, &x, Epilogue::SwiGlu, h, inner)?;
         let mut l = runner.stream().launch_builder(f);
-        let (h32, inner) = (h as u32, inner as u32);
+        let (h32, inner, rows32) = (h as u32, inner as u32, rows as u32);
         l.arg(&gate_up.weight.buf);
         x.push(&mut l);
         l.arg(&mut *y).arg(&h32).arg(&inner);
+        if skinny {
+            l.arg(&rows32);
+        }
         // Safety: sizes checked above; a warp reads rows n and h + n < 2h of W.
         unsafe { l.launch(cfg) }.map_err(drv("launching mixc_gemv_swiglu"))?;
         Ok(())
     }
 
-    /// Checks the GEMV kernels (whatever `MIXC_GEMV` says) against f64
-    /// products of the same bf16 values, over shapes of a 1.3B model's decode
-    /// step and ragged ones, plain, stacked and SwiGLU. Needs bf16 operands
-    /// ([`Act::Bf16`]).
+    /// Checks the GEMV kernels (whatever `MIXC_GEMV` says) and the
+    /// tensor-core ones for 5–16 rows against f64 products of the same bf16
+    /// values, over shapes of a 1.3B model's decode step and ragged ones,
+    /// plain, stacked, SwiGLU, and with the RMSNorm folded in. Needs bf16
+    /// operands ([`Act::Bf16`]).
     pub fn check_gemv(&self, runner: &CudaRunner) -> Result<Vec<GemvCase>, CudaError> {
         if self.act != Act::Bf16 {
             return Err(CudaError::Program("the GEMV kernels take bf16 operands".into()));
@@ -306,6 +347,12 @@ impl Dense {
             (4, 200, 1000, Act::Bf16, false, false),
             (1, 4000, 2048, Act::F32, false, true),
             (3, 200, 1000, Act::F32, true, true),
+            // On tensor cores (more than gemv::MAX_ROWS rows).
+            (16, 2048, 2048, Act::F32, true, false),
+            (16, 1024, 2048, Act::Bf16, false, false),
+            (5, 200, 1000, Act::F32, false, false),
+            (9, 24, 16, Act::F32, true, false),
+            (12, 4000, 5632, Act::Bf16, false, false),
         ];
         for (rows, n_out, inner, y_act, accumulate, normed) in plain {
             let (w, y0) = (draw(n_out * inner), draw(rows * n_out));
@@ -329,6 +376,8 @@ impl Dense {
             (3, vec![24, 8, 40], 72, false),
             (1, vec![1024, 1024, 2048, 2048, 16], 2048, true),
             (4, vec![24, 8, 40], 72, true),
+            (16, vec![1024, 1024, 2048, 2048, 16], 2048, false),
+            (7, vec![24, 8, 40], 72, false),
         ];
         for (rows, counts, inner, normed) in stacked {
             let all: usize = counts.iter().sum();
@@ -362,7 +411,14 @@ impl Dense {
             let kind = GemvKind::Plain { accumulate: false };
             out.push(GemvCase { kind, normed, rows, out: middle.count, inner, y: Act::F32, worst });
         }
-        let swiglu = [(1, 5632, 2048, false), (2, 40, 2048, false), (4, 24, 264, false), (1, 5632, 2048, true)];
+        let swiglu = [
+            (1, 5632, 2048, false),
+            (2, 40, 2048, false),
+            (4, 24, 264, false),
+            (1, 5632, 2048, true),
+            (16, 5632, 2048, false),
+            (6, 40, 264, false),
+        ];
         for (rows, h, inner, normed) in swiglu {
             let w = draw(2 * h * inner);
             let x = Operand::new(runner, &mut draw, rows, inner, normed)?;

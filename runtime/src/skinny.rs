@@ -1,0 +1,316 @@
+//! A bf16 product for a batched decode step's 5–16 rows on tensor cores,
+//! as PTX: `y[r, n] (+)= Σ_k x[r, k] · W[n, k]` for `r < R ≤ 16`, with the
+//! epilogues of [`crate::gemv`] (plain f32 or bf16, stacked segments, SwiGLU).
+//!
+//! A step of 16 sequences side by side streams the weights once for all
+//! of them; the warp-per-output GEMV would multiply each weight 16 times on
+//! CUDA cores and read `x` 16 times from L1. Here a CTA owns 16 outputs and
+//! its 8 warps split `inner` (split-K: more loads in flight for matrices of
+//! few outputs); each warp multiplies `mma.sync` m16n8k16 tiles: the 16
+//! weight rows as the A operand, up to 16 rows of `x` as two B tiles. The
+//! operands come straight from global memory in 16-byte loads: the sum over
+//! `k` does not care which `k` a fragment slot holds as long as A and B
+//! agree, so thread `(g, c)` (`g = lane / 4`, `c = lane % 4`) loads `k =
+//! 8c … 8c + 7` of its rows and feeds the first four to one `mma` (slots
+//! `2c, 2c+1, 2c+8, 2c+9`) and the last four to a second. The warps' partial
+//! sums meet in shared memory, and each of the CTA's 256 threads finishes
+//! one `(output, row)` pair. Accumulation is f32.
+//!
+//! Requirements (checked by the caller): `inner` a multiple of 8, buffers
+//! 16-byte aligned.
+
+use crate::gemv::{Epilogue, SEGMENTS};
+use crate::glue::Act;
+
+/// Rows the kernels take at most (two B tiles of 8).
+pub const MAX_ROWS: usize = 16;
+
+/// Outputs per CTA (the A tile's rows).
+pub const OUTPUTS_PER_CTA: usize = 16;
+
+/// Warps per CTA, splitting `inner` between them.
+pub const WARPS: u32 = 8;
+
+/// The kernel for `epilogue`.
+pub fn kernel_name(epilogue: Epilogue) -> String {
+    match epilogue {
+        Epilogue::Plain(a) => format!("mixc_skinny_{}", a.suffix()),
+        Epilogue::Segments => "mixc_skinny_seg".into(),
+        Epilogue::SwiGlu => "mixc_skinny_swiglu".into(),
+    }
+}
+
+fn epilogues() -> Vec<Epilogue> {
+    let mut out: Vec<Epilogue> = Act::ALL.iter().map(|a| Epilogue::Plain(*a)).collect();
+    out.extend([Epilogue::Segments, Epilogue::SwiGlu]);
+    out
+}
+
+/// Every kernel's name.
+pub fn kernel_names() -> Vec<String> {
+    epilogues().into_iter().map(kernel_name).collect()
+}
+
+/// The PTX of every kernel (appended to the glue module).
+pub fn ptx() -> String {
+    epilogues().into_iter().map(kernel).collect()
+}
+
+/// CTAs for `out` outputs.
+pub fn grid_for(out: usize) -> u32 {
+    out.div_ceil(OUTPUTS_PER_CTA).clamp(1, 1 << 20) as u32
+}
+
+/// Steps of 32 `k` each warp issues before its first `mma`.
+fn unroll(pairs: usize) -> usize {
+    4 / pairs
+}
+
+/// Weight row sets per output: gate and up for SwiGLU.
+fn pairs(epilogue: Epilogue) -> usize {
+    match epilogue {
+        Epilogue::SwiGlu => 2,
+        _ => 1,
+    }
+}
+
+fn params(epilogue: Epilogue) -> String {
+    let ys = match epilogue {
+        Epilogue::Plain(_) | Epilogue::SwiGlu => ".param .u64 p_y".to_string(),
+        Epilogue::Segments => {
+            let ys: Vec<String> = (0..SEGMENTS).map(|i| format!(".param .u64 p_y{i}")).collect();
+            let ends: Vec<String> = (0..SEGMENTS).map(|i| format!(".param .u32 p_e{i}")).collect();
+            format!("{}, {}", ys.join(", "), ends.join(", "))
+        }
+    };
+    let acc = if matches!(epilogue, Epilogue::Plain(_)) { ", .param .u32 p_acc" } else { "" };
+    format!(".param .u64 p_w, .param .u64 p_x, {ys}, .param .u32 p_out, .param .u32 p_inner, .param .u32 p_rows{acc}")
+}
+
+/// Registers: `%a{p}_{u}_{h}_{j}` the A words (pair p, step u, row half h,
+/// word j), `%b{u}_{t}_{j}` the B words (tile t), `%d{p}_{t}_{i}` the sums.
+fn kernel(epilogue: Epilogue) -> String {
+    let np = pairs(epilogue);
+    let u = unroll(np);
+    let name = kernel_name(epilogue);
+    let red_floats = WARPS as usize * np * 2 * 4 * 32;
+    let mut s = format!(".visible .entry {name}(\n  {})\n{{\n", params(epilogue));
+    s += "  .reg .pred %p<12>;\n  .reg .b32 %r<40>;\n  .reg .f32 %f<16>;\n  .reg .b64 %rd<24>;\n  .reg .b16 %h<2>;\n";
+    s += &format!("  .shared .align 16 .f32 red[{red_floats}];\n");
+    for p in 0..np {
+        for l in 0..u {
+            for h in 0..2 {
+                for j in 0..4 {
+                    s += &format!("  .reg .b32 %a{p}_{l}_{h}_{j};\n");
+                }
+            }
+        }
+        for t in 0..2 {
+            for i in 0..4 {
+                s += &format!("  .reg .f32 %d{p}_{t}_{i};\n");
+            }
+        }
+    }
+    for l in 0..u {
+        for t in 0..2 {
+            for j in 0..4 {
+                s += &format!("  .reg .b32 %b{l}_{t}_{j};\n");
+            }
+        }
+    }
+    if epilogue == Epilogue::Segments {
+        s += &format!("  .reg .b64 %ys<{SEGMENTS}>;\n  .reg .b32 %e<{SEGMENTS}>;\n");
+        for i in 0..SEGMENTS {
+            s += &format!("  ld.param.u64 %ys{i}, [p_y{i}];\n  cvta.to.global.u64 %ys{i}, %ys{i};\n");
+            s += &format!("  ld.param.u32 %e{i}, [p_e{i}];\n");
+        }
+    } else {
+        s += "  ld.param.u64 %rd3, [p_y];\n  cvta.to.global.u64 %rd3, %rd3;\n";
+    }
+    if let Epilogue::Plain(_) = epilogue {
+        s += "  ld.param.u32 %r3, [p_acc];\n";
+    }
+    // %rd1 W, %rd2 x; %r1 out, %r2 inner, %r4 rows.
+    s += "  ld.param.u64 %rd1, [p_w];\n  ld.param.u64 %rd2, [p_x];\n  cvta.to.global.u64 %rd1, %rd1;\n";
+    s += "  cvta.to.global.u64 %rd2, %rd2;\n  ld.param.u32 %r1, [p_out];\n  ld.param.u32 %r2, [p_inner];\n";
+    s += "  ld.param.u32 %r4, [p_rows];\n";
+    // %r5 lane, %r6 warp, %r7 g, %r8 c, %r9 n0 (the CTA's first output).
+    s += "  mov.u32 %r10, %tid.x;\n  and.b32 %r5, %r10, 31;\n  shr.u32 %r6, %r10, 5;\n";
+    s += "  shr.u32 %r7, %r5, 2;\n  and.b32 %r8, %r5, 3;\n  mov.u32 %r11, %ctaid.x;\n";
+    s += &format!("  mul.lo.u32 %r9, %r11, {OUTPUTS_PER_CTA};\n");
+    // Weight rows n0 + g (%rd4) and n0 + g + 8 (%rd5), valid while < out
+    // (%p1, %p2); for SwiGLU the up rows out + … (%rd6, %rd7).
+    s += "  add.u32 %r12, %r9, %r7;\n  add.u32 %r13, %r12, 8;\n";
+    s += "  setp.lt.u32 %p1, %r12, %r1;\n  setp.lt.u32 %p2, %r13, %r1;\n";
+    s += "  mul.wide.u32 %rd4, %r12, %r2;\n  shl.b64 %rd4, %rd4, 1;\n  add.s64 %rd4, %rd1, %rd4;\n";
+    s += "  mul.wide.u32 %rd5, %r13, %r2;\n  shl.b64 %rd5, %rd5, 1;\n  add.s64 %rd5, %rd1, %rd5;\n";
+    if np == 2 {
+        s += "  mul.wide.u32 %rd8, %r1, %r2;\n  shl.b64 %rd8, %rd8, 1;\n";
+        s += "  add.s64 %rd6, %rd4, %rd8;\n  add.s64 %rd7, %rd5, %rd8;\n";
+    }
+    // Rows g (%rd9) and g + 8 (%rd10) of x, valid while < rows (%p3, %p4).
+    s += "  setp.lt.u32 %p3, %r7, %r4;\n  add.u32 %r14, %r7, 8;\n  setp.lt.u32 %p4, %r14, %r4;\n";
+    s += "  mul.wide.u32 %rd9, %r7, %r2;\n  shl.b64 %rd9, %rd9, 1;\n  add.s64 %rd9, %rd2, %rd9;\n";
+    s += "  mul.wide.u32 %rd10, %r14, %r2;\n  shl.b64 %rd10, %rd10, 1;\n  add.s64 %rd10, %rd2, %rd10;\n";
+    for p in 0..np {
+        for t in 0..2 {
+            for i in 0..4 {
+                s += &format!("  mov.f32 %d{p}_{t}_{i}, 0f00000000;\n");
+            }
+        }
+    }
+    // %r15: this thread's first k (warp · 32 + c · 8), stepping by 256 · u.
+    s += "  shl.b32 %r15, %r6, 5;\n  shl.b32 %r16, %r8, 3;\n  add.u32 %r15, %r15, %r16;\n";
+    s += "$step:\n  setp.ge.u32 %p5, %r15, %r2;\n  @%p5 bra $reduce;\n";
+    for l in 0..u {
+        s += &format!("  add.u32 %r17, %r15, {};\n  setp.lt.u32 %p6, %r17, %r2;\n", 256 * l);
+        s += "  mul.wide.u32 %rd11, %r17, 2;\n";
+        let rows_of = |p: usize| if p == 0 { ["%rd4", "%rd5"] } else { ["%rd6", "%rd7"] };
+        for p in 0..np {
+            for (h, base) in rows_of(p).iter().enumerate() {
+                let regs: Vec<String> = (0..4).map(|j| format!("%a{p}_{l}_{h}_{j}")).collect();
+                for r in &regs {
+                    s += &format!("  mov.b32 {r}, 0;\n");
+                }
+                let valid = if h == 0 { "%p1" } else { "%p2" };
+                s += &format!("  and.pred %p7, %p6, {valid};\n  add.s64 %rd12, {base}, %rd11;\n");
+                s += &format!("  @%p7 ld.global.nc.v4.b32 {{{}}}, [%rd12];\n", regs.join(", "));
+            }
+        }
+        for (t, (base, valid)) in [("%rd9", "%p3"), ("%rd10", "%p4")].iter().enumerate() {
+            let regs: Vec<String> = (0..4).map(|j| format!("%b{l}_{t}_{j}")).collect();
+            for r in &regs {
+                s += &format!("  mov.b32 {r}, 0;\n");
+            }
+            s += &format!("  and.pred %p7, %p6, {valid};\n  add.s64 %rd12, {base}, %rd11;\n");
+            s += &format!("  @%p7 ld.global.nc.v4.b32 {{{}}}, [%rd12];\n", regs.join(", "));
+        }
+    }
+    for l in 0..u {
+        for p in 0..np {
+            for t in 0..2 {
+                for half in 0..2 {
+                    // Words 2·half and 2·half + 1 of each 16-byte load.
+                    let (w0, w1) = (2 * half, 2 * half + 1);
+                    let d: Vec<String> = (0..4).map(|i| format!("%d{p}_{t}_{i}")).collect();
+                    s += &format!(
+                        "  mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {{{d}}}, \
+                         {{%a{p}_{l}_0_{w0}, %a{p}_{l}_1_{w0}, %a{p}_{l}_0_{w1}, %a{p}_{l}_1_{w1}}}, \
+                         {{%b{l}_{t}_{w0}, %b{l}_{t}_{w1}}}, {{{d}}};\n",
+                        d = d.join(", ")
+                    );
+                }
+            }
+        }
+    }
+    s += &format!("  add.u32 %r15, %r15, {};\n  bra.uni $step;\n$reduce:\n", 256 * u);
+    // red[((warp · np + p) · 2 + t) · 4 + i][lane] (f32).
+    s += "  mov.u32 %r18, red;\n";
+    for p in 0..np {
+        for t in 0..2 {
+            for i in 0..4 {
+                s += &format!(
+                    "  mad.lo.u32 %r19, %r6, {}, {};\n  shl.b32 %r19, %r19, 5;\n  add.u32 %r19, %r19, %r5;\n",
+                    np * 8,
+                    (p * 2 + t) * 4 + i
+                );
+                s += &format!(
+                    "  shl.b32 %r19, %r19, 2;\n  add.u32 %r19, %r19, %r18;\n  st.shared.f32 [%r19], %d{p}_{t}_{i};\n"
+                );
+            }
+        }
+    }
+    s += "  bar.sync 0;\n";
+    // Thread tid finishes output m = tid / 16 of the CTA, row r = tid % 16:
+    // tile t = r / 8, column cc = r % 8 (c = cc / 2), g = m % 8, word
+    // i = (m / 8) · 2 + cc % 2, lane = g · 4 + c.
+    s += "  shr.u32 %r20, %r10, 4;\n  and.b32 %r21, %r10, 15;\n";
+    s += "  shr.u32 %r22, %r21, 3;\n  and.b32 %r23, %r21, 7;\n  shr.u32 %r24, %r23, 1;\n";
+    s += "  and.b32 %r25, %r20, 7;\n  shr.u32 %r26, %r20, 3;\n  shl.b32 %r26, %r26, 1;\n";
+    s += "  and.b32 %r27, %r23, 1;\n  add.u32 %r26, %r26, %r27;\n";
+    s += "  shl.b32 %r28, %r25, 2;\n  add.u32 %r28, %r28, %r24;\n";
+    // %r29: index of (p = 0, t, i) in a warp's block; pair p adds 8 · 32.
+    s += "  shl.b32 %r29, %r22, 2;\n  add.u32 %r29, %r29, %r26;\n";
+    for p in 0..np {
+        s += &format!("  mov.f32 %f{p}, 0f00000000;\n");
+        for w in 0..WARPS as usize {
+            s += &format!(
+                "  add.u32 %r30, %r29, {};\n  shl.b32 %r30, %r30, 5;\n  add.u32 %r30, %r30, %r28;\n",
+                (w * np + p) * 8
+            );
+            s += "  shl.b32 %r30, %r30, 2;\n  add.u32 %r30, %r30, %r18;\n  ld.shared.f32 %f8, [%r30];\n";
+            s += &format!("  add.f32 %f{p}, %f{p}, %f8;\n");
+        }
+    }
+    // n (%r31) and r (%r21) valid?
+    s += "  add.u32 %r31, %r9, %r20;\n  setp.ge.u32 %p8, %r31, %r1;\n  setp.ge.u32 %p9, %r21, %r4;\n";
+    s += "  or.pred %p8, %p8, %p9;\n  @%p8 bra $done;\n";
+    s += &store(epilogue);
+    s += "$done:\n  ret;\n}\n\n";
+    s
+}
+
+/// The store of sum `%f0` (and `%f1`, the up sum of SwiGLU) for output `%r31`
+/// of row `%r21`.
+fn store(epilogue: Epilogue) -> String {
+    let mut s = String::new();
+    // %r32: element [r, n] of an output of `%r1` columns.
+    s += "  mad.lo.u32 %r32, %r21, %r1, %r31;\n";
+    match epilogue {
+        Epilogue::Plain(Act::F32) => {
+            s += "  mul.wide.u32 %rd13, %r32, 4;\n  add.s64 %rd13, %rd3, %rd13;\n  setp.ne.u32 %p10, %r3, 0;\n";
+            s += "  @%p10 ld.global.f32 %f9, [%rd13];\n  @%p10 add.f32 %f0, %f0, %f9;\n  st.global.f32 [%rd13], %f0;\n";
+        }
+        Epilogue::Plain(Act::Bf16) => {
+            s += "  mul.wide.u32 %rd13, %r32, 2;\n  add.s64 %rd13, %rd3, %rd13;\n";
+            s += "  cvt.rn.bf16.f32 %h0, %f0;\n  st.global.b16 [%rd13], %h0;\n";
+        }
+        Epilogue::Segments => {
+            s += "  mov.b64 %rd14, %ys0;\n  mov.u32 %r33, 0;\n  mov.u32 %r34, %e0;\n";
+            for i in 1..SEGMENTS {
+                s += &format!("  setp.ge.u32 %p11, %r31, %e{};\n  sub.u32 %r35, %e{i}, %e{};\n", i - 1, i - 1);
+                s += &format!("  selp.b64 %rd14, %ys{i}, %rd14, %p11;\n  selp.b32 %r33, %e{}, %r33, %p11;\n", i - 1);
+                s += "  selp.b32 %r34, %r35, %r34, %p11;\n";
+            }
+            s += "  sub.u32 %r36, %r31, %r33;\n  mad.lo.u32 %r36, %r21, %r34, %r36;\n";
+            s += "  mul.wide.u32 %rd13, %r36, 2;\n  add.s64 %rd13, %rd14, %rd13;\n";
+            s += "  cvt.rn.bf16.f32 %h0, %f0;\n  st.global.b16 [%rd13], %h0;\n";
+        }
+        Epilogue::SwiGlu => {
+            s += "  mul.f32 %f9, %f0, 0fBFB8AA3B;\n  ex2.approx.f32 %f9, %f9;\n  add.f32 %f9, %f9, 0f3F800000;\n";
+            s += "  div.rn.f32 %f10, %f0, %f9;\n  mul.f32 %f10, %f10, %f1;\n";
+            s += "  mul.wide.u32 %rd13, %r32, 2;\n  add.s64 %rd13, %rd3, %rd13;\n";
+            s += "  cvt.rn.bf16.f32 %h0, %f10;\n  st.global.b16 [%rd13], %h0;\n";
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_kernel_per_epilogue() {
+        let text = ptx();
+        for name in kernel_names() {
+            assert_eq!(text.matches(&format!(".entry {name}(")).count(), 1, "{name}");
+        }
+        assert_eq!(kernel_names().len(), 4);
+    }
+
+    #[test]
+    fn every_load_of_a_step_comes_before_its_first_mma() {
+        for e in epilogues() {
+            let k = kernel(e);
+            let step = &k[k.find("$step:").unwrap_or(0)..k.find("$reduce:").unwrap_or(0)];
+            let last_load = step.rfind("ld.global.nc").unwrap_or(usize::MAX);
+            let first_mma = step.find("mma.sync").unwrap_or(0);
+            assert!(last_load < first_mma, "{e:?}");
+            // Per step: 2 A rows per pair and 2 B tiles, 2 mma per pair, tile and half.
+            let u = unroll(pairs(e));
+            assert_eq!(step.matches("ld.global.nc.v4.b32").count(), u * (2 * pairs(e) + 2), "{e:?}");
+            assert_eq!(step.matches("mma.sync").count(), u * pairs(e) * 4, "{e:?}");
+        }
+    }
+}
