@@ -58,6 +58,9 @@ if [ "${BENCH:-1}" = 1 ]; then
   echo "GLA-1.3B, bf16 weights, batch 16 (--bench):"
   ./mixc run ../models/bench/gla-1.3b.toml --weights $w --target cuda "${batch[@]}" \
     --max-new-tokens "${STEPS:-64}" --bench | tail -5 || status=1
+  echo "GLA-1.3B, bf16 weights, batch 16, projections by cuBLAS (MIXC_SKINNY=0):"
+  MIXC_SKINNY=0 ./mixc run ../models/bench/gla-1.3b.toml --weights $w --target cuda "${batch[@]}" \
+    --max-new-tokens "${STEPS:-64}" | grep -E "^(prefill|decode)" || status=1
 fi
 # One decode step's kernels, each timed by Nsight Compute (kernel by kernel:
 # graph replay hides the names), grouped by name.
