@@ -159,11 +159,14 @@ fn kernel(epilogue: Epilogue) -> String {
             }
         }
     }
-    // %r15: this thread's first k (warp · 32 + c · 8), stepping by 256 · u.
-    s += "  shl.b32 %r15, %r6, 5;\n  shl.b32 %r16, %r8, 3;\n  add.u32 %r15, %r15, %r16;\n";
-    s += "$step:\n  setp.ge.u32 %p5, %r15, %r2;\n  @%p5 bra $reduce;\n";
+    // %r15: the warp's first k (warp · 32), stepping by 256 · u: the same
+    // for every lane, so that the whole warp reaches each `mma`; a lane's
+    // own k is %r15 + c · 8 (%r16), its loads predicated on it.
+    s += "  shl.b32 %r15, %r6, 5;\n  shl.b32 %r16, %r8, 3;\n";
+    s += "$step:\n  setp.ge.u32 %p5, %r15, %r2;\n  @%p5 bra.uni $reduce;\n";
     for l in 0..u {
-        s += &format!("  add.u32 %r17, %r15, {};\n  setp.lt.u32 %p6, %r17, %r2;\n", 256 * l);
+        s += &format!("  add.u32 %r17, %r15, {};\n  add.u32 %r17, %r17, %r16;\n", 256 * l);
+        s += "  setp.lt.u32 %p6, %r17, %r2;\n";
         s += "  mul.wide.u32 %rd11, %r17, 2;\n";
         let rows_of = |p: usize| if p == 0 { ["%rd4", "%rd5"] } else { ["%rd6", "%rd7"] };
         for p in 0..np {
