@@ -46,6 +46,8 @@ mod gpu;
 pub use gpu::check_gemv;
 mod math;
 pub mod names;
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+mod stacking;
 pub mod tokenizer;
 
 use crate::jit::{jit_with, CompiledMixer, JitOptions, MixerSource, Target};

@@ -6,6 +6,7 @@
 //! weights become one), each written straight into the mixer's input buffer.
 //! Prefill runs the same rows through cuBLAS, one GEMM per projection.
 
+use super::super::stacking::{stack_plan, Candidate};
 use super::{BlockNorm, Workspace};
 use crate::Error;
 use mixc_ir::DType;
@@ -53,12 +54,6 @@ pub(super) struct Found<'a> {
     pub second: Option<Linear>,
 }
 
-/// Whether `found` joins the stack: no bias, room left, and at most one
-/// low-rank member (its bottleneck output is the workspace's `wide_act`).
-fn stackable(found: &Found, members: usize, low_rank: bool) -> bool {
-    !found.biased && members < SEGMENTS && !(low_rank && found.second.is_some())
-}
-
 impl Inputs {
     /// Stacks what can be stacked and uploads it; `own` uploads a first
     /// stage that stays on its own (`[rows, d]` with its bias).
@@ -69,14 +64,16 @@ impl Inputs {
         found: Vec<Found>,
         own: impl Fn(&Found) -> Result<Linear, Error>,
     ) -> Result<Inputs, Error> {
+        let candidates: Vec<Candidate> =
+            found.iter().map(|f| Candidate { biased: f.biased, low_rank: f.second.is_some() }).collect();
+        let plan = stack_plan(&candidates, SEGMENTS);
         let mut members = Vec::new();
         let mut data: Vec<&[f32]> = Vec::new();
         let mut rows = 0;
-        let mut low_rank = false;
         let mut rest = Vec::new();
-        for f in found {
-            if stackable(&f, members.len(), low_rank) {
-                low_rank |= f.second.is_some();
+        for (f, joins) in found.into_iter().zip(plan) {
+            if joins {
+                // (A low-rank member's bottleneck goes to the workspace's `wide_act`.)
                 data.push(f.weight);
                 members.push(Member {
                     input: f.input,
