@@ -743,13 +743,21 @@ fn run_bench_repeats_the_run_and_prices_the_decode_step() {
     // positive time (a tiny model's weights sit in cache: the ratio only has
     // to be a number).
     let times_floor: f64 = line
-        .rsplit(": ")
+        .split("× the floor")
         .next()
-        .and_then(|t| t.strip_suffix("× the floor"))
+        .and_then(|t| t.rsplit(": ").next())
         .and_then(|t| t.parse().ok())
         .unwrap_or_else(|| panic!("{line}"));
     assert!(times_floor > 0.0 && times_floor.is_finite(), "{line}");
     assert!(line.contains("MB of weights at"), "{line}");
+    // The floor with the caches adds the recurrent state, read and written.
+    let cache_mb: f64 = line
+        .split("with the caches read and written (")
+        .nth(1)
+        .and_then(|t| t.split(" MB)").next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(cache_mb > 0.0, "GLA carries a state: {line}");
     // Without --bench, weights are required.
     let out = mixc(&["run", "models/gla.toml", "--prompt-ids", "1 2"]);
     assert_eq!(out.status.code(), Some(1));

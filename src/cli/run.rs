@@ -159,6 +159,9 @@ struct Generated {
     /// The cache report (`--report-memory`).
     memory: String,
     side_by_side: bool,
+    /// Bytes a decode step moves through the caches at the end (read, and
+    /// written but for KV caches): part of the step's floor.
+    cache_step_bytes: usize,
 }
 
 /// Prefills every prompt of `batch` (each from new caches) and decodes
@@ -228,7 +231,18 @@ fn generate(model: &Model, batch: &[Vec<u32>], args: &RunArgs, progress: &mut Pr
     }
     let decode_s = t1.elapsed().as_secs_f64();
     report(&mut memory, &format!("after {} tokens", generated[0].len()), &caches, &side_by_side);
-    Ok(Generated { ids: generated, prefill_s, decode_s, memory, side_by_side: side_by_side.is_some() })
+    let cache_step_bytes = match &side_by_side {
+        Some(all) => all.step_bytes(),
+        None => caches.iter().map(Cache::step_bytes).sum(),
+    };
+    Ok(Generated {
+        ids: generated,
+        prefill_s,
+        decode_s,
+        memory,
+        side_by_side: side_by_side.is_some(),
+        cache_step_bytes,
+    })
 }
 
 /// The median of `v` (not empty).
@@ -356,10 +370,12 @@ pub fn run(args: &RunArgs) -> Result<String, Error> {
 fn bench(model: &Model, batch: &[Vec<u32>], args: &RunArgs, target: mixc::jit::Target) -> Result<String, Error> {
     let runs = args.bench_runs.max(1);
     let (mut prefill, mut decode) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
+    let mut cache_bytes = 0;
     for _ in 0..runs {
         let g = generate(model, batch, args, &mut Progress::new(0))?;
         prefill.push(g.prefill_s);
         decode.push(g.decode_s);
+        cache_bytes = g.cache_step_bytes;
     }
     let prompt_tokens: usize = batch.iter().map(Vec::len).sum();
     let step_count = args.max_new_tokens.saturating_sub(1);
@@ -375,11 +391,14 @@ fn bench(model: &Model, batch: &[Vec<u32>], args: &RunArgs, target: mixc::jit::T
         let step_ms = 1e3 * d / step_count as f64;
         let profile = mixc::jit::device_profile(target)?;
         let bytes = model.weight_bytes();
-        let floor_ms = 1e3 * bytes as f64 / profile.dram_bw.max(1.0);
+        let bw = profile.dram_bw.max(1.0);
+        let floor_ms = 1e3 * bytes as f64 / bw;
+        let with_caches_ms = 1e3 * (bytes + cache_bytes) as f64 / bw;
         let _ = writeln!(
             out,
             "bench: decode {:.3} ms per step ({} sequence{}; {:.3} ms/token); floor {:.3} ms ({:.1} MB of weights \
-             at {:.0} GB/s, profile `{}`): {:.1}× the floor",
+             at {:.0} GB/s, profile `{}`): {:.1}× the floor; with the caches read and written ({:.3} MB) {:.3} ms: \
+             {:.1}×",
             step_ms,
             batch.len(),
             if batch.len() == 1 { "" } else { "s" },
@@ -388,7 +407,10 @@ fn bench(model: &Model, batch: &[Vec<u32>], args: &RunArgs, target: mixc::jit::T
             bytes as f64 / 1e6,
             profile.dram_bw / 1e9,
             profile.name,
-            step_ms / floor_ms.max(1e-12)
+            step_ms / floor_ms.max(1e-12),
+            cache_bytes as f64 / 1e6,
+            with_caches_ms,
+            step_ms / with_caches_ms.max(1e-12)
         );
     }
     Ok(out)

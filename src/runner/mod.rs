@@ -158,6 +158,14 @@ impl Cache {
     pub fn bytes(&self, layers: usize) -> Vec<usize> {
         (0..layers).map(|i| self.layers.get(i).map_or(0, |l| l.values().map(Stored::bytes).sum())).collect()
     }
+
+    /// Bytes a decode step moves through these caches at the least: every
+    /// carried tensor read once, and written once but for KV caches (which
+    /// only gain a row).
+    pub fn step_bytes(&self) -> usize {
+        let moved = |(name, s): (&String, &Stored)| if is_kv_cache(name) { s.bytes() } else { 2 * s.bytes() };
+        self.layers.iter().flat_map(|l| l.iter()).map(moved).sum()
+    }
 }
 
 /// One expected tensor: its name, shape, and whether it must be present.
