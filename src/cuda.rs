@@ -141,12 +141,13 @@ impl GpuMixer {
         use rayon::prelude::*;
         let gpu = Gpu::open()?;
         let progs: Vec<&Program> = [Some(prefill), Some(decode), narrow].into_iter().flatten().collect();
-        let mut loaded =
-            progs.par_iter().map(|p| gpu.compile(mixer, p)).collect::<Result<Vec<_>, Error>>()?.into_iter();
+        let mut loaded = progs.par_iter().map(|p| gpu.compile(mixer, p)).collect::<Vec<_>>().into_iter();
         let (Some(prefill), Some(decode)) = (loaded.next(), loaded.next()) else {
             return Err(Error::Usage(format!("mixer `{mixer}`: a program did not compile")));
         };
-        Ok(GpuMixer { gpu, prefill: Ok(prefill), decode: Ok(decode), narrow: loaded.next() })
+        // The narrow decode step is optional: without it, the one decode step runs.
+        let narrow = loaded.next().and_then(Result::ok);
+        Ok(GpuMixer { gpu, prefill: Ok(prefill?), decode: Ok(decode?), narrow })
     }
 
     pub fn from_bundle(

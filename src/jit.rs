@@ -186,11 +186,14 @@ pub fn jit_with(source: MixerSource, target: Target, opts: JitOptions) -> Result
     #[cfg(feature = "cuda")]
     let narrow = match target {
         Target::Cuda if std::env::var("MIXC_DECODE_BLOCK_V").is_err() => {
+            // Optional: a schedule or lowering that does not take the narrow
+            // blocks leaves the one decode step.
             let candidate = Schedule { block_v: NARROW_BLOCK_V, ..decode_sched };
-            match candidate.validate() {
-                Ok(()) => Some(crate::lower_graph(&g.name, &g.graph, &candidate)?).filter(|narrow| *narrow != decode),
-                Err(_) => None,
-            }
+            candidate
+                .validate()
+                .ok()
+                .and_then(|()| crate::lower_graph(&g.name, &g.graph, &candidate).ok())
+                .filter(|narrow| *narrow != decode)
         }
         _ => None,
     };
