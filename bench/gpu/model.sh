@@ -36,31 +36,24 @@ if [ "${BENCH:-1}" = 1 ]; then
   w=/tmp/gla-1.3b.safetensors
   [ -f $w ] || ./mixc init-weights ../models/bench/gla-1.3b.toml -o $w --seed 1 --bf16
   ids=$(seq 1 "${PROMPT:-64}" | tr '\n' ' ')
-  echo "GLA-1.3B, bf16 weights, batch 1 (--bench: medians of 3 runs after the first):"
-  ./mixc run ../models/bench/gla-1.3b.toml --weights $w --target cuda --prompt-ids "$ids" \
-    --max-new-tokens "${STEPS:-64}" --bench | tail -5 || status=1
-  echo "GLA-1.3B, bf16 weights, batch 1, decode value blocks of 64 only (MIXC_DECODE_BLOCK_V=64):"
-  MIXC_DECODE_BLOCK_V=64 ./mixc run ../models/bench/gla-1.3b.toml --weights $w --target cuda --prompt-ids "$ids" \
-    --max-new-tokens "${STEPS:-64}" | grep -E "^(startup|prefill|decode)" || status=1
-  echo "GLA-1.3B, bf16 weights, batch 1, norms as kernels of their own (MIXC_FOLD_NORM=0):"
-  MIXC_FOLD_NORM=0 ./mixc run ../models/bench/gla-1.3b.toml --weights $w --target cuda --prompt-ids "$ids" \
-    --max-new-tokens "${STEPS:-64}" | grep -E "^(startup|prefill|decode)" || status=1
-  echo "GLA-1.3B, bf16 weights, batch 1, weights copied from pageable memory (MIXC_PINNED=0):"
-  MIXC_PINNED=0 ./mixc run ../models/bench/gla-1.3b.toml --weights $w --target cuda --prompt-ids "$ids" \
-    --max-new-tokens "${STEPS:-64}" | grep -E "^(startup|prefill|decode)" || status=1
-  echo "GLA-1.3B, bf16 weights, batch 1, projections by cuBLAS (MIXC_GEMV=0):"
-  MIXC_GEMV=0 ./mixc run ../models/bench/gla-1.3b.toml --weights $w --target cuda --prompt-ids "$ids" \
-    --max-new-tokens "${STEPS:-64}" | grep -E "^(startup|prefill|decode)" || status=1
-  echo "GLA-1.3B, bf16 weights, batch 1, kernel by kernel (MIXC_CUDA_GRAPHS=0):"
-  MIXC_CUDA_GRAPHS=0 ./mixc run ../models/bench/gla-1.3b.toml --weights $w --target cuda --prompt-ids "$ids" \
-    --max-new-tokens "${STEPS:-64}" | grep -E "^(startup|prefill|decode)" || status=1
   batch=(); for _ in $(seq 16); do batch+=(--prompt-ids "$ids"); done
-  echo "GLA-1.3B, bf16 weights, batch 16 (--bench):"
-  ./mixc run ../models/bench/gla-1.3b.toml --weights $w --target cuda "${batch[@]}" \
-    --max-new-tokens "${STEPS:-64}" --bench | tail -5 || status=1
-  echo "GLA-1.3B, bf16 weights, batch 16, projections by cuBLAS (MIXC_SKINNY=0):"
-  MIXC_SKINNY=0 ./mixc run ../models/bench/gla-1.3b.toml --weights $w --target cuda "${batch[@]}" \
-    --max-new-tokens "${STEPS:-64}" | grep -E "^(prefill|decode)" || status=1
+  # gla WHAT [VAR=VALUE] -- ARGS…: one run of GLA-1.3B under the switch, its
+  # startup, prefill and decode lines (with --bench among ARGS, its medians).
+  gla() {
+    local what=$1 switch=$2
+    shift 3
+    echo "GLA-1.3B, bf16 weights, $what${switch:+ ($switch)}:"
+    env $switch ./mixc run ../models/bench/gla-1.3b.toml --weights $w --target cuda "$@" \
+      --max-new-tokens "${STEPS:-64}" | grep -E "^(startup|prefill|decode|bench)" || status=1
+  }
+  gla "batch 1 (--bench: medians of 3 runs after the first)" "" -- --prompt-ids "$ids" --bench
+  gla "batch 1, decode value blocks of 64 only" MIXC_DECODE_BLOCK_V=64 -- --prompt-ids "$ids"
+  gla "batch 1, norms as kernels of their own" MIXC_FOLD_NORM=0 -- --prompt-ids "$ids"
+  gla "batch 1, weights copied from pageable memory" MIXC_PINNED=0 -- --prompt-ids "$ids"
+  gla "batch 1, projections by cuBLAS" MIXC_GEMV=0 -- --prompt-ids "$ids"
+  gla "batch 1, kernel by kernel" MIXC_CUDA_GRAPHS=0 -- --prompt-ids "$ids"
+  gla "batch 16 (--bench)" "" -- "${batch[@]}" --bench
+  gla "batch 16, projections by cuBLAS" MIXC_SKINNY=0 -- "${batch[@]}"
 fi
 # One decode step's kernels, each timed by Nsight Compute (kernel by kernel:
 # graph replay hides the names), grouped by name.

@@ -89,10 +89,81 @@ pub fn kernel_name(rows: usize, input: Input, epilogue: Epilogue) -> String {
     }
 }
 
+/// Every epilogue a family of product kernels is generated for (here and
+/// in [`crate::skinny`]).
+pub(crate) fn epilogues() -> Vec<Epilogue> {
+    let mut out: Vec<Epilogue> = Act::ALL.iter().map(|a| Epilogue::Plain(*a)).collect();
+    out.extend([Epilogue::Segments, Epilogue::SwiGlu]);
+    out
+}
+
 fn variants() -> Vec<(Input, Epilogue)> {
-    let mut epilogues: Vec<Epilogue> = Act::ALL.iter().map(|a| Epilogue::Plain(*a)).collect();
-    epilogues.extend([Epilogue::Segments, Epilogue::SwiGlu]);
-    [Input::Act, Input::RmsNorm].into_iter().flat_map(|i| epilogues.clone().into_iter().map(move |e| (i, e))).collect()
+    [Input::Act, Input::RmsNorm].into_iter().flat_map(|i| epilogues().into_iter().map(move |e| (i, e))).collect()
+}
+
+/// The output parameters of an `epilogue`'s kernels: `p_y`, or the
+/// segments' buffers `p_y0…` and ends `p_e0…`.
+pub(crate) fn output_params(epilogue: Epilogue) -> String {
+    match epilogue {
+        Epilogue::Plain(_) | Epilogue::SwiGlu => ".param .u64 p_y".to_string(),
+        Epilogue::Segments => {
+            let ys: Vec<String> = (0..SEGMENTS).map(|i| format!(".param .u64 p_y{i}")).collect();
+            let ends: Vec<String> = (0..SEGMENTS).map(|i| format!(".param .u32 p_e{i}")).collect();
+            format!("{}, {}", ys.join(", "), ends.join(", "))
+        }
+    }
+}
+
+/// The accumulate flag's parameter (plain epilogues only), last in the list.
+pub(crate) fn acc_param(epilogue: Epilogue) -> &'static str {
+    if matches!(epilogue, Epilogue::Plain(_)) {
+        ", .param .u32 p_acc"
+    } else {
+        ""
+    }
+}
+
+/// Loads [`output_params`] (and the accumulate flag): `y` into `%rd3` as a
+/// global address, or the segments' into `%ys0…` and their ends into
+/// `%e0…`; a plain epilogue's flag into `%r3`.
+pub(crate) fn load_outputs(epilogue: Epilogue) -> String {
+    let mut s = String::new();
+    if epilogue == Epilogue::Segments {
+        s += &format!("  .reg .b64 %ys<{SEGMENTS}>;\n  .reg .b32 %e<{SEGMENTS}>;\n");
+        for i in 0..SEGMENTS {
+            s += &format!("  ld.param.u64 %ys{i}, [p_y{i}];\n  cvta.to.global.u64 %ys{i}, %ys{i};\n");
+            s += &format!("  ld.param.u32 %e{i}, [p_e{i}];\n");
+        }
+    } else {
+        s += "  ld.param.u64 %rd3, [p_y];\n  cvta.to.global.u64 %rd3, %rd3;\n";
+    }
+    if let Epilogue::Plain(_) = epilogue {
+        s += "  ld.param.u32 %r3, [p_acc];\n";
+    }
+    s
+}
+
+/// The segment of output `n` (the last `s` with `n ≥ end_{s−1}`, from
+/// [`load_outputs`]' registers): its buffer into `ptr`, its first output
+/// into `start`, its length into `len` (`pred` and `tmp` are scratch).
+pub(crate) fn segment_of(n: &str, ptr: &str, start: &str, len: &str, pred: &str, tmp: &str) -> String {
+    let mut s = format!("  mov.b64 {ptr}, %ys0;\n  mov.u32 {start}, 0;\n  mov.u32 {len}, %e0;\n");
+    for i in 1..SEGMENTS {
+        let prev = i - 1;
+        s += &format!("  setp.ge.u32 {pred}, {n}, %e{prev};\n  sub.u32 {tmp}, %e{i}, %e{prev};\n");
+        s += &format!("  selp.b64 {ptr}, %ys{i}, {ptr}, {pred};\n  selp.b32 {start}, %e{prev}, {start}, {pred};\n");
+        s += &format!("  selp.b32 {len}, {tmp}, {len}, {pred};\n");
+    }
+    s
+}
+
+/// `out = silu(g) · u = g / (1 + 2^(−g·log2 e)) · u`: SwiGLU's formula for
+/// the glue kernel and the GEMVs alike (`tmp` is scratch).
+pub(crate) fn silu_times(g: &str, u: &str, out: &str, tmp: &str) -> String {
+    format!(
+        "  mul.f32 {tmp}, {g}, 0fBFB8AA3B;\n  ex2.approx.f32 {tmp}, {tmp};\n  add.f32 {tmp}, {tmp}, 0f3F800000;\n  \
+         div.rn.f32 {out}, {g}, {tmp};\n  mul.f32 {out}, {out}, {u};\n"
+    )
 }
 
 /// Every kernel's name.
@@ -134,15 +205,7 @@ fn params(input: Input, epilogue: Epilogue) -> String {
         Input::Act => ".param .u64 p_x",
         Input::RmsNorm => ".param .u64 p_x, .param .u64 p_nw, .param .f32 p_eps",
     };
-    let ys = match epilogue {
-        Epilogue::Plain(_) | Epilogue::SwiGlu => ".param .u64 p_y".to_string(),
-        Epilogue::Segments => {
-            let ys: Vec<String> = (0..SEGMENTS).map(|i| format!(".param .u64 p_y{i}")).collect();
-            let ends: Vec<String> = (0..SEGMENTS).map(|i| format!(".param .u32 p_e{i}")).collect();
-            format!("{}, {}", ys.join(", "), ends.join(", "))
-        }
-    };
-    let acc = if matches!(epilogue, Epilogue::Plain(_)) { ", .param .u32 p_acc" } else { "" };
+    let (ys, acc) = (output_params(epilogue), acc_param(epilogue));
     format!(".param .u64 p_w, {x}, {ys}, .param .u32 p_out, .param .u32 p_inner{acc}")
 }
 
@@ -204,18 +267,7 @@ fn kernel(rows: usize, input: Input, epilogue: Epilogue) -> String {
         rows * pairs,
         rows
     );
-    if epilogue == Epilogue::Segments {
-        s += &format!("  .reg .b64 %ys<{SEGMENTS}>;\n  .reg .b32 %e<{SEGMENTS}>;\n");
-        for i in 0..SEGMENTS {
-            s += &format!("  ld.param.u64 %ys{i}, [p_y{i}];\n  cvta.to.global.u64 %ys{i}, %ys{i};\n");
-            s += &format!("  ld.param.u32 %e{i}, [p_e{i}];\n");
-        }
-    } else {
-        s += "  ld.param.u64 %rd3, [p_y];\n  cvta.to.global.u64 %rd3, %rd3;\n";
-    }
-    if let Epilogue::Plain(_) = epilogue {
-        s += "  ld.param.u32 %r3, [p_acc];\n";
-    }
+    s += &load_outputs(epilogue);
     // Parameters: %rd1 W, %rd2 x, %rd3 y; %r1 out, %r2 inner, %r3 acc.
     s += "  ld.param.u64 %rd1, [p_w];\n  ld.param.u64 %rd2, [p_x];\n";
     s += "  ld.param.u32 %r1, [p_out];\n  ld.param.u32 %r2, [p_inner];\n";
@@ -337,14 +389,8 @@ fn store(rows: usize, epilogue: Epilogue) -> String {
             }
         }
         Epilogue::Segments => {
-            // Segment of n: the last s with n ≥ end_{s-1}. %rd12 its buffer,
-            // %r13 its first output, %r14 its length.
-            s += "  mov.b64 %rd12, %ys0;\n  mov.u32 %r13, 0;\n  mov.u32 %r14, %e0;\n";
-            for i in 1..SEGMENTS {
-                s += &format!("  setp.ge.u32 %p6, %r5, %e{};\n  sub.u32 %r15, %e{i}, %e{};\n", i - 1, i - 1);
-                s += &format!("  selp.b64 %rd12, %ys{i}, %rd12, %p6;\n  selp.b32 %r13, %e{}, %r13, %p6;\n", i - 1);
-                s += "  selp.b32 %r14, %r15, %r14, %p6;\n";
-            }
+            // %rd12 the buffer of n's segment, %r13 its first output, %r14 its length.
+            s += &segment_of("%r5", "%rd12", "%r13", "%r14", "%p6", "%r15");
             s += "  sub.u32 %r16, %r5, %r13;\n";
             for r in 0..rows {
                 s += &format!("  mad.lo.u32 %r12, %r14, {r}, %r16;\n");
@@ -354,10 +400,7 @@ fn store(rows: usize, epilogue: Epilogue) -> String {
         }
         Epilogue::SwiGlu => {
             for r in 0..rows {
-                // silu(g)·u = g / (1 + 2^(−g·log2 e)) · u, as the glue's swiglu.
-                s += &format!("  mul.f32 %f5, %a{r}, 0fBFB8AA3B;\n  ex2.approx.f32 %f5, %f5;\n");
-                s += &format!("  add.f32 %f5, %f5, 0f3F800000;\n  div.rn.f32 %f6, %a{r}, %f5;\n");
-                s += &format!("  mul.f32 %f6, %f6, %a{};\n", rows + r);
+                s += &silu_times(&format!("%a{r}"), &format!("%a{}", rows + r), "%f6", "%f5");
                 s += &format!("  mad.lo.u32 %r12, %r1, {r}, %r5;\n");
                 s += "  mul.wide.u32 %rd9, %r12, 2;\n  add.s64 %rd9, %rd3, %rd9;\n";
                 s += "  cvt.rn.bf16.f32 %h0, %f6;\n  st.global.b16 [%rd9], %h0;\n";

@@ -352,14 +352,10 @@ fn swiglu(a: Act) -> String {
   mul.wide.u32 %rd5, %r6, 4;
   add.s64 %rd5, %rd3, %rd5;
   ld.global.f32 %f2, [%rd5];
-  mul.f32 %f3, %f1, 0fBFB8AA3B;
-  ex2.approx.f32 %f3, %f3;
-  add.f32 %f3, %f3, 0f3F800000;
-  div.rn.f32 %f4, %f1, %f3;
-  mul.f32 %f4, %f4, %f2;
-  mul.wide.u32 %rd6, %r2, {bytes};
+{silu}  mul.wide.u32 %rd6, %r2, {bytes};
   add.s64 %rd6, %rd2, %rd6;
   {store}"#,
+        silu = crate::gemv::silu_times("%f1", "%f2", "%f4", "%f3"),
         bytes = a.elem_bytes(),
         store = a.store("%rd6", "%f4"),
     );

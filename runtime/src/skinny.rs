@@ -19,7 +19,7 @@
 //! Requirements (checked by the caller): `inner` a multiple of 8, buffers
 //! 16-byte aligned.
 
-use crate::gemv::{Epilogue, SEGMENTS};
+use crate::gemv::{self, epilogues, Epilogue};
 use crate::glue::Act;
 
 /// Rows the kernels take at most (two B tiles of 8).
@@ -38,12 +38,6 @@ pub fn kernel_name(epilogue: Epilogue) -> String {
         Epilogue::Segments => "mixc_skinny_seg".into(),
         Epilogue::SwiGlu => "mixc_skinny_swiglu".into(),
     }
-}
-
-fn epilogues() -> Vec<Epilogue> {
-    let mut out: Vec<Epilogue> = Act::ALL.iter().map(|a| Epilogue::Plain(*a)).collect();
-    out.extend([Epilogue::Segments, Epilogue::SwiGlu]);
-    out
 }
 
 /// Every kernel's name.
@@ -75,15 +69,7 @@ fn pairs(epilogue: Epilogue) -> usize {
 }
 
 fn params(epilogue: Epilogue) -> String {
-    let ys = match epilogue {
-        Epilogue::Plain(_) | Epilogue::SwiGlu => ".param .u64 p_y".to_string(),
-        Epilogue::Segments => {
-            let ys: Vec<String> = (0..SEGMENTS).map(|i| format!(".param .u64 p_y{i}")).collect();
-            let ends: Vec<String> = (0..SEGMENTS).map(|i| format!(".param .u32 p_e{i}")).collect();
-            format!("{}, {}", ys.join(", "), ends.join(", "))
-        }
-    };
-    let acc = if matches!(epilogue, Epilogue::Plain(_)) { ", .param .u32 p_acc" } else { "" };
+    let (ys, acc) = (gemv::output_params(epilogue), gemv::acc_param(epilogue));
     format!(".param .u64 p_w, .param .u64 p_x, {ys}, .param .u32 p_out, .param .u32 p_inner, .param .u32 p_rows{acc}")
 }
 
@@ -118,18 +104,7 @@ fn kernel(epilogue: Epilogue) -> String {
             }
         }
     }
-    if epilogue == Epilogue::Segments {
-        s += &format!("  .reg .b64 %ys<{SEGMENTS}>;\n  .reg .b32 %e<{SEGMENTS}>;\n");
-        for i in 0..SEGMENTS {
-            s += &format!("  ld.param.u64 %ys{i}, [p_y{i}];\n  cvta.to.global.u64 %ys{i}, %ys{i};\n");
-            s += &format!("  ld.param.u32 %e{i}, [p_e{i}];\n");
-        }
-    } else {
-        s += "  ld.param.u64 %rd3, [p_y];\n  cvta.to.global.u64 %rd3, %rd3;\n";
-    }
-    if let Epilogue::Plain(_) = epilogue {
-        s += "  ld.param.u32 %r3, [p_acc];\n";
-    }
+    s += &gemv::load_outputs(epilogue);
     // %rd1 W, %rd2 x; %r1 out, %r2 inner, %r4 rows.
     s += "  ld.param.u64 %rd1, [p_w];\n  ld.param.u64 %rd2, [p_x];\n  cvta.to.global.u64 %rd1, %rd1;\n";
     s += "  cvta.to.global.u64 %rd2, %rd2;\n  ld.param.u32 %r1, [p_out];\n  ld.param.u32 %r2, [p_inner];\n";
@@ -269,19 +244,13 @@ fn store(epilogue: Epilogue) -> String {
             s += "  cvt.rn.bf16.f32 %h0, %f0;\n  st.global.b16 [%rd13], %h0;\n";
         }
         Epilogue::Segments => {
-            s += "  mov.b64 %rd14, %ys0;\n  mov.u32 %r33, 0;\n  mov.u32 %r34, %e0;\n";
-            for i in 1..SEGMENTS {
-                s += &format!("  setp.ge.u32 %p11, %r31, %e{};\n  sub.u32 %r35, %e{i}, %e{};\n", i - 1, i - 1);
-                s += &format!("  selp.b64 %rd14, %ys{i}, %rd14, %p11;\n  selp.b32 %r33, %e{}, %r33, %p11;\n", i - 1);
-                s += "  selp.b32 %r34, %r35, %r34, %p11;\n";
-            }
+            s += &gemv::segment_of("%r31", "%rd14", "%r33", "%r34", "%p11", "%r35");
             s += "  sub.u32 %r36, %r31, %r33;\n  mad.lo.u32 %r36, %r21, %r34, %r36;\n";
             s += "  mul.wide.u32 %rd13, %r36, 2;\n  add.s64 %rd13, %rd14, %rd13;\n";
             s += "  cvt.rn.bf16.f32 %h0, %f0;\n  st.global.b16 [%rd13], %h0;\n";
         }
         Epilogue::SwiGlu => {
-            s += "  mul.f32 %f9, %f0, 0fBFB8AA3B;\n  ex2.approx.f32 %f9, %f9;\n  add.f32 %f9, %f9, 0f3F800000;\n";
-            s += "  div.rn.f32 %f10, %f0, %f9;\n  mul.f32 %f10, %f10, %f1;\n";
+            s += &gemv::silu_times("%f0", "%f1", "%f10", "%f9");
             s += "  mul.wide.u32 %rd13, %r32, 2;\n  add.s64 %rd13, %rd3, %rd13;\n";
             s += "  cvt.rn.bf16.f32 %h0, %f10;\n  st.global.b16 [%rd13], %h0;\n";
         }
