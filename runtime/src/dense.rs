@@ -68,6 +68,11 @@ impl Linear {
     pub fn inner(&self) -> usize {
         self.weight.shape.get(1).copied().unwrap_or(0)
     }
+
+    /// Bytes of the weight and the bias on the card.
+    pub fn bytes(&self) -> usize {
+        self.weight.bytes() + self.bias.as_ref().map_or(0, |b| b.bytes())
+    }
 }
 
 /// The device dtype of an [`Act`].

@@ -18,10 +18,8 @@ use crate::Error;
 use mixc_ir::mixers::carried_input;
 use mixc_ir::model::{MlpKind, NormChoice};
 use mixc_ir::DType;
-use mixc_runtime::cuda::CudaSlice;
-use mixc_runtime::cuda::{CudaRunner, DeviceGraph, DeviceTensor, LoadedProgram, PreparedRun};
-use mixc_runtime::dense::Rows;
-use mixc_runtime::dense::{act_dtype, Dense, Linear};
+use mixc_runtime::cuda::{CudaRunner, CudaSlice, DeviceGraph, DeviceTensor, LoadedProgram, PreparedRun};
+use mixc_runtime::dense::{act_dtype, Dense, Linear, Rows};
 use mixc_runtime::glue::{Act, RowNorm};
 use mixc_runtime::projections::{GemvKind, GemvX};
 use mixc_runtime::{Data, HostTensor};
@@ -234,7 +232,6 @@ impl DeviceModel {
                 let p = format!("layers.{li}.mixer.{name}_proj");
                 match feed {
                     Feed::Projected { size, rank, .. } => {
-                        widest = widest.max(*size);
                         let (prefix, rows, second) = match rank {
                             None => (p, *size, None),
                             Some(r) => (format!("{p}.0"), *r, Some(up.linear(&format!("{p}.1"), *size, *r)?)),
@@ -309,12 +306,11 @@ impl DeviceModel {
 
     /// Bytes of the weights on the card.
     pub(super) fn weight_bytes(&self) -> usize {
-        let lin = |l: &Linear| l.weight.bytes() + l.bias.as_ref().map_or(0, |b| b.bytes());
-        let mut n = lin(&self.embed) + self.head.as_ref().map_or(0, lin) + self.norm.bytes();
+        let mut n = self.embed.bytes() + self.head.as_ref().map_or(0, Linear::bytes) + self.norm.bytes();
         for l in &self.layers {
-            n += l.mixer_norm.bytes() + lin(&l.o_proj) + l.inputs.bytes();
+            n += l.mixer_norm.bytes() + l.o_proj.bytes() + l.inputs.bytes();
             if let Some(m) = &l.mlp {
-                n += m.norm.bytes() + lin(&m.up) + lin(&m.down);
+                n += m.norm.bytes() + m.up.bytes() + m.down.bytes();
             }
         }
         n
@@ -415,20 +411,22 @@ impl DeviceModel {
                 let norm = self.norm_of(model, &m.norm);
                 let hdn = m.down.inner();
                 let swiglu = m.kind == MlpKind::Swiglu && m.up.bias.is_none() && dense.gemv_fits(t, norm.d);
-                match norm.folded(dense, &w.x.buf, t) {
-                    // Norm, gate, up and the activation in one launch.
-                    Some(x) if swiglu => dense.project_swiglu(r, &mut w.wide_act.buf, x, &m.up, t)?,
+                // With the GEMV: gate, up and the activation in one launch,
+                // the norm too where it folds in.
+                let x = match norm.folded(dense, &w.x.buf, t) {
+                    Some(x) if swiglu => x,
                     _ => {
                         norm.apply(dense, r, &mut w.h.buf, &w.x.buf, t)?;
-                        if swiglu {
-                            dense.project_swiglu(r, &mut w.wide_act.buf, GemvX::Act(&w.h.buf), &m.up, t)?;
-                        } else {
-                            dense.linear(r, &mut w.wide.buf, &w.h.buf, &m.up, t, false)?;
-                            match m.kind {
-                                MlpKind::Swiglu => dense.swiglu(r, &mut w.wide_act.buf, &w.wide.buf, t, hdn)?,
-                                MlpKind::Gelu => dense.gelu(r, &mut w.wide_act.buf, &w.wide.buf, t * hdn)?,
-                            }
-                        }
+                        GemvX::Act(&w.h.buf)
+                    }
+                };
+                if swiglu {
+                    dense.project_swiglu(r, &mut w.wide_act.buf, x, &m.up, t)?;
+                } else {
+                    dense.linear(r, &mut w.wide.buf, &w.h.buf, &m.up, t, false)?;
+                    match m.kind {
+                        MlpKind::Swiglu => dense.swiglu(r, &mut w.wide_act.buf, &w.wide.buf, t, hdn)?,
+                        MlpKind::Gelu => dense.gelu(r, &mut w.wide_act.buf, &w.wide.buf, t * hdn)?,
                     }
                 }
                 dense.linear(r, &mut w.x.buf, &w.wide_act.buf, &m.down, t, true)?;

@@ -95,13 +95,12 @@ impl Inputs {
 
     /// Bytes of the weights on the card.
     pub fn bytes(&self) -> usize {
-        let lin = |l: &Linear| l.weight.bytes() + l.bias.as_ref().map_or(0, |b| b.bytes());
         let mut n = self.stacked.as_ref().map_or(0, |s| s.bytes());
         for m in &self.members {
             if let First::Own(l) = &m.first {
-                n += lin(l);
+                n += l.bytes();
             }
-            n += m.second.as_ref().map_or(0, lin);
+            n += m.second.as_ref().map_or(0, Linear::bytes);
         }
         n
     }
