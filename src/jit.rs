@@ -335,18 +335,9 @@ impl CompiledMixer {
         }
     }
 
-    /// The loaded decode-step (`decode`) or prefill program where the mixer
-    /// runs on a GPU (`None` on the host).
-    #[cfg(feature = "cuda")]
-    pub fn gpu_program(&self, decode: bool) -> Option<Result<&mixc_runtime::cuda::LoadedProgram, Error>> {
-        match &self.exec {
-            Exec::Host(_) => None,
-            Exec::Gpu(gpu) => Some(gpu.program(decode)),
-        }
-    }
-
-    /// [`CompiledMixer::gpu_program`] for `seqs` sequences side by side: a
-    /// decode step of at most [`NARROW_SEQ_HEADS`] sequences × heads takes
+    /// The loaded decode-step (`decode`) or prefill program for `seqs`
+    /// sequences side by side where the mixer runs on a GPU (`None` on the
+    /// host): a decode step of at most [`NARROW_SEQ_HEADS`] sequences × heads takes
     /// the step compiled in value blocks of [`NARROW_BLOCK_V`] where there is
     /// one (more programs for the card's SMs: GLA-1.3B's 4 heads at batch 1
     /// ran 32 programs in blocks of 64; 2.21 → 2.07 ms a token on an H100).

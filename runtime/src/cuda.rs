@@ -587,18 +587,7 @@ impl CudaRunner {
     /// A device tensor of `dtype` `shape` holding `data` (f32 values;
     /// rounded to 16 bits for f16/bf16, converted on all cores).
     pub fn upload_f32(&self, data: &[f32], shape: &[usize], dtype: DType) -> Result<DeviceTensor, CudaError> {
-        if data.len() != shape.iter().product::<usize>() || !dtype.is_float() {
-            return Err(CudaError::Program(format!(
-                "{} f32 values for a {dtype} tensor of shape {shape:?}",
-                data.len()
-            )));
-        }
-        if layout::is_half(dtype) {
-            return self.upload_f32_stacked(&[data], shape, dtype);
-        }
-        let mut out = self.zeros(shape, dtype)?;
-        self.copy_in(data, &mut out.buf)?;
-        Ok(out)
+        self.upload_f32_stacked(&[data], shape, dtype)
     }
 
     /// Copies `values` converted to `dtype`'s 16 bits into `dst`: through the
