@@ -205,6 +205,19 @@ impl PreparedRun {
         self.bufs.get_mut(slot)
     }
 
+    /// Exchanges the buffers of slots `a` and `b` (of the same length):
+    /// a carried state's output becomes the next step's input without a copy.
+    pub fn swap_buffers(&mut self, a: usize, b: usize) -> Result<(), CudaError> {
+        let fits = |s: usize| self.bufs.get(s).map(|x| x.len());
+        match (fits(a), fits(b)) {
+            (Some(x), Some(y)) if x == y && a != b => {
+                self.bufs.swap(a, b);
+                Ok(())
+            }
+            _ => Err(CudaError::Program(format!("buffers {a} and {b} cannot be exchanged"))),
+        }
+    }
+
     /// The buffers of several distinct slots at once, in the order asked
     /// (`None` if a slot is missing or asked twice).
     pub fn buffers_mut(&mut self, slots: &[usize]) -> Option<Vec<&mut CudaSlice<u32>>> {

@@ -38,12 +38,19 @@ pub struct Dense {
     /// Projections of a few rows through [`crate::gemv`] rather than cuBLAS
     /// (bf16 operands; `MIXC_GEMV=0` turns it off).
     pub(crate) gemv: bool,
-    /// RMSNorms folded into the GEMVs that read them (`MIXC_FOLD_NORM=0`
-    /// turns it off).
+    /// RMSNorms folded into the GEMVs that read them (`MIXC_FOLD_NORM=1`
+    /// turns it on). Off by default: a norm kernel of its own measured
+    /// faster (GLA-1.3B one sequence, 2026-12-06: 1.75 vs 1.84 ms a step on
+    /// an H100, 1.54 vs 1.58 ms on an H200 with the weights loaded ahead of
+    /// the norm): every CTA re-norms the whole row before its first FMA.
     pub(crate) fold_norm: bool,
     /// Products of 5–16 rows on tensor cores ([`crate::skinny`]) rather
     /// than cuBLAS (`MIXC_SKINNY=0` turns it off).
     pub(crate) skinny: bool,
+    /// The GEMV and tensor-core products launched as programmatic dependent
+    /// launches (sm_90+; `MIXC_PDL=0` turns it off): each starts loading
+    /// its weights while the kernel before it finishes.
+    pub(crate) dependent: bool,
 }
 
 /// Rows `first..first + count` of a weight matrix: one projection of
@@ -116,8 +123,9 @@ impl Dense {
             fns,
             act,
             gemv: on("MIXC_GEMV"),
-            fold_norm: on("MIXC_FOLD_NORM"),
+            fold_norm: std::env::var("MIXC_FOLD_NORM").is_ok_and(|v| v == "1"),
             skinny: on("MIXC_SKINNY"),
+            dependent: on("MIXC_PDL") && glue::dependent_launches(target),
         })
     }
 

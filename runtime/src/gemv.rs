@@ -173,10 +173,29 @@ pub fn kernel_names() -> Vec<String> {
 
 /// The PTX of every kernel (appended to the glue module), after the
 /// declaration of the dynamic shared memory the normed inputs use.
-pub fn ptx() -> String {
+/// `dependent`: the kernels wait for the grid before them with
+/// `griddepcontrol` (sm_90+), so that a launch marked as a programmatic
+/// dependent one (see [`grid_dependency`]) starts early.
+pub fn ptx(dependent: bool) -> String {
     let kernels: String =
-        (1..=MAX_ROWS).flat_map(|r| variants().into_iter().map(move |(i, e)| kernel(r, i, e))).collect();
+        (1..=MAX_ROWS).flat_map(|r| variants().into_iter().map(move |(i, e)| kernel(r, i, e, dependent))).collect();
     format!(".extern .shared .align 16 .b8 xs[];\n\n{kernels}")
+}
+
+/// Programmatic dependent launch (sm_90+): a kernel launched with
+/// `CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION` may start while
+/// the grid before it still runs; it must not read that grid's results (or
+/// write what that grid reads) before `griddepcontrol.wait`, which returns
+/// once the grid has finished and its writes are visible. What comes before
+/// the wait here reads only weights. `launch_dependents` lets the next
+/// such launch start as soon as every CTA of this one is resident.
+/// Without the attribute both instructions do nothing.
+pub(crate) fn grid_dependency(dependent: bool) -> &'static str {
+    if dependent {
+        "  griddepcontrol.launch_dependents;\n  griddepcontrol.wait;\n"
+    } else {
+        ""
+    }
 }
 
 /// 16-byte loads in flight per lane and step: fewer with more rows (each
@@ -209,23 +228,61 @@ fn params(input: Input, epilogue: Epilogue) -> String {
     format!(".param .u64 p_w, {x}, {ys}, .param .u32 p_out, .param .u32 p_inner{acc}")
 }
 
+/// 16-byte loads of the residual (and of the norm's weight) each thread
+/// issues at once in the RMSNorm prologue: 4 × 4 values × 256 threads cover
+/// 4096 values, a row of a model with d_model ≤ 4096, in one round trip.
+const NORM_LOADS: usize = 4;
+
+/// Values a CTA covers per round of the prologue's loads.
+const NORM_BLOCK: usize = NORM_LOADS * 4 * 32 * WARPS as usize;
+
+/// Loads (predicated on `k < inner`, zero beyond) of round `%q3` of row `r`:
+/// thread `t`'s values `%q3 + 4t + 1024j … + 3` of the f32 buffer at `base`
+/// (`row_words` per row: `%r2` for the residual, 0 for the norm's weight)
+/// into `{regs}{4j} …`; `%q7` holds the last value index.
+fn norm_loads(r: usize, base: &str, per_row: bool, regs: &str) -> String {
+    let mut s = String::new();
+    for j in 0..NORM_LOADS {
+        s += &format!(
+            "  shl.b32 %q7, %q1, 2;\n  add.u32 %q7, %q7, %q3;\n  add.u32 %q7, %q7, {};\n",
+            j * 4 * 32 * WARPS as usize
+        );
+        s += "  setp.lt.u32 %p8, %q7, %r2;\n";
+        if per_row {
+            s += &format!("  mad.lo.u32 %q9, %r2, {r}, %q7;\n  mul.wide.u32 %rd12, %q9, 4;\n");
+        } else {
+            s += "  mul.wide.u32 %rd12, %q7, 4;\n";
+        }
+        s += &format!("  add.s64 %rd12, {base}, %rd12;\n");
+        let v: Vec<String> = (0..4).map(|i| format!("{regs}{}", 4 * j + i)).collect();
+        for reg in &v {
+            s += &format!("  mov.f32 {reg}, 0f00000000;\n");
+        }
+        s += &format!("  @%p8 ld.global.v4.f32 {{{}}}, [%rd12];\n", v.join(", "));
+    }
+    s
+}
+
 /// The RMSNorm prologue: every row of the f32 residual (`%rd2`), normed by
 /// the weight (`%rd13`) and eps (`%f7`), into shared memory as bf16 at
 /// `xs + NORM_SUMS` (as the glue's RMSNorm: `x · (1 / sqrt(mean x² + eps)) · w`).
+/// Each pass issues all of a thread's loads of a round before it uses any
+/// (one memory round trip per pass for rows up to [`NORM_BLOCK`] values).
 fn norm_prologue(rows: usize) -> String {
     let mut s = String::new();
     s += "  ld.param.u64 %rd13, [p_nw];\n  cvta.to.global.u64 %rd13, %rd13;\n  ld.param.f32 %f7, [p_eps];\n";
-    // %q1 thread, %q2 threads, %q4 lane, %q5 warp, %q6 xs, %g6 inner as f32.
-    s += "  mov.u32 %q1, %tid.x;\n  mov.u32 %q2, %ntid.x;\n  and.b32 %q4, %q1, 31;\n  shr.u32 %q5, %q1, 5;\n";
+    // %q1 thread, %q4 lane, %q5 warp, %q6 xs, %g6 inner as f32.
+    s += "  mov.u32 %q1, %tid.x;\n  and.b32 %q4, %q1, 31;\n  shr.u32 %q5, %q1, 5;\n";
     s += "  mov.u32 %q6, xs;\n  cvt.rn.f32.u32 %g6, %r2;\n";
     for r in 0..rows {
-        s += &format!("  mov.f32 %g1, 0f00000000;\n  mov.u32 %q3, %q1;\n$sq{r}:\n");
+        // Pass 1: the sum of squares.
+        s += &format!("  mov.f32 %g1, 0f00000000;\n  mov.u32 %q3, 0;\n$sq{r}:\n");
         s += &format!("  setp.ge.u32 %p7, %q3, %r2;\n  @%p7 bra $sqd{r};\n");
-        s += &format!(
-            "  mad.lo.u32 %q7, %r2, {r}, %q3;\n  mul.wide.u32 %rd12, %q7, 4;\n  add.s64 %rd12, %rd2, %rd12;\n"
-        );
-        s += "  ld.global.f32 %g2, [%rd12];\n  fma.rn.f32 %g1, %g2, %g2, %g1;\n";
-        s += &format!("  add.u32 %q3, %q3, %q2;\n  bra.uni $sq{r};\n$sqd{r}:\n");
+        s += &norm_loads(r, "%rd2", true, "%v");
+        for i in 0..4 * NORM_LOADS {
+            s += &format!("  fma.rn.f32 %g1, %v{i}, %v{i}, %g1;\n");
+        }
+        s += &format!("  add.u32 %q3, %q3, {NORM_BLOCK};\n  bra.uni $sq{r};\n$sqd{r}:\n");
         for shift in [16, 8, 4, 2, 1] {
             s += &format!("  shfl.sync.bfly.b32 %g2, %g1, {shift}, 31, -1;\n  add.f32 %g1, %g1, %g2;\n");
         }
@@ -236,31 +293,84 @@ fn norm_prologue(rows: usize) -> String {
         }
         s += "  bar.sync 0;\n";
         s += "  div.rn.f32 %g3, %g3, %g6;\n  add.f32 %g3, %g3, %f7;\n  sqrt.rn.f32 %g3, %g3;\n  rcp.rn.f32 %g4, %g3;\n";
-        s += &format!("  mov.u32 %q3, %q1;\n$wr{r}:\n  setp.ge.u32 %p7, %q3, %r2;\n  @%p7 bra $wrd{r};\n");
-        s += &format!(
-            "  mad.lo.u32 %q7, %r2, {r}, %q3;\n  mul.wide.u32 %rd12, %q7, 4;\n  add.s64 %rd12, %rd2, %rd12;\n"
-        );
-        s += "  ld.global.f32 %g2, [%rd12];\n  mul.wide.u32 %rd12, %q3, 4;\n  add.s64 %rd12, %rd13, %rd12;\n";
-        s += "  ld.global.f32 %g5, [%rd12];\n  mul.f32 %g2, %g2, %g4;\n  mul.f32 %g2, %g2, %g5;\n";
-        s += "  cvt.rn.bf16.f32 %h1, %g2;\n  shl.b32 %q7, %q7, 1;\n  add.u32 %q7, %q7, %q6;\n";
-        s += &format!(
-            "  st.shared.b16 [%q7+{NORM_SUMS}], %h1;\n  add.u32 %q3, %q3, %q2;\n  bra.uni $wr{r};\n$wrd{r}:\n"
-        );
+        // Pass 2: x · rcp · w as bf16 pairs into shared memory.
+        s += &format!("  mov.u32 %q3, 0;\n$wr{r}:\n  setp.ge.u32 %p7, %q3, %r2;\n  @%p7 bra $wrd{r};\n");
+        s += &norm_loads(r, "%rd2", true, "%v");
+        s += &norm_loads(r, "%rd13", false, "%u");
+        for j in 0..NORM_LOADS {
+            for i in 0..4 {
+                let e = 4 * j + i;
+                s += &format!("  mul.f32 %v{e}, %v{e}, %g4;\n  mul.f32 %v{e}, %v{e}, %u{e};\n");
+            }
+            // Value k at byte 2k: the pair (k, k + 1) is one word, k in its low half.
+            let (a, b) = (4 * j, 4 * j + 2);
+            s += &format!("  cvt.rn.bf16x2.f32 %q10, %v{}, %v{a};\n", a + 1);
+            s += &format!("  cvt.rn.bf16x2.f32 %q11, %v{}, %v{b};\n", b + 1);
+            s += &format!(
+                "  shl.b32 %q7, %q1, 2;\n  add.u32 %q7, %q7, %q3;\n  add.u32 %q7, %q7, {};\n",
+                j * 4 * 32 * WARPS as usize
+            );
+            s += "  setp.lt.u32 %p8, %q7, %r2;\n";
+            s += &format!("  mad.lo.u32 %q9, %r2, {r}, %q7;\n  shl.b32 %q9, %q9, 1;\n  add.u32 %q9, %q9, %q6;\n");
+            s += &format!("  @%p8 st.shared.v2.b32 [%q9+{NORM_SUMS}], {{%q10, %q11}};\n");
+        }
+        s += &format!("  add.u32 %q3, %q3, {NORM_BLOCK};\n  bra.uni $wr{r};\n$wrd{r}:\n");
     }
     s += "  bar.sync 0;\n";
     s
 }
 
-fn kernel(rows: usize, input: Input, epilogue: Epilogue) -> String {
+/// The weight loads of one step of `u` 16-byte loads per lane (`%r10` the
+/// lane's first value, `%rd5`/`%rd11` the weight rows): load `l` of row
+/// `p` into `%w[4·(l·pairs + p) + j]`, zero where `%r11 ≥ inner`. With
+/// `when`, only where that predicate holds (registers untouched otherwise).
+fn weight_loads(u: usize, pairs: usize, bound: &str, when: Option<&str>) -> String {
+    let mut s = String::new();
+    for l in 0..u {
+        s += &format!("  add.u32 %r11, %r10, {};\n  mul.wide.u32 %rd6, %r11, 2;\n", 256 * l);
+        match when {
+            Some(p) => s += &format!("  setp.lt.and.u32 %p8, %r11, %r2, {p};\n"),
+            None => s += &format!("  setp.lt.and.u32 %p8, %r11, %r2, {bound};\n"),
+        }
+        for p in 0..pairs {
+            let w: Vec<String> = (0..4).map(|j| format!("%w{}", 4 * (l * pairs + p) + j)).collect();
+            let base = if p == 0 { "%rd5" } else { "%rd11" };
+            s += &format!("  add.s64 %rd7, {base}, %rd6;\n");
+            let guard = when.map(|p| format!("@{p} ")).unwrap_or_default();
+            for reg in &w {
+                s += &format!("  {guard}mov.b32 {reg}, 0;\n");
+            }
+            s += &format!("  @%p8 ld.global.nc.v4.b32 {{{}}}, [%rd7];\n", w.join(", "));
+        }
+    }
+    s
+}
+
+/// `%rd5`: weight row `%r5` (`%rd11`: its up row, `%rd10` further).
+fn weight_rows(pairs: usize) -> String {
+    let mut s = "  mul.wide.u32 %rd5, %r5, %r2;\n  shl.b64 %rd5, %rd5, 1;\n  add.s64 %rd5, %rd1, %rd5;\n".to_string();
+    if pairs == 2 {
+        s += "  add.s64 %rd11, %rd5, %rd10;\n";
+    }
+    s
+}
+
+/// The kernel. Its first step's weights are loaded before anything else
+/// (the norm prologue, the wait for the grid before it): they depend on
+/// nothing, and their memory latency hides what comes after.
+fn kernel(rows: usize, input: Input, epilogue: Epilogue, dependent: bool) -> String {
     let pairs = epilogue.pairs();
     let u = unroll(rows, pairs);
     let name = kernel_name(rows, input, epilogue);
     let mut s = format!(".visible .entry {name}(\n  {})\n{{\n", params(input, epilogue));
     if input == Input::RmsNorm {
-        s += "  .reg .b32 %q<16>;\n  .reg .f32 %g<8>;\n";
+        s += &format!(
+            "  .reg .b32 %q<16>;\n  .reg .f32 %g<8>;\n  .reg .f32 %v<{n}>;\n  .reg .f32 %u<{n}>;\n",
+            n = 4 * NORM_LOADS
+        );
     }
     s += &format!(
-        "  .reg .pred %p<8>;\n  .reg .b32 %r<20>;\n  .reg .b32 %s<4>;\n  .reg .b32 %w<{}>;\n  .reg .b32 %x<{}>;\n  \
+        "  .reg .pred %p<10>;\n  .reg .b32 %r<20>;\n  .reg .b32 %s<4>;\n  .reg .b32 %w<{}>;\n  .reg .b32 %x<{}>;\n  \
          .reg .f32 %a<{}>;\n  .reg .f32 %f<8>;\n  .reg .b64 %rd<14>;\n  .reg .b64 %xr<{}>;\n  .reg .b16 %h<2>;\n",
         4 * u * pairs,
         4 * u * rows,
@@ -275,6 +385,19 @@ fn kernel(rows: usize, input: Input, epilogue: Epilogue) -> String {
     // Row r of x starts at x + r·inner·2; %rd10 is out·inner·2 bytes (the
     // distance from a gate row to its up row).
     s += "  mul.wide.u32 %rd4, %r2, 2;\n  mul.wide.u32 %rd10, %r1, %r2;\n  shl.b64 %rd10, %rd10, 1;\n";
+    // %r4 lane, %r5 this warp's first output, %r6 the stride over outputs.
+    s += "  mov.u32 %r7, %tid.x;\n  and.b32 %r4, %r7, 31;\n  shr.u32 %r7, %r7, 5;\n";
+    s += "  mov.u32 %r8, %ctaid.x;\n  mov.u32 %r9, %ntid.x;\n  shr.u32 %r9, %r9, 5;\n";
+    s += "  mad.lo.u32 %r5, %r8, %r9, %r7;\n  mov.u32 %r6, %nctaid.x;\n  mul.lo.u32 %r6, %r6, %r9;\n";
+    // The first step of the first output (%p1: the warp has one): its
+    // weights into registers now; %p0 (false until that step is done) says
+    // whether a step still has to load its weights.
+    s += "  setp.lt.u32 %p1, %r5, %r1;\n";
+    s += &weight_rows(pairs);
+    s += "  shl.b32 %r10, %r4, 3;\n";
+    s += &weight_loads(u, pairs, "%p1", None);
+    s += "  setp.ne.u32 %p0, %r2, %r2;\n";
+    s += grid_dependency(dependent);
     match input {
         Input::Act => {
             for r in 0..rows {
@@ -291,35 +414,19 @@ fn kernel(rows: usize, input: Input, epilogue: Epilogue) -> String {
             s += &format!("  add.u32 %q8, %q6, {NORM_SUMS};\n");
         }
     }
-    // %r4 lane, %r5 this warp's first output, %r6 the stride over outputs.
-    s += "  mov.u32 %r7, %tid.x;\n  and.b32 %r4, %r7, 31;\n  shr.u32 %r7, %r7, 5;\n";
-    s += "  mov.u32 %r8, %ctaid.x;\n  mov.u32 %r9, %ntid.x;\n  shr.u32 %r9, %r9, 5;\n";
-    s += "  mad.lo.u32 %r5, %r8, %r9, %r7;\n  mov.u32 %r6, %nctaid.x;\n  mul.lo.u32 %r6, %r6, %r9;\n";
     s += "$row:\n  setp.ge.u32 %p1, %r5, %r1;\n  @%p1 bra $done;\n";
-    // %rd5: W's row n (%rd11: its up row).
-    s += "  mul.wide.u32 %rd5, %r5, %r2;\n  shl.b64 %rd5, %rd5, 1;\n  add.s64 %rd5, %rd1, %rd5;\n";
-    if pairs == 2 {
-        s += "  add.s64 %rd11, %rd5, %rd10;\n";
-    }
+    s += &weight_rows(pairs);
     for a in 0..rows * pairs {
         s += &format!("  mov.f32 %a{a}, 0f00000000;\n");
     }
     // %r10: this lane's first value of the step.
     s += "  shl.b32 %r10, %r4, 3;\n$step:\n  setp.ge.u32 %p2, %r10, %r2;\n  @%p2 bra $reduce;\n";
-    // Issue every load of the step before any arithmetic. Weight registers:
-    // %w[4·(l·pairs + p) + j] for load l of weight row p.
+    // Issue every load of the step before any arithmetic: the weights
+    // (unless loaded ahead), then x.
+    s += &weight_loads(u, pairs, "", Some("%p0"));
     for l in 0..u {
         s += &format!("  add.u32 %r11, %r10, {};\n", 256 * l);
         s += "  setp.lt.u32 %p3, %r11, %r2;\n  mul.wide.u32 %rd6, %r11, 2;\n";
-        for p in 0..pairs {
-            let w: Vec<String> = (0..4).map(|j| format!("%w{}", 4 * (l * pairs + p) + j)).collect();
-            let base = if p == 0 { "%rd5" } else { "%rd11" };
-            s += &format!("  add.s64 %rd7, {base}, %rd6;\n");
-            for reg in &w {
-                s += &format!("  mov.b32 {reg}, 0;\n");
-            }
-            s += &format!("  @%p3 ld.global.nc.v4.b32 {{{}}}, [%rd7];\n", w.join(", "));
-        }
         for r in 0..rows {
             let x: Vec<String> = (0..4).map(|j| format!("%x{}", 4 * (l * rows + r) + j)).collect();
             for reg in &x {
@@ -341,6 +448,7 @@ fn kernel(rows: usize, input: Input, epilogue: Epilogue) -> String {
             }
         }
     }
+    s += "  setp.eq.u32 %p0, %r2, %r2;\n";
     for l in 0..u {
         for j in 0..4 {
             for r in 0..rows {
@@ -421,7 +529,7 @@ mod tests {
 
     #[test]
     fn one_kernel_per_row_count_and_output_dtype() {
-        let text = ptx();
+        let text = ptx(true);
         for name in kernel_names() {
             assert_eq!(text.matches(&format!(".entry {name}(")).count(), 1, "{name}");
         }
@@ -431,7 +539,7 @@ mod tests {
     #[test]
     fn every_load_of_a_step_comes_before_its_arithmetic() {
         for (i, e) in variants() {
-            let k = kernel(2, i, e);
+            let k = kernel(2, i, e, true);
             let step = &k[k.find("$step:").unwrap_or(0)..k.find("$reduce:").unwrap_or(0)];
             let last_load = step.rfind("ld.global.nc").max(step.rfind("ld.shared")).unwrap_or(usize::MAX);
             let first_fma = step.find("fma.rn").unwrap_or(0);
@@ -439,6 +547,25 @@ mod tests {
             let loads = unroll(2, e.pairs()) * (2 + e.pairs());
             let counted = step.matches("ld.global.nc.v4.b32").count() + step.matches("ld.shared.v4.b32").count();
             assert_eq!(counted, loads, "{i:?} {e:?}");
+        }
+    }
+
+    #[test]
+    fn the_first_weights_are_loaded_before_the_wait_and_x_after_it() {
+        for rows in 1..=MAX_ROWS {
+            for (i, e) in variants() {
+                let k = kernel(rows, i, e, true);
+                let wait = k.find("griddepcontrol.wait").unwrap_or(usize::MAX);
+                let head = &k[..wait.min(k.len())];
+                let ahead = unroll(rows, e.pairs()) * e.pairs();
+                assert_eq!(head.matches("ld.global.nc.v4.b32").count(), ahead, "{rows} {i:?} {e:?}");
+                let first_x = match i {
+                    Input::Act => k.find("[%rd8]"),
+                    Input::RmsNorm => k.find("ld.global.v4.f32"),
+                };
+                assert!(first_x.is_some_and(|x| x > wait), "{rows} {i:?} {e:?}: x read before the wait");
+                assert!(!kernel(rows, i, e, false).contains("griddepcontrol"));
+            }
         }
     }
 }

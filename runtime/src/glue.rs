@@ -84,6 +84,13 @@ pub fn kernel_names() -> Vec<String> {
     out
 }
 
+/// Whether `target` (`sm_90`, `sm_90a`, ...) has programmatic dependent
+/// launches (`griddepcontrol`, sm_90 and later).
+pub fn dependent_launches(target: &str) -> bool {
+    let digits: String = target.trim_start_matches("sm_").chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse::<u32>().is_ok_and(|sm| sm >= 90)
+}
+
 /// The module of every glue kernel for `target` (`sm_80`, `sm_90`, ...).
 pub fn ptx(target: &str) -> String {
     let mut s = format!("//\n// mixc's model glue kernels\n//\n.version 8.0\n.target {target}\n.address_size 64\n\n");
@@ -96,8 +103,9 @@ pub fn ptx(target: &str) -> String {
     }
     s.push_str(&cast_bf16());
     s.push_str(&add_bias());
-    s.push_str(&crate::gemv::ptx());
-    s.push_str(&crate::skinny::ptx());
+    let dependent = dependent_launches(target);
+    s.push_str(&crate::gemv::ptx(dependent));
+    s.push_str(&crate::skinny::ptx(dependent));
     s
 }
 

@@ -8,7 +8,7 @@ use crate::dense::{act_dtype, Dense, Linear, Rows};
 use crate::gemv::{self, Epilogue, Input};
 use crate::glue::Act;
 use crate::skinny;
-use cudarc::driver::{CudaFunction, CudaSlice, CudaViewMut, LaunchArgs, LaunchConfig, PushKernelArg};
+use cudarc::driver::{sys, CudaFunction, CudaSlice, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig};
 use mixc_ir::DType;
 
 fn drv<E: std::fmt::Debug>(what: &str) -> impl FnOnce(E) -> CudaError + '_ {
@@ -64,17 +64,81 @@ impl GemvX<'_> {
         }
     }
 
-    /// Pushes the kernel's input parameters.
-    fn push<'a>(&'a self, l: &mut LaunchArgs<'a>) {
+    /// Appends the kernel's input parameters.
+    fn push(&self, runner: &CudaRunner, p: &mut Params) {
         match self {
-            GemvX::Act(x) => {
-                l.arg(*x);
-            }
+            GemvX::Act(x) => p.buf(runner, *x),
             GemvX::RmsNorm { x, weight, eps } => {
-                l.arg(*x).arg(&weight.buf).arg(eps);
+                p.buf(runner, *x);
+                p.buf(runner, &weight.buf);
+                p.f32(*eps);
             }
         }
     }
+}
+
+/// A kernel's parameters by value, each in a slot of 8 bytes (a 4-byte
+/// one in the low half: x86 is little-endian), for `cuLaunchKernelEx`.
+#[derive(Default)]
+struct Params(Vec<u64>);
+
+impl Params {
+    fn buf(&mut self, runner: &CudaRunner, b: &impl DevicePtr<u32>) {
+        let (ptr, _record) = b.device_ptr(runner.stream());
+        self.0.push(ptr);
+    }
+
+    fn buf_mut(&mut self, runner: &CudaRunner, b: &mut impl DevicePtrMut<u32>) {
+        let (ptr, _record) = b.device_ptr_mut(runner.stream());
+        self.0.push(ptr);
+    }
+
+    fn u32(&mut self, v: u32) {
+        self.0.push(u64::from(v));
+    }
+
+    fn f32(&mut self, v: f32) {
+        self.0.push(u64::from(v.to_bits()));
+    }
+}
+
+/// Launches `f` on the runner's stream; `dependent`: as a programmatic
+/// dependent launch (the kernel may start before the one before it ends,
+/// and waits for it itself: [`gemv::grid_dependency`]).
+///
+/// # Safety
+/// `params` must match the kernel's parameters in number, order and size,
+/// and the buffers must hold what the kernel reads and writes.
+unsafe fn launch(
+    runner: &CudaRunner,
+    f: &CudaFunction,
+    cfg: LaunchConfig,
+    params: &mut Params,
+    dependent: bool,
+) -> Result<(), CudaError> {
+    let mut args: Vec<*mut std::ffi::c_void> = params.0.iter_mut().map(|v| v as *mut u64 as *mut _).collect();
+    // Safety: plain data; the union member set is the one the id names.
+    let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+    attr.value.programmaticStreamSerializationAllowed = 1;
+    let config = sys::CUlaunchConfig {
+        gridDimX: cfg.grid_dim.0,
+        gridDimY: cfg.grid_dim.1,
+        gridDimZ: cfg.grid_dim.2,
+        blockDimX: cfg.block_dim.0,
+        blockDimY: cfg.block_dim.1,
+        blockDimZ: cfg.block_dim.2,
+        sharedMemBytes: cfg.shared_mem_bytes,
+        hStream: runner.stream().cu_stream(),
+        attrs: &mut attr,
+        numAttrs: u32::from(dependent),
+    };
+    runner.stream().context().bind_to_thread().map_err(drv("binding the context"))?;
+    // Safety: the caller's promise; `args` and `params` outlive the call
+    // (the driver copies the values before it returns).
+    unsafe { sys::cuLaunchKernelEx(&config, f.cu_function(), args.as_mut_ptr(), std::ptr::null_mut()) }
+        .result()
+        .map_err(drv("launching a GEMV"))
 }
 
 /// Words of `n` values of `act`.
@@ -136,7 +200,7 @@ impl Dense {
 
     /// Whether [`Dense::gemv_fits`] and the RMSNorm can be folded in
     /// ([`GemvX::RmsNorm`]: the normed rows fit in shared memory;
-    /// `MIXC_FOLD_NORM=0` says no).
+    /// only with `MIXC_FOLD_NORM=1`).
     pub fn gemv_norm_fits(&self, rows: usize, inner: usize) -> bool {
         self.fold_norm
             && rows <= gemv::MAX_ROWS
@@ -203,21 +267,21 @@ impl Dense {
         if first > w.buf.len() {
             return Err(CudaError::Program(format!("rows from {} of a weight of {} words", part.first, w.buf.len())));
         }
-        let wv = w.buf.slice(first..);
-        let mut l = runner.stream().launch_builder(f);
-        let (out, inner, acc, rows32) = (part.count as u32, inner as u32, u32::from(accumulate), rows as u32);
-        l.arg(&wv);
-        x.push(&mut l);
-        l.arg(&mut *y).arg(&out).arg(&inner);
+        let mut p = Params::default();
+        p.buf(runner, &w.buf.slice(first..));
+        x.push(runner, &mut p);
+        p.buf_mut(runner, y);
+        p.u32(part.count as u32);
+        p.u32(inner as u32);
         if skinny {
-            l.arg(&rows32);
+            p.u32(rows as u32);
         }
-        l.arg(&acc);
-        // Safety: x checked above, y ([rows, out] in y_dtype) too, the part
-        // lies inside W (checked by the caller); every 16-byte load stays
-        // inside a row of a 16-byte aligned buffer.
-        unsafe { l.launch(cfg) }.map_err(drv("launching mixc_gemv"))?;
-        Ok(())
+        p.u32(u32::from(accumulate));
+        // Safety: the parameters are the kernel's; x checked above, y
+        // ([rows, out] in y_dtype) too, the part lies inside W (checked by
+        // the caller); every 16-byte load stays inside a row of a 16-byte
+        // aligned buffer.
+        unsafe { launch(runner, f, cfg, &mut p, self.dependent) }
     }
 
     /// The projections stacked in `w` (`parts`, consecutive from row 0 and
@@ -263,29 +327,28 @@ impl Dense {
         }
         x.check(rows, inner)?;
         let (f, cfg, skinny) = self.plan(rows, &x, Epilogue::Segments, all, inner)?;
-        let unused = [0u64; gemv::SEGMENTS];
-        let mut l = runner.stream().launch_builder(f);
-        l.arg(&w.buf);
-        x.push(&mut l);
+        let mut p = Params::default();
+        p.buf(runner, &w.buf);
+        x.push(runner, &mut p);
         for y in ys.iter_mut() {
-            l.arg(y);
+            p.buf_mut(runner, y);
         }
-        for z in &unused[parts.len()..] {
-            l.arg(z);
+        for _ in parts.len()..gemv::SEGMENTS {
+            p.0.push(0);
         }
-        for e in &ends {
-            l.arg(e);
+        for e in ends {
+            p.u32(e);
         }
-        let (out, inner, rows32) = (all as u32, inner as u32, rows as u32);
-        l.arg(&out).arg(&inner);
+        p.u32(all as u32);
+        p.u32(inner as u32);
         if skinny {
-            l.arg(&rows32);
+            p.u32(rows as u32);
         }
-        // Safety: checked above: x holds [rows, inner] bf16, every part's
-        // buffer [rows, count] bf16, the parts tile W's rows in order (an
-        // unused segment's end is W's last row, so it is never chosen).
-        unsafe { l.launch(cfg) }.map_err(drv("launching mixc_gemv_seg"))?;
-        Ok(())
+        // Safety: the parameters are the kernel's; checked above: x holds
+        // [rows, inner] bf16, every part's buffer [rows, count] bf16, the
+        // parts tile W's rows in order (an unused segment's end is W's last
+        // row, so it is never chosen).
+        unsafe { launch(runner, f, cfg, &mut p, self.dependent) }
     }
 
     /// `y[rows, h] = silu(x · gateᵀ) · (x · upᵀ)` in bf16 from SwiGLU's
@@ -310,17 +373,18 @@ impl Dense {
         }
         x.check(rows, inner)?;
         let (f, cfg, skinny) = self.plan(rows, &x, Epilogue::SwiGlu, h, inner)?;
-        let mut l = runner.stream().launch_builder(f);
-        let (h32, inner, rows32) = (h as u32, inner as u32, rows as u32);
-        l.arg(&gate_up.weight.buf);
-        x.push(&mut l);
-        l.arg(&mut *y).arg(&h32).arg(&inner);
+        let mut p = Params::default();
+        p.buf(runner, &gate_up.weight.buf);
+        x.push(runner, &mut p);
+        p.buf_mut(runner, y);
+        p.u32(h as u32);
+        p.u32(inner as u32);
         if skinny {
-            l.arg(&rows32);
+            p.u32(rows as u32);
         }
-        // Safety: sizes checked above; a warp reads rows n and h + n < 2h of W.
-        unsafe { l.launch(cfg) }.map_err(drv("launching mixc_gemv_swiglu"))?;
-        Ok(())
+        // Safety: the parameters are the kernel's; sizes checked above; a
+        // warp reads rows n and h + n < 2h of W.
+        unsafe { launch(runner, f, cfg, &mut p, self.dependent) }
     }
 
     /// Checks the GEMV kernels (whatever `MIXC_GEMV` says) and the

@@ -45,9 +45,10 @@ pub fn kernel_names() -> Vec<String> {
     epilogues().into_iter().map(kernel_name).collect()
 }
 
-/// The PTX of every kernel (appended to the glue module).
-pub fn ptx() -> String {
-    epilogues().into_iter().map(kernel).collect()
+/// The PTX of every kernel (appended to the glue module); `dependent`:
+/// each waits for the grid before it first ([`gemv::grid_dependency`]).
+pub fn ptx(dependent: bool) -> String {
+    epilogues().into_iter().map(|e| kernel(e, dependent)).collect()
 }
 
 /// CTAs for `out` outputs.
@@ -75,7 +76,7 @@ fn params(epilogue: Epilogue) -> String {
 
 /// Registers: `%a{p}_{u}_{h}_{j}` the A words (pair p, step u, row half h,
 /// word j), `%b{u}_{t}_{j}` the B words (tile t), `%d{p}_{t}_{i}` the sums.
-fn kernel(epilogue: Epilogue) -> String {
+fn kernel(epilogue: Epilogue, dependent: bool) -> String {
     let np = pairs(epilogue);
     let u = unroll(np);
     let name = kernel_name(epilogue);
@@ -138,6 +139,7 @@ fn kernel(epilogue: Epilogue) -> String {
     // for every lane, so that the whole warp reaches each `mma`; a lane's
     // own k is %r15 + c · 8 (%r16), its loads predicated on it.
     s += "  shl.b32 %r15, %r6, 5;\n  shl.b32 %r16, %r8, 3;\n";
+    s += gemv::grid_dependency(dependent);
     s += "$step:\n  setp.ge.u32 %p5, %r15, %r2;\n  @%p5 bra.uni $reduce;\n";
     for l in 0..u {
         s += &format!("  add.u32 %r17, %r15, {};\n  add.u32 %r17, %r17, %r16;\n", 256 * l);
@@ -264,7 +266,7 @@ mod tests {
 
     #[test]
     fn one_kernel_per_epilogue() {
-        let text = ptx();
+        let text = ptx(true);
         for name in kernel_names() {
             assert_eq!(text.matches(&format!(".entry {name}(")).count(), 1, "{name}");
         }
@@ -274,7 +276,7 @@ mod tests {
     #[test]
     fn every_load_of_a_step_comes_before_its_first_mma() {
         for e in epilogues() {
-            let k = kernel(e);
+            let k = kernel(e, true);
             let step = &k[k.find("$step:").unwrap_or(0)..k.find("$reduce:").unwrap_or(0)];
             let last_load = step.rfind("ld.global.nc").unwrap_or(usize::MAX);
             let first_mma = step.find("mma.sync").unwrap_or(0);

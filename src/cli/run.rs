@@ -272,25 +272,24 @@ pub fn run(args: &RunArgs) -> Result<String, Error> {
         ));
     }
     let target = super::exec::jit_target(args.target)?;
-    let read_start = Instant::now();
-    let weights = match (&args.weights, args.bench) {
-        (Some(path), _) => st::load(path)?,
-        (None, true) => Model::init_weights(&args.file, args.seed)?,
-        (None, false) => {
-            return Err(Error::Usage(
-                "no weights: expected --weights W.safetensors (`mixc init-weights` writes random ones; --bench \
-                 runs random weights without it)"
-                    .into(),
-            ))
-        }
-    };
-    let read_s = read_start.elapsed().as_secs_f64();
-    let load_start = Instant::now();
+    if args.weights.is_none() && !args.bench {
+        return Err(Error::Usage(
+            "no weights: expected --weights W.safetensors (`mixc init-weights` writes random ones; --bench runs \
+             random weights without it)"
+                .into(),
+        ));
+    }
     let on_gpu = match args.gpu_weights {
         GpuWeights::Bf16 => WeightsDtype::Bf16,
         GpuWeights::F32 => WeightsDtype::F32,
     };
-    let model = Model::load_with(&args.file, weights, target, on_gpu)?;
+    // The weights are read (or made) while the mixers compile.
+    let load_start = Instant::now();
+    let read = || match &args.weights {
+        Some(path) => Ok(st::load(path)?),
+        None => Model::init_weights(&args.file, args.seed),
+    };
+    let (model, read_s) = Model::load_reading(&args.file, read, target, on_gpu)?;
     let load_s = load_start.elapsed().as_secs_f64();
     if batch.is_empty() {
         let vocab = model.vocab().max(1) as u32;
@@ -322,8 +321,8 @@ pub fn run(args: &RunArgs) -> Result<String, Error> {
     let (compile_s, place_s) = model.load_seconds();
     let _ = writeln!(
         out,
-        "startup: weights {} in {read_s:.3} s, mixers compiled and weights placed in {load_s:.3} s \
-         ({compile_s:.3} s compiling, {place_s:.3} s placing{}){}",
+        "startup: mixers compiled and weights placed in {load_s:.3} s ({compile_s:.3} s compiling, the weights \
+         {} in {read_s:.3} s alongside; {place_s:.3} s placing{}){}",
         if args.weights.is_some() { "read" } else { "made (random)" },
         match model.gpu_setup_seconds() {
             s if s > 0.0 => format!("; cuBLAS and the glue kernels opened in {s:.3} s alongside the compiling"),
@@ -389,7 +388,11 @@ fn bench(model: &Model, batch: &[Vec<u32>], args: &RunArgs, target: mixc::jit::T
     );
     if step_count > 0 {
         let step_ms = 1e3 * d / step_count as f64;
-        let profile = mixc::jit::device_profile(target)?;
+        // The floor at the bandwidth of the card it ran on.
+        let profile = match model.gpu_card() {
+            Some(card) => mixc::card::profile(&card),
+            None => mixc::jit::device_profile(target)?,
+        };
         let bytes = model.weight_bytes();
         let bw = profile.dram_bw.max(1.0);
         let floor_ms = 1e3 * bytes as f64 / bw;

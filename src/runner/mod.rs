@@ -256,6 +256,19 @@ impl Model {
         target: Target,
         on_gpu: WeightsDtype,
     ) -> Result<Model, Error> {
+        Model::load_reading(file, move || Ok(weights), target, on_gpu).map(|(model, _)| model)
+    }
+
+    /// [`Model::load_with`] with the weights from `read` (a safetensors
+    /// file, say), which runs on a thread of its own while the mixers
+    /// compile: the time to the first token pays for the longer of the two,
+    /// not their sum. Also returns the seconds `read` took.
+    pub fn load_reading(
+        file: &Path,
+        read: impl FnOnce() -> Result<BTreeMap<String, HostTensor>, Error> + Send,
+        target: Target,
+        on_gpu: WeightsDtype,
+    ) -> Result<(Model, f64), Error> {
         // Activations between the mixers' kernels in the projections' dtype on the GPU.
         #[cfg(feature = "cuda")]
         let storage = match (target, on_gpu) {
@@ -264,7 +277,7 @@ impl Model {
         };
         #[cfg(not(feature = "cuda"))]
         let storage = mixc_passes::Storage::F32;
-        Model::load_stored(file, weights, target, on_gpu, storage)
+        Model::load_stored(file, read, target, on_gpu, storage)
     }
 
     /// A CPU model whose mixers store their activations (projected inputs,
@@ -272,29 +285,38 @@ impl Model {
     /// much the bf16 rounding at the mixers alone moves a model's logits
     /// (`mixc gpu-check --model` scales its bf16 tolerance by it).
     pub fn load_cpu_bf16_mixers(file: &Path, weights: BTreeMap<String, HostTensor>) -> Result<Model, Error> {
-        Model::load_stored(file, weights, Target::Cpu, WeightsDtype::F32, mixc_passes::Storage::Bf16)
+        let read = move || Ok(weights);
+        Model::load_stored(file, read, Target::Cpu, WeightsDtype::F32, mixc_passes::Storage::Bf16).map(|(m, _)| m)
     }
 
     fn load_stored(
         file: &Path,
-        weights: BTreeMap<String, HostTensor>,
+        read: impl FnOnce() -> Result<BTreeMap<String, HostTensor>, Error> + Send,
         target: Target,
         on_gpu: WeightsDtype,
         storage: mixc_passes::Storage,
-    ) -> Result<Model, Error> {
+    ) -> Result<(Model, f64), Error> {
         let started = std::time::Instant::now();
-        // On the GPU, cuBLAS and the glue kernels open while the mixers compile.
-        #[cfg(feature = "cuda")]
-        let (structure, opened) = std::thread::scope(|s| {
+        // The weights are read, and on the GPU cuBLAS and the glue kernels
+        // open, while the mixers compile.
+        let (structure, weights, opened) = std::thread::scope(|s| {
+            let reading = s.spawn(move || {
+                let t = std::time::Instant::now();
+                read().map(|w| (w, t.elapsed().as_secs_f64()))
+            });
+            #[cfg(feature = "cuda")]
             let opening = (target == Target::Cuda).then(|| s.spawn(|| gpu::DeviceModel::open(on_gpu)));
             let structure = Model::structure(file, target, storage);
-            let opened =
-                opening.map(|h| h.join().unwrap_or_else(|_| Err(Error::Usage("opening the GPU panicked".into()))));
-            (structure, opened)
+            let panicked = |what: &str| Error::Usage(format!("{what} panicked"));
+            let weights = reading.join().unwrap_or_else(|_| Err(panicked("reading the weights")));
+            #[cfg(feature = "cuda")]
+            let opened = opening.map(|h| h.join().unwrap_or_else(|_| Err(panicked("opening the GPU"))));
+            #[cfg(not(feature = "cuda"))]
+            let opened: Option<()> = None;
+            (structure, weights, opened)
         });
-        #[cfg(not(feature = "cuda"))]
-        let structure = Model::structure(file, target, storage);
         let mut model = structure?;
+        let (weights, read_s) = weights?;
         let compiled = started.elapsed().as_secs_f64();
         let (mut weights, sources) = names::rename(weights, &model.rules).map_err(Error::Usage)?;
         // Shapes that differ only in axes of size 1 take the expected shape.
@@ -315,9 +337,9 @@ impl Model {
             model.weights = BTreeMap::new();
         }
         #[cfg(not(feature = "cuda"))]
-        let _ = on_gpu;
+        let _ = (on_gpu, opened);
         model.load_seconds = (compiled, started.elapsed().as_secs_f64() - compiled);
-        Ok(model)
+        Ok((model, read_s))
     }
 
     /// Seconds [`Model::load`] took compiling the mixers (their kernels,
@@ -354,6 +376,15 @@ impl Model {
             return dev.setup_seconds;
         }
         0.0
+    }
+
+    /// The name of the card the model runs on (`None` on the host).
+    pub fn gpu_card(&self) -> Option<String> {
+        #[cfg(feature = "cuda")]
+        if let Some(dev) = &self.device {
+            return dev.card().ok();
+        }
+        None
     }
 
     /// Every weight the model needs, with its shape (optional biases left out).
