@@ -8,7 +8,9 @@
 #                      `run --target cuda`);
 #   gpu-dist/bundles*  kernels compiled here ahead of time (the deployment path
 #                      without a compiler: `--kernels DIR`);
-#   gpu-dist/anchors/  the anchor script and the wheels in .whl/ (if present).
+#   gpu-dist/anchors/  the anchor scripts and the wheels in .whl/ (if present;
+#                      with fla's and transformers' wheels gpu-dist is over
+#                      the 64 MiB carry limit: see fla.sh for what to carry).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=gpu-dist
@@ -30,7 +32,7 @@ LLVM_SYS_221_PREFIX="$PWD/scripts/llvm-static" CARGO_TARGET_DIR="${STATIC_TARGET
   cargo build --release --features cuda
 strip -o "$out/mixc" "${STATIC_TARGET:-target/static}/release/mixc"
 xz -T0 -6 -f "$out/mixc"
-cp bench/gpu/check.sh bench/gpu/bench.sh bench/gpu/variants.sh bench/gpu/model.sh "$out/"
-cp ../shared/anchors/gpu_anchor_bench.py "$out/anchors/" 2>/dev/null || true
+cp bench/gpu/check.sh bench/gpu/bench.sh bench/gpu/variants.sh bench/gpu/model.sh bench/gpu/fla.sh "$out/"
+cp ../shared/anchors/gpu_anchor_bench.py ../shared/anchors/gpu_model_bench.py "$out/anchors/" 2>/dev/null || true
 cp .whl/*.whl "$out/anchors/" 2>/dev/null || true
 du -sh "$out"
