@@ -305,12 +305,12 @@ impl DeviceModel {
         })
     }
 
-    /// Bytes of the weights on the card.
     /// The card's name, as the driver reports it.
     pub(super) fn card(&self) -> Result<String, Error> {
         Ok(self.runner.device()?.name)
     }
 
+    /// Bytes of the weights on the card.
     pub(super) fn weight_bytes(&self) -> usize {
         let mut n = self.embed.bytes() + self.head.as_ref().map_or(0, Linear::bytes) + self.norm.bytes();
         for l in &self.layers {
