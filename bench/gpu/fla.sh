@@ -7,6 +7,8 @@
 # carry whole: carry ["gpu-dist/mixc.xz", "gpu-dist/fla.sh", "gpu-dist/anchors"].
 #   PROMPT=N STEPS=M   prompt length and generated tokens (512, 128: the anchor's)
 #   BUDGET=S           seconds for the whole script (430)
+#   CHECK="a.toml …"   the models gpu-check runs first (../models/gla.toml)
+#   SWITCHES="V=1 …"   each also times mixc's batch 1 with that variable set
 # The wheels, downloaded on a machine with internet into .whl/ (ignored):
 #   python3 -m pip download --only-binary=:all: --python-version 3.12 -d .whl \
 #     --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
@@ -28,7 +30,8 @@ fi
 t0=$(date +%s)
 # First the GEMVs against f64 and GLA whole against the CPU (a wrong kernel
 # is not worth timing).
-./mixc gpu-check --model ../models/gla.toml | grep -v " ok$" | cut -c1-240
+# shellcheck disable=SC2086
+./mixc gpu-check --model ${CHECK:-../models/gla.toml} | grep -v " ok$"
 model=../models/bench/gla-1.3b.toml
 w=/tmp/gla-1.3b.safetensors
 [ -f $w ] || ./mixc init-weights $model -o $w --seed 1 --bf16 >/dev/null
@@ -38,9 +41,14 @@ batch=(); for _ in $(seq 16); do batch+=(--prompt-ids "$ids"); done
 gla() {
   echo "mixc GLA-1.3B, $1:"
   shift
-  timeout 120 ./mixc run $model --weights $w --target cuda "$@" --bench | grep -E "^(startup|prefill|decode|bench)"
+  env $switch timeout 120 ./mixc run $model --weights $w --target cuda "$@" --bench | grep -E "^(startup|prefill|decode|bench)"
 }
+switch=""
 gla "batch 1" --prompt-ids "$ids" --max-new-tokens "$steps"
+for switch in ${SWITCHES:-}; do
+  gla "batch 1, $switch" --prompt-ids "$ids" --max-new-tokens "$steps"
+done
+switch=""
 gla "batch 16" "${batch[@]}" --max-new-tokens "$steps"
 gla "prefill of 2048 tokens" --prompt-ids "$(seq 1 2048 | tr '\n' ' ')" --max-new-tokens 2
 python3 -m pip install -q --no-index --find-links anchors "flash-linear-attention==0.6.0" "transformers==5.6.2" 2>&1 \

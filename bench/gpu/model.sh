@@ -25,7 +25,7 @@ else
   echo "cuBLAS not found"
 fi
 status=0
-models=${MODELS:-$(ls ../models/*.toml)}
+models=${MODELS:-$(ls ../models/*.toml ../models/bench/llama-kv-int8.toml)}
 # shellcheck disable=SC2086
 ./mixc gpu-check --model $models || status=1
 # GLA-1.3B whole on the card against the CPU (its shapes through the GEMV).

@@ -386,6 +386,70 @@ impl Dense {
         self.map(runner, "mixc_cast_bf16", out, 2, x, n)
     }
 
+    /// Symmetric int8 codes `q` (`n` bytes) and f32 scales (one per
+    /// `group` values) of the first `n` values of `x` (stored as `x_act`):
+    /// the host's `quantize`, on the card (an int8 KV cache between steps).
+    #[allow(clippy::too_many_arguments)]
+    pub fn quantize_i8(
+        &self,
+        runner: &CudaRunner,
+        x: &CudaSlice<u32>,
+        x_act: Act,
+        q: &mut CudaSlice<u32>,
+        scales: &mut CudaSlice<u32>,
+        n: usize,
+        group: usize,
+    ) -> Result<(), CudaError> {
+        let name = format!("mixc_quant_i8_{}", x_act.suffix());
+        let groups = n / group.max(1);
+        let fits = group > 0
+            && n.is_multiple_of(group)
+            && x.len() >= (n * x_act.elem_bytes()).div_ceil(4)
+            && q.len() >= n.div_ceil(4)
+            && scales.len() >= groups;
+        if !fits {
+            return Err(CudaError::Program(format!("{name}: {n} values in groups of {group} do not fit the buffers")));
+        }
+        let f = self.kernel(&name)?;
+        let mut l = runner.stream().launch_builder(f);
+        let (g32, n32) = (group as u32, groups as u32);
+        l.arg(x).arg(&mut *q).arg(&mut *scales).arg(&g32).arg(&n32);
+        // Safety: sizes checked above.
+        unsafe { l.launch(grid_stride(groups)) }.map_err(|e| CudaError::Driver(format!("launching {name}: {e:?}")))?;
+        Ok(())
+    }
+
+    /// `y = q · scale` over `n` values (stored as `y_act`): the host's
+    /// `dequantize` of [`Dense::quantize_i8`]'s codes.
+    #[allow(clippy::too_many_arguments)]
+    pub fn dequantize_i8(
+        &self,
+        runner: &CudaRunner,
+        q: &CudaSlice<u32>,
+        scales: &CudaSlice<u32>,
+        y: &mut CudaSlice<u32>,
+        y_act: Act,
+        n: usize,
+        group: usize,
+    ) -> Result<(), CudaError> {
+        let name = format!("mixc_dequant_i8_{}", y_act.suffix());
+        let fits = group > 0
+            && n.is_multiple_of(group)
+            && q.len() >= n.div_ceil(4)
+            && scales.len() >= n / group
+            && y.len() >= (n * y_act.elem_bytes()).div_ceil(4);
+        if !fits {
+            return Err(CudaError::Program(format!("{name}: {n} values in groups of {group} do not fit the buffers")));
+        }
+        let f = self.kernel(&name)?;
+        let mut l = runner.stream().launch_builder(f);
+        let (g32, n32) = (group as u32, n as u32);
+        l.arg(q).arg(scales).arg(&mut *y).arg(&g32).arg(&n32);
+        // Safety: sizes checked above.
+        unsafe { l.launch(grid_stride(n)) }.map_err(|e| CudaError::Driver(format!("launching {name}: {e:?}")))?;
+        Ok(())
+    }
+
     /// Glue kernel `name` over `n` f32 values of `x` into `out` (elements of
     /// `out_bytes`): the one-input kernels, parameters (x, out, n).
     fn map(

@@ -79,6 +79,10 @@ pub fn kernel_names() -> Vec<String> {
     }
     out.push("mixc_cast_bf16".into());
     out.push("mixc_add_bias".into());
+    for a in Act::ALL {
+        out.push(format!("mixc_quant_i8_{}", a.suffix()));
+        out.push(format!("mixc_dequant_i8_{}", a.suffix()));
+    }
     out.extend(crate::gemv::kernel_names());
     out.extend(crate::skinny::kernel_names());
     out
@@ -103,6 +107,10 @@ pub fn ptx(target: &str) -> String {
     }
     s.push_str(&cast_bf16());
     s.push_str(&add_bias());
+    for a in Act::ALL {
+        s.push_str(&quantize_i8(a));
+        s.push_str(&dequantize_i8(a));
+    }
     let dependent = dependent_launches(target);
     s.push_str(&crate::gemv::ptx(dependent));
     s.push_str(&crate::skinny::ptx(dependent));
@@ -434,6 +442,91 @@ fn add_bias() -> String {
   add.f32 %f1, %f1, %f2;
   st.global.f32 [%rd3], %f1;"#;
     grid_stride_kernel("mixc_add_bias", &["p_y", "p_b"], &[("p_cols", "%r6"), ("p_n", "%r1")], "", body)
+}
+
+/// Symmetric int8 codes of groups of `group` consecutive values of `x`
+/// (act), as the host's `quantize`: `scale = max|x| / 127`, `q =
+/// round(x / scale)` (halves away from zero, as Rust's `f32::round`),
+/// clamped to ±127; a group of zeros has scale 0 and codes 0. One thread per
+/// group. Parameters: x, q (i8), scales (f32 per group), group, n = groups.
+fn quantize_i8(a: Act) -> String {
+    let bytes = a.elem_bytes();
+    let body = format!(
+        r#"  mul.lo.u32 %r7, %r2, %r6;
+  mov.f32 %f1, 0f00000000;
+  mov.u32 %r8, 0;
+$max:
+  setp.ge.u32 %p2, %r8, %r6;
+  @%p2 bra $scaled;
+  add.u32 %r9, %r7, %r8;
+  mul.wide.u32 %rd4, %r9, {bytes};
+  add.s64 %rd4, %rd1, %rd4;
+  {load}
+  abs.f32 %f2, %f2;
+  max.f32 %f1, %f1, %f2;
+  add.u32 %r8, %r8, 1;
+  bra.uni $max;
+$scaled:
+  div.rn.f32 %f3, %f1, 0f42FE0000;
+  mul.wide.u32 %rd5, %r2, 4;
+  add.s64 %rd5, %rd3, %rd5;
+  st.global.f32 [%rd5], %f3;
+  setp.gt.f32 %p3, %f3, 0f00000000;
+  mov.u32 %r8, 0;
+$code:
+  setp.ge.u32 %p2, %r8, %r6;
+  @%p2 bra $coded;
+  add.u32 %r9, %r7, %r8;
+  mul.wide.u32 %rd4, %r9, {bytes};
+  add.s64 %rd4, %rd1, %rd4;
+  {load}
+  mov.f32 %f5, 0f00000000;
+  @%p3 div.rn.f32 %f4, %f2, %f3;
+  @%p3 cvt.rzi.f32.f32 %f5, %f4;
+  @%p3 sub.f32 %f6, %f4, %f5;
+  @%p3 abs.f32 %f6, %f6;
+  @%p3 setp.ge.f32 %p4, %f6, 0f3F000000;
+  @!%p3 setp.ne.u32 %p4, %r8, %r8;
+  copysign.f32 %f7, %f4, 0f3F800000;
+  @%p4 add.f32 %f5, %f5, %f7;
+  min.f32 %f5, %f5, 0f42FE0000;
+  max.f32 %f5, %f5, 0fC2FE0000;
+  cvt.rzi.s32.f32 %r10, %f5;
+  cvt.u16.u32 %hs3, %r10;
+  cvt.u64.u32 %rd6, %r9;
+  add.s64 %rd6, %rd2, %rd6;
+  st.global.b8 [%rd6], %hs3;
+  add.u32 %r8, %r8, 1;
+  bra.uni $code;
+$coded:"#,
+        load = a.load("%f2", "%rd4"),
+    );
+    let name = format!("mixc_quant_i8_{}", a.suffix());
+    grid_stride_kernel(&name, &["p_x", "p_q", "p_s"], &[("p_group", "%r6"), ("p_n", "%r1")], "", &body)
+}
+
+/// The values of [`quantize_i8`]'s codes, `y = q · scale` (stored as act),
+/// as the host's `dequantize`. Parameters: q (i8), scales (f32 per group), y
+/// (act), group, n = values.
+fn dequantize_i8(a: Act) -> String {
+    let body = format!(
+        r#"  cvt.u64.u32 %rd4, %r2;
+  add.s64 %rd4, %rd1, %rd4;
+  ld.global.s8 %hs3, [%rd4];
+  cvt.rn.f32.s16 %f1, %hs3;
+  div.u32 %r8, %r2, %r6;
+  mul.wide.u32 %rd5, %r8, 4;
+  add.s64 %rd5, %rd2, %rd5;
+  ld.global.f32 %f2, [%rd5];
+  mul.f32 %f1, %f1, %f2;
+  mul.wide.u32 %rd6, %r2, {bytes};
+  add.s64 %rd6, %rd3, %rd6;
+  {store}"#,
+        bytes = a.elem_bytes(),
+        store = a.store("%rd6", "%f1"),
+    );
+    let name = format!("mixc_dequant_i8_{}", a.suffix());
+    grid_stride_kernel(&name, &["p_q", "p_s", "p_y"], &[("p_group", "%r6"), ("p_n", "%r1")], "", &body)
 }
 
 /// CTAs of a grid-stride launch over `n` elements.

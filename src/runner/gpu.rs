@@ -13,7 +13,7 @@
 //! carried shapes stay the same (recurrent states, windows); an attention
 //! layer whose KV cache grows is prepared again at each step.
 
-use super::{Cache, Feed, LoadedMixer, Model, Stored, WeightsDtype};
+use super::{is_kv_cache, Cache, Feed, LoadedMixer, Model, Stored, WeightsDtype};
 use crate::Error;
 use mixc_ir::mixers::carried_input;
 use mixc_ir::model::{MlpKind, NormChoice};
@@ -139,6 +139,9 @@ pub(super) struct DeviceModel {
     graphs_on: Cell<bool>,
     /// Seconds [`DeviceModel::open`] took (alongside the mixers' compiling).
     pub(super) setup_seconds: f64,
+    /// KV caches kept as int8 in groups of this many values between steps
+    /// (`[runtime] kv_cache = "int8"`).
+    kv_int8: Option<usize>,
 }
 
 /// A decode step's mixer buffers and the input shapes they were bound at.
@@ -163,6 +166,15 @@ fn act_of(w: WeightsDtype) -> Act {
     match w {
         WeightsDtype::F32 => Act::F32,
         WeightsDtype::Bf16 => Act::Bf16,
+    }
+}
+
+/// The glue's name for a buffer dtype (f32 and bf16 only).
+fn act_stored(dtype: DType) -> Option<Act> {
+    match dtype {
+        DType::F32 => Some(Act::F32),
+        DType::BF16 => Some(Act::Bf16),
+        _ => None,
     }
 }
 
@@ -211,11 +223,6 @@ impl DeviceModel {
 
     /// Uploads the (checked) weights of `model` through `opened`.
     pub(super) fn load(model: &Model, opened: Opened) -> Result<DeviceModel, Error> {
-        if model.kv_int8.is_some() {
-            return Err(Error::Usage(
-                "int8 KV caches (`[runtime] kv_cache = \"int8\"`) run on the CPU only for now: use --target cpu".into(),
-            ));
-        }
         let Opened { runner, dense, setup_seconds } = opened;
         let act = dense.act;
         let (d, vocab) = (model.cfg.d_model as usize, model.cfg.vocab as usize);
@@ -302,6 +309,7 @@ impl DeviceModel {
             graphs: RefCell::new(Vec::new()),
             graphs_on: Cell::new(std::env::var("MIXC_CUDA_GRAPHS").map_or(true, |v| v != "0")),
             setup_seconds,
+            kv_int8: model.kv_int8,
         })
     }
 
@@ -595,7 +603,9 @@ impl DeviceModel {
         for (li, layer) in one.layers.into_iter().enumerate() {
             for (name, stored) in layer {
                 let Stored::Device(t) = stored else {
-                    return Err(Error::Usage(format!("layer {li}: `{name}` is not on the GPU")));
+                    return Err(Error::Usage(format!(
+                        "layer {li}: `{name}` cannot be stacked by sequence (not a plain tensor on the GPU)"
+                    )));
                 };
                 let words = t.buf.len();
                 if t.shape.first() != Some(&1) || t.bytes() != 4 * words {
@@ -675,10 +685,16 @@ impl DeviceModel {
                 continue;
             }
             let (Some(s), Some(stored)) = (run.input_slot(input), layer_cache.get_mut(input)) else { continue };
+            let slot_act = run.slot_type(s).and_then(|(_, dt)| act_stored(dt));
             let buf = run.buffer_mut(s).ok_or_else(|| run_err(format!("no input buffer `{input}`")))?;
             match stored {
                 Stored::Device(dt) if dt.buf.len() == buf.len() => std::mem::swap(&mut dt.buf, buf),
                 Stored::Device(dt) => r.copy_words(&dt.buf, buf, dt.buf.len().min(buf.len()))?,
+                Stored::DeviceInt8 { shape, q, scales, group } => {
+                    let act = slot_act.ok_or_else(|| run_err(format!("`{input}` is not stored in f32 or bf16")))?;
+                    let n = shape.iter().product::<usize>();
+                    dense.dequantize_i8(r, &q.buf, &scales.buf, buf, act, n, *group)?;
+                }
                 other => {
                     let host = other.tensor()?;
                     let (_, dtype) = run.slot_type(s).ok_or_else(|| run_err("no slot".into()))?;
@@ -718,6 +734,12 @@ impl DeviceModel {
             .collect();
         for (out, input) in outputs {
             let Some(s) = run.output_slot(&out) else { continue };
+            if let Some(group) = self.kv_int8.filter(|_| is_kv_cache(&input)) {
+                let quantized =
+                    quantize_cache(r, dense, run, s, group).map_err(|e| run_err(format!("`{out}`: {e}")))?;
+                layer_cache.insert(input, quantized);
+                continue;
+            }
             if carry == Carry::InPlace {
                 match run.input_slot(&input) {
                     Some(to) if !flipped.contains(&(s, to)) => r.copy_slot(run, s, to)?,
@@ -739,6 +761,22 @@ impl DeviceModel {
         }
         Ok(())
     }
+}
+
+/// The int8 codes and scales of output buffer `s` of a run (an attention
+/// cache, quantized in groups of `group` values along its last axis).
+fn quantize_cache(r: &CudaRunner, dense: &Dense, run: &PreparedRun, s: usize, group: usize) -> Result<Stored, Error> {
+    let (shape, dtype) = run.slot_type(s).map(|(sh, dt)| (sh.to_vec(), dt)).ok_or(Error::Usage("no slot".into()))?;
+    let act = act_stored(dtype).ok_or_else(|| Error::Usage(format!("a KV cache stored as {dtype} cannot be int8")))?;
+    let n: usize = shape.iter().product();
+    if group == 0 || !n.is_multiple_of(group) {
+        return Err(Error::Usage(format!("{n} values do not split into groups of {group}")));
+    }
+    let mut q = r.zeros(&[n.div_ceil(4)], DType::I32)?;
+    let mut scales = r.zeros(&[n / group], DType::F32)?;
+    let buf = run.buffer(s).ok_or(Error::Usage("no output buffer".into()))?;
+    dense.quantize_i8(r, buf, act, &mut q.buf, &mut scales.buf, n, group)?;
+    Ok(Stored::DeviceInt8 { shape, q, scales, group })
 }
 
 /// The (output, input) buffers of a mixer's carried tensors whose lengths

@@ -95,6 +95,16 @@ enum Stored {
         scales: Vec<f32>,
         group: usize,
     },
+    /// [`Stored::Int8`] on the GPU: the codes (`numel` bytes) and the scales
+    /// (f32, one per `group` values), dequantized into the mixer's buffer
+    /// before each step and quantized from its output after.
+    #[cfg(feature = "cuda")]
+    DeviceInt8 {
+        shape: Vec<usize>,
+        q: mixc_runtime::cuda::DeviceTensor,
+        scales: mixc_runtime::cuda::DeviceTensor,
+        group: usize,
+    },
 }
 
 impl Stored {
@@ -104,6 +114,8 @@ impl Stored {
             Stored::Int8 { q, scales, .. } => q.len() + scales.len() * 4,
             #[cfg(feature = "cuda")]
             Stored::Device(t) => t.bytes(),
+            #[cfg(feature = "cuda")]
+            Stored::DeviceInt8 { shape, scales, .. } => shape.iter().product::<usize>() + scales.bytes(),
         }
     }
 
@@ -114,6 +126,8 @@ impl Stored {
             Stored::Int8 { shape, .. } => shape,
             #[cfg(feature = "cuda")]
             Stored::Device(t) => &t.shape,
+            #[cfg(feature = "cuda")]
+            Stored::DeviceInt8 { shape, .. } => shape,
         }
     }
 
@@ -125,7 +139,7 @@ impl Stored {
                 Ok(HostTensor::f32(shape.clone(), dequantize(q, scales, *group)))
             }
             #[cfg(feature = "cuda")]
-            Stored::Device(_) => {
+            Stored::Device(_) | Stored::DeviceInt8 { .. } => {
                 Err(Error::Usage("a cache filled on the GPU was passed to a model loaded for the CPU".into()))
             }
         }
@@ -889,6 +903,11 @@ impl Model {
 
     pub fn vocab(&self) -> usize {
         self.cfg.vocab as usize
+    }
+
+    /// The group size of int8 KV caches (`[runtime] kv_cache = "int8"`), if the model keeps them.
+    pub fn kv_int8_group(&self) -> Option<usize> {
+        self.kv_int8
     }
 
     /// Number of layers.
