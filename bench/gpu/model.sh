@@ -48,7 +48,7 @@ if [ "${BENCH:-1}" = 1 ]; then
   }
   gla "batch 1 (--bench: medians of 3 runs after the first)" "" -- --prompt-ids "$ids" --bench
   gla "batch 1, decode value blocks of 64 only" MIXC_DECODE_BLOCK_V=64 -- --prompt-ids "$ids"
-  gla "batch 1, norms folded into the GEMVs" MIXC_FOLD_NORM=1 -- --prompt-ids "$ids"
+  gla "batch 1, norms as kernels of their own" MIXC_FOLD_NORM=0 -- --prompt-ids "$ids"
   gla "batch 1, no programmatic dependent launches" MIXC_PDL=0 -- --prompt-ids "$ids"
   gla "batch 1, weights copied from pageable memory" MIXC_PINNED=0 -- --prompt-ids "$ids"
   gla "batch 1, projections by cuBLAS" MIXC_GEMV=0 -- --prompt-ids "$ids"

@@ -38,11 +38,11 @@ pub struct Dense {
     /// Projections of a few rows through [`crate::gemv`] rather than cuBLAS
     /// (bf16 operands; `MIXC_GEMV=0` turns it off).
     pub(crate) gemv: bool,
-    /// RMSNorms folded into the GEMVs that read them (`MIXC_FOLD_NORM=1`
-    /// turns it on). Off by default: a norm kernel of its own measured
-    /// faster (GLA-1.3B one sequence, 2026-12-06: 1.75 vs 1.84 ms a step on
-    /// an H100, 1.54 vs 1.58 ms on an H200 with the weights loaded ahead of
-    /// the norm): every CTA re-norms the whole row before its first FMA.
+    /// RMSNorms folded into the GEMVs that read them (`MIXC_FOLD_NORM=0`
+    /// turns it off). GLA-1.3B, one sequence, H200, 2026-12-06: 1.31 ms a
+    /// step folded against 1.48 ms with norm kernels of their own, once the
+    /// prologue issued all its loads at once (a load per loop turn made the
+    /// folded step slower: 1.84 vs 1.75 ms on an H100).
     pub(crate) fold_norm: bool,
     /// Products of 5–16 rows on tensor cores ([`crate::skinny`]) rather
     /// than cuBLAS (`MIXC_SKINNY=0` turns it off).
@@ -123,7 +123,7 @@ impl Dense {
             fns,
             act,
             gemv: on("MIXC_GEMV"),
-            fold_norm: std::env::var("MIXC_FOLD_NORM").is_ok_and(|v| v == "1"),
+            fold_norm: on("MIXC_FOLD_NORM"),
             skinny: on("MIXC_SKINNY"),
             dependent: on("MIXC_PDL") && glue::dependent_launches(target),
         })

@@ -200,7 +200,7 @@ impl Dense {
 
     /// Whether [`Dense::gemv_fits`] and the RMSNorm can be folded in
     /// ([`GemvX::RmsNorm`]: the normed rows fit in shared memory;
-    /// only with `MIXC_FOLD_NORM=1`).
+    /// `MIXC_FOLD_NORM=0` says no).
     pub fn gemv_norm_fits(&self, rows: usize, inner: usize) -> bool {
         self.fold_norm
             && rows <= gemv::MAX_ROWS
