@@ -128,26 +128,30 @@ pub struct GpuMixer {
     decode: Result<LoadedProgram, String>,
     /// The decode step in narrow value blocks, where compiled.
     narrow: Option<LoadedProgram>,
+    /// The prefill in value blocks for few sequences × heads, where compiled.
+    narrow_prefill: Option<LoadedProgram>,
+}
+
+/// A mixer's optional programs for few sequences × heads (value blocks).
+pub struct Narrow<'a> {
+    pub decode: Option<&'a Program>,
+    pub prefill: Option<&'a Program>,
 }
 
 impl GpuMixer {
     /// Compiles and loads the programs (side by side).
-    pub fn compile(
-        mixer: &str,
-        prefill: &Program,
-        decode: &Program,
-        narrow: Option<&Program>,
-    ) -> Result<GpuMixer, Error> {
+    pub fn compile(mixer: &str, prefill: &Program, decode: &Program, narrow: Narrow) -> Result<GpuMixer, Error> {
         use rayon::prelude::*;
         let gpu = Gpu::open()?;
-        let progs: Vec<&Program> = [Some(prefill), Some(decode), narrow].into_iter().flatten().collect();
-        let mut loaded = progs.par_iter().map(|p| gpu.compile(mixer, p)).collect::<Vec<_>>().into_iter();
-        let (Some(prefill), Some(decode)) = (loaded.next(), loaded.next()) else {
+        let progs = [Some(prefill), Some(decode), narrow.decode, narrow.prefill];
+        let mut loaded = progs.par_iter().map(|p| p.map(|p| gpu.compile(mixer, p))).collect::<Vec<_>>().into_iter();
+        let (Some(Some(prefill)), Some(Some(decode))) = (loaded.next(), loaded.next()) else {
             return Err(Error::Usage(format!("mixer `{mixer}`: a program did not compile")));
         };
-        // The narrow decode step is optional: without it, the one decode step runs.
-        let narrow = loaded.next().and_then(Result::ok);
-        Ok(GpuMixer { gpu, prefill: Ok(prefill?), decode: Ok(decode?), narrow })
+        // The narrow programs are optional: without them, the others run.
+        let narrow = loaded.next().flatten().and_then(Result::ok);
+        let narrow_prefill = loaded.next().flatten().and_then(Result::ok);
+        Ok(GpuMixer { gpu, prefill: Ok(prefill?), decode: Ok(decode?), narrow, narrow_prefill })
     }
 
     pub fn from_bundle(
@@ -163,7 +167,7 @@ impl GpuMixer {
             }
         };
         let (prefill, decode) = (load(prefill)?, load(decode)?);
-        Ok(GpuMixer { gpu, prefill, decode, narrow: None })
+        Ok(GpuMixer { gpu, prefill, decode, narrow: None, narrow_prefill: None })
     }
 
     /// The card it runs on.
@@ -171,15 +175,16 @@ impl GpuMixer {
         &self.gpu
     }
 
-    /// The loaded decode-step (`decode`) or prefill program.
-    /// [`GpuMixer::program`], the narrow decode step where `narrow` and compiled.
+    /// [`GpuMixer::program`], or its narrow form where `narrow` and compiled.
     pub fn program_for(&self, decode: bool, narrow: bool) -> Result<&LoadedProgram, Error> {
-        match (&self.narrow, decode && narrow) {
+        let narrowed = if decode { &self.narrow } else { &self.narrow_prefill };
+        match (narrowed, narrow) {
             (Some(lp), true) => Ok(lp),
             _ => self.program(decode),
         }
     }
 
+    /// The loaded decode-step (`decode`) or prefill program.
     pub fn program(&self, decode: bool) -> Result<&LoadedProgram, Error> {
         let lp = if decode { &self.decode } else { &self.prefill };
         lp.as_ref().map_err(|why| Error::Usage(why.clone()))

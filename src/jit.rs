@@ -88,6 +88,11 @@ pub const NARROW_BLOCK_V: u32 = 16;
 #[cfg(feature = "cuda")]
 pub const NARROW_SEQ_HEADS: usize = 64;
 
+/// Sequences × heads up to which a GPU prefill takes the narrow prefill
+/// (priced at one sequence: for GLA-1.3B's 4 heads, up to 4 sequences).
+#[cfg(feature = "cuda")]
+pub const NARROW_PREFILL_SEQ_HEADS: usize = 16;
+
 /// What runs a compiled mixer's programs.
 enum Exec {
     Host(Engine),
@@ -159,6 +164,7 @@ pub fn select_graph(source: MixerSource) -> Result<NamedGraph, Error> {
 
 pub fn jit_with(source: MixerSource, target: Target, opts: JitOptions) -> Result<CompiledMixer, Error> {
     let g = select_graph(source)?;
+    let chosen = opts.chunk.or(g.chunk).is_some();
     let base = match opts.chunk.or(g.chunk) {
         Some(chunk) => Schedule::with_chunk(chunk),
         None => {
@@ -199,6 +205,23 @@ pub fn jit_with(source: MixerSource, target: Target, opts: JitOptions) -> Result
         }
         _ => None,
     };
+    // On the GPU, a prefill in value blocks for few sequences × heads, where
+    // the cost model prices it below the chosen schedule (not where the file
+    // or the caller chose the chunk; `MIXC_NARROW_PREFILL=0` turns it off).
+    #[cfg(feature = "cuda")]
+    let narrow_prefill = match target {
+        Target::Cuda if !chosen && std::env::var("MIXC_NARROW_PREFILL").map_or(true, |v| v != "0") => {
+            let dev = device_profile(target)?;
+            crate::pricing::narrow_prefill_schedule(&g.name, &g.graph, &dev, &sched)
+                .ok()
+                .flatten()
+                .and_then(|s| crate::lower_graph(&g.name, &g.graph, &s).ok())
+                .filter(|p| *p != prefill)
+        }
+        _ => None,
+    };
+    #[cfg(not(feature = "cuda"))]
+    let _ = chosen;
     let mut fallback = None;
     let exec = match target {
         Target::Cpu => match mixc_runtime::cpu::prepare(&prefill).and_then(|_| mixc_runtime::cpu::prepare(&decode)) {
@@ -213,7 +236,8 @@ pub fn jit_with(source: MixerSource, target: Target, opts: JitOptions) -> Result
         Target::Reference => Exec::Host(Engine::Reference),
         #[cfg(feature = "cuda")]
         Target::Cuda => {
-            Exec::Gpu(Box::new(crate::cuda::GpuMixer::compile(&g.name, &prefill, &decode, narrow.as_ref())?))
+            let narrow = crate::cuda::Narrow { decode: narrow.as_ref(), prefill: narrow_prefill.as_ref() };
+            Exec::Gpu(Box::new(crate::cuda::GpuMixer::compile(&g.name, &prefill, &decode, narrow)?))
         }
     };
     Ok(CompiledMixer { name: g.name, graph: g.graph, prefill, decode, exec, fallback })
@@ -342,7 +366,9 @@ impl CompiledMixer {
     /// host): a decode step of at most [`NARROW_SEQ_HEADS`] sequences × heads takes
     /// the step compiled in value blocks of [`NARROW_BLOCK_V`] where there is
     /// one (more programs for the card's SMs: GLA-1.3B's 4 heads at batch 1
-    /// ran 32 programs in blocks of 64; 2.21 → 2.07 ms a token on an H100).
+    /// ran 32 programs in blocks of 64; 2.21 → 2.07 ms a token on an H100),
+    /// and a prefill of at most [`NARROW_PREFILL_SEQ_HEADS`] the prefill in
+    /// value blocks where the cost model chose one.
     #[cfg(feature = "cuda")]
     pub fn gpu_program_for(
         &self,
@@ -352,8 +378,8 @@ impl CompiledMixer {
         match &self.exec {
             Exec::Host(_) => None,
             Exec::Gpu(gpu) => {
-                let narrow = decode && seqs * self.heads() <= NARROW_SEQ_HEADS;
-                Some(gpu.program_for(decode, narrow))
+                let limit = if decode { NARROW_SEQ_HEADS } else { NARROW_PREFILL_SEQ_HEADS };
+                Some(gpu.program_for(decode, seqs * self.heads() <= limit))
             }
         }
     }

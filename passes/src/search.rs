@@ -4,7 +4,7 @@
 use crate::cost::{price_with, ProgramCost, Resources};
 use crate::device::{DeviceKind, DeviceProfile};
 use crate::lower::{lower, LowerError};
-use crate::schedule::Schedule;
+use crate::schedule::{Schedule, Storage};
 use mixc_ir::graph::Graph;
 use mixc_ir::ops::{OpKind, Transition};
 use std::collections::BTreeMap;
@@ -25,6 +25,12 @@ pub struct Candidate {
 /// model, which under-prices the recomputed SIMT elementwise work, predicted
 /// them faster. Add 32 and 64 back when the model prices that work right.
 const VALUE_BLOCKS: [u32; 1] = [0];
+
+/// Value-column blocks tried for a GPU prefill of few sequences × heads
+/// ([`with_value_blocks`]): there the whole-head programs leave most SMs idle
+/// (GLA-1.3B, 4 heads, one sequence: its state walk is 4 programs), which
+/// the cost model does see.
+pub const NARROW_VALUE_BLOCKS: [u32; 3] = [16, 32, 64];
 
 /// Tokens per pass of the state tried for the token-by-token form of
 /// diagonal recurrences besides one (`Schedule::step_tokens`): on the CPU the
@@ -78,6 +84,23 @@ fn enumerate_blocks(g: &Graph, kind: DeviceKind) -> Vec<Schedule> {
     rec.into_iter().flat_map(|s| blocks.map(|(q, k)| Schedule { block_q: q, block_k: k, ..s })).collect()
 }
 
+/// The schedules of [`enumerate`] with the recurrences split into value
+/// blocks of each of `blocks` columns narrower than the widest value head
+/// dim, in `storage` (none for a graph without a recurrence).
+pub fn with_value_blocks(g: &Graph, kind: DeviceKind, blocks: &[u32], storage: Storage) -> Vec<Schedule> {
+    if !g.ops.iter().any(|o| matches!(o.kind, OpKind::LinearRecurrence(_))) {
+        return Vec::new();
+    }
+    let dv = widest_value_dim(g);
+    enumerate(g, kind)
+        .into_iter()
+        .flat_map(|s| {
+            blocks.iter().filter(move |&&bv| u64::from(bv) < dv).map(move |&block_v| Schedule { block_v, storage, ..s })
+        })
+        .filter(|s| s.validate().is_ok())
+        .collect()
+}
+
 /// The largest constant value head dim (`v`'s last dim) of the graph's recurrences.
 fn widest_value_dim(g: &Graph) -> u64 {
     g.ops
@@ -103,8 +126,19 @@ pub fn search_with(
     dev: &DeviceProfile,
     resources: Resources,
 ) -> Result<Vec<Candidate>, LowerError> {
+    search_over(g, enumerate(g, dev.kind), free, dev, resources)
+}
+
+/// [`search_with`] over the given schedules.
+pub fn search_over(
+    g: &Graph,
+    schedules: Vec<Schedule>,
+    free: &BTreeMap<String, u64>,
+    dev: &DeviceProfile,
+    resources: Resources,
+) -> Result<Vec<Candidate>, LowerError> {
     let mut out = Vec::new();
-    for schedule in enumerate(g, dev.kind) {
+    for schedule in schedules {
         let prog = lower(g, &schedule)?;
         let cost = price_with(&prog, free, dev, resources);
         let worst = cost.kernels.iter().map(|k| k.footprint).max().unwrap_or(0);
