@@ -8,7 +8,8 @@
 #   PROMPT=N STEPS=M   prompt length and generated tokens (512, 128: the anchor's)
 #   BUDGET=S           seconds for the whole script (430)
 #   CHECK="a.toml …"   the models gpu-check runs first (../models/gla.toml)
-#   SWITCHES="V=1 …"   each also times mixc's batch 1 with that variable set
+#   SWITCHES="V=1 …"   each also times mixc's batch 1 and prefill of 2048 with
+#                      that variable set (e.g. MIXC_NARROW_PREFILL=0)
 # The wheels, downloaded on a machine with internet into .whl/ (ignored):
 #   python3 -m pip download --only-binary=:all: --python-version 3.12 -d .whl \
 #     --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
@@ -47,6 +48,7 @@ switch=""
 gla "batch 1" --prompt-ids "$ids" --max-new-tokens "$steps"
 for switch in ${SWITCHES:-}; do
   gla "batch 1, $switch" --prompt-ids "$ids" --max-new-tokens "$steps"
+  gla "prefill of 2048 tokens, $switch" --prompt-ids "$(seq 1 2048 | tr '\n' ' ')" --max-new-tokens 2
 done
 switch=""
 gla "batch 16" "${batch[@]}" --max-new-tokens "$steps"
