@@ -548,6 +548,15 @@ mod tests {
     }
 
     #[test]
+    fn dependent_launches_from_sm_90_on() {
+        for (t, want) in [("sm_80", false), ("sm_86", false), ("sm_90", true), ("sm_90a", true), ("sm_100", true)] {
+            assert_eq!(dependent_launches(t), want, "{t}");
+        }
+        assert!(!dependent_launches("compute_x"));
+        assert!(ptx("sm_90").contains("griddepcontrol.wait") && !ptx("sm_80").contains("griddepcontrol"));
+    }
+
+    #[test]
     fn every_kernel_is_in_the_module_once() {
         let text = ptx("sm_90");
         for name in kernel_names() {

@@ -271,3 +271,33 @@ fn programs_per_sm_is_the_tightest_of_shared_memory_threads_and_registers() {
     assert_eq!(programs_per_sm(r(256, 0, 300), &dev), 1, "past 255 registers a thread: as at 255");
     assert_eq!(programs_per_sm(r(128, 0, 0), &dev), 16, "registers unknown: threads bind");
 }
+
+/// The narrow prefill's candidates: every schedule of the search in each
+/// value block narrower than the value head dim, in the storage asked, and
+/// none for a graph without a recurrence; few heads at one sequence price
+/// value blocks below whole heads (the cost model sees the idle SMs).
+#[test]
+fn value_block_candidates_split_only_narrower_blocks_and_win_for_few_heads() {
+    use mixc_passes::search::{search_over, with_value_blocks};
+    use mixc_passes::Storage;
+    let g = super::util::build("kind = \"gla\"\nheads = 4\ndk = 256\ndv = 512\n");
+    let plain = mixc_passes::search::enumerate(&g, DeviceKind::Gpu).len();
+    let blocked = with_value_blocks(&g, DeviceKind::Gpu, &[16, 64, 512, 1024], Storage::Bf16);
+    assert_eq!(blocked.len(), 2 * plain, "blocks of 512 and 1024 are not narrower than dv = 512");
+    assert!(blocked.iter().all(|s| [16, 64].contains(&s.block_v) && s.storage == Storage::Bf16));
+    let small = super::util::build("kind = \"gla\"\nheads = 4\ndk = 16\ndv = 16\n");
+    assert!(with_value_blocks(&small, DeviceKind::Gpu, &[16, 32], Storage::F32).is_empty());
+    let attn = super::util::build("kind = \"attention\"\nheads = 4\nhead_dim = 64\n");
+    assert!(with_value_blocks(&attn, DeviceKind::Gpu, &[16], Storage::F32).is_empty());
+    // One sequence of 2048 tokens over 4 heads: the best blocked schedule
+    // beats the best whole-head one as priced.
+    let dev = DeviceProfile::h100();
+    let point = free(1, 2048);
+    let best = |s: Vec<Schedule>| {
+        let c = search_over(&g, s, &point, &dev, &|_| None).unwrap();
+        c.into_iter().find(|c| c.rejected.is_none()).map(|c| c.cost.time_s).unwrap_or(f64::INFINITY)
+    };
+    let whole = best(mixc_passes::search::enumerate(&g, DeviceKind::Gpu));
+    let split = best(with_value_blocks(&g, DeviceKind::Gpu, &[64], Storage::F32));
+    assert!(split < whole, "value blocks {split:e} s, whole heads {whole:e} s");
+}
