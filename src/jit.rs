@@ -212,7 +212,7 @@ pub fn jit_with(source: MixerSource, target: Target, opts: JitOptions) -> Result
     let narrow_prefill = match target {
         Target::Cuda if !chosen && std::env::var("MIXC_NARROW_PREFILL").map_or(true, |v| v != "0") => {
             let dev = device_profile(target)?;
-            crate::pricing::narrow_prefill_schedule(&g.name, &g.graph, &dev, &sched)
+            crate::pricing::narrow_prefill_schedule(&g.name, &g.graph, &dev, &sched, &prefill)
                 .ok()
                 .flatten()
                 .and_then(|s| crate::lower_graph(&g.name, &g.graph, &s).ok())

@@ -5,7 +5,7 @@
 
 use crate::Error;
 use mixc_ir::graph::Graph;
-use mixc_ir::tile::Kernel;
+use mixc_ir::tile::{Kernel, Program};
 use mixc_passes::cost::KernelResources;
 use mixc_passes::device::{DeviceKind, DeviceProfile};
 use mixc_passes::search::{search_over, search_with, with_value_blocks, NARROW_VALUE_BLOCKS};
@@ -114,7 +114,8 @@ const NARROW_PREFILL_T: u64 = 2048;
 /// A GPU prefill for few sequences × heads: the cheapest schedule whose
 /// recurrences run in value blocks of [`NARROW_VALUE_BLOCKS`] columns, priced
 /// at one sequence of [`NARROW_PREFILL_T`] tokens, where it beats `base` (the
-/// prefill priced at the default point) there; `None` otherwise and for a
+/// prefill chosen at the default point, lowered as `base_program`) there,
+/// in `base`'s storage; `None` otherwise and for a
 /// graph without a recurrence. GLA-1.3B (4 heads, dk 256, dv 512), one
 /// sequence of 2048 on an H100, as priced: 10.6 ms a layer whole-head
 /// (4 programs walk the state), 2.5 ms in blocks of 64.
@@ -123,6 +124,7 @@ pub fn narrow_prefill_schedule(
     graph: &Graph,
     dev: &DeviceProfile,
     base: &Schedule,
+    base_program: &Program,
 ) -> Result<Option<Schedule>, Error> {
     let schedules = with_value_blocks(graph, dev.kind, &NARROW_VALUE_BLOCKS, base.storage);
     if schedules.is_empty() {
@@ -132,9 +134,7 @@ pub fn narrow_prefill_schedule(
         [("B".to_string(), 1), ("T".to_string(), NARROW_PREFILL_T)].into_iter().collect();
     let resources = kernel_resources(dev);
     let lower_err = |source| Error::Lower { mixer: mixer.to_string(), source };
-    let base_s =
-        mixc_passes::cost::price_with(&mixc_passes::lower(graph, base).map_err(lower_err)?, &point, dev, &*resources)
-            .time_s;
+    let base_s = mixc_passes::cost::price_with(base_program, &point, dev, &*resources).time_s;
     let cands = search_over(graph, schedules, &point, dev, &*resources).map_err(lower_err)?;
     Ok(cands.into_iter().find(|c| c.rejected.is_none()).filter(|c| c.cost.time_s < base_s).map(|c| c.schedule))
 }
@@ -160,7 +160,9 @@ mod tests {
         {
             let g = graph(file);
             let base = auto_schedule(&g.name, &g.graph, &dev, &default_point(&dev)).unwrap_or_else(|e| panic!("{e}"));
-            let picked = narrow_prefill_schedule(&g.name, &g.graph, &dev, &base).unwrap_or_else(|e| panic!("{e}"));
+            let prog = crate::lower_graph(&g.name, &g.graph, &base).unwrap_or_else(|e| panic!("{e}"));
+            let picked =
+                narrow_prefill_schedule(&g.name, &g.graph, &dev, &base, &prog).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(picked.is_some(), narrow, "{file}: {picked:?}");
             if let Some(s) = picked {
                 assert!(s.block_v >= 16 && s.storage == base.storage, "{file}: {s:?}");
@@ -169,6 +171,7 @@ mod tests {
         // No recurrence, no narrow prefill.
         let g = graph("models/llama.toml");
         let base = auto_schedule(&g.name, &g.graph, &dev, &default_point(&dev)).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(narrow_prefill_schedule(&g.name, &g.graph, &dev, &base).ok().flatten(), None);
+        let prog = crate::lower_graph(&g.name, &g.graph, &base).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(narrow_prefill_schedule(&g.name, &g.graph, &dev, &base, &prog).ok().flatten(), None);
     }
 }

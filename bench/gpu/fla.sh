@@ -4,7 +4,8 @@
 # Hugging Face model (../shared/anchors/gpu_model_bench.py) on the same card
 # in the same call — the same-run ratio issue 7 asks for. The wheels (fla,
 # transformers and what they need, from .whl/) make gpu-dist too big to
-# carry whole: carry ["gpu-dist/mixc.xz", "gpu-dist/fla.sh", "gpu-dist/anchors"].
+# carry whole: carry ["gpu-dist/mixc.xz", "gpu-dist/fla.sh",
+# "gpu-dist/cublas.sh", "gpu-dist/anchors"].
 #   PROMPT=N STEPS=M   prompt length and generated tokens (512, 128: the anchor's)
 #   BUDGET=S           seconds for the whole script (430)
 #   CHECK="a.toml …"   the models gpu-check runs first (../models/gla.toml)
@@ -20,14 +21,8 @@ set -uo pipefail
 cd "$(dirname "$0")"
 [ -x ./mixc ] || xz -dkf mixc.xz
 nvidia-smi --query-gpu=name --format=csv,noheader
-lib=$(ls /usr/local/cuda/lib64/libcublas.so* /usr/local/cuda*/targets/x86_64-linux/lib/libcublas.so* 2>/dev/null | head -1)
-if [ -z "$lib" ]; then
-  lib=$(python3 -c 'import glob, nvidia; print(next(iter(sorted(f for p in nvidia.__path__ for f in glob.glob(p + "/*/lib/libcublas.so*"))), ""))' 2>/dev/null)
-fi
-if [ -n "$lib" ]; then
-  mkdir -p /tmp/mixc-cublas && ln -sf "$lib" /tmp/mixc-cublas/libcublas.so
-  export LD_LIBRARY_PATH="/tmp/mixc-cublas:$(dirname "$lib"):${LD_LIBRARY_PATH:-}"
-fi
+# shellcheck source=cublas.sh
+. ./cublas.sh
 t0=$(date +%s)
 # First the GEMVs against f64 and GLA whole against the CPU (a wrong kernel
 # is not worth timing).

@@ -11,19 +11,8 @@
 set -uo pipefail
 cd "$(dirname "$0")"
 [ -x ./mixc ] || xz -dkf mixc.xz
-# cuBLAS: mixc (cudarc) loads libcublas.so or libcublas.so.12; CUDA 13 names
-# it libcublas.so.13, so link the first one found under the plain name.
-lib=$(ls /usr/local/cuda/lib64/libcublas.so* /usr/local/cuda*/targets/x86_64-linux/lib/libcublas.so* 2>/dev/null | head -1)
-if [ -z "$lib" ]; then
-  lib=$(python3 -c 'import glob, nvidia; print(next(iter(sorted(f for p in nvidia.__path__ for f in glob.glob(p + "/*/lib/libcublas.so*"))), ""))' 2>/dev/null)
-fi
-if [ -n "$lib" ]; then
-  mkdir -p /tmp/mixc-cublas && ln -sf "$lib" /tmp/mixc-cublas/libcublas.so
-  export LD_LIBRARY_PATH="/tmp/mixc-cublas:$(dirname "$lib"):${LD_LIBRARY_PATH:-}"
-  echo "cuBLAS: $lib"
-else
-  echo "cuBLAS not found"
-fi
+# shellcheck source=cublas.sh
+. ./cublas.sh
 status=0
 models=${MODELS:-$(ls ../models/*.toml ../models/bench/llama-kv-int8.toml)}
 # shellcheck disable=SC2086

@@ -236,18 +236,23 @@ const NORM_LOADS: usize = 4;
 /// Values a CTA covers per round of the prologue's loads.
 const NORM_BLOCK: usize = NORM_LOADS * 4 * 32 * WARPS as usize;
 
+/// `%q7`: thread `t`'s first value `%q3 + 4t + 1024j` of load `j` of a
+/// prologue round; `%p8`: whether it lies inside the row.
+fn norm_value(j: usize) -> String {
+    format!(
+        "  shl.b32 %q7, %q1, 2;\n  add.u32 %q7, %q7, %q3;\n  add.u32 %q7, %q7, {};\n  setp.lt.u32 %p8, %q7, %r2;\n",
+        j * 4 * 32 * WARPS as usize
+    )
+}
+
 /// Loads (predicated on `k < inner`, zero beyond) of round `%q3` of row `r`:
-/// thread `t`'s values `%q3 + 4t + 1024j … + 3` of the f32 buffer at `base`
-/// (`row_words` per row: `%r2` for the residual, 0 for the norm's weight)
-/// into `{regs}{4j} …`; `%q7` holds the last value index.
+/// thread `t`'s values `%q3 + 4t + 1024j … + 3` ([`norm_value`]) of the f32
+/// buffer at `base` (`per_row`: the residual, rows of `%r2`; else the norm's
+/// weight) into `{regs}{4j} …`.
 fn norm_loads(r: usize, base: &str, per_row: bool, regs: &str) -> String {
     let mut s = String::new();
     for j in 0..NORM_LOADS {
-        s += &format!(
-            "  shl.b32 %q7, %q1, 2;\n  add.u32 %q7, %q7, %q3;\n  add.u32 %q7, %q7, {};\n",
-            j * 4 * 32 * WARPS as usize
-        );
-        s += "  setp.lt.u32 %p8, %q7, %r2;\n";
+        s += &norm_value(j);
         if per_row {
             s += &format!("  mad.lo.u32 %q9, %r2, {r}, %q7;\n  mul.wide.u32 %rd12, %q9, 4;\n");
         } else {
@@ -306,11 +311,7 @@ fn norm_prologue(rows: usize) -> String {
             let (a, b) = (4 * j, 4 * j + 2);
             s += &format!("  cvt.rn.bf16x2.f32 %q10, %v{}, %v{a};\n", a + 1);
             s += &format!("  cvt.rn.bf16x2.f32 %q11, %v{}, %v{b};\n", b + 1);
-            s += &format!(
-                "  shl.b32 %q7, %q1, 2;\n  add.u32 %q7, %q7, %q3;\n  add.u32 %q7, %q7, {};\n",
-                j * 4 * 32 * WARPS as usize
-            );
-            s += "  setp.lt.u32 %p8, %q7, %r2;\n";
+            s += &norm_value(j);
             s += &format!("  mad.lo.u32 %q9, %r2, {r}, %q7;\n  shl.b32 %q9, %q9, 1;\n  add.u32 %q9, %q9, %q6;\n");
             s += &format!("  @%p8 st.shared.v2.b32 [%q9+{NORM_SUMS}], {{%q10, %q11}};\n");
         }
@@ -322,21 +323,19 @@ fn norm_prologue(rows: usize) -> String {
 
 /// The weight loads of one step of `u` 16-byte loads per lane (`%r10` the
 /// lane's first value, `%rd5`/`%rd11` the weight rows): load `l` of row
-/// `p` into `%w[4·(l·pairs + p) + j]`, zero where `%r11 ≥ inner`. With
-/// `when`, only where that predicate holds (registers untouched otherwise).
-fn weight_loads(u: usize, pairs: usize, bound: &str, when: Option<&str>) -> String {
+/// `p` into `%w[4·(l·pairs + p) + j]` where predicate `gate` holds, zero
+/// where `%r11 ≥ inner`. `keep`: where `gate` does not hold the registers
+/// are left as they are (weights loaded ahead), else zeroed.
+fn weight_loads(u: usize, pairs: usize, gate: &str, keep: bool) -> String {
     let mut s = String::new();
+    let guard = if keep { format!("@{gate} ") } else { String::new() };
     for l in 0..u {
         s += &format!("  add.u32 %r11, %r10, {};\n  mul.wide.u32 %rd6, %r11, 2;\n", 256 * l);
-        match when {
-            Some(p) => s += &format!("  setp.lt.and.u32 %p8, %r11, %r2, {p};\n"),
-            None => s += &format!("  setp.lt.and.u32 %p8, %r11, %r2, {bound};\n"),
-        }
+        s += &format!("  setp.lt.and.u32 %p8, %r11, %r2, {gate};\n");
         for p in 0..pairs {
             let w: Vec<String> = (0..4).map(|j| format!("%w{}", 4 * (l * pairs + p) + j)).collect();
             let base = if p == 0 { "%rd5" } else { "%rd11" };
             s += &format!("  add.s64 %rd7, {base}, %rd6;\n");
-            let guard = when.map(|p| format!("@{p} ")).unwrap_or_default();
             for reg in &w {
                 s += &format!("  {guard}mov.b32 {reg}, 0;\n");
             }
@@ -395,7 +394,7 @@ fn kernel(rows: usize, input: Input, epilogue: Epilogue, dependent: bool) -> Str
     s += "  setp.lt.u32 %p1, %r5, %r1;\n";
     s += &weight_rows(pairs);
     s += "  shl.b32 %r10, %r4, 3;\n";
-    s += &weight_loads(u, pairs, "%p1", None);
+    s += &weight_loads(u, pairs, "%p1", false);
     s += "  setp.ne.u32 %p0, %r2, %r2;\n";
     s += grid_dependency(dependent);
     match input {
@@ -423,7 +422,7 @@ fn kernel(rows: usize, input: Input, epilogue: Epilogue, dependent: bool) -> Str
     s += "  shl.b32 %r10, %r4, 3;\n$step:\n  setp.ge.u32 %p2, %r10, %r2;\n  @%p2 bra $reduce;\n";
     // Issue every load of the step before any arithmetic: the weights
     // (unless loaded ahead), then x.
-    s += &weight_loads(u, pairs, "", Some("%p0"));
+    s += &weight_loads(u, pairs, "%p0", true);
     for l in 0..u {
         s += &format!("  add.u32 %r11, %r10, {};\n", 256 * l);
         s += "  setp.lt.u32 %p3, %r11, %r2;\n  mul.wide.u32 %rd6, %r11, 2;\n";

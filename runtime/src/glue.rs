@@ -450,7 +450,12 @@ fn add_bias() -> String {
 /// clamped to ±127; a group of zeros has scale 0 and codes 0. One thread per
 /// group. Parameters: x, q (i8), scales (f32 per group), group, n = groups.
 fn quantize_i8(a: Act) -> String {
-    let bytes = a.elem_bytes();
+    // Value %r8 of the group (first value %r7) into %f2, its index in %r9.
+    let value = format!(
+        "add.u32 %r9, %r7, %r8;\n  mul.wide.u32 %rd4, %r9, {};\n  add.s64 %rd4, %rd1, %rd4;\n  {}",
+        a.elem_bytes(),
+        a.load("%f2", "%rd4")
+    );
     let body = format!(
         r#"  mul.lo.u32 %r7, %r2, %r6;
   mov.f32 %f1, 0f00000000;
@@ -458,10 +463,7 @@ fn quantize_i8(a: Act) -> String {
 $max:
   setp.ge.u32 %p2, %r8, %r6;
   @%p2 bra $scaled;
-  add.u32 %r9, %r7, %r8;
-  mul.wide.u32 %rd4, %r9, {bytes};
-  add.s64 %rd4, %rd1, %rd4;
-  {load}
+  {value}
   abs.f32 %f2, %f2;
   max.f32 %f1, %f1, %f2;
   add.u32 %r8, %r8, 1;
@@ -476,10 +478,7 @@ $scaled:
 $code:
   setp.ge.u32 %p2, %r8, %r6;
   @%p2 bra $coded;
-  add.u32 %r9, %r7, %r8;
-  mul.wide.u32 %rd4, %r9, {bytes};
-  add.s64 %rd4, %rd1, %rd4;
-  {load}
+  {value}
   mov.f32 %f5, 0f00000000;
   @%p3 div.rn.f32 %f4, %f2, %f3;
   @%p3 cvt.rzi.f32.f32 %f5, %f4;
@@ -498,8 +497,7 @@ $code:
   st.global.b8 [%rd6], %hs3;
   add.u32 %r8, %r8, 1;
   bra.uni $code;
-$coded:"#,
-        load = a.load("%f2", "%rd4"),
+$coded:"#
     );
     let name = format!("mixc_quant_i8_{}", a.suffix());
     grid_stride_kernel(&name, &["p_x", "p_q", "p_s"], &[("p_group", "%r6"), ("p_n", "%r1")], "", &body)
