@@ -442,8 +442,8 @@ impl<'a> Bencher<'a> {
         };
         let graph = m.graph_at(point.get("H").copied()).map_err(|e| fail(point, e.to_string()))?;
         let sizes = self.bind(&graph, Phase::Prefill, point);
-        let cands =
-            search_with(&graph, &sizes, self.dev, &*self.resources()).map_err(|e| fail(&sizes, e.to_string()))?;
+        let cands = crate::pricing::candidates_at(&graph, &sizes, self.dev, &*self.resources(), self.storage)
+            .map_err(|e| fail(&sizes, e.to_string()))?;
         let total = cands.len();
         let feasible: Vec<_> = cands.into_iter().filter(|c| c.rejected.is_none()).collect();
         let infeasible = total - feasible.len();

@@ -88,10 +88,8 @@ pub const NARROW_BLOCK_V: u32 = 16;
 #[cfg(feature = "cuda")]
 pub const NARROW_SEQ_HEADS: usize = 64;
 
-/// Sequences × heads up to which a GPU prefill takes the narrow prefill
-/// (priced at one sequence: for GLA-1.3B's 4 heads, up to 4 sequences).
 #[cfg(feature = "cuda")]
-pub const NARROW_PREFILL_SEQ_HEADS: usize = 16;
+pub use crate::pricing::NARROW_PREFILL_SEQ_HEADS;
 
 /// What runs a compiled mixer's programs.
 enum Exec {

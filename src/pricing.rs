@@ -8,7 +8,8 @@ use mixc_ir::graph::Graph;
 use mixc_ir::tile::{Kernel, Program};
 use mixc_passes::cost::KernelResources;
 use mixc_passes::device::{DeviceKind, DeviceProfile};
-use mixc_passes::search::{search_over, search_with, with_value_blocks, NARROW_VALUE_BLOCKS};
+use mixc_passes::search::{rank, search_over, search_with, with_value_blocks, Candidate, NARROW_VALUE_BLOCKS};
+use mixc_passes::LowerError;
 use mixc_passes::Schedule;
 use std::collections::BTreeMap;
 
@@ -106,6 +107,38 @@ pub fn auto_schedule_with(
         .map_err(|source| Error::Lower { mixer: mixer.to_string(), source })?;
     let pick = cands.iter().find(|c| c.rejected.is_none()).or(cands.first());
     Ok(pick.map(|c| c.schedule).unwrap_or_default())
+}
+
+/// Sequences × heads up to which a GPU prefill takes the narrow prefill
+/// (priced at one sequence: for GLA-1.3B's 4 heads, up to 4 sequences), and
+/// a GPU sweep (`mixc bench --sweep`) measures value blocks too.
+pub const NARROW_PREFILL_SEQ_HEADS: usize = 16;
+
+/// The search's candidates at `free` (cheapest first, rejected last): on a
+/// GPU at a point of at most [`NARROW_PREFILL_SEQ_HEADS`] sequences × heads
+/// also the narrow prefill's (value blocks, chunk scans), which the runtime
+/// may run there, in `storage`. What `mixc explain` and `mixc bench --sweep`
+/// list.
+pub fn candidates_at(
+    graph: &Graph,
+    free: &BTreeMap<String, u64>,
+    dev: &DeviceProfile,
+    resources: mixc_passes::cost::Resources,
+    storage: mixc_passes::Storage,
+) -> Result<Vec<Candidate>, LowerError> {
+    let mut cands = search_with(graph, free, dev, resources)?;
+    let seq_heads = free.get("B").copied().unwrap_or(1) * free.get("H").copied().unwrap_or_else(|| fixed_heads(graph));
+    if dev.kind == DeviceKind::Gpu && seq_heads <= NARROW_PREFILL_SEQ_HEADS as u64 {
+        let narrow = with_value_blocks(graph, dev.kind, &NARROW_VALUE_BLOCKS, storage);
+        cands.extend(search_over(graph, narrow, free, dev, resources)?);
+        rank(&mut cands);
+    }
+    Ok(cands)
+}
+
+/// The graph's `H` when it is a constant (1 otherwise).
+fn fixed_heads(graph: &Graph) -> u64 {
+    graph.dims.lookup("H").and_then(|d| graph.dims.const_size(d)).unwrap_or(1)
 }
 
 /// Where a narrow prefill is priced: one sequence of this many tokens.

@@ -21,6 +21,10 @@ for f in "$models"/*.toml "$models"/bench/anchors.toml; do
   done
 done
 ./mixc compile "$models/bench/anchors.toml" --target sm_90 --matmul bf16 -o "$fresh/anchors-bf16" --chunk "${CHUNK:-64}" >/dev/null || status=1
+# The narrow prefill's chunk scan, in value blocks and whole.
+for bv in 0 32; do
+  ./mixc compile "$models/bench/anchors.toml" --target sm_90 --scan --block-v $bv -o "$fresh/anchors-scan-v$bv" --chunk 32 >/dev/null || status=1
+done
 for b in bundles/*/ bundles-bf16/*/ bundles-f32/*/ "$fresh"/*/; do
   [ -d "$b" ] || continue
   if ! ./mixc gpu-check --kernels "$b" --max-t "${MAX_T:-600}"; then status=1; fi

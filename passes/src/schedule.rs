@@ -133,6 +133,22 @@ pub struct Schedule {
     /// serialized schedule: 0, as recorded before it existed.
     #[serde(default)]
     pub kv_split: u32,
+    /// With `split`: the chunk-start states come from a parallel pass and a
+    /// scan instead of one program walking a head's chunks. A first kernel,
+    /// one program per (chunk, batch × head, value block), writes each
+    /// chunk's own contribution `(K ⊙ e^(Γ_c − Γ))ᵀ V` (and its total gate);
+    /// a second, per (batch × head, value block), walks the chunks adding
+    /// them up, `S_c = e^Γ_c ⊙ S_{c−1} + ΔS_c`, elementwise, writing every
+    /// chunk-start state; split's output kernel follows. The matrix work
+    /// leaves the sequential walk, which then streams states instead of
+    /// computing them: for few sequences × heads (GLA-1.3B's 4 heads at one
+    /// sequence: 4 programs walk the split's states), the walk's share of
+    /// the time falls from most to little, at the cost of the contributions
+    /// going through memory. Recurrences whose state pass is not a linear
+    /// scan (mLSTM's stabilizer, the delta rules) keep split's walk. Absent
+    /// in a serialized schedule: `false`, as recorded before it existed.
+    #[serde(default)]
+    pub scan: bool,
 }
 
 fn one() -> u32 {
@@ -183,6 +199,7 @@ impl Default for Schedule {
             storage: Storage::F32,
             step_tokens: 1,
             kv_split: 0,
+            scan: false,
         }
     }
 }
@@ -223,12 +240,19 @@ impl Schedule {
     }
 
     /// The recurrence form in words: `chunk 64 fused`, `chunk 32 split`,
-    /// `token by token` or `token by token, 8 a pass`.
+    /// `chunk 32 scan`, `token by token` or `token by token, 8 a pass`.
     pub fn form(&self) -> String {
         match (self.step, self.step_tokens) {
             (true, 1) => "token by token".to_string(),
             (true, n) => format!("token by token, {n} a pass"),
-            (false, _) => format!("chunk {} {}", self.chunk, if self.split { "split" } else { "fused" }),
+            (false, _) => {
+                let how = match (self.split, self.scan) {
+                    (true, true) => "scan",
+                    (true, false) => "split",
+                    (false, _) => "fused",
+                };
+                format!("chunk {} {how}", self.chunk)
+            }
         }
     }
 
@@ -259,6 +283,9 @@ impl Schedule {
         }
         if self.step_tokens > 1 && !self.step {
             return Err(format!("{} tokens per step need the token-by-token form (step)", self.step_tokens));
+        }
+        if self.scan && (!self.split || self.step) {
+            return Err("a chunk scan (scan) needs the split chunked form".into());
         }
         if !self.kv_split.is_multiple_of(self.block_k) || self.kv_split > MAX_KV_SPLIT {
             return Err(format!(

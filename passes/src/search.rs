@@ -30,7 +30,7 @@ const VALUE_BLOCKS: [u32; 1] = [0];
 /// ([`with_value_blocks`]): there the whole-head programs leave most SMs idle
 /// (GLA-1.3B, 4 heads, one sequence: its state walk is 4 programs), which
 /// the cost model does see.
-pub const NARROW_VALUE_BLOCKS: [u32; 3] = [16, 32, 64];
+pub const NARROW_VALUE_BLOCKS: [u32; 4] = [16, 32, 64, 128];
 
 /// Tokens per pass of the state tried for the token-by-token form of
 /// diagonal recurrences besides one (`Schedule::step_tokens`): on the CPU the
@@ -84,9 +84,10 @@ fn enumerate_blocks(g: &Graph, kind: DeviceKind) -> Vec<Schedule> {
     rec.into_iter().flat_map(|s| blocks.map(|(q, k)| Schedule { block_q: q, block_k: k, ..s })).collect()
 }
 
-/// The schedules of [`enumerate`] with the recurrences split into value
-/// blocks of each of `blocks` columns narrower than the widest value head
-/// dim, in `storage` (none for a graph without a recurrence).
+/// The schedules of [`enumerate`] and the chunk scans ([`scan_forms`]) with
+/// the recurrences split into value blocks of each of `blocks` columns
+/// narrower than the widest value head dim, in `storage` (none for a graph
+/// without a recurrence).
 pub fn with_value_blocks(g: &Graph, kind: DeviceKind, blocks: &[u32], storage: Storage) -> Vec<Schedule> {
     if !g.ops.iter().any(|o| matches!(o.kind, OpKind::LinearRecurrence(_))) {
         return Vec::new();
@@ -94,10 +95,36 @@ pub fn with_value_blocks(g: &Graph, kind: DeviceKind, blocks: &[u32], storage: S
     let dv = widest_value_dim(g);
     enumerate(g, kind)
         .into_iter()
+        .chain(scan_forms(g))
         .flat_map(|s| {
             blocks.iter().filter(move |&&bv| u64::from(bv) < dv).map(move |&block_v| Schedule { block_v, storage, ..s })
         })
         .filter(|s| s.validate().is_ok())
+        .collect()
+}
+
+/// The chunk scan (`Schedule::scan`) at every chunk size, for a graph whose
+/// recurrences all take it (diagonal transitions: not mLSTM, not the delta
+/// rules; the short convolution fused, as [`enumerate`]'s first form). Only
+/// in [`with_value_blocks`]'s narrow prefill for now: it exists for few
+/// sequences × heads, where split's walk is a handful of programs, and has
+/// not been measured against the fused form at the anchors' sizes.
+fn scan_forms(g: &Graph) -> Vec<Schedule> {
+    let recs: Vec<Transition> = g
+        .ops
+        .iter()
+        .filter_map(|o| match &o.kind {
+            OpKind::LinearRecurrence(r) => Some(r.transition),
+            _ => None,
+        })
+        .collect();
+    let linear = |t: &Transition| matches!(t, Transition::Identity | Transition::ScalarDecay | Transition::KeyDecay);
+    if recs.is_empty() || !recs.iter().all(linear) {
+        return Vec::new();
+    }
+    [16, 32, 64, 128, 256]
+        .into_iter()
+        .map(|c| Schedule { split: true, scan: true, ..Schedule::with_chunk(c) })
         .collect()
 }
 
@@ -147,12 +174,17 @@ pub fn search_over(
         });
         out.push(Candidate { schedule, cost, rejected });
     }
-    out.sort_by(|a, b| {
+    rank(&mut out);
+    Ok(out)
+}
+
+/// Orders candidates cheapest first, the rejected ones last.
+pub fn rank(cands: &mut [Candidate]) {
+    cands.sort_by(|a, b| {
         (a.rejected.is_some(), a.cost.time_s)
             .partial_cmp(&(b.rejected.is_some(), b.cost.time_s))
             .unwrap_or(std::cmp::Ordering::Equal)
     });
-    Ok(out)
 }
 
 /// From how many new tokens the chunked prefill beats the token-by-token form,

@@ -36,7 +36,7 @@ pub fn run(args: &CompileArgs) -> Result<String, mixc::Error> {
 
 /// The schedule a mixer is compiled under: `--chunk`, else the table's chunk,
 /// else (`chunk = "auto"`) the cost model's pick for the target at `--sizes`;
-/// `--split`, `--block-v`, `--kv-split` and `--storage` on top. `--step-tokens
+/// `--split`, `--scan`, `--block-v`, `--kv-split` and `--storage` on top. `--step-tokens
 /// N`: the token-by-token form, N tokens a pass.
 fn schedule_of(g: &mixc::NamedGraph, args: &CompileArgs) -> Result<mixc_passes::Schedule, mixc::Error> {
     let s = flagged_schedule(g, args)?;
@@ -66,7 +66,9 @@ fn flagged_schedule(g: &mixc::NamedGraph, args: &CompileArgs) -> Result<mixc_pas
             mixc::pricing::auto_schedule_with(&g.name, &g.graph, &dev, &point, &*pricing_resources(&dev, args)?)?
         }
     };
-    Ok(mixc_passes::Schedule { split: base.split || args.split, block_v: args.block_v, storage: args.storage, ..base })
+    let split = base.split || args.split || args.scan;
+    let scan = base.scan || args.scan;
+    Ok(mixc_passes::Schedule { split, scan, block_v: args.block_v, storage: args.storage, ..base })
 }
 
 /// The kernels' resources the search prices with: the GPU backend's plan

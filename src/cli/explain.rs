@@ -3,7 +3,7 @@
 use super::ExplainArgs;
 use mixc_passes::cost::{Bound, KernelCost};
 use mixc_passes::device::{DeviceKind, DeviceProfile};
-use mixc_passes::search::{search_with, Candidate};
+use mixc_passes::search::Candidate;
 use mixc_passes::Schedule;
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -20,7 +20,7 @@ pub fn run(args: &ExplainArgs) -> Result<String, mixc::Error> {
         if i > 0 {
             out.push('\n');
         }
-        let cands = search_with(&g.graph, &free, &dev, &*resources)
+        let cands = mixc::pricing::candidates_at(&g.graph, &free, &dev, &*resources, mixc_passes::Storage::F32)
             .map_err(|source| mixc::Error::Lower { mixer: g.name.clone(), source })?;
         let _ = writeln!(out, "# mixer {} on {} ({})", g.name, dev.name, shown.join(", "));
         table(&mut out, &cands, args.top);
@@ -141,6 +141,9 @@ fn describe(s: &Schedule, has_many: bool) -> String {
     let mut d = s.form();
     if has_many {
         let _ = write!(d, ", q{} k{}", s.block_q, s.block_k);
+    }
+    if s.block_v > 0 {
+        let _ = write!(d, ", v{}", s.block_v);
     }
     if !s.fuse_conv {
         d.push_str(", conv apart");

@@ -267,6 +267,12 @@ pub struct CompileArgs {
     /// parallel over chunks) instead of one fused kernel per head.
     #[arg(long)]
     pub split: bool,
+    /// Split state passing with the chunk-start states from a parallel pass
+    /// (each chunk's own contribution) and an elementwise scan over chunks,
+    /// instead of one program per head walking the chunks (implies --split;
+    /// mLSTM and the delta rules keep the walk).
+    #[arg(long, conflicts_with = "step_tokens")]
+    pub scan: bool,
     /// Value columns per recurrence program (a power of two ≥ 16): one program
     /// per (batch, head, block of N value columns), in the prefill and the
     /// decode-step programs; default 0: the whole head for the prefill, blocks

@@ -249,9 +249,11 @@ fn check(name: &str, g: &Graph, sched: &Schedule, inputs: &BTreeMap<String, Tens
     want
 }
 
+/// 0: fused chunks, 1: split, 2: token by token, 3: split with the chunk scan.
 fn schedule(mode: u8, chunk: u32, block: u32) -> Schedule {
     Schedule {
-        split: mode == 1,
+        split: mode == 1 || mode == 3,
+        scan: mode == 3,
         step: mode == 2,
         block_q: block,
         block_k: block,
@@ -275,7 +277,7 @@ proptest! {
         dv in prop::sample::select(vec![8usize, 16, 24, 40]),
         d in prop::sample::select(vec![16usize, 17, 24, 40]),
         chunk in prop::sample::select(vec![16u32, 32, 64, 128, 256]),
-        mode in 0u8..3,
+        mode in 0u8..4,
         block in prop::sample::select(vec![16u32, 32, 64]),
         with_state: bool,
         seed: u64,
@@ -302,12 +304,12 @@ proptest! {
     }
 }
 
-/// Every mixer once, fused, split and step, at a ragged size with state.
+/// Every mixer once, fused, split, step and scan, at a ragged size with state.
 #[test]
 fn every_mixer_every_mode() {
     for (name, text) in library(17, 24, 24) {
         let g = build(&text);
-        for mode in 0..3 {
+        for mode in 0..4 {
             let ins = random_inputs(&g, &sizes(2, 37), 7, true);
             check(name, &g, &schedule(mode, 16, 16), &ins);
         }

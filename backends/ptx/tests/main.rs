@@ -30,6 +30,9 @@ fn schedules() -> Vec<(&'static str, mixc_passes::Schedule)> {
         ("chunk128", Schedule::with_chunk(128)),
         ("split64", Schedule { split: true, ..Schedule::with_chunk(64) }),
         ("split16", Schedule { split: true, ..Schedule::with_chunk(16) }),
+        // The narrow prefill's chunk scan in value blocks (mLSTM and the delta
+        // rules keep split's walk under it).
+        ("scan32", Schedule { split: true, scan: true, block_v: 32, ..Schedule::with_chunk(32) }),
         ("step", Schedule::decode()),
         ("steps4", Schedule::steps(4)),
         // The GPU's decode step: value blocks, attention split over keys.

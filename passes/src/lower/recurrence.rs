@@ -11,7 +11,10 @@
 //!
 //! Fused: one program per (batch, head) walks the chunks with the state on
 //! chip. Split: a first kernel walks the chunks writing each chunk-start state
-//! to scratch, a second computes every chunk's output in parallel.
+//! to scratch, a second computes every chunk's output in parallel. Scan
+//! (`Schedule::scan`, diagonal transitions): split's walk in two kernels, one
+//! program per chunk writing the chunk's own contribution to the state and
+//! its total gate, then a walk that only adds them up (`scan_chunk`).
 //! Step (`Schedule::step`): one program per (batch, head) walks the tokens,
 //! `Schedule::step_tokens` of them per iteration (see `token_steps`).
 //!
@@ -41,6 +44,10 @@ type Res<T> = Result<T, TileError>;
 enum Variant {
     Fused,
     States,
+    /// Scan, first kernel: each chunk's own state contribution.
+    Deltas,
+    /// Scan, second kernel: the chunk-start states from the contributions.
+    Scan,
     Outputs,
     /// Token by token: the decode-step form.
     Step,
@@ -81,6 +88,10 @@ struct Ctx {
     scratch_s: Option<ParamId>,
     scratch_aux: Option<ParamId>,
     scratch_m: Option<ParamId>,
+    /// Scan: each chunk's state contribution, its normalizer's, its total gate.
+    scratch_ds: Option<ParamId>,
+    scratch_daux: Option<ParamId>,
+    scratch_g: Option<ParamId>,
     t_len: TValue,
     h: TValue,
     bh: TValue,
@@ -163,27 +174,40 @@ pub fn lower(lw: &mut Lowering, op: &OpNode, r: &Recurrence) -> Result<(), Lower
     let outs: Vec<usize> = op.results.iter().map(|v| lw.buffer(*v)).collect();
     let name = g.value(op.results[0]).name.clone();
 
+    // mLSTM's stabilizer makes its state pass no linear scan: split's walk.
+    let scan = lw.sched.scan && r.transition != Transition::Mlstm;
     let variants: Vec<Variant> = if lw.sched.step {
         vec![Variant::Step]
+    } else if lw.sched.split && scan {
+        vec![Variant::Deltas, Variant::Scan, Variant::Outputs]
     } else if lw.sched.split {
         vec![Variant::States, Variant::Outputs]
     } else {
         vec![Variant::Fused]
     };
     let scratch = if lw.sched.split && !lw.sched.step {
-        let s = lw.scratch(
-            &format!("{name}_chunk_states"),
-            vec![bh.clone(), nchunks.clone(), Count::Const(shape.dkp as u64), Count::Const(vb.padded() as u64)],
-        );
-        let aux = has_aux(r).then(|| {
-            lw.scratch(
-                &format!("{name}_chunk_norms"),
-                vec![bh.clone(), nchunks.clone(), Count::Const(shape.dkp as u64)],
-            )
-        });
+        let states =
+            vec![bh.clone(), nchunks.clone(), Count::Const(shape.dkp as u64), Count::Const(vb.padded() as u64)];
+        let norms = vec![bh.clone(), nchunks.clone(), Count::Const(shape.dkp as u64)];
+        let s = lw.scratch(&format!("{name}_chunk_states"), states.clone());
+        let aux = has_aux(r).then(|| lw.scratch(&format!("{name}_chunk_norms"), norms.clone()));
         let m = (r.transition == Transition::Mlstm)
             .then(|| lw.scratch(&format!("{name}_chunk_max"), vec![bh.clone(), nchunks.clone()]));
-        Some((s, aux, m))
+        let deltas = scan.then(|| {
+            let ds = lw.scratch(&format!("{name}_chunk_deltas"), states);
+            let daux = has_aux(r).then(|| lw.scratch(&format!("{name}_chunk_norm_deltas"), norms));
+            // The chunk's total gate: a row per key dim (GLA), one value (scalar decays).
+            let width = match r.transition {
+                Transition::KeyDecay => Some(shape.dkp as u64),
+                Transition::ScalarDecay => Some(1),
+                _ => None,
+            };
+            let g = width.map(|w| {
+                lw.scratch(&format!("{name}_chunk_gates"), vec![bh.clone(), nchunks.clone(), Count::Const(w)])
+            });
+            (ds, daux, g)
+        });
+        Some(Scratch { s, aux, m, deltas })
     } else {
         None
     };
@@ -195,7 +219,7 @@ pub fn lower(lw: &mut Lowering, op: &OpNode, r: &Recurrence) -> Result<(), Lower
         body(&mut kb, &ctx, shape, variant)?;
         let blocks = Count::Const(vb.blocks as u64);
         let grid = match variant {
-            Variant::Outputs => [nchunks.clone(), bh.clone(), blocks],
+            Variant::Outputs | Variant::Deltas => [nchunks.clone(), bh.clone(), blocks],
             _ => [bh.clone(), blocks, Count::Const(1)],
         };
         lw.launch(kb.finish()?, grid, bind.args)?;
@@ -208,15 +232,27 @@ struct Bufs<'a> {
     acts: [Input; 3],
     ins: Vec<(&'a str, usize)>,
     outs: Vec<usize>,
-    scratch: Option<(usize, Option<usize>, Option<usize>)>,
+    scratch: Option<Scratch>,
     t: DimId,
     h: DimId,
+}
+
+/// Scratch buffers of the split forms: chunk-start states, normalizers and
+/// stabilizers; under a scan also each chunk's contributions and total gates.
+#[derive(Clone, Copy)]
+struct Scratch {
+    s: usize,
+    aux: Option<usize>,
+    m: Option<usize>,
+    deltas: Option<(usize, Option<usize>, Option<usize>)>,
 }
 
 fn variant_name(v: Variant) -> &'static str {
     match v {
         Variant::Fused => "fused",
         Variant::States => "states",
+        Variant::Deltas => "deltas",
+        Variant::Scan => "scan",
         Variant::Outputs => "outputs",
         Variant::Step => "step",
     }
@@ -247,9 +283,10 @@ fn params(
     let out = |i: usize| {
         bufs.outs.get(i).copied().ok_or_else(|| LowerError::Tile(TileError::Program(format!("no result {i}"))))
     };
-    let o = if variant != Variant::States { Some(bind.ptr(kb, "o", out(0)?)) } else { None };
+    let writes_o = matches!(variant, Variant::Fused | Variant::Outputs | Variant::Step);
+    let o = if writes_o { Some(bind.ptr(kb, "o", out(0)?)) } else { None };
     let (mut s_out, mut aux_out, mut m_out) = (None, None, None);
-    if variant != Variant::Outputs {
+    if matches!(variant, Variant::Fused | Variant::States | Variant::Scan | Variant::Step) {
         s_out = Some(bind.ptr(kb, "final_state", out(1)?));
         if has_aux(&sh.r) {
             aux_out = Some(bind.ptr(kb, "final_norm", out(2)?));
@@ -259,14 +296,24 @@ fn params(
         }
     }
     let (mut scratch_s, mut scratch_aux, mut scratch_m) = (None, None, None);
-    if let (Variant::States | Variant::Outputs, Some((s, aux, m))) = (variant, bufs.scratch) {
-        scratch_s = Some(bind.ptr(kb, "chunk_states", s));
-        scratch_aux = aux.map(|b| bind.ptr(kb, "chunk_norms", b));
-        scratch_m = m.map(|b| bind.ptr(kb, "chunk_max", b));
+    let (mut scratch_ds, mut scratch_daux, mut scratch_g) = (None, None, None);
+    if let Some(sc) = bufs.scratch {
+        if matches!(variant, Variant::States | Variant::Scan | Variant::Outputs) {
+            scratch_s = Some(bind.ptr(kb, "chunk_states", sc.s));
+            scratch_aux = sc.aux.map(|b| bind.ptr(kb, "chunk_norms", b));
+            scratch_m = sc.m.map(|b| bind.ptr(kb, "chunk_max", b));
+        }
+        if let (Variant::Deltas | Variant::Scan, Some((ds, daux, g))) = (variant, sc.deltas) {
+            scratch_ds = Some(bind.ptr(kb, "chunk_deltas", ds));
+            scratch_daux = daux.map(|b| bind.ptr(kb, "chunk_norm_deltas", b));
+            scratch_g = g.map(|b| bind.ptr(kb, "chunk_gates", b));
+        }
     }
     let t_len = bind.size(kb, "T", Count::Dim(bufs.t))?;
     let h = bind.size(kb, "H", Count::Dim(bufs.h))?;
-    let axis = if variant == Variant::Outputs { 1 } else { 0 };
+    // Programs per chunk (grid axis 0) put (batch, head) on axis 1.
+    let per_chunk = matches!(variant, Variant::Outputs | Variant::Deltas);
+    let axis = if per_chunk { 1 } else { 0 };
     let bh = kb.program_id(axis)?;
     // (b, h) → offset of row (b, 0, h) in rows of one head: b·T·H + h.
     let b = kb.binary(mixc_ir::ops::BinaryFn::FloorDiv, bh, h)?;
@@ -280,7 +327,7 @@ fn params(
     let hdv = kb.mul(h, dvc)?;
     // The value block: grid axis 2 of the output kernel, axis 1 of the others.
     let (v0, first_block) = if sh.vb.split() {
-        let vb = kb.program_id(if variant == Variant::Outputs { 2 } else { 1 })?;
+        let vb = kb.program_id(if per_chunk { 2 } else { 1 })?;
         let width = kb.i32(sh.bv as i64)?;
         let zero = kb.i32(0)?;
         (Some(kb.mul(vb, width)?), Some(kb.binary(mixc_ir::ops::BinaryFn::Eq, vb, zero)?))
@@ -304,6 +351,9 @@ fn params(
         scratch_s,
         scratch_aux,
         scratch_m,
+        scratch_ds,
+        scratch_daux,
+        scratch_g,
         t_len,
         h,
         bh,
@@ -438,6 +488,9 @@ fn body(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape, variant: Variant) -> Res<(
         let st = State { s, aux, m };
         return chunk_outputs(kb, ctx, sh, t0, st);
     }
+    if variant == Variant::Deltas {
+        return chunk_deltas(kb, ctx, sh);
+    }
     // Initial state (zeros when absent).
     let (soffs, smask) = state_tile(kb, ctx, sh)?;
     let s = match ctx.s0 {
@@ -470,6 +523,9 @@ fn body(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape, variant: Variant) -> Res<(
         let st = State::from(carried, &init);
         if variant == Variant::Step {
             return Ok(token_steps(kb, ctx, sh, t0, st)?.values());
+        }
+        if variant == Variant::Scan {
+            return Ok(scan_chunk(kb, ctx, sh, t0, st)?.values());
         }
         if variant == Variant::States {
             let cc = kb.i32(sh.c as i64)?;
@@ -759,6 +815,76 @@ fn key_decay_outputs(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape, t0: TValue, s
         Ok(vec![next])
     })?;
     Ok(())
+}
+
+/// Scan, first kernel: chunk `program_id(0)`'s own contribution to the
+/// state, `ΔS = (K ⊙ e^(Γ_c − Γ))ᵀ V` (no decay: `Kᵀ V`; the normalizer's
+/// `Σ_rows K`), and its total gate `Γ_c` (a `[dkp, 1]` column, or `[1, 1]`
+/// for a scalar decay), which every value block computes alike and the first
+/// writes.
+fn chunk_deltas(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape) -> Res<()> {
+    let ci = kb.program_id(0)?;
+    let step = kb.i32(sh.c as i64)?;
+    let t0 = kb.mul(ci, step)?;
+    let ct = load_chunk(kb, ctx, sh, t0, sh.c)?;
+    let k = match ct.gamma {
+        Some((gam, gsum)) => {
+            let d = kb.sub(gsum, gam)?;
+            let e = kb.exp(d)?;
+            let w = kb.ty(gsum).shape[1];
+            let total = if w == 1 { gsum } else { kb.reshape(gsum, &[sh.dkp, 1])? };
+            let offs = scratch_offsets(kb, ctx, sh, ci, w, 1)?;
+            let mask = first_only(kb, ctx, None, &[w, 1])?;
+            kb.store(ctx.scratch_g.ok_or_else(missing)?, offs, total, mask)?;
+            kb.mul(ct.k, e)?
+        }
+        None => ct.k,
+    };
+    let ds = kb.dot(k, ct.v, None, true, false)?;
+    let offs = scratch_state_offsets(kb, ctx, sh, ci)?;
+    kb.store(ctx.scratch_ds.ok_or_else(missing)?, offs, ds, None)?;
+    if let Some(p) = ctx.scratch_daux {
+        let ks = kb.reduce(ReduceFn::Sum, ct.k, 0)?;
+        let ks = kb.reshape(ks, &[sh.dkp, 1])?;
+        let offs = scratch_offsets(kb, ctx, sh, ci, sh.dkp, 1)?;
+        let mask = first_only(kb, ctx, None, &[sh.dkp, 1])?;
+        kb.store(p, offs, ks, mask)?;
+    }
+    Ok(())
+}
+
+/// Scan, second kernel, the chunk starting at `t0`: writes the state before
+/// it (the chunk-start state split's output kernel reads) and returns the
+/// state after it, `e^Γ_c ⊙ S + ΔS` from what the first kernel wrote —
+/// elementwise, no matrix work.
+fn scan_chunk(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape, t0: TValue, st: State) -> Res<State> {
+    let cc = kb.i32(sh.c as i64)?;
+    let ci = kb.binary(mixc_ir::ops::BinaryFn::FloorDiv, t0, cc)?;
+    let offs = scratch_state_offsets(kb, ctx, sh, ci)?;
+    let ds = kb.load(ctx.scratch_ds.ok_or_else(missing)?, offs, None, 0.0)?;
+    kb.store(ctx.scratch_s.ok_or_else(missing)?, offs, st.s, None)?;
+    let s = match ctx.scratch_g {
+        Some(p) => {
+            let w = if sh.r.transition == Transition::KeyDecay { sh.dkp } else { 1 };
+            let goffs = scratch_offsets(kb, ctx, sh, ci, w, 1)?;
+            let g = kb.load(p, goffs, None, 0.0)?;
+            let decay = kb.exp(g)?;
+            kb.mul(st.s, decay)?
+        }
+        None => st.s,
+    };
+    let s = kb.add(s, ds)?;
+    let aux = match (st.aux, ctx.scratch_aux, ctx.scratch_daux) {
+        (Some(z), Some(to), Some(from)) => {
+            let offs = scratch_offsets(kb, ctx, sh, ci, sh.dkp, 1)?;
+            let mask = first_only(kb, ctx, None, &[sh.dkp, 1])?;
+            kb.store(to, offs, z, mask)?;
+            let dz = kb.load(from, offs, None, 0.0)?;
+            Some(kb.add(z, dz)?)
+        }
+        (aux, _, _) => aux,
+    };
+    Ok(State { s, aux, m: None })
 }
 
 /// The state after the chunk starting at `t0`.

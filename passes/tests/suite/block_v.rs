@@ -42,11 +42,11 @@ fn mixer(which: u8, dk: u64, dv: u64) -> String {
     }
 }
 
-/// 0: fused chunks, 1: split, 2: token by token.
+/// 0: fused chunks, 1: split, 2: token by token, 3: split with the chunk scan.
 fn schedule(mode: u8, chunk: u32, block_v: u32) -> Schedule {
     let s = match mode {
         2 => Schedule::decode(),
-        m => Schedule { split: m == 1, ..Schedule::with_chunk(chunk) },
+        m => Schedule { split: m == 1 || m == 3, scan: m == 3, ..Schedule::with_chunk(chunk) },
     };
     Schedule { block_v, ..s }
 }
@@ -87,7 +87,7 @@ fn case() -> impl Strategy<Value = Case> {
         (1usize..=2, prop_oneof![1usize..=4, 1usize..=90], prop::sample::select(vec![1usize, 1, 5, 40]), any::<bool>()),
         (
             prop::sample::select(vec![16u32, 32, 64]),
-            prop_oneof![2 => 0u8..=1, 1 => Just(2u8)],
+            prop_oneof![3 => 0u8..=1, 1 => Just(2u8), 1 => Just(3u8)],
             any::<bool>(),
             any::<u64>(),
         ),
@@ -148,7 +148,7 @@ fn every_transition_every_form() {
     for (i, (tr, normalize)) in transitions.into_iter().enumerate() {
         for (j, dv) in [16u64, 17, 24, 40, 64].into_iter().enumerate() {
             let g = recurrence_graph(tr, normalize, true, 2, 24, dv);
-            for (bv, mode, warm) in [(16u32, 0u8, false), (32, 1, true), (16, 2, true), (32, 0, true)] {
+            for (bv, mode, warm) in [(16u32, 0u8, false), (32, 1, true), (16, 2, true), (32, 0, true), (16, 3, true)] {
                 let seed = (i * 100 + j * 10) as u64 + mode as u64;
                 let mut ins = inputs(&g, 2, 37, seed, warm);
                 if normalize {

@@ -90,6 +90,12 @@ fn make_positive(ins: &mut BTreeMap<String, Tensor>) {
     }
 }
 
+/// The chunked forms: 0 fused, 1 split, 2 split with the chunk scan (mLSTM
+/// keeps split's walk under it).
+fn chunked(form: u8, chunk: u32) -> Schedule {
+    Schedule { split: form > 0, scan: form == 2, ..Schedule::with_chunk(chunk) }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
@@ -102,12 +108,12 @@ proptest! {
         dv in prop::sample::select(vec![3u64, 16, 24, 33]),
         t in 1usize..150,
         chunk in prop::sample::select(vec![16u32, 32, 64, 128]),
-        split: bool,
+        form in 0u8..3,
         with_initial: bool,
         seed: u64,
     ) {
         let (g, ins) = case(which, h, dk, dv, |g| random_inputs(g, &sizes(b, t), seed, with_initial));
-        let sched = Schedule { split, ..Schedule::with_chunk(chunk) };
+        let sched = chunked(form, chunk);
         check(&g, &sched, &ins, Precision::F64, 1e-9);
         // The token-by-token (decode-step) form of the same graph.
         check(&g, &Schedule::decode(), &ins, Precision::F64, 1e-9);
@@ -118,11 +124,11 @@ proptest! {
         which in 0usize..5,
         t in 1usize..100,
         chunk in prop::sample::select(vec![16u32, 64]),
-        split: bool,
+        form in 0u8..3,
         seed: u64,
     ) {
         let (g, ins) = case(which, 2, 24, 16, |g| random_inputs(g, &sizes(2, t), seed, true));
-        let sched = Schedule { split, ..Schedule::with_chunk(chunk) };
+        let sched = chunked(form, chunk);
         check(&g, &sched, &ins, Precision::F32, 1e-4);
     }
 }
@@ -178,17 +184,27 @@ fn step_tokens_are_validated() {
 /// `[c×c]` and `[c×d]` dots, `2·B·H·L·(c·dk + c·dv + 2·dk·dv)` FLOPs.
 #[test]
 fn flops_match_the_chunked_count() {
-    for (tr, split) in
-        [(Transition::Identity, false), (Transition::ScalarDecay, false), (Transition::ScalarDecay, true)]
-    {
+    for (tr, form) in [
+        (Transition::Identity, 0),
+        (Transition::ScalarDecay, 0),
+        (Transition::ScalarDecay, 1),
+        (Transition::ScalarDecay, 2),
+        (Transition::KeyDecay, 2),
+    ] {
         let (b, h, dk, dv, t, c) = (2usize, 2u64, 32u64, 16u64, 256usize, 64u32);
         let g = recurrence_graph(tr, false, true, h, dk, dv);
         let ins = random_inputs(&g, &sizes(b, t), 7, true);
-        let sched = Schedule { split, ..Schedule::with_chunk(c) };
-        let stats = check(&g, &sched, &ins, Precision::F64, 1e-9);
+        let stats = check(&g, &chunked(form, c), &ins, Precision::F64, 1e-9);
+        if tr == Transition::KeyDecay {
+            // GLA's sub-chunked scores are counted differently; the scan's
+            // own dots are the state pass's: the same as split's.
+            let split = check(&g, &chunked(1, c), &ins, Precision::F64, 1e-9);
+            assert_eq!(stats.dot_flops, split.dot_flops, "{tr:?} form {form}");
+            continue;
+        }
         let (c, dk, dv) = (c as u64, dk, dv);
         let want = 2 * b as u64 * h * t as u64 * (c * dk + c * dv + 2 * dk * dv);
-        assert_eq!(stats.dot_flops, want, "{tr:?} split={split}");
+        assert_eq!(stats.dot_flops, want, "{tr:?} form {form}");
     }
 }
 
@@ -205,7 +221,9 @@ fn strong_gates_stay_finite() {
         let g = recurrence_graph(tr, false, true, 1, 16, 16);
         let mut ins = random_inputs(&g, &sizes(1, 300), 3, true);
         ins.get_mut("g").unwrap().data.iter_mut().for_each(|x| *x = -20.0 + *x * 0.1);
-        check(&g, &Schedule::with_chunk(64), &ins, prec, if prec == Precision::F32 { 1e-4 } else { 1e-9 });
+        for form in [0, 2] {
+            check(&g, &chunked(form, 64), &ins, prec, if prec == Precision::F32 { 1e-4 } else { 1e-9 });
+        }
     }
     let g = recurrence_graph(Transition::Mlstm, false, true, 1, 16, 16);
     let mut ins = random_inputs(&g, &sizes(1, 200), 5, true);
@@ -214,4 +232,32 @@ fn strong_gates_stay_finite() {
         let sched = Schedule { split, ..Schedule::with_chunk(64) };
         check(&g, &sched, &ins, Precision::F32, 1e-4);
     }
+}
+
+/// The chunk scan's kernels: one program per (chunk, batch × head) writes
+/// each chunk's contribution, one per (batch × head) adds them up, split's
+/// output kernel follows; mLSTM keeps split's walk; the field validates
+/// only with split and reads `false` where a serialized schedule predates it.
+#[test]
+fn the_chunk_scan_runs_a_program_per_chunk() {
+    for (tr, want) in [
+        (Transition::KeyDecay, vec!["deltas", "scan", "outputs"]),
+        (Transition::ScalarDecay, vec!["deltas", "scan", "outputs"]),
+        (Transition::Identity, vec!["deltas", "scan", "outputs"]),
+        (Transition::Mlstm, vec!["states", "outputs"]),
+    ] {
+        let g = recurrence_graph(tr, false, true, 2, 16, 16);
+        let prog = lower(&g, &chunked(2, 32)).unwrap_or_else(|e| panic!("{e}"));
+        let names: Vec<String> = prog.kernels.iter().map(|k| k.name.clone()).collect();
+        let kinds: Vec<&str> = names.iter().filter_map(|n| n.rsplit('_').next()).collect();
+        assert_eq!(kinds, want, "{tr:?}: {names:?}");
+    }
+    assert_eq!(chunked(2, 32).form(), "chunk 32 scan");
+    assert!(chunked(2, 32).validate().is_ok());
+    assert!(Schedule { scan: true, ..Schedule::with_chunk(32) }.validate().is_err());
+    assert!(Schedule { scan: true, ..Schedule::decode() }.validate().is_err());
+    let mut old = toml::Table::try_from(chunked(1, 32)).unwrap();
+    old.remove("scan");
+    let back: Schedule = old.try_into().unwrap();
+    assert_eq!(back, chunked(1, 32));
 }
