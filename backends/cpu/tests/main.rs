@@ -61,10 +61,20 @@ fn library(dk: usize, dv: usize, d: usize) -> Vec<(&'static str, String)> {
             ),
         ),
         ("mom", table("mom", 2, dk, dv, "memories = 3\ntop_k = 2\nshared_memory = true\n")),
+        (
+            "gla_gated",
+            table(
+                "gla",
+                2,
+                dk,
+                dv,
+                "gate = { activation = \"logsigmoid\", tau = 16.0 }\noutput_norm = true\noutput_gate = \"swish\"\n",
+            ),
+        ),
     ]
 }
 
-const LIB_LEN: usize = 17;
+const LIB_LEN: usize = 18;
 
 fn build(text: &str) -> Graph {
     let cfg: mixc_ir::model::MixerConfig = toml::from_str(text).unwrap_or_else(|e| panic!("bad config: {e}\n{text}"));

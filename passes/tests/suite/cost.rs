@@ -283,7 +283,10 @@ fn value_block_candidates_split_only_narrower_blocks_and_win_for_few_heads() {
     let g = super::util::build("kind = \"gla\"\nheads = 4\ndk = 256\ndv = 512\n");
     let plain = mixc_passes::search::enumerate(&g, DeviceKind::Gpu).len();
     let blocked = with_value_blocks(&g, DeviceKind::Gpu, &[16, 64, 512, 1024], Storage::Bf16);
-    assert_eq!(blocked.len(), 2 * plain, "blocks of 512 and 1024 are not narrower than dv = 512");
+    // The search's schedules and the chunk scan at 5 chunk sizes, each in
+    // blocks of 16 and 64: 512 and 1024 are not narrower than dv = 512.
+    assert_eq!(blocked.len(), 2 * (plain + 5), "blocks of 512 and 1024 are not narrower than dv = 512");
+    assert_eq!(blocked.iter().filter(|s| s.scan && s.split).count(), 10);
     assert!(blocked.iter().all(|s| [16, 64].contains(&s.block_v) && s.storage == Storage::Bf16));
     let small = super::util::build("kind = \"gla\"\nheads = 4\ndk = 16\ndv = 16\n");
     assert!(with_value_blocks(&small, DeviceKind::Gpu, &[16, 32], Storage::F32).is_empty());

@@ -51,6 +51,16 @@ fn library() -> Vec<(&'static str, String)> {
                 .into(),
         ),
         ("mom", table("mom", 2, 16, 8, "memories = 3\ntop_k = 2\nshared_memory = true\n")),
+        (
+            "gla_gated",
+            table(
+                "gla",
+                2,
+                24,
+                17,
+                "gate = { activation = \"logsigmoid\", tau = 16.0 }\noutput_norm = true\noutput_gate = \"swish\"\n",
+            ),
+        ),
     ]
 }
 
@@ -61,7 +71,7 @@ proptest! {
     /// the carried state: each call's outputs match the interpreter.
     #[test]
     fn every_mixer_prefill_and_decode(
-        which in 0usize..17,
+        which in 0usize..18,
         b in 1usize..3,
         t1 in 1usize..80,
         t2 in prop::sample::select(vec![1usize, 1, 7, 33]),
@@ -104,8 +114,9 @@ fn every_mixer_in_f32() {
 
 /// Work that needs no kernel of its own: RetNet's per-head decay (constants
 /// and head indices only) is computed where it is broadcast, and an output
-/// norm's weight as the norm stores. A decode step of RetNet with an output
-/// norm is three kernels (decay, step, norm) and still exact.
+/// norm's weight (and an output gate after it) as the norm stores. A decode
+/// step of RetNet with an output norm is three kernels (decay, step, norm)
+/// and still exact.
 #[test]
 fn constant_chains_and_norm_weights_take_no_kernels_of_their_own() {
     let g = build(&table("retnet", 3, 17, 24, "output_norm = true\n"));
@@ -120,4 +131,22 @@ fn constant_chains_and_norm_weights_take_no_kernels_of_their_own() {
         build(&table("gla", 2, 24, 17, "gate = { activation = \"logsigmoid\", tau = 16.0 }\noutput_norm = true\n"));
     let prog = mixc_passes::lower(&gla, &sched).unwrap_or_else(|e| panic!("{e}"));
     assert!(prog.kernels.iter().all(|k| k.name != "mul_o"), "the norm's weight has its own kernel");
+    // An output gate after the norm (fla's `FusedRMSNormGated`): the weight
+    // and `· silu(o_gate)` as the norm stores, in prefill and decode alike.
+    let gated = build(&table(
+        "gla",
+        2,
+        24,
+        17,
+        "gate = { activation = \"logsigmoid\", tau = 16.0 }\noutput_norm = true\noutput_gate = \"swish\"\n",
+    ));
+    for (sched, t) in [(Schedule::decode(), 1), (Schedule::with_chunk(16), 37)] {
+        let prog = mixc_passes::lower(&gated, &sched).unwrap_or_else(|e| panic!("{e}"));
+        let names: Vec<&str> = prog.kernels.iter().map(|k| k.name.as_str()).collect();
+        assert!(names.iter().all(|n| *n != "mul_o" && !n.starts_with("silu")), "{names:?}");
+        assert!(names.contains(&"rmsnorm_o"), "the norm stores the gated output: {names:?}");
+        let ins = random_inputs(&gated, &sizes(2, t), 13, true);
+        check(&gated, &sched, &ins, Precision::F64, 1e-9);
+        check(&gated, &sched, &ins, Precision::F32, 1e-4);
+    }
 }

@@ -126,6 +126,60 @@ fn value_at(lw: &mut Lowering, k: &mut Kern, v: ValueId, sp: &Space) -> R<TValue
     Ok(kern::load(&mut k.kb, &x, off, sp.mask)?)
 }
 
+/// Whether `op` is an elementwise op a consumer can compute (see [`mappable`]).
+pub fn is_mappable(op: &OpNode) -> bool {
+    mappable(&op.kind)
+}
+
+/// The values `v`'s computation loads from buffers (through the ops inlined
+/// into it), `known` excepted: what a kernel computing `v` in place of its
+/// consumer binds.
+pub fn leaves(lw: &Lowering, v: ValueId, known: ValueId, out: &mut Vec<ValueId>) {
+    if v == known {
+        return;
+    }
+    match lw.inlined(v) {
+        Some(op) => op.operands.iter().for_each(|x| leaves(lw, *x, known, out)),
+        None if !out.contains(&v) => out.push(v),
+        None => {}
+    }
+}
+
+/// The result of elementwise op `op` at the space's indices, inside another
+/// op's kernel: operands through the ops inlined into them, `known.0` as the
+/// tile `known.1`, every other value loaded through its operand in `bound`
+/// (bound beforehand: see [`leaves`]).
+pub fn op_at(
+    lw: &Lowering,
+    kb: &mut KernelBuilder,
+    op: &OpNode,
+    sp: &Space,
+    known: (ValueId, TValue),
+    bound: &[(ValueId, kern::Operand)],
+) -> TR<TValue> {
+    let Some(f) = func(lw, op) else {
+        return Err(mixc_ir::tile::TileError::Program(format!("`{}` is not elementwise", op.kind.mnemonic())));
+    };
+    let mut vals = Vec::with_capacity(op.operands.len());
+    for &x in &op.operands {
+        vals.push(if x == known.0 {
+            known.1
+        } else if let Some(inner) = lw.inlined(x) {
+            op_at(lw, kb, inner, sp, known, bound)?
+        } else {
+            let Some((_, o)) = bound.iter().find(|(v, _)| *v == x) else {
+                return Err(mixc_ir::tile::TileError::Program(format!(
+                    "operand `{}` is not bound",
+                    lw.g.value(x).name
+                )));
+            };
+            let off = kern::offset(kb, o, &sp.idx)?;
+            kern::load(kb, o, off, sp.mask)?
+        });
+    }
+    f(kb, sp, &vals)
+}
+
 /// Launches `result[i] = f(operands at i)` over the op's first result.
 pub fn map(lw: &mut Lowering, op: &OpNode, f: EwFn) -> R<()> {
     let Some(&out) = op.results.first() else { return Err(lw.err(op, "no result")) };

@@ -9,6 +9,7 @@
 //! a sorting network or a partial bitonic sort for top-k instead of `k` passes.
 
 use super::super::Lowering;
+use super::ew;
 use super::kern::{self, Kern, Operand, Space, R, TR};
 use mixc_ir::dims::DimId;
 use mixc_ir::graph::{OpNode, ValueId};
@@ -304,57 +305,72 @@ fn normalize_tiled(lw: &mut Lowering, op: &OpNode, kind: NormKind, dim: DimId, e
     if shape != lw.g.ty(out).shape || !innermost(lw, x) || !innermost(lw, out) {
         return None;
     }
-    let epilogue = epilogue(lw, out, dim).filter(|e| innermost(lw, e.result));
+    let epilogue = epilogue(lw, out).filter(|e| innermost(lw, e.result));
     if let Some(e) = &epilogue {
-        lw.absorb(e.op);
-        // A weight input declared after the norm: its buffer, not scratch.
-        lw.input_buffer(e.weight);
+        for &i in &e.ops {
+            lw.absorb(i);
+        }
+        // Inputs declared after the norm: their buffers, not scratch.
+        for &v in &e.leaves {
+            lw.input_buffer(v);
+        }
     }
     Some(normalize_rows(lw, op, kind, dim, eps, x, out, &shape, epilogue.as_ref()))
 }
 
-/// An elementwise op a row norm's kernel computes as it stores: `y = n · w`
-/// or `n + w` of the norm's result `n` and a weight `w` along the normed dim
-/// alone (the norm's scale and shift), where `y` is `n`'s one use.
+/// Elementwise ops a row norm's kernel computes as it stores: the chain from
+/// the norm's result `n` through its one use, and that value's one use, …,
+/// up to the first value that is stored (not computed inside its consumer):
+/// the norm's scale `n · w` (fla's RMSNorm weight), and a gate after it
+/// (`· silu(g)`, fla's `FusedRMSNormGated`) — one kernel, not two.
 struct Epilogue {
-    /// The op's index in the graph (not lowered on its own).
-    op: usize,
-    func: BinaryFn,
-    weight: ValueId,
+    /// The chain's ops in the graph (not lowered on their own), first to last.
+    ops: Vec<usize>,
+    /// The values the chain loads besides `n` (weights, gates).
+    leaves: Vec<ValueId>,
+    /// The value the kernel stores instead of `n`.
     result: ValueId,
 }
 
-/// The [`Epilogue`] of norm result `n` (normed along `dim`), if it has one:
-/// `n` is no graph output and has one use, a lowered `mul`/`add` of `n` and a
-/// weight of shape `[dim]` that is in a buffer of its own (an input, or made
-/// by an op before the norm), whose result has `n`'s shape.
-fn epilogue(lw: &Lowering, n: ValueId, dim: DimId) -> Option<Epilogue> {
+/// The [`Epilogue`] of norm result `n`, if it has one: `n` and every value
+/// up to the stored one are no graph output and have one use each, an
+/// elementwise op with `n`'s shape whose other operands exist when the
+/// norm's kernel runs (inputs, or values of ops before the norm, through
+/// what is computed inside their consumers).
+fn epilogue(lw: &Lowering, n: ValueId) -> Option<Epilogue> {
     let g = lw.g;
-    if g.outputs.iter().any(|(_, v)| *v == n) {
-        return None;
-    }
-    let mut uses = g.ops.iter().enumerate().filter(|(_, o)| o.operands.contains(&n));
-    let (i, user) = uses.next()?;
-    if uses.next().is_some() || user.results.len() != 1 || user.operands.len() != 2 {
-        return None;
-    }
-    let func = match user.kind {
-        OpKind::Binary(f @ (BinaryFn::Mul | BinaryFn::Add)) => f,
-        _ => return None,
+    let norm_op = g.value(n).op.index();
+    let ready = |v: ValueId| -> bool {
+        let mut leaves = Vec::new();
+        ew::leaves(lw, v, n, &mut leaves);
+        leaves.iter().all(|x| {
+            let p = g.value(*x).op;
+            matches!(g.op(p).kind, OpKind::Input { .. }) || p.index() < norm_op
+        })
     };
-    let weight = *user.operands.iter().find(|v| **v != n)?;
-    let result = user.results[0];
-    // The weight must exist when the norm's kernel runs: an input, or the
-    // result of an op lowered (so launched) before the norm.
-    let producer = g.value(weight).op;
-    let ready = matches!(g.op(producer).kind, OpKind::Input { .. }) || producer.index() < g.value(n).op.index();
-    let fits = ready
-        && g.ty(weight).shape == [dim]
-        && g.ty(weight).dtype.is_float()
-        && g.ty(result).shape == g.ty(n).shape
-        && lw.inlined(weight).is_none()
-        && lw.inlined(result).is_none();
-    fits.then_some(Epilogue { op: i, func, weight, result })
+    let (mut cur, mut ops, mut leaves) = (n, Vec::new(), Vec::new());
+    loop {
+        if g.outputs.iter().any(|(_, v)| *v == cur) {
+            return None;
+        }
+        let mut uses = g.ops.iter().enumerate().filter(|(_, o)| o.operands.contains(&cur));
+        let (i, user) = uses.next()?;
+        if uses.next().is_some() || user.results.len() != 1 || !ew::is_mappable(user) {
+            return None;
+        }
+        let result = user.results[0];
+        if g.ty(result).shape != g.ty(n).shape || !user.operands.iter().all(|v| *v == cur || ready(*v)) {
+            return None;
+        }
+        for v in user.operands.iter().filter(|v| **v != cur) {
+            ew::leaves(lw, *v, n, &mut leaves);
+        }
+        ops.push(i);
+        if lw.inlined(result).is_none() {
+            return Some(Epilogue { ops, leaves, result });
+        }
+        cur = result;
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -371,6 +387,7 @@ fn normalize_rows(
 ) -> R<()> {
     let lane_dims: Vec<DimId> = shape.iter().copied().filter(|d| *d != dim).collect();
     // With an epilogue the kernel stores the epilogue's result, not the norm's.
+    let out_norm = out;
     let out = epilogue.map_or(out, |e| e.result);
     let mut k = Kern::new(lw, &kname(lw, op, out));
     let width = match lw.const_dim(dim) {
@@ -381,10 +398,19 @@ fn normalize_rows(
     let rows_per = (k.block / width).max(1);
     let xo = k.operand(lw, x)?;
     let oo = k.operand(lw, out)?;
-    let wo = match epilogue {
-        Some(e) => Some((e.func, k.operand(lw, e.weight)?, lw.g.ty(e.result).dtype)),
+    // The epilogue's last op and the operands its chain loads.
+    let tail = match epilogue {
+        Some(e) => {
+            let last = e.ops.last().and_then(|&i| lw.g.ops.get(i)).ok_or_else(|| lw.err(op, "an empty epilogue"))?;
+            let mut bound = Vec::with_capacity(e.leaves.len());
+            for &v in &e.leaves {
+                bound.push((v, k.operand(lw, v)?));
+            }
+            Some((last, bound))
+        }
         None => None,
     };
+    let norm_result = out_norm;
     let n = k.dim(lw, dim)?;
     let nrows = k.size(lw, kern::numel(&lane_dims))?;
     let mut sizes = vec![nrows];
@@ -404,6 +430,11 @@ fn normalize_rows(
         let v = kb.expand(v, 1)?;
         kb.broadcast(v, &tile)
     };
+    // Every index of the row's elements, for the epilogue's operands.
+    let mut at_row = Vec::with_capacity(idx.len() + 1);
+    for &(d, i) in &idx {
+        at_row.push((d, column(kb, i)?));
+    }
     let x_base = kern::partial(kb, &xo, &idx)?;
     let x_base = column(kb, x_base)?;
     let o_base = kern::partial(kb, &oo, &idx)?;
@@ -440,12 +471,12 @@ fn normalize_rows(
         let off = kb.add(x_base, col)?;
         let v = kb.load(xo.ptr, off, Some(mask), 0.0)?;
         let mut q = kb.div(v, denom)?;
-        if let Some((func, wo, dtype)) = &wo {
-            let at = kern::offset(kb, wo, &[(dim, col)])?;
-            let w = kb.load(wo.ptr, at, Some(mask), 0.0)?;
-            // Rounded as the elementwise op's own kernel rounds its result.
-            let y = kb.binary(*func, q, w)?;
-            q = kern::round_to(kb, y, *dtype)?;
+        if let Some((last, bound)) = &tail {
+            // Rounded as the elementwise ops' own kernel rounds its results.
+            let mut idx = at_row.clone();
+            idx.push((dim, col));
+            let sp = Space { flat: col, mask, idx };
+            q = ew::op_at(lw, kb, last, &sp, (norm_result, q), bound)?;
         }
         let off = kb.add(o_base, col)?;
         kb.store(oo.ptr, off, q, Some(mask))?;
