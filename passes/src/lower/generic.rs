@@ -13,6 +13,9 @@ mod kern;
 mod moves;
 mod rows;
 
+pub(crate) use ew::{leaves, Recipe};
+pub(crate) use kern::Space;
+
 use super::{LowerError, Lowering};
 use mixc_ir::graph::OpNode;
 use mixc_ir::ops::OpKind;
@@ -48,9 +51,13 @@ pub fn conv_tail(lw: &mut Lowering, op: &OpNode, x_at: Option<usize>) -> Result<
     }
 }
 
-/// Which values an elementwise consumer computes itself (see `ew::inline_plan`).
+/// Which values an elementwise consumer computes itself (see
+/// `ew::inline_plan`), and which gates a recurrence computes as it loads
+/// them (`ew::recurrence_gates`).
 pub fn inline_plan(g: &mixc_ir::graph::Graph, lowered: &[bool]) -> Vec<Option<usize>> {
-    ew::inline_plan(g, lowered)
+    let mut plan = ew::inline_plan(g, lowered);
+    ew::recurrence_gates(g, lowered, &mut plan);
+    plan
 }
 
 /// Copies `n` elements from buffer `from` to buffer `to`.

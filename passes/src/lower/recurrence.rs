@@ -30,6 +30,7 @@
 //! see `conv_prologue`).
 
 use super::conv_prologue::{self, At, Input, Src};
+use super::generic::{self, Recipe, Space};
 use super::util::{cols_from, pad16, rows, Binder, ValueBlocks};
 use super::{LowerError, Lowering};
 use mixc_ir::dims::DimId;
@@ -75,7 +76,7 @@ struct Ctx {
     q: Src,
     k: Src,
     v: Src,
-    gate: Option<ParamId>,
+    gate: Option<Gate>,
     igate: Option<ParamId>,
     fgate: Option<ParamId>,
     s0: Option<ParamId>,
@@ -107,6 +108,31 @@ struct Ctx {
     row0: TValue,
     hdk: TValue,
     hdv: TValue,
+}
+
+/// Where a recurrence's gate comes from: its buffer, or computed as it is
+/// loaded from the values its activation reads (`generic::ew::recurrence_gates`:
+/// GLA's `logsigmoid(g) / τ` without a kernel of its own).
+enum Gate {
+    Buffer(ParamId),
+    Computed(Recipe, Vec<ParamId>),
+}
+
+/// The gate at `offs` (where `mask` holds; 0 elsewhere: no decay).
+fn load_gate(kb: &mut KernelBuilder, ctx: &Ctx, offs: TValue, mask: TValue) -> Res<TValue> {
+    match ctx.gate.as_ref().ok_or_else(missing)? {
+        Gate::Buffer(p) => kb.load(*p, offs, Some(mask), 0.0),
+        Gate::Computed(recipe, leaves) => {
+            let sp = Space { flat: offs, mask, idx: Vec::new() };
+            let mut leaf = |kb: &mut KernelBuilder, i: usize| -> Res<TValue> {
+                let p = leaves.get(i).copied().ok_or_else(missing)?;
+                kb.load(p, offs, Some(mask), 0.0)
+            };
+            let g = recipe.emit(kb, &sp, &mut leaf)?;
+            let zero = kb.f32(0.0)?;
+            kb.select(mask, g, zero)
+        }
+    }
 }
 
 /// The carried state: `S [dkp, bv]` (this program's value columns), the
@@ -166,9 +192,24 @@ pub fn lower(lw: &mut Lowering, op: &OpNode, r: &Recurrence) -> Result<(), Lower
     let nchunks = Count::ceil_div(Count::Dim(t_dim), c as u64);
 
     let mut ins: Vec<(&str, usize)> = Vec::new();
+    let mut gate_from = None;
     for role in ["gate", "igate", "fgate", "beta", "initial_state", "initial_n", "initial_z", "initial_m"] {
-        if let Some(v) = operand(role) {
-            ins.push((role, lw.buffer(v)));
+        let Some(v) = operand(role) else { continue };
+        match lw.inlined(v) {
+            // A gate computed as it is loaded: the values its activation reads.
+            Some(producer) if role == "gate" => {
+                let mut leaves = Vec::new();
+                generic::leaves(lw, v, &mut leaves);
+                let bufs: Vec<usize> = leaves
+                    .iter()
+                    .map(|&x| {
+                        lw.input_buffer(x);
+                        lw.buffer(x)
+                    })
+                    .collect();
+                gate_from = Some((producer, leaves, bufs));
+            }
+            _ => ins.push((role, lw.buffer(v))),
         }
     }
     let outs: Vec<usize> = op.results.iter().map(|v| lw.buffer(*v)).collect();
@@ -211,7 +252,7 @@ pub fn lower(lw: &mut Lowering, op: &OpNode, r: &Recurrence) -> Result<(), Lower
     } else {
         None
     };
-    let bufs = Bufs { acts, ins, outs, scratch, t: t_dim, h: h_dim };
+    let bufs = Bufs { acts, ins, gate_from, outs, scratch, t: t_dim, h: h_dim };
     for variant in variants {
         let mut kb = KernelBuilder::new(&format!("{name}_{}", variant_name(variant)));
         let mut bind = Binder::default();
@@ -231,6 +272,8 @@ pub fn lower(lw: &mut Lowering, op: &OpNode, r: &Recurrence) -> Result<(), Lower
 struct Bufs<'a> {
     acts: [Input; 3],
     ins: Vec<(&'a str, usize)>,
+    /// A gate computed as it is loaded: its producer, the values it reads and their buffers.
+    gate_from: Option<(&'a OpNode, Vec<mixc_ir::graph::ValueId>, Vec<usize>)>,
     outs: Vec<usize>,
     scratch: Option<Scratch>,
     t: DimId,
@@ -270,10 +313,22 @@ fn params(
     let q = bufs.acts[0].bind(lw, kb, bind, "q");
     let k = bufs.acts[1].bind(lw, kb, bind, "k");
     let v = bufs.acts[2].bind(lw, kb, bind, "v");
+    let gate = match &bufs.gate_from {
+        Some((producer, leaves, leaf_bufs)) => {
+            let recipe = Recipe::of(lw, producer, leaves)
+                .ok_or_else(|| LowerError::Tile(TileError::Program("a gate that is not elementwise".into())))?;
+            let mut ptrs = Vec::with_capacity(leaves.len());
+            for (v, b) in leaves.iter().zip(leaf_bufs) {
+                let name = format!("gate_{}", lw.g.value(*v).name);
+                ptrs.push(bind.ptr(kb, &name, *b));
+            }
+            Some(Gate::Computed(recipe, ptrs))
+        }
+        None => bufs.ins.iter().find(|(n, _)| *n == "gate").map(|(_, b)| Gate::Buffer(bind.ptr(kb, "gate", *b))),
+    };
     let mut p = |kb: &mut KernelBuilder, role: &str| -> Option<ParamId> {
         bufs.ins.iter().find(|(n, _)| *n == role).map(|(_, b)| bind.ptr(kb, role, *b))
     };
-    let gate = p(kb, "gate");
     let igate = p(kb, "igate");
     let fgate = p(kb, "fgate");
     let s0 = p(kb, "initial_state");
@@ -609,11 +664,11 @@ fn load_chunk(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape, t0: TValue, n: u32) 
         Transition::Identity => None,
         Transition::ScalarDecay => {
             let (o, m) = step_col(kb, ctx, t0, n)?;
-            let g = kb.load(ctx.gate.ok_or_else(missing)?, o, Some(m), 0.0)?;
+            let g = load_gate(kb, ctx, o, m)?;
             Some(cum(kb, g)?)
         }
         Transition::KeyDecay => {
-            let g = kb.load(ctx.gate.ok_or_else(missing)?, qoffs, Some(qmask), 0.0)?;
+            let g = load_gate(kb, ctx, qoffs, qmask)?;
             Some(cum(kb, g)?)
         }
         Transition::Mlstm => {

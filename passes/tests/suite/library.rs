@@ -132,7 +132,8 @@ fn constant_chains_and_norm_weights_take_no_kernels_of_their_own() {
     let prog = mixc_passes::lower(&gla, &sched).unwrap_or_else(|e| panic!("{e}"));
     assert!(prog.kernels.iter().all(|k| k.name != "mul_o"), "the norm's weight has its own kernel");
     // An output gate after the norm (fla's `FusedRMSNormGated`): the weight
-    // and `· silu(o_gate)` as the norm stores, in prefill and decode alike.
+    // and `· silu(o_gate)` as the norm stores, in prefill and decode alike;
+    // the gate's activation inside the recurrence.
     let gated = build(&table(
         "gla",
         2,
@@ -145,6 +146,9 @@ fn constant_chains_and_norm_weights_take_no_kernels_of_their_own() {
         let names: Vec<&str> = prog.kernels.iter().map(|k| k.name.as_str()).collect();
         assert!(names.iter().all(|n| *n != "mul_o" && !n.starts_with("silu")), "{names:?}");
         assert!(names.contains(&"rmsnorm_o"), "the norm stores the gated output: {names:?}");
+        // GLA's gate activation `logsigmoid(g) / τ` is computed as the
+        // recurrence loads it: the recurrence and the norm, nothing else.
+        assert_eq!(names.len(), 2, "{names:?}");
         let ins = random_inputs(&gated, &sizes(2, t), 13, true);
         check(&gated, &sched, &ins, Precision::F64, 1e-9);
         check(&gated, &sched, &ins, Precision::F32, 1e-4);

@@ -19,12 +19,12 @@
 use super::super::Lowering;
 use super::kern::{self, Kern, Space, R, TR};
 use mixc_ir::graph::{Graph, OpNode, ValueId};
-use mixc_ir::ops::{BinaryFn, OpKind, UnaryFn};
+use mixc_ir::ops::{BinaryFn, OpKind, Transition, UnaryFn};
 use mixc_ir::tile::{KernelBuilder, TValue};
 use mixc_ir::DType;
 
 /// What an elementwise op computes from its operands' values at one index.
-type EwFn = Box<dyn Fn(&mut KernelBuilder, &Space, &[TValue]) -> TR<TValue>>;
+pub type EwFn = Box<dyn Fn(&mut KernelBuilder, &Space, &[TValue]) -> TR<TValue>>;
 
 /// Whether an op is computed by [`func`] (and may so be inlined into a
 /// consumer, or have operands inlined into it).
@@ -110,6 +110,64 @@ pub fn inline_plan(g: &Graph, lowered: &[bool]) -> Vec<Option<usize>> {
     out
 }
 
+/// Marks, in `inline`, a diagonal recurrence's gate whose producer is
+/// elementwise (a gate activation: GLA's `logsigmoid(g) · (1/τ)`) as
+/// computed inside the recurrence's kernels as they load it, instead of by a
+/// kernel of its own (`lower::recurrence`): where the gate is no graph output,
+/// the recurrence is its one use, and everything its computation loads has
+/// the gate's shape (so the same offsets) or is a constant, through unary,
+/// binary, cast, clamp and select ops only (no indices: a recurrence
+/// computes the gate at offsets, not at per-dim indices).
+pub fn recurrence_gates(g: &Graph, lowered: &[bool], inline: &mut [Option<usize>]) {
+    let outputs: Vec<ValueId> = g.outputs.iter().map(|(_, v)| *v).collect();
+    for (ri, op) in g.ops.iter().enumerate() {
+        let OpKind::LinearRecurrence(r) = &op.kind else { continue };
+        if !lowered.get(ri).copied().unwrap_or(false)
+            || !matches!(r.transition, Transition::ScalarDecay | Transition::KeyDecay)
+        {
+            continue;
+        }
+        let roles = op.kind.operand_roles(op.operands.len());
+        let Some(v) = roles.iter().position(|x| x == "gate").and_then(|i| op.operands.get(i).copied()) else {
+            continue;
+        };
+        let p = g.value(v).op.index();
+        let uses = g.ops.iter().flat_map(|o| o.operands.iter()).filter(|x| **x == v).count();
+        let producer = &g.ops[p];
+        if uses != 1
+            || outputs.contains(&v)
+            || inline[v.index()].is_some()
+            || producer.results.len() != 1
+            || !lowered.get(p).copied().unwrap_or(false)
+        {
+            continue;
+        }
+        let shape = &g.ty(v).shape;
+        if computed_at_offsets(g, inline, producer, shape) {
+            inline[v.index()] = Some(p);
+        }
+    }
+}
+
+/// Whether `op` and the ops inlined into its operands are offset-wise
+/// elementwise ops whose loaded operands all have `shape` (or are constants).
+fn computed_at_offsets(g: &Graph, inline: &[Option<usize>], op: &OpNode, shape: &[mixc_ir::DimId]) -> bool {
+    let kind_ok = matches!(
+        op.kind,
+        OpKind::Const { .. }
+            | OpKind::Unary(_)
+            | OpKind::Binary(_)
+            | OpKind::Cast(_)
+            | OpKind::Clamp { .. }
+            | OpKind::Select
+    );
+    kind_ok
+        && op.operands.iter().all(|x| match inline.get(x.index()).copied().flatten() {
+            Some(q) => computed_at_offsets(g, inline, &g.ops[q], shape),
+            None => g.ty(*x).shape == shape && g.ty(*x).dtype.is_float(),
+        })
+}
+
 /// The value of `v` at the space's indices: loaded from its buffer, or
 /// computed here where its op is inlined (recursively).
 fn value_at(lw: &mut Lowering, k: &mut Kern, v: ValueId, sp: &Space) -> R<TValue> {
@@ -132,52 +190,60 @@ pub fn is_mappable(op: &OpNode) -> bool {
 }
 
 /// The values `v`'s computation loads from buffers (through the ops inlined
-/// into it), `known` excepted: what a kernel computing `v` in place of its
-/// consumer binds.
-pub fn leaves(lw: &Lowering, v: ValueId, known: ValueId, out: &mut Vec<ValueId>) {
-    if v == known {
-        return;
-    }
+/// into it), in order of first use; `v` itself where it is not computed
+/// inside its consumer.
+pub fn leaves(lw: &Lowering, v: ValueId, out: &mut Vec<ValueId>) {
     match lw.inlined(v) {
-        Some(op) => op.operands.iter().for_each(|x| leaves(lw, *x, known, out)),
+        Some(op) => op.operands.iter().for_each(|x| leaves(lw, *x, out)),
         None if !out.contains(&v) => out.push(v),
         None => {}
     }
 }
 
-/// The result of elementwise op `op` at the space's indices, inside another
-/// op's kernel: operands through the ops inlined into them, `known.0` as the
-/// tile `known.1`, every other value loaded through its operand in `bound`
-/// (bound beforehand: see [`leaves`]).
-pub fn op_at(
-    lw: &Lowering,
-    kb: &mut KernelBuilder,
-    op: &OpNode,
-    sp: &Space,
-    known: (ValueId, TValue),
-    bound: &[(ValueId, kern::Operand)],
-) -> TR<TValue> {
-    let Some(f) = func(lw, op) else {
-        return Err(mixc_ir::tile::TileError::Program(format!("`{}` is not elementwise", op.kind.mnemonic())));
-    };
-    let mut vals = Vec::with_capacity(op.operands.len());
-    for &x in &op.operands {
-        vals.push(if x == known.0 {
-            known.1
-        } else if let Some(inner) = lw.inlined(x) {
-            op_at(lw, kb, inner, sp, known, bound)?
-        } else {
-            let Some((_, o)) = bound.iter().find(|(v, _)| *v == x) else {
-                return Err(mixc_ir::tile::TileError::Program(format!(
-                    "operand `{}` is not bound",
-                    lw.g.value(x).name
-                )));
-            };
-            let off = kern::offset(kb, o, &sp.idx)?;
-            kern::load(kb, o, off, sp.mask)?
-        });
+/// An elementwise computation another op's kernel carries out where it
+/// needs the value (a row norm's epilogue as it stores, a recurrence's gate
+/// as it loads): each op's function applied to its operands, down to the
+/// values it loads ("leaves", numbered by the caller).
+pub enum Recipe {
+    Leaf(usize),
+    Apply(EwFn, Vec<Recipe>),
+}
+
+impl Recipe {
+    /// The recipe of op `op`'s result, through the ops inlined into its
+    /// operands, with leaf `i` the value `leaves[i]` (`None` where `op` or
+    /// an inlined op is not elementwise, or a leaf is missing).
+    pub fn of(lw: &Lowering, op: &OpNode, leaves: &[ValueId]) -> Option<Recipe> {
+        let f = func(lw, op)?;
+        let mut args = Vec::with_capacity(op.operands.len());
+        for x in &op.operands {
+            args.push(match (leaves.iter().position(|l| l == x), lw.inlined(*x)) {
+                (Some(i), _) => Recipe::Leaf(i),
+                (None, Some(inner)) => Recipe::of(lw, inner, leaves)?,
+                (None, None) => return None,
+            });
+        }
+        Some(Recipe::Apply(f, args))
     }
-    f(kb, sp, &vals)
+
+    /// Emits the computation, leaf `i`'s tile from `leaf(kb, i)`.
+    pub fn emit(
+        &self,
+        kb: &mut KernelBuilder,
+        sp: &Space,
+        leaf: &mut dyn FnMut(&mut KernelBuilder, usize) -> TR<TValue>,
+    ) -> TR<TValue> {
+        match self {
+            Recipe::Leaf(i) => leaf(kb, *i),
+            Recipe::Apply(f, args) => {
+                let mut vals = Vec::with_capacity(args.len());
+                for a in args {
+                    vals.push(a.emit(kb, sp, leaf)?);
+                }
+                f(kb, sp, &vals)
+            }
+        }
+    }
 }
 
 /// Launches `result[i] = f(operands at i)` over the op's first result.

@@ -311,7 +311,7 @@ fn normalize_tiled(lw: &mut Lowering, op: &OpNode, kind: NormKind, dim: DimId, e
             lw.absorb(i);
         }
         // Inputs declared after the norm: their buffers, not scratch.
-        for &v in &e.leaves {
+        for &v in e.leaves.iter().skip(1) {
             lw.input_buffer(v);
         }
     }
@@ -326,8 +326,10 @@ fn normalize_tiled(lw: &mut Lowering, op: &OpNode, kind: NormKind, dim: DimId, e
 struct Epilogue {
     /// The chain's ops in the graph (not lowered on their own), first to last.
     ops: Vec<usize>,
-    /// The values the chain loads besides `n` (weights, gates).
+    /// `n`, then the values the chain loads (weights, gates).
     leaves: Vec<ValueId>,
+    /// The chain's computation from its leaves.
+    recipe: ew::Recipe,
     /// The value the kernel stores instead of `n`.
     result: ValueId,
 }
@@ -342,13 +344,14 @@ fn epilogue(lw: &Lowering, n: ValueId) -> Option<Epilogue> {
     let norm_op = g.value(n).op.index();
     let ready = |v: ValueId| -> bool {
         let mut leaves = Vec::new();
-        ew::leaves(lw, v, n, &mut leaves);
+        ew::leaves(lw, v, &mut leaves);
         leaves.iter().all(|x| {
             let p = g.value(*x).op;
-            matches!(g.op(p).kind, OpKind::Input { .. }) || p.index() < norm_op
+            *x != n && (matches!(g.op(p).kind, OpKind::Input { .. }) || p.index() < norm_op)
         })
     };
-    let (mut cur, mut ops, mut leaves) = (n, Vec::new(), Vec::new());
+    // Leaf 0 is the norm's result, the rest are loaded.
+    let (mut cur, mut ops, mut leaves) = (n, Vec::new(), vec![n]);
     loop {
         if g.outputs.iter().any(|(_, v)| *v == cur) {
             return None;
@@ -363,11 +366,12 @@ fn epilogue(lw: &Lowering, n: ValueId) -> Option<Epilogue> {
             return None;
         }
         for v in user.operands.iter().filter(|v| **v != cur) {
-            ew::leaves(lw, *v, n, &mut leaves);
+            ew::leaves(lw, *v, &mut leaves);
         }
         ops.push(i);
         if lw.inlined(result).is_none() {
-            return Some(Epilogue { ops, leaves, result });
+            let recipe = ew::Recipe::of(lw, user, &leaves)?;
+            return Some(Epilogue { ops, leaves, recipe, result });
         }
         cur = result;
     }
@@ -387,7 +391,6 @@ fn normalize_rows(
 ) -> R<()> {
     let lane_dims: Vec<DimId> = shape.iter().copied().filter(|d| *d != dim).collect();
     // With an epilogue the kernel stores the epilogue's result, not the norm's.
-    let out_norm = out;
     let out = epilogue.map_or(out, |e| e.result);
     let mut k = Kern::new(lw, &kname(lw, op, out));
     let width = match lw.const_dim(dim) {
@@ -398,19 +401,17 @@ fn normalize_rows(
     let rows_per = (k.block / width).max(1);
     let xo = k.operand(lw, x)?;
     let oo = k.operand(lw, out)?;
-    // The epilogue's last op and the operands its chain loads.
+    // The operands the epilogue loads (leaf 0, the norm's result, is on chip).
     let tail = match epilogue {
         Some(e) => {
-            let last = e.ops.last().and_then(|&i| lw.g.ops.get(i)).ok_or_else(|| lw.err(op, "an empty epilogue"))?;
             let mut bound = Vec::with_capacity(e.leaves.len());
-            for &v in &e.leaves {
-                bound.push((v, k.operand(lw, v)?));
+            for &v in e.leaves.iter().skip(1) {
+                bound.push(k.operand(lw, v)?);
             }
-            Some((last, bound))
+            Some((&e.recipe, bound))
         }
         None => None,
     };
-    let norm_result = out_norm;
     let n = k.dim(lw, dim)?;
     let nrows = k.size(lw, kern::numel(&lane_dims))?;
     let mut sizes = vec![nrows];
@@ -471,12 +472,18 @@ fn normalize_rows(
         let off = kb.add(x_base, col)?;
         let v = kb.load(xo.ptr, off, Some(mask), 0.0)?;
         let mut q = kb.div(v, denom)?;
-        if let Some((last, bound)) = &tail {
+        if let Some((recipe, bound)) = &tail {
             // Rounded as the elementwise ops' own kernel rounds its results.
             let mut idx = at_row.clone();
             idx.push((dim, col));
             let sp = Space { flat: col, mask, idx };
-            q = ew::op_at(lw, kb, last, &sp, (norm_result, q), bound)?;
+            let normed = q;
+            let mut leaf = |kb: &mut KernelBuilder, i: usize| -> TR<TValue> {
+                let Some(o) = i.checked_sub(1).and_then(|i| bound.get(i)) else { return Ok(normed) };
+                let off = kern::offset(kb, o, &sp.idx)?;
+                kern::load(kb, o, off, sp.mask)
+            };
+            q = recipe.emit(kb, &sp, &mut leaf)?;
         }
         let off = kb.add(o_base, col)?;
         kb.store(oo.ptr, off, q, Some(mask))?;
