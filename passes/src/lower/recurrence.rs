@@ -261,6 +261,7 @@ pub fn lower(lw: &mut Lowering, op: &OpNode, r: &Recurrence) -> Result<(), Lower
         let blocks = Count::Const(vb.blocks as u64);
         let grid = match variant {
             Variant::Outputs | Variant::Deltas => [nchunks.clone(), bh.clone(), blocks],
+            Variant::Scan => [bh.clone(), blocks, Count::Const(u64::from(shape.dkp / scan_rows(shape.dkp)))],
             _ => [bh.clone(), blocks, Count::Const(1)],
         };
         lw.launch(kb.finish()?, grid, bind.args)?;
@@ -546,6 +547,9 @@ fn body(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape, variant: Variant) -> Res<(
     if variant == Variant::Deltas {
         return chunk_deltas(kb, ctx, sh);
     }
+    if variant == Variant::Scan {
+        return scan(kb, ctx, sh);
+    }
     // Initial state (zeros when absent).
     let (soffs, smask) = state_tile(kb, ctx, sh)?;
     let s = match ctx.s0 {
@@ -578,9 +582,6 @@ fn body(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape, variant: Variant) -> Res<(
         let st = State::from(carried, &init);
         if variant == Variant::Step {
             return Ok(token_steps(kb, ctx, sh, t0, st)?.values());
-        }
-        if variant == Variant::Scan {
-            return Ok(scan_chunk(kb, ctx, sh, t0, st)?.values());
         }
         if variant == Variant::States {
             let cc = kb.i32(sh.c as i64)?;
@@ -908,38 +909,112 @@ fn chunk_deltas(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape) -> Res<()> {
     Ok(())
 }
 
-/// Scan, second kernel, the chunk starting at `t0`: writes the state before
-/// it (the chunk-start state split's output kernel reads) and returns the
-/// state after it, `e^Γ_c ⊙ S + ΔS` from what the first kernel wrote —
-/// elementwise, no matrix work.
-fn scan_chunk(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape, t0: TValue, st: State) -> Res<State> {
+/// Rows of the state per program of the scan ([`scan`]): a divisor of the
+/// padded key dim (a multiple of 16).
+fn scan_rows(dkp: u32) -> u32 {
+    if dkp.is_multiple_of(32) {
+        32
+    } else {
+        16
+    }
+}
+
+/// Scan, second kernel: program (batch × head, value block, block of
+/// [`scan_rows`] state rows) walks the chunks, writing the state before each
+/// (the chunk-start state split's output kernel reads) and adding the
+/// chunk's contribution, `S ← e^Γ_c ⊙ S + ΔS_c` — elementwise, no matrix
+/// work, so the state's rows split over programs too (a few programs per
+/// head would leave the card's bandwidth idle); then the final state.
+fn scan(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape) -> Res<()> {
+    let rb = scan_rows(sh.dkp);
+    let rbc = kb.i32(i64::from(rb))?;
+    let pr = kb.program_id(2)?;
+    let r0 = kb.mul(pr, rbc)?;
+    let dkc = kb.i32(sh.dk as i64)?;
+    // This program's rows of S (`[rb, 1]`) and value columns (`[1, bv]`).
+    let (r, rmask) = rows(kb, r0, rb, dkc)?;
+    let (cidx, cmask) = cols_from(kb, ctx.v0, sh.bv, sh.dv)?;
+    let mask = kb.and(rmask, cmask)?;
+    // The state in `[B, H, Dk, Dv]`, the normalizer in `[B, H, Dk]`.
+    let per = kb.i32((sh.dk * sh.dv) as i64)?;
+    let base = kb.mul(ctx.bh, per)?;
+    let dvc = kb.i32(sh.dv as i64)?;
+    let so = kb.mul(r, dvc)?;
+    let so = kb.add(so, base)?;
+    let soffs = kb.add(so, cidx)?;
+    let nbase = kb.mul(ctx.bh, dkc)?;
+    let noffs = kb.add(r, nbase)?;
+    let s = match ctx.s0 {
+        Some(p) => kb.load(p, soffs, Some(mask), 0.0)?,
+        None => kb.zeros(&[rb, sh.bv])?,
+    };
+    let aux = match (has_aux(&sh.r), ctx.aux0) {
+        (true, Some(p)) => Some(kb.load(p, noffs, Some(rmask), 0.0)?),
+        (true, None) => Some(kb.zeros(&[rb, 1])?),
+        (false, _) => None,
+    };
+    // Scratch: chunk `ci`'s `[dkp, W]` matrix at (bh·NC + ci), these rows
+    // (rows past `dk` are padding, present in scratch) and columns.
     let cc = kb.i32(sh.c as i64)?;
-    let ci = kb.binary(mixc_ir::ops::BinaryFn::FloorDiv, t0, cc)?;
-    let offs = scratch_state_offsets(kb, ctx, sh, ci)?;
-    let ds = kb.load(ctx.scratch_ds.ok_or_else(missing)?, offs, None, 0.0)?;
-    kb.store(ctx.scratch_s.ok_or_else(missing)?, offs, st.s, None)?;
-    let s = match ctx.scratch_g {
-        Some(p) => {
-            let w = if sh.r.transition == Transition::KeyDecay { sh.dkp } else { 1 };
-            let goffs = scratch_offsets(kb, ctx, sh, ci, w, 1)?;
-            let g = kb.load(p, goffs, None, 0.0)?;
-            let decay = kb.exp(g)?;
-            kb.mul(st.s, decay)?
-        }
-        None => st.s,
+    let cm1 = kb.i32(sh.c as i64 - 1)?;
+    let tt = kb.add(ctx.t_len, cm1)?;
+    let nc = kb.binary(mixc_ir::ops::BinaryFn::FloorDiv, tt, cc)?;
+    let w = kb.i32(i64::from(sh.vb.padded()))?;
+    let ar = kb.arange(rb)?;
+    let ar = kb.expand(ar, 1)?;
+    let rows_in = kb.add(ar, r0)?;
+    let col = kb.arange(sh.bv)?;
+    let col = kb.expand(col, 0)?;
+    let col = match ctx.v0 {
+        Some(v0) => kb.add(col, v0)?,
+        None => col,
     };
-    let s = kb.add(s, ds)?;
-    let aux = match (st.aux, ctx.scratch_aux, ctx.scratch_daux) {
-        (Some(z), Some(to), Some(from)) => {
-            let offs = scratch_offsets(kb, ctx, sh, ci, sh.dkp, 1)?;
-            let mask = first_only(kb, ctx, None, &[sh.dkp, 1])?;
-            kb.store(to, offs, z, mask)?;
-            let dz = kb.load(from, offs, None, 0.0)?;
-            Some(kb.add(z, dz)?)
+    let init: Vec<TValue> = [Some(s), aux].into_iter().flatten().collect();
+    let zero_i = kb.i32(0)?;
+    let finals = kb.for_loop(zero_i, ctx.t_len, cc, &init, |kb, t0, carried| {
+        let (s, aux) = (carried[0], carried.get(1).copied());
+        let ci = kb.binary(mixc_ir::ops::BinaryFn::FloorDiv, t0, cc)?;
+        let slot = kb.mul(ctx.bh, nc)?;
+        let slot = kb.add(slot, ci)?;
+        // Per-row offsets of the chunk's `[dkp, 1]` columns (gates, normalizers).
+        let dkp = kb.i32(i64::from(sh.dkp))?;
+        let rbase = kb.mul(slot, dkp)?;
+        let roffs = kb.add(rows_in, rbase)?;
+        let mbase = kb.mul(rbase, w)?;
+        let mo = kb.mul(rows_in, w)?;
+        let mo = kb.add(mo, mbase)?;
+        let moffs = kb.add(mo, col)?;
+        let ds = kb.load(ctx.scratch_ds.ok_or_else(missing)?, moffs, None, 0.0)?;
+        kb.store(ctx.scratch_s.ok_or_else(missing)?, moffs, s, None)?;
+        let s = match (ctx.scratch_g, sh.r.transition) {
+            (Some(p), Transition::KeyDecay) => {
+                let g = kb.load(p, roffs, None, 0.0)?;
+                let decay = kb.exp(g)?;
+                kb.mul(s, decay)?
+            }
+            (Some(p), _) => {
+                let o = kb.reshape(slot, &[1, 1])?;
+                let g = kb.load(p, o, None, 0.0)?;
+                let decay = kb.exp(g)?;
+                kb.mul(s, decay)?
+            }
+            (None, _) => s,
+        };
+        let mut next = vec![kb.add(s, ds)?];
+        if let (Some(z), Some(to), Some(from)) = (aux, ctx.scratch_aux, ctx.scratch_daux) {
+            let mask = first_only(kb, ctx, None, &[rb, 1])?;
+            kb.store(to, roffs, z, mask)?;
+            let dz = kb.load(from, roffs, None, 0.0)?;
+            next.push(kb.add(z, dz)?);
         }
-        (aux, _, _) => aux,
-    };
-    Ok(State { s, aux, m: None })
+        Ok(next)
+    })?;
+    kb.store(ctx.s_out.ok_or_else(missing)?, soffs, finals[0], Some(mask))?;
+    if let (Some(p), Some(z)) = (ctx.aux_out, finals.get(1).copied()) {
+        let mask = first_only(kb, ctx, Some(rmask), &[rb, 1])?;
+        kb.store(p, noffs, z, mask)?;
+    }
+    Ok(())
 }
 
 /// The state after the chunk starting at `t0`.
