@@ -262,6 +262,12 @@ fn tile_stage_prints_the_program() {
     let bad = mixc(&["compile", file.arg(), "--emit", "tile", "--chunk", "48"]);
     assert_eq!(bad.status.code(), Some(1));
     assert!(text(&bad.stderr).contains("chunk 48 must be a power of two"), "{}", text(&bad.stderr));
+    // --scan: a program per chunk for the contributions, the walk, the outputs.
+    let out = mixc(&["compile", file.arg(), "--emit", "tile", "--chunk", "32", "--scan"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert!(s.contains("kernel o_deltas(") && s.contains("kernel o_scan(") && s.contains("kernel o_outputs("), "{s}");
+    assert!(!s.contains("kernel o_states("), "{s}");
 }
 
 #[test]
