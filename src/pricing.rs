@@ -85,7 +85,8 @@ pub fn default_point(dev: &DeviceProfile) -> BTreeMap<String, u64> {
 }
 
 /// The schedule the cost model picks for `graph` on `dev` at `sizes` (its
-/// cheapest candidate that fits): what `chunk = "auto"` means.
+/// cheapest candidate that fits, among [`candidates_at`]'s: what `mixc
+/// explain` lists first): what `chunk = "auto"` means.
 pub fn auto_schedule(
     mixer: &str,
     graph: &Graph,
@@ -103,7 +104,7 @@ pub fn auto_schedule_with(
     sizes: &BTreeMap<String, u64>,
     resources: mixc_passes::cost::Resources,
 ) -> Result<Schedule, Error> {
-    let cands = search_with(graph, sizes, dev, resources)
+    let cands = candidates_at(graph, sizes, dev, resources, mixc_passes::Storage::F32)
         .map_err(|source| Error::Lower { mixer: mixer.to_string(), source })?;
     let pick = cands.iter().find(|c| c.rejected.is_none()).or(cands.first());
     Ok(pick.map(|c| c.schedule).unwrap_or_default())
