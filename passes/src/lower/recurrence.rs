@@ -460,17 +460,35 @@ fn step_col(kb: &mut KernelBuilder, ctx: &Ctx, t0: TValue, n: u32) -> Res<(TValu
 /// block's columns) in a `[B, H, Dk, Dv]` tensor.
 fn state_tile(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape) -> Res<(TValue, TValue)> {
     let zero = kb.i32(0)?;
+    let t = state_rows(kb, ctx, sh, zero, sh.dkp)?;
+    Ok((t.offs, t.mask))
+}
+
+/// Rows `r0 .. r0 + n` of program (b, h)'s state in a `[B, H, Dk, Dv]`
+/// tensor, at its value block's columns.
+struct StateRows {
+    /// The rows (`[n, 1]`) and which are inside `Dk`.
+    r: TValue,
+    rmask: TValue,
+    /// The columns (`[1, bv]`).
+    cols: TValue,
+    /// `[n, bv]` offsets and mask.
+    offs: TValue,
+    mask: TValue,
+}
+
+fn state_rows(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape, r0: TValue, n: u32) -> Res<StateRows> {
     let dkc = kb.i32(sh.dk as i64)?;
-    let (r, rm) = rows(kb, zero, sh.dkp, dkc)?;
-    let (cidx, cm) = cols_from(kb, ctx.v0, sh.bv, sh.dv)?;
+    let (r, rmask) = rows(kb, r0, n, dkc)?;
+    let (cols, cm) = cols_from(kb, ctx.v0, sh.bv, sh.dv)?;
     let per = kb.i32((sh.dk * sh.dv) as i64)?;
     let base = kb.mul(ctx.bh, per)?;
     let dvc = kb.i32(sh.dv as i64)?;
     let roff = kb.mul(r, dvc)?;
     let roff = kb.add(roff, base)?;
-    let offs = kb.add(roff, cidx)?;
-    let mask = kb.and(rm, cm)?;
-    Ok((offs, mask))
+    let offs = kb.add(roff, cols)?;
+    let mask = kb.and(rmask, cm)?;
+    Ok(StateRows { r, rmask, cols, offs, mask })
 }
 
 /// Offsets and mask of a normalizer `[dkp, 1]` in a `[B, H, Dk]` tensor.
@@ -502,6 +520,21 @@ fn scratch_state_offsets(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape, ci: TValu
 /// Scratch offsets `[(bh·NC + ci)·rows_n·stride + r·stride]` (`[rows_n, 1]`) of
 /// the rows of chunk `ci`'s matrix of `rows_n` rows of `stride` elements.
 fn scratch_offsets(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape, ci: TValue, rows_n: u32, stride: u32) -> Res<TValue> {
+    let r = kb.arange(rows_n)?;
+    let r = kb.expand(r, 1)?;
+    scratch_at(kb, ctx, sh, ci, r, rows_n, stride)
+}
+
+/// [`scratch_offsets`] at the rows `r` (`[n, 1]`) only.
+fn scratch_at(
+    kb: &mut KernelBuilder,
+    ctx: &Ctx,
+    sh: Shape,
+    ci: TValue,
+    r: TValue,
+    rows_n: u32,
+    stride: u32,
+) -> Res<TValue> {
     let cc = kb.i32(sh.c as i64)?;
     let cm1 = kb.i32(sh.c as i64 - 1)?;
     let tt = kb.add(ctx.t_len, cm1)?;
@@ -510,8 +543,6 @@ fn scratch_offsets(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape, ci: TValue, row
     let slot = kb.add(slot, ci)?;
     let per = kb.i32((rows_n * stride) as i64)?;
     let base = kb.mul(slot, per)?;
-    let r = kb.arange(rows_n)?;
-    let r = kb.expand(r, 1)?;
     let colsc = kb.i32(stride as i64)?;
     let r = kb.mul(r, colsc)?;
     kb.add(r, base)
@@ -885,14 +916,12 @@ fn chunk_deltas(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape) -> Res<()> {
     let ct = load_chunk(kb, ctx, sh, t0, sh.c)?;
     let k = match ct.gamma {
         Some((gam, gsum)) => {
-            let d = kb.sub(gsum, gam)?;
-            let e = kb.exp(d)?;
             let w = kb.ty(gsum).shape[1];
             let total = if w == 1 { gsum } else { kb.reshape(gsum, &[sh.dkp, 1])? };
             let offs = scratch_offsets(kb, ctx, sh, ci, w, 1)?;
             let mask = first_only(kb, ctx, None, &[w, 1])?;
             kb.store(ctx.scratch_g.ok_or_else(missing)?, offs, total, mask)?;
-            kb.mul(ct.k, e)?
+            keys_to_chunk_end(kb, ct.k, gam, gsum)?
         }
         None => ct.k,
     };
@@ -930,75 +959,45 @@ fn scan(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape) -> Res<()> {
     let rbc = kb.i32(i64::from(rb))?;
     let pr = kb.program_id(2)?;
     let r0 = kb.mul(pr, rbc)?;
+    // This program's rows of S and value columns; of the normalizer in `[B, H, Dk]`.
+    let t = state_rows(kb, ctx, sh, r0, rb)?;
     let dkc = kb.i32(sh.dk as i64)?;
-    // This program's rows of S (`[rb, 1]`) and value columns (`[1, bv]`).
-    let (r, rmask) = rows(kb, r0, rb, dkc)?;
-    let (cidx, cmask) = cols_from(kb, ctx.v0, sh.bv, sh.dv)?;
-    let mask = kb.and(rmask, cmask)?;
-    // The state in `[B, H, Dk, Dv]`, the normalizer in `[B, H, Dk]`.
-    let per = kb.i32((sh.dk * sh.dv) as i64)?;
-    let base = kb.mul(ctx.bh, per)?;
-    let dvc = kb.i32(sh.dv as i64)?;
-    let so = kb.mul(r, dvc)?;
-    let so = kb.add(so, base)?;
-    let soffs = kb.add(so, cidx)?;
     let nbase = kb.mul(ctx.bh, dkc)?;
-    let noffs = kb.add(r, nbase)?;
+    let noffs = kb.add(t.r, nbase)?;
     let s = match ctx.s0 {
-        Some(p) => kb.load(p, soffs, Some(mask), 0.0)?,
+        Some(p) => kb.load(p, t.offs, Some(t.mask), 0.0)?,
         None => kb.zeros(&[rb, sh.bv])?,
     };
     let aux = match (has_aux(&sh.r), ctx.aux0) {
-        (true, Some(p)) => Some(kb.load(p, noffs, Some(rmask), 0.0)?),
+        (true, Some(p)) => Some(kb.load(p, noffs, Some(t.rmask), 0.0)?),
         (true, None) => Some(kb.zeros(&[rb, 1])?),
         (false, _) => None,
     };
-    // Scratch: chunk `ci`'s `[dkp, W]` matrix at (bh·NC + ci), these rows
-    // (rows past `dk` are padding, present in scratch) and columns.
-    let cc = kb.i32(sh.c as i64)?;
-    let cm1 = kb.i32(sh.c as i64 - 1)?;
-    let tt = kb.add(ctx.t_len, cm1)?;
-    let nc = kb.binary(mixc_ir::ops::BinaryFn::FloorDiv, tt, cc)?;
-    let w = kb.i32(i64::from(sh.vb.padded()))?;
-    let ar = kb.arange(rb)?;
-    let ar = kb.expand(ar, 1)?;
-    let rows_in = kb.add(ar, r0)?;
-    let col = kb.arange(sh.bv)?;
-    let col = kb.expand(col, 0)?;
-    let col = match ctx.v0 {
-        Some(v0) => kb.add(col, v0)?,
-        None => col,
-    };
     let init: Vec<TValue> = [Some(s), aux].into_iter().flatten().collect();
+    let cc = kb.i32(sh.c as i64)?;
     let zero_i = kb.i32(0)?;
     let finals = kb.for_loop(zero_i, ctx.t_len, cc, &init, |kb, t0, carried| {
         let (s, aux) = (carried[0], carried.get(1).copied());
         let ci = kb.binary(mixc_ir::ops::BinaryFn::FloorDiv, t0, cc)?;
-        let slot = kb.mul(ctx.bh, nc)?;
-        let slot = kb.add(slot, ci)?;
-        // Per-row offsets of the chunk's `[dkp, 1]` columns (gates, normalizers).
-        let dkp = kb.i32(i64::from(sh.dkp))?;
-        let rbase = kb.mul(slot, dkp)?;
-        let roffs = kb.add(rows_in, rbase)?;
-        let mbase = kb.mul(rbase, w)?;
-        let mo = kb.mul(rows_in, w)?;
-        let mo = kb.add(mo, mbase)?;
-        let moffs = kb.add(mo, col)?;
+        // Chunk `ci`'s scratch at these rows (rows past `dk` are padding,
+        // present in scratch): the `[dkp, W]` matrices, the `[dkp, 1]` columns.
+        let mo = scratch_at(kb, ctx, sh, ci, t.r, sh.dkp, sh.vb.padded())?;
+        let moffs = kb.add(mo, t.cols)?;
+        let roffs = scratch_at(kb, ctx, sh, ci, t.r, sh.dkp, 1)?;
         let ds = kb.load(ctx.scratch_ds.ok_or_else(missing)?, moffs, None, 0.0)?;
         kb.store(ctx.scratch_s.ok_or_else(missing)?, moffs, s, None)?;
-        let s = match (ctx.scratch_g, sh.r.transition) {
-            (Some(p), Transition::KeyDecay) => {
-                let g = kb.load(p, roffs, None, 0.0)?;
+        let s = match ctx.scratch_g {
+            Some(p) => {
+                // GLA's total gate per row; a scalar decay's one value.
+                let goffs = match sh.r.transition {
+                    Transition::KeyDecay => roffs,
+                    _ => scratch_offsets(kb, ctx, sh, ci, 1, 1)?,
+                };
+                let g = kb.load(p, goffs, None, 0.0)?;
                 let decay = kb.exp(g)?;
                 kb.mul(s, decay)?
             }
-            (Some(p), _) => {
-                let o = kb.reshape(slot, &[1, 1])?;
-                let g = kb.load(p, o, None, 0.0)?;
-                let decay = kb.exp(g)?;
-                kb.mul(s, decay)?
-            }
-            (None, _) => s,
+            None => s,
         };
         let mut next = vec![kb.add(s, ds)?];
         if let (Some(z), Some(to), Some(from)) = (aux, ctx.scratch_aux, ctx.scratch_daux) {
@@ -1009,12 +1008,19 @@ fn scan(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape) -> Res<()> {
         }
         Ok(next)
     })?;
-    kb.store(ctx.s_out.ok_or_else(missing)?, soffs, finals[0], Some(mask))?;
+    kb.store(ctx.s_out.ok_or_else(missing)?, t.offs, finals[0], Some(t.mask))?;
     if let (Some(p), Some(z)) = (ctx.aux_out, finals.get(1).copied()) {
-        let mask = first_only(kb, ctx, Some(rmask), &[rb, 1])?;
+        let mask = first_only(kb, ctx, Some(t.rmask), &[rb, 1])?;
         kb.store(p, noffs, z, mask)?;
     }
     Ok(())
+}
+
+/// `K ⊙ e^(Γ_c − Γ)`: each key decayed to the chunk's end.
+fn keys_to_chunk_end(kb: &mut KernelBuilder, k: TValue, gam: TValue, gsum: TValue) -> Res<TValue> {
+    let d = kb.sub(gsum, gam)?;
+    let e = kb.exp(d)?;
+    kb.mul(k, e)
 }
 
 /// The state after the chunk starting at `t0`.
@@ -1036,9 +1042,7 @@ fn chunk_update(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape, t0: TValue, st: St
         Transition::ScalarDecay | Transition::KeyDecay => {
             let (gam, gsum) = ct.gamma.ok_or_else(missing)?;
             // S_c = e^Γ_c ⊙ S₀ + (K ⊙ e^(Γ_c − Γ))ᵀ V
-            let d = kb.sub(gsum, gam)?;
-            let e = kb.exp(d)?;
-            let kd = kb.mul(ct.k, e)?;
+            let kd = keys_to_chunk_end(kb, ct.k, gam, gsum)?;
             let w = kb.ty(gsum).shape[1];
             let decay = kb.exp(gsum)?;
             let decay = if w == 1 { decay } else { kb.reshape(decay, &[sh.dkp, 1])? };

@@ -342,13 +342,11 @@ struct Epilogue {
 fn epilogue(lw: &Lowering, n: ValueId) -> Option<Epilogue> {
     let g = lw.g;
     let norm_op = g.value(n).op.index();
-    let ready = |v: ValueId| -> bool {
-        let mut leaves = Vec::new();
-        ew::leaves(lw, v, &mut leaves);
-        leaves.iter().all(|x| {
-            let p = g.value(*x).op;
-            *x != n && (matches!(g.op(p).kind, OpKind::Input { .. }) || p.index() < norm_op)
-        })
+    // Whether a value exists when the norm's kernel runs: an input, or made
+    // by an op before the norm (and not the norm's result itself).
+    let ready = |x: &ValueId| {
+        let p = g.value(*x).op;
+        *x != n && (matches!(g.op(p).kind, OpKind::Input { .. }) || p.index() < norm_op)
     };
     // Leaf 0 is the norm's result, the rest are loaded.
     let (mut cur, mut ops, mut leaves) = (n, Vec::new(), vec![n]);
@@ -362,11 +360,17 @@ fn epilogue(lw: &Lowering, n: ValueId) -> Option<Epilogue> {
             return None;
         }
         let result = user.results[0];
-        if g.ty(result).shape != g.ty(n).shape || !user.operands.iter().all(|v| *v == cur || ready(*v)) {
+        if g.ty(result).shape != g.ty(n).shape {
             return None;
         }
         for v in user.operands.iter().filter(|v| **v != cur) {
-            ew::leaves(lw, *v, &mut leaves);
+            let mut loaded = Vec::new();
+            ew::leaves(lw, *v, &mut loaded);
+            if !loaded.iter().all(ready) {
+                return None;
+            }
+            loaded.retain(|x| !leaves.contains(x));
+            leaves.extend(loaded);
         }
         ops.push(i);
         if lw.inlined(result).is_none() {
