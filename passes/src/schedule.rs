@@ -149,6 +149,22 @@ pub struct Schedule {
     /// in a serialized schedule: `false`, as recorded before it existed.
     #[serde(default)]
     pub scan: bool,
+    /// GLA (per-key decays): the diagonal sub-chunk blocks of the intra-chunk
+    /// scores, `P_ij = Σ_d q_id k_jd e^(Γ_id − Γ_jd)` for `j ≤ i`, from
+    /// running products of the decays instead of an exponential per
+    /// `(i, j, d)`: a loop over the sub-chunk's rows `i` carries
+    /// `U_j = k_j ⊙ Π_{j<t≤i} e^(g_t)` (every row times `e^(g_i)`, then row
+    /// `i` set to `k_i`), and row `i` of `P` is `U·q_i`. Two or three
+    /// multiplies per `(i, j, d)` where the exponentials take a polynomial
+    /// each: on a CPU (f32x4) the diagonal blocks took half of GLA's chunked
+    /// prefill, and this form runs it 1.2× faster at chunks of 16 and 32
+    /// (slower at 64); a GPU's special-function units make the exponentials
+    /// cheap and the loop's sequential rows would idle its threads. No
+    /// search offers it yet: on a CPU the token-by-token form still beats
+    /// the chunked one with it (bench/RESULTS.md, 2026-12-07). Absent in a
+    /// serialized schedule: `false`, as recorded before it existed.
+    #[serde(default)]
+    pub decay_products: bool,
 }
 
 fn one() -> u32 {
@@ -200,6 +216,7 @@ impl Default for Schedule {
             step_tokens: 1,
             kv_split: 0,
             scan: false,
+            decay_products: false,
         }
     }
 }

@@ -289,13 +289,14 @@ proptest! {
         chunk in prop::sample::select(vec![16u32, 32, 64, 128, 256]),
         mode in 0u8..4,
         block in prop::sample::select(vec![16u32, 32, 64]),
+        products: bool,
         with_state: bool,
         seed: u64,
     ) {
         let lib = library(dk, dv, d);
         let (name, text) = &lib[which];
         let g = build(text);
-        let sched = schedule(mode, chunk, block);
+        let sched = Schedule { decay_products: products, ..schedule(mode, chunk, block) };
         let first = random_inputs(&g, &sizes(b, t1), seed, with_state);
         let carried = check(name, &g, &sched, &first);
         let mut second = random_inputs(&g, &sizes(b, t2), seed ^ 0x5eed, false);
@@ -314,7 +315,9 @@ proptest! {
     }
 }
 
-/// Every mixer once, fused, split, step and scan, at a ragged size with state.
+/// Every mixer once, fused, split, step and scan, at a ragged size with
+/// state; the chunked forms also with GLA's diagonal blocks from decay
+/// products.
 #[test]
 fn every_mixer_every_mode() {
     for (name, text) in library(17, 24, 24) {
@@ -322,6 +325,9 @@ fn every_mixer_every_mode() {
         for mode in 0..4 {
             let ins = random_inputs(&g, &sizes(2, 37), 7, true);
             check(name, &g, &schedule(mode, 16, 16), &ins);
+            if mode != 2 {
+                check(name, &g, &Schedule { decay_products: true, ..schedule(mode, 16, 16) }, &ins);
+            }
         }
     }
 }
@@ -783,8 +789,9 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 
 /// Times a mixer on the CPU backend (not a check): `cargo test -p mixc-backend-cpu
 /// --test main -- --ignored bench --nocapture`, sized by
-/// MIXC_BENCH_{KIND,B,T,H,D,MODE,CHUNK,THREADS,REPS,BLOCK_V,GATE,TOKENS}
-/// (TOKENS: tokens per pass of the step form, MODE=2).
+/// MIXC_BENCH_{KIND,B,T,H,D,MODE,CHUNK,THREADS,REPS,BLOCK_V,GATE,TOKENS,PRODUCTS}
+/// (TOKENS: tokens per pass of the step form, MODE=2; PRODUCTS=1: GLA's
+/// diagonal blocks from decay products).
 #[test]
 #[ignore]
 fn bench() {
@@ -815,6 +822,7 @@ fn bench() {
     let sched = Schedule { block_q: 64, block_k: 64, ..schedule(mode, chunk, 64) };
     let sched = Schedule { block_elems: 1024, block_v: env_or("MIXC_BENCH_BLOCK_V", 0), ..sched };
     let sched = Schedule { step_tokens: if sched.step { env_or("MIXC_BENCH_TOKENS", 1) } else { 1 }, ..sched };
+    let sched = Schedule { decay_products: env_or("MIXC_BENCH_PRODUCTS", 0u8) == 1, ..sched };
     let inputs = random_inputs(&g, &sizes(b, t), 1, false);
     let prog = lower(&g, &sched).expect("lower");
     let sizes = prog.bind(&inputs).expect("bind");

@@ -68,6 +68,8 @@ struct Shape {
     sub: u32,
     /// Tokens per iteration of the step form (`Schedule::step_tokens`).
     tokens: u32,
+    /// GLA's diagonal blocks from running decay products (`Schedule::decay_products`).
+    products: bool,
 }
 
 /// Parameters and per-program scalars of a recurrence kernel.
@@ -186,6 +188,7 @@ pub fn lower(lw: &mut Lowering, op: &OpNode, r: &Recurrence) -> Result<(), Lower
         c,
         sub: lw.sched.sub_chunk.min(c),
         tokens: lw.sched.step_tokens.max(1),
+        products: lw.sched.decay_products,
     };
     let (b_dim, t_dim, h_dim) = (qshape[0], qshape[1], qshape[2]);
     let bh = Count::times(Count::Dim(b_dim), Count::Dim(h_dim));
@@ -877,21 +880,11 @@ fn key_decay_outputs(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape, t0: TValue, s
             Ok(vec![acc, gam_r])
         })?;
         let acc = res[0];
-        // The diagonal block, elementwise: P_ij = Σ_d q_id k_jd e^(Γ_id − Γ_jd), j ≤ i.
-        let q3 = kb.reshape(cq.q, &[sc, 1, sh.dkp])?;
-        let k3 = kb.reshape(cq.k, &[1, sc, sh.dkp])?;
-        let gi3 = kb.reshape(gam_i, &[sc, 1, sh.dkp])?;
-        let gj3 = kb.reshape(gam_i, &[1, sc, sh.dkp])?;
-        let d = kb.sub(gi3, gj3)?;
-        let zero = kb.f32(0.0)?;
-        let d = kb.min(d, zero)?;
-        let e = kb.exp(d)?;
-        let qk = kb.mul(q3, k3)?;
-        let t = kb.mul(qk, e)?;
-        let p = kb.reduce(ReduceFn::Sum, t, 2)?;
-        let cm = causal(kb, sc)?;
-        let z = kb.f32(0.0)?;
-        let p = kb.select(cm, p, z)?;
+        let p = if sh.products {
+            diagonal_by_products(kb, ctx, sh, ti, cq.k)?
+        } else {
+            diagonal_by_exps(kb, sh, cq.q, cq.k, gam_i)?
+        };
         let acc = kb.dot(p, cq.v, Some(acc), false, false)?;
         // The chunk-start state.
         let eg = kb.exp(gam_i)?;
@@ -902,6 +895,63 @@ fn key_decay_outputs(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape, t0: TValue, s
         Ok(vec![next])
     })?;
     Ok(())
+}
+
+/// GLA's diagonal sub-chunk block, elementwise: `P_ij = Σ_d q_id k_jd
+/// e^(Γ_id − Γ_jd)` for `j ≤ i` (0 above the diagonal), an exponential per
+/// `(i, j, d)`.
+fn diagonal_by_exps(kb: &mut KernelBuilder, sh: Shape, q: TValue, k: TValue, gam: TValue) -> Res<TValue> {
+    let sc = sh.sub;
+    let q3 = kb.reshape(q, &[sc, 1, sh.dkp])?;
+    let k3 = kb.reshape(k, &[1, sc, sh.dkp])?;
+    let gi3 = kb.reshape(gam, &[sc, 1, sh.dkp])?;
+    let gj3 = kb.reshape(gam, &[1, sc, sh.dkp])?;
+    let d = kb.sub(gi3, gj3)?;
+    let zero = kb.f32(0.0)?;
+    let d = kb.min(d, zero)?;
+    let e = kb.exp(d)?;
+    let qk = kb.mul(q3, k3)?;
+    let t = kb.mul(qk, e)?;
+    let p = kb.reduce(ReduceFn::Sum, t, 2)?;
+    let cm = causal(kb, sc)?;
+    let z = kb.f32(0.0)?;
+    kb.select(cm, p, z)
+}
+
+/// The same block from running products of the decays
+/// ([`Schedule::decay_products`]): row by row `i` of the sub-chunk starting
+/// at token `t0`, `U_j ← U_j ⊙ e^(g_i)` for every row, then `U_i ← k_i`, so
+/// that `U_j = k_j ⊙ e^(Γ_i − Γ_j)` for `j ≤ i`, and row `i` of `P` is
+/// `U·q_i`. Rows `j > i` of `U` hold what is never read unmasked (the
+/// products never multiply a score: they are selected away).
+///
+/// [`Schedule::decay_products`]: crate::Schedule::decay_products
+fn diagonal_by_products(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape, t0: TValue, k: TValue) -> Res<TValue> {
+    let sc = sh.sub;
+    let rows = kb.arange(sc)?;
+    let rows = kb.expand(rows, 1)?;
+    let zero_i = kb.i32(0)?;
+    let one_i = kb.i32(1)?;
+    let n = kb.i32(sc as i64)?;
+    let p0 = kb.zeros(&[sc, sc])?;
+    let res = kb.for_loop(zero_i, n, one_i, &[k, p0], |kb, i, carried| {
+        let (u, p) = (carried[0], carried[1]);
+        let ti = kb.add(t0, i)?;
+        let row = load_chunk(kb, ctx, sh, ti, 1)?;
+        let (g, _) = row.gamma.ok_or_else(missing)?;
+        let decay = kb.exp(g)?;
+        let u = kb.mul(u, decay)?;
+        let is_i = kb.binary(mixc_ir::ops::BinaryFn::Eq, rows, i)?;
+        let u = kb.select(is_i, row.k, u)?;
+        let t = kb.mul(u, row.q)?;
+        let s = kb.reduce(ReduceFn::Sum, t, 1)?;
+        let s = kb.reshape(s, &[1, sc])?;
+        let p = kb.select(is_i, s, p)?;
+        Ok(vec![u, p])
+    })?;
+    let cm = causal(kb, sc)?;
+    let z = kb.f32(0.0)?;
+    kb.select(cm, res[1], z)
 }
 
 /// Scan, first kernel: chunk `program_id(0)`'s own contribution to the

@@ -109,11 +109,12 @@ proptest! {
         t in 1usize..150,
         chunk in prop::sample::select(vec![16u32, 32, 64, 128]),
         form in 0u8..3,
+        products: bool,
         with_initial: bool,
         seed: u64,
     ) {
         let (g, ins) = case(which, h, dk, dv, |g| random_inputs(g, &sizes(b, t), seed, with_initial));
-        let sched = chunked(form, chunk);
+        let sched = Schedule { decay_products: products, ..chunked(form, chunk) };
         check(&g, &sched, &ins, Precision::F64, 1e-9);
         // The token-by-token (decode-step) form of the same graph.
         check(&g, &Schedule::decode(), &ins, Precision::F64, 1e-9);
@@ -125,10 +126,11 @@ proptest! {
         t in 1usize..100,
         chunk in prop::sample::select(vec![16u32, 64]),
         form in 0u8..3,
+        products: bool,
         seed: u64,
     ) {
         let (g, ins) = case(which, 2, 24, 16, |g| random_inputs(g, &sizes(2, t), seed, true));
-        let sched = chunked(form, chunk);
+        let sched = Schedule { decay_products: products, ..chunked(form, chunk) };
         check(&g, &sched, &ins, Precision::F32, 1e-4);
     }
 }
@@ -209,7 +211,9 @@ fn flops_match_the_chunked_count() {
 }
 
 /// Strong decays (log decay −20 per step) over a long sequence stay finite and
-/// match; mLSTM input gates of +100 (whose exponential overflows f32) too.
+/// match (GLA's diagonal blocks by exponentials and by decay products, whose
+/// products underflow to 0 within a few rows); mLSTM input gates of +100
+/// (whose exponential overflows f32) too.
 #[test]
 fn strong_gates_stay_finite() {
     for (tr, prec) in [
@@ -221,8 +225,9 @@ fn strong_gates_stay_finite() {
         let g = recurrence_graph(tr, false, true, 1, 16, 16);
         let mut ins = random_inputs(&g, &sizes(1, 300), 3, true);
         ins.get_mut("g").unwrap().data.iter_mut().for_each(|x| *x = -20.0 + *x * 0.1);
-        for form in [0, 2] {
-            check(&g, &chunked(form, 64), &ins, prec, if prec == Precision::F32 { 1e-4 } else { 1e-9 });
+        for (form, decay_products) in [(0, false), (2, false), (0, true), (2, true)] {
+            let sched = Schedule { decay_products, ..chunked(form, 64) };
+            check(&g, &sched, &ins, prec, if prec == Precision::F32 { 1e-4 } else { 1e-9 });
         }
     }
     let g = recurrence_graph(Transition::Mlstm, false, true, 1, 16, 16);
