@@ -7,14 +7,17 @@
 //! Buffers are 32-bit words (f32 bits for float dtypes, i32 for the rest), the
 //! CPU backend's memory layout; f16/bf16 buffers too, holding only values of
 //! their precision (inputs are rounded as they are copied in, the kernels
-//! round what they store), so results are those of 16-bit storage. Programs of one launch write disjoint elements
+//! round what they store), so results are those of 16-bit storage. An input
+//! whose words would be its values as they are (f32 into a float buffer,
+//! i32 into an integer one) and which no kernel stores to is read in place,
+//! not copied. Programs of one launch write disjoint elements
 //! (the lowering guarantees it), so they run in parallel without locks.
 
 use crate::disk_cache::DiskCache;
 use crate::tensor::{Data, HostTensor};
 use mixc_backend_cpu::CpuKernel;
 use mixc_ir::interp::Tensor;
-use mixc_ir::tile::{Arg, BufferRole, Kernel, Program, TileError};
+use mixc_ir::tile::{Arg, BufferRole, Kernel, Program, TOp, TileError};
 use mixc_ir::DType;
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
@@ -179,12 +182,51 @@ impl Words {
     }
 }
 
+/// Elements per piece of the buffer copies and fills spread over the cores.
+const COPY_PIECE: usize = 1 << 16;
+
 /// Copies a host tensor into a buffer of `dtype`'s words, rounded to what the
-/// buffer holds.
+/// buffer holds, on every core.
 fn copy_in(dst: &mut [u32], t: &HostTensor, dtype: DType) {
     match &t.data {
-        Data::F32(v) => dst.iter_mut().zip(v).for_each(|(d, x)| *d = crate::layout::stored_value(dtype, *x).to_bits()),
-        Data::I32(v) => dst.iter_mut().zip(v).for_each(|(d, x)| *d = *x as u32),
+        Data::F32(v) => dst.par_chunks_mut(COPY_PIECE).zip(v.par_chunks(COPY_PIECE)).for_each(|(d, x)| {
+            d.iter_mut().zip(x).for_each(|(d, x)| *d = crate::layout::stored_value(dtype, *x).to_bits())
+        }),
+        Data::I32(v) => dst
+            .par_chunks_mut(COPY_PIECE)
+            .zip(v.par_chunks(COPY_PIECE))
+            .for_each(|(d, x)| d.iter_mut().zip(x).for_each(|(d, x)| *d = *x as u32)),
+    }
+}
+
+/// The buffers some kernel of `prog` stores to (by index).
+fn written_buffers(prog: &Program) -> Vec<bool> {
+    let mut written = vec![false; prog.buffers.len()];
+    for l in &prog.launches {
+        let Some(k) = prog.kernels.get(l.kernel) else { continue };
+        k.walk(&mut |s| {
+            if let TOp::Store { ptr, .. } = &s.op {
+                if let Some(Arg::Buffer(i)) = l.args.get(ptr.index()) {
+                    if let Some(w) = written.get_mut(*i) {
+                        *w = true;
+                    }
+                }
+            }
+        });
+    }
+    written
+}
+
+/// The address of an input's own data, where the kernels may read it in
+/// place: no kernel stores to the buffer, and its words would be the
+/// tensor's values as they are (f32 bits into a float buffer of 32-bit words,
+/// i32 into an integer one: what [`copy_in`] writes) and as many. Then nothing is copied (a decode step's state is most of what it
+/// reads).
+fn in_place(t: &HostTensor, dtype: DType, n: usize) -> Option<u64> {
+    match &t.data {
+        Data::F32(v) if dtype.is_float() && !crate::layout::is_half(dtype) && v.len() == n => Some(v.as_ptr() as u64),
+        Data::I32(v) if !dtype.is_float() && v.len() == n => Some(v.as_ptr() as u64),
+        _ => None,
     }
 }
 
@@ -203,24 +245,35 @@ pub fn run_timed(
     let shapes: BTreeMap<String, Tensor> =
         inputs.iter().map(|(n, t)| (n.clone(), Tensor { shape: t.shape.clone(), data: vec![] })).collect();
     let sizes = prog.bind(&shapes)?;
-    let mut bufs: Vec<Words> = prog
-        .buffers
-        .iter()
-        .map(|b| {
-            let n: usize = b.shape.iter().map(|c| c.eval(&sizes) as usize).product();
-            let mut w = Words::new(n);
-            match &b.role {
-                BufferRole::Input { name, .. } => {
-                    if let Some(t) = inputs.get(name) {
-                        copy_in(w.as_mut_slice(), t, b.dtype);
-                    }
-                }
-                // Poisoned: a kernel that forgets a store shows up as NaN.
-                _ => w.as_mut_slice().fill(0x7fc0_0000),
+    let written = written_buffers(prog);
+    // A buffer of our own (`Some`), or an input read in place (its address).
+    let mut bufs: Vec<(Option<Words>, u64)> = Vec::with_capacity(prog.buffers.len());
+    for (b, written) in prog.buffers.iter().zip(&written) {
+        let n: usize = b.shape.iter().map(|c| c.eval(&sizes) as usize).product();
+        if let BufferRole::Input { name, .. } = &b.role {
+            let input = inputs.get(name);
+            if let Some(addr) = input.filter(|_| !written).and_then(|t| in_place(t, b.dtype, n)) {
+                bufs.push((None, addr));
+                continue;
             }
-            w
-        })
-        .collect();
+            let mut w = Words::new(n);
+            if let Some(t) = input {
+                copy_in(w.as_mut_slice(), t, b.dtype);
+            }
+            bufs.push((Some(w), 0));
+            continue;
+        }
+        let mut w = Words::new(n);
+        // Poisoned: a kernel that forgets a store shows up as NaN.
+        w.as_mut_slice().par_chunks_mut(COPY_PIECE).for_each(|c| c.fill(0x7fc0_0000));
+        bufs.push((Some(w), 0));
+    }
+    for (w, addr) in &mut bufs {
+        if let Some(w) = w {
+            // An empty buffer is never addressed (every access is masked or absent).
+            *addr = w.as_mut_slice().as_mut_ptr() as u64;
+        }
+    }
     let t0 = std::time::Instant::now();
     for l in &prog.launches {
         let k = prog.kernels.get(l.kernel).ok_or_else(|| TileError::Program("launch of a missing kernel".into()))?;
@@ -233,9 +286,7 @@ pub fn run_timed(
         for a in &l.args {
             args.push(match a {
                 Arg::Buffer(i) => {
-                    let b = bufs.get_mut(*i).ok_or_else(|| TileError::Program(format!("buffer {i} does not exist")))?;
-                    // An empty buffer is never addressed (every access is masked or absent).
-                    b.as_mut_slice().as_mut_ptr() as u64
+                    bufs.get(*i).ok_or_else(|| TileError::Program(format!("buffer {i} does not exist")))?.1
                 }
                 Arg::Size(c) => (c.eval(&sizes) as i32) as i64 as u64,
                 Arg::Float(x) => (*x as f32).to_bits() as u64,
@@ -256,14 +307,14 @@ pub fn run_timed(
     }
     let launches_s = t0.elapsed().as_secs_f64();
     let mut out = BTreeMap::new();
-    for (b, mut words) in prog.buffers.iter().zip(bufs) {
-        if let BufferRole::Output(name) = &b.role {
+    for (b, (words, _)) in prog.buffers.iter().zip(bufs) {
+        if let (BufferRole::Output(name), Some(mut words)) = (&b.role, words) {
             let shape = b.shape.iter().map(|c| c.eval(&sizes) as usize).collect();
             let words = words.as_mut_slice();
             let data = if b.dtype.is_float() {
-                Data::F32(words.iter().map(|w| f32::from_bits(*w)).collect())
+                Data::F32(words.par_iter().with_min_len(COPY_PIECE).map(|w| f32::from_bits(*w)).collect())
             } else {
-                Data::I32(words.iter().map(|w| *w as i32).collect())
+                Data::I32(words.par_iter().with_min_len(COPY_PIECE).map(|w| *w as i32).collect())
             };
             out.insert(name.clone(), HostTensor { shape, data });
         }
@@ -330,6 +381,45 @@ mod tests {
         let out = run(&prog, &ins).unwrap_or_else(|e| panic!("{e}"));
         let Some(Data::F32(y)) = out.get("y").map(|t| &t.data) else { panic!("no output") };
         assert!(close(y, &x));
+    }
+
+    /// Inputs no kernel stores to are read in place; one a kernel writes
+    /// (here `exp` in place, `x ← e^x`, then `y ← e^x` from it) gets a copy,
+    /// and the caller's tensor stays as it was either way.
+    #[test]
+    fn inputs_are_read_in_place_unless_written() {
+        let (rows, cols) = (4u32, 64u32);
+        let n = (rows * cols) as u64;
+        let build = |in_place: bool| {
+            let mut prog = Program { name: "p".into(), ..Program::default() };
+            let role = BufferRole::Input { name: "x".into(), optional: false };
+            let xb = prog.add_buffer("x", DType::F32, vec![Count::Const(n)], role);
+            let yb = prog.add_buffer("y", DType::F32, vec![Count::Const(n)], BufferRole::Output("y".into()));
+            let ki = prog.add_kernel(exp_kernel("e", rows, cols));
+            let one = [Count::Const(1), Count::Const(1), Count::Const(1)];
+            if !in_place {
+                prog.launches.push(Launch {
+                    kernel: ki,
+                    grid: one.clone(),
+                    args: vec![Arg::Buffer(xb), Arg::Buffer(xb)],
+                });
+            }
+            prog.launches.push(Launch { kernel: ki, grid: one, args: vec![Arg::Buffer(xb), Arg::Buffer(yb)] });
+            prog
+        };
+        // Small values: `e^(e^x)` stays within the comparison's 1e-6.
+        let x: Vec<f32> = input(n as usize).iter().map(|v| v / 16.0).collect();
+        let ins = BTreeMap::from([("x".to_string(), HostTensor::f32(vec![n as usize], x.clone()))]);
+        for in_place in [true, false] {
+            let prog = build(in_place);
+            assert_eq!(written_buffers(&prog), [!in_place, true]);
+            let out = run(&prog, &ins).unwrap_or_else(|e| panic!("{e}"));
+            let Some(Data::F32(y)) = out.get("y").map(|t| &t.data) else { panic!("no output") };
+            let want: Vec<f32> = if in_place { x.clone() } else { x.iter().map(|v| v.exp()).collect() };
+            assert!(close(y, &want), "in place: {in_place}");
+            let Some(Data::F32(after)) = ins.get("x").map(|t| &t.data) else { panic!("no input") };
+            assert_eq!(after, &x, "the caller's input changed (in place: {in_place})");
+        }
     }
 
     fn run_one(k: &CpuKernel, x: &[f32]) -> Vec<f32> {
