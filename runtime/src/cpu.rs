@@ -10,7 +10,7 @@
 //! round what they store), so results are those of 16-bit storage. An input
 //! whose words would be its values as they are (f32 into a float buffer,
 //! i32 into an integer one) and which no kernel stores to is read in place,
-//! not copied. Programs of one launch write disjoint elements
+//! not copied; outputs are written straight into the tensors handed back. Programs of one launch write disjoint elements
 //! (the lowering guarantees it), so they run in parallel without locks.
 
 use crate::disk_cache::DiskCache;
@@ -182,6 +182,43 @@ impl Words {
     }
 }
 
+/// The words a buffer is poisoned with before a run (f32: a quiet NaN).
+const POISON: u32 = 0x7fc0_0000;
+
+/// Where a buffer's words live during a run.
+enum Storage {
+    /// Inputs copied in (rounded to their dtype) and scratch.
+    Words(Words),
+    /// An input read in place, at this address ([`in_place`]).
+    InPlace(u64),
+    /// A float output: the f32 bits the kernels store (16-bit dtypes hold
+    /// values of their precision), handed back as they are.
+    F32(Vec<f32>),
+    /// An integer output, as i32.
+    I32(Vec<i32>),
+}
+
+impl Storage {
+    /// The address the kernels get (an empty buffer's is never used: every
+    /// access is masked or absent).
+    fn addr(&mut self) -> u64 {
+        match self {
+            Storage::Words(w) => w.as_mut_slice().as_mut_ptr() as u64,
+            Storage::InPlace(a) => *a,
+            Storage::F32(v) => v.as_mut_ptr() as u64,
+            Storage::I32(v) => v.as_mut_ptr() as u64,
+        }
+    }
+}
+
+/// `n` copies of `x`, written on every core (zeroed pages first, faulted in
+/// by the threads that fill them).
+fn poisoned<T: Copy + Default + Send + Sync>(n: usize, x: T) -> Vec<T> {
+    let mut v = vec![T::default(); n];
+    v.par_chunks_mut(COPY_PIECE).for_each(|c| c.fill(x));
+    v
+}
+
 /// Elements per piece of the buffer copies and fills spread over the cores.
 const COPY_PIECE: usize = 1 << 16;
 
@@ -246,34 +283,36 @@ pub fn run_timed(
         inputs.iter().map(|(n, t)| (n.clone(), Tensor { shape: t.shape.clone(), data: vec![] })).collect();
     let sizes = prog.bind(&shapes)?;
     let written = written_buffers(prog);
-    // A buffer of our own (`Some`), or an input read in place (its address).
-    let mut bufs: Vec<(Option<Words>, u64)> = Vec::with_capacity(prog.buffers.len());
+    let mut bufs: Vec<Storage> = Vec::with_capacity(prog.buffers.len());
     for (b, written) in prog.buffers.iter().zip(&written) {
         let n: usize = b.shape.iter().map(|c| c.eval(&sizes) as usize).product();
-        if let BufferRole::Input { name, .. } = &b.role {
-            let input = inputs.get(name);
-            if let Some(addr) = input.filter(|_| !written).and_then(|t| in_place(t, b.dtype, n)) {
-                bufs.push((None, addr));
-                continue;
+        bufs.push(match &b.role {
+            BufferRole::Input { name, .. } => {
+                let input = inputs.get(name);
+                match input.filter(|_| !written).and_then(|t| in_place(t, b.dtype, n)) {
+                    Some(addr) => Storage::InPlace(addr),
+                    None => {
+                        let mut w = Words::new(n);
+                        if let Some(t) = input {
+                            copy_in(w.as_mut_slice(), t, b.dtype);
+                        }
+                        Storage::Words(w)
+                    }
+                }
             }
-            let mut w = Words::new(n);
-            if let Some(t) = input {
-                copy_in(w.as_mut_slice(), t, b.dtype);
+            // Outputs are the tensors handed back (no conversion after the
+            // run), poisoned: a kernel that forgets a store shows up as NaN
+            // (an integer output as 0x7fc00000 = 2143289344).
+            BufferRole::Output(_) if b.dtype.is_float() => Storage::F32(poisoned(n, f32::from_bits(POISON))),
+            BufferRole::Output(_) => Storage::I32(poisoned(n, POISON as i32)),
+            BufferRole::Temp => {
+                let mut w = Words::new(n);
+                w.as_mut_slice().par_chunks_mut(COPY_PIECE).for_each(|c| c.fill(POISON));
+                Storage::Words(w)
             }
-            bufs.push((Some(w), 0));
-            continue;
-        }
-        let mut w = Words::new(n);
-        // Poisoned: a kernel that forgets a store shows up as NaN.
-        w.as_mut_slice().par_chunks_mut(COPY_PIECE).for_each(|c| c.fill(0x7fc0_0000));
-        bufs.push((Some(w), 0));
+        });
     }
-    for (w, addr) in &mut bufs {
-        if let Some(w) = w {
-            // An empty buffer is never addressed (every access is masked or absent).
-            *addr = w.as_mut_slice().as_mut_ptr() as u64;
-        }
-    }
+    let addrs: Vec<u64> = bufs.iter_mut().map(Storage::addr).collect();
     let t0 = std::time::Instant::now();
     for l in &prog.launches {
         let k = prog.kernels.get(l.kernel).ok_or_else(|| TileError::Program("launch of a missing kernel".into()))?;
@@ -286,7 +325,7 @@ pub fn run_timed(
         for a in &l.args {
             args.push(match a {
                 Arg::Buffer(i) => {
-                    bufs.get(*i).ok_or_else(|| TileError::Program(format!("buffer {i} does not exist")))?.1
+                    *addrs.get(*i).ok_or_else(|| TileError::Program(format!("buffer {i} does not exist")))?
                 }
                 Arg::Size(c) => (c.eval(&sizes) as i32) as i64 as u64,
                 Arg::Float(x) => (*x as f32).to_bits() as u64,
@@ -307,14 +346,13 @@ pub fn run_timed(
     }
     let launches_s = t0.elapsed().as_secs_f64();
     let mut out = BTreeMap::new();
-    for (b, (words, _)) in prog.buffers.iter().zip(bufs) {
-        if let (BufferRole::Output(name), Some(mut words)) = (&b.role, words) {
+    for (b, storage) in prog.buffers.iter().zip(bufs) {
+        if let BufferRole::Output(name) = &b.role {
             let shape = b.shape.iter().map(|c| c.eval(&sizes) as usize).collect();
-            let words = words.as_mut_slice();
-            let data = if b.dtype.is_float() {
-                Data::F32(words.par_iter().with_min_len(COPY_PIECE).map(|w| f32::from_bits(*w)).collect())
-            } else {
-                Data::I32(words.par_iter().with_min_len(COPY_PIECE).map(|w| *w as i32).collect())
+            let data = match storage {
+                Storage::F32(v) => Data::F32(v),
+                Storage::I32(v) => Data::I32(v),
+                _ => return Err(TileError::Program(format!("output `{name}` has no buffer of its own"))),
             };
             out.insert(name.clone(), HostTensor { shape, data });
         }
