@@ -257,8 +257,8 @@ fn written_buffers(prog: &Program) -> Vec<bool> {
 /// The address of an input's own data, where the kernels may read it in
 /// place: no kernel stores to the buffer, and its words would be the
 /// tensor's values as they are (f32 bits into a float buffer of 32-bit words,
-/// i32 into an integer one: what [`copy_in`] writes) and as many. Then nothing is copied (a decode step's state is most of what it
-/// reads).
+/// i32 into an integer one: what [`copy_in`] writes) and as many. Then
+/// nothing is copied (a decode step's state is most of what it reads).
 fn in_place(t: &HostTensor, dtype: DType, n: usize) -> Option<u64> {
     match &t.data {
         Data::F32(v) if dtype.is_float() && !crate::layout::is_half(dtype) && v.len() == n => Some(v.as_ptr() as u64),

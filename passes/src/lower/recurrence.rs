@@ -922,8 +922,9 @@ fn diagonal_by_exps(kb: &mut KernelBuilder, sh: Shape, q: TValue, k: TValue, gam
 /// ([`Schedule::decay_products`]): row by row `i` of the sub-chunk starting
 /// at token `t0`, `U_j ← U_j ⊙ e^(g_i)` for every row, then `U_i ← k_i`, so
 /// that `U_j = k_j ⊙ e^(Γ_i − Γ_j)` for `j ≤ i`, and row `i` of `P` is
-/// `U·q_i`. Rows `j > i` of `U` hold what is never read unmasked (the
-/// products never multiply a score: they are selected away).
+/// `U·q_i`. Rows `j > i` of `U` hold leftovers whose scores the causal
+/// mask then selects away (a select, so not even an overflow there can
+/// reach the output).
 ///
 /// [`Schedule::decay_products`]: crate::Schedule::decay_products
 fn diagonal_by_products(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape, t0: TValue, k: TValue) -> Res<TValue> {
