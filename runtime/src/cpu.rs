@@ -215,7 +215,7 @@ impl Storage {
 /// by the threads that fill them).
 fn poisoned<T: Copy + Default + Send + Sync>(n: usize, x: T) -> Vec<T> {
     let mut v = vec![T::default(); n];
-    v.par_chunks_mut(COPY_PIECE).for_each(|c| c.fill(x));
+    par_fill(&mut v, x);
     v
 }
 
@@ -226,14 +226,21 @@ const COPY_PIECE: usize = 1 << 16;
 /// buffer holds, on every core.
 fn copy_in(dst: &mut [u32], t: &HostTensor, dtype: DType) {
     match &t.data {
-        Data::F32(v) => dst.par_chunks_mut(COPY_PIECE).zip(v.par_chunks(COPY_PIECE)).for_each(|(d, x)| {
-            d.iter_mut().zip(x).for_each(|(d, x)| *d = crate::layout::stored_value(dtype, *x).to_bits())
-        }),
-        Data::I32(v) => dst
-            .par_chunks_mut(COPY_PIECE)
-            .zip(v.par_chunks(COPY_PIECE))
-            .for_each(|(d, x)| d.iter_mut().zip(x).for_each(|(d, x)| *d = *x as u32)),
+        Data::F32(v) => par_convert(dst, v, |x| crate::layout::stored_value(dtype, *x).to_bits()),
+        Data::I32(v) => par_convert(dst, v, |x| *x as u32),
     }
+}
+
+/// `dst[i] = f(src[i])`, in pieces spread over the cores.
+fn par_convert<S: Sync, D: Send>(dst: &mut [D], src: &[S], f: impl Fn(&S) -> D + Sync) {
+    dst.par_chunks_mut(COPY_PIECE)
+        .zip(src.par_chunks(COPY_PIECE))
+        .for_each(|(d, x)| d.iter_mut().zip(x).for_each(|(d, x)| *d = f(x)));
+}
+
+/// Every element of `dst` set to `x`, in pieces spread over the cores.
+fn par_fill<T: Copy + Send + Sync>(dst: &mut [T], x: T) {
+    dst.par_chunks_mut(COPY_PIECE).for_each(|c| c.fill(x));
 }
 
 /// The buffers some kernel of `prog` stores to (by index).
@@ -307,7 +314,7 @@ pub fn run_timed(
             BufferRole::Output(_) => Storage::I32(poisoned(n, POISON as i32)),
             BufferRole::Temp => {
                 let mut w = Words::new(n);
-                w.as_mut_slice().par_chunks_mut(COPY_PIECE).for_each(|c| c.fill(POISON));
+                par_fill(w.as_mut_slice(), POISON);
                 Storage::Words(w)
             }
         });
