@@ -302,7 +302,13 @@ impl CompiledMixer {
 
     /// Checks names, shapes and dtypes of the inputs against the graph.
     pub fn check_inputs(&self, inputs: &BTreeMap<String, HostTensor>) -> Result<(), Error> {
-        let shapes = inputs.iter().map(|(n, t)| (n.clone(), t.shape.clone())).collect();
+        self.check_tensors(&inputs.iter().map(|(n, t)| (n.as_str(), t)).collect(), &[])
+    }
+
+    /// [`check_inputs`](Self::check_inputs) on named tensors; those named in
+    /// `unscanned` are not scanned for NaN (caches this mixer wrote).
+    fn check_tensors(&self, inputs: &BTreeMap<&str, &HostTensor>, unscanned: &[&str]) -> Result<(), Error> {
+        let shapes = inputs.iter().map(|(n, t)| (n.to_string(), t.shape.clone())).collect();
         mixc_ir::interp::check_shapes(&self.graph, &shapes)
             .map_err(|e| Error::Inputs { mixer: self.name.clone(), msg: e.to_string() })?;
         for (name, v, _) in self.graph.inputs() {
@@ -319,7 +325,7 @@ impl CompiledMixer {
                     ),
                 });
             }
-            if !exec::all_finite(t) {
+            if !unscanned.contains(&name) && !exec::all_finite(t) {
                 return Err(Error::Inputs {
                     mixer: self.name.clone(),
                     msg: format!("input `{name}` holds NaN or infinity"),
@@ -340,6 +346,38 @@ impl CompiledMixer {
     pub fn decode_step(&self, inputs: &BTreeMap<String, HostTensor>) -> Result<BTreeMap<String, HostTensor>, Error> {
         self.check_inputs(inputs)?;
         self.execute(true, inputs)
+    }
+
+    /// [`run`](Self::run) (`decode` false) or [`decode_step`](Self::decode_step)
+    /// with more inputs in `grow` that may grow in place: on the CPU an
+    /// attention layer's KV cache passed there grows in its own storage (the
+    /// old rows not copied: a decode step costs the new row, not the whole
+    /// cache), and its `k_cache` / `v_cache` output is then not in the
+    /// returned map but in the tensor itself. An output that is in the map
+    /// is the new value as usual. On an error `grow` is as it was.
+    pub fn run_growing(
+        &self,
+        decode: bool,
+        inputs: &BTreeMap<String, HostTensor>,
+        grow: &mut BTreeMap<String, &mut HostTensor>,
+    ) -> Result<BTreeMap<String, HostTensor>, Error> {
+        let all: BTreeMap<&str, &HostTensor> =
+            inputs.iter().map(|(n, t)| (n.as_str(), t)).chain(grow.iter().map(|(n, t)| (n.as_str(), &**t))).collect();
+        let unscanned: Vec<&str> = grow.keys().map(String::as_str).collect();
+        self.check_tensors(&all, &unscanned)?;
+        match &self.exec {
+            Exec::Host(engine) => {
+                let prog = if decode { &self.decode } else { &self.prefill };
+                exec::run_program_growing(prog, inputs, grow, *engine)
+                    .map_err(|e| Error::Run { mixer: self.name.clone(), msg: e.to_string() })
+            }
+            #[cfg(feature = "cuda")]
+            Exec::Gpu(_) => {
+                let mut all = inputs.clone();
+                all.extend(grow.iter().map(|(n, t)| (n.clone(), (**t).clone())));
+                self.execute(decode, &all)
+            }
+        }
     }
 
     /// Runs the decode-step or the prefill program on checked inputs.

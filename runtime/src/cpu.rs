@@ -17,7 +17,7 @@ use crate::disk_cache::DiskCache;
 use crate::tensor::{Data, HostTensor};
 use mixc_backend_cpu::CpuKernel;
 use mixc_ir::interp::Tensor;
-use mixc_ir::tile::{Arg, BufferRole, Kernel, Program, TOp, TileError};
+use mixc_ir::tile::{Arg, BufferRole, Kernel, PrefixCopy, Program, TOp, TileError};
 use mixc_ir::DType;
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
@@ -286,16 +286,150 @@ pub fn run_timed(
     prog: &Program,
     inputs: &BTreeMap<String, HostTensor>,
 ) -> Result<(BTreeMap<String, HostTensor>, f64), TileError> {
+    let view: BTreeMap<&str, &HostTensor> = inputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let sizes = bind(prog, &view)?;
+    let mut bufs = storages(prog, &view, &sizes, &mut Adopted::default());
+    let seconds = launch_all(prog, &sizes, &mut bufs, &[])?;
+    Ok((outputs(prog, &sizes, bufs, &[])?, seconds))
+}
+
+/// [`run`] with more inputs in `grow`, which may grow in place: an input
+/// that a launch only copies into the leading elements of an f32 output (the
+/// old rows of a KV cache append at batch one: a
+/// [`PrefixCopy`](mixc_ir::tile::PrefixCopy)) becomes that output in its
+/// own storage — resized, which leaves room to spare, so most appends find
+/// their rows there already — and the copy is skipped: an append costs its
+/// new rows, not the whole cache. Such an output is not in the returned map:
+/// the tensor in `grow` holds it (its shape too). On an error every tensor
+/// of `grow` is as it was.
+pub fn run_growing(
+    prog: &Program,
+    inputs: &BTreeMap<String, HostTensor>,
+    grow: &mut BTreeMap<String, &mut HostTensor>,
+) -> Result<BTreeMap<String, HostTensor>, TileError> {
+    let sizes = {
+        let view: BTreeMap<&str, &HostTensor> =
+            inputs.iter().map(|(n, t)| (n.as_str(), t)).chain(grow.iter().map(|(n, t)| (n.as_str(), &**t))).collect();
+        bind(prog, &view)?
+    };
+    // Take the adopted inputs' values out of their tensors, grown.
+    let mut adopted = Adopted::default();
+    let mut taken: Vec<(String, usize, usize)> = Vec::new();
+    for (launch, pc, name) in adoptable(prog, grow, &sizes) {
+        let n_to = numel(prog, pc.to, &sizes);
+        let Some(Data::F32(v)) = grow.get_mut(&name).map(|t| &mut t.data) else { continue };
+        let mut v = std::mem::take(v);
+        let old = v.len();
+        // The rows other launches write start poisoned, as a fresh output's would.
+        v.resize(n_to, f32::from_bits(POISON));
+        adopted.outputs.insert(pc.to, v);
+        adopted.inputs.push(pc.from);
+        adopted.skipped.push(launch);
+        taken.push((name, pc.to, old));
+    }
+    let view: BTreeMap<&str, &HostTensor> = inputs
+        .iter()
+        .map(|(n, t)| (n.as_str(), t))
+        .chain(grow.iter().filter(|(n, _)| !taken.iter().any(|(t, _, _)| t == *n)).map(|(n, t)| (n.as_str(), &**t)))
+        .collect();
+    let mut bufs = storages(prog, &view, &sizes, &mut adopted);
+    let skipped = adopted.skipped;
+    let ran = launch_all(prog, &sizes, &mut bufs, &skipped);
+    // Hand the adopted storage back: the output on success, the input's old
+    // values (the leading ones, never written) on an error.
+    for (name, to, old) in &taken {
+        let Some(slot) = bufs.get_mut(*to) else { continue };
+        let Storage::F32(v) = std::mem::replace(slot, Storage::InPlace(0)) else { continue };
+        let Some(t) = grow.get_mut(name) else { continue };
+        let mut v = v;
+        match &ran {
+            Ok(_) => t.shape = buffer_shape(prog, *to, &sizes),
+            Err(_) => v.truncate(*old),
+        }
+        t.data = Data::F32(v);
+    }
+    ran?;
+    let held: Vec<usize> = taken.iter().map(|(_, to, _)| *to).collect();
+    outputs(prog, &sizes, bufs, &held)
+}
+
+fn bind(prog: &Program, inputs: &BTreeMap<&str, &HostTensor>) -> Result<Vec<u64>, TileError> {
     let shapes: BTreeMap<String, Tensor> =
-        inputs.iter().map(|(n, t)| (n.clone(), Tensor { shape: t.shape.clone(), data: vec![] })).collect();
-    let sizes = prog.bind(&shapes)?;
+        inputs.iter().map(|(n, t)| (n.to_string(), Tensor { shape: t.shape.clone(), data: vec![] })).collect();
+    prog.bind(&shapes)
+}
+
+fn buffer_shape(prog: &Program, b: usize, sizes: &[u64]) -> Vec<usize> {
+    prog.buffers.get(b).map_or(Vec::new(), |b| b.shape.iter().map(|c| c.eval(sizes) as usize).collect())
+}
+
+fn numel(prog: &Program, b: usize, sizes: &[u64]) -> usize {
+    buffer_shape(prog, b, sizes).iter().product()
+}
+
+/// Inputs taken over by outputs ([`run_growing`]).
+#[derive(Default)]
+struct Adopted {
+    /// Output buffer → its storage: the input's values, grown to the output's size.
+    outputs: BTreeMap<usize, Vec<f32>>,
+    /// Input buffers given away (no launch reads them any more).
+    inputs: Vec<usize>,
+    /// Launches not to run (their copies are in place already).
+    skipped: Vec<usize>,
+}
+
+/// The prefix copies of `prog` that can happen in place at `sizes`, with
+/// the launch and the name of the input in `grow`: `from` an f32 input read
+/// by no other launch, `to` an f32 output (one copy into each at most)
+/// whose leading elements the copy fills.
+fn adoptable(
+    prog: &Program,
+    grow: &BTreeMap<String, &mut HostTensor>,
+    sizes: &[u64],
+) -> Vec<(usize, PrefixCopy, String)> {
+    let reads = |b: usize| prog.launches.iter().filter(|l| l.args.contains(&Arg::Buffer(b))).count();
+    let mut found: Vec<(usize, PrefixCopy, String)> = Vec::new();
+    for (li, l) in prog.launches.iter().enumerate() {
+        let Some(pc) = &l.prefix_copy else { continue };
+        let (Some(from), Some(to)) = (prog.buffers.get(pc.from), prog.buffers.get(pc.to)) else { continue };
+        let (BufferRole::Input { name, .. }, BufferRole::Output(_)) = (&from.role, &to.role) else { continue };
+        let n_from = numel(prog, pc.from, sizes);
+        let usable = from.dtype == DType::F32
+            && to.dtype == DType::F32
+            && pc.is_prefix(prog, sizes)
+            && reads(pc.from) == 1
+            && n_from <= numel(prog, pc.to, sizes)
+            && !found.iter().any(|(_, p, n)| p.to == pc.to || n == name)
+            && grow.get(name).is_some_and(|t| matches!(&t.data, Data::F32(v) if v.len() == n_from));
+        if usable {
+            found.push((li, pc.clone(), name.clone()));
+        }
+    }
+    found
+}
+
+/// Every buffer's storage for a run at `sizes` (adopted ones from `adopted`).
+fn storages(
+    prog: &Program,
+    inputs: &BTreeMap<&str, &HostTensor>,
+    sizes: &[u64],
+    adopted: &mut Adopted,
+) -> Vec<Storage> {
     let written = written_buffers(prog);
     let mut bufs: Vec<Storage> = Vec::with_capacity(prog.buffers.len());
-    for (b, written) in prog.buffers.iter().zip(&written) {
-        let n: usize = b.shape.iter().map(|c| c.eval(&sizes) as usize).product();
+    for (bi, (b, written)) in prog.buffers.iter().zip(&written).enumerate() {
+        let n = numel(prog, bi, sizes);
+        if let Some(v) = adopted.outputs.remove(&bi) {
+            bufs.push(Storage::F32(v));
+            continue;
+        }
+        if adopted.inputs.contains(&bi) {
+            bufs.push(Storage::Words(Words::new(0)));
+            continue;
+        }
         bufs.push(match &b.role {
             BufferRole::Input { name, .. } => {
-                let input = inputs.get(name);
+                let input = inputs.get(name.as_str()).copied();
                 match input.filter(|_| !written).and_then(|t| in_place(t, b.dtype, n)) {
                     Some(addr) => Storage::InPlace(addr),
                     None => {
@@ -319,12 +453,21 @@ pub fn run_timed(
             }
         });
     }
+    bufs
+}
+
+/// Runs the launches of `prog` (but those `skipped`) on `bufs`; returns the
+/// seconds they took.
+fn launch_all(prog: &Program, sizes: &[u64], bufs: &mut [Storage], skipped: &[usize]) -> Result<f64, TileError> {
     let addrs: Vec<u64> = bufs.iter_mut().map(Storage::addr).collect();
     let t0 = std::time::Instant::now();
-    for l in &prog.launches {
+    for (li, l) in prog.launches.iter().enumerate() {
+        if skipped.contains(&li) {
+            continue;
+        }
         let k = prog.kernels.get(l.kernel).ok_or_else(|| TileError::Program("launch of a missing kernel".into()))?;
         let ck = compiled(k)?;
-        let grid = [0, 1, 2].map(|i| l.grid[i].eval(&sizes) as usize);
+        let grid = [0, 1, 2].map(|i| l.grid[i].eval(sizes) as usize);
         if grid.contains(&0) {
             continue;
         }
@@ -334,7 +477,7 @@ pub fn run_timed(
                 Arg::Buffer(i) => {
                     *addrs.get(*i).ok_or_else(|| TileError::Program(format!("buffer {i} does not exist")))?
                 }
-                Arg::Size(c) => (c.eval(&sizes) as i32) as i64 as u64,
+                Arg::Size(c) => (c.eval(sizes) as i32) as i64 as u64,
                 Arg::Float(x) => (*x as f32).to_bits() as u64,
             });
         }
@@ -351,20 +494,32 @@ pub fn run_timed(
             })
         });
     }
-    let launches_s = t0.elapsed().as_secs_f64();
+    Ok(t0.elapsed().as_secs_f64())
+}
+
+/// The outputs of a run, as the tensors their buffers are (but the buffers
+/// `held` elsewhere).
+fn outputs(
+    prog: &Program,
+    sizes: &[u64],
+    bufs: Vec<Storage>,
+    held: &[usize],
+) -> Result<BTreeMap<String, HostTensor>, TileError> {
     let mut out = BTreeMap::new();
-    for (b, storage) in prog.buffers.iter().zip(bufs) {
+    for (bi, (b, storage)) in prog.buffers.iter().zip(bufs).enumerate() {
+        if held.contains(&bi) {
+            continue;
+        }
         if let BufferRole::Output(name) = &b.role {
-            let shape = b.shape.iter().map(|c| c.eval(&sizes) as usize).collect();
             let data = match storage {
                 Storage::F32(v) => Data::F32(v),
                 Storage::I32(v) => Data::I32(v),
                 _ => return Err(TileError::Program(format!("output `{name}` has no buffer of its own"))),
             };
-            out.insert(name.clone(), HostTensor { shape, data });
+            out.insert(name.clone(), HostTensor { shape: buffer_shape(prog, bi, sizes), data });
         }
     }
-    Ok((out, launches_s))
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -418,7 +573,12 @@ mod tests {
         let yb = prog.add_buffer("y", DType::F32, vec![Count::Const(n)], BufferRole::Output("y".into()));
         let ki = prog.add_kernel(k);
         let grid = [Count::Const(programs), Count::Const(1), Count::Const(1)];
-        prog.launches.push(Launch { kernel: ki, grid, args: vec![Arg::Buffer(xb), Arg::Buffer(yb)] });
+        prog.launches.push(Launch {
+            kernel: ki,
+            grid,
+            args: vec![Arg::Buffer(xb), Arg::Buffer(yb)],
+            prefix_copy: None,
+        });
         let frame = compiled(&prog.kernels[0]).unwrap_or_else(|e| panic!("{e}")).frame_bytes();
         assert!(frame >= (rows * cols * 4) as usize && stack_for(frame) > frame, "frame {frame}");
         let x = input(n as usize);
@@ -447,9 +607,15 @@ mod tests {
                     kernel: ki,
                     grid: one.clone(),
                     args: vec![Arg::Buffer(xb), Arg::Buffer(xb)],
+                    prefix_copy: None,
                 });
             }
-            prog.launches.push(Launch { kernel: ki, grid: one, args: vec![Arg::Buffer(xb), Arg::Buffer(yb)] });
+            prog.launches.push(Launch {
+                kernel: ki,
+                grid: one,
+                args: vec![Arg::Buffer(xb), Arg::Buffer(yb)],
+                prefix_copy: None,
+            });
             prog
         };
         // Small values: `e^(e^x)` stays within the comparison's 1e-6.
@@ -515,6 +681,74 @@ mod tests {
             assert!(dc.load(&key).is_some(), "{what}: entry not rebuilt");
         }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A KV append at batch one grows the cache in its own storage (the
+    /// copy of the old rows skipped), with the results of the copying run
+    /// bit for bit; at batch two everything is copied as before; and a run
+    /// that fails after taking a cache over hands it back as it was.
+    #[test]
+    fn kv_caches_grow_in_place_at_batch_one() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/llama.toml");
+        let file = mixc_ir::model::load_model(&path).unwrap_or_else(|e| panic!("{e}"));
+        let g = mixc_ir::mixers::build("attn", &file.mixer["attn"]).unwrap_or_else(|e| panic!("{e}"));
+        let sched = mixc_passes::Schedule::decode_for(mixc_passes::device::DeviceKind::Cpu);
+        let prog = mixc_passes::lower(&g, &sched).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(prog.launches.iter().filter(|l| l.prefix_copy.is_some()).count(), 2, "keys and values");
+        let values = |n: usize, salt: usize| -> Vec<f32> {
+            (0..n).map(|i| (((i * 31 + salt * 17) % 61) as f32 - 30.0) / 20.0).collect()
+        };
+        // models/llama.toml: 4 query heads, 2 key/value heads of 16.
+        let (h, hkv, d, s, t) = (4usize, 2usize, 16usize, 37usize, 1usize);
+        for b in [1usize, 2] {
+            let new = |name: &str, heads: usize, salt| {
+                (name.to_string(), HostTensor::f32(vec![b, t, heads, d], values(b * t * heads * d, salt)))
+            };
+            let ins = BTreeMap::from([
+                new("q", h, 1),
+                new("k", hkv, 2),
+                new("v", hkv, 3),
+                ("offset".to_string(), HostTensor { shape: vec![], data: Data::I32(vec![s as i32]) }),
+            ]);
+            let cache = |salt| {
+                let mut v = Vec::with_capacity(b * (s + 8) * hkv * d);
+                v.extend(values(b * s * hkv * d, salt));
+                HostTensor::f32(vec![b, s, hkv, d], v)
+            };
+            let (kc0, vc0) = (cache(4), cache(5));
+            let mut all = ins.clone();
+            all.insert("k_cache".into(), kc0.clone());
+            all.insert("v_cache".into(), vc0.clone());
+            let want = run(&prog, &all).unwrap_or_else(|e| panic!("{e}"));
+
+            // Fresh ones, with room for 8 more rows (a clone has none).
+            let (mut kc, mut vc) = (cache(4), cache(5));
+            let kc_addr = match &kc.data {
+                Data::F32(v) => v.as_ptr(),
+                Data::I32(_) => panic!("float cache"),
+            };
+            let mut grow = BTreeMap::from([("k_cache".to_string(), &mut kc), ("v_cache".to_string(), &mut vc)]);
+            let got = run_growing(&prog, &ins, &mut grow).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(got["o"], want["o"], "batch {b}");
+            if b == 1 {
+                assert!(!got.contains_key("k_cache") && !got.contains_key("v_cache"), "batch 1: caches in place");
+                assert_eq!((&kc, &vc), (&want["k_cache"], &want["v_cache"]));
+                let Data::F32(v) = &kc.data else { panic!("float cache") };
+                assert_eq!(v.as_ptr(), kc_addr, "the cache grew in its own storage");
+            } else {
+                assert_eq!((&got["k_cache"], &got["v_cache"]), (&want["k_cache"], &want["v_cache"]));
+                assert_eq!((&kc, &vc), (&kc0, &vc0), "batch 2: the caches are inputs as before");
+            }
+
+            // A run that fails after the caches were taken over leaves them as they were.
+            let mut broken = prog.clone();
+            let grid = [Count::Const(1), Count::Const(1), Count::Const(1)];
+            broken.launches.push(Launch { kernel: usize::MAX, grid, args: vec![], prefix_copy: None });
+            let (mut kc, mut vc) = (kc0.clone(), vc0.clone());
+            let mut grow = BTreeMap::from([("k_cache".to_string(), &mut kc), ("v_cache".to_string(), &mut vc)]);
+            assert!(run_growing(&broken, &ins, &mut grow).is_err());
+            assert_eq!((&kc, &vc), (&kc0, &vc0), "batch {b}: the caches after a failed run");
+        }
     }
 
     /// JIT time of every distinct kernel of models/lizard.toml (prefill and

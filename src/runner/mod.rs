@@ -146,6 +146,9 @@ impl Stored {
     }
 }
 
+/// One layer's carried tensors, by input name.
+type LayerCache = BTreeMap<String, Stored>;
+
 /// Whether a carried input is an attention KV cache (`k_cache`, `s_v_cache`, ...).
 fn is_kv_cache(name: &str) -> bool {
     name.ends_with("k_cache") || name.ends_with("v_cache")
@@ -155,7 +158,7 @@ fn is_kv_cache(name: &str) -> bool {
 /// state, KV cache, convolution tail) and the position of its next token.
 #[derive(Debug, Default)]
 pub struct Cache {
-    layers: Vec<BTreeMap<String, Stored>>,
+    layers: Vec<LayerCache>,
     position: usize,
     /// Sequences stacked along the batch axis of every carried tensor (0 or
     /// 1: one sequence; see [`Model::new_batch_cache`]).
@@ -732,6 +735,47 @@ impl Model {
             }
             x.extend_from_slice(&embed[i * d..(i + 1) * d]);
         }
+        // KV caches grown in place by this call: (layer, name, shape before).
+        let mut grown: Vec<(usize, String, Vec<usize>)> = Vec::new();
+        match self.layers_in(cache, x, t, decode, &mut grown) {
+            Ok((new_states, logits)) => {
+                let mut old = std::mem::replace(&mut cache.layers, new_states);
+                for (li, name, _) in grown {
+                    let kept = old.get_mut(li).and_then(|l| l.remove(&name));
+                    if let (Some(kept), Some(layer)) = (kept, cache.layers.get_mut(li)) {
+                        layer.insert(name, kept);
+                    }
+                }
+                cache.position += t;
+                Ok(logits)
+            }
+            Err(e) => {
+                // Leave the caches as they were: a grown cache keeps its old rows first.
+                for (li, name, shape) in grown {
+                    if let Some(Stored::Plain(t)) = cache.layers.get_mut(li).and_then(|l| l.get_mut(&name)) {
+                        if let Data::F32(v) = &mut t.data {
+                            v.truncate(shape.iter().product());
+                        }
+                        t.shape = shape;
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The layers and the head of [`Model::forward_in`] on the embedded
+    /// tokens `x` (`t` of them): every layer's new carried tensors (but the
+    /// KV caches grown in place in `cache`, listed in `grown`) and the logits.
+    fn layers_in(
+        &self,
+        cache: &mut Cache,
+        mut x: Vec<f32>,
+        t: usize,
+        decode: bool,
+        grown: &mut Vec<(usize, String, Vec<usize>)>,
+    ) -> Result<(Vec<LayerCache>, Vec<f32>), Error> {
+        let (d, vocab) = (self.cfg.d_model as usize, self.cfg.vocab as usize);
         let mut new_states = Vec::with_capacity(self.layers.len());
         for (li, &mi) in self.layers.iter().enumerate() {
             let LoadedMixer { mixer, feeds, o_shape } = &self.mixers[mi];
@@ -758,11 +802,14 @@ impl Model {
                             self.weights.get(&key).ok_or_else(|| Error::Usage(format!("weights: missing `{key}`")))?;
                         inputs.insert(name.clone(), w.clone());
                     }
-                    Feed::Carried => {
-                        if let Some(s) = cache.layers.get(li).and_then(|l| l.get(name)) {
+                    Feed::Carried => match cache.layers.get(li).and_then(|l| l.get(name)) {
+                        // A plain KV cache grows in place (below).
+                        Some(Stored::Plain(_)) if is_kv_cache(name) => {}
+                        Some(s) => {
                             inputs.insert(name.clone(), s.tensor()?);
                         }
-                    }
+                        None => {}
+                    },
                     Feed::Offset => {
                         inputs.insert(
                             name.clone(),
@@ -771,7 +818,25 @@ impl Model {
                     }
                 }
             }
-            let outs = if decode { mixer.decode_step(&inputs)? } else { mixer.run(&inputs)? };
+            let mut grow: BTreeMap<String, &mut HostTensor> = BTreeMap::new();
+            let mut before: Vec<(String, Vec<usize>)> = Vec::new();
+            if let Some(layer) = cache.layers.get_mut(li) {
+                for (name, s) in layer.iter_mut() {
+                    if let Stored::Plain(t) = s {
+                        if is_kv_cache(name) && feeds.iter().any(|(n, f)| n == name && matches!(f, Feed::Carried)) {
+                            before.push((name.clone(), t.shape.clone()));
+                            grow.insert(name.clone(), t);
+                        }
+                    }
+                }
+            }
+            let outs = mixer.run_growing(decode, &inputs, &mut grow)?;
+            drop(grow);
+            for (name, shape) in before {
+                if !outs.contains_key(&name) {
+                    grown.push((li, name, shape));
+                }
+            }
             let mut state = BTreeMap::new();
             let mut o = Vec::new();
             for (name, v) in outs {
@@ -818,9 +883,7 @@ impl Model {
         let h = self.norm(&x, "norm")?;
         let head = if self.cfg.tie_embeddings { "embed.weight" } else { "lm_head.weight" };
         let logits = matmul(&h, t, self.tensor(head, &[vocab, d])?, vocab, d);
-        cache.layers = new_states;
-        cache.position += t;
-        Ok(logits)
+        Ok((new_states, logits))
     }
 
     /// Why the sequences of a batch cannot be decoded side by side

@@ -338,7 +338,8 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 24, max_shrink_iters: 16, ..ProptestConfig::default() })]
 
     /// Attention split over keys (`Schedule::kv_split`: partial results per
-    /// run of keys, then a kernel combining them) in every mixer of the
+    /// run of keys, then a kernel combining them; or not split), in query
+    /// blocks of one row and of 16, in every mixer of the
     /// library that attends: decode steps and short prefills against a cache
     /// (`S`, random contents) of ragged length, empty, shorter than a split
     /// and longer than several, against both interpreters.
@@ -350,13 +351,15 @@ proptest! {
         s in prop::sample::select(vec![0usize, 1, 15, 16, 33, 70, 130]),
         d in prop::sample::select(vec![16usize, 17, 24]),
         block_k in prop::sample::select(vec![16u32, 32]),
-        splits_per_block in prop::sample::select(vec![1u32, 2, 3]),
+        splits_per_block in prop::sample::select(vec![0u32, 1, 2, 3]),
+        // 1: the CPU's decode steps (`Schedule::decode_for`).
+        block_q in prop::sample::select(vec![1u32, 16]),
         seed: u64,
     ) {
         let lib = library(16, 16, d);
         let (name, text) = &lib[which];
         let g = build(text);
-        let sched = Schedule { block_k, kv_split: block_k * splits_per_block, ..Schedule::decode() };
+        let sched = Schedule { block_k, block_q, kv_split: block_k * splits_per_block, ..Schedule::decode() };
         let ins = random_inputs(&g, &BTreeMap::from([("B", b), ("T", t), ("S", s)]), seed, true);
         check(name, &g, &sched, &ins);
     }

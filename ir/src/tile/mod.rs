@@ -22,7 +22,7 @@ pub mod text;
 pub mod verify;
 
 pub use build::KernelBuilder;
-pub use program::{Arg, BufferDecl, BufferRole, Count, Launch, Program};
+pub use program::{Arg, BufferDecl, BufferRole, Count, Launch, PrefixCopy, Program};
 
 use crate::dtype::DType;
 use crate::ops::{BinaryFn, ReduceFn, UnaryFn};

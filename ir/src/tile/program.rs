@@ -78,6 +78,32 @@ pub struct Launch {
     pub kernel: usize,
     pub grid: [Count; 3],
     pub args: Vec<Arg>,
+    /// Set when all the launch does is copy one buffer into the leading rows
+    /// of another (the old rows of a KV cache append): see [`PrefixCopy`].
+    pub prefix_copy: Option<PrefixCopy>,
+}
+
+/// A launch that copies buffer `from` whole into buffer `to` at rows
+/// `0..` along `axis` (the rest of `to` written by other launches). Where
+/// every axis of `to` before `axis` has size 1, those elements are the
+/// leading `numel(from)` of `to` in memory, in the same order, so a runtime
+/// may keep `to` in `from`'s storage (grown, with room to spare) and skip
+/// the launch: an append then writes only the new rows.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PrefixCopy {
+    pub from: usize,
+    pub to: usize,
+    pub axis: usize,
+}
+
+impl PrefixCopy {
+    /// Whether `to`'s rows before `axis` are one row (so the copy is a
+    /// prefix in memory) at these sizes.
+    pub fn is_prefix(&self, prog: &Program, sizes: &[u64]) -> bool {
+        prog.buffers
+            .get(self.to)
+            .is_some_and(|b| b.shape.len() > self.axis && b.shape[..self.axis].iter().all(|c| c.eval(sizes) == 1))
+    }
 }
 
 /// Kernels, buffers and launches: everything a backend needs to run a mixer.

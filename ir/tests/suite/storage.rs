@@ -30,7 +30,7 @@ fn triple(n: u32, bufs: (DType, DType), ptrs: (DType, DType)) -> Program {
     let yb = p.add_buffer("y", bufs.1, vec![Count::Const(n as u64)], BufferRole::Output("y".into()));
     let ki = p.add_kernel(k);
     let grid = [Count::Const(1), Count::Const(1), Count::Const(1)];
-    p.launches.push(Launch { kernel: ki, grid, args: vec![Arg::Buffer(xb), Arg::Buffer(yb)] });
+    p.launches.push(Launch { kernel: ki, grid, args: vec![Arg::Buffer(xb), Arg::Buffer(yb)], prefix_copy: None });
     p
 }
 

@@ -138,7 +138,7 @@ impl<'g> Lowering<'g> {
         }
         self.type_pointers(&mut kernel, &args);
         let k = self.prog.add_kernel(kernel);
-        self.prog.launches.push(Launch { kernel: k, grid, args });
+        self.prog.launches.push(Launch { kernel: k, grid, args, prefix_copy: None });
         Ok(())
     }
 

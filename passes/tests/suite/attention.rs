@@ -201,14 +201,17 @@ fn kv_split_round_trips_through_serialized_schedules() {
     assert_ne!(back, gpu, "kv_split takes part in equality (and so in hashing)");
 }
 
-/// The GPU decode schedule splits attention's keys; the CPU's does not.
+/// The GPU decode schedule splits attention's keys; the CPU's does not, and
+/// takes one query row per program.
 #[test]
 fn decode_schedules_split_keys_on_the_gpu_only() {
     use mixc_passes::device::DeviceKind;
     let gpu = Schedule::decode_for(DeviceKind::Gpu);
     assert!(gpu.kv_split > 0 && gpu.validate().is_ok());
     assert_eq!(Schedule::decode_for(DeviceKind::Cpu).kv_split, 0);
-    assert_eq!(Schedule::decode_for(DeviceKind::Cpu), Schedule::decode());
+    let cpu = Schedule::decode_for(DeviceKind::Cpu);
+    assert_eq!(cpu, Schedule { block_q: 1, ..Schedule::decode() });
+    assert!(cpu.validate().is_ok());
 }
 
 /// A decode step (one query) and a prefill against a long cache, with every mask.

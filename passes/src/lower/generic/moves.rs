@@ -2,15 +2,17 @@
 //! retention, gather and scatter. Each is a flat kernel that computes, per
 //! element, where it comes from (or goes to).
 //!
-//! Speedups left for later: a reshape could alias its operand's buffer instead
-//! of copying; cache appends could write the new rows in place.
+//! A KV append's copy of the old cache is marked ([`PrefixCopy`]): a runtime
+//! that keeps the result in the cache's own storage skips it, and the append
+//! writes only the new rows. Left for later: a reshape could alias its
+//! operand's buffer instead of copying.
 
 use super::super::Lowering;
 use super::kern::{self, Kern, R};
 use mixc_ir::dims::DimId;
 use mixc_ir::graph::{OpNode, ValueId};
 use mixc_ir::ops::OpKind;
-use mixc_ir::tile::{Count, TValue};
+use mixc_ir::tile::{Count, PrefixCopy, TValue};
 
 /// Copies `n` elements from buffer `from` to buffer `to`.
 pub fn copy(lw: &mut Lowering, from: usize, to: usize, n: Count) -> R<()> {
@@ -29,7 +31,7 @@ pub fn lower(lw: &mut Lowering, op: &OpNode) -> Option<R<()>> {
     Some(match &op.kind {
         OpKind::Reshape { .. } => reshape(lw, op),
         OpKind::Concat { axis, .. } => concat(lw, op, *axis),
-        OpKind::KvAppend { .. } => concat(lw, op, 1),
+        OpKind::KvAppend { .. } => kv_append(lw, op),
         OpKind::Slice { axis, start, .. } => slice(lw, op, *axis, *start),
         OpKind::WindowRetain { .. } => retain(lw, op, 0),
         OpKind::SinkWindowRetain { sinks, .. } => retain(lw, op, *sinks),
@@ -81,6 +83,20 @@ fn concat(lw: &mut Lowering, op: &OpNode, axis: usize) -> R<()> {
         kern::store(kb, &dst, off, v, sp.mask)?;
         k.launch(lw, kern::numel(&x_dims))?;
         start = Count::plus(start, Count::Dim(along));
+    }
+    Ok(())
+}
+
+/// A concat along the cache's rows whose first launch (the old rows) is
+/// marked as a prefix copy.
+fn kv_append(lw: &mut Lowering, op: &OpNode) -> R<()> {
+    let first = lw.prog.launches.len();
+    concat(lw, op, 1)?;
+    if let (Some(&cache), Some(&out)) = (op.operands.first(), op.results.first()) {
+        let (from, to) = (lw.buffer(cache), lw.buffer(out));
+        if let Some(l) = lw.prog.launches.get_mut(first) {
+            l.prefix_copy = Some(PrefixCopy { from, to, axis: 1 });
+        }
     }
     Ok(())
 }
