@@ -792,7 +792,8 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 
 /// Times a mixer on the CPU backend (not a check): `cargo test -p mixc-backend-cpu
 /// --test main -- --ignored bench --nocapture`, sized by
-/// MIXC_BENCH_{KIND,B,T,H,D,MODE,CHUNK,THREADS,REPS,BLOCK_V,GATE,TOKENS,PRODUCTS}
+/// MIXC_BENCH_{KIND,B,T,H,D,S,MODE,CHUNK,THREADS,REPS,BLOCK_V,BLOCK_Q,BLOCK_K,GATE,TOKENS,PRODUCTS}
+/// (S: cached tokens of attention, with random caches)
 /// (TOKENS: tokens per pass of the step form, MODE=2; PRODUCTS=1: GLA's
 /// diagonal blocks from decay products).
 #[test]
@@ -822,11 +823,17 @@ fn bench() {
         other => table(other, h, d, d, ""),
     };
     let g = build(&text);
-    let sched = Schedule { block_q: 64, block_k: 64, ..schedule(mode, chunk, 64) };
+    let sched = Schedule {
+        block_q: env_or("MIXC_BENCH_BLOCK_Q", 64),
+        block_k: env_or("MIXC_BENCH_BLOCK_K", 64),
+        ..schedule(mode, chunk, 64)
+    };
     let sched = Schedule { block_elems: 1024, block_v: env_or("MIXC_BENCH_BLOCK_V", 0), ..sched };
     let sched = Schedule { step_tokens: if sched.step { env_or("MIXC_BENCH_TOKENS", 1) } else { 1 }, ..sched };
     let sched = Schedule { decay_products: env_or("MIXC_BENCH_PRODUCTS", 0u8) == 1, ..sched };
-    let inputs = random_inputs(&g, &sizes(b, t), 1, false);
+    // S: cached tokens of attention (random keys and values).
+    let cached: usize = env_or("MIXC_BENCH_S", 0);
+    let inputs = random_inputs(&g, &BTreeMap::from([("B", b), ("T", t), ("S", cached)]), 1, cached > 0);
     let prog = lower(&g, &sched).expect("lower");
     let sizes = prog.bind(&inputs).expect("bind");
     let t0 = std::time::Instant::now();
