@@ -803,8 +803,9 @@ impl Model {
                         inputs.insert(name.clone(), w.clone());
                     }
                     Feed::Carried => match cache.layers.get(li).and_then(|l| l.get(name)) {
-                        // A plain KV cache grows in place (below).
-                        Some(Stored::Plain(_)) if is_kv_cache(name) => {}
+                        // Plain tensors are passed where they are (below): a
+                        // state read in place, a KV cache grown in place.
+                        Some(Stored::Plain(_)) => {}
                         Some(s) => {
                             inputs.insert(name.clone(), s.tensor()?);
                         }
@@ -823,7 +824,7 @@ impl Model {
             if let Some(layer) = cache.layers.get_mut(li) {
                 for (name, s) in layer.iter_mut() {
                     if let Stored::Plain(t) = s {
-                        if is_kv_cache(name) && feeds.iter().any(|(n, f)| n == name && matches!(f, Feed::Carried)) {
+                        if feeds.iter().any(|(n, f)| n == name && matches!(f, Feed::Carried)) {
                             before.push((name.clone(), t.shape.clone()));
                             grow.insert(name.clone(), t);
                         }
@@ -832,8 +833,9 @@ impl Model {
             }
             let outs = mixer.run_growing(decode, &inputs, &mut grow)?;
             drop(grow);
+            // Passed in place and not among the outputs: grown in place.
             for (name, shape) in before {
-                if !outs.contains_key(&name) {
+                if !outs.keys().any(|o| carried_input(o).as_deref() == Some(name.as_str())) {
                     grown.push((li, name, shape));
                 }
             }
