@@ -599,6 +599,32 @@ fn decode_after_prefill_equals_longer_prefill_for_every_model() {
     assert!(checked >= 12, "only {checked} models checked");
 }
 
+/// The last position's logits alone (what generation asks for: the head on
+/// one row) are the last row of every position's, and leave the same caches.
+#[test]
+fn last_logits_are_the_last_row_of_all() {
+    use mixc::runner::Logits;
+    for model in ["models/gla.toml", "models/llama.toml", "models/hybrid.toml"] {
+        let f = Path::new(env!("CARGO_MANIFEST_DIR")).join(model);
+        let w = mixc::Model::init_weights(&f, 2).unwrap_or_else(|e| panic!("{e}"));
+        let m = mixc::Model::load(&f, w, mixc::jit::Target::Cpu).unwrap_or_else(|e| panic!("{e}"));
+        let vocab = m.vocab();
+        let ids: Vec<u32> = (0..11).map(|i| (i * 29 + 3) % 200).collect();
+        let (mut a, mut b) = (m.new_cache(), m.new_cache());
+        let all = m.forward_in_logits(&mut a, &ids, false, Logits::All).unwrap_or_else(|e| panic!("{e}"));
+        let last = m.forward_in_logits(&mut b, &ids, false, Logits::Last).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((all.len(), last.len()), (ids.len() * vocab, vocab), "{model}");
+        let tail = &all[(ids.len() - 1) * vocab..];
+        let err = tail.iter().zip(&last).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        let scale = tail.iter().map(|x| x.abs()).fold(0.0f32, f32::max);
+        assert!(err <= 1e-5 * scale.max(1.0), "{model}: {err} (scale {scale})");
+        // The next step from either cache gives the same logits.
+        let x = m.forward_in(&mut a, &[7], true).unwrap_or_else(|e| panic!("{e}"));
+        let y = m.forward_in(&mut b, &[7], true).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(x, y, "{model}");
+    }
+}
+
 /// Recurrent and windowed layers keep a cache whose size does not grow with
 /// the number of generated tokens; full attention's grows.
 #[test]

@@ -695,6 +695,19 @@ impl CudaRunner {
         self.copy_back(buf, n)
     }
 
+    /// Copies the `n` f32 values from word `at` of a device buffer back.
+    pub fn download_f32_at(&self, buf: &CudaSlice<u32>, at: usize, n: usize) -> Result<Vec<f32>, CudaError> {
+        if at.checked_add(n).is_none_or(|end| end > buf.len()) {
+            return Err(CudaError::Program(format!("{n} values from word {at} of a buffer of {}", buf.len())));
+        }
+        let mut words = vec![0u32; n];
+        if n > 0 {
+            // A copy to pageable memory returns once the words have arrived.
+            self.stream.memcpy_dtoh(&buf.slice(at..at + n), &mut words).map_err(drv("copying back"))?;
+        }
+        Ok(words.into_iter().map(f32::from_bits).collect())
+    }
+
     /// Copies i32 values into the start of a device buffer.
     pub fn upload_i32(&self, v: &[i32], buf: &mut CudaSlice<u32>) -> Result<(), CudaError> {
         if v.len() > buf.len() {

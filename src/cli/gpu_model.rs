@@ -5,7 +5,7 @@
 
 use mixc::ir::mixers::inputs::SplitMix;
 use mixc::jit::Target;
-use mixc::runner::WeightsDtype;
+use mixc::runner::{Logits, WeightsDtype};
 use mixc::Model;
 use std::fmt::Write;
 use std::path::PathBuf;
@@ -52,7 +52,7 @@ fn side_by_side(model: &Model, ids: &[u32], n: usize) -> Result<Option<f64>, mix
     let mut alone: Vec<_> = prompts.iter().map(|_| model.new_cache()).collect();
     let mut worst: f64 = 0.0;
     for (b, p) in prompts.iter().enumerate() {
-        let x = model.prefill_slot(&mut all, b, p)?;
+        let x = model.prefill_slot(&mut all, b, p, Logits::All)?;
         let y = model.forward_in(&mut alone[b], p, false)?;
         worst = worst.max(worst_row(&x, &y, vocab));
     }

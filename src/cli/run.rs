@@ -4,7 +4,7 @@ use super::{ExecTarget, InitWeightsArgs};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mixc::ir::mixers::inputs::SplitMix;
-use mixc::runner::{tokenizer::Tokenizer, Cache, WeightsDtype};
+use mixc::runner::{tokenizer::Tokenizer, Cache, Logits, WeightsDtype};
 use mixc::runtime::st;
 use mixc::{Error, Model};
 use std::fmt::Write;
@@ -184,10 +184,10 @@ fn generate(model: &Model, batch: &[Vec<u32>], args: &RunArgs, progress: &mut Pr
     let mut next = Vec::with_capacity(batch.len());
     for (b, (ids, cache)) in batch.iter().zip(&mut caches).enumerate() {
         let logits = match &mut side_by_side {
-            Some(all) => model.prefill_slot(all, b, ids)?,
-            None => model.forward_in(cache, ids, false)?,
+            Some(all) => model.prefill_slot(all, b, ids, Logits::Last)?,
+            None => model.forward_in_logits(cache, ids, false, Logits::Last)?,
         };
-        next.push(pick(&logits[(ids.len() - 1) * vocab..ids.len() * vocab], args.temperature, &mut rng));
+        next.push(pick(&logits[..vocab.min(logits.len())], args.temperature, &mut rng));
         progress.step("prefill", ids.len() as u64);
     }
     let prefill_s = t0.elapsed().as_secs_f64();

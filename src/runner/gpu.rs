@@ -13,7 +13,7 @@
 //! carried shapes stay the same (recurrent states, windows); an attention
 //! layer whose KV cache grows is prepared again at each step.
 
-use super::{is_kv_cache, Cache, Feed, LoadedMixer, Model, Stored, WeightsDtype};
+use super::{is_kv_cache, Cache, Feed, LoadedMixer, Logits, Model, Stored, WeightsDtype};
 use crate::Error;
 use mixc_ir::mixers::carried_input;
 use mixc_ir::model::{MlpKind, NormChoice};
@@ -357,6 +357,7 @@ impl DeviceModel {
         ids: &[u32],
         seqs: usize,
         decode: bool,
+        which: Logits,
     ) -> Result<Vec<f32>, Error> {
         let (d, vocab) = (model.cfg.d_model as usize, model.cfg.vocab as usize);
         let t = ids.len();
@@ -387,7 +388,19 @@ impl DeviceModel {
         if !graphed {
             self.pass(model, cache, w, decode, Carry::Swap, &mut runs)?;
         }
-        let logits = r.download_f32(&w.logits.buf, t * vocab)?;
+        // Only the rows asked for come back (a decode step's are all last rows).
+        let per_seq = t / seqs;
+        let logits = match which {
+            Logits::Last if per_seq > 1 => {
+                let mut last = Vec::with_capacity(seqs * vocab);
+                for s in 0..seqs {
+                    let row = (s + 1) * per_seq - 1;
+                    last.extend(r.download_f32_at(&w.logits.buf, row * vocab, vocab)?);
+                }
+                last
+            }
+            _ => r.download_f32(&w.logits.buf, t * vocab)?,
+        };
         cache.position += t / seqs;
         Ok(logits)
     }

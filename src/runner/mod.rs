@@ -146,6 +146,18 @@ impl Stored {
     }
 }
 
+/// Which positions' logits a call returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// Every position's: `[len, vocab]`.
+    All,
+    /// The last position's, `[vocab]` — all that generating the next token
+    /// needs: on the CPU the head runs on that row alone, on the GPU only
+    /// that row comes back (at 2048 tokens and a vocabulary of 32000, the
+    /// whole would be 262 MB).
+    Last,
+}
+
 /// One layer's carried tensors, by input name.
 type LayerCache = BTreeMap<String, Stored>;
 
@@ -706,8 +718,20 @@ impl Model {
         caches.iter_mut().zip(batch).map(|(c, ids)| self.forward_in(c, ids, decode)).collect()
     }
 
-    /// Runs `ids` from `cache` and updates it (only if the whole call succeeds).
+    /// Runs `ids` from `cache` and updates it (only if the whole call
+    /// succeeds); returns every position's logits `[len, vocab]`.
     pub fn forward_in(&self, cache: &mut Cache, ids: &[u32], decode: bool) -> Result<Vec<f32>, Error> {
+        self.forward_in_logits(cache, ids, decode, Logits::All)
+    }
+
+    /// [`Model::forward_in`] returning the logits `which` asks for.
+    pub fn forward_in_logits(
+        &self,
+        cache: &mut Cache,
+        ids: &[u32],
+        decode: bool,
+        which: Logits,
+    ) -> Result<Vec<f32>, Error> {
         let (d, vocab) = (self.cfg.d_model as usize, self.cfg.vocab as usize);
         let t = ids.len();
         if t == 0 {
@@ -724,7 +748,7 @@ impl Model {
         }
         #[cfg(feature = "cuda")]
         if let Some(dev) = &self.device {
-            return dev.forward(self, cache, ids, 1, decode);
+            return dev.forward(self, cache, ids, 1, decode, which);
         }
         let embed = self.tensor("embed.weight", &[vocab, d])?;
         let mut x = Vec::with_capacity(t * d);
@@ -737,7 +761,7 @@ impl Model {
         }
         // KV caches grown in place by this call: (layer, name, shape before).
         let mut grown: Vec<(usize, String, Vec<usize>)> = Vec::new();
-        match self.layers_in(cache, x, t, decode, &mut grown) {
+        match self.layers_in(cache, x, t, decode, which, &mut grown) {
             Ok((new_states, logits)) => {
                 let mut old = std::mem::replace(&mut cache.layers, new_states);
                 for (li, name, _) in grown {
@@ -773,6 +797,7 @@ impl Model {
         mut x: Vec<f32>,
         t: usize,
         decode: bool,
+        which: Logits,
         grown: &mut Vec<(usize, String, Vec<usize>)>,
     ) -> Result<(Vec<LayerCache>, Vec<f32>), Error> {
         let (d, vocab) = (self.cfg.d_model as usize, self.cfg.vocab as usize);
@@ -882,9 +907,14 @@ impl Model {
                 x.iter_mut().zip(&y).for_each(|(a, b)| *a += b);
             }
         }
-        let h = self.norm(&x, "norm")?;
+        // The head on the rows asked for (the last: one row of `x`).
+        let (rows, x) = match which {
+            Logits::All => (t, &x[..]),
+            Logits::Last => (1, &x[(t - 1) * d..]),
+        };
+        let h = self.norm(x, "norm")?;
         let head = if self.cfg.tie_embeddings { "embed.weight" } else { "lm_head.weight" };
-        let logits = matmul(&h, t, self.tensor(head, &[vocab, d])?, vocab, d);
+        let logits = matmul(&h, rows, self.tensor(head, &[vocab, d])?, vocab, d);
         Ok((new_states, logits))
     }
 
@@ -932,19 +962,19 @@ impl Model {
     }
 
     /// Prefill of sequence `slot` of a batch cache (alone, then its carried
-    /// tensors move into the slot); returns its logits `[len, vocab]`.
-    pub fn prefill_slot(&self, batch: &mut Cache, slot: usize, ids: &[u32]) -> Result<Vec<f32>, Error> {
+    /// tensors move into the slot); returns its logits, those `which` asks for.
+    pub fn prefill_slot(&self, batch: &mut Cache, slot: usize, ids: &[u32], which: Logits) -> Result<Vec<f32>, Error> {
         if slot >= batch.sequences {
             return Err(Error::Usage(format!("slot {slot} of a batch of {} sequences", batch.sequences)));
         }
         #[cfg(feature = "cuda")]
         if let Some(dev) = &self.device {
             let mut one = self.new_cache();
-            let logits = self.forward_in(&mut one, ids, false)?;
+            let logits = self.forward_in_logits(&mut one, ids, false, which)?;
             dev.adopt(batch, batch.sequences, slot, one)?;
             return Ok(logits);
         }
-        let _ = ids;
+        let _ = (ids, which);
         Err(Error::Usage("sequences decode side by side on the GPU only (--target cuda)".into()))
     }
 
@@ -961,7 +991,7 @@ impl Model {
         }
         #[cfg(feature = "cuda")]
         if let Some(dev) = &self.device {
-            return dev.forward(self, batch, ids, batch.sequences, true);
+            return dev.forward(self, batch, ids, batch.sequences, true, Logits::All);
         }
         Err(Error::Usage("sequences decode side by side on the GPU only (--target cuda)".into()))
     }
