@@ -74,6 +74,9 @@ pub struct CompiledMixer {
     pub prefill: Program,
     pub decode: Program,
     exec: Exec,
+    /// On the CPU, the prefill's and the decode step's kernels compiled
+    /// ahead (each run then launches them without looking them up).
+    native: Option<Box<(mixc_runtime::cpu::Prepared, mixc_runtime::cpu::Prepared)>>,
     /// Why the mixer runs on the tile interpreter although native code was asked for.
     pub fallback: Option<String>,
 }
@@ -221,9 +224,15 @@ pub fn jit_with(source: MixerSource, target: Target, opts: JitOptions) -> Result
     #[cfg(not(feature = "cuda"))]
     let _ = chosen;
     let mut fallback = None;
+    let mut native = None;
     let exec = match target {
-        Target::Cpu => match mixc_runtime::cpu::prepare(&prefill).and_then(|_| mixc_runtime::cpu::prepare(&decode)) {
-            Ok(()) => Exec::Host(Engine::Cpu),
+        Target::Cpu => match mixc_runtime::cpu::prepare(&prefill)
+            .and_then(|p| Ok((p, mixc_runtime::cpu::prepare(&decode)?)))
+        {
+            Ok(both) => {
+                native = Some(Box::new(both));
+                Exec::Host(Engine::Cpu)
+            }
             Err(e) => {
                 // The CPU backend does not cover this kernel yet: run the tile
                 // interpreter instead, and say so.
@@ -238,7 +247,7 @@ pub fn jit_with(source: MixerSource, target: Target, opts: JitOptions) -> Result
             Exec::Gpu(Box::new(crate::cuda::GpuMixer::compile(&g.name, &prefill, &decode, narrow)?))
         }
     };
-    Ok(CompiledMixer { name: g.name, graph: g.graph, prefill, decode, exec, fallback })
+    Ok(CompiledMixer { name: g.name, graph: g.graph, prefill, decode, exec, native, fallback })
 }
 
 /// The device profile `chunk = "auto"` is priced on for a target: the
@@ -284,6 +293,7 @@ pub fn jit_bundle(source: MixerSource, dir: &Path) -> Result<CompiledMixer, Erro
         prefill: prefill_prog,
         decode: decode_prog,
         exec: Exec::Gpu(Box::new(gpu)),
+        native: None,
         fallback: None,
     })
 }
@@ -368,7 +378,8 @@ impl CompiledMixer {
         match &self.exec {
             Exec::Host(engine) => {
                 let prog = if decode { &self.decode } else { &self.prefill };
-                exec::run_program_growing(prog, inputs, grow, *engine)
+                let prepared = self.native.as_ref().map(|n| if decode { &n.1 } else { &n.0 });
+                exec::run_program_growing(prog, inputs, grow, *engine, prepared)
                     .map_err(|e| Error::Run { mixer: self.name.clone(), msg: e.to_string() })
             }
             #[cfg(feature = "cuda")]
@@ -389,7 +400,8 @@ impl CompiledMixer {
         match &self.exec {
             Exec::Host(engine) => {
                 let prog = if decode { &self.decode } else { &self.prefill };
-                exec::run_program(prog, inputs, *engine)
+                let prepared = self.native.as_ref().map(|n| if decode { &n.1 } else { &n.0 });
+                exec::run_program_growing(prog, inputs, &mut BTreeMap::new(), *engine, prepared)
                     .map_err(|e| Error::Run { mixer: self.name.clone(), msg: e.to_string() })
             }
             #[cfg(feature = "cuda")]

@@ -78,9 +78,32 @@ pub fn compile_with(k: &Kernel, text: &str, disk: Option<&DiskCache>) -> Result<
     Ok(c)
 }
 
-/// Compiles every kernel of a program ahead of its first run, the distinct
-/// ones not compiled yet spread over the cores.
-pub fn prepare(prog: &Program) -> Result<(), TileError> {
+/// A program's compiled kernels (by kernel index) and the buffers its
+/// kernels store to: what a run looks up otherwise, by printing every
+/// kernel to find it in the cache — most of a tiny model's decode step.
+pub struct Prepared {
+    kernels: Vec<Arc<CpuKernel>>,
+    written: Vec<bool>,
+}
+
+impl Prepared {
+    /// Whether this was prepared for `prog` (as many kernels and buffers).
+    fn fits(&self, prog: &Program) -> bool {
+        self.kernels.len() == prog.kernels.len() && self.written.len() == prog.buffers.len()
+    }
+}
+
+/// Compiles every kernel of a program ahead of its first run (the distinct
+/// ones not compiled yet spread over the cores) and returns them, for
+/// [`run_growing`] to launch without looking them up.
+pub fn prepare(prog: &Program) -> Result<Prepared, TileError> {
+    compile_missing(prog)?;
+    let kernels = prog.kernels.iter().map(compiled).collect::<Result<Vec<_>, _>>()?;
+    Ok(Prepared { kernels, written: written_buffers(prog) })
+}
+
+/// Compiles the kernels of `prog` not in the cache yet, side by side.
+fn compile_missing(prog: &Program) -> Result<(), TileError> {
     let mut todo: Vec<(&Kernel, String)> = Vec::new();
     {
         let map = cache().lock().unwrap_or_else(|p| p.into_inner());
@@ -288,8 +311,9 @@ pub fn run_timed(
 ) -> Result<(BTreeMap<String, HostTensor>, f64), TileError> {
     let view: BTreeMap<&str, &HostTensor> = inputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let sizes = bind(prog, &view)?;
-    let mut bufs = storages(prog, &view, &sizes, &mut Adopted::default());
-    let seconds = launch_all(prog, &sizes, &mut bufs, &[])?;
+    let written = written_buffers(prog);
+    let mut bufs = storages(prog, &view, &sizes, &written, &mut Adopted::default());
+    let seconds = launch_all(prog, None, &sizes, &mut bufs, &[])?;
     Ok((outputs(prog, &sizes, bufs, &[])?, seconds))
 }
 
@@ -301,12 +325,15 @@ pub fn run_timed(
 /// their rows there already — and the copy is skipped: an append costs its
 /// new rows, not the whole cache. Such an output is not in the returned map:
 /// the tensor in `grow` holds it (its shape too). On an error every tensor
-/// of `grow` is as it was.
+/// of `grow` is as it was. `prepared`: the program's kernels from
+/// [`prepare`] (else each is looked up in the cache by its text).
 pub fn run_growing(
     prog: &Program,
+    prepared: Option<&Prepared>,
     inputs: &BTreeMap<String, HostTensor>,
     grow: &mut BTreeMap<String, &mut HostTensor>,
 ) -> Result<BTreeMap<String, HostTensor>, TileError> {
+    let prepared = prepared.filter(|p| p.fits(prog));
     let sizes = {
         let view: BTreeMap<&str, &HostTensor> =
             inputs.iter().map(|(n, t)| (n.as_str(), t)).chain(grow.iter().map(|(n, t)| (n.as_str(), &**t))).collect();
@@ -332,9 +359,13 @@ pub fn run_growing(
         .map(|(n, t)| (n.as_str(), t))
         .chain(grow.iter().filter(|(n, _)| !taken.iter().any(|(t, _, _)| t == *n)).map(|(n, t)| (n.as_str(), &**t)))
         .collect();
-    let mut bufs = storages(prog, &view, &sizes, &mut adopted);
+    let written = match prepared {
+        Some(p) => p.written.clone(),
+        None => written_buffers(prog),
+    };
+    let mut bufs = storages(prog, &view, &sizes, &written, &mut adopted);
     let skipped = adopted.skipped;
-    let ran = launch_all(prog, &sizes, &mut bufs, &skipped);
+    let ran = launch_all(prog, prepared, &sizes, &mut bufs, &skipped);
     // Hand the adopted storage back: the output on success, the input's old
     // values (the leading ones, never written) on an error.
     for (name, to, old) in &taken {
@@ -413,11 +444,11 @@ fn storages(
     prog: &Program,
     inputs: &BTreeMap<&str, &HostTensor>,
     sizes: &[u64],
+    written: &[bool],
     adopted: &mut Adopted,
 ) -> Vec<Storage> {
-    let written = written_buffers(prog);
     let mut bufs: Vec<Storage> = Vec::with_capacity(prog.buffers.len());
-    for (bi, (b, written)) in prog.buffers.iter().zip(&written).enumerate() {
+    for (bi, (b, written)) in prog.buffers.iter().zip(written).enumerate() {
         let n = numel(prog, bi, sizes);
         if let Some(v) = adopted.outputs.remove(&bi) {
             bufs.push(Storage::F32(v));
@@ -456,9 +487,15 @@ fn storages(
     bufs
 }
 
-/// Runs the launches of `prog` (but those `skipped`) on `bufs`; returns the
-/// seconds they took.
-fn launch_all(prog: &Program, sizes: &[u64], bufs: &mut [Storage], skipped: &[usize]) -> Result<f64, TileError> {
+/// Runs the launches of `prog` (but those `skipped`) on `bufs`, with the
+/// kernels of `prepared` where given; returns the seconds they took.
+fn launch_all(
+    prog: &Program,
+    prepared: Option<&Prepared>,
+    sizes: &[u64],
+    bufs: &mut [Storage],
+    skipped: &[usize],
+) -> Result<f64, TileError> {
     let addrs: Vec<u64> = bufs.iter_mut().map(Storage::addr).collect();
     let t0 = std::time::Instant::now();
     for (li, l) in prog.launches.iter().enumerate() {
@@ -466,7 +503,10 @@ fn launch_all(prog: &Program, sizes: &[u64], bufs: &mut [Storage], skipped: &[us
             continue;
         }
         let k = prog.kernels.get(l.kernel).ok_or_else(|| TileError::Program("launch of a missing kernel".into()))?;
-        let ck = compiled(k)?;
+        let ck = match prepared.and_then(|p| p.kernels.get(l.kernel)) {
+            Some(c) => c.clone(),
+            None => compiled(k)?,
+        };
         let grid = [0, 1, 2].map(|i| l.grid[i].eval(sizes) as usize);
         if grid.contains(&0) {
             continue;
@@ -701,6 +741,8 @@ mod tests {
         // models/llama.toml: 4 query heads, 2 key/value heads of 16.
         let (h, hkv, d, s, t) = (4usize, 2usize, 16usize, 37usize, 1usize);
         for b in [1usize, 2] {
+            // The kernels prepared ahead (batch 1) or looked up per launch (batch 2).
+            let prepared = (b == 1).then(|| prepare(&prog).unwrap_or_else(|e| panic!("{e}")));
             let new = |name: &str, heads: usize, salt| {
                 (name.to_string(), HostTensor::f32(vec![b, t, heads, d], values(b * t * heads * d, salt)))
             };
@@ -728,7 +770,7 @@ mod tests {
                 Data::I32(_) => panic!("float cache"),
             };
             let mut grow = BTreeMap::from([("k_cache".to_string(), &mut kc), ("v_cache".to_string(), &mut vc)]);
-            let got = run_growing(&prog, &ins, &mut grow).unwrap_or_else(|e| panic!("{e}"));
+            let got = run_growing(&prog, prepared.as_ref(), &ins, &mut grow).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(got["o"], want["o"], "batch {b}");
             if b == 1 {
                 assert!(!got.contains_key("k_cache") && !got.contains_key("v_cache"), "batch 1: caches in place");
@@ -746,7 +788,7 @@ mod tests {
             broken.launches.push(Launch { kernel: usize::MAX, grid, args: vec![], prefix_copy: None });
             let (mut kc, mut vc) = (kc0.clone(), vc0.clone());
             let mut grow = BTreeMap::from([("k_cache".to_string(), &mut kc), ("v_cache".to_string(), &mut vc)]);
-            assert!(run_growing(&broken, &ins, &mut grow).is_err());
+            assert!(run_growing(&broken, None, &ins, &mut grow).is_err());
             assert_eq!((&kc, &vc), (&kc0, &vc0), "batch {b}: the caches after a failed run");
         }
     }

@@ -51,15 +51,17 @@ pub fn run_program(
 /// [`run_program`] with inputs that may grow in place (see
 /// [`crate::cpu::run_growing`]: natively, a KV cache grows in its own
 /// storage, and its output is then not in the returned map); elsewhere they
-/// are read as they are.
+/// are read as they are. `prepared`: the program's kernels compiled ahead
+/// ([`crate::cpu::prepare`]).
 pub fn run_program_growing(
     prog: &Program,
     inputs: &BTreeMap<String, HostTensor>,
     grow: &mut BTreeMap<String, &mut HostTensor>,
     engine: Engine,
+    prepared: Option<&crate::cpu::Prepared>,
 ) -> Result<BTreeMap<String, HostTensor>, RunError> {
     match engine {
-        Engine::Cpu => Ok(crate::cpu::run_growing(prog, inputs, grow)?),
+        Engine::Cpu => Ok(crate::cpu::run_growing(prog, prepared, inputs, grow)?),
         Engine::Reference => {
             let mut all = inputs.clone();
             all.extend(grow.iter().map(|(n, t)| (n.clone(), (**t).clone())));
