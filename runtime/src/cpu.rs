@@ -169,6 +169,10 @@ fn pool(stack: usize) -> Result<Arc<rayon::ThreadPool>, TileError> {
     Ok(p)
 }
 
+/// Largest kernel frame a single-program launch runs with on the calling
+/// thread (whose stack may be a test thread's 2 MiB) instead of the pool.
+const INLINE_FRAME: usize = 256 << 10;
+
 /// Buffers at least this large live in memory advised for huge pages.
 const HUGE_BUFFER: usize = 2 << 20;
 
@@ -522,6 +526,13 @@ fn launch_all(
             });
         }
         let total = grid[0] * grid[1] * grid[2];
+        if total == 1 && ck.frame_bytes() <= INLINE_FRAME {
+            // One program (a decode step's small kernels): on this thread,
+            // without waking the pool.
+            // Safety: as below; the caller's stack holds the small frame.
+            unsafe { ck.run_program(&args, [0, 0, 0]) };
+            continue;
+        }
         let workers = pool(stack_for(ck.frame_bytes()))?;
         workers.install(|| {
             (0..total).into_par_iter().for_each(|flat| {
