@@ -348,14 +348,14 @@ impl CompiledMixer {
     /// Runs the prefill program (any number of tokens).
     pub fn run(&self, inputs: &BTreeMap<String, HostTensor>) -> Result<BTreeMap<String, HostTensor>, Error> {
         self.check_inputs(inputs)?;
-        self.execute(false, inputs)
+        self.execute(false, inputs, &mut BTreeMap::new())
     }
 
     /// Runs the decode-step program: the state or cache in, a few tokens, the
     /// updated state or cache out.
     pub fn decode_step(&self, inputs: &BTreeMap<String, HostTensor>) -> Result<BTreeMap<String, HostTensor>, Error> {
         self.check_inputs(inputs)?;
-        self.execute(true, inputs)
+        self.execute(true, inputs, &mut BTreeMap::new())
     }
 
     /// [`run`](Self::run) (`decode` false) or [`decode_step`](Self::decode_step)
@@ -375,37 +375,36 @@ impl CompiledMixer {
             inputs.iter().map(|(n, t)| (n.as_str(), t)).chain(grow.iter().map(|(n, t)| (n.as_str(), &**t))).collect();
         let unscanned: Vec<&str> = grow.keys().map(String::as_str).collect();
         self.check_tensors(&all, &unscanned)?;
-        match &self.exec {
-            Exec::Host(engine) => {
-                let prog = if decode { &self.decode } else { &self.prefill };
-                let prepared = self.native.as_ref().map(|n| if decode { &n.1 } else { &n.0 });
-                exec::run_program_growing(prog, inputs, grow, *engine, prepared)
-                    .map_err(|e| Error::Run { mixer: self.name.clone(), msg: e.to_string() })
-            }
-            #[cfg(feature = "cuda")]
-            Exec::Gpu(_) => {
-                let mut all = inputs.clone();
-                all.extend(grow.iter().map(|(n, t)| (n.clone(), (**t).clone())));
-                self.execute(decode, &all)
-            }
-        }
+        self.execute(decode, inputs, grow)
     }
 
-    /// Runs the decode-step or the prefill program on checked inputs.
+    /// The decode step's (`decode`) or the prefill's kernels compiled ahead, on the CPU.
+    fn native(&self, decode: bool) -> Option<&mixc_runtime::cpu::Prepared> {
+        self.native.as_ref().map(|n| if decode { &n.1 } else { &n.0 })
+    }
+
+    /// Runs the decode-step or the prefill program on checked inputs
+    /// (with `grow` as in [`run_growing`](Self::run_growing)).
     fn execute(
         &self,
         decode: bool,
         inputs: &BTreeMap<String, HostTensor>,
+        grow: &mut BTreeMap<String, &mut HostTensor>,
     ) -> Result<BTreeMap<String, HostTensor>, Error> {
         match &self.exec {
             Exec::Host(engine) => {
                 let prog = if decode { &self.decode } else { &self.prefill };
-                let prepared = self.native.as_ref().map(|n| if decode { &n.1 } else { &n.0 });
-                exec::run_program_growing(prog, inputs, &mut BTreeMap::new(), *engine, prepared)
+                exec::run_program_growing(prog, inputs, grow, *engine, self.native(decode))
                     .map_err(|e| Error::Run { mixer: self.name.clone(), msg: e.to_string() })
             }
             #[cfg(feature = "cuda")]
-            Exec::Gpu(gpu) => gpu.run(&self.name, decode, inputs),
+            Exec::Gpu(gpu) if grow.is_empty() => gpu.run(&self.name, decode, inputs),
+            #[cfg(feature = "cuda")]
+            Exec::Gpu(gpu) => {
+                let mut all = inputs.clone();
+                all.extend(grow.iter().map(|(n, t)| (n.clone(), (**t).clone())));
+                gpu.run(&self.name, decode, &all)
+            }
         }
     }
 

@@ -303,22 +303,20 @@ fn in_place(t: &HostTensor, dtype: DType, n: usize) -> Option<u64> {
 
 /// Runs every launch of `prog` on `inputs`.
 pub fn run(prog: &Program, inputs: &BTreeMap<String, HostTensor>) -> Result<BTreeMap<String, HostTensor>, TileError> {
-    Ok(run_timed(prog, inputs)?.0)
+    Ok(run_inner(prog, None, inputs, &mut BTreeMap::new())?.0)
 }
 
 /// [`run`], also returning the seconds its launches took (the kernels
 /// alone: after every buffer is allocated, filled and touched, before the
 /// outputs are converted back) — what a benchmark of the kernels times.
+/// `prepared`: the program's kernels from [`prepare`] (else each is looked
+/// up in the cache by its text, inside the timed launches).
 pub fn run_timed(
     prog: &Program,
+    prepared: Option<&Prepared>,
     inputs: &BTreeMap<String, HostTensor>,
 ) -> Result<(BTreeMap<String, HostTensor>, f64), TileError> {
-    let view: BTreeMap<&str, &HostTensor> = inputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    let sizes = bind(prog, &view)?;
-    let written = written_buffers(prog);
-    let mut bufs = storages(prog, &view, &sizes, &written, &mut Adopted::default());
-    let seconds = launch_all(prog, None, &sizes, &mut bufs, &[])?;
-    Ok((outputs(prog, &sizes, bufs, &[])?, seconds))
+    run_inner(prog, prepared, inputs, &mut BTreeMap::new())
 }
 
 /// [`run`] with more inputs in `grow`, which may grow in place: an input
@@ -329,14 +327,23 @@ pub fn run_timed(
 /// their rows there already — and the copy is skipped: an append costs its
 /// new rows, not the whole cache. Such an output is not in the returned map:
 /// the tensor in `grow` holds it (its shape too). On an error every tensor
-/// of `grow` is as it was. `prepared`: the program's kernels from
-/// [`prepare`] (else each is looked up in the cache by its text).
+/// of `grow` is as it was. `prepared`: as for [`run_timed`].
 pub fn run_growing(
     prog: &Program,
     prepared: Option<&Prepared>,
     inputs: &BTreeMap<String, HostTensor>,
     grow: &mut BTreeMap<String, &mut HostTensor>,
 ) -> Result<BTreeMap<String, HostTensor>, TileError> {
+    Ok(run_inner(prog, prepared, inputs, grow)?.0)
+}
+
+/// [`run_growing`], also returning the seconds of the launches.
+fn run_inner(
+    prog: &Program,
+    prepared: Option<&Prepared>,
+    inputs: &BTreeMap<String, HostTensor>,
+    grow: &mut BTreeMap<String, &mut HostTensor>,
+) -> Result<(BTreeMap<String, HostTensor>, f64), TileError> {
     let prepared = prepared.filter(|p| p.fits(prog));
     let sizes = {
         let view: BTreeMap<&str, &HostTensor> =
@@ -363,29 +370,32 @@ pub fn run_growing(
         .map(|(n, t)| (n.as_str(), t))
         .chain(grow.iter().filter(|(n, _)| !taken.iter().any(|(t, _, _)| t == *n)).map(|(n, t)| (n.as_str(), &**t)))
         .collect();
-    let written = match prepared {
-        Some(p) => p.written.clone(),
-        None => written_buffers(prog),
+    let computed;
+    let written: &[bool] = match prepared {
+        Some(p) => &p.written,
+        None => {
+            computed = written_buffers(prog);
+            &computed
+        }
     };
-    let mut bufs = storages(prog, &view, &sizes, &written, &mut adopted);
+    let mut bufs = storages(prog, &view, &sizes, written, &mut adopted);
     let skipped = adopted.skipped;
     let ran = launch_all(prog, prepared, &sizes, &mut bufs, &skipped);
     // Hand the adopted storage back: the output on success, the input's old
     // values (the leading ones, never written) on an error.
     for (name, to, old) in &taken {
         let Some(slot) = bufs.get_mut(*to) else { continue };
-        let Storage::F32(v) = std::mem::replace(slot, Storage::InPlace(0)) else { continue };
+        let Storage::F32(mut v) = std::mem::replace(slot, Storage::InPlace(0)) else { continue };
         let Some(t) = grow.get_mut(name) else { continue };
-        let mut v = v;
         match &ran {
             Ok(_) => t.shape = buffer_shape(prog, *to, &sizes),
             Err(_) => v.truncate(*old),
         }
         t.data = Data::F32(v);
     }
-    ran?;
+    let seconds = ran?;
     let held: Vec<usize> = taken.iter().map(|(_, to, _)| *to).collect();
-    outputs(prog, &sizes, bufs, &held)
+    Ok((outputs(prog, &sizes, bufs, &held)?, seconds))
 }
 
 fn bind(prog: &Program, inputs: &BTreeMap<&str, &HostTensor>) -> Result<Vec<u64>, TileError> {

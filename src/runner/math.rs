@@ -7,13 +7,13 @@ const PARALLEL_FROM: usize = 1 << 20;
 /// `y[t, o] = Σ_i x[t, i] · w[o, i]` for `x` `[rows, inner]` and `w`
 /// `[out, inner]`, row-major: the `gemm` crate's packed, vectorized kernels
 /// (AVX2/FMA where this CPU has them), on every core for large products.
-pub fn matmul(x: &[f32], rows: usize, w: &[f32], out: usize, inner: usize) -> Vec<f32> {
+/// `None` where `x` or `w` holds fewer values than those shapes (checked
+/// before any raw access).
+pub fn matmul(x: &[f32], rows: usize, w: &[f32], out: usize, inner: usize) -> Option<Vec<f32>> {
     let mut y = vec![0.0f32; rows * out];
-    // The callers pass tensors of these shapes (weights are checked on
-    // lookup); a shorter one is a bug, caught here before any raw access.
-    let (x, w) = (&x[..rows * inner], &w[..out * inner]);
+    let (x, w) = (x.get(..rows * inner)?, w.get(..out * inner)?);
     if y.is_empty() || inner == 0 {
-        return y;
+        return Some(y);
     }
     let par = if rows * out * inner >= PARALLEL_FROM { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
     let (out_s, inner_s) = (out as isize, inner as isize);
@@ -44,7 +44,7 @@ pub fn matmul(x: &[f32], rows: usize, w: &[f32], out: usize, inner: usize) -> Ve
             par,
         );
     }
-    y
+    Some(y)
 }
 
 /// RMSNorm over rows of `d`: `x / sqrt(mean(x²) + eps) · w`.
@@ -109,7 +109,7 @@ mod tests {
         for (rows, out, inner) in [(1, 7, 5), (3, 1, 9), (17, 33, 65), (64, 96, 128), (2, 3, 0)] {
             let x: Vec<f32> = (0..rows * inner).map(|i| ((i * 13 % 29) as f32 - 14.0) / 7.0).collect();
             let w: Vec<f32> = (0..out * inner).map(|i| ((i * 7 % 31) as f32 - 15.0) / 9.0).collect();
-            let y = matmul(&x, rows, &w, out, inner);
+            let y = matmul(&x, rows, &w, out, inner).unwrap_or_else(|| panic!("({rows},{out},{inner}): short operand"));
             assert_eq!(y.len(), rows * out);
             for t in 0..rows {
                 for o in 0..out {

@@ -158,6 +158,11 @@ pub enum Logits {
     Last,
 }
 
+/// The error of a projection whose input holds fewer than `rows · inner` values.
+fn short_operand(weight: &str, len: usize, rows: usize, inner: usize) -> Error {
+    Error::Usage(format!("`{weight}`: an input of {len} values for {rows} rows of {inner}"))
+}
+
 /// One layer's carried tensors, by input name.
 type LayerCache = BTreeMap<String, Stored>;
 
@@ -561,7 +566,7 @@ impl Model {
     /// `y = x Wᵀ + b` for the linear layer `prefix` (`.weight`, optional `.bias`).
     fn linear(&self, x: &[f32], rows: usize, prefix: &str, out: usize, inner: usize) -> Result<Vec<f32>, Error> {
         let w = self.tensor(&format!("{prefix}.weight"), &[out, inner])?;
-        let mut y = matmul(x, rows, w, out, inner);
+        let mut y = matmul(x, rows, w, out, inner).ok_or_else(|| short_operand(prefix, x.len(), rows, inner))?;
         let bias = format!("{prefix}.bias");
         if self.weights.contains_key(&bias) {
             let b = self.tensor(&bias, &[out])?;
@@ -914,7 +919,8 @@ impl Model {
         };
         let h = self.norm(x, "norm")?;
         let head = if self.cfg.tie_embeddings { "embed.weight" } else { "lm_head.weight" };
-        let logits = matmul(&h, rows, self.tensor(head, &[vocab, d])?, vocab, d);
+        let logits = matmul(&h, rows, self.tensor(head, &[vocab, d])?, vocab, d)
+            .ok_or_else(|| short_operand(head, h.len(), rows, d))?;
         Ok((new_states, logits))
     }
 
