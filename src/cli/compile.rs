@@ -93,7 +93,12 @@ fn options(args: &CompileArgs) -> Result<mixc::gpu::Options, mixc::Error> {
     let matmul = mixc::gpu::Matmul::parse(&args.matmul).ok_or_else(|| {
         mixc::Error::Usage(format!("unknown --matmul `{}` (expected tf32x3, bf16 or simt)", args.matmul))
     })?;
-    Ok(mixc::gpu::Options { matmul, fast_exp: !args.precise_exp, ctas_per_sm: args.ctas_per_sm })
+    Ok(mixc::gpu::Options {
+        matmul,
+        fast_exp: !args.precise_exp,
+        ctas_per_sm: args.ctas_per_sm,
+        register_tiles: !args.shared_tiles,
+    })
 }
 
 #[cfg(not(feature = "llvm"))]

@@ -307,6 +307,11 @@ pub struct CompileArgs {
     /// the hardware's `ex2.approx` (a few ulp; faster).
     #[arg(long)]
     pub precise_exp: bool,
+    /// GPU kernels keep their tiles in shared memory (the first tier) even
+    /// where the register tier takes them (attention-like kernels with bf16
+    /// `dot`s: tiles in registers in the tensor-core fragment layout).
+    #[arg(long)]
+    pub shared_tiles: bool,
     /// CTAs per SM each GPU kernel asks ptxas to leave room for
     /// (`.minnctapersm`): registers per thread are then capped at 65536 /
     /// (threads · N), spilling past that. 1 lets a kernel use up to 255.

@@ -1,9 +1,10 @@
 //! Emitting a planned kernel as LLVM IR and running LLVM's NVPTX backend.
 
 pub(crate) mod mma;
+pub(crate) mod rows;
 
 use crate::plan::{self, Access, Defs, Plan, Repr, YieldCopy};
-use crate::{Options, PtxError, PtxKernel, Target};
+use crate::{Options, PtxError, PtxKernel, Target, Tier};
 use inkwell::attributes::{Attribute, AttributeLoc};
 use inkwell::basic_block::BasicBlock;
 use inkwell::builder::{Builder, BuilderError};
@@ -79,10 +80,27 @@ fn init_llvm() {
 
 pub(crate) fn compile(k: &Kernel, target: Target, opts: Options) -> R<PtxKernel> {
     init_llvm();
+    if opts.register_tiles {
+        if let Ok(rp) = rows::analyze(k, opts.matmul) {
+            // A kernel the analysis takes but emission cannot (a gap in the
+            // analysis) still compiles, in the shared-memory tier.
+            if let Ok(p) = compile_tier(k, target, opts, Some(&rp)) {
+                return Ok(p);
+            }
+        }
+    }
+    compile_tier(k, target, opts, None)
+}
+
+/// Compiles `k` in the register tier (`rows`) or the shared-memory tier.
+fn compile_tier(k: &Kernel, target: Target, opts: Options, rows: Option<&rows::RowsPlan>) -> R<PtxKernel> {
     let kerr = |msg: String| PtxError::Kernel { kernel: k.name.clone(), msg };
     let lerr = |msg: String| PtxError::Llvm { kernel: k.name.clone(), msg };
     let defs = Defs::new(k);
-    let plan = plan::plan(k, &defs)?;
+    let plan = match rows {
+        Some(rp) => rp.plan(),
+        None => plan::plan(k, &defs)?,
+    };
     if plan.shared_bytes > plan::MAX_SHARED {
         return Err(kerr(format!(
             "a single tile needs {} bytes of shared memory, more than the {} a CTA may have",
@@ -131,12 +149,16 @@ pub(crate) fn compile(k: &Kernel, target: Target, opts: Options) -> R<PtxKernel>
         trk: Tracker::default(),
         opts,
         memo: HashMap::new(),
+        held: HashMap::new(),
     };
     em.tid = em.sreg("tid.x").map_err(|e| named(e, &k.name, "entry"))?;
     if plan.scratch_bytes > 0 {
         em.scratch = Some(em.scratch_base().map_err(|e| named(e, &k.name, "entry"))?);
     }
-    em.block(&k.body)?;
+    match rows {
+        Some(rp) => rows::emit(&mut em, rp)?,
+        None => em.block(&k.body)?,
+    }
     em.b.build_return(None).map_err(|e| named(e.into(), &k.name, "return"))?;
     // The math library resolves the `mixc_*` calls, then becomes internal so
     // that it is inlined and dropped.
@@ -164,6 +186,7 @@ pub(crate) fn compile(k: &Kernel, target: Target, opts: Options) -> R<PtxKernel>
         threads: plan.threads,
         shared_bytes: plan.shared_bytes,
         scratch_bytes: plan.scratch_bytes,
+        tier: if rows.is_some() { Tier::Registers } else { Tier::Shared },
     })
 }
 
@@ -305,6 +328,14 @@ struct Em<'ctx, 'a> {
     opts: Options,
     /// Elements already computed in the current straight-line region, by value and index.
     memo: HashMap<(u32, Vec<usize>), BasicValueEnum<'ctx>>,
+    /// The register tier's held elements, by value and index (see `rows.rs`).
+    held: HashMap<(u32, Vec<usize>), BasicValueEnum<'ctx>>,
+}
+
+/// The key of element `idx` of `v` in [`Em::memo`] and [`Em::held`]: the
+/// identities of the index values.
+fn elem_key(v: TValue, idx: &[IntValue]) -> (u32, Vec<usize>) {
+    (v.0, idx.iter().map(|i| i.as_value_ref() as usize).collect())
 }
 
 fn fv(v: BasicValueEnum) -> R<FloatValue> {
@@ -764,7 +795,7 @@ impl<'ctx> Em<'ctx, '_> {
 
     /// Element `idx` of `v`, however it is held.
     fn elem(&mut self, v: TValue, idx: &[IntValue<'ctx>]) -> R<BasicValueEnum<'ctx>> {
-        let key = (v.0, idx.iter().map(|i| i.as_value_ref() as usize).collect::<Vec<_>>());
+        let key = elem_key(v, idx);
         if let Some(x) = self.memo.get(&key) {
             return Ok(*x);
         }
@@ -779,6 +810,10 @@ impl<'ctx> Em<'ctx, '_> {
                 let p = self.slot_ptr_at(*s, ty.dtype, idx, &ty.shape)?;
                 self.load_ptr(p, ty.dtype)?
             }
+            Some(Repr::Reg) => match self.held.get(&key) {
+                Some(x) => *x,
+                None => return fail(format!("%{} is held in registers, but not at this index", v.0)),
+            },
             Some(_) => self.compute(v, idx)?,
             None => return fail(format!("%{} does not exist", v.0)),
         };

@@ -99,6 +99,7 @@ mod registers;
 use mixc_ir::tile::Kernel;
 pub use registers::RegisterFeatures;
 
+
 /// A GPU target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Target {
@@ -148,6 +149,20 @@ pub struct PtxKernel {
     /// `scratch_bytes × (number of CTAs)` bytes, 16-byte aligned, that the
     /// kernel may clobber (CTA `x + X·(y + Y·z)` uses its own part).
     pub scratch_bytes: u32,
+    /// Where the kernel holds its tiles.
+    pub tier: Tier,
+}
+
+/// Where a compiled kernel holds its tiles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Tier {
+    /// Materialized tiles in shared-memory slots, every op spread over the
+    /// CTA's threads (any kernel).
+    Shared,
+    /// Tiles of `M` rows in registers in the `mma` accumulator layout, `dot`
+    /// right operands staged in shared memory and read with `ldmatrix`
+    /// (attention-like kernels with bf16 dots; see `codegen/rows.rs`).
+    Registers,
 }
 
 /// Why a kernel could not be compiled.
@@ -225,11 +240,14 @@ pub struct Options {
     /// compute- or latency-bound and spill-free at 1; memory-bound ones (decode
     /// steps) may gain from the occupancy more.
     pub ctas_per_sm: u32,
+    /// Compiles kernels the register tier takes ([`Tier::Registers`]) there;
+    /// off: every kernel in the shared-memory tier.
+    pub register_tiles: bool,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { matmul: Matmul::default(), fast_exp: true, ctas_per_sm: 1 }
+        Options { matmul: Matmul::default(), fast_exp: true, ctas_per_sm: 1, register_tiles: true }
     }
 }
 
@@ -253,6 +271,15 @@ pub struct Resources {
 /// scratch, the CTA size, an estimate of its registers) without generating
 /// code, for `dot`s computed as `matmul` says.
 pub fn resources(k: &Kernel, matmul: Matmul) -> Result<Resources, PtxError> {
+    if let Ok(rp) = codegen::rows::analyze(k, matmul) {
+        return Ok(Resources {
+            threads: rp.threads(),
+            shared_bytes: rp.shared_bytes,
+            scratch_bytes: 0,
+            registers: rp.registers(),
+            spilled_share: 0.0,
+        });
+    }
     let defs = plan::Defs::new(k);
     let p = plan::plan(k, &defs)?;
     let registers = registers::features(k, &defs, &p, matmul).estimate();
@@ -271,6 +298,12 @@ pub fn register_features(k: &Kernel, matmul: Matmul) -> Result<RegisterFeatures,
     let defs = plan::Defs::new(k);
     let p = plan::plan(k, &defs)?;
     Ok(registers::features(k, &defs, &p, matmul))
+}
+
+/// Whether the register tier ([`Tier::Registers`]) takes `k` with `dot`s
+/// computed as `matmul` says; if not, why.
+pub fn register_tier(k: &Kernel, matmul: Matmul) -> Result<(), String> {
+    codegen::rows::analyze(k, matmul).map(|_| ())
 }
 
 /// Compiles one tile kernel to PTX for `target` with the default options.

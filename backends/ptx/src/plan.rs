@@ -28,6 +28,8 @@ pub(crate) enum Repr {
     Lazy,
     /// In a shared-memory slot, dense row-major.
     Mat(usize),
+    /// In registers, found by index (the register tier, `codegen/rows.rs`).
+    Reg,
 }
 
 #[derive(Clone, Debug)]
@@ -323,6 +325,20 @@ impl<'k> Walk<'k> {
 }
 
 impl Plan {
+    /// The plan of a kernel in the register tier: no slots, no loops to
+    /// copy through, `shared_bytes` of staged operands.
+    pub fn registers(repr: Vec<Repr>, threads: u32, shared_bytes: u32) -> Plan {
+        Plan {
+            repr,
+            slots: vec![],
+            loops: vec![],
+            loop_of: HashMap::new(),
+            shared_bytes,
+            scratch_bytes: 0,
+            threads,
+        }
+    }
+
     pub fn loop_plan(&self, s: &Stmt) -> Option<&LoopPlan> {
         self.loop_of.get(&(s as *const Stmt as usize)).and_then(|l| self.loops.get(*l))
     }

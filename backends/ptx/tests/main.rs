@@ -3,7 +3,7 @@
 //! sm_90 (register and shared-memory reports recorded, spills fail); the
 //! emitted IR uses the `ptx_kernel` convention; the math library is accurate.
 
-use mixc_backend_ptx::{compile, PtxKernel, Target};
+use mixc_backend_ptx::{compile, compile_with, Matmul, Options, PtxKernel, Target, Tier};
 use mixc_ir::tile::Kernel;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -145,7 +145,7 @@ type Compiled = (usize, Target, Result<PtxKernel, String>);
 
 /// Compiles every kernel for both targets on a few threads; returns
 /// `(id, target, kernel)` in order, panicking on the first compile error.
-fn compile_all(kernels: &[(String, Kernel)], targets: &[Target]) -> Vec<(String, Target, PtxKernel)> {
+fn compile_all(kernels: &[(String, Kernel)], targets: &[Target], opts: Options) -> Vec<(String, Target, PtxKernel)> {
     let jobs: Vec<(usize, Target)> = (0..kernels.len()).flat_map(|i| targets.iter().map(move |t| (i, *t))).collect();
     let next = Mutex::new(0usize);
     let results: Mutex<Vec<Compiled>> = Mutex::new(vec![]);
@@ -159,7 +159,7 @@ fn compile_all(kernels: &[(String, Kernel)], targets: &[Target]) -> Vec<(String,
                     j
                 };
                 let Some((i, t)) = jobs.get(j).copied() else { break };
-                let r = compile(&kernels[i].1, t).map_err(|e| e.to_string());
+                let r = compile_with(&kernels[i].1, t, opts).map_err(|e| e.to_string());
                 results.lock().unwrap().push((i, t, r));
             });
         }
@@ -185,9 +185,10 @@ fn check_kernels(
     scheds: &[(&'static str, mixc_passes::Schedule)],
     report_name: &str,
     far_share: f64,
+    opts: Options,
 ) {
     let targets = [Target::Sm80, Target::Sm90];
-    let compiled = compile_all(&kernels, &targets);
+    let compiled = compile_all(&kernels, &targets, opts);
     let outdir = target_dir().join("ptx-check").join(report_name);
     std::fs::create_dir_all(&outdir).unwrap();
     let Some(ptxas) = ptxas() else {
@@ -238,7 +239,7 @@ fn check_kernels(
             Err(e) => failures.push(format!("{id} ({}): ptxas failed:\n{e}", t.name())),
             Ok(r) => {
                 let kernel = &kernels.iter().find(|(kid, _)| kid == id).expect("a compiled kernel is listed").1;
-                let estimate = mixc_backend_ptx::resources(kernel, Default::default()).unwrap().registers;
+                let estimate = mixc_backend_ptx::resources(kernel, opts.matmul).unwrap().registers;
                 if t.name() == "sm_90" {
                     estimates.push((id.clone(), p.threads, r.registers, estimate));
                 }
@@ -323,7 +324,7 @@ fn every_model_kernel_assembles_for_sm80_and_sm90() {
     for split in ["flash_attention_partial", "flash_attention_combine"] {
         assert!(kernels.iter().any(|(_, k)| k.name == split), "no `{split}` kernel among the models' decode kernels");
     }
-    check_kernels(kernels, "models/*.toml", &schedules(), "ptx", 0.10);
+    check_kernels(kernels, "models/*.toml", &schedules(), "ptx", 0.10, Options::default());
 }
 
 /// Schedules with 16-bit storage of activations.
@@ -375,7 +376,41 @@ fn narrow_storage_kernels_assemble_for_sm80_and_sm90() {
     // off here: 11 of 140 distinct kernels (7.9%) since elementwise chains
     // fuse into their consumers; 12% until the estimate gets a term for
     // 16-bit operands.
-    check_kernels(kernels, "a few models with bf16/f16 storage", &narrow_schedules(), "ptx-narrow", 0.12);
+    check_kernels(kernels, "a few models with bf16/f16 storage", &narrow_schedules(), "ptx-narrow", 0.12, Options::default());
+}
+
+/// The register tier: with bf16 dots, the kernels it takes (attention's
+/// prefill and decode kernels of every attention model, linear attention's
+/// outputs) compile there, use `ldmatrix` and `mma`, and assemble for sm_80
+/// and sm_90 without spills; with tf32x3 dots, or `register_tiles` off, the
+/// same kernels stay in the shared-memory tier; kernels it does not take
+/// (a chunked recurrence's `cumsum`) say why.
+#[test]
+fn register_tier_kernels_assemble_for_sm80_and_sm90() {
+    let bf16 = Options { matmul: Matmul::Bf16, ..Options::default() };
+    let all = kernels_of("models");
+    let (taken, not): (Vec<_>, Vec<_>) =
+        all.into_iter().partition(|(_, k)| mixc_backend_ptx::register_tier(k, Matmul::Bf16).is_ok());
+    for name in ["flash_attention", "flash_attention_partial"] {
+        assert!(taken.iter().any(|(_, k)| k.name == name), "the register tier takes no `{name}` kernel");
+    }
+    let (id, gla) = not.iter().find(|(id, _)| id.starts_with("gla/") && id.contains("states")).expect("a GLA kernel");
+    let why = mixc_backend_ptx::register_tier(gla, Matmul::Bf16).expect_err("GLA's states kernel");
+    assert!(why.contains("cumsum"), "{id}: {why}");
+    let (id, k) = taken.iter().find(|(_, k)| k.name == "flash_attention").expect("checked above");
+    let p = compile_with(k, Target::Sm90, bf16).unwrap_or_else(|e| panic!("{id}: {e}"));
+    assert_eq!(p.tier, Tier::Registers, "{id}");
+    assert!(p.ptx.contains("ldmatrix.sync.aligned.m8n8.x4.trans"), "{id}: no transposed ldmatrix");
+    assert!(p.ptx.contains("mma.sync.aligned.m16n8k16"), "{id}: no bf16 mma");
+    assert!(p.ptx.contains("shfl.sync.bfly"), "{id}: no row reduction across lanes");
+    assert_eq!(compile(k, Target::Sm90).unwrap_or_else(|e| panic!("{id}: {e}")).tier, Tier::Shared, "{id} tf32x3");
+    let off = Options { register_tiles: false, ..bf16 };
+    assert_eq!(compile_with(k, Target::Sm90, off).unwrap_or_else(|e| panic!("{id}: {e}")).tier, Tier::Shared);
+    for (id, k) in &taken {
+        let p = compile_with(k, Target::Sm90, bf16).unwrap_or_else(|e| panic!("{id}: {e}"));
+        assert_eq!(p.tier, Tier::Registers, "{id}: taken by the analysis but emitted in the shared tier");
+    }
+    check_kernels(taken, "the register tier's kernels of models/*.toml", &schedules(), "ptx-registers", 0.5, bf16);
 }
 
 #[test]

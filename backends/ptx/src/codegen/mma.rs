@@ -291,7 +291,7 @@ impl<'ctx> Em<'ctx, '_> {
     }
 
     /// Two f32 values rounded to bf16 and packed in one `.b32` (`lo` in the low half).
-    fn pack_bf16(&mut self, lo: FloatValue<'ctx>, hi: FloatValue<'ctx>) -> R<IntValue<'ctx>> {
+    pub(super) fn pack_bf16(&mut self, lo: FloatValue<'ctx>, hi: FloatValue<'ctx>) -> R<IntValue<'ctx>> {
         let bf = self.cx.bf16_type();
         let v2 = bf.vec_type(2);
         let l = self.b.build_float_trunc(lo, bf, "")?;
@@ -336,7 +336,7 @@ impl<'ctx> Em<'ctx, '_> {
         self.mma_call("llvm.nvvm.mma.m16n8k8.row.col.tf32", a, b, c)
     }
 
-    fn mma_bf16(
+    pub(super) fn mma_bf16(
         &mut self,
         a: &[IntValue<'ctx>],
         b: &[IntValue<'ctx>],

@@ -1,0 +1,812 @@
+//! The register tier: kernels whose tiles are all blocks of the same `M` rows
+//! (a query block of attention, say) keep those tiles in registers, in the
+//! `mma.sync` accumulator layout, instead of in shared-memory slots.
+//!
+//! # Which kernels it takes ([`analyze`])
+//!
+//! `dot`s in bf16 mode whose results are `[M, N]` (one `M` for the whole
+//! kernel, a multiple of 16 up to 256) and whose right operands are loads used
+//! by nothing but `dot`s; every other tile is either held (below) or *lazy*:
+//! index arithmetic, constants and loads that any thread can compute at any
+//! index. A kernel with a `cumsum`, an `if`, a reduction along rows or to a
+//! scalar, a transposed left operand, a tile it cannot hold, or a buffer it
+//! both loads and stores goes to the shared-memory tier instead.
+//!
+//! # How tiles are held
+//!
+//! The CTA has `M / 16` warps; warp `w` owns rows `16w .. 16w + 16`. With
+//! `g = lane / 4` and `t = lane % 4`, a lane holds
+//! * of an `[M, N]` tile (`N` a multiple of 8): the elements at rows
+//!   `16w + g` and `16w + g + 8`, columns `8j + 2t` and `8j + 2t + 1` for every
+//!   `j < N / 8` — exactly the accumulators of the `m16n8` fragments of its
+//!   warp, so a `dot` result needs no exchange, and two neighbouring
+//!   fragments are the left operand of the next `m16n8k16` step;
+//! * of an `[M]` or `[M, 1]` tile (a row statistic): its two rows;
+//! * scalars, like every thread.
+//!
+//! Elementwise ops compute each held element where it lives; a reduction along
+//! columns folds a lane's elements and then the four lanes of a row with
+//! butterfly shuffles; a loop carries held tiles as phis. Right operands of
+//! `dot` are staged in shared memory as bf16 (rows padded by 16 bytes, so the
+//! eight row addresses of an `ldmatrix` phase hit distinct banks) by all
+//! threads between two barriers, and read as fragments with `ldmatrix`
+//! (`.trans` for an operand not transposed).
+//!
+//! Elements are found by index: [`Em::elem`] looks a held value up by the
+//! identity of the index values (this lane's row and column registers), so
+//! lazy values and views evaluate unchanged at held positions.
+
+use super::{fv, iv, named, Em, R};
+use crate::plan::{Plan, Repr, MAX_SHARED};
+use crate::Matmul;
+use inkwell::types::BasicTypeEnum;
+use inkwell::values::{BasicValueEnum, FloatValue, IntValue};
+use inkwell::{AddressSpace, IntPredicate};
+use mixc_ir::ops::ReduceFn;
+use mixc_ir::tile::{Block, Kernel, Stmt, TOp, TValue};
+use mixc_ir::DType;
+use std::collections::HashMap;
+
+/// How a value is held in the register tier.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Hold {
+    /// A `[]` value in a register of every thread.
+    Scalar,
+    /// Computed wherever it is read.
+    Lazy,
+    /// `[M, N]`: the lane's elements of its warp's `m16n8` fragments.
+    Frag,
+    /// `[M]` or `[M, 1]`: the lane's two rows.
+    Rows,
+    /// A `dot`'s right operand, staged in shared memory as bf16.
+    Staged,
+}
+
+/// Where a staged operand lives in shared memory.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Stage {
+    pub offset: u32,
+    /// Bytes from one row to the next.
+    pub stride: u32,
+}
+
+/// The register tier's plan of a kernel.
+#[derive(Debug)]
+pub(crate) struct RowsPlan {
+    /// Rows of every held tile.
+    pub m: u32,
+    pub hold: Vec<Hold>,
+    pub stages: HashMap<u32, Stage>,
+    pub shared_bytes: u32,
+    /// The widest held tile's columns.
+    pub max_cols: u32,
+    /// Elements a lane holds of tiles live across loop iterations (carried
+    /// or defined outside a loop that reads them), for a register estimate.
+    pub resident: u32,
+}
+
+impl RowsPlan {
+    pub fn threads(&self) -> u32 {
+        self.m / 16 * 32
+    }
+
+    /// The plan [`Em`] reads: held values are `Repr::Reg`, lazy ones computed.
+    pub fn plan(&self) -> Plan {
+        let repr = self
+            .hold
+            .iter()
+            .map(|h| match h {
+                Hold::Scalar => Repr::Scalar,
+                Hold::Lazy => Repr::Lazy,
+                Hold::Frag | Hold::Rows | Hold::Staged => Repr::Reg,
+            })
+            .collect();
+        Plan::registers(repr, self.threads(), self.shared_bytes)
+    }
+
+    /// Registers per thread, roughly: the resident elements, twice the widest
+    /// tile for what a loop body computes, and addressing.
+    pub fn registers(&self) -> u32 {
+        (self.resident + self.max_cols / 2 + 40).min(255)
+    }
+}
+
+/// Bytes of padding after each staged row.
+const STAGE_PAD: u32 = 16;
+
+struct Analysis<'k> {
+    k: &'k Kernel,
+    m: u32,
+    hold: Vec<Hold>,
+    /// Whether a value is held or a view of a held value.
+    derived: Vec<bool>,
+    uses: Vec<u32>,
+    dot_b_uses: Vec<u32>,
+    max_cols: u32,
+}
+
+impl Analysis<'_> {
+    fn shape(&self, v: TValue) -> &[u32] {
+        &self.k.ty(v).shape
+    }
+
+    fn frag_shape(&self, s: &[u32]) -> bool {
+        s.len() == 2 && s[0] == self.m && s[1] >= 8 && s[1].is_multiple_of(8)
+    }
+
+    fn rows_shape(&self, s: &[u32]) -> bool {
+        s == [self.m] || s == [self.m, 1]
+    }
+
+    fn carried(&mut self, v: TValue) -> Result<Hold, String> {
+        let s = self.shape(v).to_vec();
+        let h = if s.is_empty() {
+            Hold::Scalar
+        } else if self.frag_shape(&s) {
+            self.max_cols = self.max_cols.max(s[1]);
+            Hold::Frag
+        } else if self.rows_shape(&s) {
+            Hold::Rows
+        } else {
+            return Err(format!("%{} {:?} is carried but is not a block of {} rows", v.0, s, self.m));
+        };
+        self.set(v, h);
+        Ok(h)
+    }
+
+    fn set(&mut self, v: TValue, h: Hold) {
+        self.hold[v.index()] = h;
+        self.derived[v.index()] = matches!(h, Hold::Frag | Hold::Rows);
+    }
+
+    fn block(&mut self, b: &Block) -> Result<(), String> {
+        for s in &b.stmts {
+            self.stmt(s)?;
+        }
+        Ok(())
+    }
+
+    /// Whether a derived operand of shape `x` can be read at the indices of
+    /// an elementwise result of shape `r` (same rows, or a row statistic
+    /// broadcast along columns).
+    fn readable(&self, x: &[u32], r: &[u32]) -> bool {
+        x == r || (r.len() == 2 && x == [self.m, 1] && r[0] == self.m)
+    }
+
+    fn stmt(&mut self, s: &Stmt) -> Result<(), String> {
+        let k = self.k;
+        match &s.op {
+            TOp::For { body, .. } => {
+                if let Some(a) = body.args.first() {
+                    self.set(*a, Hold::Scalar);
+                }
+                for a in body.args.iter().skip(1) {
+                    self.carried(*a)?;
+                }
+                self.block(body)?;
+                for r in &s.results {
+                    self.carried(*r)?;
+                }
+                return Ok(());
+            }
+            TOp::If { .. } => return Err("`if` is not supported".into()),
+            TOp::Cumsum { .. } => return Err("`cumsum` is not supported".into()),
+            TOp::Store { value, offsets, mask, .. } => {
+                let vs = self.shape(*value).to_vec();
+                if !(vs.is_empty() || self.frag_shape(&vs) || self.rows_shape(&vs)) {
+                    return Err(format!("a store of a {vs:?} tile"));
+                }
+                for x in [Some(*offsets), *mask].into_iter().flatten() {
+                    if self.derived[x.index()] && !self.readable(self.shape(x), &vs) {
+                        return Err("a store's offsets or mask cannot be read where its value is held".into());
+                    }
+                }
+                if self.derived[value.index()] && !self.readable(self.shape(*value), &vs) {
+                    return Err("a store's value is not held as a block of rows".into());
+                }
+                return Ok(());
+            }
+            _ => {}
+        }
+        let Some(v) = s.results.first().copied() else { return Ok(()) };
+        let shape = self.shape(v).to_vec();
+        let dtype = k.ty(v).dtype;
+        let ops = s.op.operands();
+        let any_derived = ops.iter().any(|x| self.derived[x.index()]);
+        let hold = match &s.op {
+            TOp::Dot { a, b, trans_a, trans_b, .. } => {
+                let sa = self.shape(*a).to_vec();
+                let sb = self.shape(*b).to_vec();
+                if *trans_a || !dtype.is_float() || !self.frag_shape(&shape) {
+                    return Err(format!("`dot` %{} {:?}: not an [M, N] result of an untransposed left operand", v.0, shape));
+                }
+                if sa.len() != 2 || sa[0] != self.m || !sa[1].is_multiple_of(16) {
+                    return Err(format!("`dot` %{}: left operand {:?} is not [{}, 16k]", v.0, sa, self.m));
+                }
+                if self.hold[b.index()] != Hold::Staged {
+                    return Err(format!("`dot` %{}: right operand %{} is not a staged load", v.0, b.0));
+                }
+                let (kk, n) = if *trans_b { (sb[1], sb[0]) } else { (sb[0], sb[1]) };
+                if kk != sa[1] || n != shape[1] || !n.is_multiple_of(16) {
+                    return Err(format!("`dot` %{}: operand shapes {:?} × {:?}", v.0, sa, sb));
+                }
+                if let TOp::Dot { acc: Some(c), .. } = &s.op {
+                    if self.derived[c.index()] && !self.readable(self.shape(*c), &shape) {
+                        return Err(format!("`dot` %{}: accumulator not held as the result", v.0));
+                    }
+                }
+                self.max_cols = self.max_cols.max(shape[1]).max(sa[1]);
+                Hold::Frag
+            }
+            TOp::Reduce { func, x, axis } => {
+                let sx = self.shape(*x).to_vec();
+                if !any_derived && !matches!(k.ty(*x).dtype, d if d.is_float()) {
+                    return Err("integer reductions are not supported".into());
+                }
+                let ok_func = matches!(func, ReduceFn::Sum | ReduceFn::Max | ReduceFn::Min | ReduceFn::Mean);
+                if !ok_func || !dtype.is_float() || *axis != 1 || !self.frag_shape(&sx) || shape != [self.m] {
+                    return Err(format!("`reduce` %{} of {:?} along {axis}", v.0, sx));
+                }
+                if self.derived[x.index()] && !self.readable(&sx, &sx) {
+                    return Err("reduce operand".into());
+                }
+                self.max_cols = self.max_cols.max(sx[1]);
+                Hold::Rows
+            }
+            TOp::Load { .. } if self.uses[v.index()] > 0 && self.uses[v.index()] == self.dot_b_uses[v.index()] => {
+                if shape.len() != 2 || !shape[0].is_multiple_of(16) || !shape[1].is_multiple_of(16) {
+                    return Err(format!("a dot operand load of {shape:?}"));
+                }
+                if any_derived {
+                    return Err("a staged load's offsets depend on held values".into());
+                }
+                Hold::Staged
+            }
+            _ if shape.is_empty() => {
+                if any_derived {
+                    return Err(format!("scalar %{} computed from held tiles", v.0));
+                }
+                Hold::Scalar
+            }
+            TOp::Reshape(x) | TOp::Broadcast(x) | TOp::Transpose(x) => {
+                if self.derived[x.index()] {
+                    let sx = self.shape(*x).to_vec();
+                    let nonunit = |s: &[u32]| s.iter().copied().filter(|d| *d != 1).collect::<Vec<_>>();
+                    let fine = match &s.op {
+                        TOp::Reshape(_) => nonunit(&sx) == nonunit(&shape) && sx.first() == shape.first(),
+                        TOp::Broadcast(_) => self.readable(&sx, &shape),
+                        _ => false,
+                    };
+                    if !fine {
+                        return Err(format!("a view %{} {:?} of held %{} {:?}", v.0, shape, x.0, sx));
+                    }
+                    self.hold[v.index()] = Hold::Lazy;
+                    self.derived[v.index()] = true;
+                    return Ok(());
+                }
+                Hold::Lazy
+            }
+            TOp::Unary(..) | TOp::Binary(..) | TOp::Select(..) | TOp::Cast(..) | TOp::Load { .. } => {
+                for x in &ops {
+                    if self.derived[x.index()] && !self.readable(self.shape(*x), &shape) {
+                        return Err(format!("%{} {:?} reads held %{} {:?}", v.0, shape, x.0, self.shape(*x)));
+                    }
+                }
+                let data = any_derived || matches!(s.op, TOp::Load { .. });
+                if data && self.frag_shape(&shape) {
+                    self.max_cols = self.max_cols.max(shape[1]);
+                    Hold::Frag
+                } else if data && self.rows_shape(&shape) {
+                    Hold::Rows
+                } else if any_derived {
+                    return Err(format!("%{} {:?} cannot be held", v.0, shape));
+                } else {
+                    Hold::Lazy
+                }
+            }
+            TOp::ProgramId(_) | TOp::Param(_) | TOp::Const(_) | TOp::Arange(_) => Hold::Lazy,
+            other => return Err(format!("`{}` is not supported", other.mnemonic())),
+        };
+        for r in &s.results {
+            self.set(*r, hold);
+        }
+        Ok(())
+    }
+}
+
+/// Plans `k` for the register tier, or says why it does not fit.
+pub(crate) fn analyze(k: &Kernel, matmul: Matmul) -> Result<RowsPlan, String> {
+    if matmul != Matmul::Bf16 {
+        return Err("the register tier takes bf16 dots only".into());
+    }
+    let n = k.types.len();
+    let mut uses = vec![0u32; n];
+    let mut dot_b_uses = vec![0u32; n];
+    let mut m = None;
+    let (mut loaded, mut stored) = (vec![], vec![]);
+    k.walk(&mut |s| {
+        for x in s.op.operands() {
+            if let Some(u) = uses.get_mut(x.index()) {
+                *u += 1;
+            }
+        }
+        if let TOp::For { body, .. } | TOp::If { then: body, .. } = &s.op {
+            for y in &body.yields {
+                if let Some(u) = uses.get_mut(y.index()) {
+                    *u += 1;
+                }
+            }
+        }
+        if let TOp::If { otherwise, .. } = &s.op {
+            for y in &otherwise.yields {
+                if let Some(u) = uses.get_mut(y.index()) {
+                    *u += 1;
+                }
+            }
+        }
+        match &s.op {
+            TOp::Dot { b, .. } => {
+                if let Some(u) = dot_b_uses.get_mut(b.index()) {
+                    *u += 1;
+                }
+                if m.is_none() {
+                    m = s.results.first().and_then(|r| k.ty(*r).shape.first().copied());
+                }
+            }
+            TOp::Load { ptr, .. } => loaded.push(*ptr),
+            TOp::Store { ptr, .. } => stored.push(*ptr),
+            _ => {}
+        }
+    });
+    for y in &k.body.yields {
+        if let Some(u) = uses.get_mut(y.index()) {
+            *u += 1;
+        }
+    }
+    let Some(m) = m else { return Err("no dot".into()) };
+    if !m.is_multiple_of(16) || !(16..=256).contains(&m) {
+        return Err(format!("dot results of {m} rows"));
+    }
+    if loaded.iter().any(|p| stored.contains(p)) {
+        return Err("a buffer both loaded and stored".into());
+    }
+    if k.types.iter().any(|t| t.dtype == DType::F64) {
+        return Err("f64 tiles".into());
+    }
+    let mut a = Analysis {
+        k,
+        m,
+        hold: vec![Hold::Scalar; n],
+        derived: vec![false; n],
+        uses,
+        dot_b_uses,
+        max_cols: 8,
+    };
+    a.block(&k.body)?;
+    // Stage offsets, in order of definition.
+    let mut stages = HashMap::new();
+    let mut offset = 0u32;
+    let mut order = vec![];
+    k.walk(&mut |s| {
+        for r in &s.results {
+            if a.hold[r.index()] == Hold::Staged {
+                order.push(*r);
+            }
+        }
+    });
+    for v in order {
+        let s = &k.ty(v).shape;
+        let stride = s[1] * 2 + STAGE_PAD;
+        stages.insert(v.0, Stage { offset, stride });
+        offset = offset.saturating_add(s[0].saturating_mul(stride));
+    }
+    if offset > MAX_SHARED {
+        return Err(format!("staged operands need {offset} bytes of shared memory"));
+    }
+    let resident = resident_elements(k, &a);
+    Ok(RowsPlan { m, hold: a.hold, stages, shared_bytes: offset, max_cols: a.max_cols, resident })
+}
+
+/// Elements per lane of held tiles that live across loop iterations.
+fn resident_elements(k: &Kernel, a: &Analysis) -> u32 {
+    let per_lane = |v: TValue| match a.hold[v.index()] {
+        Hold::Frag => k.ty(v).shape[1] / 2,
+        Hold::Rows => 2,
+        _ => 0,
+    };
+    let mut total = 0;
+    let mut outside: Vec<TValue> = vec![];
+    for s in &k.body.stmts {
+        if let TOp::For { body, .. } = &s.op {
+            total += body.args.iter().skip(1).map(|x| per_lane(*x)).sum::<u32>();
+            let mut inner = vec![];
+            body.stmts.iter().for_each(|s| inner.extend(s.op.operands()));
+            total += outside.iter().filter(|v| inner.contains(v)).map(|v| per_lane(*v)).sum::<u32>();
+        }
+        outside.extend(s.results.iter().copied());
+    }
+    total
+}
+
+/// This lane's rows and columns.
+pub(crate) struct Lanes<'ctx> {
+    lane: IntValue<'ctx>,
+    t: IntValue<'ctx>,
+    rows: [IntValue<'ctx>; 2],
+    cols: Vec<[IntValue<'ctx>; 2]>,
+}
+
+impl<'ctx> Lanes<'ctx> {
+    pub(super) fn new(em: &Em<'ctx, '_>, rp: &RowsPlan) -> R<Lanes<'ctx>> {
+        let b = &em.b;
+        let lane = b.build_and(em.tid, em.i32c(31), "lane")?;
+        let warp = b.build_right_shift(em.tid, em.i32c(5), false, "warp")?;
+        let g = b.build_right_shift(lane, em.i32c(2), false, "g")?;
+        let t = b.build_and(lane, em.i32c(3), "t")?;
+        let r0 = b.build_int_add(b.build_int_mul(warp, em.i32c(16), "")?, g, "row0")?;
+        let r1 = b.build_int_add(r0, em.i32c(8), "row1")?;
+        let t2 = b.build_int_mul(t, em.i32c(2), "")?;
+        let mut cols = vec![];
+        for j in 0..rp.max_cols.div_ceil(8) {
+            let c0 = if j == 0 { t2 } else { b.build_int_add(t2, em.i32c(8 * j as i64), "")? };
+            let c1 = b.build_int_add(c0, em.i32c(1), "")?;
+            cols.push([c0, c1]);
+        }
+        Ok(Lanes { lane, t, rows: [r0, r1], cols })
+    }
+
+    /// The indices of this lane's elements of a tile of `shape` held as `h`,
+    /// in fragment order (`j`, then row half, then column of the pair).
+    fn positions(&self, em: &Em<'ctx, '_>, h: Hold, shape: &[u32]) -> R<Vec<Vec<IntValue<'ctx>>>> {
+        Ok(match h {
+            Hold::Scalar => vec![vec![]],
+            Hold::Rows if shape.len() == 1 => self.rows.iter().map(|r| vec![*r]).collect(),
+            Hold::Rows => self.rows.iter().map(|r| vec![*r, em.i32c(0)]).collect(),
+            Hold::Frag => {
+                let n = shape.get(1).copied().unwrap_or(0) / 8;
+                let mut out = vec![];
+                for j in 0..n as usize {
+                    let Some(cj) = self.cols.get(j) else { return super::fail("a tile wider than planned") };
+                    for r in self.rows {
+                        for c in cj {
+                            out.push(vec![r, *c]);
+                        }
+                    }
+                }
+                out
+            }
+            Hold::Lazy | Hold::Staged => return super::fail("a value that is not held has no positions"),
+        })
+    }
+}
+
+/// Emits the kernel body in the register tier.
+pub(super) fn emit(em: &mut Em<'_, '_>, rp: &RowsPlan) -> R<()> {
+    let ln = Lanes::new(em, rp)?;
+    let k = em.k;
+    block(em, rp, &ln, &k.body)
+}
+
+fn block<'ctx>(em: &mut Em<'ctx, '_>, rp: &RowsPlan, ln: &Lanes<'ctx>, b: &Block) -> R<()> {
+    for s in &b.stmts {
+        let k = em.k;
+        stmt(em, rp, ln, s).map_err(|e| named(e, &k.name, &s.op.mnemonic()))?;
+    }
+    Ok(())
+}
+
+fn hold_of(rp: &RowsPlan, v: TValue) -> Hold {
+    rp.hold.get(v.index()).copied().unwrap_or(Hold::Lazy)
+}
+
+/// Binds element `pos` of `v` to `x`.
+fn bind<'ctx>(em: &mut Em<'ctx, '_>, rp: &RowsPlan, v: TValue, pos: &[IntValue<'ctx>], x: BasicValueEnum<'ctx>) {
+    if hold_of(rp, v) == Hold::Scalar {
+        em.set(v, x);
+    } else {
+        em.held.insert(super::elem_key(v, pos), x);
+    }
+}
+
+fn stmt<'ctx>(em: &mut Em<'ctx, '_>, rp: &RowsPlan, ln: &Lanes<'ctx>, s: &Stmt) -> R<()> {
+    match &s.op {
+        TOp::For { .. } => return for_(em, rp, ln, s),
+        TOp::Store { .. } => return store(em, rp, ln, s),
+        TOp::If { .. } | TOp::Cumsum { .. } => return super::fail("not supported in the register tier"),
+        _ => {}
+    }
+    let Some(v) = s.results.first().copied() else { return Ok(()) };
+    let shape = em.k.ty(v).shape.clone();
+    match hold_of(rp, v) {
+        Hold::Lazy => Ok(()),
+        Hold::Scalar => {
+            let x = em.compute(v, &[])?;
+            em.set(v, x);
+            Ok(())
+        }
+        Hold::Staged => stage(em, rp, v),
+        h @ (Hold::Frag | Hold::Rows) => match &s.op {
+            TOp::Dot { a, b, acc, trans_b, .. } => dot(em, rp, ln, v, *a, *b, *acc, *trans_b),
+            TOp::Reduce { func, x, .. } => reduce(em, ln, v, *func, *x),
+            _ => {
+                for pos in ln.positions(em, h, &shape)? {
+                    let x = em.compute(v, &pos)?;
+                    bind(em, rp, v, &pos, x);
+                }
+                Ok(())
+            }
+        },
+    }
+}
+
+/// Copies a load into its shared-memory stage as bf16, all threads, between barriers.
+fn stage(em: &mut Em<'_, '_>, rp: &RowsPlan, v: TValue) -> R<()> {
+    let Some(st) = rp.stages.get(&v.0).copied() else { return super::fail("a staged load without a stage") };
+    let shape = em.k.ty(v).shape.clone();
+    em.barrier()?;
+    let bf = em.cx.bf16_type();
+    em.each(shape[0] * shape[1], &mut |s, e| {
+        let idx = s.delin(e, &shape)?;
+        let x = fv(s.compute(v, &idx)?)?;
+        let h = s.b.build_float_trunc(x, bf, "")?;
+        let off = s.b.build_int_mul(idx[0], s.i32c(st.stride as i64), "")?;
+        let off = s.b.build_int_add(off, s.b.build_int_mul(idx[1], s.i32c(2), "")?, "")?;
+        let off = s.b.build_int_add(off, s.i32c(st.offset as i64), "")?;
+        // SAFETY: the stage lies inside the shared array the plan sized.
+        let p = unsafe { s.b.build_in_bounds_gep(s.cx.i8_type(), s.smem, &[off], "")? };
+        s.b.build_store(p, h)?;
+        Ok(())
+    })?;
+    em.barrier()
+}
+
+/// `ldmatrix .x4` (`.trans` when asked) at a shared byte offset.
+fn ldmatrix<'ctx>(em: &mut Em<'ctx, '_>, off: IntValue<'ctx>, trans: bool) -> R<[IntValue<'ctx>; 4]> {
+    let i32t: BasicTypeEnum = em.cx.i32_type().into();
+    let ret = em.cx.struct_type(&[i32t; 4], false);
+    let sptr: BasicTypeEnum = em.cx.ptr_type(AddressSpace::from(3u16)).into();
+    let name = if trans {
+        "llvm.nvvm.ldmatrix.sync.aligned.m8n8.x4.trans.b16.p3"
+    } else {
+        "llvm.nvvm.ldmatrix.sync.aligned.m8n8.x4.b16.p3"
+    };
+    let f = em.func(name, Some(ret.into()), &[sptr]);
+    // SAFETY: offsets inside the stage the plan sized.
+    let p = unsafe { em.b.build_in_bounds_gep(em.cx.i8_type(), em.smem, &[off], "")? };
+    let Some(BasicValueEnum::StructValue(sv)) = em.call(f, &[p.into()])? else {
+        return super::fail("ldmatrix returned no struct");
+    };
+    let mut out = [em.i32c(0); 4];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = iv(em.b.build_extract_value(sv, i as u32, "")?)?;
+    }
+    Ok(out)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn dot<'ctx>(
+    em: &mut Em<'ctx, '_>,
+    rp: &RowsPlan,
+    ln: &Lanes<'ctx>,
+    v: TValue,
+    a: TValue,
+    b: TValue,
+    acc: Option<TValue>,
+    trans_b: bool,
+) -> R<()> {
+    let Some(st) = rp.stages.get(&b.0).copied() else { return super::fail("the right operand is not staged") };
+    let n = em.k.ty(v).shape[1];
+    let kdim = em.k.ty(a).shape[1];
+    let pos = ln.positions(em, Hold::Frag, &[rp.m, n])?;
+    let mut accs: Vec<FloatValue<'ctx>> = Vec::with_capacity(pos.len());
+    for p in &pos {
+        accs.push(match acc {
+            Some(c) => fv(em.elem(c, p)?)?,
+            None => em.f32c(0.0),
+        });
+    }
+    // This lane's row address within an `ldmatrix` phase: lanes 8q..8q+8
+    // address matrix q's rows.
+    let b_ = &em.b;
+    let lr = b_.build_and(ln.lane, em.i32c(7), "")?;
+    let q = b_.build_right_shift(ln.lane, em.i32c(3), false, "")?;
+    let q_lo = b_.build_and(q, em.i32c(1), "")?;
+    let q_hi = b_.build_right_shift(q, em.i32c(1), false, "")?;
+    // trans_b: the stage holds B transposed ([N, K]): matrices (n, k lo),
+    // (n, k hi), (n + 8, k lo), (n + 8, k hi). Otherwise ([K, N]): (k lo, n),
+    // (k hi, n), (k lo, n + 8), (k hi, n + 8), read transposed.
+    let (row_sel, col_sel) = if trans_b { (q_hi, q_lo) } else { (q_lo, q_hi) };
+    let row = b_.build_int_add(lr, b_.build_int_mul(row_sel, em.i32c(8), "")?, "")?;
+    let col = b_.build_int_mul(col_sel, em.i32c(8), "")?;
+    let base = b_.build_int_mul(row, em.i32c(st.stride as i64), "")?;
+    let base = b_.build_int_add(base, b_.build_int_mul(col, em.i32c(2), "")?, "")?;
+    let base = b_.build_int_add(base, em.i32c(st.offset as i64), "")?;
+    for kk in 0..(kdim / 16) as usize {
+        let (Some(lo), Some(hi)) = (ln.cols.get(2 * kk), ln.cols.get(2 * kk + 1)) else {
+            return super::fail("a left operand wider than planned");
+        };
+        let mut afr = vec![];
+        for cols in [lo, hi] {
+            for r in ln.rows {
+                let x0 = fv(em.elem(a, &[r, cols[0]])?)?;
+                let x1 = fv(em.elem(a, &[r, cols[1]])?)?;
+                afr.push(em.pack_bf16(x0, x1)?);
+            }
+        }
+        for np in 0..(n / 16) as usize {
+            let (r_step, c_step) = if trans_b { (16 * np, 16 * kk) } else { (16 * kk, 16 * np) };
+            let off = (r_step as u32 * st.stride + c_step as u32 * 2) as i64;
+            let off = em.b.build_int_add(base, em.i32c(off), "")?;
+            let d = ldmatrix(em, off, !trans_b)?;
+            for (half, nt) in [(0usize, 2 * np), (1, 2 * np + 1)] {
+                let i = nt * 4;
+                let c = [accs[i], accs[i + 1], accs[i + 2], accs[i + 3]];
+                let c = em.mma_bf16(&afr, &[d[2 * half], d[2 * half + 1]], c)?;
+                accs[i..i + 4].copy_from_slice(&c);
+            }
+        }
+    }
+    for (p, x) in pos.iter().zip(accs) {
+        bind(em, rp, v, p, x.into());
+    }
+    Ok(())
+}
+
+fn shfl_bfly<'ctx>(em: &mut Em<'ctx, '_>, x: FloatValue<'ctx>, mask: i64) -> R<FloatValue<'ctx>> {
+    let i32t: BasicTypeEnum = em.cx.i32_type().into();
+    let f32t: BasicTypeEnum = em.cx.f32_type().into();
+    let f = em.func("llvm.nvvm.shfl.sync.bfly.f32", Some(f32t), &[i32t, f32t, i32t, i32t]);
+    let args = [em.i32c(-1).into(), x.into(), em.i32c(mask).into(), em.i32c(31).into()];
+    match em.call(f, &args)? {
+        Some(v) => fv(v),
+        None => super::fail("shfl returned nothing"),
+    }
+}
+
+/// A reduction of an `[M, N]` tile along its columns: each lane folds its
+/// elements, then the four lanes of each row combine theirs.
+fn reduce<'ctx>(em: &mut Em<'ctx, '_>, ln: &Lanes<'ctx>, v: TValue, func: ReduceFn, x: TValue) -> R<()> {
+    let n = em.k.ty(x).shape[1];
+    let d = em.k.ty(v).dtype;
+    let combine = |em: &mut Em<'ctx, '_>, a: FloatValue<'ctx>, b: FloatValue<'ctx>| -> R<FloatValue<'ctx>> {
+        match func {
+            ReduceFn::Max => em.call_f("llvm.maxnum.f32", &[a, b]),
+            ReduceFn::Min => em.call_f("llvm.minnum.f32", &[a, b]),
+            _ => Ok(em.b.build_float_add(a, b, "")?),
+        }
+    };
+    for r in ln.rows {
+        let mut acc = em.f32c(match func {
+            ReduceFn::Max => f64::NEG_INFINITY,
+            ReduceFn::Min => f64::INFINITY,
+            _ => 0.0,
+        });
+        for j in 0..(n / 8) as usize {
+            let Some(cj) = ln.cols.get(j).copied() else { return super::fail("a tile wider than planned") };
+            for c in cj {
+                let e = fv(em.elem(x, &[r, c])?)?;
+                acc = combine(em, acc, e)?;
+            }
+        }
+        for m in [1, 2] {
+            let o = shfl_bfly(em, acc, m)?;
+            acc = combine(em, acc, o)?;
+        }
+        if func == ReduceFn::Mean {
+            acc = em.b.build_float_div(acc, em.f32c(n.max(1) as f64), "")?;
+        }
+        let acc = em.round_float(d, acc)?;
+        em.held.insert(super::elem_key(v, &[r]), acc.into());
+    }
+    Ok(())
+}
+
+fn store<'ctx>(em: &mut Em<'ctx, '_>, rp: &RowsPlan, ln: &Lanes<'ctx>, s: &Stmt) -> R<()> {
+    let TOp::Store { ptr, offsets, value, mask } = &s.op else { return Ok(()) };
+    let vt = em.k.ty(*value).clone();
+    let pd = em.param_dtype(ptr.index())?;
+    let h = if vt.shape.is_empty() {
+        Hold::Scalar
+    } else if vt.shape.len() == 2 && vt.shape[1] != 1 {
+        Hold::Frag
+    } else {
+        Hold::Rows
+    };
+    // A scalar is stored by thread 0; a row statistic by the first lane of each row.
+    let only = match h {
+        Hold::Scalar => Some(em.icmp(IntPredicate::EQ, em.tid, em.i32c(0))?),
+        Hold::Rows => Some(em.icmp(IntPredicate::EQ, ln.t, em.i32c(0))?),
+        _ => None,
+    };
+    let done = match only {
+        Some(c) => {
+            let (st, done) = (em.bb("st_some"), em.bb("st_some_done"));
+            em.b.build_conditional_branch(c, st, done)?;
+            em.b.position_at_end(st);
+            em.memo.clear();
+            Some(done)
+        }
+        None => None,
+    };
+    for idx in ln.positions(em, h, &vt.shape)? {
+        let off = iv(em.elem(*offsets, &idx)?)?;
+        let x = em.elem(*value, &idx)?;
+        let x = em.convert(x, vt.dtype, pd)?;
+        let x: BasicValueEnum =
+            if pd == DType::Bool { em.b.build_int_z_extend(iv(x)?, em.cx.i32_type(), "")?.into() } else { x };
+        let x = em.narrow_stored(pd, x)?;
+        let (addr, _) = em.gaddr(ptr.index(), off)?;
+        match mask {
+            None => {
+                em.b.build_store(addr, x)?;
+            }
+            Some(m) => {
+                let m = iv(em.elem(*m, &idx)?)?;
+                let (st, cont) = (em.bb("st"), em.bb("st_done"));
+                em.b.build_conditional_branch(m, st, cont)?;
+                em.b.position_at_end(st);
+                em.b.build_store(addr, x)?;
+                em.b.build_unconditional_branch(cont)?;
+                em.b.position_at_end(cont);
+            }
+        }
+    }
+    if let Some(done) = done {
+        em.b.build_unconditional_branch(done)?;
+        em.b.position_at_end(done);
+        em.memo.clear();
+    }
+    let _ = rp;
+    Ok(())
+}
+
+fn for_<'ctx>(em: &mut Em<'ctx, '_>, rp: &RowsPlan, ln: &Lanes<'ctx>, s: &Stmt) -> R<()> {
+    let TOp::For { lo, hi, step, init, body } = &s.op else { return Ok(()) };
+    let k = em.k;
+    let carried: Vec<TValue> = body.args.iter().skip(1).copied().collect();
+    if carried.len() != init.len() || body.yields.len() != init.len() || s.results.len() != init.len() {
+        return super::fail("a loop whose carried values do not match");
+    }
+    let mut places = vec![];
+    for a in &carried {
+        places.push(ln.positions(em, hold_of(rp, *a), &k.ty(*a).shape)?);
+    }
+    let mut inits = vec![];
+    for (x, ps) in init.iter().zip(&places) {
+        for p in ps {
+            inits.push(em.elem(*x, p)?);
+        }
+    }
+    let (lo, hi, step) = (iv(em.scalar(*lo)?)?, iv(em.scalar(*hi)?)?, iv(em.scalar(*step)?)?);
+    let positive = em.icmp(IntPredicate::SGT, step, em.i32c(0))?;
+    let out = em.counted(lo, hi, step, Some(positive), &inits, &mut |em, ivv, vals| {
+        if let Some(a0) = body.args.first() {
+            em.set(*a0, ivv.into());
+        }
+        let mut i = 0;
+        for (a, ps) in carried.iter().zip(&places) {
+            for p in ps {
+                let Some(x) = vals.get(i) else { return super::fail("a carried value is missing") };
+                bind(em, rp, *a, p, *x);
+                i += 1;
+            }
+        }
+        block(em, rp, ln, body)?;
+        let mut next = vec![];
+        for (y, ps) in body.yields.iter().zip(&places) {
+            for p in ps {
+                next.push(em.elem(*y, p)?);
+            }
+        }
+        Ok(next)
+    })?;
+    let mut i = 0;
+    for (r, ps) in s.results.iter().zip(&places) {
+        for p in ps {
+            let Some(x) = out.get(i) else { return super::fail("a loop result is missing") };
+            bind(em, rp, *r, p, *x);
+            i += 1;
+        }
+    }
+    Ok(())
+}

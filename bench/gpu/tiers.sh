@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Run ON THE GPU MACHINE from the folder bench/gpu/prepare.sh wrote: the
+# register tier (tiles in registers, `backends/ptx/src/codegen/rows.rs`)
+# checked and timed against the shared-memory tier (`--shared-tiles`) and
+# PyTorch's SDPA (cuDNN, FlashAttention-2) in the same run.
+#   1. every model whose bf16-dot kernels the register tier takes, and the
+#      anchors in bf16, against the f64 reference (`gpu-check`, ragged sizes);
+#   2. attention and linear attention prefill, both tiers, at SIZES;
+#   3. the schedule sweep of attention (bf16 dots and storage) at B=8, T=8192;
+#   4. SDPA at the same sizes (`anchors/gpu_anchor_bench.py --phases sdpa`).
+# PARTS picks (check, bench, sweep, sdpa; default all). Exits non-zero when a
+# check fails.
+set -uo pipefail
+cd "$(dirname "$0")"
+[ -x ./mixc ] || xz -dkf mixc.xz
+models=${MODELS:-../models}
+out=${OUT:-out}; mkdir -p "$out"
+parts=${PARTS:-check,bench,sweep,sdpa}
+status=0
+d=$(mktemp -d)
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/card.txt"
+if [[ $parts == *check* ]]; then
+  for n in ${CHECK_MODELS:-llama swa duo-attention hybrid linear-attn deltanet}; do
+    ./mixc compile "$models/$n.toml" --target sm_90 --matmul bf16 -o "$d/$n" >/dev/null || { echo "compile failed: $n"; status=1; }
+    ./mixc gpu-check --kernels "$d/$n" --max-t "${MAX_T:-600}" || status=1
+  done 2>&1 | tee "$out/check.txt"
+  for s in f32 bf16; do
+    ./mixc compile "$models/bench/anchors.toml" --target sm_90 --matmul bf16 --storage $s -o "$d/anchors-$s" >/dev/null || status=1
+    ./mixc gpu-check --kernels "$d/anchors-$s" --max-t "${MAX_T:-600}" || status=1
+  done 2>&1 | tee -a "$out/check.txt"
+  grep -qiE "fail|error" "$out/check.txt" && status=1
+fi
+if [[ $parts == *bench* ]]; then
+  for p in ${SIZES:-B=8,H=16,T=2048 B=8,H=16,T=8192}; do
+    for tier in registers shared; do
+      flag=(); [ $tier = shared ] && flag=(--shared-tiles)
+      b="$d/bench-$tier-$p"
+      ./mixc compile "$models/bench/anchors.toml" --target sm_90 --matmul bf16 --storage bf16 --sizes "$p" "${flag[@]}" -o "$b" >/dev/null
+      echo "== $tier tier, $p"
+      ./mixc bench "$models/bench/anchors.toml" --target cuda --kernels "$b" --mode prefill --runs 5 --sizes "$p" \
+        --mixer "${MIXERS:-attention,linear_attn}"
+    done
+  done 2>&1 | tee "$out/bench.txt"
+fi
+if [[ $parts == *sweep* ]]; then
+  timeout "${SWEEP_S:-150}" ./mixc bench "$models/bench/anchors.toml" --target cuda --mixer attention --sweep --runs 3 \
+    --matmul bf16 --storage bf16 --sizes "${SWEEP_SIZES:-B=8,H=16,T=8192}" 2>&1 | tee "$out/sweep.txt"
+fi
+if [[ $parts == *sdpa* ]] && [ -f anchors/gpu_anchor_bench.py ]; then
+  (cd anchors && OUT="$PWD/../$out/anchors" timeout "${ANCHOR_S:-120}" python3 gpu_anchor_bench.py \
+    --phases env,ceil,sdpa --budget "${ANCHOR_BUDGET:-100}" --sizes 8x8192,8x2048) > "$out/sdpa.txt" 2>&1
+  grep -E "ceiling|sdpa" "$out/sdpa.txt"
+fi
+exit $status
