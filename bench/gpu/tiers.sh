@@ -4,8 +4,12 @@
 # checked and timed against the shared-memory tier (`--shared-tiles`) and
 # PyTorch's SDPA (cuDNN, FlashAttention-2) in the same run.
 #   1. every model whose bf16-dot kernels the register tier takes, and the
-#      anchors in bf16, against the f64 reference (`gpu-check`, ragged sizes);
-#   2. attention and linear attention prefill, both tiers, at SIZES;
+#      anchors (activations in f32 and bf16; attention also under each of
+#      BLOCKS, `--attention-blocks`), against the f64 reference (`gpu-check`,
+#      ragged sizes);
+#   2. attention and linear attention prefill at SIZES under each of VARIANTS
+#      (`pick`: the cost model's schedule, `shared`: the shared-memory tier,
+#      `QxK`: attention blocks);
 #   3. the schedule sweep of attention (bf16 dots and storage) at B=8, T=8192;
 #   4. SDPA at the same sizes (`anchors/gpu_anchor_bench.py --phases sdpa`).
 # PARTS picks (check, bench, sweep, sdpa; default all). Exits non-zero when a
@@ -27,18 +31,25 @@ if [[ $parts == *check* ]]; then
   for s in f32 bf16; do
     ./mixc compile "$models/bench/anchors.toml" --target sm_90 --matmul bf16 --storage $s -o "$d/anchors-$s" >/dev/null || status=1
     ./mixc gpu-check --kernels "$d/anchors-$s" --max-t "${MAX_T:-600}" || status=1
+    # Attention under each block shape (pipelined or not, 4 or 8 warps).
+    for bl in ${BLOCKS:-128x64 64x64 128x32 64x128}; do
+      ./mixc compile "$models/bench/anchors.toml" --target sm_90 --matmul bf16 --storage $s --attention-blocks "$bl" \
+        -o "$d/attention-$s-$bl" >/dev/null || status=1
+      ./mixc gpu-check --kernels "$d/attention-$s-$bl" --max-t "${MAX_T:-600}" || status=1
+    done
   done 2>&1 | tee -a "$out/check.txt"
   grep -qiE "fail|error" "$out/check.txt" && status=1
 fi
 if [[ $parts == *bench* ]]; then
   for p in ${SIZES:-B=8,H=16,T=2048 B=8,H=16,T=8192}; do
-    for tier in registers shared; do
-      flag=(); [ $tier = shared ] && flag=(--shared-tiles)
-      b="$d/bench-$tier-$p"
+    for v in ${VARIANTS:-pick shared 128x64 64x64 128x32}; do
+      flag=()
+      case $v in pick) ;; shared) flag=(--shared-tiles) ;; *) flag=(--attention-blocks "$v") ;; esac
+      b="$d/bench-$v-$p"
       ./mixc compile "$models/bench/anchors.toml" --target sm_90 --matmul bf16 --storage bf16 --sizes "$p" "${flag[@]}" -o "$b" >/dev/null
-      echo "== $tier tier, $p"
+      echo "== $v, $p"
       ./mixc bench "$models/bench/anchors.toml" --target cuda --kernels "$b" --mode prefill --runs 5 --sizes "$p" \
-        --mixer "${MIXERS:-attention,linear_attn}"
+        --mixer "${MIXERS:-attention,linear_attn}" | grep -E "^(attention|linear_attn) "
     done
   done 2>&1 | tee "$out/bench.txt"
 fi

@@ -41,6 +41,10 @@ pub fn run(args: &CompileArgs) -> Result<String, mixc::Error> {
 fn schedule_of(g: &mixc::NamedGraph, args: &CompileArgs) -> Result<mixc_passes::Schedule, mixc::Error> {
     let s = flagged_schedule(g, args)?;
     let s = mixc_passes::Schedule { kv_split: args.kv_split.unwrap_or(s.kv_split), ..s };
+    let s = match args.attention_blocks {
+        Some((block_q, block_k)) => mixc_passes::Schedule { block_q, block_k, ..s },
+        None => s,
+    };
     match (args.kv_split, args.step_tokens) {
         (Some(n), _) => s.validate().map_err(|why| mixc::Error::Usage(format!("--kv-split {n}: {why}")))?,
         (None, Some(n)) => s.validate().map_err(|why| mixc::Error::Usage(format!("--step-tokens {n}: {why}")))?,

@@ -279,6 +279,11 @@ pub struct CompileArgs {
     /// of 64 for GPU decode steps (measured faster).
     #[arg(long = "block-v", value_name = "N", default_value_t = 0)]
     pub block_v: u32,
+    /// Attention's query and key blocks (`QxK`, powers of two, e.g. `128x64`):
+    /// one program per block of Q queries, walking blocks of K keys;
+    /// default: the schedule's (the cost model's pick, or 64x64).
+    #[arg(long = "attention-blocks", value_name = "QxK", value_parser = parse_blocks)]
+    pub attention_blocks: Option<(u32, u32)>,
     /// Compile the prefill of diagonal recurrences in the token-by-token form,
     /// N tokens (1…16) per pass over the state (the state read and written
     /// once per N tokens), instead of chunks.
@@ -357,4 +362,17 @@ pub fn run(cli: &Cli) -> Result<String, mixc::Error> {
         #[cfg(not(feature = "cuda"))]
         Command::GpuCheck(_) => Err(mixc::Error::Usage(mixc::NO_CUDA.into())),
     }
+}
+
+/// `QxK` of `--attention-blocks`: two powers of two from 16 to 256.
+fn parse_blocks(s: &str) -> Result<(u32, u32), String> {
+    let (q, k) = s.split_once(['x', 'X']).ok_or_else(|| format!("`{s}`: expected QxK, e.g. 128x64"))?;
+    let num = |x: &str| -> Result<u32, String> {
+        let n: u32 = x.trim().parse().map_err(|_| format!("`{x}` is not a number"))?;
+        if !(16..=256).contains(&n) || !n.is_power_of_two() {
+            return Err(format!("{n}: blocks are powers of two from 16 to 256"));
+        }
+        Ok(n)
+    };
+    Ok((num(q)?, num(k)?))
 }

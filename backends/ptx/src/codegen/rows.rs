@@ -37,14 +37,15 @@
 //! lazy values and views evaluate unchanged at held positions.
 
 use super::{fv, iv, named, Em, R};
-use crate::plan::{Plan, Repr, MAX_SHARED};
+use crate::plan::{Defs, Plan, Repr, MAX_SHARED};
 use crate::Matmul;
 use inkwell::types::BasicTypeEnum;
 use inkwell::values::{BasicValueEnum, FloatValue, IntValue};
 use inkwell::{AddressSpace, IntPredicate};
-use mixc_ir::ops::ReduceFn;
-use mixc_ir::tile::{Block, Kernel, Stmt, TOp, TValue};
+use mixc_ir::ops::{BinaryFn, ReduceFn};
+use mixc_ir::tile::{Block, Kernel, ParamKind, Stmt, TOp, TValue};
 use mixc_ir::DType;
+use std::cell::RefCell;
 use std::collections::HashMap;
 
 /// How a value is held in the register tier.
@@ -60,6 +61,10 @@ pub(crate) enum Hold {
     Rows,
     /// A `dot`'s right operand, staged in shared memory as bf16.
     Staged,
+    /// `[M, K]` read only as `dot` left operands: the lane's elements of its
+    /// `Frag` positions rounded to bf16 and packed in pairs (columns `2t`,
+    /// `2t + 1` of each fragment), half the registers of `Frag`.
+    PackedA,
 }
 
 /// Where a staged operand lives in shared memory.
@@ -68,6 +73,30 @@ pub(crate) struct Stage {
     pub offset: u32,
     /// Bytes from one row to the next.
     pub stride: u32,
+    /// Bytes of one buffer (a pipelined stage copied as is has two, one
+    /// after the other).
+    pub bytes: u32,
+    /// A pipelined stage of an f32 buffer: the two buffers `cp.async` copies
+    /// the f32 rows into (dense), converted to the bf16 stage each iteration.
+    pub raw: Option<Raw>,
+}
+
+/// Where a pipelined f32 stage's copies land: two dense buffers of `bytes`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Raw {
+    pub offset: u32,
+    pub bytes: u32,
+}
+
+impl Stage {
+    /// Elements one `cp.async` copies (16 bytes).
+    fn vec(&self) -> u32 {
+        if self.raw.is_some() {
+            4
+        } else {
+            8
+        }
+    }
 }
 
 /// The register tier's plan of a kernel.
@@ -83,6 +112,9 @@ pub(crate) struct RowsPlan {
     /// Elements a lane holds of tiles live across loop iterations (carried
     /// or defined outside a loop that reads them), for a register estimate.
     pub resident: u32,
+    /// Staged loads copied a loop iteration ahead with `cp.async` into one of
+    /// two buffers, by the induction variable of their loop.
+    pub pipelined: HashMap<u32, Vec<TValue>>,
 }
 
 impl RowsPlan {
@@ -98,7 +130,7 @@ impl RowsPlan {
             .map(|h| match h {
                 Hold::Scalar => Repr::Scalar,
                 Hold::Lazy => Repr::Lazy,
-                Hold::Frag | Hold::Rows | Hold::Staged => Repr::Reg,
+                Hold::Frag | Hold::Rows | Hold::Staged | Hold::PackedA => Repr::Reg,
             })
             .collect();
         Plan::registers(repr, self.threads(), self.shared_bytes)
@@ -121,8 +153,14 @@ struct Analysis<'k> {
     /// Whether a value is held or a view of a held value.
     derived: Vec<bool>,
     uses: Vec<u32>,
+    dot_a_uses: Vec<u32>,
     dot_b_uses: Vec<u32>,
     max_cols: u32,
+    /// The induction variables of the loops around each value's definition.
+    def_loops: Vec<Vec<TValue>>,
+    loops: Vec<TValue>,
+    /// Staged loads and the induction variable of their innermost loop.
+    staged_in: Vec<(TValue, Option<TValue>)>,
 }
 
 impl Analysis<'_> {
@@ -156,7 +194,8 @@ impl Analysis<'_> {
 
     fn set(&mut self, v: TValue, h: Hold) {
         self.hold[v.index()] = h;
-        self.derived[v.index()] = matches!(h, Hold::Frag | Hold::Rows);
+        self.derived[v.index()] = matches!(h, Hold::Frag | Hold::Rows | Hold::PackedA);
+        self.def_loops[v.index()] = self.loops.clone();
     }
 
     fn block(&mut self, b: &Block) -> Result<(), String> {
@@ -177,13 +216,14 @@ impl Analysis<'_> {
         let k = self.k;
         match &s.op {
             TOp::For { body, .. } => {
-                if let Some(a) = body.args.first() {
-                    self.set(*a, Hold::Scalar);
-                }
+                let Some(iv) = body.args.first().copied() else { return Err("a loop without its variable".into()) };
+                self.loops.push(iv);
+                self.set(iv, Hold::Scalar);
                 for a in body.args.iter().skip(1) {
                     self.carried(*a)?;
                 }
                 self.block(body)?;
+                self.loops.pop();
                 for r in &s.results {
                     self.carried(*r)?;
                 }
@@ -260,7 +300,17 @@ impl Analysis<'_> {
                 if any_derived {
                     return Err("a staged load's offsets depend on held values".into());
                 }
+                self.staged_in.push((v, self.loops.last().copied()));
                 Hold::Staged
+            }
+            TOp::Load { .. }
+                if self.uses[v.index()] > 0
+                    && self.uses[v.index()] == self.dot_a_uses[v.index()]
+                    && self.frag_shape(&shape)
+                    && !any_derived =>
+            {
+                self.max_cols = self.max_cols.max(shape[1]);
+                Hold::PackedA
             }
             _ if shape.is_empty() => {
                 if any_derived {
@@ -321,6 +371,7 @@ pub(crate) fn analyze(k: &Kernel, matmul: Matmul) -> Result<RowsPlan, String> {
     }
     let n = k.types.len();
     let mut uses = vec![0u32; n];
+    let mut dot_a_uses = vec![0u32; n];
     let mut dot_b_uses = vec![0u32; n];
     let mut m = None;
     let (mut loaded, mut stored) = (vec![], vec![]);
@@ -345,8 +396,11 @@ pub(crate) fn analyze(k: &Kernel, matmul: Matmul) -> Result<RowsPlan, String> {
             }
         }
         match &s.op {
-            TOp::Dot { b, .. } => {
+            TOp::Dot { a, b, .. } => {
                 if let Some(u) = dot_b_uses.get_mut(b.index()) {
+                    *u += 1;
+                }
+                if let Some(u) = dot_a_uses.get_mut(a.index()) {
                     *u += 1;
                 }
                 if m.is_none() {
@@ -379,32 +433,243 @@ pub(crate) fn analyze(k: &Kernel, matmul: Matmul) -> Result<RowsPlan, String> {
         hold: vec![Hold::Scalar; n],
         derived: vec![false; n],
         uses,
+        dot_a_uses,
         dot_b_uses,
         max_cols: 8,
+        def_loops: vec![vec![]; n],
+        loops: vec![],
+        staged_in: vec![],
     };
     a.block(&k.body)?;
-    // Stage offsets, in order of definition.
-    let mut stages = HashMap::new();
-    let mut offset = 0u32;
-    let mut order = vec![];
-    k.walk(&mut |s| {
-        for r in &s.results {
-            if a.hold[r.index()] == Hold::Staged {
-                order.push(*r);
-            }
-        }
-    });
-    for v in order {
-        let s = &k.ty(v).shape;
-        let stride = s[1] * 2 + STAGE_PAD;
-        stages.insert(v.0, Stage { offset, stride });
-        offset = offset.saturating_add(s[0].saturating_mul(stride));
+    // Stage offsets, in order of definition; pipelined stages get two buffers.
+    let defs = Defs::new(k);
+    // Pipelined where it fits, else every stage copied in place.
+    let (mut stages, mut pipelined, mut offset) = place_stages(k, &defs, &a, true);
+    if offset > MAX_SHARED {
+        (stages, pipelined, offset) = place_stages(k, &defs, &a, false);
     }
     if offset > MAX_SHARED {
         return Err(format!("staged operands need {offset} bytes of shared memory"));
     }
     let resident = resident_elements(k, &a);
-    Ok(RowsPlan { m, hold: a.hold, stages, shared_bytes: offset, max_cols: a.max_cols, resident })
+    Ok(RowsPlan { m, hold: a.hold, stages, shared_bytes: offset, max_cols: a.max_cols, resident, pipelined })
+}
+
+/// The stages' places in shared memory, in order of definition (with
+/// `pipeline`, pipelined stages get their buffers), and the bytes used.
+#[allow(clippy::type_complexity)]
+fn place_stages(
+    k: &Kernel,
+    defs: &Defs,
+    a: &Analysis,
+    pipeline: bool,
+) -> (HashMap<u32, Stage>, HashMap<u32, Vec<TValue>>, u32) {
+    let mut stages = HashMap::new();
+    let mut pipelined: HashMap<u32, Vec<TValue>> = HashMap::new();
+    let mut offset = 0u32;
+    for (v, lp) in a.staged_in.iter().copied() {
+        let s = &k.ty(v).shape;
+        let stride = s[1] * 2 + STAGE_PAD;
+        let bytes = s[0].saturating_mul(stride);
+        let piped = lp.filter(|_| pipeline).and_then(|iv| pipelinable(k, defs, a, v, iv).map(|copied| (iv, copied)));
+        let mut stage = Stage { offset, stride, bytes, raw: None };
+        let buffers = match piped {
+            Some((_, Copy::AsIs)) => 2,
+            _ => 1,
+        };
+        offset = offset.saturating_add(bytes.saturating_mul(buffers));
+        if let Some((_, Copy::Widened)) = piped {
+            let raw = s[0].saturating_mul(s[1]).saturating_mul(4);
+            stage.raw = Some(Raw { offset, bytes: raw });
+            offset = offset.saturating_add(raw.saturating_mul(2));
+        }
+        stages.insert(v.0, stage);
+        if let Some((iv, _)) = piped {
+            pipelined.entry(iv.0).or_default().push(v);
+        }
+    }
+    (stages, pipelined, offset)
+}
+
+/// How a pipelined stage's rows are copied.
+#[derive(Clone, Copy, PartialEq)]
+enum Copy {
+    /// bf16 in memory: straight into the stage.
+    AsIs,
+    /// f32 in memory: into raw buffers, rounded into the stage each iteration.
+    Widened,
+}
+
+/// Whether a staged load can be copied an iteration ahead with 16-byte
+/// `cp.async`s (`n` = 8 bf16 or 4 f32 elements each), and how: bf16 or f32
+/// in memory, zero where masked, offsets `base(row) + col` with `base` a
+/// multiple of `n` (so `n` columns are one aligned 16-byte chunk), a mask
+/// constant over each chunk, and nothing it reads computed inside its loop
+/// but the induction variable.
+fn pipelinable(k: &Kernel, defs: &Defs, a: &Analysis, v: TValue, iv: TValue) -> Option<Copy> {
+    let Some(TOp::Load { ptr, offsets, mask, other }) = defs.op(v) else { return None };
+    let (copy, vec) = match k.params.get(ptr.index()).map(|p| &p.kind) {
+        Some(ParamKind::Ptr(DType::BF16)) => (Copy::AsIs, 8),
+        Some(ParamKind::Ptr(DType::F32)) => (Copy::Widened, 4),
+        _ => return None,
+    };
+    let roles = [Role::Row, Role::Col];
+    let aligned = affine(k, defs, *offsets, &roles).is_some_and(|x| x.coef == 1 && x.align % vec == 0);
+    let uniform = mask.is_none_or(|m| chunk_uniform(k, defs, m, &roles, vec));
+    let outside = |x: TValue| reads_outside(k, defs, a, x, iv);
+    let ok = *other == 0.0
+        && k.ty(v).shape[1].is_multiple_of(8)
+        && aligned
+        && uniform
+        && outside(*offsets)
+        && mask.is_none_or(|m| outside(m));
+    ok.then_some(copy)
+}
+
+/// What an index of a staged tile's dimension is.
+#[derive(Clone, Copy, PartialEq)]
+enum Role {
+    Row,
+    Col,
+    /// A broadcast dimension: index 0.
+    Zero,
+}
+
+/// An integer tile as `coef · col + rest`, `rest` a multiple of `align`
+/// (0: always 0), `konst` its value where constant.
+#[derive(Clone, Copy)]
+struct Affine {
+    coef: i64,
+    align: u64,
+    konst: Option<i64>,
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// The roles of an operand's dimensions read at `roles` of a result of
+/// shape `r` (broadcasting, or a reshape that only adds or drops unit dims).
+fn operand_roles(x: &[u32], r: &[u32], roles: &[Role], reshape: bool) -> Option<Vec<Role>> {
+    if reshape {
+        let nonunit: Vec<Role> = r.iter().zip(roles).filter(|(d, _)| **d != 1).map(|(_, r)| *r).collect();
+        let mut it = nonunit.into_iter();
+        let out: Vec<Role> = x.iter().map(|d| if *d == 1 { Some(Role::Zero) } else { it.next() }).collect::<Option<_>>()?;
+        return it.next().is_none().then_some(out);
+    }
+    let off = r.len().checked_sub(x.len())?;
+    Some(x.iter().enumerate().map(|(d, s)| if *s == 1 { Role::Zero } else { roles[d + off] }).collect())
+}
+
+fn affine(k: &Kernel, defs: &Defs, v: TValue, roles: &[Role]) -> Option<Affine> {
+    let unknown = Affine { coef: 0, align: 1, konst: None };
+    let Some(op) = defs.op(v) else { return k.ty(v).shape.is_empty().then_some(unknown) };
+    let shape = &k.ty(v).shape;
+    let sub = |x: TValue, reshape: bool| -> Option<Affine> {
+        affine(k, defs, x, &operand_roles(&k.ty(x).shape, shape, roles, reshape)?)
+    };
+    Some(match op {
+        TOp::Const(c) if c.fract() == 0.0 => {
+            let c = *c as i64;
+            Affine { coef: 0, align: c.unsigned_abs(), konst: Some(c) }
+        }
+        TOp::Arange(_) => match roles.first() {
+            Some(Role::Col) => Affine { coef: 1, align: 0, konst: None },
+            Some(Role::Zero) => Affine { coef: 0, align: 0, konst: Some(0) },
+            _ => unknown,
+        },
+        TOp::Reshape(x) => sub(*x, true)?,
+        TOp::Broadcast(x) => sub(*x, false)?,
+        TOp::Binary(f, x, y) => {
+            let (a, b) = (sub(*x, false)?, sub(*y, false)?);
+            match f {
+                BinaryFn::Add | BinaryFn::Sub => {
+                    let coef = if *f == BinaryFn::Add { a.coef + b.coef } else { a.coef - b.coef };
+                    let konst = match (a.konst, b.konst) {
+                        (Some(p), Some(q)) => Some(if *f == BinaryFn::Add { p + q } else { p - q }),
+                        _ => None,
+                    };
+                    Affine { coef, align: gcd(a.align, b.align), konst }
+                }
+                BinaryFn::Mul => match (a.konst, b.konst) {
+                    (Some(p), _) => Affine { coef: b.coef * p, align: b.align * p.unsigned_abs(), konst: b.konst.map(|q| p * q) },
+                    (_, Some(q)) => Affine { coef: a.coef * q, align: a.align * q.unsigned_abs(), konst: None },
+                    _ if a.coef == 0 && b.coef == 0 => Affine { coef: 0, align: a.align * b.align, konst: None },
+                    _ => return None,
+                },
+                _ if a.coef == 0 && b.coef == 0 => unknown,
+                _ => return None,
+            }
+        }
+        other => {
+            for x in other.operands() {
+                if affine(k, defs, x, &operand_roles(&k.ty(x).shape, shape, roles, false)?)?.coef != 0 {
+                    return None;
+                }
+            }
+            unknown
+        }
+    })
+}
+
+/// Whether a bool tile is constant over each aligned run of `step` columns:
+/// independent of the column, a conjunction of such, or `col + base < n`
+/// with `base` and `n` multiples of `step`.
+fn chunk_uniform(k: &Kernel, defs: &Defs, v: TValue, roles: &[Role], step: u64) -> bool {
+    let free = |x: TValue, rs: &[Role]| affine_free(k, defs, x, rs);
+    if free(v, roles) {
+        return true;
+    }
+    let shape = &k.ty(v).shape;
+    let Some(op) = defs.op(v) else { return false };
+    let sub_roles = |x: TValue, reshape: bool| operand_roles(&k.ty(x).shape, shape, roles, reshape);
+    match op {
+        TOp::Reshape(x) => sub_roles(*x, true).is_some_and(|r| chunk_uniform(k, defs, *x, &r, step)),
+        TOp::Broadcast(x) => sub_roles(*x, false).is_some_and(|r| chunk_uniform(k, defs, *x, &r, step)),
+        TOp::Binary(BinaryFn::And, x, y) => [x, y]
+            .iter()
+            .all(|z| sub_roles(**z, false).is_some_and(|r| chunk_uniform(k, defs, **z, &r, step))),
+        TOp::Binary(BinaryFn::Lt, x, y) => {
+            let (Some(rx), Some(ry)) = (sub_roles(*x, false), sub_roles(*y, false)) else { return false };
+            let (Some(a), Some(b)) = (affine(k, defs, *x, &rx), affine(k, defs, *y, &ry)) else { return false };
+            a.coef == 1 && a.align % step == 0 && b.coef == 0 && b.konst.is_some_and(|n| n.unsigned_abs() % step == 0)
+        }
+        _ => false,
+    }
+}
+
+/// Whether a value does not depend on the column index at all.
+fn affine_free(k: &Kernel, defs: &Defs, v: TValue, roles: &[Role]) -> bool {
+    let Some(op) = defs.op(v) else { return true };
+    let shape = &k.ty(v).shape;
+    match op {
+        TOp::Arange(_) => roles.first() != Some(&Role::Col),
+        TOp::Reshape(x) => operand_roles(&k.ty(*x).shape, shape, roles, true)
+            .is_some_and(|r| affine_free(k, defs, *x, &r)),
+        other => other.operands().iter().all(|x| {
+            operand_roles(&k.ty(*x).shape, shape, roles, false).is_some_and(|r| affine_free(k, defs, *x, &r))
+        }),
+    }
+}
+
+/// Whether evaluating `v` reads, of what its loop (induction variable `iv`)
+/// computes, only `iv` itself: scalars computed inside the loop hold this
+/// iteration's values, which the copy for the next one must not use.
+fn reads_outside(k: &Kernel, defs: &Defs, a: &Analysis, v: TValue, iv: TValue) -> bool {
+    if v == iv || !a.def_loops[v.index()].contains(&iv) {
+        return true;
+    }
+    if a.hold[v.index()] != Hold::Lazy {
+        return false;
+    }
+    match defs.op(v) {
+        Some(op) => op.operands().iter().all(|x| reads_outside(k, defs, a, *x, iv)),
+        None => false,
+    }
 }
 
 /// Elements per lane of held tiles that live across loop iterations.
@@ -434,6 +699,9 @@ pub(crate) struct Lanes<'ctx> {
     t: IntValue<'ctx>,
     rows: [IntValue<'ctx>; 2],
     cols: Vec<[IntValue<'ctx>; 2]>,
+    /// The shared byte offset of the buffer a pipelined stage is read from
+    /// in the current iteration.
+    stage_base: RefCell<HashMap<u32, IntValue<'ctx>>>,
 }
 
 impl<'ctx> Lanes<'ctx> {
@@ -452,7 +720,7 @@ impl<'ctx> Lanes<'ctx> {
             let c1 = b.build_int_add(c0, em.i32c(1), "")?;
             cols.push([c0, c1]);
         }
-        Ok(Lanes { lane, t, rows: [r0, r1], cols })
+        Ok(Lanes { lane, t, rows: [r0, r1], cols, stage_base: RefCell::new(HashMap::new()) })
     }
 
     /// The indices of this lane's elements of a tile of `shape` held as `h`,
@@ -462,7 +730,7 @@ impl<'ctx> Lanes<'ctx> {
             Hold::Scalar => vec![vec![]],
             Hold::Rows if shape.len() == 1 => self.rows.iter().map(|r| vec![*r]).collect(),
             Hold::Rows => self.rows.iter().map(|r| vec![*r, em.i32c(0)]).collect(),
-            Hold::Frag => {
+            Hold::Frag | Hold::PackedA => {
                 let n = shape.get(1).copied().unwrap_or(0) / 8;
                 let mut out = vec![];
                 for j in 0..n as usize {
@@ -495,6 +763,10 @@ fn block<'ctx>(em: &mut Em<'ctx, '_>, rp: &RowsPlan, ln: &Lanes<'ctx>, b: &Block
     Ok(())
 }
 
+fn pipelined(rp: &RowsPlan, v: TValue) -> bool {
+    rp.pipelined.values().any(|vs| vs.contains(&v))
+}
+
 fn hold_of(rp: &RowsPlan, v: TValue) -> Hold {
     rp.hold.get(v.index()).copied().unwrap_or(Hold::Lazy)
 }
@@ -524,7 +796,19 @@ fn stmt<'ctx>(em: &mut Em<'ctx, '_>, rp: &RowsPlan, ln: &Lanes<'ctx>, s: &Stmt) 
             em.set(v, x);
             Ok(())
         }
+        Hold::Staged if pipelined(rp, v) => Ok(()),
         Hold::Staged => stage(em, rp, v),
+        Hold::PackedA => {
+            let pos = ln.positions(em, Hold::Frag, &shape)?;
+            for pair in pos.chunks(2) {
+                let [p0, p1] = pair else { return super::fail("an odd number of positions") };
+                let x0 = fv(em.compute(v, p0)?)?;
+                let x1 = fv(em.compute(v, p1)?)?;
+                let packed = em.pack_bf16(x0, x1)?;
+                em.held.insert(super::elem_key(v, p0), packed.into());
+            }
+            Ok(())
+        }
         h @ (Hold::Frag | Hold::Rows) => match &s.op {
             TOp::Dot { a, b, acc, trans_b, .. } => dot(em, rp, ln, v, *a, *b, *acc, *trans_b),
             TOp::Reduce { func, x, .. } => reduce(em, ln, v, *func, *x),
@@ -620,7 +904,8 @@ fn dot<'ctx>(
     let col = b_.build_int_mul(col_sel, em.i32c(8), "")?;
     let base = b_.build_int_mul(row, em.i32c(st.stride as i64), "")?;
     let base = b_.build_int_add(base, b_.build_int_mul(col, em.i32c(2), "")?, "")?;
-    let base = b_.build_int_add(base, em.i32c(st.offset as i64), "")?;
+    let stage_at = ln.stage_base.borrow().get(&b.0).copied().unwrap_or_else(|| em.i32c(st.offset as i64));
+    let base = em.b.build_int_add(base, stage_at, "")?;
     for kk in 0..(kdim / 16) as usize {
         let (Some(lo), Some(hi)) = (ln.cols.get(2 * kk), ln.cols.get(2 * kk + 1)) else {
             return super::fail("a left operand wider than planned");
@@ -628,6 +913,13 @@ fn dot<'ctx>(
         let mut afr = vec![];
         for cols in [lo, hi] {
             for r in ln.rows {
+                if hold_of(rp, a) == Hold::PackedA {
+                    match em.held.get(&super::elem_key(a, &[r, cols[0]])) {
+                        Some(x) => afr.push(iv(*x)?),
+                        None => return super::fail("a packed left operand is missing a pair"),
+                    }
+                    continue;
+                }
                 let x0 = fv(em.elem(a, &[r, cols[0]])?)?;
                 let x1 = fv(em.elem(a, &[r, cols[1]])?)?;
                 afr.push(em.pack_bf16(x0, x1)?);
@@ -771,7 +1063,7 @@ fn for_<'ctx>(em: &mut Em<'ctx, '_>, rp: &RowsPlan, ln: &Lanes<'ctx>, s: &Stmt) 
     for a in &carried {
         places.push(ln.positions(em, hold_of(rp, *a), &k.ty(*a).shape)?);
     }
-    let mut inits = vec![];
+    let mut inits: Vec<BasicValueEnum<'ctx>> = vec![];
     for (x, ps) in init.iter().zip(&places) {
         for p in ps {
             inits.push(em.elem(*x, p)?);
@@ -779,10 +1071,21 @@ fn for_<'ctx>(em: &mut Em<'ctx, '_>, rp: &RowsPlan, ln: &Lanes<'ctx>, s: &Stmt) 
     }
     let (lo, hi, step) = (iv(em.scalar(*lo)?)?, iv(em.scalar(*hi)?)?, iv(em.scalar(*step)?)?);
     let positive = em.icmp(IntPredicate::SGT, step, em.i32c(0))?;
-    let out = em.counted(lo, hi, step, Some(positive), &inits, &mut |em, ivv, vals| {
-        if let Some(a0) = body.args.first() {
-            em.set(*a0, ivv.into());
+    let Some(iv0) = body.args.first().copied() else { return super::fail("a loop without its variable") };
+    // Pipelined stages: the first iteration's copies before the loop, into
+    // buffer 0; each iteration copies the next one's into the other buffer,
+    // then waits for its own (the parity is carried after the tiles).
+    let pipes = rp.pipelined.get(&iv0.0).cloned().unwrap_or_default();
+    if !pipes.is_empty() {
+        let valid = em.b.build_and(em.icmp(IntPredicate::SLT, lo, hi)?, positive, "")?;
+        for v in &pipes {
+            prefetch(em, rp, *v, iv0, lo, valid, em.i32c(0))?;
         }
+        call_void(em, "llvm.nvvm.cp.async.commit.group", &[])?;
+        inits.push(em.i32c(0).into());
+    }
+    let out = em.counted(lo, hi, step, Some(positive), &inits, &mut |em, ivv, vals| {
+        em.set(iv0, ivv.into());
         let mut i = 0;
         for (a, ps) in carried.iter().zip(&places) {
             for p in ps {
@@ -791,6 +1094,38 @@ fn for_<'ctx>(em: &mut Em<'ctx, '_>, rp: &RowsPlan, ln: &Lanes<'ctx>, s: &Stmt) 
                 i += 1;
             }
         }
+        let mut parity = None;
+        if !pipes.is_empty() {
+            let Some(par) = vals.get(i).copied() else { return super::fail("the buffer parity is missing") };
+            let par = iv(par)?;
+            let next = em.b.build_int_add(ivv, step, "")?;
+            let valid = em.icmp(IntPredicate::SLT, next, hi)?;
+            let other = em.b.build_int_sub(em.i32c(1), par, "")?;
+            for v in &pipes {
+                prefetch(em, rp, *v, iv0, next, valid, other)?;
+            }
+            em.set(iv0, ivv.into());
+            em.memo.clear();
+            call_void(em, "llvm.nvvm.cp.async.commit.group", &[])?;
+            call_void(em, "llvm.nvvm.cp.async.wait.group", &[em.i32c(1).into()])?;
+            em.barrier()?;
+            let mut widened = false;
+            for v in &pipes {
+                let Some(st) = rp.stages.get(&v.0).copied() else { return super::fail("a pipelined load without a stage") };
+                if let Some(raw) = st.raw {
+                    round_into_stage(em, v, st, raw, par)?;
+                    widened = true;
+                    continue;
+                }
+                let shift = em.b.build_int_mul(par, em.i32c(st.bytes as i64), "")?;
+                let at = em.b.build_int_add(shift, em.i32c(st.offset as i64), "")?;
+                ln.stage_base.borrow_mut().insert(v.0, at);
+            }
+            if widened {
+                em.barrier()?;
+            }
+            parity = Some(other);
+        }
         block(em, rp, ln, body)?;
         let mut next = vec![];
         for (y, ps) in body.yields.iter().zip(&places) {
@@ -798,8 +1133,20 @@ fn for_<'ctx>(em: &mut Em<'ctx, '_>, rp: &RowsPlan, ln: &Lanes<'ctx>, s: &Stmt) 
                 next.push(em.elem(*y, p)?);
             }
         }
+        if let Some(p) = parity {
+            // Every warp is done with this iteration's buffers before the
+            // next iteration copies into them.
+            em.barrier()?;
+            next.push(p.into());
+        }
         Ok(next)
     })?;
+    if !pipes.is_empty() {
+        call_void(em, "llvm.nvvm.cp.async.wait.all", &[])?;
+        for v in &pipes {
+            ln.stage_base.borrow_mut().remove(&v.0);
+        }
+    }
     let mut i = 0;
     for (r, ps) in s.results.iter().zip(&places) {
         for p in ps {
@@ -809,4 +1156,116 @@ fn for_<'ctx>(em: &mut Em<'ctx, '_>, rp: &RowsPlan, ln: &Lanes<'ctx>, s: &Stmt) 
         }
     }
     Ok(())
+}
+
+fn call_void<'ctx>(em: &mut Em<'ctx, '_>, name: &str, args: &[BasicValueEnum<'ctx>]) -> R<()> {
+    let tys: Vec<BasicTypeEnum> = args.iter().map(|a| a.get_type()).collect();
+    let f = em.func(name, None, &tys);
+    em.call(f, args)?;
+    Ok(())
+}
+
+/// Issues the `cp.async` copies of pipelined stage `v` for the iteration
+/// whose induction variable (`iv`) is `at` into buffer `buf` (0 or 1);
+/// nothing is read where `valid` is false or the load's mask is off (the
+/// bytes are zero-filled).
+#[allow(clippy::too_many_arguments)]
+fn prefetch<'ctx>(
+    em: &mut Em<'ctx, '_>,
+    rp: &RowsPlan,
+    v: TValue,
+    iv_value: TValue,
+    at: IntValue<'ctx>,
+    valid: IntValue<'ctx>,
+    buf: IntValue<'ctx>,
+) -> R<()> {
+    let Some(st) = rp.stages.get(&v.0).copied() else { return super::fail("a pipelined load without a stage") };
+    let Some(TOp::Load { ptr, offsets, mask, .. }) = em.defs.op(v) else {
+        return super::fail("a pipelined stage that is not a load");
+    };
+    let (ptr, offsets, mask) = (ptr.index(), *offsets, *mask);
+    let shape = em.k.ty(v).shape.clone();
+    let vec = st.vec();
+    let per_row = shape[1] / vec;
+    // Where the copies land: the raw f32 buffers, or the stage itself.
+    let (dst_at, dst_bytes, dst_stride, esize) = match st.raw {
+        Some(r) => (r.offset, r.bytes, shape[1] * 4, 4),
+        None => (st.offset, st.bytes, st.stride, 2),
+    };
+    let saved = em.regs.get(iv_value.index()).copied().flatten();
+    em.set(iv_value, at.into());
+    em.memo.clear();
+    let i32t: BasicTypeEnum = em.cx.i32_type().into();
+    let sptr: BasicTypeEnum = em.cx.ptr_type(AddressSpace::from(3u16)).into();
+    let gptr: BasicTypeEnum = em.cx.ptr_type(AddressSpace::from(1u16)).into();
+    let cp = em.func("llvm.nvvm.cp.async.cg.shared.global.16.s", None, &[sptr, gptr, i32t]);
+    let base = em.b.build_int_mul(buf, em.i32c(dst_bytes as i64), "")?;
+    let base = em.b.build_int_add(base, em.i32c(dst_at as i64), "")?;
+    em.each(shape[0] * per_row, &mut |s, e| {
+        let row = s.b.build_int_unsigned_div(e, s.i32c(per_row as i64), "")?;
+        let chunk = s.b.build_int_unsigned_rem(e, s.i32c(per_row as i64), "")?;
+        let col = s.b.build_int_mul(chunk, s.i32c(vec as i64), "")?;
+        let idx = [row, col];
+        let mut ok = valid;
+        if let Some(m) = mask {
+            let mv = iv(s.elem(m, &idx)?)?;
+            ok = s.b.build_and(ok, mv, "")?;
+        }
+        let off = iv(s.elem(offsets, &idx)?)?;
+        let off = iv(s.select(ok, off.into(), s.i32c(0).into())?)?;
+        let (src, _) = s.gaddr(ptr, off)?;
+        let size = iv(s.select(ok, s.i32c(16).into(), s.i32c(0).into())?)?;
+        let dst = s.b.build_int_mul(row, s.i32c(dst_stride as i64), "")?;
+        let dst = s.b.build_int_add(dst, s.b.build_int_mul(col, s.i32c(esize), "")?, "")?;
+        let dst = s.b.build_int_add(dst, base, "")?;
+        // SAFETY: inside the stage's buffer the plan sized.
+        let p = unsafe { s.b.build_in_bounds_gep(s.cx.i8_type(), s.smem, &[dst], "")? };
+        s.call(cp, &[p.into(), src.into(), size.into()])?;
+        Ok(())
+    })?;
+    if let Some(r) = em.regs.get_mut(iv_value.index()) {
+        *r = saved;
+    }
+    em.memo.clear();
+    Ok(())
+}
+
+/// Rounds raw buffer `buf` of a widened pipelined stage (f32 rows) into
+/// its bf16 stage, 8 elements a thread at a time (two 16-byte shared loads,
+/// one 16-byte store).
+fn round_into_stage<'ctx>(em: &mut Em<'ctx, '_>, v: &TValue, st: Stage, raw: Raw, buf: IntValue<'ctx>) -> R<()> {
+    let shape = em.k.ty(*v).shape.clone();
+    let per_row = shape[1] / 8;
+    let f8 = em.cx.f32_type().vec_type(8);
+    let b8 = em.cx.bf16_type().vec_type(8);
+    let src0 = em.b.build_int_mul(buf, em.i32c(raw.bytes as i64), "")?;
+    let src0 = em.b.build_int_add(src0, em.i32c(raw.offset as i64), "")?;
+    em.each(shape[0] * per_row, &mut |s, e| {
+        let row = s.b.build_int_unsigned_div(e, s.i32c(per_row as i64), "")?;
+        let col = s.b.build_int_mul(s.b.build_int_unsigned_rem(e, s.i32c(per_row as i64), "")?, s.i32c(8), "")?;
+        let src = s.b.build_int_mul(row, s.i32c((shape[1] * 4) as i64), "")?;
+        let src = s.b.build_int_add(src, s.b.build_int_mul(col, s.i32c(4), "")?, "")?;
+        let src = s.b.build_int_add(src, src0, "")?;
+        let dst = s.b.build_int_mul(row, s.i32c(st.stride as i64), "")?;
+        let dst = s.b.build_int_add(dst, s.b.build_int_mul(col, s.i32c(2), "")?, "")?;
+        let dst = s.b.build_int_add(dst, s.i32c(st.offset as i64), "")?;
+        // SAFETY: both inside the buffers the plan sized.
+        let (ps, pd) = unsafe {
+            (
+                s.b.build_in_bounds_gep(s.cx.i8_type(), s.smem, &[src], "")?,
+                s.b.build_in_bounds_gep(s.cx.i8_type(), s.smem, &[dst], "")?,
+            )
+        };
+        let x = s.b.build_load(f8, ps, "")?.into_vector_value();
+        if let Some(i) = x.as_instruction() {
+            i.set_alignment(16).map_err(|e| align_err(&e))?;
+        }
+        let h = s.b.build_float_trunc(x, b8, "")?;
+        s.b.build_store(pd, h)?.set_alignment(16).map_err(|e| align_err(&e))?;
+        Ok(())
+    })
+}
+
+fn align_err(e: &dyn std::fmt::Display) -> super::PtxError {
+    super::PtxError::Op { kernel: String::new(), op: String::new(), msg: format!("setting an alignment: {e}") }
 }
