@@ -12,8 +12,9 @@
 #      `QxK`: attention blocks);
 #   3. the schedule sweep of attention (bf16 dots and storage) at B=8, T=8192;
 #   4. SDPA at the same sizes (`anchors/gpu_anchor_bench.py --phases sdpa`).
-# PARTS picks (check, bench, sweep, sdpa; default all). Exits non-zero when a
-# check fails.
+#   5. (PARTS=ncu) one attention launch under Nsight Compute.
+# PARTS picks (check, bench, sweep, ncu, sdpa; default all but ncu). Exits
+# non-zero when a check fails.
 set -uo pipefail
 cd "$(dirname "$0")"
 [ -x ./mixc ] || xz -dkf mixc.xz
@@ -56,6 +57,18 @@ fi
 if [[ $parts == *sweep* ]]; then
   timeout "${SWEEP_S:-150}" ./mixc bench "$models/bench/anchors.toml" --target cuda --mixer attention --sweep --runs 3 \
     --matmul bf16 --storage bf16 --sizes "${SWEEP_SIZES:-B=8,H=16,T=8192}" 2>&1 | tee "$out/sweep.txt"
+fi
+if [[ $parts == *ncu* ]] && [ -x /usr/local/cuda/bin/ncu ]; then
+  # One attention prefill launch under Nsight Compute: where its time goes.
+  b="$d/ncu"
+  ./mixc compile "$models/bench/anchors.toml" --target sm_90 --matmul bf16 --storage bf16 \
+    --attention-blocks "${NCU_BLOCKS:-128x64}" -o "$b" >/dev/null
+  /usr/local/cuda/bin/ncu --kernel-name flash_attention --launch-skip 3 --launch-count 1 \
+    --section SpeedOfLight --section WarpStateStats --section InstructionStats --section Occupancy \
+    --section LaunchStats --section SchedulerStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
+    ./mixc bench "$models/bench/anchors.toml" --target cuda --kernels "$b" --mode prefill --runs 1 \
+    --sizes "${NCU_SIZES:-B=8,H=16,T=2048}" --mixer attention > "$out/ncu.txt" 2>&1
+  grep -E "Duration|Registers|Achieved Occupancy|Stall|Issue Slots|Executed Ipc|Warp Cycles|Throughput" "$out/ncu.txt" | head -40
 fi
 if [[ $parts == *sdpa* ]] && [ -f anchors/gpu_anchor_bench.py ]; then
   (cd anchors && OUT="$PWD/../$out/anchors" timeout "${ANCHOR_S:-120}" python3 gpu_anchor_bench.py \

@@ -12,5 +12,6 @@ pub mod schedule;
 pub mod search;
 pub mod simplify;
 
+pub use lower::storage::is_kv_cache;
 pub use lower::{lower, LowerError};
 pub use schedule::{Schedule, Storage};

@@ -167,9 +167,7 @@ fn short_operand(weight: &str, len: usize, rows: usize, inner: usize) -> Error {
 type LayerCache = BTreeMap<String, Stored>;
 
 /// Whether a carried input is an attention KV cache (`k_cache`, `s_v_cache`, ...).
-fn is_kv_cache(name: &str) -> bool {
-    name.ends_with("k_cache") || name.ends_with("v_cache")
-}
+use mixc_passes::is_kv_cache;
 
 /// The caches of one sequence: every layer's carried tensors (recurrent
 /// state, KV cache, convolution tail) and the position of its next token.

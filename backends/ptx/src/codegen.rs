@@ -84,13 +84,8 @@ pub(crate) fn compile(k: &Kernel, target: Target, opts: Options) -> R<PtxKernel>
         if let Ok(rp) = rows::analyze(k, opts.matmul) {
             // A kernel the analysis takes but emission cannot (a gap in the
             // analysis) still compiles, in the shared-memory tier.
-            match compile_tier(k, target, opts, Some(&rp)) {
-                Ok(p) => return Ok(p),
-                Err(e) => {
-                    if std::env::var_os("MIXC_DEBUG_TIERS").is_some() {
-                        eprintln!("register tier: {e}");
-                    }
-                }
+            if let Ok(p) = compile_tier(k, target, opts, Some(&rp)) {
+                return Ok(p);
             }
         }
     }

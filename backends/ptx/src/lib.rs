@@ -276,7 +276,7 @@ pub fn resources(k: &Kernel, matmul: Matmul) -> Result<Resources, PtxError> {
             threads: rp.threads(),
             shared_bytes: rp.shared_bytes,
             scratch_bytes: 0,
-            registers: rp.registers(),
+            registers: rp.registers(k),
             spilled_share: 0.0,
         });
     }

@@ -18,7 +18,10 @@
 //!
 //! A sliding-window kernel therefore visits `O(Tq · (w + block_q + block_k))`
 //! keys per head instead of `O(Tq · Tk)`. Inside a visited block the exact mask
-//! (key bounds, causality, window, sinks) is applied element by element.
+//! (key bounds, causality, window, sinks) is applied element by element —
+//! except, for causal attention without a window, in the blocks wholly at or
+//! before the program's first query: a first loop walks those unmasked, a
+//! second the rest (the diagonal).
 //!
 //! Split over keys (`Schedule::kv_split`, FlashDecoding's form): a decode step
 //! has one query block per head, so the one-kernel form runs `B·H` programs
@@ -78,7 +81,9 @@ struct Step {
 
 /// One key block starting at key position `start`: the online-softmax update of
 /// `(m, l, acc)`.
-fn key_block(kb: &mut KernelBuilder, st: &Step, start: TValue, carried: &[TValue]) -> Res<Vec<TValue>> {
+/// One key block of the online softmax. `masked`: apply the mask element by
+/// element (off for blocks every row of the program sees whole).
+fn key_block(kb: &mut KernelBuilder, st: &Step, start: TValue, carried: &[TValue], masked: bool) -> Res<Vec<TValue>> {
     let [m, l, acc] = carried[..] else {
         return Err(TileError::Kernel {
             kernel: "flash_attention".into(),
@@ -97,28 +102,7 @@ fn key_block(kb: &mut KernelBuilder, st: &Step, start: TValue, carried: &[TValue
     // Scores [bq, bk].
     let s = kb.dot(st.q, ktile, None, false, true)?;
     let s = kb.mul(s, st.scale)?;
-    // Visibility [bq, bk]: key in bounds and allowed by the mask.
-    let j = kb.reshape(kidx, &[1, st.bk])?;
-    let jm = kb.reshape(kmask, &[1, st.bk])?;
-    let mut vis = jm;
-    if st.mask.causal {
-        let c = kb.le(j, st.pos)?;
-        vis = kb.and(vis, c)?;
-    }
-    if let Some(w) = st.mask.window {
-        // s + w > p  ⇔  p < s + w
-        let wv = kb.i32(i64::from(w))?;
-        let jw = kb.add(j, wv)?;
-        let mut inw = kb.lt(st.pos, jw)?;
-        if st.mask.sinks > 0 {
-            let n = kb.i32(i64::from(st.mask.sinks))?;
-            let sink = kb.lt(j, n)?;
-            inw = kb.binary(BinaryFn::Or, inw, sink)?;
-        }
-        vis = kb.and(vis, inw)?;
-    }
-    let vis = kb.broadcast(vis, &[st.bq, st.bk])?;
-    let s = kb.select(vis, s, st.neg_inf)?;
+    let s = if masked { visible(kb, st, s, kidx, kmask)? } else { s };
     // Online softmax.
     let mb = kb.reduce(ReduceFn::Max, s, 1)?;
     let mb = kb.expand(mb, 1)?;
@@ -141,6 +125,33 @@ fn key_block(kb: &mut KernelBuilder, st: &Step, start: TValue, carried: &[TValue
     let acc_a = kb.mul(acc, alpha)?;
     let acc_new = kb.dot(p, vtile, Some(acc_a), false, false)?;
     Ok(vec![m_new, l_new, acc_new])
+}
+
+/// Scores `s [bq, bk]` with −inf where the key (rows `kidx`, in bounds where
+/// `kmask`) is out of bounds or hidden by the mask.
+fn visible(kb: &mut KernelBuilder, st: &Step, s: TValue, kidx: TValue, kmask: TValue) -> Res<TValue> {
+    // Visibility [bq, bk]: key in bounds and allowed by the mask.
+    let j = kb.reshape(kidx, &[1, st.bk])?;
+    let jm = kb.reshape(kmask, &[1, st.bk])?;
+    let mut vis = jm;
+    if st.mask.causal {
+        let c = kb.le(j, st.pos)?;
+        vis = kb.and(vis, c)?;
+    }
+    if let Some(w) = st.mask.window {
+        // s + w > p  ⇔  p < s + w
+        let wv = kb.i32(i64::from(w))?;
+        let jw = kb.add(j, wv)?;
+        let mut inw = kb.lt(st.pos, jw)?;
+        if st.mask.sinks > 0 {
+            let n = kb.i32(i64::from(st.mask.sinks))?;
+            let sink = kb.lt(j, n)?;
+            inw = kb.binary(BinaryFn::Or, inw, sink)?;
+        }
+        vis = kb.and(vis, inw)?;
+    }
+    let vis = kb.broadcast(vis, &[st.bq, st.bk])?;
+    kb.select(vis, s, st.neg_inf)
 }
 
 /// One attention op: its values, dims and the schedule's blocks.
@@ -338,11 +349,28 @@ fn walk_keys(
         let sink_hi = kb.min(sink_hi, hi_key)?;
         let sink_hi = clamp_hi(kb, sink_hi)?;
         let sink_lo = clamp_lo(kb, zero_i)?;
-        carried = kb.for_loop(sink_lo, sink_hi, bk_c, &carried, |kb, iv, c| key_block(kb, &st, iv, c))?;
+        carried = kb.for_loop(sink_lo, sink_hi, bk_c, &carried, |kb, iv, c| key_block(kb, &st, iv, c, true))?;
     }
     let lo = clamp_lo(kb, lo_key)?;
     let hi = clamp_hi(kb, hi_key)?;
-    let carried = kb.for_loop(lo, hi, bk_c, &carried, |kb, iv, c| key_block(kb, &st, iv, c))?;
+    if a.mask.causal && a.mask.window.is_none() {
+        // Blocks wholly at or before the first query's position (and inside
+        // the keys) are seen whole by every row: no mask there. The rest (the
+        // diagonal) masked.
+        let one = kb.i32(1)?;
+        let seen = kb.add(p_first, one)?;
+        let seen = kb.min(seen, tk)?;
+        let full = block_start(kb, seen, bk_c)?;
+        let full = kb.min(full, hi)?;
+        let mid = kb.max(full, lo)?;
+        carried = kb.for_loop(lo, mid, bk_c, &carried, |kb, iv, c| key_block(kb, &st, iv, c, false))?;
+        let carried = kb.for_loop(mid, hi, bk_c, &carried, |kb, iv, c| key_block(kb, &st, iv, c, true))?;
+        let [m, l, acc] = carried[..] else {
+            return Err(kernel_error("flash_attention", "the key loop must carry m, l and acc"));
+        };
+        return Ok([m, l, acc]);
+    }
+    let carried = kb.for_loop(lo, hi, bk_c, &carried, |kb, iv, c| key_block(kb, &st, iv, c, true))?;
     let [m, l, acc] = carried[..] else {
         return Err(kernel_error("flash_attention", "the key loop must carry m, l and acc"));
     };

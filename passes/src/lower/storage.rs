@@ -8,7 +8,11 @@
 //! whose next-call input ([`carried_input`]) the graph takes, and that input:
 //! recurrent states, normalizers and stabilizers, KV caches, convolution and
 //! delay tails. They stay f32, as flash-linear-attention keeps its states (a
-//! state rounded at every call would drift over a long decode). Weights (no
+//! state rounded at every call would drift over a long decode) — except KV
+//! caches (`k_cache`, `v_cache`, `s_k_cache`, ...): they hold copies of the
+//! keys and values, activations already rounded to the storage dtype, so
+//! storing them narrow is exact, halves what attention reads, and lets its
+//! kernels copy key blocks to shared memory as they are. Weights (no
 //! free dim: `A_log`, convolution taps, norm weights, meta tokens), integer
 //! values (positions) and scratch between kernels stay as they are (f32).
 //! An activation is rounded where the program stores it; a kernel that reads
@@ -30,16 +34,22 @@ fn has_free_dim(g: &Graph, v: ValueId) -> bool {
     g.ty(v).shape.iter().any(|d| g.dims.const_size(*d).is_none())
 }
 
+/// Whether a carried input is an attention KV cache (stored like the keys
+/// and values it copies).
+pub fn is_kv_cache(name: &str) -> bool {
+    name.ends_with("k_cache") || name.ends_with("v_cache")
+}
+
 /// Whether output `name` (value `v`) is an activation.
 fn output_is_activation(g: &Graph, name: &str, v: ValueId, carried: &[String]) -> bool {
-    let carried_out = carried_input(name).is_some_and(|i| carried.contains(&i));
+    let carried_out = carried_input(name).is_some_and(|i| carried.contains(&i) && !is_kv_cache(&i));
     g.ty(v).dtype.is_float() && has_free_dim(g, v) && !carried_out
 }
 
 /// Whether the input op defining `v` reads an activation.
 fn input_is_activation(g: &Graph, v: ValueId, carried: &[String]) -> bool {
     let OpKind::Input { name, .. } = &g.op(g.value(v).op).kind else { return false };
-    g.ty(v).dtype.is_float() && has_free_dim(g, v) && !carried.contains(name)
+    g.ty(v).dtype.is_float() && has_free_dim(g, v) && (!carried.contains(name) || is_kv_cache(name))
 }
 
 /// Per graph value, the dtype of the buffer holding it: `storage` for

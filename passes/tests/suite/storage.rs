@@ -1,6 +1,6 @@
 //! 16-bit storage of activations (`Schedule::storage`): which buffers take the
-//! storage dtype (activations) and which stay f32 (states, caches, tails,
-//! weights, scratch); and that a bf16 or f16 program computes the f64
+//! storage dtype (activations, and KV caches: copies of them) and which stay
+//! f32 (states, tails, weights, scratch); and that a bf16 or f16 program computes the f64
 //! reference of its rounded inputs, with its activation outputs rounded.
 
 use super::util::*;
@@ -34,7 +34,7 @@ fn mixers() -> Vec<(&'static str, String, &'static [&'static str])> {
         (
             "attention",
             "kind = \"attention\"\nheads = 4\nkv_heads = 2\nhead_dim = 24\nrope = { theta = 10000.0 }\n".into(),
-            &["q", "k", "v", "o"],
+            &["q", "k", "v", "o", "k_cache", "v_cache"],
         ),
         ("mlstm", table("mlstm", "gate_soft_cap = 15.0\n"), &["q", "k", "v", "i", "f", "o"]),
         (
@@ -94,10 +94,11 @@ fn activations_take_the_storage_and_states_stay_f32() {
     }
 }
 
-/// Every mixer of the zoo: under bf16 storage `o` is bf16, and whatever one
-/// call hands the next (states, caches, tails) stays f32, in and out.
+/// Every mixer of the zoo: under bf16 storage `o` is bf16, KV caches (copies
+/// of bf16 keys and values) are bf16, and whatever else one call hands the
+/// next (states, normalizers, tails) stays f32, in and out.
 #[test]
-fn zoo_states_and_caches_stay_f32() {
+fn zoo_states_stay_f32_and_kv_caches_take_the_storage() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{e}"))
@@ -127,7 +128,10 @@ fn zoo_states_and_caches_stay_f32() {
                     let what = format!("{}/{name}: buffer `{}`", f.display(), b.name);
                     match io_name(&b.role) {
                         Some("o") => assert_eq!(b.dtype, DType::BF16, "{what}"),
-                        Some(n) if carried.iter().any(|c| c == n) => assert_eq!(b.dtype, DType::F32, "{what}"),
+                        Some(n) if carried.iter().any(|c| c == n) => {
+                            let kv = mixc_passes::is_kv_cache(carried_input(n).as_deref().unwrap_or(n));
+                            assert_eq!(b.dtype, if kv { DType::BF16 } else { DType::F32 }, "{what}")
+                        }
                         None if b.dtype.is_float() => assert_eq!(b.dtype, DType::F32, "{what}"),
                         _ => {}
                     }

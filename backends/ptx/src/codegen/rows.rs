@@ -136,10 +136,27 @@ impl RowsPlan {
         Plan::registers(repr, self.threads(), self.shared_bytes)
     }
 
-    /// Registers per thread, roughly: the resident elements, twice the widest
-    /// tile for what a loop body computes, and addressing.
-    pub fn registers(&self) -> u32 {
-        (self.resident + self.max_cols / 2 + 40).min(255)
+    /// Registers per thread, roughly: the resident elements, the widest
+    /// tile's elements for what a loop body computes, the copies to shared
+    /// memory in flight (a `cp.async` chunk's address and size, or an
+    /// element of an in-place copy, whose loads LLVM issues together), and
+    /// addressing.
+    pub fn registers(&self, k: &Kernel) -> u32 {
+        let threads = self.threads().max(1);
+        let copies: u32 = self
+            .stages
+            .iter()
+            .map(|(v, st)| {
+                let shape = &k.ty(TValue(*v)).shape;
+                let elems = shape.iter().product::<u32>() / threads;
+                if self.pipelined.values().any(|vs| vs.iter().any(|x| x.0 == *v)) {
+                    2 * elems / st.vec()
+                } else {
+                    elems.min(64)
+                }
+            })
+            .sum();
+        (self.resident + self.max_cols / 2 + copies / 2 + 40).min(255)
     }
 }
 
@@ -676,6 +693,7 @@ fn reads_outside(k: &Kernel, defs: &Defs, a: &Analysis, v: TValue, iv: TValue) -
 fn resident_elements(k: &Kernel, a: &Analysis) -> u32 {
     let per_lane = |v: TValue| match a.hold[v.index()] {
         Hold::Frag => k.ty(v).shape[1] / 2,
+        Hold::PackedA => k.ty(v).shape[1] / 4,
         Hold::Rows => 2,
         _ => 0,
     };
