@@ -68,6 +68,8 @@ fn gpu_resources_for(matmul: mixc_backend_ptx::Matmul) -> ResourceFn {
             spilled_share: r.spilled_share,
             mma_k,
             mma_passes,
+            register_tier: r.tier == mixc_backend_ptx::Tier::Registers,
+            pipelined: r.pipelined,
         })
     })
 }

@@ -97,6 +97,26 @@ fn usage_errors_exit_2() {
     assert!(!text(&out.stderr).contains("panicked"));
 }
 
+/// `--attention-blocks QxK` sets attention's blocks (the tile program's
+/// header and kernel shapes say so); malformed values are usage errors that
+/// say what is expected.
+#[test]
+fn attention_blocks_are_set_by_flag() {
+    let out =
+        mixc(&["compile", "models/llama.toml", "--target", "sm_90", "--emit", "tile", "--attention-blocks", "32x16"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let tile = text(&out.stdout);
+    assert!(tile.contains("(q32 k16, blocks from --attention-blocks)"), "{}", &tile[..tile.len().min(400)]);
+    assert!(tile.contains("launch flash_attention[cdiv(T, 32)"), "no 32-query blocks in\n{tile}");
+    for (bad, says) in
+        [("100x32", "powers of two"), ("64", "expected QxK"), ("64xz", "not a number"), ("512x64", "powers of two")]
+    {
+        let out = mixc(&["compile", "models/llama.toml", "--emit", "tile", "--attention-blocks", bad]);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {}", text(&out.stderr));
+        assert!(text(&out.stderr).contains(says), "{bad}: {}", text(&out.stderr));
+    }
+}
+
 #[test]
 fn every_zoo_model_compiles_to_graphs() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");

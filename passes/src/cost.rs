@@ -95,6 +95,13 @@ pub struct KernelResources {
     /// `mma_k = 0`: no matrix unit.
     pub mma_k: u32,
     pub mma_passes: u32,
+    /// The backend holds the kernel's tiles in registers (the PTX backend's
+    /// register tier) rather than in shared-memory slots: priced by
+    /// [`register_tier_program_s`].
+    pub register_tier: bool,
+    /// In the register tier: its `dot` operands are copied a loop iteration
+    /// ahead (`cp.async`), so their loads' latency is hidden.
+    pub pipelined: bool,
 }
 
 /// The backend's resource plan of a kernel, where one is known.
@@ -248,6 +255,7 @@ fn time(
         loads: per_program(w.tile_loads),
         dots: per_program(w.tile_dots),
         mma: res.map_or(0.0, |r| mma_per_warp(per_program(w.tile_macs), r)),
+        loaded_bytes: per_program(w.loaded),
     };
     let latency_s = latency(programs, &program, res, dev);
     KernelCost {
@@ -280,6 +288,8 @@ struct ProgramWork {
     dots: f64,
     /// Matrix-unit instructions per warp.
     mma: f64,
+    /// Bytes the program loads.
+    loaded_bytes: f64,
 }
 
 /// Matrix-unit instructions each warp of a program issues for `macs`
@@ -319,8 +329,34 @@ fn latency(programs: u64, w: &ProgramWork, res: Option<KernelResources>, dev: &D
     let spilled = res.map_or(0.0, |r| if r.spill_bytes > 0 { r.spilled_share.clamp(0.0, 1.0) } else { 0.0 });
     let waves = programs.div_ceil(u64::from(dev.units.max(1)) * per_unit) as f64;
     let elem_s = l.elem_s * (1.0 - spilled) + l.spilled_elem_s * spilled;
-    let program_s = l.op_s * w.ops + elem_s * w.elems + l.load_s * w.loads + l.dot_s * w.dots + l.mma_s * w.mma;
+    let program_s = match res {
+        Some(r) if r.register_tier => register_tier_program_s(w, r),
+        _ => l.op_s * w.ops + elem_s * w.elems + l.load_s * w.loads + l.dot_s * w.dots + l.mma_s * w.mma,
+    };
     waves * program_s
+}
+
+/// Seconds per `mma` a warp of a register-tier kernel issues, the elementwise
+/// work around it included (fit on an H100: causal attention, bf16, B·H =
+/// 128, T = 2048 and 8192, blocks q128 k64, q64 k64, q128 k32).
+const REGISTER_MMA_S: f64 = 14e-9;
+/// Seconds per byte a thread of a register-tier kernel copies to shared
+/// memory (the same fit: a block staged by fewer warps costs each more).
+const REGISTER_COPY_S: f64 = 4.9e-9;
+/// How much slower a register-tier kernel runs when its copies are not
+/// pipelined (the same fit: q128 k128, whose two buffers do not fit, 2.6×).
+const REGISTER_UNPIPELINED: f64 = 2.6;
+
+/// One program of a register-tier kernel: its warps' `mma`s and its threads'
+/// copies, slower where the copies wait in line.
+fn register_tier_program_s(w: &ProgramWork, r: KernelResources) -> f64 {
+    let copy = w.loaded_bytes / f64::from(r.threads.max(1));
+    let t = REGISTER_MMA_S * w.mma + REGISTER_COPY_S * copy;
+    if r.pipelined {
+        t
+    } else {
+        t * REGISTER_UNPIPELINED
+    }
 }
 
 /// Programs (CTAs) one SM holds at once: what its shared memory, thread

@@ -145,7 +145,11 @@ fn emit_tiles(graphs: &[mixc::NamedGraph], args: &CompileArgs) -> Result<String,
         let sched = schedule_of(g, args)?;
         let prog = mixc::lower_graph(&g.name, &g.graph, &sched)?;
         let form = mixc::bench::describe(&sched, &g.graph);
-        let from = if args.chunk.or(g.chunk).is_none() { ", the cost model's pick" } else { "" };
+        let from = match (args.chunk.or(g.chunk), args.attention_blocks) {
+            (_, Some(_)) => ", blocks from --attention-blocks",
+            (None, None) => ", the cost model's pick",
+            (Some(_), None) => "",
+        };
         out.push_str(&format!("# mixer {} ({form}{from})\n", g.name));
         out.push_str(&mixc::ir::tile::text::print_program(&prog));
     }

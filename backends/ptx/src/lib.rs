@@ -99,7 +99,6 @@ mod registers;
 use mixc_ir::tile::Kernel;
 pub use registers::RegisterFeatures;
 
-
 /// A GPU target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Target {
@@ -265,6 +264,10 @@ pub struct Resources {
     /// The share of the tile work inside loops that reads or writes the
     /// global scratch region (0 when nothing spills).
     pub spilled_share: f64,
+    /// Where the kernel holds its tiles.
+    pub tier: Tier,
+    /// In the register tier: `dot` operands copied a loop iteration ahead.
+    pub pipelined: bool,
 }
 
 /// Plans `k` (slots, their shared-memory offsets and the spill to global
@@ -278,6 +281,8 @@ pub fn resources(k: &Kernel, matmul: Matmul) -> Result<Resources, PtxError> {
             scratch_bytes: 0,
             registers: rp.registers(k),
             spilled_share: 0.0,
+            tier: Tier::Registers,
+            pipelined: !rp.pipelined.is_empty(),
         });
     }
     let defs = plan::Defs::new(k);
@@ -290,6 +295,8 @@ pub fn resources(k: &Kernel, matmul: Matmul) -> Result<Resources, PtxError> {
         scratch_bytes: p.scratch_bytes,
         registers,
         spilled_share,
+        tier: Tier::Shared,
+        pipelined: false,
     })
 }
 

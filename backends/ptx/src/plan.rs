@@ -328,15 +328,7 @@ impl Plan {
     /// The plan of a kernel in the register tier: no slots, no loops to
     /// copy through, `shared_bytes` of staged operands.
     pub fn registers(repr: Vec<Repr>, threads: u32, shared_bytes: u32) -> Plan {
-        Plan {
-            repr,
-            slots: vec![],
-            loops: vec![],
-            loop_of: HashMap::new(),
-            shared_bytes,
-            scratch_bytes: 0,
-            threads,
-        }
+        Plan { repr, slots: vec![], loops: vec![], loop_of: HashMap::new(), shared_bytes, scratch_bytes: 0, threads }
     }
 
     pub fn loop_plan(&self, s: &Stmt) -> Option<&LoopPlan> {

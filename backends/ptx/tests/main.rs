@@ -287,6 +287,8 @@ fn check_register_estimates(est: &[(String, u32, u32, u32)], far_share: f64, fai
             registers,
             mma_k: 0,
             mma_passes: 0,
+            register_tier: false,
+            pipelined: false,
         };
         mixc_passes::cost::programs_per_sm(r, &h100)
     };
@@ -376,7 +378,14 @@ fn narrow_storage_kernels_assemble_for_sm80_and_sm90() {
     // off here: 11 of 140 distinct kernels (7.9%) since elementwise chains
     // fuse into their consumers; 12% until the estimate gets a term for
     // 16-bit operands.
-    check_kernels(kernels, "a few models with bf16/f16 storage", &narrow_schedules(), "ptx-narrow", 0.12, Options::default());
+    check_kernels(
+        kernels,
+        "a few models with bf16/f16 storage",
+        &narrow_schedules(),
+        "ptx-narrow",
+        0.12,
+        Options::default(),
+    );
 }
 
 /// The register tier: with bf16 dots, the kernels it takes (attention's

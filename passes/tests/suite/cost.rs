@@ -178,6 +178,8 @@ fn gpu_latency_term_is_waves_times_the_statements_of_a_program() {
         registers: 64,
         mma_k: 16,
         mma_passes: 1,
+        register_tier: false,
+        pipelined: false,
     };
     let cost = price_with(&prog, &free(b, t), &dev, &|_| Some(big));
     let k = &cost.kernels[0];

@@ -275,7 +275,10 @@ impl Analysis<'_> {
                 let sa = self.shape(*a).to_vec();
                 let sb = self.shape(*b).to_vec();
                 if *trans_a || !dtype.is_float() || !self.frag_shape(&shape) {
-                    return Err(format!("`dot` %{} {:?}: not an [M, N] result of an untransposed left operand", v.0, shape));
+                    return Err(format!(
+                        "`dot` %{} {:?}: not an [M, N] result of an untransposed left operand",
+                        v.0, shape
+                    ));
                 }
                 if sa.len() != 2 || sa[0] != self.m || !sa[1].is_multiple_of(16) {
                     return Err(format!("`dot` %{}: left operand {:?} is not [{}, 16k]", v.0, sa, self.m));
@@ -575,7 +578,8 @@ fn operand_roles(x: &[u32], r: &[u32], roles: &[Role], reshape: bool) -> Option<
     if reshape {
         let nonunit: Vec<Role> = r.iter().zip(roles).filter(|(d, _)| **d != 1).map(|(_, r)| *r).collect();
         let mut it = nonunit.into_iter();
-        let out: Vec<Role> = x.iter().map(|d| if *d == 1 { Some(Role::Zero) } else { it.next() }).collect::<Option<_>>()?;
+        let out: Vec<Role> =
+            x.iter().map(|d| if *d == 1 { Some(Role::Zero) } else { it.next() }).collect::<Option<_>>()?;
         return it.next().is_none().then_some(out);
     }
     let off = r.len().checked_sub(x.len())?;
@@ -613,7 +617,9 @@ fn affine(k: &Kernel, defs: &Defs, v: TValue, roles: &[Role]) -> Option<Affine> 
                     Affine { coef, align: gcd(a.align, b.align), konst }
                 }
                 BinaryFn::Mul => match (a.konst, b.konst) {
-                    (Some(p), _) => Affine { coef: b.coef * p, align: b.align * p.unsigned_abs(), konst: b.konst.map(|q| p * q) },
+                    (Some(p), _) => {
+                        Affine { coef: b.coef * p, align: b.align * p.unsigned_abs(), konst: b.konst.map(|q| p * q) }
+                    }
                     (_, Some(q)) => Affine { coef: a.coef * q, align: a.align * q.unsigned_abs(), konst: None },
                     _ if a.coef == 0 && b.coef == 0 => Affine { coef: 0, align: a.align * b.align, konst: None },
                     _ => return None,
@@ -647,9 +653,9 @@ fn chunk_uniform(k: &Kernel, defs: &Defs, v: TValue, roles: &[Role], step: u64) 
     match op {
         TOp::Reshape(x) => sub_roles(*x, true).is_some_and(|r| chunk_uniform(k, defs, *x, &r, step)),
         TOp::Broadcast(x) => sub_roles(*x, false).is_some_and(|r| chunk_uniform(k, defs, *x, &r, step)),
-        TOp::Binary(BinaryFn::And, x, y) => [x, y]
-            .iter()
-            .all(|z| sub_roles(**z, false).is_some_and(|r| chunk_uniform(k, defs, **z, &r, step))),
+        TOp::Binary(BinaryFn::And, x, y) => {
+            [x, y].iter().all(|z| sub_roles(**z, false).is_some_and(|r| chunk_uniform(k, defs, **z, &r, step)))
+        }
         TOp::Binary(BinaryFn::Lt, x, y) => {
             let (Some(rx), Some(ry)) = (sub_roles(*x, false), sub_roles(*y, false)) else { return false };
             let (Some(a), Some(b)) = (affine(k, defs, *x, &rx), affine(k, defs, *y, &ry)) else { return false };
@@ -665,11 +671,13 @@ fn affine_free(k: &Kernel, defs: &Defs, v: TValue, roles: &[Role]) -> bool {
     let shape = &k.ty(v).shape;
     match op {
         TOp::Arange(_) => roles.first() != Some(&Role::Col),
-        TOp::Reshape(x) => operand_roles(&k.ty(*x).shape, shape, roles, true)
-            .is_some_and(|r| affine_free(k, defs, *x, &r)),
-        other => other.operands().iter().all(|x| {
-            operand_roles(&k.ty(*x).shape, shape, roles, false).is_some_and(|r| affine_free(k, defs, *x, &r))
-        }),
+        TOp::Reshape(x) => {
+            operand_roles(&k.ty(*x).shape, shape, roles, true).is_some_and(|r| affine_free(k, defs, *x, &r))
+        }
+        other => other
+            .operands()
+            .iter()
+            .all(|x| operand_roles(&k.ty(*x).shape, shape, roles, false).is_some_and(|r| affine_free(k, defs, *x, &r))),
     }
 }
 
@@ -1129,7 +1137,9 @@ fn for_<'ctx>(em: &mut Em<'ctx, '_>, rp: &RowsPlan, ln: &Lanes<'ctx>, s: &Stmt) 
             em.barrier()?;
             let mut widened = false;
             for v in &pipes {
-                let Some(st) = rp.stages.get(&v.0).copied() else { return super::fail("a pipelined load without a stage") };
+                let Some(st) = rp.stages.get(&v.0).copied() else {
+                    return super::fail("a pipelined load without a stage");
+                };
                 if let Some(raw) = st.raw {
                     round_into_stage(em, v, st, raw, par)?;
                     widened = true;
