@@ -9,7 +9,7 @@
 #      ragged sizes);
 #   2. attention and linear attention prefill at SIZES under each of VARIANTS
 #      (`pick`: the cost model's schedule, `shared`: the shared-memory tier,
-#      `QxK`: attention blocks);
+#      `QxK`: attention blocks, `QxK:N`: and N CTAs per SM, `--ctas-per-sm`);
 #   3. the schedule sweep of attention (bf16 dots and storage) at B=8, T=8192;
 #   4. SDPA at the same sizes (`anchors/gpu_anchor_bench.py --phases sdpa`).
 #   5. (PARTS=ncu) one attention launch under Nsight Compute.
@@ -45,7 +45,12 @@ if [[ $parts == *bench* ]]; then
   for p in ${SIZES:-B=8,H=16,T=2048 B=8,H=16,T=8192}; do
     for v in ${VARIANTS:-pick shared 128x64 64x64 128x32}; do
       flag=()
-      case $v in pick) ;; shared) flag=(--shared-tiles) ;; *) flag=(--attention-blocks "$v") ;; esac
+      case $v in
+        pick) ;;
+        shared) flag=(--shared-tiles) ;;
+        *:*) flag=(--attention-blocks "${v%%:*}" --ctas-per-sm "${v##*:}") ;;
+        *) flag=(--attention-blocks "$v") ;;
+      esac
       b="$d/bench-$v-$p"
       ./mixc compile "$models/bench/anchors.toml" --target sm_90 --matmul bf16 --storage bf16 --sizes "$p" "${flag[@]}" -o "$b" >/dev/null
       echo "== $v, $p"

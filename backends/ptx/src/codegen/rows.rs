@@ -65,6 +65,11 @@ pub(crate) enum Hold {
     /// `Frag` positions rounded to bf16 and packed in pairs (columns `2t`,
     /// `2t + 1` of each fragment), half the registers of `Frag`.
     PackedA,
+    /// A load read only as `dot` left operands inside loops it is defined
+    /// outside of (attention's queries): staged in shared memory once, its
+    /// fragments read with `ldmatrix` where used, so it holds no registers
+    /// across the loop.
+    StagedA,
 }
 
 /// Where a staged operand lives in shared memory.
@@ -130,7 +135,7 @@ impl RowsPlan {
             .map(|h| match h {
                 Hold::Scalar => Repr::Scalar,
                 Hold::Lazy => Repr::Lazy,
-                Hold::Frag | Hold::Rows | Hold::Staged | Hold::PackedA => Repr::Reg,
+                Hold::Frag | Hold::Rows | Hold::Staged | Hold::PackedA | Hold::StagedA => Repr::Reg,
             })
             .collect();
         Plan::registers(repr, self.threads(), self.shared_bytes)
@@ -178,6 +183,8 @@ struct Analysis<'k> {
     loops: Vec<TValue>,
     /// Staged loads and the induction variable of their innermost loop.
     staged_in: Vec<(TValue, Option<TValue>)>,
+    /// Whether a value is read inside a loop.
+    used_in_loop: Vec<bool>,
 }
 
 impl Analysis<'_> {
@@ -211,7 +218,7 @@ impl Analysis<'_> {
 
     fn set(&mut self, v: TValue, h: Hold) {
         self.hold[v.index()] = h;
-        self.derived[v.index()] = matches!(h, Hold::Frag | Hold::Rows | Hold::PackedA);
+        self.derived[v.index()] = matches!(h, Hold::Frag | Hold::Rows | Hold::PackedA | Hold::StagedA);
         self.def_loops[v.index()] = self.loops.clone();
     }
 
@@ -330,7 +337,12 @@ impl Analysis<'_> {
                     && !any_derived =>
             {
                 self.max_cols = self.max_cols.max(shape[1]);
-                Hold::PackedA
+                if self.loops.is_empty() && self.used_in_loop[v.index()] && shape[1].is_multiple_of(16) {
+                    self.staged_in.push((v, None));
+                    Hold::StagedA
+                } else {
+                    Hold::PackedA
+                }
             }
             _ if shape.is_empty() => {
                 if any_derived {
@@ -459,6 +471,7 @@ pub(crate) fn analyze(k: &Kernel, matmul: Matmul) -> Result<RowsPlan, String> {
         def_loops: vec![vec![]; n],
         loops: vec![],
         staged_in: vec![],
+        used_in_loop: read_in_loops(k),
     };
     a.block(&k.body)?;
     // Stage offsets, in order of definition; pipelined stages get two buffers.
@@ -697,6 +710,32 @@ fn reads_outside(k: &Kernel, defs: &Defs, a: &Analysis, v: TValue, iv: TValue) -
     }
 }
 
+/// Whether each value is read by a statement inside a loop.
+fn read_in_loops(k: &Kernel) -> Vec<bool> {
+    fn go(b: &Block, inside: bool, out: &mut Vec<bool>) {
+        for s in &b.stmts {
+            if inside {
+                for x in s.op.operands() {
+                    if let Some(o) = out.get_mut(x.index()) {
+                        *o = true;
+                    }
+                }
+            }
+            match &s.op {
+                TOp::For { body, .. } => go(body, true, out),
+                TOp::If { then, otherwise, .. } => {
+                    go(then, inside, out);
+                    go(otherwise, inside, out);
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut out = vec![false; k.types.len()];
+    go(&k.body, false, &mut out);
+    out
+}
+
 /// Elements per lane of held tiles that live across loop iterations.
 fn resident_elements(k: &Kernel, a: &Analysis) -> u32 {
     let per_lane = |v: TValue| match a.hold[v.index()] {
@@ -722,6 +761,7 @@ fn resident_elements(k: &Kernel, a: &Analysis) -> u32 {
 /// This lane's rows and columns.
 pub(crate) struct Lanes<'ctx> {
     lane: IntValue<'ctx>,
+    warp: IntValue<'ctx>,
     t: IntValue<'ctx>,
     rows: [IntValue<'ctx>; 2],
     cols: Vec<[IntValue<'ctx>; 2]>,
@@ -746,7 +786,7 @@ impl<'ctx> Lanes<'ctx> {
             let c1 = b.build_int_add(c0, em.i32c(1), "")?;
             cols.push([c0, c1]);
         }
-        Ok(Lanes { lane, t, rows: [r0, r1], cols, stage_base: RefCell::new(HashMap::new()) })
+        Ok(Lanes { lane, warp, t, rows: [r0, r1], cols, stage_base: RefCell::new(HashMap::new()) })
     }
 
     /// The indices of this lane's elements of a tile of `shape` held as `h`,
@@ -769,7 +809,9 @@ impl<'ctx> Lanes<'ctx> {
                 }
                 out
             }
-            Hold::Lazy | Hold::Staged => return super::fail("a value that is not held has no positions"),
+            Hold::Lazy | Hold::Staged | Hold::StagedA => {
+                return super::fail("a value that is not held has no positions")
+            }
         })
     }
 }
@@ -823,7 +865,7 @@ fn stmt<'ctx>(em: &mut Em<'ctx, '_>, rp: &RowsPlan, ln: &Lanes<'ctx>, s: &Stmt) 
             Ok(())
         }
         Hold::Staged if pipelined(rp, v) => Ok(()),
-        Hold::Staged => stage(em, rp, v),
+        Hold::Staged | Hold::StagedA => stage(em, rp, v),
         Hold::PackedA => {
             let pos = ln.positions(em, Hold::Frag, &shape)?;
             for pair in pos.chunks(2) {
@@ -932,12 +974,30 @@ fn dot<'ctx>(
     let base = b_.build_int_add(base, b_.build_int_mul(col, em.i32c(2), "")?, "")?;
     let stage_at = ln.stage_base.borrow().get(&b.0).copied().unwrap_or_else(|| em.i32c(st.offset as i64));
     let base = em.b.build_int_add(base, stage_at, "")?;
+    // A staged left operand: matrices (rows lo, k lo), (rows hi, k lo),
+    // (rows lo, k hi), (rows hi, k hi) of the warp's 16 rows.
+    let a_base = match (hold_of(rp, a), rp.stages.get(&a.0)) {
+        (Hold::StagedA, Some(sa)) => {
+            let r = em.b.build_int_mul(ln.warp, em.i32c(16), "")?;
+            let r = em.b.build_int_add(r, lr, "")?;
+            let r = em.b.build_int_add(r, em.b.build_int_mul(q_lo, em.i32c(8), "")?, "")?;
+            let at = em.b.build_int_mul(r, em.i32c(sa.stride as i64), "")?;
+            let at = em.b.build_int_add(at, em.b.build_int_mul(q_hi, em.i32c(16), "")?, "")?;
+            Some(em.b.build_int_add(at, em.i32c(sa.offset as i64), "")?)
+        }
+        (Hold::StagedA, None) => return super::fail("a staged left operand without a stage"),
+        _ => None,
+    };
     for kk in 0..(kdim / 16) as usize {
         let (Some(lo), Some(hi)) = (ln.cols.get(2 * kk), ln.cols.get(2 * kk + 1)) else {
             return super::fail("a left operand wider than planned");
         };
         let mut afr = vec![];
-        for cols in [lo, hi] {
+        if let Some(ab) = a_base {
+            let off = em.b.build_int_add(ab, em.i32c(32 * kk as i64), "")?;
+            afr.extend(ldmatrix(em, off, false)?);
+        }
+        for cols in [lo, hi].into_iter().filter(|_| a_base.is_none()) {
             for r in ln.rows {
                 if hold_of(rp, a) == Hold::PackedA {
                     match em.held.get(&super::elem_key(a, &[r, cols[0]])) {
