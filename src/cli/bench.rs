@@ -107,8 +107,8 @@ pub struct BenchArgs {
     /// Seed of the random inputs.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// The dtype kernels store activations in: f32 (default), bf16 or f16 (states
-    /// and caches stay f32; arithmetic is f32). A bundle's (--kernels) is fixed.
+    /// The dtype kernels store activations in: f32 (default), bf16 or f16 (KV
+    /// caches too; states stay f32; arithmetic is f32). A bundle's (--kernels) is fixed.
     #[arg(long, value_name = "DTYPE")]
     pub storage: Option<mixc::passes::Storage>,
     /// With --target cuda: how kernels compiled here compute `dot` (tf32x3, the

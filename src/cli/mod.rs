@@ -197,8 +197,8 @@ pub struct ExecArgs {
     /// Split state passing instead of one fused kernel per head.
     #[arg(long)]
     pub split: bool,
-    /// The dtype kernels store activations in: f32 (default), bf16 or f16 (states
-    /// and caches stay f32; arithmetic is f32). Inputs are rounded to it, outputs
+    /// The dtype kernels store activations in: f32 (default), bf16 or f16 (KV
+    /// caches too; states stay f32; arithmetic is f32). Inputs are rounded to it, outputs
     /// hold its values (written as f32). A bundle's (--kernels) is fixed.
     #[arg(long, value_name = "DTYPE")]
     pub storage: Option<mixc_passes::Storage>,
@@ -325,8 +325,8 @@ pub struct CompileArgs {
     pub ctas_per_sm: u32,
     /// The dtype the kernels read and write activations in: f32 (the default),
     /// bf16 or f16 (q, k, v, gates, beta, o, ...: the tensors flash-linear-attention
-    /// and cuDNN take in bf16), computing in f32; recurrent states, normalizers and
-    /// caches stay f32. Recorded in bundles (-o DIR).
+    /// and cuDNN take in bf16, and KV caches, copies of k and v), computing in f32;
+    /// recurrent states, normalizers and tails stay f32. Recorded in bundles (-o DIR).
     #[arg(long, value_name = "DTYPE", default_value = "f32")]
     pub storage: mixc_passes::Storage,
 }

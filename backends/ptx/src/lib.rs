@@ -274,7 +274,7 @@ pub struct Resources {
 /// scratch, the CTA size, an estimate of its registers) without generating
 /// code, for `dot`s computed as `matmul` says.
 pub fn resources(k: &Kernel, matmul: Matmul) -> Result<Resources, PtxError> {
-    if let Ok(rp) = codegen::rows::analyze(k, matmul) {
+    if let Ok(rp) = codegen::rows::analyze(k, matmul, false) {
         return Ok(Resources {
             threads: rp.threads(),
             shared_bytes: rp.shared_bytes,
@@ -310,7 +310,7 @@ pub fn register_features(k: &Kernel, matmul: Matmul) -> Result<RegisterFeatures,
 /// Whether the register tier ([`Tier::Registers`]) takes `k` with `dot`s
 /// computed as `matmul` says; if not, why.
 pub fn register_tier(k: &Kernel, matmul: Matmul) -> Result<(), String> {
-    codegen::rows::analyze(k, matmul).map(|_| ())
+    codegen::rows::analyze(k, matmul, false).map(|_| ())
 }
 
 /// Compiles one tile kernel to PTX for `target` with the default options.

@@ -415,6 +415,17 @@ fn register_tier_kernels_assemble_for_sm80_and_sm90() {
     assert_eq!(compile(k, Target::Sm90).unwrap_or_else(|e| panic!("{id}: {e}")).tier, Tier::Shared, "{id} tf32x3");
     let off = Options { register_tiles: false, ..bf16 };
     assert_eq!(compile_with(k, Target::Sm90, off).unwrap_or_else(|e| panic!("{id}: {e}")).tier, Tier::Shared);
+    // Two CTAs per SM: the queries staged in shared memory (more `ldmatrix`,
+    // fewer registers); it assembles.
+    let two = compile_with(k, Target::Sm90, Options { ctas_per_sm: 2, ..bf16 }).unwrap_or_else(|e| panic!("{id}: {e}"));
+    assert_eq!(two.tier, Tier::Registers, "{id} at 2 CTAs per SM");
+    let ldmatrix = |ptx: &str| ptx.matches("ldmatrix").count();
+    assert!(ldmatrix(&two.ptx) > ldmatrix(&p.ptx), "{id}: the queries are not read from shared memory");
+    if let Some(ptxas) = ptxas() {
+        let file = target_dir().join("ptx-registers-two-ctas.ptx");
+        std::fs::write(&file, &two.ptx).unwrap();
+        assemble(&ptxas, &file, "sm_90").unwrap_or_else(|e| panic!("{id} at 2 CTAs per SM: {e}"));
+    }
     for (id, k) in &taken {
         let p = compile_with(k, Target::Sm90, bf16).unwrap_or_else(|e| panic!("{id}: {e}"));
         assert_eq!(p.tier, Tier::Registers, "{id}: taken by the analysis but emitted in the shared tier");

@@ -185,6 +185,8 @@ struct Analysis<'k> {
     staged_in: Vec<(TValue, Option<TValue>)>,
     /// Whether a value is read inside a loop.
     used_in_loop: Vec<bool>,
+    /// Whether loop-invariant left operands are staged ([`analyze`]).
+    stage_left: bool,
 }
 
 impl Analysis<'_> {
@@ -337,7 +339,11 @@ impl Analysis<'_> {
                     && !any_derived =>
             {
                 self.max_cols = self.max_cols.max(shape[1]);
-                if self.loops.is_empty() && self.used_in_loop[v.index()] && shape[1].is_multiple_of(16) {
+                if self.stage_left
+                    && self.loops.is_empty()
+                    && self.used_in_loop[v.index()]
+                    && shape[1].is_multiple_of(16)
+                {
                     self.staged_in.push((v, None));
                     Hold::StagedA
                 } else {
@@ -397,7 +403,15 @@ impl Analysis<'_> {
 }
 
 /// Plans `k` for the register tier, or says why it does not fit.
-pub(crate) fn analyze(k: &Kernel, matmul: Matmul) -> Result<RowsPlan, String> {
+///
+/// `stage_left`: stage loop-invariant left operands in shared memory
+/// ([`Hold::StagedA`]) instead of holding them packed in registers. It frees
+/// their registers (attention q128 k64: 216 → 188) but reads them back with
+/// `ldmatrix` at every use: measured on an H100 it only pays where the
+/// registers buy a second CTA per SM (q128 k32 at `.minnctapersm 2`, 10.1 ms
+/// against 10.4 for q128 k64 staged and 9.8 for q128 k64 packed), so it goes
+/// with `Options::ctas_per_sm > 1`.
+pub(crate) fn analyze(k: &Kernel, matmul: Matmul, stage_left: bool) -> Result<RowsPlan, String> {
     if matmul != Matmul::Bf16 {
         return Err("the register tier takes bf16 dots only".into());
     }
@@ -472,6 +486,7 @@ pub(crate) fn analyze(k: &Kernel, matmul: Matmul) -> Result<RowsPlan, String> {
         loops: vec![],
         staged_in: vec![],
         used_in_loop: read_in_loops(k),
+        stage_left,
     };
     a.block(&k.body)?;
     // Stage offsets, in order of definition; pipelined stages get two buffers.
@@ -549,13 +564,13 @@ fn pipelinable(k: &Kernel, defs: &Defs, a: &Analysis, v: TValue, iv: TValue) -> 
     let roles = [Role::Row, Role::Col];
     let aligned = affine(k, defs, *offsets, &roles).is_some_and(|x| x.coef == 1 && x.align % vec == 0);
     let uniform = mask.is_none_or(|m| chunk_uniform(k, defs, m, &roles, vec));
-    let outside = |x: TValue| reads_outside(k, defs, a, x, iv);
+    let outside = |x: TValue| reads_outside(defs, a, x, iv);
     let ok = *other == 0.0
         && k.ty(v).shape[1].is_multiple_of(8)
         && aligned
         && uniform
         && outside(*offsets)
-        && mask.is_none_or(|m| outside(m));
+        && mask.is_none_or(outside);
     ok.then_some(copy)
 }
 
@@ -697,7 +712,7 @@ fn affine_free(k: &Kernel, defs: &Defs, v: TValue, roles: &[Role]) -> bool {
 /// Whether evaluating `v` reads, of what its loop (induction variable `iv`)
 /// computes, only `iv` itself: scalars computed inside the loop hold this
 /// iteration's values, which the copy for the next one must not use.
-fn reads_outside(k: &Kernel, defs: &Defs, a: &Analysis, v: TValue, iv: TValue) -> bool {
+fn reads_outside(defs: &Defs, a: &Analysis, v: TValue, iv: TValue) -> bool {
     if v == iv || !a.def_loops[v.index()].contains(&iv) {
         return true;
     }
@@ -705,7 +720,7 @@ fn reads_outside(k: &Kernel, defs: &Defs, a: &Analysis, v: TValue, iv: TValue) -
         return false;
     }
     match defs.op(v) {
-        Some(op) => op.operands().iter().all(|x| reads_outside(k, defs, a, *x, iv)),
+        Some(op) => op.operands().iter().all(|x| reads_outside(defs, a, *x, iv)),
         None => false,
     }
 }
