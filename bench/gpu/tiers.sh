@@ -12,7 +12,9 @@
 #      `QxK`: attention blocks, `QxK:N`: and N CTAs per SM, `--ctas-per-sm`);
 #   3. the schedule sweep of attention (bf16 dots and storage) at B=8, T=8192;
 #   4. SDPA at the same sizes (`anchors/gpu_anchor_bench.py --phases sdpa`).
-#   5. (PARTS=ncu) one attention launch under Nsight Compute.
+#   5. (PARTS=ncu) one attention launch under Nsight Compute;
+#   6. (PARTS=decode) attention decode steps at SDPA's decode sizes
+#      (SDPA_PHASES=env,ceil,sdpa,sdpa_dec times SDPA's).
 # PARTS picks (check, bench, sweep, ncu, sdpa; default all but ncu). Exits
 # non-zero when a check fails.
 set -uo pipefail
@@ -63,6 +65,14 @@ if [[ $parts == *sweep* ]]; then
   timeout "${SWEEP_S:-150}" ./mixc bench "$models/bench/anchors.toml" --target cuda --mixer attention --sweep --runs 3 \
     --matmul bf16 --storage bf16 --sizes "${SWEEP_SIZES:-B=8,H=16,T=8192}" 2>&1 | tee "$out/sweep.txt"
 fi
+if [[ $parts == *decode* ]]; then
+  # Attention decode steps (one query against a bf16 cache of S keys, the
+  # cache's append included) at SDPA's decode sizes.
+  b="$d/decode"
+  ./mixc compile "$models/bench/anchors.toml" --target sm_90 --matmul bf16 --storage bf16 -o "$b" >/dev/null
+  ./mixc bench "$models/bench/anchors.toml" --target cuda --kernels "$b" --mode decode --runs 5 --mixer attention \
+    --sizes B=64,H=16,S=4096 --sizes B=64,H=16,S=32768 2>&1 | grep -E "^attention|^#.*ceilings" | tee "$out/decode.txt"
+fi
 if [[ $parts == *ncu* ]] && [ -x /usr/local/cuda/bin/ncu ]; then
   # One attention prefill launch under Nsight Compute: where its time goes.
   b="$d/ncu"
@@ -77,7 +87,7 @@ if [[ $parts == *ncu* ]] && [ -x /usr/local/cuda/bin/ncu ]; then
 fi
 if [[ $parts == *sdpa* ]] && [ -f anchors/gpu_anchor_bench.py ]; then
   (cd anchors && OUT="$PWD/../$out/anchors" timeout "${ANCHOR_S:-120}" python3 gpu_anchor_bench.py \
-    --phases env,ceil,sdpa --budget "${ANCHOR_BUDGET:-100}" --sizes 8x8192,8x2048) > "$out/sdpa.txt" 2>&1
+    --phases "${SDPA_PHASES:-env,ceil,sdpa}" --budget "${ANCHOR_BUDGET:-100}" --sizes 8x8192,8x2048) > "$out/sdpa.txt" 2>&1
   grep -E "ceiling|sdpa" "$out/sdpa.txt"
 fi
 exit $status

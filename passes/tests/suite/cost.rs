@@ -221,6 +221,18 @@ fn gpu_latency_term_is_waves_times_the_statements_of_a_program() {
     let slow = price_with(&prog, &free(b, t), &dev, &|_| Some(spilled)).kernels[0].latency_s;
     let extra = waves * 0.5 * (l.spilled_elem_s - l.elem_s) * k.elems_per_program;
     assert!((slow - k.latency_s - extra).abs() <= 1e-9 * slow);
+    // The register tier: priced by its warps' mma and its threads' copies
+    // (not by statements and elements), 2.6× that when its copies are not
+    // pipelined; more warps to share a program's copies make it cheaper.
+    let piped = KernelResources { register_tier: true, pipelined: true, ..big };
+    let fast = price_with(&prog, &free(b, t), &dev, &|_| Some(piped)).kernels[0].latency_s;
+    let unpiped = KernelResources { pipelined: false, ..piped };
+    let slow = price_with(&prog, &free(b, t), &dev, &|_| Some(unpiped)).kernels[0].latency_s;
+    assert!(fast > 0.0 && (slow / fast - 2.6).abs() < 1e-9, "{slow} vs {fast}");
+    assert!((fast - k.latency_s).abs() > 1e-3 * fast, "the register tier is priced as the shared one");
+    let half = KernelResources { threads: 128, ..piped };
+    let fewer = price_with(&prog, &free(b, t), &dev, &|_| Some(half)).kernels[0].latency_s;
+    assert!(fewer > fast, "copies shared by fewer threads: {fewer} vs {fast}");
     // The CPU profile has no latency term.
     let cpu = price_with(&prog, &free(b, t), &DeviceProfile::cpu_default(), &|_| Some(big));
     assert_eq!(cpu.kernels[0].latency_s, 0.0);
@@ -265,6 +277,8 @@ fn programs_per_sm_is_the_tightest_of_shared_memory_threads_and_registers() {
         registers,
         mma_k: 0,
         mma_passes: 0,
+        register_tier: false,
+        pipelined: false,
     };
     assert_eq!(programs_per_sm(r(128, 0, 32), &dev), 16, "threads and registers both allow 16");
     assert_eq!(programs_per_sm(r(32, 0, 16), &dev), 32, "at most 32 CTAs");
