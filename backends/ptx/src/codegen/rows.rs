@@ -42,7 +42,7 @@ use crate::Matmul;
 use inkwell::types::BasicTypeEnum;
 use inkwell::values::{BasicValueEnum, FloatValue, IntValue};
 use inkwell::{AddressSpace, IntPredicate};
-use mixc_ir::ops::{BinaryFn, ReduceFn, UnaryFn};
+use mixc_ir::ops::{BinaryFn, ReduceFn};
 use mixc_ir::tile::{Block, Kernel, ParamKind, Stmt, TOp, TValue};
 use mixc_ir::DType;
 use std::cell::RefCell;
@@ -895,10 +895,6 @@ fn stmt<'ctx>(em: &mut Em<'ctx, '_>, rp: &RowsPlan, ln: &Lanes<'ctx>, s: &Stmt) 
         h @ (Hold::Frag | Hold::Rows) => match &s.op {
             TOp::Dot { a, b, acc, trans_b, .. } => dot(em, rp, ln, v, *a, *b, *acc, *trans_b),
             TOp::Reduce { func, x, .. } => reduce(em, ln, v, *func, *x),
-            TOp::Unary(UnaryFn::Exp, x) if em.opts.fast_exp && exp_of_difference(em, *x).is_some() => {
-                let Some((a, b)) = exp_of_difference(em, *x) else { return Ok(()) };
-                exp2_fused(em, rp, ln, v, h, a, b)
-            }
             _ => {
                 for pos in ln.positions(em, h, &shape)? {
                     let x = em.compute(v, &pos)?;
@@ -908,47 +904,6 @@ fn stmt<'ctx>(em: &mut Em<'ctx, '_>, rp: &RowsPlan, ln: &Lanes<'ctx>, s: &Stmt) 
             }
         },
     }
-}
-
-/// `x = a − b` (f32) for an `exp(x)`: the online softmax's `exp(s − m)`.
-fn exp_of_difference(em: &Em<'_, '_>, x: TValue) -> Option<(TValue, TValue)> {
-    match em.defs.op(x) {
-        Some(TOp::Binary(BinaryFn::Sub, a, b)) if em.k.ty(*a).dtype.is_float() && em.k.ty(x).dtype == DType::F32 => {
-            Some((*a, *b))
-        }
-        _ => None,
-    }
-}
-
-/// `exp(a − b)` as `2^(a·log2 e − b·log2 e)`: one FMA (the row's `b·log2 e`
-/// computed once) and `ex2.approx`, as FlashAttention does, instead of a
-/// subtraction, a multiplication and `ex2.approx` per element.
-#[allow(clippy::too_many_arguments)]
-fn exp2_fused<'ctx>(
-    em: &mut Em<'ctx, '_>,
-    rp: &RowsPlan,
-    ln: &Lanes<'ctx>,
-    v: TValue,
-    h: Hold,
-    a: TValue,
-    b: TValue,
-) -> R<()> {
-    let shape = em.k.ty(v).shape.clone();
-    let (sa, sb) = (em.k.ty(a).shape.clone(), em.k.ty(b).shape.clone());
-    let log2e = em.f32c(std::f64::consts::LOG2_E);
-    let f32t: BasicTypeEnum = em.cx.f32_type().into();
-    let ex2 = em.func("llvm.nvvm.ex2.approx.ftz.f32", Some(f32t), &[f32t]);
-    for pos in ln.positions(em, h, &shape)? {
-        let (ia, ib) = (em.bidx(&sa, &pos)?, em.bidx(&sb, &pos)?);
-        let xa = fv(em.elem(a, &ia)?)?;
-        let xb = fv(em.elem(b, &ib)?)?;
-        let nb = em.b.build_float_neg(em.b.build_float_mul(xb, log2e, "")?, "")?;
-        let t = em.fma(xa, log2e, nb)?;
-        let Some(r) = em.call(ex2, &[t.into()])? else { return super::fail("ex2 returned nothing") };
-        let r = em.round_float(em.k.ty(v).dtype, fv(r)?)?;
-        bind(em, rp, v, &pos, r.into());
-    }
-    Ok(())
 }
 
 /// Copies a load into its shared-memory stage as bf16, all threads, between barriers.
