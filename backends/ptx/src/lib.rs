@@ -1,11 +1,14 @@
 //! mixc's GPU backend: tile kernels → LLVM IR (through inkwell, LLVM 22) →
 //! PTX for `sm_80`, `sm_90` and `sm_90a`.
 //!
-//! [`compile`] turns one [`Kernel`] into one PTX entry point. This first tier is
-//! *correct first*: plain SIMT code, every tile op a loop over its elements
-//! spread over the CTA's threads, tiles that threads exchange in shared memory.
-//! Tensor cores (`mma.sync`, `ldmatrix`), `cp.async` pipelining and Hopper's
-//! `wgmma`/TMA come later (see "Towards tensor cores" below).
+//! [`compile`] turns one [`Kernel`] into one PTX entry point, in one of two
+//! tiers ([`Tier`]). The shared-memory tier takes any kernel: every tile op a
+//! loop over its elements spread over the CTA's threads, tiles that threads
+//! exchange in shared memory, `dot` on tensor cores (`codegen/mma.rs`). The
+//! register tier (`codegen/rows.rs`) takes kernels whose tiles are all blocks
+//! of the same rows with bf16 `dot`s (attention): tiles in registers in the
+//! `mma.sync` fragment layout, operands staged with `cp.async` and read with
+//! `ldmatrix`. Hopper's `wgmma`/TMA come later.
 //!
 //! # Kernel ABI (what a runtime must pass)
 //!
@@ -84,12 +87,15 @@
 //! host against f64). Integer `div` truncates; `rem` and `floordiv` follow the
 //! divisor's sign, as in the interpreter.
 //!
-//! # Towards tensor cores
+//! # The register tier
 //!
-//! Materialized tiles are plain row-major slots at known offsets, so a later
-//! tier can give `dot` operands a padded or swizzled layout, stage them with
-//! `ldmatrix` and hold accumulators in `mma.sync` fragments, by adding a
-//! representation next to `Mat` without changing the rest.
+//! Held values are `Repr::Reg` in the plan and live in `Em::held`, found by
+//! the identities of the index registers they are read at, so everything
+//! lazy (index arithmetic, views, loads) evaluates unchanged at a lane's
+//! positions. Its dynamic shared memory holds only the staged `dot` operands
+//! (bf16, rows padded by 16 bytes; two buffers each where pipelined, plus
+//! two dense f32 buffers for an f32 source). Pointers it copies with
+//! `cp.async` must be 16-byte aligned (CUDA's allocations are).
 
 mod codegen;
 mod math;
