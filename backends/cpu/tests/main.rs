@@ -478,7 +478,17 @@ proptest! {
             // straddle a rounding boundary of the storage's precision. Each
             // element on its own: in a short slice one such ulp is a
             // relative error of the slice's norm up to the ulp itself.
-            if narrow {
+            // A program that rounds an intermediate to the storage dtype (the
+            // keys after RoPE, written to a bf16 KV cache) can turn a last-bit
+            // f32 difference upstream (sin/cos) into a one-ulp difference of
+            // a key and so several of `o`: held to the storage's tolerance.
+            let rounded_midway = prog.buffers.iter().any(|b| {
+                matches!(&b.role, BufferRole::Output(n) if mixc_passes::is_kv_cache(n)) && b.dtype != DType::F32
+            });
+            if narrow && rounded_midway {
+                let e = rel_err(o, &tile[out]);
+                prop_assert!(e <= tol, "{}: `{}` vs tile interpreter: relative error {:e}", name, out, e);
+            } else if narrow {
                 let bad = one_ulp_apart(&o.data, &tile[out].data, o.shape.last().copied().unwrap_or(1), d);
                 prop_assert!(bad.is_none(), "{}: `{}` vs tile interpreter: {:?} more than one {} ulp apart", name, out, bad, d);
             } else {

@@ -9,10 +9,12 @@
 //! recurrent states, normalizers and stabilizers, KV caches, convolution and
 //! delay tails. They stay f32, as flash-linear-attention keeps its states (a
 //! state rounded at every call would drift over a long decode) — except KV
-//! caches (`k_cache`, `v_cache`, `s_k_cache`, ...): they hold copies of the
-//! keys and values, activations already rounded to the storage dtype, so
-//! storing them narrow is exact, halves what attention reads, and lets its
-//! kernels copy key blocks to shared memory as they are. Weights (no
+//! caches (`k_cache`, `v_cache`, `s_k_cache`, ...): written once and never
+//! updated, they do not drift; they hold the keys and values attention
+//! reads (copies of narrow activations, exact, or keys after RoPE, rounded
+//! once, as inference engines store them), and narrow they halve what
+//! attention reads and let its kernels copy key blocks to shared memory as
+//! they are. Weights (no
 //! free dim: `A_log`, convolution taps, norm weights, meta tokens), integer
 //! values (positions) and scratch between kernels stay as they are (f32).
 //! An activation is rounded where the program stores it; a kernel that reads
