@@ -1412,21 +1412,11 @@ impl<'ctx> Em<'ctx, '_> {
                 if pd == DType::Bool { s.b.build_int_z_extend(iv(x)?, s.cx.i32_type(), "")?.into() } else { x };
             let x = s.narrow_stored(pd, x)?;
             let (addr, _) = s.gaddr(ptr, off)?;
-            match mask {
-                None => {
-                    s.b.build_store(addr, x)?;
-                }
-                Some(m) => {
-                    let m = iv(s.elem(m, idx)?)?;
-                    let (st, done) = (s.bb("st"), s.bb("st_done"));
-                    s.b.build_conditional_branch(m, st, done)?;
-                    s.b.position_at_end(st);
-                    s.b.build_store(addr, x)?;
-                    s.b.build_unconditional_branch(done)?;
-                    s.b.position_at_end(done);
-                }
-            }
-            Ok(())
+            let m = match mask {
+                Some(m) => Some(iv(s.elem(m, idx)?)?),
+                None => None,
+            };
+            s.store_where(addr, x, m)
         };
         if vt.shape.is_empty() {
             // Every thread holds the scalar: thread 0 stores it.
@@ -1446,6 +1436,26 @@ impl<'ctx> Em<'ctx, '_> {
             let idx = s.delin(e, &shape)?;
             one(s, &idx)
         })
+    }
+
+    /// Stores `x` at global `addr`, only where `mask` (an i1) holds.
+    fn store_where(
+        &mut self,
+        addr: PointerValue<'ctx>,
+        x: BasicValueEnum<'ctx>,
+        mask: Option<IntValue<'ctx>>,
+    ) -> R<()> {
+        let Some(m) = mask else {
+            self.b.build_store(addr, x)?;
+            return Ok(());
+        };
+        let (st, done) = (self.bb("st"), self.bb("st_done"));
+        self.b.build_conditional_branch(m, st, done)?;
+        self.b.position_at_end(st);
+        self.b.build_store(addr, x)?;
+        self.b.build_unconditional_branch(done)?;
+        self.b.position_at_end(done);
+        Ok(())
     }
 
     /// Copies tile `v` into `slot` (element `e` by thread `e % threads`).

@@ -1129,20 +1129,11 @@ fn store<'ctx>(em: &mut Em<'ctx, '_>, rp: &RowsPlan, ln: &Lanes<'ctx>, s: &Stmt)
             if pd == DType::Bool { em.b.build_int_z_extend(iv(x)?, em.cx.i32_type(), "")?.into() } else { x };
         let x = em.narrow_stored(pd, x)?;
         let (addr, _) = em.gaddr(ptr.index(), off)?;
-        match mask {
-            None => {
-                em.b.build_store(addr, x)?;
-            }
-            Some(m) => {
-                let m = iv(em.elem(*m, &idx)?)?;
-                let (st, cont) = (em.bb("st"), em.bb("st_done"));
-                em.b.build_conditional_branch(m, st, cont)?;
-                em.b.position_at_end(st);
-                em.b.build_store(addr, x)?;
-                em.b.build_unconditional_branch(cont)?;
-                em.b.position_at_end(cont);
-            }
-        }
+        let m = match mask {
+            Some(m) => Some(iv(em.elem(*m, &idx)?)?),
+            None => None,
+        };
+        em.store_where(addr, x, m)?;
     }
     if let Some(done) = done {
         em.b.build_unconditional_branch(done)?;
