@@ -70,6 +70,7 @@ fn gpu_resources_for(matmul: mixc_backend_ptx::Matmul) -> ResourceFn {
             mma_passes,
             register_tier: r.tier == mixc_backend_ptx::Tier::Registers,
             pipelined: r.pipelined,
+            warp_rows: r.warp_rows,
         })
     })
 }

@@ -117,6 +117,35 @@ fn attention_blocks_are_set_by_flag() {
     }
 }
 
+/// `--warp-rows` takes 16, 32 or auto (PTX of a llama with bf16 dots: the
+/// register tier's attention then runs 128 or 256 threads, q128 k32); anything
+/// else is a usage error that says what it takes. `explain --matmul` plans
+/// with the named `dot` mode and refuses others.
+#[test]
+fn warp_rows_and_explain_matmul_are_flags() {
+    let ptx_threads = |rows: &str| {
+        let args = ["compile", "models/llama.toml", "--target", "sm_90", "--emit", "ptx", "--matmul", "bf16"];
+        let out = mixc(&[&args[..], &["--attention-blocks", "128x32", "--warp-rows", rows]].concat());
+        assert!(out.status.success(), "{rows}: {}", text(&out.stderr));
+        let ptx = text(&out.stdout);
+        let at = ptx.find(".entry flash_attention(").unwrap_or_else(|| panic!("{rows}: no flash_attention entry"));
+        let tail = &ptx[at..];
+        let n = tail.find(".maxntid").map(|i| &tail[i + 9..]).unwrap_or_default();
+        n.split(|c: char| !c.is_ascii_digit()).next().unwrap_or_default().to_string()
+    };
+    assert_eq!(ptx_threads("16"), "256");
+    assert_eq!(ptx_threads("32"), "128");
+    let out = mixc(&["compile", "models/llama.toml", "--emit", "tile", "--warp-rows", "24"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("16 or 32"), "{}", text(&out.stderr));
+    let out = mixc(&["explain", "models/llama.toml", "--matmul", "bf16", "--top", "1"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("pick:"), "{}", text(&out.stdout));
+    let out = mixc(&["explain", "models/llama.toml", "--matmul", "fp8"]);
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    assert!(text(&out.stderr).contains("tf32x3, bf16 or simt"), "{}", text(&out.stderr));
+}
+
 #[test]
 fn every_zoo_model_compiles_to_graphs() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");

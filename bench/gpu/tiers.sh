@@ -9,14 +9,17 @@
 #      ragged sizes);
 #   2. attention and linear attention prefill at SIZES under each of VARIANTS
 #      (`pick`: the cost model's schedule, `shared`: the shared-memory tier,
-#      `QxK`: attention blocks, `QxK:N`: and N CTAs per SM, `--ctas-per-sm`);
+#      `QxK`: attention blocks, `QxK:N`: and N CTAs per SM, `--ctas-per-sm`,
+#      `QxK:N:W`: and W rows a warp, `--warp-rows`; BLOCKS takes the same);
 #   3. the schedule sweep of attention (bf16 dots and storage) at B=8, T=8192;
 #   4. SDPA at the same sizes (`anchors/gpu_anchor_bench.py --phases sdpa`).
 #   5. (PARTS=ncu) one attention launch under Nsight Compute;
 #   6. (PARTS=decode) attention decode steps at SDPA's decode sizes
 #      (SDPA_PHASES=env,ceil,sdpa,sdpa_dec times SDPA's).
-# PARTS picks (check, bench, sweep, ncu, sdpa; default all but ncu). Exits
-# non-zero when a check fails.
+#   7. (PARTS=sanitize) compute-sanitizer memcheck over gpu-check of the
+#      register-tier models and attention under each of BLOCKS, small sizes.
+# PARTS picks (check, bench, sweep, ncu, decode, sanitize, sdpa; default
+# check, bench, sweep, sdpa). Exits non-zero when a check fails.
 set -uo pipefail
 cd "$(dirname "$0")"
 [ -x ./mixc ] || xz -dkf mixc.xz
@@ -25,6 +28,16 @@ out=${OUT:-out}; mkdir -p "$out"
 parts=${PARTS:-check,bench,sweep,sdpa}
 status=0
 d=$(mktemp -d)
+# The compile flags of a variant: pick, shared, QxK, QxK:N or QxK:N:W.
+flags() {
+  case $1 in
+    pick) ;;
+    shared) echo --shared-tiles ;;
+    *:*:*) local r=${1#*:}; echo --attention-blocks "${1%%:*}" --ctas-per-sm "${r%%:*}" --warp-rows "${r##*:}" ;;
+    *:*) echo --attention-blocks "${1%%:*}" --ctas-per-sm "${1##*:}" ;;
+    *) echo --attention-blocks "$1" ;;
+  esac
+}
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/card.txt"
 if [[ $parts == *check* ]]; then
   for n in ${CHECK_MODELS:-llama swa duo-attention hybrid linear-attn deltanet}; do
@@ -36,7 +49,8 @@ if [[ $parts == *check* ]]; then
     ./mixc gpu-check --kernels "$d/anchors-$s" --max-t "${MAX_T:-600}" || status=1
     # Attention under each block shape (pipelined or not, 4 or 8 warps).
     for bl in ${BLOCKS:-128x64 64x64 128x32 64x128}; do
-      ./mixc compile "$models/bench/anchors.toml" --target sm_90 --matmul bf16 --storage $s --attention-blocks "$bl" \
+      # shellcheck disable=SC2046
+      ./mixc compile "$models/bench/anchors.toml" --target sm_90 --matmul bf16 --storage $s $(flags "$bl") \
         -o "$d/attention-$s-$bl" >/dev/null || status=1
       ./mixc gpu-check --kernels "$d/attention-$s-$bl" --max-t "${MAX_T:-600}" || status=1
     done
@@ -46,13 +60,7 @@ fi
 if [[ $parts == *bench* ]]; then
   for p in ${SIZES:-B=8,H=16,T=2048 B=8,H=16,T=8192}; do
     for v in ${VARIANTS:-pick shared 128x64 64x64 128x32}; do
-      flag=()
-      case $v in
-        pick) ;;
-        shared) flag=(--shared-tiles) ;;
-        *:*) flag=(--attention-blocks "${v%%:*}" --ctas-per-sm "${v##*:}") ;;
-        *) flag=(--attention-blocks "$v") ;;
-      esac
+      read -ra flag <<< "$(flags "$v")"
       b="$d/bench-$v-$p"
       ./mixc compile "$models/bench/anchors.toml" --target sm_90 --matmul bf16 --storage bf16 --sizes "$p" "${flag[@]}" -o "$b" >/dev/null
       echo "== $v, $p"
@@ -89,5 +97,23 @@ if [[ $parts == *sdpa* ]] && [ -f anchors/gpu_anchor_bench.py ]; then
   (cd anchors && OUT="$PWD/../$out/anchors" timeout "${ANCHOR_S:-120}" python3 gpu_anchor_bench.py \
     --phases "${SDPA_PHASES:-env,ceil,sdpa}" --budget "${ANCHOR_BUDGET:-100}" --sizes 8x8192,8x2048) > "$out/sdpa.txt" 2>&1
   grep -E "ceiling|sdpa" "$out/sdpa.txt"
+fi
+if [[ $parts == *sanitize* ]]; then
+  san=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+  for n in ${CHECK_MODELS:-llama swa duo-attention hybrid linear-attn deltanet}; do
+    ./mixc compile "$models/$n.toml" --target sm_90 --matmul bf16 -o "$d/san-$n" >/dev/null || echo "FAILED to compile $n"
+    "$san" --tool memcheck --error-exitcode 3 ./mixc gpu-check --kernels "$d/san-$n" --max-t 40 > "$d/san.log" 2>&1 \
+      || echo "FAILED under compute-sanitizer: $n"
+    echo "== $n"; tail -2 "$d/san.log"
+  done 2>&1 | tee "$out/sanitize.txt"
+  for bl in ${BLOCKS:-128x64 64x64 128x32 64x128}; do
+    # shellcheck disable=SC2046
+    ./mixc compile "$models/bench/anchors.toml" --target sm_90 --matmul bf16 --storage bf16 $(flags "$bl") \
+      -o "$d/san-attention-$bl" >/dev/null || status=1
+    "$san" --tool memcheck --error-exitcode 3 ./mixc gpu-check --kernels "$d/san-attention-$bl" --max-t 40 \
+      > "$d/san.log" 2>&1 || echo "FAILED under compute-sanitizer: anchors, attention $bl"
+    echo "== anchors, attention $bl"; tail -2 "$d/san.log"
+  done 2>&1 | tee -a "$out/sanitize.txt"
+  grep -qiE "ERROR SUMMARY: [1-9]|fail" "$out/sanitize.txt" && status=1
 fi
 exit $status

@@ -80,7 +80,7 @@ fn enumerate_blocks(g: &Graph, kind: DeviceKind) -> Vec<Schedule> {
     if !has_attn {
         return rec;
     }
-    let blocks = [(64, 64), (128, 64), (64, 128), (128, 128), (32, 32)];
+    let blocks = [(64, 64), (128, 64), (128, 32), (64, 128), (128, 128), (32, 32)];
     rec.into_iter().flat_map(|s| blocks.map(|(q, k)| Schedule { block_q: q, block_k: k, ..s })).collect()
 }
 

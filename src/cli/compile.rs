@@ -91,7 +91,8 @@ fn bundle(graphs: &[mixc::NamedGraph], args: &CompileArgs, dir: &std::path::Path
     Ok(format!("wrote {n} programs for {} to {}\n", args.target, dir.display()))
 }
 
-/// Code generation options from `--matmul`, `--precise-exp` and `--ctas-per-sm`.
+/// Code generation options from `--matmul`, `--precise-exp`, `--ctas-per-sm`,
+/// `--shared-tiles` and `--warp-rows`.
 #[cfg(feature = "llvm")]
 fn options(args: &CompileArgs) -> Result<mixc::gpu::Options, mixc::Error> {
     let matmul = mixc::gpu::Matmul::parse(&args.matmul).ok_or_else(|| {
@@ -102,6 +103,7 @@ fn options(args: &CompileArgs) -> Result<mixc::gpu::Options, mixc::Error> {
         fast_exp: !args.precise_exp,
         ctas_per_sm: args.ctas_per_sm,
         register_tiles: !args.shared_tiles,
+        warp_rows: args.warp_rows,
     })
 }
 

@@ -15,7 +15,7 @@ pub fn run(args: &ExplainArgs) -> Result<String, mixc::Error> {
     let graphs = mixc::graphs_of_file(&args.file)?;
     let shown: Vec<String> = free.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let mut points: Vec<(String, f64, f64)> = Vec::new();
-    let resources = mixc::pricing::kernel_resources(&dev);
+    let resources = mixc::pricing::kernel_resources_for(&dev, &args.matmul)?;
     for (i, g) in graphs.iter().enumerate() {
         if i > 0 {
             out.push('\n');

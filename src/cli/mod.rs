@@ -241,6 +241,10 @@ pub struct ExplainArgs {
     /// How many candidates to list per mixer (the rest are summarized).
     #[arg(long, value_name = "N", default_value_t = 12)]
     pub top: usize,
+    /// How GPU kernels compute `dot` (their registers and tier depend on it):
+    /// tf32x3 (the default), bf16 or simt, as `mixc compile --matmul`.
+    #[arg(long, value_name = "MODE", default_value = "tf32x3")]
+    pub matmul: String,
     /// Draw the device's roofline with each kernel of each mixer's pick as a point (SVG).
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
@@ -323,12 +327,30 @@ pub struct CompileArgs {
     #[arg(long = "ctas-per-sm", value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=32))]
     pub ctas_per_sm: u32,
+    /// Rows each warp of a register-tier GPU kernel owns: 16, or 32 (two
+    /// tensor-core row tiles sharing each operand fragment read from shared
+    /// memory: half the shared-memory reads, half the warps; the kernel's
+    /// query-like operands are then staged in shared memory), or auto (the
+    /// default): 32 where the backend estimates two tiles fit the registers.
+    #[arg(long = "warp-rows", value_name = "N", default_value = "auto",
+          value_parser = warp_rows)]
+    pub warp_rows: u32,
     /// The dtype the kernels read and write activations in: f32 (the default),
     /// bf16 or f16 (q, k, v, gates, beta, o, ...: the tensors flash-linear-attention
     /// and cuDNN take in bf16, and KV caches, copies of k and v), computing in f32;
     /// recurrent states, normalizers and tails stay f32. Recorded in bundles (-o DIR).
     #[arg(long, value_name = "DTYPE", default_value = "f32")]
     pub storage: mixc_passes::Storage,
+}
+
+/// `--warp-rows`: 16, 32 or auto (0).
+fn warp_rows(s: &str) -> Result<u32, String> {
+    match s.trim() {
+        "16" => Ok(16),
+        "32" => Ok(32),
+        "auto" => Ok(0),
+        other => Err(format!("`{other}`: a warp owns 16 or 32 rows (or auto)")),
+    }
 }
 
 /// The stages `--emit` can print.

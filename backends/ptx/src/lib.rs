@@ -248,11 +248,19 @@ pub struct Options {
     /// Compiles kernels the register tier takes ([`Tier::Registers`]) there;
     /// off: every kernel in the shared-memory tier.
     pub register_tiles: bool,
+    /// Rows each warp of a register-tier kernel owns: 16 (one `m16` tile),
+    /// 32 (two tiles sharing every right-operand fragment read from shared
+    /// memory, as FlashAttention-2 does: half the `ldmatrix` traffic, half
+    /// the warps; loop-invariant left operands are then staged in shared
+    /// memory to make room for the second tile), or 0 (the default): the
+    /// backend's choice per kernel, 32 where it estimates two tiles fit the
+    /// registers (`codegen::rows::auto_warp_rows`).
+    pub warp_rows: u32,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { matmul: Matmul::default(), fast_exp: true, ctas_per_sm: 1, register_tiles: true }
+        Options { matmul: Matmul::default(), fast_exp: true, ctas_per_sm: 1, register_tiles: true, warp_rows: 0 }
     }
 }
 
@@ -274,15 +282,20 @@ pub struct Resources {
     pub tier: Tier,
     /// In the register tier: `dot` operands copied a loop iteration ahead.
     pub pipelined: bool,
+    /// In the register tier: the rows each warp owns (16 or 32, as the
+    /// default [`Options::warp_rows`] chooses); 0 in the shared tier.
+    pub warp_rows: u32,
 }
 
 /// Plans `k` (slots, their shared-memory offsets and the spill to global
 /// scratch, the CTA size, an estimate of its registers) without generating
 /// code, for `dot`s computed as `matmul` says.
 pub fn resources(k: &Kernel, matmul: Matmul) -> Result<Resources, PtxError> {
-    if let Ok(rp) = codegen::rows::analyze(k, matmul, false) {
+    let warp_rows = codegen::rows::auto_warp_rows(k, matmul, false);
+    if let Ok(rp) = codegen::rows::analyze(k, matmul, warp_rows > 16, warp_rows) {
         return Ok(Resources {
             threads: rp.threads(),
+            warp_rows,
             shared_bytes: rp.shared_bytes,
             scratch_bytes: 0,
             registers: rp.registers(k),
@@ -303,6 +316,7 @@ pub fn resources(k: &Kernel, matmul: Matmul) -> Result<Resources, PtxError> {
         spilled_share,
         tier: Tier::Shared,
         pipelined: false,
+        warp_rows: 0,
     })
 }
 
@@ -316,7 +330,7 @@ pub fn register_features(k: &Kernel, matmul: Matmul) -> Result<RegisterFeatures,
 /// Whether the register tier ([`Tier::Registers`]) takes `k` with `dot`s
 /// computed as `matmul` says; if not, why.
 pub fn register_tier(k: &Kernel, matmul: Matmul) -> Result<(), String> {
-    codegen::rows::analyze(k, matmul, false).map(|_| ())
+    codegen::rows::analyze(k, matmul, false, 16).map(|_| ())
 }
 
 /// Compiles one tile kernel to PTX for `target` with the default options.

@@ -289,6 +289,7 @@ fn check_register_estimates(est: &[(String, u32, u32, u32)], far_share: f64, fai
             mma_passes: 0,
             register_tier: false,
             pipelined: false,
+            warp_rows: 0,
         };
         mixc_passes::cost::programs_per_sm(r, &h100)
     };
@@ -396,7 +397,7 @@ fn narrow_storage_kernels_assemble_for_sm80_and_sm90() {
 /// (a chunked recurrence's `cumsum`) say why.
 #[test]
 fn register_tier_kernels_assemble_for_sm80_and_sm90() {
-    let bf16 = Options { matmul: Matmul::Bf16, ..Options::default() };
+    let bf16 = Options { matmul: Matmul::Bf16, warp_rows: 16, ..Options::default() };
     let all = kernels_of("models");
     let (taken, not): (Vec<_>, Vec<_>) =
         all.into_iter().partition(|(_, k)| mixc_backend_ptx::register_tier(k, Matmul::Bf16).is_ok());
@@ -426,11 +427,43 @@ fn register_tier_kernels_assemble_for_sm80_and_sm90() {
         std::fs::write(&file, &two.ptx).unwrap();
         assemble(&ptxas, &file, "sm_90").unwrap_or_else(|e| panic!("{id} at 2 CTAs per SM: {e}"));
     }
+    // 32 rows a warp: half the threads, each B fragment read once for two
+    // `m16` tiles (so fewer transposed `ldmatrix` per `mma`), the queries
+    // staged; it assembles.
+    let wide = compile_with(k, Target::Sm90, Options { warp_rows: 32, ..bf16 }).unwrap_or_else(|e| panic!("{id}: {e}"));
+    assert_eq!(wide.tier, Tier::Registers, "{id} at 32 rows a warp");
+    assert_eq!(wide.threads * 2, p.threads, "{id}: 32 rows a warp is half the warps");
+    let per_mma = |ptx: &str| {
+        ptx.matches("ldmatrix.sync.aligned.m8n8.x4.trans").count() as f64
+            / ptx.matches("mma.sync.aligned.m16n8k16").count() as f64
+    };
+    assert!(per_mma(&wide.ptx) < per_mma(&p.ptx), "{id}: B fragments are not shared by the warp's two tiles");
+    if let Some(ptxas) = ptxas() {
+        let file = target_dir().join("ptx-registers-warp-rows-32.ptx");
+        std::fs::write(&file, &wide.ptx).unwrap();
+        assemble(&ptxas, &file, "sm_90").unwrap_or_else(|e| panic!("{id} at 32 rows a warp: {e}"));
+    }
+    // By default the backend takes 32 rows where two tiles fit: the anchors'
+    // attention (D = 128) at q128 k32, not at q128 k64.
+    let blocks =
+        |q: u32, k: u32| mixc_passes::Schedule { block_q: q, block_k: k, ..mixc_passes::Schedule::with_chunk(64) };
+    for (q, k, threads) in [(128, 32, 128), (128, 64, 256)] {
+        let scheds = [("blocks", blocks(q, k))];
+        let anchors = kernels_with("models/bench", &|m| m == "anchors", &scheds);
+        let (id, fa) = anchors.iter().find(|(_, k)| k.name == "flash_attention").expect("the anchors' attention");
+        let auto = Options { warp_rows: 0, ..bf16 };
+        let p = compile_with(fa, Target::Sm90, auto).unwrap_or_else(|e| panic!("{id}: {e}"));
+        assert_eq!((p.tier, p.threads), (Tier::Registers, threads), "{id} at q{q} k{k}");
+    }
+    let odd = Options { warp_rows: 24, ..bf16 };
+    assert_eq!(compile_with(k, Target::Sm90, odd).unwrap_or_else(|e| panic!("{id}: {e}")).tier, Tier::Shared);
     for (id, k) in &taken {
         let p = compile_with(k, Target::Sm90, bf16).unwrap_or_else(|e| panic!("{id}: {e}"));
         assert_eq!(p.tier, Tier::Registers, "{id}: taken by the analysis but emitted in the shared tier");
     }
-    check_kernels(taken, "the register tier's kernels of models/*.toml", &schedules(), "ptx-registers", 0.5, bf16);
+    // As compiled by default (32 rows a warp where the backend chooses it).
+    let auto = Options { warp_rows: 0, ..bf16 };
+    check_kernels(taken, "the register tier's kernels of models/*.toml", &schedules(), "ptx-registers", 0.5, auto);
 }
 
 #[test]

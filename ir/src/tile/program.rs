@@ -8,6 +8,10 @@ use crate::dtype::DType;
 use crate::interp::Tensor;
 use std::collections::BTreeMap;
 
+/// Elements a buffer may hold: kernels compute element offsets in signed
+/// 32-bit integers (`i32` index tiles), so one past the last must fit.
+pub const MAX_BUFFER_ELEMENTS: u64 = i32::MAX as u64;
+
 /// A size computed at launch time from the bound dims.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Count {
@@ -127,7 +131,9 @@ impl Program {
         self.kernels.len() - 1
     }
 
-    /// Binds the free dims from the given inputs (as the graph interpreter does).
+    /// Binds the free dims from the given inputs (as the graph interpreter
+    /// does); fails where a buffer would have more elements than kernels can
+    /// address ([`MAX_BUFFER_ELEMENTS`]).
     pub fn bind(&self, inputs: &BTreeMap<String, Tensor>) -> Result<Vec<u64>, TileError> {
         let mut bound: BTreeMap<DimId, u64> = BTreeMap::new();
         let err = |m: String| TileError::Program(format!("program `{}`: {m}", self.name));
@@ -178,6 +184,18 @@ impl Program {
                         return Err(err(format!("input `{name}`: axis {i} is {n}, expected {want}")));
                     }
                 }
+            }
+        }
+        // Kernels compute element offsets in 32-bit integers.
+        for b in &self.buffers {
+            let n = b.shape.iter().try_fold(1u64, |acc, c| acc.checked_mul(c.eval(&sizes)));
+            if n.is_none_or(|n| n > MAX_BUFFER_ELEMENTS) {
+                let shape: Vec<u64> = b.shape.iter().map(|c| c.eval(&sizes)).collect();
+                return Err(err(format!(
+                    "buffer `{}` {shape:?} would hold more than {MAX_BUFFER_ELEMENTS} elements, the most 32-bit \
+                     offsets address; run fewer sequences (or a shorter cache) per call",
+                    b.name
+                )));
             }
         }
         Ok(sizes)

@@ -316,3 +316,30 @@ fn flash_attention_skips_masked_blocks() {
     let window2 = attn_flops(Mask { causal: true, window: Some(w), sinks: 0 }, 2 * t, bq, bk);
     assert!(window2 <= 2 * window + 2 * per_block, "window at 2T: {window2}, at T: {window}");
 }
+
+/// Kernels offset elements in 32-bit integers: binding sizes under which a
+/// buffer would exceed 2^31 − 1 elements (B = 64 sequences of a 32768-key
+/// cache at 16 heads of 128) fails with the buffer's name instead of letting
+/// kernels wrap around.
+#[test]
+fn buffers_past_32_bit_offsets_are_refused_at_bind() {
+    let g = attn_graph(16, 16, 128, 128, Mask::causal());
+    let prog = lower(&g, &sched(16, 64)).unwrap_or_else(|e| panic!("lower: {e}"));
+    let shapes = |b: usize, tk: usize| -> BTreeMap<String, Tensor> {
+        let inputs = attn_inputs(&g, 1, 1, 1, 3);
+        inputs
+            .into_iter()
+            .map(|(n, t)| {
+                let mut shape = t.shape.clone();
+                shape[0] = b;
+                if n != "q" {
+                    shape[1] = tk;
+                }
+                (n, Tensor { shape, data: vec![] })
+            })
+            .collect()
+    };
+    assert!(prog.bind(&shapes(64, 4096)).is_ok(), "2^29 elements a buffer fit");
+    let err = prog.bind(&shapes(64, 32768)).expect_err("2^32 elements a buffer").to_string();
+    assert!(err.contains("`k`") && err.contains("32-bit"), "{err}");
+}

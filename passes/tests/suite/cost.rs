@@ -180,6 +180,7 @@ fn gpu_latency_term_is_waves_times_the_statements_of_a_program() {
         mma_passes: 1,
         register_tier: false,
         pipelined: false,
+        warp_rows: 0,
     };
     let cost = price_with(&prog, &free(b, t), &dev, &|_| Some(big));
     let k = &cost.kernels[0];
@@ -279,6 +280,7 @@ fn programs_per_sm_is_the_tightest_of_shared_memory_threads_and_registers() {
         mma_passes: 0,
         register_tier: false,
         pipelined: false,
+        warp_rows: 0,
     };
     assert_eq!(programs_per_sm(r(128, 0, 32), &dev), 16, "threads and registers both allow 16");
     assert_eq!(programs_per_sm(r(32, 0, 16), &dev), 32, "at most 32 CTAs");

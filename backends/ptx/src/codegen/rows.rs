@@ -14,14 +14,18 @@
 //!
 //! # How tiles are held
 //!
-//! The CTA has `M / 16` warps; warp `w` owns rows `16w .. 16w + 16`. With
-//! `g = lane / 4` and `t = lane % 4`, a lane holds
+//! The CTA has `M / R` warps of `R` rows (`R` = 16, or 32 with
+//! [`crate::Options::warp_rows`]); warp `w` owns rows `Rw .. Rw + R`, `R / 16`
+//! `m16` tiles. With `g = lane / 4` and `t = lane % 4`, a lane holds
 //! * of an `[M, N]` tile (`N` a multiple of 8): the elements at rows
-//!   `16w + g` and `16w + g + 8`, columns `8j + 2t` and `8j + 2t + 1` for every
-//!   `j < N / 8` — exactly the accumulators of the `m16n8` fragments of its
-//!   warp, so a `dot` result needs no exchange, and two neighbouring
-//!   fragments are the left operand of the next `m16n8k16` step;
-//! * of an `[M]` or `[M, 1]` tile (a row statistic): its two rows;
+//!   `Rw + 16i + g` and `Rw + 16i + g + 8` of each tile `i`, columns `8j + 2t`
+//!   and `8j + 2t + 1` for every `j < N / 8` — exactly the accumulators of
+//!   the `m16n8` fragments of its warp, so a `dot` result needs no exchange,
+//!   and two neighbouring fragments are the left operand of the next
+//!   `m16n8k16` step. With two tiles a warp, each right-operand fragment read
+//!   from shared memory feeds both tiles' `mma`s (half the `ldmatrix` reads,
+//!   as FlashAttention-2 does);
+//! * of an `[M]` or `[M, 1]` tile (a row statistic): its two rows a tile;
 //! * scalars, like every thread.
 //!
 //! Elementwise ops compute each held element where it lives; a reduction along
@@ -42,7 +46,7 @@ use crate::Matmul;
 use inkwell::types::BasicTypeEnum;
 use inkwell::values::{BasicValueEnum, FloatValue, IntValue};
 use inkwell::{AddressSpace, IntPredicate};
-use mixc_ir::ops::{BinaryFn, ReduceFn};
+use mixc_ir::ops::{BinaryFn, ReduceFn, UnaryFn};
 use mixc_ir::tile::{Block, Kernel, ParamKind, Stmt, TOp, TValue};
 use mixc_ir::DType;
 use std::cell::RefCell;
@@ -109,6 +113,8 @@ impl Stage {
 pub(crate) struct RowsPlan {
     /// Rows of every held tile.
     pub m: u32,
+    /// `m16` tiles of rows each warp owns (1 or 2, [`crate::Options::warp_rows`]).
+    pub tiles: u32,
     pub hold: Vec<Hold>,
     pub stages: HashMap<u32, Stage>,
     pub shared_bytes: u32,
@@ -124,7 +130,7 @@ pub(crate) struct RowsPlan {
 
 impl RowsPlan {
     pub fn threads(&self) -> u32 {
-        self.m / 16 * 32
+        self.m / (16 * self.tiles) * 32
     }
 
     /// The plan [`Em`] reads: held values are `Repr::Reg`, lazy ones computed.
@@ -161,7 +167,7 @@ impl RowsPlan {
                 }
             })
             .sum();
-        (self.resident + self.max_cols / 2 + copies / 2 + 40).min(255)
+        (self.resident + self.tiles * self.max_cols / 2 + copies / 2 + 40).min(255)
     }
 }
 
@@ -404,16 +410,22 @@ impl Analysis<'_> {
 
 /// Plans `k` for the register tier, or says why it does not fit.
 ///
+/// `warp_rows`: rows a warp owns, 16 or 32 ([`crate::Options::warp_rows`]).
+///
 /// `stage_left`: stage loop-invariant left operands in shared memory
 /// ([`Hold::StagedA`]) instead of holding them packed in registers. It frees
 /// their registers (attention q128 k64: 216 → 188) but reads them back with
 /// `ldmatrix` at every use: measured on an H100 it only pays where the
 /// registers buy a second CTA per SM (q128 k32 at `.minnctapersm 2`, 10.1 ms
 /// against 10.4 for q128 k64 staged and 9.8 for q128 k64 packed), so it goes
-/// with `Options::ctas_per_sm > 1`.
-pub(crate) fn analyze(k: &Kernel, matmul: Matmul, stage_left: bool) -> Result<RowsPlan, String> {
+/// with `Options::ctas_per_sm > 1`, and with 32 rows a warp (the second
+/// tile's accumulators need the queries' registers).
+pub(crate) fn analyze(k: &Kernel, matmul: Matmul, stage_left: bool, warp_rows: u32) -> Result<RowsPlan, String> {
     if matmul != Matmul::Bf16 {
         return Err("the register tier takes bf16 dots only".into());
+    }
+    if warp_rows != 16 && warp_rows != 32 {
+        return Err(format!("{warp_rows} rows a warp (16 or 32)"));
     }
     let n = k.types.len();
     let mut uses = vec![0u32; n];
@@ -467,6 +479,9 @@ pub(crate) fn analyze(k: &Kernel, matmul: Matmul, stage_left: bool) -> Result<Ro
     if !m.is_multiple_of(16) || !(16..=256).contains(&m) {
         return Err(format!("dot results of {m} rows"));
     }
+    if !m.is_multiple_of(warp_rows) {
+        return Err(format!("dot results of {m} rows for warps of {warp_rows}"));
+    }
     if loaded.iter().any(|p| stored.contains(p)) {
         return Err("a buffer both loaded and stored".into());
     }
@@ -499,8 +514,48 @@ pub(crate) fn analyze(k: &Kernel, matmul: Matmul, stage_left: bool) -> Result<Ro
     if offset > MAX_SHARED {
         return Err(format!("staged operands need {offset} bytes of shared memory"));
     }
-    let resident = resident_elements(k, &a);
-    Ok(RowsPlan { m, hold: a.hold, stages, shared_bytes: offset, max_cols: a.max_cols, resident, pipelined })
+    let tiles = warp_rows / 16;
+    let resident = tiles * resident_elements(k, &a);
+    Ok(RowsPlan { m, tiles, hold: a.hold, stages, shared_bytes: offset, max_cols: a.max_cols, resident, pipelined })
+}
+
+/// The rows a warp owns when [`crate::Options::warp_rows`] leaves it to the
+/// backend (0): 32 where a loop carries held tiles (attention's running
+/// output and statistics) through blocks of at least 128 rows (4 warps or
+/// more: q64 k64 at 32 rows, two warps a CTA, ran 23 ms against 12 at 16)
+/// and two tiles' worth of them still fit a thread's 255 registers, else 16.
+///
+/// The estimate: what a loop carries plus, for each tile, the widest `dot`
+/// result inside a loop that does not accumulate onto another tile, half
+/// again (the scores and their packed copy), and 48 for addressing. On an H100 (causal attention, bf16, D = 128) it takes
+/// q128 k32 to 32 rows (254 registers, no spill: 8.9 ms at B=8, T=8192,
+/// against 10.5 at 16 rows) and keeps q128 k64 at 16 (at 32 rows it spills:
+/// 11.9 ms against 9.6).
+pub(crate) fn auto_warp_rows(k: &Kernel, matmul: Matmul, stage_left: bool) -> u32 {
+    let Ok(rp) = analyze(k, matmul, stage_left, 16) else { return 16 };
+    let per_lane = |v: TValue| match rp.hold.get(v.index()) {
+        Some(Hold::Frag) => k.ty(v).shape[1] / 2,
+        Some(Hold::PackedA) => k.ty(v).shape[1] / 4,
+        Some(Hold::Rows) => 2,
+        _ => 0,
+    };
+    let (mut carried, mut scores) = (0u32, 0u32);
+    for s in &k.body.stmts {
+        if let TOp::For { body, .. } = &s.op {
+            carried = carried.max(body.args.iter().skip(1).map(|x| per_lane(*x)).sum());
+            for t in &body.stmts {
+                if let (TOp::Dot { acc: None, .. }, Some(r)) = (&t.op, t.results.first()) {
+                    scores = scores.max(k.ty(*r).shape[1] / 2);
+                }
+            }
+        }
+    }
+    let estimate = 2 * (carried + scores * 3 / 2) + 48;
+    if carried > 0 && rp.m >= 128 && rp.m.is_multiple_of(32) && estimate <= 255 {
+        32
+    } else {
+        16
+    }
 }
 
 /// The stages' places in shared memory, in order of definition (with
@@ -778,7 +833,8 @@ pub(crate) struct Lanes<'ctx> {
     lane: IntValue<'ctx>,
     warp: IntValue<'ctx>,
     t: IntValue<'ctx>,
-    rows: [IntValue<'ctx>; 2],
+    /// Rows `g` and `g + 8` of each of the warp's `m16` tiles, in order.
+    rows: Vec<IntValue<'ctx>>,
     cols: Vec<[IntValue<'ctx>; 2]>,
     /// The shared byte offset of the buffer a pipelined stage is read from
     /// in the current iteration.
@@ -792,8 +848,13 @@ impl<'ctx> Lanes<'ctx> {
         let warp = b.build_right_shift(em.tid, em.i32c(5), false, "warp")?;
         let g = b.build_right_shift(lane, em.i32c(2), false, "g")?;
         let t = b.build_and(lane, em.i32c(3), "t")?;
-        let r0 = b.build_int_add(b.build_int_mul(warp, em.i32c(16), "")?, g, "row0")?;
-        let r1 = b.build_int_add(r0, em.i32c(8), "row1")?;
+        let first = b.build_int_add(b.build_int_mul(warp, em.i32c(16 * rp.tiles as i64), "")?, g, "row0")?;
+        let mut rows = vec![];
+        for i in 0..rp.tiles {
+            let r0 = if i == 0 { first } else { b.build_int_add(first, em.i32c(16 * i as i64), "")? };
+            rows.push(r0);
+            rows.push(b.build_int_add(r0, em.i32c(8), "")?);
+        }
         let t2 = b.build_int_mul(t, em.i32c(2), "")?;
         let mut cols = vec![];
         for j in 0..rp.max_cols.div_ceil(8) {
@@ -801,7 +862,7 @@ impl<'ctx> Lanes<'ctx> {
             let c1 = b.build_int_add(c0, em.i32c(1), "")?;
             cols.push([c0, c1]);
         }
-        Ok(Lanes { lane, warp, t, rows: [r0, r1], cols, stage_base: RefCell::new(HashMap::new()) })
+        Ok(Lanes { lane, warp, t, rows, cols, stage_base: RefCell::new(HashMap::new()) })
     }
 
     /// The indices of this lane's elements of a tile of `shape` held as `h`,
@@ -816,9 +877,9 @@ impl<'ctx> Lanes<'ctx> {
                 let mut out = vec![];
                 for j in 0..n as usize {
                     let Some(cj) = self.cols.get(j) else { return super::fail("a tile wider than planned") };
-                    for r in self.rows {
+                    for r in &self.rows {
                         for c in cj {
-                            out.push(vec![r, *c]);
+                            out.push(vec![*r, *c]);
                         }
                     }
                 }
@@ -895,15 +956,64 @@ fn stmt<'ctx>(em: &mut Em<'ctx, '_>, rp: &RowsPlan, ln: &Lanes<'ctx>, s: &Stmt) 
         h @ (Hold::Frag | Hold::Rows) => match &s.op {
             TOp::Dot { a, b, acc, trans_b, .. } => dot(em, rp, ln, v, *a, *b, *acc, *trans_b),
             TOp::Reduce { func, x, .. } => reduce(em, ln, v, *func, *x),
-            _ => {
-                for pos in ln.positions(em, h, &shape)? {
-                    let x = em.compute(v, &pos)?;
-                    bind(em, rp, v, &pos, x);
-                }
-                Ok(())
-            }
+            TOp::Unary(UnaryFn::Exp, x) if em.opts.fast_exp => match exp_of_difference(em, *x) {
+                Some((a, b)) => exp2_fused(em, rp, ln, v, h, a, b),
+                None => elementwise(em, rp, ln, v, h),
+            },
+            _ => elementwise(em, rp, ln, v, h),
         },
     }
+}
+
+/// Computes held `v` at each of this lane's positions.
+fn elementwise<'ctx>(em: &mut Em<'ctx, '_>, rp: &RowsPlan, ln: &Lanes<'ctx>, v: TValue, h: Hold) -> R<()> {
+    let shape = em.k.ty(v).shape.clone();
+    for pos in ln.positions(em, h, &shape)? {
+        let x = em.compute(v, &pos)?;
+        bind(em, rp, v, &pos, x);
+    }
+    Ok(())
+}
+
+/// `x = a − b` (f32) for an `exp(x)`: the online softmax's `exp(s − m)`.
+fn exp_of_difference(em: &Em<'_, '_>, x: TValue) -> Option<(TValue, TValue)> {
+    match em.defs.op(x) {
+        Some(TOp::Binary(BinaryFn::Sub, a, b)) if em.k.ty(*a).dtype.is_float() && em.k.ty(x).dtype == DType::F32 => {
+            Some((*a, *b))
+        }
+        _ => None,
+    }
+}
+
+/// `exp(a − b)` as `2^(a·log2 e − b·log2 e)`: one FMA (LLVM computes the
+/// row's `b·log2 e` once) and `ex2.approx`, as FlashAttention does, instead
+/// of a subtraction, a multiplication and `ex2.approx` per element.
+#[allow(clippy::too_many_arguments)]
+fn exp2_fused<'ctx>(
+    em: &mut Em<'ctx, '_>,
+    rp: &RowsPlan,
+    ln: &Lanes<'ctx>,
+    v: TValue,
+    h: Hold,
+    a: TValue,
+    b: TValue,
+) -> R<()> {
+    let shape = em.k.ty(v).shape.clone();
+    let (sa, sb) = (em.k.ty(a).shape.clone(), em.k.ty(b).shape.clone());
+    let log2e = em.f32c(std::f64::consts::LOG2_E);
+    let f32t: BasicTypeEnum = em.cx.f32_type().into();
+    let ex2 = em.func("llvm.nvvm.ex2.approx.ftz.f32", Some(f32t), &[f32t]);
+    for pos in ln.positions(em, h, &shape)? {
+        let (ia, ib) = (em.bidx(&sa, &pos)?, em.bidx(&sb, &pos)?);
+        let xa = fv(em.elem(a, &ia)?)?;
+        let xb = fv(em.elem(b, &ib)?)?;
+        let nb = em.b.build_float_neg(em.b.build_float_mul(xb, log2e, "")?, "")?;
+        let t = em.fma(xa, log2e, nb)?;
+        let Some(r) = em.call(ex2, &[t.into()])? else { return super::fail("ex2 returned nothing") };
+        let r = em.round_float(em.k.ty(v).dtype, fv(r)?)?;
+        bind(em, rp, v, &pos, r.into());
+    }
+    Ok(())
 }
 
 /// Copies a load into its shared-memory stage as bf16, all threads, between barriers.
@@ -990,15 +1100,21 @@ fn dot<'ctx>(
     let stage_at = ln.stage_base.borrow().get(&b.0).copied().unwrap_or_else(|| em.i32c(st.offset as i64));
     let base = em.b.build_int_add(base, stage_at, "")?;
     // A staged left operand: matrices (rows lo, k lo), (rows hi, k lo),
-    // (rows lo, k hi), (rows hi, k hi) of the warp's 16 rows.
-    let a_base = match (hold_of(rp, a), rp.stages.get(&a.0)) {
+    // (rows lo, k hi), (rows hi, k hi) of each of the warp's `m16` tiles.
+    let tiles = rp.tiles as usize;
+    let a_bases = match (hold_of(rp, a), rp.stages.get(&a.0)) {
         (Hold::StagedA, Some(sa)) => {
-            let r = em.b.build_int_mul(ln.warp, em.i32c(16), "")?;
+            let r = em.b.build_int_mul(ln.warp, em.i32c(16 * tiles as i64), "")?;
             let r = em.b.build_int_add(r, lr, "")?;
             let r = em.b.build_int_add(r, em.b.build_int_mul(q_lo, em.i32c(8), "")?, "")?;
             let at = em.b.build_int_mul(r, em.i32c(sa.stride as i64), "")?;
             let at = em.b.build_int_add(at, em.b.build_int_mul(q_hi, em.i32c(16), "")?, "")?;
-            Some(em.b.build_int_add(at, em.i32c(sa.offset as i64), "")?)
+            let at = em.b.build_int_add(at, em.i32c(sa.offset as i64), "")?;
+            let mut bases = vec![at];
+            for i in 1..tiles {
+                bases.push(em.b.build_int_add(at, em.i32c((16 * i as u32 * sa.stride) as i64), "")?);
+            }
+            Some(bases)
         }
         (Hold::StagedA, None) => return super::fail("a staged left operand without a stage"),
         _ => None,
@@ -1007,35 +1123,43 @@ fn dot<'ctx>(
         let (Some(lo), Some(hi)) = (ln.cols.get(2 * kk), ln.cols.get(2 * kk + 1)) else {
             return super::fail("a left operand wider than planned");
         };
-        let mut afr = vec![];
-        if let Some(ab) = a_base {
-            let off = em.b.build_int_add(ab, em.i32c(32 * kk as i64), "")?;
-            afr.extend(ldmatrix(em, off, false)?);
-        }
-        for cols in [lo, hi].into_iter().filter(|_| a_base.is_none()) {
-            for r in ln.rows {
-                if hold_of(rp, a) == Hold::PackedA {
-                    match em.held.get(&super::elem_key(a, &[r, cols[0]])) {
-                        Some(x) => afr.push(iv(*x)?),
-                        None => return super::fail("a packed left operand is missing a pair"),
+        // The left fragments of each `m16` tile.
+        let mut afr: Vec<Vec<IntValue<'ctx>>> = vec![vec![]; tiles];
+        for (i, frag) in afr.iter_mut().enumerate() {
+            if let Some(bases) = &a_bases {
+                let off = em.b.build_int_add(bases[i], em.i32c(32 * kk as i64), "")?;
+                frag.extend(ldmatrix(em, off, false)?);
+                continue;
+            }
+            for cols in [lo, hi] {
+                for r in &ln.rows[2 * i..2 * i + 2] {
+                    if hold_of(rp, a) == Hold::PackedA {
+                        match em.held.get(&super::elem_key(a, &[*r, cols[0]])) {
+                            Some(x) => frag.push(iv(*x)?),
+                            None => return super::fail("a packed left operand is missing a pair"),
+                        }
+                        continue;
                     }
-                    continue;
+                    let x0 = fv(em.elem(a, &[*r, cols[0]])?)?;
+                    let x1 = fv(em.elem(a, &[*r, cols[1]])?)?;
+                    frag.push(em.pack_bf16(x0, x1)?);
                 }
-                let x0 = fv(em.elem(a, &[r, cols[0]])?)?;
-                let x1 = fv(em.elem(a, &[r, cols[1]])?)?;
-                afr.push(em.pack_bf16(x0, x1)?);
             }
         }
+        // Each right fragment pair, read once, serves every `m16` tile; a
+        // tile's accumulators of n-tile `nt` are `4 · (tiles · nt + i) ..`.
         for np in 0..(n / 16) as usize {
             let (r_step, c_step) = if trans_b { (16 * np, 16 * kk) } else { (16 * kk, 16 * np) };
             let off = (r_step as u32 * st.stride + c_step as u32 * 2) as i64;
             let off = em.b.build_int_add(base, em.i32c(off), "")?;
             let d = ldmatrix(em, off, !trans_b)?;
             for (half, nt) in [(0usize, 2 * np), (1, 2 * np + 1)] {
-                let i = nt * 4;
-                let c = [accs[i], accs[i + 1], accs[i + 2], accs[i + 3]];
-                let c = em.mma_bf16(&afr, &[d[2 * half], d[2 * half + 1]], c)?;
-                accs[i..i + 4].copy_from_slice(&c);
+                for (i, frag) in afr.iter().enumerate() {
+                    let at = 4 * (tiles * nt + i);
+                    let c = [accs[at], accs[at + 1], accs[at + 2], accs[at + 3]];
+                    let c = em.mma_bf16(frag, &[d[2 * half], d[2 * half + 1]], c)?;
+                    accs[at..at + 4].copy_from_slice(&c);
+                }
             }
         }
     }
@@ -1068,7 +1192,7 @@ fn reduce<'ctx>(em: &mut Em<'ctx, '_>, ln: &Lanes<'ctx>, v: TValue, func: Reduce
             _ => Ok(em.b.build_float_add(a, b, "")?),
         }
     };
-    for r in ln.rows {
+    for r in ln.rows.iter().copied() {
         let mut acc = em.f32c(match func {
             ReduceFn::Max => f64::NEG_INFINITY,
             ReduceFn::Min => f64::INFINITY,
