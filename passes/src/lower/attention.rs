@@ -75,6 +75,8 @@ struct Step {
     dk: TValue,
     dv: TValue,
     scale: TValue,
+    /// The scale is positive (scaling commutes with the row maximum).
+    positive_scale: bool,
     neg_inf: TValue,
     zero: TValue,
 }
@@ -99,13 +101,23 @@ fn key_block(kb: &mut KernelBuilder, st: &Step, start: TValue, carried: &[TValue
     let koff = kb.add(krow, st.dk_cols)?;
     let kmask2 = kb.and(kmask, st.dk_mask)?;
     let ktile = kb.load(st.k_ptr, koff, Some(kmask2), 0.0)?;
-    // Scores [bq, bk].
-    let s = kb.dot(st.q, ktile, None, false, true)?;
-    let s = kb.mul(s, st.scale)?;
-    let s = if masked { visible(kb, st, s, kidx, kmask)? } else { s };
+    // Scores [bq, bk]. With a positive scale the row maximum is taken of the
+    // raw scores and scaled once (max(c·s) = c·max(s)), so that `c·s − m`
+    // is a single FMA per score where backends fuse it (the PTX register
+    // tier: `exp2(s·c·log2 e − m·log2 e)`, as FlashAttention does).
+    let raw = kb.dot(st.q, ktile, None, false, true)?;
+    let (s, mb) = if st.positive_scale {
+        let raw = if masked { visible(kb, st, raw, kidx, kmask)? } else { raw };
+        let mb = kb.reduce(ReduceFn::Max, raw, 1)?;
+        let mb = kb.expand(mb, 1)?;
+        (kb.mul(raw, st.scale)?, kb.mul(mb, st.scale)?)
+    } else {
+        let s = kb.mul(raw, st.scale)?;
+        let s = if masked { visible(kb, st, s, kidx, kmask)? } else { s };
+        let mb = kb.reduce(ReduceFn::Max, s, 1)?;
+        (s, kb.expand(mb, 1)?)
+    };
     // Online softmax.
-    let mb = kb.reduce(ReduceFn::Max, s, 1)?;
-    let mb = kb.expand(mb, 1)?;
     let m_new = kb.max(m, mb)?;
     let empty = kb.binary(BinaryFn::Eq, m_new, st.neg_inf)?;
     let m_safe = kb.select(empty, st.zero, m_new)?;
@@ -238,13 +250,27 @@ struct Ctx {
 }
 
 /// The program's place from its ids: query block (axis 0), batch × head (axis 1).
+/// Causal attention takes its query blocks last first: the GPU starts
+/// programs in the order of their ids, so the heaviest blocks (the most keys)
+/// start first and the last wave is the lightest.
 fn context(kb: &mut KernelBuilder, a: &Attn, tq: TValue, h: TValue) -> Res<Ctx> {
-    let qblk = kb.program_id(0)?;
+    let pid = kb.program_id(0)?;
     let bh = kb.program_id(1)?;
     let b = kb.div(bh, h)?;
     let bhh = kb.mul(b, h)?;
     let hi = kb.sub(bh, bhh)?;
     let bq_c = kb.i32(i64::from(a.bq))?;
+    let qblk = if a.mask.causal {
+        // ⌈Tq / bq⌉ − 1 − pid.
+        let last = kb.i32(i64::from(a.bq) - 1)?;
+        let n = kb.add(tq, last)?;
+        let n = kb.div(n, bq_c)?;
+        let one = kb.i32(1)?;
+        let n = kb.sub(n, one)?;
+        kb.sub(n, pid)?
+    } else {
+        pid
+    };
     let q0 = kb.mul(qblk, bq_c)?;
     let (qidx, qmask) = rows(kb, q0, a.bq, tq)?;
     let btq = kb.mul(b, tq)?;
@@ -301,6 +327,7 @@ fn walk_keys(
         dk: dk_c,
         dv: cx.dv,
         scale: kb.f32(a.scale)?,
+        positive_scale: (a.scale as f32) > 0.0,
         neg_inf: kb.f32(f64::NEG_INFINITY)?,
         zero: kb.f32(0.0)?,
     };

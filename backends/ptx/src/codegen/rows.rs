@@ -987,7 +987,9 @@ fn exp_of_difference(em: &Em<'_, '_>, x: TValue) -> Option<(TValue, TValue)> {
 
 /// `exp(a − b)` as `2^(a·log2 e − b·log2 e)`: one FMA (LLVM computes the
 /// row's `b·log2 e` once) and `ex2.approx`, as FlashAttention does, instead
-/// of a subtraction, a multiplication and `ex2.approx` per element.
+/// of a subtraction, a multiplication and `ex2.approx` per element. Where
+/// `a = x·c` (a scalar `c`: attention's scale) the FMA takes `x` and
+/// `c·log2 e`, and the product itself is left unused.
 #[allow(clippy::too_many_arguments)]
 fn exp2_fused<'ctx>(
     em: &mut Em<'ctx, '_>,
@@ -999,8 +1001,18 @@ fn exp2_fused<'ctx>(
     b: TValue,
 ) -> R<()> {
     let shape = em.k.ty(v).shape.clone();
-    let (sa, sb) = (em.k.ty(a).shape.clone(), em.k.ty(b).shape.clone());
     let log2e = em.f32c(std::f64::consts::LOG2_E);
+    // `a = x·c` with a scalar f32 `c`: fold `c` into the FMA's factor.
+    let (a, factor) = match em.defs.op(a) {
+        Some(TOp::Binary(BinaryFn::Mul, x, c))
+            if em.k.ty(*c).shape.is_empty() && em.k.ty(*c).dtype == DType::F32 && em.k.ty(*x).dtype == DType::F32 =>
+        {
+            let c = fv(em.scalar(*c)?)?;
+            (*x, em.b.build_float_mul(c, log2e, "")?)
+        }
+        _ => (a, log2e),
+    };
+    let (sa, sb) = (em.k.ty(a).shape.clone(), em.k.ty(b).shape.clone());
     let f32t: BasicTypeEnum = em.cx.f32_type().into();
     let ex2 = em.func("llvm.nvvm.ex2.approx.ftz.f32", Some(f32t), &[f32t]);
     for pos in ln.positions(em, h, &shape)? {
@@ -1008,7 +1020,7 @@ fn exp2_fused<'ctx>(
         let xa = fv(em.elem(a, &ia)?)?;
         let xb = fv(em.elem(b, &ib)?)?;
         let nb = em.b.build_float_neg(em.b.build_float_mul(xb, log2e, "")?, "")?;
-        let t = em.fma(xa, log2e, nb)?;
+        let t = em.fma(xa, factor, nb)?;
         let Some(r) = em.call(ex2, &[t.into()])? else { return super::fail("ex2 returned nothing") };
         let r = em.round_float(em.k.ty(v).dtype, fv(r)?)?;
         bind(em, rp, v, &pos, r.into());
