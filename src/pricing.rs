@@ -8,7 +8,7 @@ use mixc_ir::graph::Graph;
 use mixc_ir::tile::{Kernel, Program};
 use mixc_passes::cost::KernelResources;
 use mixc_passes::device::{DeviceKind, DeviceProfile};
-use mixc_passes::search::{rank, search_over, search_with, with_value_blocks, Candidate, NARROW_VALUE_BLOCKS};
+use mixc_passes::search::{enumerate, rank, search_over, with_value_blocks, Candidate, NARROW_VALUE_BLOCKS};
 use mixc_passes::LowerError;
 use mixc_passes::Schedule;
 use std::collections::BTreeMap;
@@ -96,7 +96,7 @@ pub fn auto_schedule(
     dev: &DeviceProfile,
     sizes: &BTreeMap<String, u64>,
 ) -> Result<Schedule, Error> {
-    auto_schedule_with(mixer, graph, dev, sizes, &*kernel_resources(dev))
+    auto_schedule_with(mixer, graph, dev, sizes, &*kernel_resources(dev), mixc_passes::Storage::F32)
 }
 
 /// [`auto_schedule`] with the kernels' resources from `resources`.
@@ -106,8 +106,9 @@ pub fn auto_schedule_with(
     dev: &DeviceProfile,
     sizes: &BTreeMap<String, u64>,
     resources: mixc_passes::cost::Resources,
+    storage: mixc_passes::Storage,
 ) -> Result<Schedule, Error> {
-    let cands = candidates_at(graph, sizes, dev, resources, mixc_passes::Storage::F32)
+    let cands = candidates_at(graph, sizes, dev, resources, storage)
         .map_err(|source| Error::Lower { mixer: mixer.to_string(), source })?;
     let pick = cands.iter().find(|c| c.rejected.is_none()).or(cands.first());
     Ok(pick.map(|c| c.schedule).unwrap_or_default())
@@ -130,7 +131,8 @@ pub fn candidates_at(
     resources: mixc_passes::cost::Resources,
     storage: mixc_passes::Storage,
 ) -> Result<Vec<Candidate>, LowerError> {
-    let mut cands = search_with(graph, free, dev, resources)?;
+    let all = enumerate(graph, dev.kind).into_iter().map(|s| Schedule { storage, ..s }).collect();
+    let mut cands = search_over(graph, all, free, dev, resources)?;
     let seq_heads = free.get("B").copied().unwrap_or(1) * free.get("H").copied().unwrap_or_else(|| fixed_heads(graph));
     if dev.kind == DeviceKind::Gpu && seq_heads <= NARROW_PREFILL_SEQ_HEADS as u64 {
         let narrow = with_value_blocks(graph, dev.kind, &NARROW_VALUE_BLOCKS, storage);

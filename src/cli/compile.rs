@@ -67,7 +67,8 @@ fn flagged_schedule(g: &mixc::NamedGraph, args: &CompileArgs) -> Result<mixc_pas
         None => {
             let dev = mixc::calibrate::choose_profile(&args.target, None)?.profile;
             let point = super::explain::size_point(args.sizes.as_deref(), &dev)?;
-            mixc::pricing::auto_schedule_with(&g.name, &g.graph, &dev, &point, &*pricing_resources(&dev, args)?)?
+            let resources = pricing_resources(&dev, args)?;
+            mixc::pricing::auto_schedule_with(&g.name, &g.graph, &dev, &point, &*resources, args.storage)?
         }
     };
     let split = base.split || args.split || args.scan;

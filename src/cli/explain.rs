@@ -20,7 +20,7 @@ pub fn run(args: &ExplainArgs) -> Result<String, mixc::Error> {
         if i > 0 {
             out.push('\n');
         }
-        let cands = mixc::pricing::candidates_at(&g.graph, &free, &dev, &*resources, mixc_passes::Storage::F32)
+        let cands = mixc::pricing::candidates_at(&g.graph, &free, &dev, &*resources, args.storage)
             .map_err(|source| mixc::Error::Lower { mixer: g.name.clone(), source })?;
         let _ = writeln!(out, "# mixer {} on {} ({})", g.name, dev.name, shown.join(", "));
         table(&mut out, &cands, args.top);

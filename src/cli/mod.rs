@@ -245,6 +245,10 @@ pub struct ExplainArgs {
     /// tf32x3 (the default), bf16 or simt, as `mixc compile --matmul`.
     #[arg(long, value_name = "MODE", default_value = "tf32x3")]
     pub matmul: String,
+    /// The dtype activations are stored in (f32, bf16, f16), as `mixc compile
+    /// --storage`: what the kernels read and write, and so their price.
+    #[arg(long, value_name = "DTYPE", default_value = "f32")]
+    pub storage: mixc_passes::Storage,
     /// Draw the device's roofline with each kernel of each mixer's pick as a point (SVG).
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,

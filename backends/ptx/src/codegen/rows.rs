@@ -558,8 +558,13 @@ pub(crate) fn auto_warp_rows(k: &Kernel, matmul: Matmul, stage_left: bool) -> u3
     }
 }
 
-/// The stages' places in shared memory, in order of definition (with
-/// `pipeline`, pipelined stages get their buffers), and the bytes used.
+/// The stages' places in shared memory (with `pipeline`, pipelined stages
+/// get their buffers), and the bytes used. Stages defined outside loops come
+/// first, in order of definition; the stages of each top-level loop then
+/// start at the same offset after them, since the loops run one after the
+/// other (attention's unmasked and diagonal walks share their buffers; the
+/// emitter puts a barrier between a loop's last reads and the next loop's
+/// first copies).
 #[allow(clippy::type_complexity)]
 fn place_stages(
     k: &Kernel,
@@ -569,8 +574,7 @@ fn place_stages(
 ) -> (HashMap<u32, Stage>, HashMap<u32, Vec<TValue>>, u32) {
     let mut stages = HashMap::new();
     let mut pipelined: HashMap<u32, Vec<TValue>> = HashMap::new();
-    let mut offset = 0u32;
-    for (v, lp) in a.staged_in.iter().copied() {
+    let mut place = |v: TValue, lp: Option<TValue>, offset: u32| -> u32 {
         let s = &k.ty(v).shape;
         let stride = s[1] * 2 + STAGE_PAD;
         let bytes = s[0].saturating_mul(stride);
@@ -580,18 +584,33 @@ fn place_stages(
             Some((_, Copy::AsIs)) => 2,
             _ => 1,
         };
-        offset = offset.saturating_add(bytes.saturating_mul(buffers));
+        let mut end = offset.saturating_add(bytes.saturating_mul(buffers));
         if let Some((_, Copy::Widened)) = piped {
             let raw = s[0].saturating_mul(s[1]).saturating_mul(4);
-            stage.raw = Some(Raw { offset, bytes: raw });
-            offset = offset.saturating_add(raw.saturating_mul(2));
+            stage.raw = Some(Raw { offset: end, bytes: raw });
+            end = end.saturating_add(raw.saturating_mul(2));
         }
         stages.insert(v.0, stage);
         if let Some((iv, _)) = piped {
             pipelined.entry(iv.0).or_default().push(v);
         }
+        end
+    };
+    let top_loop = |v: TValue| a.def_loops[v.index()].first().copied();
+    let mut base = 0u32;
+    for (v, lp) in a.staged_in.iter().copied().filter(|(v, _)| top_loop(*v).is_none()) {
+        base = place(v, lp, base);
     }
-    (stages, pipelined, offset)
+    let (mut end, mut at, mut group) = (base, base, None);
+    for (v, lp) in a.staged_in.iter().copied() {
+        let Some(top) = top_loop(v) else { continue };
+        if group != Some(top) {
+            (group, at) = (Some(top), base);
+        }
+        at = place(v, lp, at);
+        end = end.max(at);
+    }
+    (stages, pipelined, end)
 }
 
 /// How a pipelined stage's rows are copied.
@@ -1305,6 +1324,9 @@ fn for_<'ctx>(em: &mut Em<'ctx, '_>, rp: &RowsPlan, ln: &Lanes<'ctx>, s: &Stmt) 
     // then waits for its own (the parity is carried after the tiles).
     let pipes = rp.pipelined.get(&iv0.0).cloned().unwrap_or_default();
     if !pipes.is_empty() {
+        // An earlier loop's stages may share these buffers: every warp is
+        // done reading them before the first copies land.
+        em.barrier()?;
         let valid = em.b.build_and(em.icmp(IntPredicate::SLT, lo, hi)?, positive, "")?;
         for v in &pipes {
             prefetch(em, rp, *v, iv0, lo, valid, em.i32c(0))?;
@@ -1372,7 +1394,10 @@ fn for_<'ctx>(em: &mut Em<'ctx, '_>, rp: &RowsPlan, ln: &Lanes<'ctx>, s: &Stmt) 
         Ok(next)
     })?;
     if !pipes.is_empty() {
+        // Every copy has landed (an iteration-less loop's zero fills
+        // included) before a later loop reuses the buffers.
         call_void(em, "llvm.nvvm.cp.async.wait.all", &[])?;
+        em.barrier()?;
         for v in &pipes {
             ln.stage_base.borrow_mut().remove(&v.0);
         }
