@@ -645,3 +645,21 @@ fn outputs_that_alias_are_copied() {
     c.out("y_again", y);
     run(&c, 4, Precision::F64, 0.0);
 }
+
+/// A KV append whose old rows span several blocks of the prefix copy (each
+/// sequence's run of `S·H·D` = 3 × 47 × 20 elements, past one program's
+/// 2048) lands every old and new row where the reference puts it, for three
+/// sequences; and its first launch is the marked prefix copy.
+#[test]
+fn kv_append_copies_long_caches_whole() {
+    let mut c = Case::new("kv_long");
+    let (b, s, t, h, d) = (c.dim("B"), c.dim("S"), c.dim("T"), c.dim("H"), c.dim_const("D", 20));
+    let st = c.g.dim_expr("ST", SizeExpr::plus(SizeExpr::Dim(s), SizeExpr::Dim(t))).unwrap();
+    let cache = c.input("cache", DType::F32, &[b, s, h, d], &[3, 47, 3, 20], |i| i as f64);
+    let new = c.input("new", DType::F32, &[b, t, h, d], &[3, 2, 3, 20], |i| -(i as f64) - 1.0);
+    c.op_out(OpKind::KvAppend { dim: st }, &[cache, new]);
+    run(&c, 64, Precision::F64, 0.0);
+    let prog = lower(&c.g, &Schedule::default()).unwrap();
+    let first = prog.launches.first().expect("a launch");
+    assert!(first.prefix_copy.is_some(), "the old rows' copy is marked");
+}

@@ -63,41 +63,93 @@ fn reshape(lw: &mut Lowering, op: &OpNode) -> R<()> {
 /// One kernel per operand, placing its elements at their offset along `axis`.
 fn concat(lw: &mut Lowering, op: &OpNode, axis: usize) -> R<()> {
     let Some(&out) = op.results.first() else { return Err(lw.err(op, "no result")) };
-    let out_dims = lw.g.ty(out).shape.clone();
     let mut start = Count::Const(0);
     for (i, &x) in op.operands.iter().enumerate() {
-        let x_dims = lw.g.ty(x).shape.clone();
-        let Some(&along) = x_dims.get(axis) else { return Err(lw.err(op, "axis out of range")) };
-        let mut k = Kern::new(lw, &format!("{}_{i}", kname(lw, op, out)));
-        let src = k.operand(lw, x)?;
-        let dst = k.operand(lw, out)?;
-        let st = k.size(lw, start.clone())?;
-        let sp = k.space(lw, &x_dims)?;
-        let kb = &mut k.kb;
-        let mut bind = Vec::with_capacity(out_dims.len());
-        for (p, (d, (_, i))) in out_dims.iter().zip(&sp.idx).enumerate() {
-            bind.push((*d, if p == axis { kb.add(*i, st)? } else { *i }));
-        }
-        let off = kern::offset(kb, &dst, &bind)?;
-        let v = kern::load(kb, &src, sp.flat, sp.mask)?;
-        kern::store(kb, &dst, off, v, sp.mask)?;
-        k.launch(lw, kern::numel(&x_dims))?;
-        start = Count::plus(start, Count::Dim(along));
+        start = concat_operand(lw, op, out, i, x, axis, start)?;
     }
     Ok(())
 }
 
-/// A concat along the cache's rows whose first launch (the old rows) is
-/// marked as a prefix copy.
-fn kv_append(lw: &mut Lowering, op: &OpNode) -> R<()> {
-    let first = lw.prog.launches.len();
-    concat(lw, op, 1)?;
-    if let (Some(&cache), Some(&out)) = (op.operands.first(), op.results.first()) {
-        let (from, to) = (lw.buffer(cache), lw.buffer(out));
-        if let Some(l) = lw.prog.launches.get_mut(first) {
-            l.prefix_copy = Some(PrefixCopy { from, to, axis: 1 });
-        }
+/// The kernel of a concat placing operand `i` (`x`) at `start` along `axis`
+/// of `out`; returns where the next operand starts.
+fn concat_operand(
+    lw: &mut Lowering,
+    op: &OpNode,
+    out: ValueId,
+    i: usize,
+    x: ValueId,
+    axis: usize,
+    start: Count,
+) -> R<Count> {
+    let out_dims = lw.g.ty(out).shape.clone();
+    let x_dims = lw.g.ty(x).shape.clone();
+    let Some(&along) = x_dims.get(axis) else { return Err(lw.err(op, "axis out of range")) };
+    let mut k = Kern::new(lw, &format!("{}_{i}", kname(lw, op, out)));
+    let src = k.operand(lw, x)?;
+    let dst = k.operand(lw, out)?;
+    let st = k.size(lw, start.clone())?;
+    let sp = k.space(lw, &x_dims)?;
+    let kb = &mut k.kb;
+    let mut bind = Vec::with_capacity(out_dims.len());
+    for (p, (d, (_, i))) in out_dims.iter().zip(&sp.idx).enumerate() {
+        bind.push((*d, if p == axis { kb.add(*i, st)? } else { *i }));
     }
+    let off = kern::offset(kb, &dst, &bind)?;
+    let v = kern::load(kb, &src, sp.flat, sp.mask)?;
+    kern::store(kb, &dst, off, v, sp.mask)?;
+    k.launch(lw, kern::numel(&x_dims))?;
+    Ok(Count::plus(start, Count::Dim(along)))
+}
+
+/// Elements a program of a KV append's prefix copy moves.
+const PREFIX_COPY_BLOCK: u32 = 2048;
+
+/// A concat along the cache's rows. The old rows go first, in a kernel of
+/// their own marked as the prefix copy: per sequence `b` (axis 0) the cache
+/// holds one contiguous run of `S·Hkv·D` elements, copied to the start of
+/// the sequence's run in the result over a grid of (blocks of the run,
+/// sequences) — no per-element index division, unlike the 4-D walk of
+/// [`concat`] (which took 3.3 ms for a 1 GiB bf16 cache on an H100, a
+/// third of the copy bandwidth). The new rows follow as in [`concat`].
+fn kv_append(lw: &mut Lowering, op: &OpNode) -> R<()> {
+    let (Some(&cache), Some(&new), Some(&out), 2) =
+        (op.operands.first(), op.operands.get(1), op.results.first(), op.operands.len())
+    else {
+        return concat(lw, op, 1);
+    };
+    let dims = lw.g.ty(cache).shape.clone();
+    let out_dims = lw.g.ty(out).shape.clone();
+    let (Some(&seqs), Some(&rows)) = (dims.first(), dims.get(1)) else { return concat(lw, op, 1) };
+    let (from, to) = (lw.buffer(cache), lw.buffer(out));
+    let mut k = Kern::new(lw, &format!("{}_0", kname(lw, op, out)));
+    let cache_name = lw.g.value(cache).name.clone();
+    let out_name = lw.g.value(out).name.clone();
+    let src = k.flat_operand(lw, &cache_name, from)?;
+    let dst = k.flat_operand(lw, &out_name, to)?;
+    let run = kern::numel(&dims[1..]);
+    let n_run = k.size(lw, run.clone())?;
+    let n_out = k.size(lw, kern::numel(&out_dims[1..]))?;
+    let kb = &mut k.kb;
+    let blk = kb.program_id(0)?;
+    let seq = kb.program_id(1)?;
+    let width = kb.i32(i64::from(PREFIX_COPY_BLOCK))?;
+    let base = kb.mul(blk, width)?;
+    let lanes = kb.arange(PREFIX_COPY_BLOCK)?;
+    let at = kb.add(lanes, base)?;
+    let mask = kb.lt(at, n_run)?;
+    let src_base = kb.mul(seq, n_run)?;
+    let src_off = kb.add(at, src_base)?;
+    let dst_base = kb.mul(seq, n_out)?;
+    let dst_off = kb.add(at, dst_base)?;
+    let v = kern::load(kb, &src, src_off, mask)?;
+    kern::store(kb, &dst, dst_off, v, mask)?;
+    let first = lw.prog.launches.len();
+    let grid = [kern::simplify(Count::ceil_div(run, u64::from(PREFIX_COPY_BLOCK))), Count::Dim(seqs), Count::Const(1)];
+    k.launch_grid(lw, grid)?;
+    if let Some(l) = lw.prog.launches.get_mut(first) {
+        l.prefix_copy = Some(PrefixCopy { from, to, axis: 1 });
+    }
+    concat_operand(lw, op, out, 1, new, 1, Count::Dim(rows))?;
     Ok(())
 }
 
