@@ -527,15 +527,16 @@ pub(crate) fn analyze(k: &Kernel, matmul: Matmul, stage_left: bool, warp_rows: u
 ///
 /// The estimate: what a loop carries plus, for each tile, the widest `dot`
 /// result inside a loop that does not accumulate onto another tile, half
-/// again (the scores and their packed copy), and 48 for addressing. On an H100 (causal attention, bf16, D = 128) it takes
-/// q128 k32 to 32 rows (254 registers, no spill: 8.9 ms at B=8, T=8192,
+/// again (the scores and their packed copy), and 48 for addressing. On an
+/// H100 (causal attention, bf16, D = 128) it takes q128 k32 to 32 rows (254 registers, no spill: 8.9 ms at B=8, T=8192,
 /// against 10.5 at 16 rows) and keeps q128 k64 at 16 (at 32 rows it spills:
 /// 11.9 ms against 9.6).
 pub(crate) fn auto_warp_rows(k: &Kernel, matmul: Matmul, stage_left: bool) -> u32 {
     let Ok(rp) = analyze(k, matmul, stage_left, 16) else { return 16 };
+    let cols = |v: TValue| k.ty(v).shape.get(1).copied().unwrap_or(0);
     let per_lane = |v: TValue| match rp.hold.get(v.index()) {
-        Some(Hold::Frag) => k.ty(v).shape[1] / 2,
-        Some(Hold::PackedA) => k.ty(v).shape[1] / 4,
+        Some(Hold::Frag) => cols(v) / 2,
+        Some(Hold::PackedA) => cols(v) / 4,
         Some(Hold::Rows) => 2,
         _ => 0,
     };
@@ -545,7 +546,7 @@ pub(crate) fn auto_warp_rows(k: &Kernel, matmul: Matmul, stage_left: bool) -> u3
             carried = carried.max(body.args.iter().skip(1).map(|x| per_lane(*x)).sum());
             for t in &body.stmts {
                 if let (TOp::Dot { acc: None, .. }, Some(r)) = (&t.op, t.results.first()) {
-                    scores = scores.max(k.ty(*r).shape[1] / 2);
+                    scores = scores.max(cols(*r) / 2);
                 }
             }
         }
