@@ -81,11 +81,7 @@ fn init_llvm() {
 pub(crate) fn compile(k: &Kernel, target: Target, opts: Options) -> R<PtxKernel> {
     init_llvm();
     if opts.register_tiles {
-        let warp_rows = match opts.warp_rows {
-            0 => rows::auto_warp_rows(k, opts.matmul, opts.ctas_per_sm > 1),
-            n => n,
-        };
-        if let Ok(rp) = rows::analyze(k, opts.matmul, opts.ctas_per_sm > 1 || warp_rows > 16, warp_rows) {
+        if let Ok(rp) = rows::analyze_rows(k, opts.matmul, opts.ctas_per_sm > 1, opts.warp_rows) {
             // A kernel the analysis takes but emission cannot (a gap in the
             // analysis) still compiles, in the shared-memory tier.
             if let Ok(p) = compile_tier(k, target, opts, Some(&rp)) {

@@ -254,7 +254,7 @@ pub struct Options {
     /// the warps; loop-invariant left operands are then staged in shared
     /// memory to make room for the second tile), or 0 (the default): the
     /// backend's choice per kernel, 32 where it estimates two tiles fit the
-    /// registers (`codegen::rows::auto_warp_rows`).
+    /// registers (`codegen::rows::analyze_rows`).
     pub warp_rows: u32,
 }
 
@@ -291,11 +291,10 @@ pub struct Resources {
 /// scratch, the CTA size, an estimate of its registers) without generating
 /// code, for `dot`s computed as `matmul` says.
 pub fn resources(k: &Kernel, matmul: Matmul) -> Result<Resources, PtxError> {
-    let warp_rows = codegen::rows::auto_warp_rows(k, matmul, false);
-    if let Ok(rp) = codegen::rows::analyze(k, matmul, warp_rows > 16, warp_rows) {
+    if let Ok(rp) = codegen::rows::analyze_rows(k, matmul, false, 0) {
         return Ok(Resources {
             threads: rp.threads(),
-            warp_rows,
+            warp_rows: 16 * rp.tiles,
             shared_bytes: rp.shared_bytes,
             scratch_bytes: 0,
             registers: rp.registers(k),

@@ -519,20 +519,35 @@ pub(crate) fn analyze(k: &Kernel, matmul: Matmul, stage_left: bool, warp_rows: u
     Ok(RowsPlan { m, tiles, hold: a.hold, stages, shared_bytes: offset, max_cols: a.max_cols, resident, pipelined })
 }
 
-/// The rows a warp owns when [`crate::Options::warp_rows`] leaves it to the
-/// backend (0): 32 where a loop carries held tiles (attention's running
+/// Plans `k` with `warp_rows` rows a warp (16, 32, or 0: the backend's
+/// choice); 32 rows stage loop-invariant left operands whatever
+/// `stage_left` says.
+///
+/// The choice (0): 32 where a loop carries held tiles (attention's running
 /// output and statistics) through blocks of at least 128 rows (4 warps or
 /// more: q64 k64 at 32 rows, two warps a CTA, ran 23 ms against 12 at 16)
-/// and two tiles' worth of them still fit a thread's 255 registers, else 16.
-///
-/// The estimate: what a loop carries plus, for each tile, the widest `dot`
-/// result inside a loop that does not accumulate onto another tile, half
-/// again (the scores and their packed copy), and 48 for addressing. On an
-/// H100 (causal attention, bf16, D = 128) it takes q128 k32 to 32 rows (254 registers, no spill: 8.9 ms at B=8, T=8192,
-/// against 10.5 at 16 rows) and keeps q128 k64 at 16 (at 32 rows it spills:
-/// 11.9 ms against 9.6).
-pub(crate) fn auto_warp_rows(k: &Kernel, matmul: Matmul, stage_left: bool) -> u32 {
-    let Ok(rp) = analyze(k, matmul, stage_left, 16) else { return 16 };
+/// and two tiles' worth of them still fit a thread's 255 registers, else the
+/// 16-row plan the estimate was made from.
+pub(crate) fn analyze_rows(k: &Kernel, matmul: Matmul, stage_left: bool, warp_rows: u32) -> Result<RowsPlan, String> {
+    if warp_rows != 0 {
+        return analyze(k, matmul, stage_left || warp_rows > 16, warp_rows);
+    }
+    let narrow = analyze(k, matmul, stage_left, 16)?;
+    if two_tiles_fit(k, &narrow) {
+        analyze(k, matmul, true, 32)
+    } else {
+        Ok(narrow)
+    }
+}
+
+/// Whether a warp of the 16-row plan `rp` can own 32 rows. The estimate:
+/// what a loop carries plus, for each tile, the widest `dot` result inside
+/// a loop that does not accumulate onto another tile, half again (the
+/// scores and their packed copy), and 48 for addressing. On an H100 (causal
+/// attention, bf16, D = 128) it takes q128 k32 to 32 rows (254 registers,
+/// no spill: 8.9 ms at B=8, T=8192, against 10.5 at 16 rows) and keeps
+/// q128 k64 at 16 (at 32 rows it spills: 11.9 ms against 9.6).
+fn two_tiles_fit(k: &Kernel, rp: &RowsPlan) -> bool {
     let cols = |v: TValue| k.ty(v).shape.get(1).copied().unwrap_or(0);
     let per_lane = |v: TValue| match rp.hold.get(v.index()) {
         Some(Hold::Frag) => cols(v) / 2,
@@ -552,11 +567,7 @@ pub(crate) fn auto_warp_rows(k: &Kernel, matmul: Matmul, stage_left: bool) -> u3
         }
     }
     let estimate = 2 * (carried + scores * 3 / 2) + 48;
-    if carried > 0 && rp.m >= 128 && rp.m.is_multiple_of(32) && estimate <= 255 {
-        32
-    } else {
-        16
-    }
+    carried > 0 && rp.m >= 128 && rp.m.is_multiple_of(32) && estimate <= 255
 }
 
 /// The stages' places in shared memory (with `pipeline`, pipelined stages
