@@ -52,6 +52,14 @@ pub(crate) struct Slot {
     def_loops: Vec<usize>,
 }
 
+impl Slot {
+    /// A dense slot in shared memory at `offset` (no lifetime: the register
+    /// tier gives each materialized value its own).
+    pub fn dense(offset: u32, bytes: u32, elem_bytes: u32) -> Slot {
+        Slot { bytes, offset, elem_bytes, row: 0, global: false, start: 0, end: 0, def_loops: vec![] }
+    }
+}
+
 /// How a loop's yielded tile gets into its carried slot.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum YieldCopy {
@@ -327,8 +335,10 @@ impl<'k> Walk<'k> {
 impl Plan {
     /// The plan of a kernel in the register tier: no slots, no loops to
     /// copy through, `shared_bytes` of staged operands.
-    pub fn registers(repr: Vec<Repr>, threads: u32, shared_bytes: u32) -> Plan {
-        Plan { repr, slots: vec![], loops: vec![], loop_of: HashMap::new(), shared_bytes, scratch_bytes: 0, threads }
+    /// The register tier's plan: `slots` are dense shared-memory slots of
+    /// the values it materializes (see [`Slot::dense`]).
+    pub fn registers(repr: Vec<Repr>, slots: Vec<Slot>, threads: u32, shared_bytes: u32) -> Plan {
+        Plan { repr, slots, loops: vec![], loop_of: HashMap::new(), shared_bytes, scratch_bytes: 0, threads }
     }
 
     pub fn loop_plan(&self, s: &Stmt) -> Option<&LoopPlan> {

@@ -404,9 +404,11 @@ fn register_tier_kernels_assemble_for_sm80_and_sm90() {
     for name in ["flash_attention", "flash_attention_partial"] {
         assert!(taken.iter().any(|(_, k)| k.name == name), "the register tier takes no `{name}` kernel");
     }
-    let (id, gla) = not.iter().find(|(id, _)| id.starts_with("gla/") && id.contains("states")).expect("a GLA kernel");
-    let why = mixc_backend_ptx::register_tier(gla, Matmul::Bf16).expect_err("GLA's states kernel");
-    assert!(why.contains("cumsum"), "{id}: {why}");
+    // The test models' recurrences (Dk = 16) would hold their state in one
+    // warp: refused, saying why.
+    let (id, sgla) = not.iter().find(|(id, _)| id == "simple-gla/sgla/chunk64/o_fused").expect("simple GLA fused");
+    let why = mixc_backend_ptx::register_tier(sgla, Matmul::Bf16).expect_err("the one-warp recurrence");
+    assert!(why.contains("fewer than 64"), "{id}: {why}");
     let (id, k) = taken.iter().find(|(_, k)| k.name == "flash_attention").expect("checked above");
     let p = compile_with(k, Target::Sm90, bf16).unwrap_or_else(|e| panic!("{id}: {e}"));
     assert_eq!(p.tier, Tier::Registers, "{id}");
@@ -464,6 +466,44 @@ fn register_tier_kernels_assemble_for_sm80_and_sm90() {
     // As compiled by default (32 rows a warp where the backend chooses it).
     let auto = Options { warp_rows: 0, ..bf16 };
     check_kernels(taken, "the register tier's kernels of models/*.toml", &schedules(), "ptx-registers", 0.5, auto);
+}
+
+/// Chunked recurrences in the register tier: the anchors' (Dk = Dv = 128)
+/// linear attention and simple GLA, fused at chunk 64 in value blocks of 32
+/// and 64, hold the `[128, block]` state over 4 warps (two `m16` tiles
+/// each), stage it for the chunk's `q·S`, read the keys' transpose with
+/// `ldmatrix.trans` for the state update, keep simple GLA's cumulative
+/// decays in shared memory, and assemble without spills.
+#[test]
+fn chunked_recurrences_take_the_register_tier() {
+    use mixc_passes::Schedule;
+    let bf16 = Options { matmul: Matmul::Bf16, warp_rows: 0, ..Options::default() };
+    let scheds = [
+        ("c64v32", Schedule { block_v: 32, ..Schedule::with_chunk(64) }),
+        ("c64v64", Schedule { block_v: 64, ..Schedule::with_chunk(64) }),
+    ];
+    let fused: Vec<(String, Kernel)> = kernels_with("models/bench", &|m| m == "anchors", &scheds)
+        .into_iter()
+        .filter(|(id, k)| k.name == "o_fused" && (id.contains("/linear_attn/") || id.contains("/simple_gla/")))
+        .collect();
+    assert_eq!(fused.len(), 4, "{:?}", fused.iter().map(|f| &f.0).collect::<Vec<_>>());
+    // Simple GLA in blocks of 64 holds too much at once (it spilled 48
+    // bytes): the shared-memory tier, saying why.
+    let (wide, fused): (Vec<_>, Vec<_>) = fused.into_iter().partition(|(id, _)| id.contains("/simple_gla/c64v64/"));
+    for (id, k) in &wide {
+        let why = mixc_backend_ptx::register_tier(k, Matmul::Bf16).expect_err("simple GLA in blocks of 64");
+        assert!(why.contains("held tiles reach"), "{id}: {why}");
+    }
+    for (id, k) in &fused {
+        let p = compile_with(k, Target::Sm90, bf16).unwrap_or_else(|e| panic!("{id}: {e}"));
+        assert_eq!((p.tier, p.threads), (Tier::Registers, 128), "{id}");
+        // Keys as the right operand of q·kᵀ (untransposed ldmatrix) and as
+        // the transposed left operand of kᵀ·v (transposed): both kinds.
+        assert!(p.ptx.contains("ldmatrix.sync.aligned.m8n8.x4.trans"), "{id}: no transposed ldmatrix");
+        assert!(p.ptx.contains("ldmatrix.sync.aligned.m8n8.x4.shared") || p.ptx.contains("ldmatrix.sync.aligned.m8n8.x4.b16"), "{id}: no ldmatrix");
+        assert!(p.ptx.contains("mma.sync.aligned.m16n8k16"), "{id}: no bf16 mma");
+    }
+    check_kernels(fused, "the anchors' fused linear attention and simple GLA", &scheds, "ptx-recurrences", 0.5, bf16);
 }
 
 #[test]

@@ -41,7 +41,7 @@
 //! lazy values and views evaluate unchanged at held positions.
 
 use super::{fv, iv, named, Em, R};
-use crate::plan::{Defs, Plan, Repr, MAX_SHARED};
+use crate::plan::{Defs, Plan, Repr, Slot, MAX_SHARED};
 use crate::Matmul;
 use inkwell::types::BasicTypeEnum;
 use inkwell::values::{BasicValueEnum, FloatValue, IntValue};
@@ -50,7 +50,7 @@ use mixc_ir::ops::{BinaryFn, ReduceFn, UnaryFn};
 use mixc_ir::tile::{Block, Kernel, ParamKind, Stmt, TOp, TValue};
 use mixc_ir::DType;
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// How a value is held in the register tier.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -63,7 +63,9 @@ pub(crate) enum Hold {
     Frag,
     /// `[M]` or `[M, 1]`: the lane's two rows.
     Rows,
-    /// A `dot`'s right operand, staged in shared memory as bf16.
+    /// A `dot`'s right operand or transposed left operand (a load, or a
+    /// value computed from unheld ones), staged in shared memory as bf16;
+    /// other reads compute it again (a load reads memory again).
     Staged,
     /// `[M, K]` read only as `dot` left operands: the lane's elements of its
     /// `Frag` positions rounded to bf16 and packed in pairs (columns `2t`,
@@ -74,6 +76,11 @@ pub(crate) enum Hold {
     /// fragments read with `ldmatrix` where used, so it holds no registers
     /// across the loop.
     StagedA,
+    /// In a dense shared-memory slot, computed by all threads between two
+    /// barriers and readable at any index: a `cumsum`, a reduction along
+    /// rows, and small tiles read where no lane holds them (a chunk's
+    /// cumulative decays, read along both rows and columns).
+    Shared,
 }
 
 /// Where a staged operand lives in shared memory.
@@ -111,12 +118,18 @@ impl Stage {
 /// The register tier's plan of a kernel.
 #[derive(Debug)]
 pub(crate) struct RowsPlan {
-    /// Rows of every held tile.
+    /// Rows of the narrowest `dot` result; every held tile's rows are a
+    /// multiple of `m / tiles / 16` warps' 16 rows.
     pub m: u32,
-    /// `m16` tiles of rows each warp owns (1 or 2, [`crate::Options::warp_rows`]).
+    /// `m16` tiles of `m` rows each warp owns (1 or 2, [`crate::Options::warp_rows`]).
     pub tiles: u32,
     pub hold: Vec<Hold>,
+    /// Staged loads, and held tiles that are `dot` operands (copied into
+    /// their stage as bf16 where they are defined).
     pub stages: HashMap<u32, Stage>,
+    /// The slot of each [`Hold::Shared`] value, by value.
+    pub shared: HashMap<u32, usize>,
+    pub slots: Vec<Slot>,
     pub shared_bytes: u32,
     /// The widest held tile's columns.
     pub max_cols: u32,
@@ -129,8 +142,17 @@ pub(crate) struct RowsPlan {
 }
 
 impl RowsPlan {
+    pub fn warps(&self) -> u32 {
+        (self.m / (16 * self.tiles)).max(1)
+    }
+
     pub fn threads(&self) -> u32 {
-        self.m / (16 * self.tiles) * 32
+        self.warps() * 32
+    }
+
+    /// The rows one `m16` tile of every warp covers together.
+    pub fn unit(&self) -> u32 {
+        16 * self.warps()
     }
 
     /// The plan [`Em`] reads: held values are `Repr::Reg`, lazy ones computed.
@@ -138,13 +160,18 @@ impl RowsPlan {
         let repr = self
             .hold
             .iter()
-            .map(|h| match h {
+            .enumerate()
+            .map(|(i, h)| match h {
                 Hold::Scalar => Repr::Scalar,
-                Hold::Lazy => Repr::Lazy,
-                Hold::Frag | Hold::Rows | Hold::Staged | Hold::PackedA | Hold::StagedA => Repr::Reg,
+                Hold::Lazy | Hold::Staged => Repr::Lazy,
+                Hold::Shared => match self.shared.get(&(i as u32)) {
+                    Some(slot) => Repr::Mat(*slot),
+                    None => Repr::Lazy,
+                },
+                Hold::Frag | Hold::Rows | Hold::PackedA | Hold::StagedA => Repr::Reg,
             })
             .collect();
-        Plan::registers(repr, self.threads(), self.shared_bytes)
+        Plan::registers(repr, self.slots.clone(), self.threads(), self.shared_bytes)
     }
 
     /// Registers per thread, roughly: the resident elements, the widest
@@ -174,25 +201,51 @@ impl RowsPlan {
 /// Bytes of padding after each staged row.
 const STAGE_PAD: u32 = 16;
 
+/// Why the analysis stopped: a value it must read where no lane holds it
+/// (materialized and the analysis run again), or a kernel it does not take.
+enum Why {
+    Force(TValue),
+    No(String),
+}
+
+impl From<String> for Why {
+    fn from(s: String) -> Why {
+        Why::No(s)
+    }
+}
+
+impl From<&str> for Why {
+    fn from(s: &str) -> Why {
+        Why::No(s.to_string())
+    }
+}
+
 struct Analysis<'k> {
     k: &'k Kernel,
-    m: u32,
+    /// Rows one `m16` tile of every warp covers (16 × warps): every held
+    /// tile has a multiple of them.
+    unit: u32,
     hold: Vec<Hold>,
     /// Whether a value is held or a view of a held value.
     derived: Vec<bool>,
     uses: Vec<u32>,
     dot_a_uses: Vec<u32>,
+    /// Uses as a transposed left operand.
+    dot_at_uses: Vec<u32>,
     dot_b_uses: Vec<u32>,
     max_cols: u32,
     /// The induction variables of the loops around each value's definition.
     def_loops: Vec<Vec<TValue>>,
     loops: Vec<TValue>,
-    /// Staged loads and the induction variable of their innermost loop.
+    /// Staged values and the induction variable of their innermost loop.
     staged_in: Vec<(TValue, Option<TValue>)>,
     /// Whether a value is read inside a loop.
     used_in_loop: Vec<bool>,
     /// Whether loop-invariant left operands are staged ([`analyze`]).
     stage_left: bool,
+    /// Values read where no lane holds them, found by earlier runs: loads
+    /// become lazy, other values [`Hold::Shared`].
+    force: HashSet<u32>,
 }
 
 impl Analysis<'_> {
@@ -200,15 +253,22 @@ impl Analysis<'_> {
         &self.k.ty(v).shape
     }
 
+    fn held_rows(&self, r: u32) -> bool {
+        r >= self.unit && r.is_multiple_of(self.unit) && r <= MAX_HELD_ROWS
+    }
+
     fn frag_shape(&self, s: &[u32]) -> bool {
-        s.len() == 2 && s[0] == self.m && s[1] >= 8 && s[1].is_multiple_of(8)
+        s.len() == 2 && self.held_rows(s[0]) && s[1] >= 8 && s[1].is_multiple_of(8)
     }
 
     fn rows_shape(&self, s: &[u32]) -> bool {
-        s == [self.m] || s == [self.m, 1]
+        match s {
+            [r] | [r, 1] => self.held_rows(*r),
+            _ => false,
+        }
     }
 
-    fn carried(&mut self, v: TValue) -> Result<Hold, String> {
+    fn carried(&mut self, v: TValue) -> Result<Hold, Why> {
         let s = self.shape(v).to_vec();
         let h = if s.is_empty() {
             Hold::Scalar
@@ -218,7 +278,7 @@ impl Analysis<'_> {
         } else if self.rows_shape(&s) {
             Hold::Rows
         } else {
-            return Err(format!("%{} {:?} is carried but is not a block of {} rows", v.0, s, self.m));
+            return Err(format!("%{} {:?} is carried but is not a block of {}k rows", v.0, s, self.unit).into());
         };
         self.set(v, h);
         Ok(h)
@@ -230,7 +290,7 @@ impl Analysis<'_> {
         self.def_loops[v.index()] = self.loops.clone();
     }
 
-    fn block(&mut self, b: &Block) -> Result<(), String> {
+    fn block(&mut self, b: &Block) -> Result<(), Why> {
         for s in &b.stmts {
             self.stmt(s)?;
         }
@@ -238,13 +298,63 @@ impl Analysis<'_> {
     }
 
     /// Whether a derived operand of shape `x` can be read at the indices of
-    /// an elementwise result of shape `r` (same rows, or a row statistic
+    /// an elementwise result of shape `r` (same shape, or a row statistic
     /// broadcast along columns).
     fn readable(&self, x: &[u32], r: &[u32]) -> bool {
-        x == r || (r.len() == 2 && x == [self.m, 1] && r[0] == self.m)
+        x == r || (r.len() == 2 && x.len() == 2 && x[0] == r[0] && x[1] == 1)
     }
 
-    fn stmt(&mut self, s: &Stmt) -> Result<(), String> {
+    /// Fails with [`Why::Force`] where `x` is held: it is to be read at
+    /// indices no lane holds.
+    fn anywhere(&self, x: TValue) -> Result<(), Why> {
+        if self.derived[x.index()] {
+            return Err(Why::Force(x));
+        }
+        Ok(())
+    }
+
+    /// Stages `x` for a `dot` (once): a held tile copied where it is
+    /// defined, an unheld value computed into its stage.
+    fn stage_operand(&mut self, x: TValue) -> Result<(), Why> {
+        match self.hold[x.index()] {
+            Hold::Staged => return Ok(()),
+            Hold::Frag => {}
+            Hold::Lazy if !self.derived[x.index()] => self.hold[x.index()] = Hold::Staged,
+            _ => return Err(format!("`dot` operand %{} can be neither staged nor held", x.0).into()),
+        }
+        let s = self.shape(x);
+        if s.len() != 2 || !s[0].is_multiple_of(16) || !s[1].is_multiple_of(16) {
+            return Err(format!("a dot operand of {s:?}").into());
+        }
+        if !self.staged_in.iter().any(|(y, _)| *y == x) {
+            let lp = self.def_loops[x.index()].last().copied();
+            self.staged_in.push((x, lp));
+        }
+        Ok(())
+    }
+
+    /// A value the earlier runs found read where no lane holds it.
+    fn forced(&mut self, s: &Stmt, v: TValue) -> Result<Hold, Why> {
+        match &s.op {
+            TOp::Load { .. } => {
+                for x in s.op.operands() {
+                    self.anywhere(x)?;
+                }
+                Ok(Hold::Lazy)
+            }
+            TOp::Dot { .. } | TOp::For { .. } | TOp::If { .. } => {
+                Err(format!("`{}` %{} is read where no lane holds it", s.op.mnemonic(), v.0).into())
+            }
+            op => {
+                for x in op.operands() {
+                    self.anywhere(x)?;
+                }
+                Ok(Hold::Shared)
+            }
+        }
+    }
+
+    fn stmt(&mut self, s: &Stmt) -> Result<(), Why> {
         let k = self.k;
         match &s.op {
             TOp::For { body, .. } => {
@@ -262,78 +372,94 @@ impl Analysis<'_> {
                 return Ok(());
             }
             TOp::If { .. } => return Err("`if` is not supported".into()),
-            TOp::Cumsum { .. } => return Err("`cumsum` is not supported".into()),
             TOp::Store { value, offsets, mask, .. } => {
                 let vs = self.shape(*value).to_vec();
                 if !(vs.is_empty() || self.frag_shape(&vs) || self.rows_shape(&vs)) {
-                    return Err(format!("a store of a {vs:?} tile"));
+                    return Err(format!("a store of a {vs:?} tile").into());
                 }
-                for x in [Some(*offsets), *mask].into_iter().flatten() {
+                for x in [Some(*offsets), *mask, Some(*value)].into_iter().flatten() {
                     if self.derived[x.index()] && !self.readable(self.shape(x), &vs) {
-                        return Err("a store's offsets or mask cannot be read where its value is held".into());
+                        return Err(Why::Force(x));
                     }
-                }
-                if self.derived[value.index()] && !self.readable(self.shape(*value), &vs) {
-                    return Err("a store's value is not held as a block of rows".into());
                 }
                 return Ok(());
             }
             _ => {}
         }
         let Some(v) = s.results.first().copied() else { return Ok(()) };
+        if self.force.contains(&v.0) {
+            let h = self.forced(s, v)?;
+            for r in &s.results {
+                self.set(*r, h);
+            }
+            return Ok(());
+        }
         let shape = self.shape(v).to_vec();
         let dtype = k.ty(v).dtype;
         let ops = s.op.operands();
-        let any_derived = ops.iter().any(|x| self.derived[x.index()]);
+        let first_derived = ops.iter().copied().find(|x| self.derived[x.index()]);
+        let any_derived = first_derived.is_some();
         let hold = match &s.op {
             TOp::Dot { a, b, trans_a, trans_b, .. } => {
                 let sa = self.shape(*a).to_vec();
                 let sb = self.shape(*b).to_vec();
-                if *trans_a || !dtype.is_float() || !self.frag_shape(&shape) {
-                    return Err(format!(
-                        "`dot` %{} {:?}: not an [M, N] result of an untransposed left operand",
-                        v.0, shape
-                    ));
+                if !dtype.is_float() || !self.frag_shape(&shape) {
+                    return Err(format!("`dot` %{} {:?}: not a block of held rows", v.0, shape).into());
                 }
-                if sa.len() != 2 || sa[0] != self.m || !sa[1].is_multiple_of(16) {
-                    return Err(format!("`dot` %{}: left operand {:?} is not [{}, 16k]", v.0, sa, self.m));
+                let (ka, ma) = match (sa.as_slice(), trans_a) {
+                    ([r, c], false) => (*c, *r),
+                    ([r, c], true) => (*r, *c),
+                    _ => return Err(format!("`dot` %{}: left operand {:?}", v.0, sa).into()),
+                };
+                if ma != shape[0] || !ka.is_multiple_of(16) {
+                    return Err(format!("`dot` %{}: left operand {:?} for a result {:?}", v.0, sa, shape).into());
                 }
-                if self.hold[b.index()] != Hold::Staged {
-                    return Err(format!("`dot` %{}: right operand %{} is not a staged load", v.0, b.0));
+                if *trans_a {
+                    self.stage_operand(*a)?;
                 }
+                self.stage_operand(*b)?;
                 let (kk, n) = if *trans_b { (sb[1], sb[0]) } else { (sb[0], sb[1]) };
-                if kk != sa[1] || n != shape[1] || !n.is_multiple_of(16) {
-                    return Err(format!("`dot` %{}: operand shapes {:?} × {:?}", v.0, sa, sb));
+                if kk != ka || n != shape[1] || !n.is_multiple_of(16) {
+                    return Err(format!("`dot` %{}: operand shapes {:?} × {:?}", v.0, sa, sb).into());
                 }
                 if let TOp::Dot { acc: Some(c), .. } = &s.op {
                     if self.derived[c.index()] && !self.readable(self.shape(*c), &shape) {
-                        return Err(format!("`dot` %{}: accumulator not held as the result", v.0));
+                        return Err(Why::Force(*c));
                     }
                 }
-                self.max_cols = self.max_cols.max(shape[1]).max(sa[1]);
+                if !*trans_a && self.derived[a.index()] && !self.readable(&sa, &shape[..1].iter().chain(&[ka]).copied().collect::<Vec<_>>()) {
+                    return Err(Why::Force(*a));
+                }
+                self.max_cols = self.max_cols.max(shape[1]).max(ka);
                 Hold::Frag
             }
             TOp::Reduce { func, x, axis } => {
                 let sx = self.shape(*x).to_vec();
-                if !any_derived && !matches!(k.ty(*x).dtype, d if d.is_float()) {
-                    return Err("integer reductions are not supported".into());
-                }
                 let ok_func = matches!(func, ReduceFn::Sum | ReduceFn::Max | ReduceFn::Min | ReduceFn::Mean);
-                if !ok_func || !dtype.is_float() || *axis != 1 || !self.frag_shape(&sx) || shape != [self.m] {
-                    return Err(format!("`reduce` %{} of {:?} along {axis}", v.0, sx));
+                let along_rows = ok_func
+                    && dtype.is_float()
+                    && k.ty(*x).dtype.is_float()
+                    && *axis == 1
+                    && self.frag_shape(&sx)
+                    && shape == [sx[0]];
+                if along_rows {
+                    self.max_cols = self.max_cols.max(sx[1]);
+                    Hold::Rows
+                } else {
+                    self.anywhere(*x)?;
+                    Hold::Shared
                 }
-                if self.derived[x.index()] && !self.readable(&sx, &sx) {
-                    return Err("reduce operand".into());
-                }
-                self.max_cols = self.max_cols.max(sx[1]);
-                Hold::Rows
             }
-            TOp::Load { .. } if self.uses[v.index()] > 0 && self.uses[v.index()] == self.dot_b_uses[v.index()] => {
+            TOp::Cumsum { x, .. } => {
+                self.anywhere(*x)?;
+                Hold::Shared
+            }
+            TOp::Load { .. } if self.dot_b_uses[v.index()] + self.dot_at_uses[v.index()] > 0 => {
                 if shape.len() != 2 || !shape[0].is_multiple_of(16) || !shape[1].is_multiple_of(16) {
-                    return Err(format!("a dot operand load of {shape:?}"));
+                    return Err(format!("a dot operand load of {shape:?}").into());
                 }
-                if any_derived {
-                    return Err("a staged load's offsets depend on held values".into());
+                if let Some(x) = first_derived {
+                    return Err(Why::Force(x));
                 }
                 self.staged_in.push((v, self.loops.last().copied()));
                 Hold::Staged
@@ -357,8 +483,8 @@ impl Analysis<'_> {
                 }
             }
             _ if shape.is_empty() => {
-                if any_derived {
-                    return Err(format!("scalar %{} computed from held tiles", v.0));
+                if let Some(x) = first_derived {
+                    return Err(Why::Force(x));
                 }
                 Hold::Scalar
             }
@@ -372,7 +498,7 @@ impl Analysis<'_> {
                         _ => false,
                     };
                     if !fine {
-                        return Err(format!("a view %{} {:?} of held %{} {:?}", v.0, shape, x.0, sx));
+                        return Err(Why::Force(*x));
                     }
                     self.hold[v.index()] = Hold::Lazy;
                     self.derived[v.index()] = true;
@@ -383,23 +509,32 @@ impl Analysis<'_> {
             TOp::Unary(..) | TOp::Binary(..) | TOp::Select(..) | TOp::Cast(..) | TOp::Load { .. } => {
                 for x in &ops {
                     if self.derived[x.index()] && !self.readable(self.shape(*x), &shape) {
-                        return Err(format!("%{} {:?} reads held %{} {:?}", v.0, shape, x.0, self.shape(*x)));
+                        return Err(Why::Force(*x));
                     }
                 }
-                let data = any_derived || matches!(s.op, TOp::Load { .. });
+                // Loads are read again where used, but for those a loop reads
+                // and does not define (held once, not once an iteration).
+                let hoisted = self.loops.is_empty() && self.used_in_loop[v.index()];
+                let data = any_derived || (matches!(s.op, TOp::Load { .. }) && hoisted);
+                let i = v.index();
+                let only_left = self.uses[i] > 0 && self.uses[i] == self.dot_a_uses[i];
                 if data && self.frag_shape(&shape) {
                     self.max_cols = self.max_cols.max(shape[1]);
-                    Hold::Frag
+                    if only_left && shape[1].is_multiple_of(16) && !matches!(s.op, TOp::Load { .. }) {
+                        Hold::PackedA
+                    } else {
+                        Hold::Frag
+                    }
                 } else if data && self.rows_shape(&shape) {
                     Hold::Rows
-                } else if any_derived {
-                    return Err(format!("%{} {:?} cannot be held", v.0, shape));
+                } else if let Some(x) = first_derived {
+                    return Err(Why::Force(x));
                 } else {
                     Hold::Lazy
                 }
             }
             TOp::ProgramId(_) | TOp::Param(_) | TOp::Const(_) | TOp::Arange(_) => Hold::Lazy,
-            other => return Err(format!("`{}` is not supported", other.mnemonic())),
+            other => return Err(format!("`{}` is not supported", other.mnemonic()).into()),
         };
         for r in &s.results {
             self.set(*r, hold);
@@ -407,6 +542,15 @@ impl Analysis<'_> {
         Ok(())
     }
 }
+
+/// The most rows a held tile may have (a recurrence's state of 256 keys).
+const MAX_HELD_ROWS: u32 = 256;
+
+/// Elements a lane may keep across loop iterations before the plan is
+/// refused (it would spill): attention's running output at 32 rows a warp
+/// keeps 136, a recurrence's `[128, 64]` state over 4 warps 64, a
+/// `[128, 128]` one over 2 warps 256.
+const MAX_RESIDENT: u32 = 192;
 
 /// Plans `k` for the register tier, or says why it does not fit.
 ///
@@ -420,6 +564,10 @@ impl Analysis<'_> {
 /// against 10.4 for q128 k64 staged and 9.8 for q128 k64 packed), so it goes
 /// with `Options::ctas_per_sm > 1`, and with 32 rows a warp (the second
 /// tile's accumulators need the queries' registers).
+///
+/// The warps are those of the narrowest `dot` result (a chunk of a
+/// recurrence, a query block of attention); wider held tiles (a
+/// recurrence's `[Dk, Dv]` state) give each warp more `m16` tiles.
 pub(crate) fn analyze(k: &Kernel, matmul: Matmul, stage_left: bool, warp_rows: u32) -> Result<RowsPlan, String> {
     if matmul != Matmul::Bf16 {
         return Err("the register tier takes bf16 dots only".into());
@@ -430,8 +578,9 @@ pub(crate) fn analyze(k: &Kernel, matmul: Matmul, stage_left: bool, warp_rows: u
     let n = k.types.len();
     let mut uses = vec![0u32; n];
     let mut dot_a_uses = vec![0u32; n];
+    let mut dot_at_uses = vec![0u32; n];
     let mut dot_b_uses = vec![0u32; n];
-    let mut m = None;
+    let mut m: Option<u32> = None;
     let (mut loaded, mut stored) = (vec![], vec![]);
     k.walk(&mut |s| {
         for x in s.op.operands() {
@@ -454,15 +603,16 @@ pub(crate) fn analyze(k: &Kernel, matmul: Matmul, stage_left: bool, warp_rows: u
             }
         }
         match &s.op {
-            TOp::Dot { a, b, .. } => {
+            TOp::Dot { a, b, trans_a, .. } => {
                 if let Some(u) = dot_b_uses.get_mut(b.index()) {
                     *u += 1;
                 }
-                if let Some(u) = dot_a_uses.get_mut(a.index()) {
+                let left = if *trans_a { &mut dot_at_uses } else { &mut dot_a_uses };
+                if let Some(u) = left.get_mut(a.index()) {
                     *u += 1;
                 }
-                if m.is_none() {
-                    m = s.results.first().and_then(|r| k.ty(*r).shape.first().copied());
+                if let Some(rows) = s.results.first().and_then(|r| k.ty(*r).shape.first().copied()) {
+                    m = Some(m.map_or(rows, |x| x.min(rows)));
                 }
             }
             TOp::Load { ptr, .. } => loaded.push(*ptr),
@@ -488,36 +638,136 @@ pub(crate) fn analyze(k: &Kernel, matmul: Matmul, stage_left: bool, warp_rows: u
     if k.types.iter().any(|t| t.dtype == DType::F64) {
         return Err("f64 tiles".into());
     }
-    let mut a = Analysis {
-        k,
-        m,
-        hold: vec![Hold::Scalar; n],
-        derived: vec![false; n],
-        uses,
-        dot_a_uses,
-        dot_b_uses,
-        max_cols: 8,
-        def_loops: vec![vec![]; n],
-        loops: vec![],
-        staged_in: vec![],
-        used_in_loop: read_in_loops(k),
-        stage_left,
+    let used_in_loop = read_in_loops(k);
+    let mut force = HashSet::new();
+    let a = loop {
+        let mut a = Analysis {
+            k,
+            unit: 16 * (m / warp_rows),
+            hold: vec![Hold::Scalar; n],
+            derived: vec![false; n],
+            uses: uses.clone(),
+            dot_a_uses: dot_a_uses.clone(),
+            dot_at_uses: dot_at_uses.clone(),
+            dot_b_uses: dot_b_uses.clone(),
+            max_cols: 8,
+            def_loops: vec![vec![]; n],
+            loops: vec![],
+            staged_in: vec![],
+            used_in_loop: used_in_loop.clone(),
+            stage_left,
+            force: force.clone(),
+        };
+        match a.block(&k.body) {
+            Ok(()) => break a,
+            Err(Why::No(e)) => return Err(e),
+            Err(Why::Force(x)) => {
+                let numel: u32 = k.ty(x).shape.iter().product();
+                if numel > MAX_SHARED_ELEMENTS {
+                    return Err(format!("%{} {:?} is read where no lane holds it", x.0, k.ty(x).shape));
+                }
+                if !force.insert(x.0) {
+                    return Err(format!("%{} is read where no lane holds it", x.0));
+                }
+            }
+        }
     };
-    a.block(&k.body)?;
     // Stage offsets, in order of definition; pipelined stages get two buffers.
     let defs = Defs::new(k);
     // Pipelined where it fits, else every stage copied in place.
     let (mut stages, mut pipelined, mut offset) = place_stages(k, &defs, &a, true);
-    if offset > MAX_SHARED {
+    let shared_total = |offset: u32| offset.saturating_add(shared_slot_bytes(k, &a));
+    if shared_total(offset) > MAX_SHARED {
         (stages, pipelined, offset) = place_stages(k, &defs, &a, false);
     }
-    if offset > MAX_SHARED {
-        return Err(format!("staged operands need {offset} bytes of shared memory"));
+    let (shared, slots, end) = place_slots(k, &a, offset);
+    if end > MAX_SHARED {
+        return Err(format!("staged operands need {end} bytes of shared memory"));
     }
     let tiles = warp_rows / 16;
-    let resident = tiles * resident_elements(k, &a);
-    Ok(RowsPlan { m, tiles, hold: a.hold, stages, shared_bytes: offset, max_cols: a.max_cols, resident, pipelined })
+    let resident = resident_elements(k, &a);
+    if resident > MAX_RESIDENT {
+        return Err(format!("held tiles keep {resident} elements a thread across loop iterations"));
+    }
+    if recurrence_form(k, &defs, &a, m) {
+        if m < MIN_RECURRENCE_ROWS {
+            return Err(format!("a recurrence's chunk of {m} rows (fewer than {MIN_RECURRENCE_ROWS})"));
+        }
+        let peak = peak_elements(k, &a);
+        if peak > MAX_RECURRENCE_PEAK {
+            return Err(format!("held tiles reach {peak} elements a thread (more than {MAX_RECURRENCE_PEAK})"));
+        }
+    }
+    Ok(RowsPlan {
+        m,
+        tiles,
+        hold: a.hold,
+        stages,
+        shared,
+        slots,
+        shared_bytes: end,
+        max_cols: a.max_cols,
+        resident,
+        pipelined,
+    })
 }
+
+/// Whether `k` uses what chunked recurrences need of the tier: tiles of
+/// more rows than the narrowest `dot` (a `[Dk, Dv]` state), transposed left
+/// operands, operands staged from computed values, or values materialized
+/// in shared memory (cumulative decays).
+fn recurrence_form(k: &Kernel, defs: &Defs, a: &Analysis, m: u32) -> bool {
+    let wide = (0..a.hold.len()).any(|i| {
+        matches!(a.hold[i], Hold::Frag | Hold::Rows) && k.ty(TValue(i as u32)).shape.first().is_some_and(|r| *r > m)
+    });
+    let computed_stage = a.staged_in.iter().any(|(v, _)| !matches!(defs.op(*v), Some(TOp::Load { .. })));
+    wide || computed_stage || a.hold.contains(&Hold::Shared) || a.dot_at_uses.iter().any(|u| *u > 0)
+}
+
+/// The fewest rows of a chunk the tier takes a recurrence at: 4 warps.
+/// Below, one or two warps would hold the whole state (the test models'
+/// `Dk = 16` kernels spill at one warp).
+const MIN_RECURRENCE_ROWS: u32 = 64;
+
+/// The most elements a lane of a recurrence's kernel may hold at once
+/// ([`peak_elements`]): the anchors' (`Dk = Dv = 128`) simple GLA and
+/// linear attention at chunk 64 peak at 80–128 in value blocks of 32 or 64
+/// and assemble without spills, simple GLA at 192 spills 48 bytes, chunk 32
+/// in blocks of 64 (256, 384) spills 200–300.
+const MAX_RECURRENCE_PEAK: u32 = 160;
+
+/// The most elements of a value the register tier materializes in shared
+/// memory ([`Hold::Shared`]).
+const MAX_SHARED_ELEMENTS: u32 = 16 * 1024;
+
+/// Bytes of one [`Hold::Shared`] value's slot (16-byte aligned).
+fn slot_bytes(k: &Kernel, v: TValue) -> u32 {
+    let t = k.ty(v);
+    let eb = if t.dtype == DType::Bool { 1 } else { 4 };
+    (t.shape.iter().product::<u32>() * eb).next_multiple_of(16)
+}
+
+fn shared_slot_bytes(k: &Kernel, a: &Analysis) -> u32 {
+    (0..a.hold.len()).filter(|i| a.hold[*i] == Hold::Shared).map(|i| slot_bytes(k, TValue(i as u32))).sum()
+}
+
+/// A dense slot for every [`Hold::Shared`] value, from `offset`: (slot of
+/// each value, the slots, the end).
+fn place_slots(k: &Kernel, a: &Analysis, offset: u32) -> (HashMap<u32, usize>, Vec<Slot>, u32) {
+    let (mut map, mut slots, mut at) = (HashMap::new(), vec![], offset.next_multiple_of(16));
+    for (i, h) in a.hold.iter().enumerate() {
+        if *h == Hold::Shared {
+            let v = TValue(i as u32);
+            let bytes = slot_bytes(k, v);
+            let eb = if k.ty(v).dtype == DType::Bool { 1 } else { 4 };
+            map.insert(v.0, slots.len());
+            slots.push(Slot::dense(at, bytes, eb));
+            at = at.saturating_add(bytes);
+        }
+    }
+    (map, slots, at)
+}
+
 
 /// Plans `k` with `warp_rows` rows a warp (16, 32, or 0: the backend's
 /// choice); 32 rows stage loop-invariant left operands whatever
@@ -613,13 +863,20 @@ fn place_stages(
     for (v, lp) in a.staged_in.iter().copied().filter(|(v, _)| top_loop(*v).is_none()) {
         base = place(v, lp, base);
     }
-    let (mut end, mut at, mut group) = (base, base, None);
-    for (v, lp) in a.staged_in.iter().copied() {
-        let Some(top) = top_loop(v) else { continue };
-        if group != Some(top) {
-            (group, at) = (Some(top), base);
+    let mut groups: Vec<TValue> = vec![];
+    for (v, _) in &a.staged_in {
+        if let Some(top) = top_loop(*v) {
+            if !groups.contains(&top) {
+                groups.push(top);
+            }
         }
-        at = place(v, lp, at);
+    }
+    let mut end = base;
+    for group in groups {
+        let mut at = base;
+        for (v, lp) in a.staged_in.iter().copied().filter(|(v, _)| top_loop(*v) == Some(group)) {
+            at = place(v, lp, at);
+        }
         end = end.max(at);
     }
     (stages, pipelined, end)
@@ -837,26 +1094,99 @@ fn read_in_loops(k: &Kernel) -> Vec<bool> {
     out
 }
 
-/// Elements per lane of held tiles that live across loop iterations.
+/// Elements per lane of held tiles that live across the iterations of a
+/// top-level loop (the most of any).
 fn resident_elements(k: &Kernel, a: &Analysis) -> u32 {
-    let per_lane = |v: TValue| match a.hold[v.index()] {
-        Hold::Frag => k.ty(v).shape[1] / 2,
-        Hold::PackedA => k.ty(v).shape[1] / 4,
-        Hold::Rows => 2,
-        _ => 0,
+    let per_lane = |v: TValue| {
+        let s = &k.ty(v).shape;
+        let tiles = s.first().copied().unwrap_or(0) / a.unit;
+        let cols = s.get(1).copied().unwrap_or(1);
+        tiles
+            * match a.hold[v.index()] {
+                Hold::Frag => cols / 2,
+                Hold::PackedA => cols / 4,
+                Hold::Rows => 2,
+                _ => 0,
+            }
     };
     let mut total = 0;
     let mut outside: Vec<TValue> = vec![];
     for s in &k.body.stmts {
         if let TOp::For { body, .. } = &s.op {
-            total += body.args.iter().skip(1).map(|x| per_lane(*x)).sum::<u32>();
+            let carried = body.args.iter().skip(1).map(|x| per_lane(*x)).sum::<u32>();
             let mut inner = vec![];
             body.stmts.iter().for_each(|s| inner.extend(s.op.operands()));
-            total += outside.iter().filter(|v| inner.contains(v)).map(|v| per_lane(*v)).sum::<u32>();
+            let read = outside.iter().filter(|v| inner.contains(v)).map(|v| per_lane(*v)).sum::<u32>();
+            // Successive loops do not hold their tiles at the same time.
+            total = total.max(carried + read);
         }
         outside.extend(s.results.iter().copied());
     }
     total
+}
+
+/// Elements per lane of held tiles live at once, at the busiest statement
+/// of any top-level loop (the carried and outside tiles it reads included).
+fn peak_elements(k: &Kernel, a: &Analysis) -> u32 {
+    fn deep(s: &Stmt, out: &mut Vec<TValue>) {
+        out.extend(s.op.operands());
+        if let TOp::For { body, .. } | TOp::If { then: body, .. } = &s.op {
+            out.extend(body.yields.iter().copied());
+            for t in &body.stmts {
+                deep(t, out);
+            }
+        }
+    }
+    let per_lane = |v: TValue| {
+        let s = &k.ty(v).shape;
+        let tiles = s.first().copied().unwrap_or(0) / a.unit;
+        let cols = s.get(1).copied().unwrap_or(1);
+        tiles
+            * match a.hold[v.index()] {
+                Hold::Frag => cols / 2,
+                Hold::PackedA => cols / 4,
+                Hold::Rows => 2,
+                _ => 0,
+            }
+    };
+    let mut peak = 0;
+    let mut outside: Vec<TValue> = vec![];
+    for s in &k.body.stmts {
+        if let TOp::For { body, .. } = &s.op {
+            let reads: Vec<Vec<TValue>> = body
+                .stmts
+                .iter()
+                .map(|t| {
+                    let mut out = vec![];
+                    deep(t, &mut out);
+                    out
+                })
+                .collect();
+            let last = |v: TValue| {
+                let end = if body.yields.contains(&v) { reads.len() } else { 0 };
+                reads.iter().rposition(|r| r.contains(&v)).unwrap_or(0).max(end)
+            };
+            let all: Vec<TValue> = reads.iter().flatten().copied().collect();
+            let mut live = body.args.iter().skip(1).map(|x| per_lane(*x)).sum::<u32>()
+                + outside.iter().filter(|v| all.contains(v)).map(|v| per_lane(*v)).sum::<u32>();
+            peak = peak.max(live);
+            let mut ends: Vec<(usize, u32)> = vec![];
+            for (i, t) in body.stmts.iter().enumerate() {
+                for r in &t.results {
+                    let n = per_lane(*r);
+                    if n > 0 {
+                        live += n;
+                        ends.push((last(*r), n));
+                    }
+                }
+                peak = peak.max(live);
+                live -= ends.iter().filter(|(e, _)| *e <= i).map(|(_, n)| *n).sum::<u32>();
+                ends.retain(|(e, _)| *e > i);
+            }
+        }
+        outside.extend(s.results.iter().copied());
+    }
+    peak
 }
 
 /// This lane's rows and columns.
@@ -864,8 +1194,9 @@ pub(crate) struct Lanes<'ctx> {
     lane: IntValue<'ctx>,
     warp: IntValue<'ctx>,
     t: IntValue<'ctx>,
-    /// Rows `g` and `g + 8` of each of the warp's `m16` tiles, in order.
-    rows: Vec<IntValue<'ctx>>,
+    /// By a held tile's rows `r`: rows `g` and `g + 8` of each of the warp's
+    /// `m16` tiles of it (`r / unit` of them), in order.
+    rows: HashMap<u32, Vec<IntValue<'ctx>>>,
     cols: Vec<[IntValue<'ctx>; 2]>,
     /// The shared byte offset of the buffer a pipelined stage is read from
     /// in the current iteration.
@@ -879,12 +1210,17 @@ impl<'ctx> Lanes<'ctx> {
         let warp = b.build_right_shift(em.tid, em.i32c(5), false, "warp")?;
         let g = b.build_right_shift(lane, em.i32c(2), false, "g")?;
         let t = b.build_and(lane, em.i32c(3), "t")?;
-        let first = b.build_int_add(b.build_int_mul(warp, em.i32c(16 * rp.tiles as i64), "")?, g, "row0")?;
-        let mut rows = vec![];
-        for i in 0..rp.tiles {
-            let r0 = if i == 0 { first } else { b.build_int_add(first, em.i32c(16 * i as i64), "")? };
-            rows.push(r0);
-            rows.push(b.build_int_add(r0, em.i32c(8), "")?);
+        let unit = rp.unit();
+        let mut rows = HashMap::new();
+        for tiles in 1..=MAX_HELD_ROWS / unit {
+            let first = b.build_int_add(b.build_int_mul(warp, em.i32c(16 * tiles as i64), "")?, g, "row0")?;
+            let mut rs = vec![];
+            for i in 0..tiles {
+                let r0 = if i == 0 { first } else { b.build_int_add(first, em.i32c(16 * i as i64), "")? };
+                rs.push(r0);
+                rs.push(b.build_int_add(r0, em.i32c(8), "")?);
+            }
+            rows.insert(tiles * unit, rs);
         }
         let t2 = b.build_int_mul(t, em.i32c(2), "")?;
         let mut cols = vec![];
@@ -896,19 +1232,28 @@ impl<'ctx> Lanes<'ctx> {
         Ok(Lanes { lane, warp, t, rows, cols, stage_base: RefCell::new(HashMap::new()) })
     }
 
+    /// This lane's rows of a held tile of `r` rows.
+    fn rows_of(&self, r: u32) -> R<&[IntValue<'ctx>]> {
+        match self.rows.get(&r) {
+            Some(rs) => Ok(rs),
+            None => super::fail(format!("a held tile of {r} rows")),
+        }
+    }
+
     /// The indices of this lane's elements of a tile of `shape` held as `h`,
     /// in fragment order (`j`, then row half, then column of the pair).
     fn positions(&self, em: &Em<'ctx, '_>, h: Hold, shape: &[u32]) -> R<Vec<Vec<IntValue<'ctx>>>> {
+        let rows = || self.rows_of(shape.first().copied().unwrap_or(0));
         Ok(match h {
             Hold::Scalar => vec![vec![]],
-            Hold::Rows if shape.len() == 1 => self.rows.iter().map(|r| vec![*r]).collect(),
-            Hold::Rows => self.rows.iter().map(|r| vec![*r, em.i32c(0)]).collect(),
+            Hold::Rows if shape.len() == 1 => rows()?.iter().map(|r| vec![*r]).collect(),
+            Hold::Rows => rows()?.iter().map(|r| vec![*r, em.i32c(0)]).collect(),
             Hold::Frag | Hold::PackedA => {
                 let n = shape.get(1).copied().unwrap_or(0) / 8;
                 let mut out = vec![];
                 for j in 0..n as usize {
                     let Some(cj) = self.cols.get(j) else { return super::fail("a tile wider than planned") };
-                    for r in &self.rows {
+                    for r in rows()? {
                         for c in cj {
                             out.push(vec![*r, *c]);
                         }
@@ -916,7 +1261,7 @@ impl<'ctx> Lanes<'ctx> {
                 }
                 out
             }
-            Hold::Lazy | Hold::Staged | Hold::StagedA => {
+            Hold::Lazy | Hold::Staged | Hold::StagedA | Hold::Shared => {
                 return super::fail("a value that is not held has no positions")
             }
         })
@@ -959,7 +1304,7 @@ fn stmt<'ctx>(em: &mut Em<'ctx, '_>, rp: &RowsPlan, ln: &Lanes<'ctx>, s: &Stmt) 
     match &s.op {
         TOp::For { .. } => return for_(em, rp, ln, s),
         TOp::Store { .. } => return store(em, rp, ln, s),
-        TOp::If { .. } | TOp::Cumsum { .. } => return super::fail("not supported in the register tier"),
+        TOp::If { .. } => return super::fail("not supported in the register tier"),
         _ => {}
     }
     let Some(v) = s.results.first().copied() else { return Ok(()) };
@@ -971,6 +1316,7 @@ fn stmt<'ctx>(em: &mut Em<'ctx, '_>, rp: &RowsPlan, ln: &Lanes<'ctx>, s: &Stmt) 
             em.set(v, x);
             Ok(())
         }
+        Hold::Shared => shared(em, s, v),
         Hold::Staged if pipelined(rp, v) => Ok(()),
         Hold::Staged | Hold::StagedA => stage(em, rp, v),
         Hold::PackedA => {
@@ -984,16 +1330,68 @@ fn stmt<'ctx>(em: &mut Em<'ctx, '_>, rp: &RowsPlan, ln: &Lanes<'ctx>, s: &Stmt) 
             }
             Ok(())
         }
-        h @ (Hold::Frag | Hold::Rows) => match &s.op {
-            TOp::Dot { a, b, acc, trans_b, .. } => dot(em, rp, ln, v, *a, *b, *acc, *trans_b),
-            TOp::Reduce { func, x, .. } => reduce(em, ln, v, *func, *x),
-            TOp::Unary(UnaryFn::Exp, x) if em.opts.fast_exp => match exp_of_difference(em, *x) {
-                Some((a, b)) => exp2_fused(em, rp, ln, v, h, a, b),
-                None => elementwise(em, rp, ln, v, h),
-            },
-            _ => elementwise(em, rp, ln, v, h),
-        },
+        h @ (Hold::Frag | Hold::Rows) => {
+            match &s.op {
+                TOp::Dot { a, b, acc, trans_a, trans_b } => {
+                    dot(em, rp, ln, v, Operands { a: *a, b: *b, acc: *acc, trans_a: *trans_a, trans_b: *trans_b })?
+                }
+                TOp::Reduce { func, x, .. } => reduce(em, ln, v, *func, *x)?,
+                TOp::Unary(UnaryFn::Exp, x) if em.opts.fast_exp => match exp_of_difference(em, *x) {
+                    Some((a, b)) => exp2_fused(em, rp, ln, v, h, a, b)?,
+                    None => elementwise(em, rp, ln, v, h)?,
+                },
+                _ => elementwise(em, rp, ln, v, h)?,
+            }
+            stage_held(em, rp, ln, v)
+        }
     }
+}
+
+/// Computes a [`Hold::Shared`] value into its slot, all threads, between
+/// barriers (the previous iteration's readers are done; this one's wait).
+fn shared<'ctx>(em: &mut Em<'ctx, '_>, s: &Stmt, v: TValue) -> R<()> {
+    let slot = em.slot_of(v)?;
+    let ty = em.k.ty(v).clone();
+    em.barrier()?;
+    if let TOp::Cumsum { x, axis, reverse, exclusive } = &s.op {
+        em.cumsum(slot, *x, &ty.shape, ty.dtype, *axis as usize, *reverse, *exclusive)?;
+    } else {
+        em.each(super::numel(&ty.shape), &mut |s, e| {
+            let idx = s.delin(e, &ty.shape)?;
+            let x = s.compute(v, &idx)?;
+            let p = s.slot_ptr_at(slot, ty.dtype, &idx, &ty.shape)?;
+            s.store_ptr(p, ty.dtype, x)
+        })?;
+    }
+    em.barrier()?;
+    // Reads after the barrier see the slot anew.
+    em.memo.clear();
+    Ok(())
+}
+
+/// Copies held tile `v` into its stage as bf16 where it is a `dot`
+/// operand: each lane its pairs of neighbouring columns, between barriers.
+fn stage_held<'ctx>(em: &mut Em<'ctx, '_>, rp: &RowsPlan, ln: &Lanes<'ctx>, v: TValue) -> R<()> {
+    let Some(st) = rp.stages.get(&v.0).copied() else { return Ok(()) };
+    if hold_of(rp, v) != Hold::Frag {
+        return Ok(());
+    }
+    let shape = em.k.ty(v).shape.clone();
+    em.barrier()?;
+    let pos = ln.positions(em, Hold::Frag, &shape)?;
+    for pair in pos.chunks(2) {
+        let [p0, p1] = pair else { return super::fail("an odd number of positions") };
+        let x0 = fv(em.elem(v, p0)?)?;
+        let x1 = fv(em.elem(v, p1)?)?;
+        let packed = em.pack_bf16(x0, x1)?;
+        let off = em.b.build_int_mul(p0[0], em.i32c(st.stride as i64), "")?;
+        let off = em.b.build_int_add(off, em.b.build_int_mul(p0[1], em.i32c(2), "")?, "")?;
+        let off = em.b.build_int_add(off, em.i32c(st.offset as i64), "")?;
+        // SAFETY: the stage lies inside the shared array the plan sized.
+        let p = unsafe { em.b.build_in_bounds_gep(em.cx.i8_type(), em.smem, &[off], "")? };
+        em.b.build_store(p, packed)?.set_alignment(4).map_err(|e| align_err(&e))?;
+    }
+    em.barrier()
 }
 
 /// Computes held `v` at each of this lane's positions.
@@ -1103,21 +1501,30 @@ fn ldmatrix<'ctx>(em: &mut Em<'ctx, '_>, off: IntValue<'ctx>, trans: bool) -> R<
     Ok(out)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn dot<'ctx>(
-    em: &mut Em<'ctx, '_>,
-    rp: &RowsPlan,
-    ln: &Lanes<'ctx>,
-    v: TValue,
+/// A `dot`'s operands.
+#[derive(Clone, Copy)]
+struct Operands {
     a: TValue,
     b: TValue,
     acc: Option<TValue>,
+    trans_a: bool,
     trans_b: bool,
-) -> R<()> {
+}
+
+/// The shared byte offset a staged operand is read from now: the current
+/// buffer of a pipelined stage, else the stage.
+fn stage_at<'ctx>(em: &Em<'ctx, '_>, ln: &Lanes<'ctx>, v: TValue, st: &Stage) -> IntValue<'ctx> {
+    ln.stage_base.borrow().get(&v.0).copied().unwrap_or_else(|| em.i32c(st.offset as i64))
+}
+
+fn dot<'ctx>(em: &mut Em<'ctx, '_>, rp: &RowsPlan, ln: &Lanes<'ctx>, v: TValue, o: Operands) -> R<()> {
+    let Operands { a, b, acc, trans_a, trans_b } = o;
     let Some(st) = rp.stages.get(&b.0).copied() else { return super::fail("the right operand is not staged") };
-    let n = em.k.ty(v).shape[1];
-    let kdim = em.k.ty(a).shape[1];
-    let pos = ln.positions(em, Hold::Frag, &[rp.m, n])?;
+    let [mrows, n] = em.k.ty(v).shape[..] else { return super::fail("a dot result that is not 2-D") };
+    let kdim = if trans_a { em.k.ty(a).shape[0] } else { em.k.ty(a).shape[1] };
+    let tiles = (mrows / rp.unit()) as usize;
+    let rows = ln.rows_of(mrows)?.to_vec();
+    let pos = ln.positions(em, Hold::Frag, &[mrows, n])?;
     let mut accs: Vec<FloatValue<'ctx>> = Vec::with_capacity(pos.len());
     for p in &pos {
         accs.push(match acc {
@@ -1140,26 +1547,37 @@ fn dot<'ctx>(
     let col = b_.build_int_mul(col_sel, em.i32c(8), "")?;
     let base = b_.build_int_mul(row, em.i32c(st.stride as i64), "")?;
     let base = b_.build_int_add(base, b_.build_int_mul(col, em.i32c(2), "")?, "")?;
-    let stage_at = ln.stage_base.borrow().get(&b.0).copied().unwrap_or_else(|| em.i32c(st.offset as i64));
-    let base = em.b.build_int_add(base, stage_at, "")?;
-    // A staged left operand: matrices (rows lo, k lo), (rows hi, k lo),
-    // (rows lo, k hi), (rows hi, k hi) of each of the warp's `m16` tiles.
-    let tiles = rp.tiles as usize;
-    let a_bases = match (hold_of(rp, a), rp.stages.get(&a.0)) {
-        (Hold::StagedA, Some(sa)) => {
-            let r = em.b.build_int_mul(ln.warp, em.i32c(16 * tiles as i64), "")?;
-            let r = em.b.build_int_add(r, lr, "")?;
-            let r = em.b.build_int_add(r, em.b.build_int_mul(q_lo, em.i32c(8), "")?, "")?;
-            let at = em.b.build_int_mul(r, em.i32c(sa.stride as i64), "")?;
-            let at = em.b.build_int_add(at, em.b.build_int_mul(q_hi, em.i32c(16), "")?, "")?;
-            let at = em.b.build_int_add(at, em.i32c(sa.offset as i64), "")?;
+    let base = em.b.build_int_add(base, stage_at(em, ln, b, &st), "")?;
+    // A staged left operand, the matrices of each of the warp's `m16` tiles
+    // (its first row `r0`): untransposed ([M, K]), (rows lo, k lo), (rows hi,
+    // k lo), (rows lo, k hi), (rows hi, k hi); transposed (the stage holds
+    // [K, M]), the same matrices read transposed: (k lo, r0), (k lo, r0 + 8),
+    // (k hi, r0), (k hi, r0 + 8). Each k step moves 16 columns (32 bytes)
+    // or 16 rows of the stage.
+    let staged_a = hold_of(rp, a) == Hold::StagedA || trans_a;
+    let a_bases = match (staged_a, rp.stages.get(&a.0)) {
+        (true, Some(sa)) => {
+            let r0 = em.b.build_int_mul(ln.warp, em.i32c(16 * tiles as i64), "")?;
+            let (srow, scol) = if trans_a {
+                let srow = em.b.build_int_add(lr, em.b.build_int_mul(q_hi, em.i32c(8), "")?, "")?;
+                let scol = em.b.build_int_add(r0, em.b.build_int_mul(q_lo, em.i32c(8), "")?, "")?;
+                (srow, scol)
+            } else {
+                let srow = em.b.build_int_add(r0, lr, "")?;
+                let srow = em.b.build_int_add(srow, em.b.build_int_mul(q_lo, em.i32c(8), "")?, "")?;
+                (srow, em.b.build_int_mul(q_hi, em.i32c(8), "")?)
+            };
+            let at = em.b.build_int_mul(srow, em.i32c(sa.stride as i64), "")?;
+            let at = em.b.build_int_add(at, em.b.build_int_mul(scol, em.i32c(2), "")?, "")?;
+            let at = em.b.build_int_add(at, stage_at(em, ln, a, sa), "")?;
             let mut bases = vec![at];
-            for i in 1..tiles {
-                bases.push(em.b.build_int_add(at, em.i32c((16 * i as u32 * sa.stride) as i64), "")?);
+            for i in 1..tiles as u32 {
+                let step = if trans_a { 32 * i } else { 16 * i * sa.stride };
+                bases.push(em.b.build_int_add(at, em.i32c(step as i64), "")?);
             }
-            Some(bases)
+            Some((bases, sa.stride))
         }
-        (Hold::StagedA, None) => return super::fail("a staged left operand without a stage"),
+        (true, None) => return super::fail("a staged left operand without a stage"),
         _ => None,
     };
     for kk in 0..(kdim / 16) as usize {
@@ -1169,13 +1587,14 @@ fn dot<'ctx>(
         // The left fragments of each `m16` tile.
         let mut afr: Vec<Vec<IntValue<'ctx>>> = vec![vec![]; tiles];
         for (i, frag) in afr.iter_mut().enumerate() {
-            if let Some(bases) = &a_bases {
-                let off = em.b.build_int_add(bases[i], em.i32c(32 * kk as i64), "")?;
-                frag.extend(ldmatrix(em, off, false)?);
+            if let Some((bases, stride)) = &a_bases {
+                let step = if trans_a { 16 * kk as u32 * stride } else { 32 * kk as u32 };
+                let off = em.b.build_int_add(bases[i], em.i32c(step as i64), "")?;
+                frag.extend(ldmatrix(em, off, trans_a)?);
                 continue;
             }
             for cols in [lo, hi] {
-                for r in &ln.rows[2 * i..2 * i + 2] {
+                for r in &rows[2 * i..2 * i + 2] {
                     if hold_of(rp, a) == Hold::PackedA {
                         match em.held.get(&super::elem_key(a, &[*r, cols[0]])) {
                             Some(x) => frag.push(iv(*x)?),
@@ -1212,6 +1631,7 @@ fn dot<'ctx>(
     Ok(())
 }
 
+
 fn shfl_bfly<'ctx>(em: &mut Em<'ctx, '_>, x: FloatValue<'ctx>, mask: i64) -> R<FloatValue<'ctx>> {
     let i32t: BasicTypeEnum = em.cx.i32_type().into();
     let f32t: BasicTypeEnum = em.cx.f32_type().into();
@@ -1235,7 +1655,8 @@ fn reduce<'ctx>(em: &mut Em<'ctx, '_>, ln: &Lanes<'ctx>, v: TValue, func: Reduce
             _ => Ok(em.b.build_float_add(a, b, "")?),
         }
     };
-    for r in ln.rows.iter().copied() {
+    let rows = ln.rows_of(em.k.ty(x).shape[0])?.to_vec();
+    for r in rows {
         let mut acc = em.f32c(match func {
             ReduceFn::Max => f64::NEG_INFINITY,
             ReduceFn::Min => f64::INFINITY,
@@ -1390,6 +1811,9 @@ fn for_<'ctx>(em: &mut Em<'ctx, '_>, rp: &RowsPlan, ln: &Lanes<'ctx>, s: &Stmt) 
             }
             parity = Some(other);
         }
+        for a in &carried {
+            stage_held(em, rp, ln, *a)?;
+        }
         block(em, rp, ln, body)?;
         let mut next = vec![];
         for (y, ps) in body.yields.iter().zip(&places) {
@@ -1421,6 +1845,9 @@ fn for_<'ctx>(em: &mut Em<'ctx, '_>, rp: &RowsPlan, ln: &Lanes<'ctx>, s: &Stmt) 
             bind(em, rp, *r, p, *x);
             i += 1;
         }
+    }
+    for r in &s.results {
+        stage_held(em, rp, ln, *r)?;
     }
     Ok(())
 }
