@@ -32,7 +32,7 @@ LLVM_SYS_221_PREFIX="$PWD/scripts/llvm-static" CARGO_TARGET_DIR="${STATIC_TARGET
   cargo build --release --features cuda
 strip -o "$out/mixc" "${STATIC_TARGET:-target/static}/release/mixc"
 xz -T0 -6 -f "$out/mixc"
-cp bench/gpu/check.sh bench/gpu/bench.sh bench/gpu/tiers.sh bench/gpu/variants.sh bench/gpu/model.sh bench/gpu/fla.sh bench/gpu/cublas.sh "$out/"
+cp bench/gpu/check.sh bench/gpu/bench.sh bench/gpu/tiers.sh bench/gpu/recurrences.sh bench/gpu/variants.sh bench/gpu/model.sh bench/gpu/fla.sh bench/gpu/cublas.sh "$out/"
 cp ../shared/anchors/gpu_anchor_bench.py ../shared/anchors/gpu_model_bench.py "$out/anchors/" 2>/dev/null || true
 cp .whl/*.whl "$out/anchors/" 2>/dev/null || true
 du -sh "$out"

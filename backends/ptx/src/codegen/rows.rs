@@ -1059,12 +1059,36 @@ fn reads_outside(defs: &Defs, a: &Analysis, v: TValue, iv: TValue) -> bool {
     if v == iv || !a.def_loops[v.index()].contains(&iv) {
         return true;
     }
-    if a.hold[v.index()] != Hold::Lazy {
+    // Lazy values, and scalars of the iteration (a row offset), which the
+    // copies compute again for the iteration they copy for.
+    if !matches!(a.hold[v.index()], Hold::Lazy | Hold::Scalar) {
         return false;
     }
     match defs.op(v) {
+        Some(TOp::Load { .. }) if a.hold[v.index()] == Hold::Scalar => false,
         Some(op) => op.operands().iter().all(|x| reads_outside(defs, a, *x, iv)),
         None => false,
+    }
+}
+
+/// The scalars computed by statements that evaluating `v` reads (through
+/// lazy values), in order of definition: a copy for another iteration
+/// computes them again.
+fn scalars_read(em: &Em<'_, '_>, rp: &RowsPlan, v: TValue, out: &mut Vec<TValue>) {
+    let Some(op) = em.defs.op(v) else { return };
+    match hold_of(rp, v) {
+        Hold::Scalar if !out.contains(&v) => {
+            for x in op.operands() {
+                scalars_read(em, rp, x, out);
+            }
+            out.push(v);
+        }
+        Hold::Lazy => {
+            for x in op.operands() {
+                scalars_read(em, rp, x, out);
+            }
+        }
+        _ => {}
     }
 }
 
@@ -1889,6 +1913,18 @@ fn prefetch<'ctx>(
     let saved = em.regs.get(iv_value.index()).copied().flatten();
     em.set(iv_value, at.into());
     em.memo.clear();
+    // The scalars the addresses read, for iteration `at` (before the loop,
+    // those of its body have no value yet).
+    let mut scalars = vec![];
+    scalars_read(em, rp, offsets, &mut scalars);
+    if let Some(m) = mask {
+        scalars_read(em, rp, m, &mut scalars);
+    }
+    let kept: Vec<_> = scalars.iter().map(|x| em.regs.get(x.index()).copied().flatten()).collect();
+    for x in &scalars {
+        let value = em.compute(*x, &[])?;
+        em.set(*x, value);
+    }
     let i32t: BasicTypeEnum = em.cx.i32_type().into();
     let sptr: BasicTypeEnum = em.cx.ptr_type(AddressSpace::from(3u16)).into();
     let gptr: BasicTypeEnum = em.cx.ptr_type(AddressSpace::from(1u16)).into();
@@ -1919,6 +1955,11 @@ fn prefetch<'ctx>(
     })?;
     if let Some(r) = em.regs.get_mut(iv_value.index()) {
         *r = saved;
+    }
+    for (x, old) in scalars.iter().zip(kept) {
+        if let Some(r) = em.regs.get_mut(x.index()) {
+            *r = old;
+        }
     }
     em.memo.clear();
     Ok(())
