@@ -426,9 +426,22 @@ impl<'ctx> Em<'ctx, '_> {
         }
     }
 
+    /// A CTA barrier; none where the last instruction is already one (two
+    /// in a row order nothing more than one).
     fn barrier(&mut self) -> R<()> {
         let i32t: BasicTypeEnum = self.cx.i32_type().into();
         let f = self.func("llvm.nvvm.barrier.cta.sync.aligned.all", None, &[i32t]);
+        let last = self.b.get_insert_block().and_then(|bb| bb.get_last_instruction());
+        let repeated = last.is_some_and(|i| {
+            i.get_opcode() == inkwell::values::InstructionOpcode::Call
+                && i.get_operand(i.get_num_operands().saturating_sub(1)).and_then(|o| o.value()).is_some_and(|callee| {
+                    callee.as_value_ref() == f.as_global_value().as_pointer_value().as_value_ref()
+                })
+        });
+        if repeated {
+            self.trk = Tracker::default();
+            return Ok(());
+        }
         self.call(f, &[self.i32c(0).into()])?;
         self.trk = Tracker::default();
         Ok(())

@@ -500,7 +500,11 @@ fn chunked_recurrences_take_the_register_tier() {
         // Keys as the right operand of q·kᵀ (untransposed ldmatrix) and as
         // the transposed left operand of kᵀ·v (transposed): both kinds.
         assert!(p.ptx.contains("ldmatrix.sync.aligned.m8n8.x4.trans"), "{id}: no transposed ldmatrix");
-        assert!(p.ptx.contains("ldmatrix.sync.aligned.m8n8.x4.shared") || p.ptx.contains("ldmatrix.sync.aligned.m8n8.x4.b16"), "{id}: no ldmatrix");
+        assert!(
+            p.ptx.contains("ldmatrix.sync.aligned.m8n8.x4.shared")
+                || p.ptx.contains("ldmatrix.sync.aligned.m8n8.x4.b16"),
+            "{id}: no ldmatrix"
+        );
         assert!(p.ptx.contains("mma.sync.aligned.m16n8k16"), "{id}: no bf16 mma");
     }
     check_kernels(fused, "the anchors' fused linear attention and simple GLA", &scheds, "ptx-recurrences", 0.5, bf16);

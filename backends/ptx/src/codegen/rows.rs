@@ -427,7 +427,10 @@ impl Analysis<'_> {
                         return Err(Why::Force(*c));
                     }
                 }
-                if !*trans_a && self.derived[a.index()] && !self.readable(&sa, &shape[..1].iter().chain(&[ka]).copied().collect::<Vec<_>>()) {
+                if !*trans_a
+                    && self.derived[a.index()]
+                    && !self.readable(&sa, &shape[..1].iter().chain(&[ka]).copied().collect::<Vec<_>>())
+                {
                     return Err(Why::Force(*a));
                 }
                 self.max_cols = self.max_cols.max(shape[1]).max(ka);
@@ -767,7 +770,6 @@ fn place_slots(k: &Kernel, a: &Analysis, offset: u32) -> (HashMap<u32, usize>, V
     }
     (map, slots, at)
 }
-
 
 /// Plans `k` with `warp_rows` rows a warp (16, 32, or 0: the backend's
 /// choice); 32 rows stage loop-invariant left operands whatever
@@ -1654,7 +1656,6 @@ fn dot<'ctx>(em: &mut Em<'ctx, '_>, rp: &RowsPlan, ln: &Lanes<'ctx>, v: TValue, 
     }
     Ok(())
 }
-
 
 fn shfl_bfly<'ctx>(em: &mut Em<'ctx, '_>, x: FloatValue<'ctx>, mask: i64) -> R<FloatValue<'ctx>> {
     let i32t: BasicTypeEnum = em.cx.i32_type().into();
