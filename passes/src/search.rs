@@ -18,13 +18,17 @@ pub struct Candidate {
     pub rejected: Option<String>,
 }
 
-/// Value-column blocks tried for recurrences (0: the whole head). Only 0 for
-/// now: on an H200 (B=8, H=16, D=128, T=8192, bf16 tensor-core kernels) value
-/// blocks of 64 and 32 columns ran 1.3–1.6× and 2.5–3× *slower* than the
-/// whole head for every chunked recurrence (bench/RESULTS.md), while this cost
-/// model, which under-prices the recomputed SIMT elementwise work, predicted
-/// them faster. Add 32 and 64 back when the model prices that work right.
-const VALUE_BLOCKS: [u32; 1] = [0];
+/// Value-column blocks tried for recurrences (0: the whole head). On a GPU
+/// the blocked candidates are priced only where every kernel with a `dot`
+/// takes the backend's register tier ([`search_over`]): in the shared-memory
+/// tier, on an H200 (B=8, H=16, D=128, T=8192, bf16 tensor-core kernels),
+/// value blocks of 64 and 32 columns ran 1.3–1.6× and 2.5–3× *slower* than
+/// the whole head for every chunked recurrence (bench/RESULTS.md) while this
+/// cost model predicted them faster; in the register tier, on an H100, linear
+/// attention fused at chunk 64 in blocks of 64 ran 0.97 ms against 2.61 for
+/// the whole head at chunk 32 (a `[128, 128]` state does not fit a warp's
+/// registers, a `[128, 64]` one does).
+const VALUE_BLOCKS: [u32; 3] = [0, 32, 64];
 
 /// Value-column blocks tried for a GPU prefill of few sequences × heads
 /// ([`with_value_blocks`]): there the whole-head programs leave most SMs idle
@@ -169,13 +173,27 @@ pub fn search_over(
         let prog = lower(g, &schedule)?;
         let cost = price_with(&prog, free, dev, resources);
         let worst = cost.kernels.iter().map(|k| k.footprint).max().unwrap_or(0);
-        let rejected = (dev.kind == DeviceKind::Gpu && worst > dev.local_mem).then(|| {
-            format!("needs {} KiB on chip per program, the device has {} KiB", worst / 1024, dev.local_mem / 1024)
-        });
+        let gpu = dev.kind == DeviceKind::Gpu;
+        let rejected = (gpu && worst > dev.local_mem)
+            .then(|| {
+                format!("needs {} KiB on chip per program, the device has {} KiB", worst / 1024, dev.local_mem / 1024)
+            })
+            .or_else(|| {
+                let shared_tier =
+                    |k: &mixc_ir::tile::Kernel| has_dot(k) && !resources(k).is_some_and(|r| r.register_tier);
+                (gpu && schedule.block_v > 0 && prog.kernels.iter().any(shared_tier))
+                    .then(|| "value blocks outside the register tier (measured slower than the whole head)".to_string())
+            });
         out.push(Candidate { schedule, cost, rejected });
     }
     rank(&mut out);
     Ok(out)
+}
+
+fn has_dot(k: &mixc_ir::tile::Kernel) -> bool {
+    let mut found = false;
+    k.walk(&mut |s| found |= matches!(s.op, mixc_ir::tile::TOp::Dot { .. }));
+    found
 }
 
 /// Orders candidates cheapest first, the rejected ones last.

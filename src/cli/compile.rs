@@ -73,7 +73,8 @@ fn flagged_schedule(g: &mixc::NamedGraph, args: &CompileArgs) -> Result<mixc_pas
     };
     let split = base.split || args.split || args.scan;
     let scan = base.scan || args.scan;
-    Ok(mixc_passes::Schedule { split, scan, block_v: args.block_v, storage: args.storage, ..base })
+    let block_v = if args.block_v > 0 { args.block_v } else { base.block_v };
+    Ok(mixc_passes::Schedule { split, scan, block_v, storage: args.storage, ..base })
 }
 
 /// The kernels' resources the search prices with: the GPU backend's plan

@@ -283,8 +283,10 @@ pub struct CompileArgs {
     pub scan: bool,
     /// Value columns per recurrence program (a power of two ≥ 16): one program
     /// per (batch, head, block of N value columns), in the prefill and the
-    /// decode-step programs; default 0: the whole head for the prefill, blocks
-    /// of 64 for GPU decode steps (measured faster).
+    /// decode-step programs; default 0: the schedule's for the prefill (the
+    /// cost model's pick, which on a GPU tries blocks of 32 and 64 where the
+    /// register tier takes every kernel; the whole head for `--chunk N`),
+    /// blocks of 64 for GPU decode steps (measured faster).
     #[arg(long = "block-v", value_name = "N", default_value_t = 0)]
     pub block_v: u32,
     /// Attention's query and key blocks (`QxK`, powers of two, e.g. `128x64`):

@@ -532,6 +532,8 @@ impl Analysis<'_> {
                     Hold::Rows
                 } else if let Some(x) = first_derived {
                     return Err(Why::Force(x));
+                } else if transcendental_line(&s.op, &shape) {
+                    Hold::Shared
                 } else {
                     Hold::Lazy
                 }
@@ -544,6 +546,20 @@ impl Analysis<'_> {
         }
         Ok(())
     }
+}
+
+/// Whether `op` is an `exp`-like function of a line of at most 1024
+/// elements (one dimension not 1): computed once an element into shared
+/// memory ([`Hold::Shared`]) rather than at every read (a chunk's decays
+/// `exp(G)`, read by every column of the keys they scale).
+fn transcendental_line(op: &TOp, shape: &[u32]) -> bool {
+    use UnaryFn::*;
+    let costly = matches!(
+        op,
+        TOp::Unary(Exp | Log | Sigmoid | LogSigmoid | Softplus | Silu | Elu | EluPlusOne | Tanh | Sin | Cos, _)
+    );
+    let numel: u32 = shape.iter().product();
+    costly && !shape.is_empty() && shape.iter().filter(|d| **d != 1).count() <= 1 && numel <= 1024
 }
 
 /// The most rows a held tile may have (a recurrence's state of 256 keys).
@@ -1379,20 +1395,167 @@ fn shared<'ctx>(em: &mut Em<'ctx, '_>, s: &Stmt, v: TValue) -> R<()> {
     let slot = em.slot_of(v)?;
     let ty = em.k.ty(v).clone();
     em.barrier()?;
-    if let TOp::Cumsum { x, axis, reverse, exclusive } = &s.op {
-        em.cumsum(slot, *x, &ty.shape, ty.dtype, *axis as usize, *reverse, *exclusive)?;
-    } else {
-        em.each(super::numel(&ty.shape), &mut |s, e| {
-            let idx = s.delin(e, &ty.shape)?;
-            let x = s.compute(v, &idx)?;
-            let p = s.slot_ptr_at(slot, ty.dtype, &idx, &ty.shape)?;
-            s.store_ptr(p, ty.dtype, x)
-        })?;
+    let n = super::numel(&ty.shape);
+    let float = ty.dtype.is_float();
+    match &s.op {
+        TOp::Cumsum { x, axis, reverse, exclusive }
+            if float && n.is_multiple_of(32) && n <= 1024 && ty.shape.get(*axis as usize) == Some(&n) =>
+        {
+            let line = Line { v, slot, len: n, axis: *axis as usize };
+            warp_cumsum(em, line, *x, *reverse, *exclusive)?;
+        }
+        TOp::Cumsum { x, axis, reverse, exclusive } => {
+            em.cumsum(slot, *x, &ty.shape, ty.dtype, *axis as usize, *reverse, *exclusive)?;
+        }
+        TOp::Reduce { func, x, axis }
+            if n == 1 && float && matches!(func, ReduceFn::Sum | ReduceFn::Max | ReduceFn::Min | ReduceFn::Mean) =>
+        {
+            let len = super::numel(&em.k.ty(*x).shape);
+            let line = Line { v, slot, len, axis: *axis as usize };
+            warp_fold(em, line, *x, *func)?;
+        }
+        _ => {
+            em.each(super::numel(&ty.shape), &mut |s, e| {
+                let idx = s.delin(e, &ty.shape)?;
+                let x = s.compute(v, &idx)?;
+                let p = s.slot_ptr_at(slot, ty.dtype, &idx, &ty.shape)?;
+                s.store_ptr(p, ty.dtype, x)
+            })?;
+        }
     }
     em.barrier()?;
     // Reads after the barrier see the slot anew.
     em.memo.clear();
     Ok(())
+}
+
+/// A [`Hold::Shared`] value computed along one line of `len` elements of
+/// its operand (every other dimension 1), along `axis`.
+#[derive(Clone, Copy)]
+struct Line {
+    v: TValue,
+    slot: usize,
+    len: u32,
+    axis: usize,
+}
+
+impl Line {
+    /// The index of element `e` of the line in a tile of `rank` dims.
+    fn idx<'ctx>(&self, em: &Em<'ctx, '_>, rank: usize, e: IntValue<'ctx>) -> Vec<IntValue<'ctx>> {
+        (0..rank).map(|d| if d == self.axis { e } else { em.i32c(0) }).collect()
+    }
+}
+
+/// Runs `body` in the first warp only (lane = `tid`).
+fn first_warp<'ctx>(em: &mut Em<'ctx, '_>, body: &mut dyn FnMut(&mut Em<'ctx, '_>) -> R<()>) -> R<()> {
+    let inside = em.icmp(IntPredicate::ULT, em.tid, em.i32c(32))?;
+    let (then, done) = (em.bb("warp0"), em.bb("warp0_done"));
+    em.b.build_conditional_branch(inside, then, done)?;
+    em.b.position_at_end(then);
+    em.memo.clear();
+    body(em)?;
+    em.b.build_unconditional_branch(done)?;
+    em.b.position_at_end(done);
+    em.memo.clear();
+    Ok(())
+}
+
+/// A `cumsum` along one line of `len` (a multiple of 32, ≤ 1024) elements
+/// by the first warp: each lane scans `len / 32` neighbours, the lanes'
+/// totals are scanned with `shfl.up` (five steps), and each lane adds the
+/// sum of the lanes before it — instead of one thread walking the line
+/// (a chunk's 64 decays were 64 dependent steps, each a load).
+fn warp_cumsum<'ctx>(em: &mut Em<'ctx, '_>, line: Line, x: TValue, reverse: bool, exclusive: bool) -> R<()> {
+    let ty = em.k.ty(line.v).clone();
+    let rank = ty.shape.len();
+    let per = line.len / 32;
+    first_warp(em, &mut |em| {
+        let lane = em.tid;
+        let first = em.b.build_int_mul(lane, em.i32c(per as i64), "")?;
+        let (mut run, mut xs, mut runs, mut at) = (em.f32c(0.0), vec![], vec![], vec![]);
+        for j in 0..per {
+            let s = em.b.build_int_add(first, em.i32c(j as i64), "")?;
+            let e = if reverse { em.b.build_int_sub(em.i32c(line.len as i64 - 1), s, "")? } else { s };
+            let idx = line.idx(em, rank, e);
+            let xv = fv(em.elem(x, &idx)?)?;
+            run = em.b.build_float_add(run, xv, "")?;
+            xs.push(xv);
+            runs.push(run);
+            at.push(idx);
+        }
+        let mut total = run;
+        for off in [1, 2, 4, 8, 16] {
+            let up = shfl_up(em, total, off)?;
+            let take = em.icmp(IntPredicate::UGE, lane, em.i32c(off))?;
+            let add = em.b.build_select(take, up, em.f32c(0.0), "")?.into_float_value();
+            total = em.b.build_float_add(total, add, "")?;
+        }
+        let before = em.b.build_float_sub(total, run, "")?;
+        for ((xv, r), idx) in xs.iter().zip(&runs).zip(&at) {
+            let incl = em.b.build_float_add(before, *r, "")?;
+            let out = if exclusive { em.b.build_float_sub(incl, *xv, "")? } else { incl };
+            let out = em.round_float(ty.dtype, out)?;
+            let p = em.slot_ptr_at(line.slot, ty.dtype, idx, &ty.shape)?;
+            em.store_ptr(p, ty.dtype, out.into())?;
+        }
+        Ok(())
+    })
+}
+
+/// A reduction of one line of `len` elements to a single one by the first
+/// warp: each lane folds every 32nd element, then butterfly shuffles.
+fn warp_fold<'ctx>(em: &mut Em<'ctx, '_>, line: Line, x: TValue, func: ReduceFn) -> R<()> {
+    let ty = em.k.ty(line.v).clone();
+    let rank = em.k.ty(x).shape.len();
+    let identity = match func {
+        ReduceFn::Max => f64::NEG_INFINITY,
+        ReduceFn::Min => f64::INFINITY,
+        _ => 0.0,
+    };
+    let combine = |em: &mut Em<'ctx, '_>, a: FloatValue<'ctx>, b: FloatValue<'ctx>| -> R<FloatValue<'ctx>> {
+        match func {
+            ReduceFn::Max => em.call_f("llvm.maxnum.f32", &[a, b]),
+            ReduceFn::Min => em.call_f("llvm.minnum.f32", &[a, b]),
+            _ => Ok(em.b.build_float_add(a, b, "")?),
+        }
+    };
+    first_warp(em, &mut |em| {
+        let lane = em.tid;
+        let mut acc = em.f32c(identity);
+        for j in 0..line.len.div_ceil(32) {
+            let e = em.b.build_int_add(lane, em.i32c(32 * j as i64), "")?;
+            // Past the end: read element 0, fold the identity.
+            let inside = em.icmp(IntPredicate::ULT, e, em.i32c(line.len as i64))?;
+            let safe = em.b.build_select(inside, e, em.i32c(0), "")?.into_int_value();
+            let idx = line.idx(em, rank, safe);
+            let xv = fv(em.elem(x, &idx)?)?;
+            let xv = em.b.build_select(inside, xv, em.f32c(identity), "")?.into_float_value();
+            acc = combine(em, acc, xv)?;
+        }
+        for m in [16, 8, 4, 2, 1] {
+            let o = shfl_bfly(em, acc, m)?;
+            acc = combine(em, acc, o)?;
+        }
+        if func == ReduceFn::Mean {
+            acc = em.b.build_float_div(acc, em.f32c(line.len.max(1) as f64), "")?;
+        }
+        let acc = em.round_float(ty.dtype, acc)?;
+        let zero = vec![em.i32c(0); ty.shape.len()];
+        let p = em.slot_ptr_at(line.slot, ty.dtype, &zero, &ty.shape)?;
+        // Every lane holds the result; they store the same value.
+        em.store_ptr(p, ty.dtype, acc.into())
+    })
+}
+
+fn shfl_up<'ctx>(em: &mut Em<'ctx, '_>, x: FloatValue<'ctx>, delta: i64) -> R<FloatValue<'ctx>> {
+    let i32t: BasicTypeEnum = em.cx.i32_type().into();
+    let f32t: BasicTypeEnum = em.cx.f32_type().into();
+    let f = em.func("llvm.nvvm.shfl.sync.up.f32", Some(f32t), &[i32t, f32t, i32t, i32t]);
+    let args = [em.i32c(-1).into(), x.into(), em.i32c(delta).into(), em.i32c(0).into()];
+    match em.call(f, &args)? {
+        Some(v) => fv(v),
+        None => super::fail("shfl returned nothing"),
+    }
 }
 
 /// Copies held tile `v` into its stage as bf16 where it is a `dot`
