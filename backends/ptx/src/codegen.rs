@@ -150,6 +150,7 @@ fn compile_tier(k: &Kernel, target: Target, opts: Options, rows: Option<&rows::R
         opts,
         memo: HashMap::new(),
         held: HashMap::new(),
+        staged: HashMap::new(),
     };
     em.tid = em.sreg("tid.x").map_err(|e| named(e, &k.name, "entry"))?;
     if plan.scratch_bytes > 0 {
@@ -330,6 +331,11 @@ struct Em<'ctx, 'a> {
     memo: HashMap<(u32, Vec<usize>), BasicValueEnum<'ctx>>,
     /// The register tier's held elements, by value and index (see `rows.rs`).
     held: HashMap<(u32, Vec<usize>), BasicValueEnum<'ctx>>,
+    /// Loads of bf16 memory whose shared-memory stage holds exactly what they
+    /// read (the register tier's staged `dot` operands): their other reads
+    /// come from the stage, not memory. By value: the stage's byte offset now
+    /// and its row stride.
+    staged: HashMap<u32, (IntValue<'ctx>, u32)>,
 }
 
 /// The key of element `idx` of `v` in [`Em::memo`] and [`Em::held`]: the
@@ -813,6 +819,17 @@ impl<'ctx> Em<'ctx, '_> {
             return Ok(*x);
         }
         let ty = self.k.ty(v).clone();
+        if let (Some((base, stride)), [row, col]) = (self.staged.get(&v.0).copied(), idx) {
+            let off = self.b.build_int_mul(*row, self.i32c(stride as i64), "")?;
+            let off = self.b.build_int_add(off, self.b.build_int_mul(*col, self.i32c(2), "")?, "")?;
+            let off = self.b.build_int_add(off, base, "")?;
+            // SAFETY: inside the stage the register tier's plan sized.
+            let p = unsafe { self.b.build_in_bounds_gep(self.cx.i8_type(), self.smem, &[off], "")? };
+            let h = self.b.build_load(self.cx.bf16_type(), p, "")?.into_float_value();
+            let x: BasicValueEnum = self.b.build_float_ext(h, self.cx.f32_type(), "")?.into();
+            self.memo.insert(key, x);
+            return Ok(x);
+        }
         let x = match self.plan.repr.get(v.index()) {
             Some(Repr::Scalar) => match self.regs.get(v.index()).copied().flatten() {
                 Some(x) => x,

@@ -414,7 +414,11 @@ impl Analysis<'_> {
                 if ma != shape[0] || !ka.is_multiple_of(16) {
                     return Err(format!("`dot` %{}: left operand {:?} for a result {:?}", v.0, sa, shape).into());
                 }
-                if *trans_a {
+                // A left operand no lane holds (the scaled queries, read
+                // again from memory at every use) is staged once and read
+                // with `ldmatrix`, as a transposed one always is.
+                let unheld = matches!(self.hold[a.index()], Hold::Lazy | Hold::Staged) && !self.derived[a.index()];
+                if *trans_a || (unheld && sa[1].is_multiple_of(16)) {
                     self.stage_operand(*a)?;
                 }
                 self.stage_operand(*b)?;
@@ -749,11 +753,12 @@ fn recurrence_form(k: &Kernel, defs: &Defs, a: &Analysis, m: u32) -> bool {
 const MIN_RECURRENCE_ROWS: u32 = 64;
 
 /// The most elements a lane of a recurrence's kernel may hold at once
-/// ([`peak_elements`]): the anchors' (`Dk = Dv = 128`) simple GLA and
-/// linear attention at chunk 64 peak at 80–128 in value blocks of 32 or 64
-/// and assemble without spills, simple GLA at 192 spills 48 bytes, chunk 32
-/// in blocks of 64 (256, 384) spills 200–300.
-const MAX_RECURRENCE_PEAK: u32 = 160;
+/// ([`peak_elements`]): the anchors' (`Dk = Dv = 128`) linear attention and
+/// simple GLA at chunk 64 peak at 80–96 in value blocks of 32 and at
+/// 128–192 in blocks of 64, and assemble without spills (simple GLA at 192:
+/// 239 registers); at chunk 128 on the whole head both peak at 192 and
+/// spill 4–8 bytes; at chunk 32 in blocks of 64 (256, 384) 200–300 bytes.
+const MAX_RECURRENCE_PEAK: u32 = 192;
 
 /// The most elements of a value the register tier materializes in shared
 /// memory ([`Hold::Shared`]).
@@ -1360,7 +1365,11 @@ fn stmt<'ctx>(em: &mut Em<'ctx, '_>, rp: &RowsPlan, ln: &Lanes<'ctx>, s: &Stmt) 
         }
         Hold::Shared => shared(em, s, v),
         Hold::Staged if pipelined(rp, v) => Ok(()),
-        Hold::Staged | Hold::StagedA => stage(em, rp, v),
+        Hold::Staged => {
+            stage(em, rp, v)?;
+            read_from_stage(em, rp, v, None)
+        }
+        Hold::StagedA => stage(em, rp, v),
         Hold::PackedA => {
             let pos = ln.positions(em, Hold::Frag, &shape)?;
             for pair in pos.chunks(2) {
@@ -1646,6 +1655,20 @@ fn exp2_fused<'ctx>(
     Ok(())
 }
 
+/// Where staged load `v` reads bf16 memory, its stage (at `at`, else its
+/// place) holds exactly what it loads: its elementwise reads (simple GLA's
+/// decayed keys) take the stage instead of memory.
+fn read_from_stage<'ctx>(em: &mut Em<'ctx, '_>, rp: &RowsPlan, v: TValue, at: Option<IntValue<'ctx>>) -> R<()> {
+    let Some(TOp::Load { ptr, .. }) = em.defs.op(v) else { return Ok(()) };
+    let Some(st) = rp.stages.get(&v.0).copied() else { return Ok(()) };
+    if em.param_dtype(ptr.index())? != DType::BF16 || st.raw.is_some() || em.k.ty(v).shape.len() != 2 {
+        return Ok(());
+    }
+    let at = at.unwrap_or_else(|| em.i32c(st.offset as i64));
+    em.staged.insert(v.0, (at, st.stride));
+    Ok(())
+}
+
 /// Copies a load into its shared-memory stage as bf16, all threads, between barriers.
 fn stage(em: &mut Em<'_, '_>, rp: &RowsPlan, v: TValue) -> R<()> {
     let Some(st) = rp.stages.get(&v.0).copied() else { return super::fail("a staged load without a stage") };
@@ -1743,7 +1766,7 @@ fn dot<'ctx>(em: &mut Em<'ctx, '_>, rp: &RowsPlan, ln: &Lanes<'ctx>, v: TValue, 
     // [K, M]), the same matrices read transposed: (k lo, r0), (k lo, r0 + 8),
     // (k hi, r0), (k hi, r0 + 8). Each k step moves 16 columns (32 bytes)
     // or 16 rows of the stage.
-    let staged_a = hold_of(rp, a) == Hold::StagedA || trans_a;
+    let staged_a = matches!(hold_of(rp, a), Hold::StagedA | Hold::Staged) || trans_a;
     let a_bases = match (staged_a, rp.stages.get(&a.0)) {
         (true, Some(sa)) => {
             let r0 = em.b.build_int_mul(ln.warp, em.i32c(16 * tiles as i64), "")?;
@@ -1993,6 +2016,7 @@ fn for_<'ctx>(em: &mut Em<'ctx, '_>, rp: &RowsPlan, ln: &Lanes<'ctx>, s: &Stmt) 
                 let shift = em.b.build_int_mul(par, em.i32c(st.bytes as i64), "")?;
                 let at = em.b.build_int_add(shift, em.i32c(st.offset as i64), "")?;
                 ln.stage_base.borrow_mut().insert(v.0, at);
+                read_from_stage(em, rp, *v, Some(at))?;
             }
             if widened {
                 em.barrier()?;
@@ -2024,6 +2048,7 @@ fn for_<'ctx>(em: &mut Em<'ctx, '_>, rp: &RowsPlan, ln: &Lanes<'ctx>, s: &Stmt) 
         em.barrier()?;
         for v in &pipes {
             ln.stage_base.borrow_mut().remove(&v.0);
+            em.staged.remove(&v.0);
         }
     }
     let mut i = 0;
