@@ -488,6 +488,13 @@ fn chunked_recurrences_take_the_register_tier() {
         .filter(|(id, k)| k.name == "o_fused" && (id.contains("/linear_attn/") || id.contains("/simple_gla/")))
         .collect();
     assert_eq!(fused.len(), 4, "{:?}", fused.iter().map(|f| &f.0).collect::<Vec<_>>());
+    // Simple GLA in blocks of 64 holds too much at once (it spilled 48
+    // bytes): the shared-memory tier, saying why.
+    let (wide, fused): (Vec<_>, Vec<_>) = fused.into_iter().partition(|(id, _)| id.contains("/simple_gla/c64v64/"));
+    for (id, k) in &wide {
+        let why = mixc_backend_ptx::register_tier(k, Matmul::Bf16).expect_err("simple GLA in blocks of 64");
+        assert!(why.contains("held tiles reach"), "{id}: {why}");
+    }
     // At chunk 32 two warps would hold the state (a lane's peak of 256–384
     // elements spilled 200–300 bytes): the shared-memory tier, saying why.
     let wide = [("c32v64", Schedule { block_v: 64, ..Schedule::with_chunk(32) })];

@@ -414,11 +414,13 @@ impl Analysis<'_> {
                 if ma != shape[0] || !ka.is_multiple_of(16) {
                     return Err(format!("`dot` %{}: left operand {:?} for a result {:?}", v.0, sa, shape).into());
                 }
-                // A left operand no lane holds (the scaled queries, read
-                // again from memory at every use) is staged once and read
-                // with `ldmatrix`, as a transposed one always is.
-                let unheld = matches!(self.hold[a.index()], Hold::Lazy | Hold::Staged) && !self.derived[a.index()];
-                if *trans_a || (unheld && sa[1].is_multiple_of(16)) {
+                // A left operand no lane holds (the scaled queries) is read
+                // at the lane's positions where used: staging it once for
+                // `ldmatrix` measured 1.6× slower on an H100 (linear
+                // attention, chunk 64 in blocks of 64: 1.55 ms against
+                // 0.97), the copy by all threads and its barriers costing
+                // more than the reads they save.
+                if *trans_a {
                     self.stage_operand(*a)?;
                 }
                 self.stage_operand(*b)?;
@@ -754,11 +756,13 @@ const MIN_RECURRENCE_ROWS: u32 = 64;
 
 /// The most elements a lane of a recurrence's kernel may hold at once
 /// ([`peak_elements`]): the anchors' (`Dk = Dv = 128`) linear attention and
-/// simple GLA at chunk 64 peak at 80–96 in value blocks of 32 and at
-/// 128–192 in blocks of 64, and assemble without spills (simple GLA at 192:
-/// 239 registers); at chunk 128 on the whole head both peak at 192 and
-/// spill 4–8 bytes; at chunk 32 in blocks of 64 (256, 384) 200–300 bytes.
-const MAX_RECURRENCE_PEAK: u32 = 192;
+/// simple GLA at chunk 64 peak at 80–96 in value blocks of 32 and linear
+/// attention at 128 in blocks of 64, and assemble without spills; simple
+/// GLA in blocks of 64 (192) spilled 48 bytes, both at chunk 128 on the
+/// whole head (192) 4–8 bytes and ran slower than in blocks of 64 (H100:
+/// linear attention 1.29 ms against 0.97), at chunk 32 in blocks of 64
+/// (256, 384) 200–300 bytes.
+const MAX_RECURRENCE_PEAK: u32 = 160;
 
 /// The most elements of a value the register tier materializes in shared
 /// memory ([`Hold::Shared`]).
