@@ -13,7 +13,8 @@
 #      `QxK:N:W`: and W rows a warp, `--warp-rows`; BLOCKS takes the same);
 #   3. the schedule sweep of attention (bf16 dots and storage) at B=8, T=8192;
 #   4. SDPA at the same sizes (`anchors/gpu_anchor_bench.py --phases sdpa`).
-#   5. (PARTS=ncu) one attention launch under Nsight Compute;
+#   5. (PARTS=ncu) one attention launch under Nsight Compute (NCU_KERNEL: another
+#      kernel of the anchors, e.g. NCU_KERNEL=o_fused NCU_MIXER=linear_attn);
 #   6. (PARTS=decode) attention decode steps at SDPA's decode sizes
 #      (SDPA_PHASES=env,ceil,sdpa,sdpa_dec times SDPA's).
 #   7. (PARTS=sanitize) compute-sanitizer memcheck over gpu-check of the
@@ -86,11 +87,11 @@ if [[ $parts == *ncu* ]] && [ -x /usr/local/cuda/bin/ncu ]; then
   b="$d/ncu"
   ./mixc compile "$models/bench/anchors.toml" --target sm_90 --matmul bf16 --storage bf16 \
     --attention-blocks "${NCU_BLOCKS:-128x64}" -o "$b" >/dev/null
-  /usr/local/cuda/bin/ncu --kernel-name flash_attention --launch-skip 3 --launch-count 1 \
+  /usr/local/cuda/bin/ncu --kernel-name "${NCU_KERNEL:-flash_attention}" --launch-skip 3 --launch-count 1 \
     --section SpeedOfLight --section WarpStateStats --section InstructionStats --section Occupancy \
     --section LaunchStats --section SchedulerStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
     ./mixc bench "$models/bench/anchors.toml" --target cuda --kernels "$b" --mode prefill --runs 1 \
-    --sizes "${NCU_SIZES:-B=8,H=16,T=2048}" --mixer attention > "$out/ncu.txt" 2>&1
+    --sizes "${NCU_SIZES:-B=8,H=16,T=2048}" --mixer "${NCU_MIXER:-attention}" > "$out/ncu.txt" 2>&1
   grep -E "Duration|Registers|Achieved Occupancy|Stall|Issue Slots|Executed Ipc|Warp Cycles|Throughput" "$out/ncu.txt" | head -40
 fi
 if [[ $parts == *sdpa* ]] && [ -f anchors/gpu_anchor_bench.py ]; then
