@@ -8,7 +8,9 @@ use mixc_ir::graph::Graph;
 use mixc_ir::tile::{Kernel, Program};
 use mixc_passes::cost::KernelResources;
 use mixc_passes::device::{DeviceKind, DeviceProfile};
-use mixc_passes::search::{enumerate, rank, search_over, with_value_blocks, Candidate, NARROW_VALUE_BLOCKS};
+use mixc_passes::search::{
+    enumerate, rank, search_blocks_in_registers, search_over, with_value_blocks, Candidate, NARROW_VALUE_BLOCKS,
+};
 use mixc_passes::LowerError;
 use mixc_passes::Schedule;
 use std::collections::BTreeMap;
@@ -132,7 +134,7 @@ pub fn candidates_at(
     storage: mixc_passes::Storage,
 ) -> Result<Vec<Candidate>, LowerError> {
     let all = enumerate(graph, dev.kind).into_iter().map(|s| Schedule { storage, ..s }).collect();
-    let mut cands = search_over(graph, all, free, dev, resources)?;
+    let mut cands = search_blocks_in_registers(graph, all, free, dev, resources)?;
     let seq_heads = free.get("B").copied().unwrap_or(1) * free.get("H").copied().unwrap_or_else(|| fixed_heads(graph));
     if dev.kind == DeviceKind::Gpu && seq_heads <= NARROW_PREFILL_SEQ_HEADS as u64 {
         let narrow = with_value_blocks(graph, dev.kind, &NARROW_VALUE_BLOCKS, storage);

@@ -18,8 +18,8 @@ pub struct Candidate {
     pub rejected: Option<String>,
 }
 
-/// Value-column blocks tried for recurrences (0: the whole head). On a GPU
-/// the blocked candidates are priced only where every kernel with a `dot`
+/// Value-column blocks tried for recurrences on a GPU (0: the whole head;
+/// the CPU tries only 0). The blocked candidates are priced only where every kernel with a `dot`
 /// takes the backend's register tier ([`search_over`]): in the shared-memory
 /// tier, on an H200 (B=8, H=16, D=128, T=8192, bf16 tensor-core kernels),
 /// value blocks of 64 and 32 columns ran 1.3–1.6× and 2.5–3× *slower* than
@@ -72,7 +72,10 @@ fn enumerate_blocks(g: &Graph, kind: DeviceKind) -> Vec<Schedule> {
     let mut rec: Vec<Schedule> = vec![Schedule::default()];
     if has_rec {
         let dv = widest_value_dim(g);
-        let blocks: Vec<u32> = VALUE_BLOCKS.into_iter().filter(|&bv| bv == 0 || (bv as u64) < dv).collect();
+        // Value blocks on a GPU only (the CPU's kernels hold the state
+        // however it is cut; blocks were never measured there).
+        let blocks: Vec<u32> =
+            VALUE_BLOCKS.into_iter().filter(|&bv| bv == 0 || (kind == DeviceKind::Gpu && u64::from(bv) < dv)).collect();
         rec = [16, 32, 64, 128, 256]
             .into_iter()
             .flat_map(|c| [false, true].map(|split| Schedule { split, ..Schedule::with_chunk(c) }))
@@ -157,7 +160,22 @@ pub fn search_with(
     dev: &DeviceProfile,
     resources: Resources,
 ) -> Result<Vec<Candidate>, LowerError> {
-    search_over(g, enumerate(g, dev.kind), free, dev, resources)
+    search_blocks_in_registers(g, enumerate(g, dev.kind), free, dev, resources)
+}
+
+/// The schedules of the search at the default point ([`search_with`]):
+/// [`search_over`], with value blocks on a GPU only where every kernel
+/// with a `dot` takes the register tier ([`VALUE_BLOCKS`]). The narrow
+/// prefill's blocks ([`with_value_blocks`], few sequences × heads, where
+/// whole heads leave SMs idle) are priced by [`search_over`] as they are.
+pub fn search_blocks_in_registers(
+    g: &Graph,
+    schedules: Vec<Schedule>,
+    free: &BTreeMap<String, u64>,
+    dev: &DeviceProfile,
+    resources: Resources,
+) -> Result<Vec<Candidate>, LowerError> {
+    search_gated(g, schedules, free, dev, resources, true)
 }
 
 /// [`search_with`] over the given schedules.
@@ -167,6 +185,17 @@ pub fn search_over(
     free: &BTreeMap<String, u64>,
     dev: &DeviceProfile,
     resources: Resources,
+) -> Result<Vec<Candidate>, LowerError> {
+    search_gated(g, schedules, free, dev, resources, false)
+}
+
+fn search_gated(
+    g: &Graph,
+    schedules: Vec<Schedule>,
+    free: &BTreeMap<String, u64>,
+    dev: &DeviceProfile,
+    resources: Resources,
+    blocks_in_registers: bool,
 ) -> Result<Vec<Candidate>, LowerError> {
     let mut out = Vec::new();
     for schedule in schedules {
@@ -181,7 +210,7 @@ pub fn search_over(
             .or_else(|| {
                 let shared_tier =
                     |k: &mixc_ir::tile::Kernel| has_dot(k) && !resources(k).is_some_and(|r| r.register_tier);
-                (gpu && schedule.block_v > 0 && prog.kernels.iter().any(shared_tier))
+                (blocks_in_registers && gpu && schedule.block_v > 0 && prog.kernels.iter().any(shared_tier))
                     .then(|| "value blocks outside the register tier (measured slower than the whole head)".to_string())
             });
         out.push(Candidate { schedule, cost, rejected });
