@@ -52,6 +52,9 @@ pub struct KernelCost {
     /// (see [`latency`]); 0 on a profile without latency terms.
     pub latency_s: f64,
     pub time_s: f64,
+    /// The backend holds the kernel's tiles in registers
+    /// ([`KernelResources::register_tier`]).
+    pub register_tier: bool,
 }
 
 /// What limits a kernel's predicted time.
@@ -280,6 +283,7 @@ fn time(
         memory_s,
         latency_s,
         time_s: compute_s.max(memory_s).max(latency_s) + dev.launch_s,
+        register_tier: res.is_some_and(|r| r.register_tier),
     }
 }
 

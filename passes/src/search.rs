@@ -175,7 +175,17 @@ pub fn search_blocks_in_registers(
     dev: &DeviceProfile,
     resources: Resources,
 ) -> Result<Vec<Candidate>, LowerError> {
-    search_gated(g, schedules, free, dev, resources, true)
+    let mut cands = search_over(g, schedules, free, dev, resources)?;
+    if dev.kind == DeviceKind::Gpu {
+        for c in cands.iter_mut().filter(|c| c.rejected.is_none() && c.schedule.block_v > 0) {
+            if c.cost.kernels.iter().any(|k| k.dots_per_program > 0.0 && !k.register_tier) {
+                c.rejected =
+                    Some("value blocks outside the register tier (measured slower than the whole head)".into());
+            }
+        }
+        rank(&mut cands);
+    }
+    Ok(cands)
 }
 
 /// [`search_with`] over the given schedules.
@@ -186,43 +196,18 @@ pub fn search_over(
     dev: &DeviceProfile,
     resources: Resources,
 ) -> Result<Vec<Candidate>, LowerError> {
-    search_gated(g, schedules, free, dev, resources, false)
-}
-
-fn search_gated(
-    g: &Graph,
-    schedules: Vec<Schedule>,
-    free: &BTreeMap<String, u64>,
-    dev: &DeviceProfile,
-    resources: Resources,
-    blocks_in_registers: bool,
-) -> Result<Vec<Candidate>, LowerError> {
     let mut out = Vec::new();
     for schedule in schedules {
         let prog = lower(g, &schedule)?;
         let cost = price_with(&prog, free, dev, resources);
         let worst = cost.kernels.iter().map(|k| k.footprint).max().unwrap_or(0);
-        let gpu = dev.kind == DeviceKind::Gpu;
-        let rejected = (gpu && worst > dev.local_mem)
-            .then(|| {
-                format!("needs {} KiB on chip per program, the device has {} KiB", worst / 1024, dev.local_mem / 1024)
-            })
-            .or_else(|| {
-                let shared_tier =
-                    |k: &mixc_ir::tile::Kernel| has_dot(k) && !resources(k).is_some_and(|r| r.register_tier);
-                (blocks_in_registers && gpu && schedule.block_v > 0 && prog.kernels.iter().any(shared_tier))
-                    .then(|| "value blocks outside the register tier (measured slower than the whole head)".to_string())
-            });
+        let rejected = (dev.kind == DeviceKind::Gpu && worst > dev.local_mem).then(|| {
+            format!("needs {} KiB on chip per program, the device has {} KiB", worst / 1024, dev.local_mem / 1024)
+        });
         out.push(Candidate { schedule, cost, rejected });
     }
     rank(&mut out);
     Ok(out)
-}
-
-fn has_dot(k: &mixc_ir::tile::Kernel) -> bool {
-    let mut found = false;
-    k.walk(&mut |s| found |= matches!(s.op, mixc_ir::tile::TOp::Dot { .. }));
-    found
 }
 
 /// Orders candidates cheapest first, the rejected ones last.

@@ -257,6 +257,20 @@ impl Analysis<'_> {
         r >= self.unit && r.is_multiple_of(self.unit) && r <= MAX_HELD_ROWS
     }
 
+    /// Elements a lane holds of `v`: its share of each of its `m16` tiles.
+    fn per_lane(&self, v: TValue) -> u32 {
+        let s = self.shape(v);
+        let tiles = s.first().copied().unwrap_or(0) / self.unit;
+        let cols = s.get(1).copied().unwrap_or(1);
+        tiles
+            * match self.hold[v.index()] {
+                Hold::Frag => cols / 2,
+                Hold::PackedA => cols / 4,
+                Hold::Rows => 2,
+                _ => 0,
+            }
+    }
+
     fn frag_shape(&self, s: &[u32]) -> bool {
         s.len() == 2 && self.held_rows(s[0]) && s[1] >= 8 && s[1].is_multiple_of(8)
     }
@@ -714,11 +728,11 @@ pub(crate) fn analyze(k: &Kernel, matmul: Matmul, stage_left: bool, warp_rows: u
     if resident > MAX_RESIDENT {
         return Err(format!("held tiles keep {resident} elements a thread across loop iterations"));
     }
-    if recurrence_form(k, &defs, &a, m) {
+    if recurrence_form(&defs, &a, m) {
         if m < MIN_RECURRENCE_ROWS {
             return Err(format!("a recurrence's chunk of {m} rows (fewer than {MIN_RECURRENCE_ROWS})"));
         }
-        let peak = peak_elements(k, &a);
+        let peak = peak_elements(&a);
         if peak > MAX_RECURRENCE_PEAK {
             return Err(format!("held tiles reach {peak} elements a thread (more than {MAX_RECURRENCE_PEAK})"));
         }
@@ -741,7 +755,8 @@ pub(crate) fn analyze(k: &Kernel, matmul: Matmul, stage_left: bool, warp_rows: u
 /// more rows than the narrowest `dot` (a `[Dk, Dv]` state), transposed left
 /// operands, operands staged from computed values, or values materialized
 /// in shared memory (cumulative decays).
-fn recurrence_form(k: &Kernel, defs: &Defs, a: &Analysis, m: u32) -> bool {
+fn recurrence_form(defs: &Defs, a: &Analysis, m: u32) -> bool {
+    let k = a.k;
     let wide = (0..a.hold.len()).any(|i| {
         matches!(a.hold[i], Hold::Frag | Hold::Rows) && k.ty(TValue(i as u32)).shape.first().is_some_and(|r| *r > m)
     });
@@ -1148,18 +1163,7 @@ fn read_in_loops(k: &Kernel) -> Vec<bool> {
 /// Elements per lane of held tiles that live across the iterations of a
 /// top-level loop (the most of any).
 fn resident_elements(k: &Kernel, a: &Analysis) -> u32 {
-    let per_lane = |v: TValue| {
-        let s = &k.ty(v).shape;
-        let tiles = s.first().copied().unwrap_or(0) / a.unit;
-        let cols = s.get(1).copied().unwrap_or(1);
-        tiles
-            * match a.hold[v.index()] {
-                Hold::Frag => cols / 2,
-                Hold::PackedA => cols / 4,
-                Hold::Rows => 2,
-                _ => 0,
-            }
-    };
+    let per_lane = |v: TValue| a.per_lane(v);
     let mut total = 0;
     let mut outside: Vec<TValue> = vec![];
     for s in &k.body.stmts {
@@ -1178,7 +1182,8 @@ fn resident_elements(k: &Kernel, a: &Analysis) -> u32 {
 
 /// Elements per lane of held tiles live at once, at the busiest statement
 /// of any top-level loop (the carried and outside tiles it reads included).
-fn peak_elements(k: &Kernel, a: &Analysis) -> u32 {
+fn peak_elements(a: &Analysis) -> u32 {
+    let k = a.k;
     fn deep(s: &Stmt, out: &mut Vec<TValue>) {
         out.extend(s.op.operands());
         if let TOp::For { body, .. } | TOp::If { then: body, .. } = &s.op {
@@ -1188,18 +1193,7 @@ fn peak_elements(k: &Kernel, a: &Analysis) -> u32 {
             }
         }
     }
-    let per_lane = |v: TValue| {
-        let s = &k.ty(v).shape;
-        let tiles = s.first().copied().unwrap_or(0) / a.unit;
-        let cols = s.get(1).copied().unwrap_or(1);
-        tiles
-            * match a.hold[v.index()] {
-                Hold::Frag => cols / 2,
-                Hold::PackedA => cols / 4,
-                Hold::Rows => 2,
-                _ => 0,
-            }
-    };
+    let per_lane = |v: TValue| a.per_lane(v);
     let mut peak = 0;
     let mut outside: Vec<TValue> = vec![];
     for s in &k.body.stmts {
@@ -1498,7 +1492,7 @@ fn warp_cumsum<'ctx>(em: &mut Em<'ctx, '_>, line: Line, x: TValue, reverse: bool
         }
         let mut total = run;
         for off in [1, 2, 4, 8, 16] {
-            let up = shfl_up(em, total, off)?;
+            let up = shfl(em, total, Shfl::Up(off))?;
             let take = em.icmp(IntPredicate::UGE, lane, em.i32c(off))?;
             let add = em.b.build_select(take, up, em.f32c(0.0), "")?.into_float_value();
             total = em.b.build_float_add(total, add, "")?;
@@ -1520,18 +1514,8 @@ fn warp_cumsum<'ctx>(em: &mut Em<'ctx, '_>, line: Line, x: TValue, reverse: bool
 fn warp_fold<'ctx>(em: &mut Em<'ctx, '_>, line: Line, x: TValue, func: ReduceFn) -> R<()> {
     let ty = em.k.ty(line.v).clone();
     let rank = em.k.ty(x).shape.len();
-    let identity = match func {
-        ReduceFn::Max => f64::NEG_INFINITY,
-        ReduceFn::Min => f64::INFINITY,
-        _ => 0.0,
-    };
-    let combine = |em: &mut Em<'ctx, '_>, a: FloatValue<'ctx>, b: FloatValue<'ctx>| -> R<FloatValue<'ctx>> {
-        match func {
-            ReduceFn::Max => em.call_f("llvm.maxnum.f32", &[a, b]),
-            ReduceFn::Min => em.call_f("llvm.minnum.f32", &[a, b]),
-            _ => Ok(em.b.build_float_add(a, b, "")?),
-        }
-    };
+    let identity = fold_identity(func);
+    let combine = |em: &mut Em<'ctx, '_>, a, b| fold_pair(em, func, a, b);
     first_warp(em, &mut |em| {
         let lane = em.tid;
         let mut acc = em.f32c(identity);
@@ -1558,17 +1542,6 @@ fn warp_fold<'ctx>(em: &mut Em<'ctx, '_>, line: Line, x: TValue, func: ReduceFn)
         // Every lane holds the result; they store the same value.
         em.store_ptr(p, ty.dtype, acc.into())
     })
-}
-
-fn shfl_up<'ctx>(em: &mut Em<'ctx, '_>, x: FloatValue<'ctx>, delta: i64) -> R<FloatValue<'ctx>> {
-    let i32t: BasicTypeEnum = em.cx.i32_type().into();
-    let f32t: BasicTypeEnum = em.cx.f32_type().into();
-    let f = em.func("llvm.nvvm.shfl.sync.up.f32", Some(f32t), &[i32t, f32t, i32t, i32t]);
-    let args = [em.i32c(-1).into(), x.into(), em.i32c(delta).into(), em.i32c(0).into()];
-    match em.call(f, &args)? {
-        Some(v) => fv(v),
-        None => super::fail("shfl returned nothing"),
-    }
 }
 
 /// Copies held tile `v` into its stage as bf16 where it is a `dot`
@@ -1847,14 +1820,55 @@ fn dot<'ctx>(em: &mut Em<'ctx, '_>, rp: &RowsPlan, ln: &Lanes<'ctx>, v: TValue, 
     Ok(())
 }
 
-fn shfl_bfly<'ctx>(em: &mut Em<'ctx, '_>, x: FloatValue<'ctx>, mask: i64) -> R<FloatValue<'ctx>> {
+/// Where a lane's `shfl.sync` reads from.
+#[derive(Clone, Copy)]
+enum Shfl {
+    /// The lane `lane ^ mask`.
+    Bfly(i64),
+    /// The lane `lane − delta` (itself below `delta`).
+    Up(i64),
+}
+
+fn shfl<'ctx>(em: &mut Em<'ctx, '_>, x: FloatValue<'ctx>, how: Shfl) -> R<FloatValue<'ctx>> {
     let i32t: BasicTypeEnum = em.cx.i32_type().into();
     let f32t: BasicTypeEnum = em.cx.f32_type().into();
-    let f = em.func("llvm.nvvm.shfl.sync.bfly.f32", Some(f32t), &[i32t, f32t, i32t, i32t]);
-    let args = [em.i32c(-1).into(), x.into(), em.i32c(mask).into(), em.i32c(31).into()];
+    // The last operand packs the clamp: 31 for a butterfly, 0 for `up`.
+    let (name, by, clamp) = match how {
+        Shfl::Bfly(mask) => ("llvm.nvvm.shfl.sync.bfly.f32", mask, 31),
+        Shfl::Up(delta) => ("llvm.nvvm.shfl.sync.up.f32", delta, 0),
+    };
+    let f = em.func(name, Some(f32t), &[i32t, f32t, i32t, i32t]);
+    let args = [em.i32c(-1).into(), x.into(), em.i32c(by).into(), em.i32c(clamp).into()];
     match em.call(f, &args)? {
         Some(v) => fv(v),
         None => super::fail("shfl returned nothing"),
+    }
+}
+
+fn shfl_bfly<'ctx>(em: &mut Em<'ctx, '_>, x: FloatValue<'ctx>, mask: i64) -> R<FloatValue<'ctx>> {
+    shfl(em, x, Shfl::Bfly(mask))
+}
+
+/// The value a fold by `func` starts from.
+fn fold_identity(func: ReduceFn) -> f64 {
+    match func {
+        ReduceFn::Max => f64::NEG_INFINITY,
+        ReduceFn::Min => f64::INFINITY,
+        _ => 0.0,
+    }
+}
+
+/// One step of a fold by `func` (sum, mean's sum, max or min).
+fn fold_pair<'ctx>(
+    em: &mut Em<'ctx, '_>,
+    func: ReduceFn,
+    a: FloatValue<'ctx>,
+    b: FloatValue<'ctx>,
+) -> R<FloatValue<'ctx>> {
+    match func {
+        ReduceFn::Max => em.call_f("llvm.maxnum.f32", &[a, b]),
+        ReduceFn::Min => em.call_f("llvm.minnum.f32", &[a, b]),
+        _ => Ok(em.b.build_float_add(a, b, "")?),
     }
 }
 
@@ -1863,20 +1877,10 @@ fn shfl_bfly<'ctx>(em: &mut Em<'ctx, '_>, x: FloatValue<'ctx>, mask: i64) -> R<F
 fn reduce<'ctx>(em: &mut Em<'ctx, '_>, ln: &Lanes<'ctx>, v: TValue, func: ReduceFn, x: TValue) -> R<()> {
     let n = em.k.ty(x).shape[1];
     let d = em.k.ty(v).dtype;
-    let combine = |em: &mut Em<'ctx, '_>, a: FloatValue<'ctx>, b: FloatValue<'ctx>| -> R<FloatValue<'ctx>> {
-        match func {
-            ReduceFn::Max => em.call_f("llvm.maxnum.f32", &[a, b]),
-            ReduceFn::Min => em.call_f("llvm.minnum.f32", &[a, b]),
-            _ => Ok(em.b.build_float_add(a, b, "")?),
-        }
-    };
+    let combine = |em: &mut Em<'ctx, '_>, a, b| fold_pair(em, func, a, b);
     let rows = ln.rows_of(em.k.ty(x).shape[0])?.to_vec();
     for r in rows {
-        let mut acc = em.f32c(match func {
-            ReduceFn::Max => f64::NEG_INFINITY,
-            ReduceFn::Min => f64::INFINITY,
-            _ => 0.0,
-        });
+        let mut acc = em.f32c(fold_identity(func));
         for j in 0..(n / 8) as usize {
             let Some(cj) = ln.cols.get(j).copied() else { return super::fail("a tile wider than planned") };
             for c in cj {
