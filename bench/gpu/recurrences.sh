@@ -9,10 +9,10 @@
 #      dots and activations, every kernel of the program timed);
 #   3. (decode) attention decode steps (the cache's prefix copy included);
 #   4. (fla) fla's chunk kernels of the same mixers at the same sizes
-#      (`anchors/gpu_anchor_bench.py --phases fla`, wheels fla_core and
-#      einops in anchors/).
-# VARIANTS: `pick` (the cost model's schedule) or `cCvV` (`--chunk C
-# --block-v V`). PARTS picks the parts (default check,bench,decode,fla).
+#      (`anchors/gpu_anchor_bench.py --phases fla,mlstm`, wheels fla_core,
+#      einops and mlstm_kernels in anchors/; ONLY picks the kernels).
+# VARIANTS: `pick` (the cost model's schedule), `cCvV` (`--chunk C
+# --block-v V`) or `cCvVs` (the same, split: states, then outputs). PARTS picks the parts (default check,bench,decode,fla).
 # Exits non-zero when a check fails.
 set -uo pipefail
 cd "$(dirname "$0")"
@@ -26,6 +26,7 @@ d=$(mktemp -d)
 flags() {
   case $1 in
     pick) ;;
+    c*v*s) local c=${1#c}; c=${c%s}; echo --chunk "${c%%v*}" --block-v "${c##*v}" --split ;;
     c*v*) local c=${1#c}; echo --chunk "${c%%v*}" --block-v "${1##*v}" ;;
   esac
 }
@@ -68,8 +69,8 @@ fi
 if [[ $parts == *fla* ]] && [ -f anchors/gpu_anchor_bench.py ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/mixc-site anchors/*.whl 2>&1 | tail -2
   (cd anchors && PYTHONPATH=/tmp/mixc-site OUT="$PWD/../$out/anchors" timeout "${ANCHOR_S:-240}" python3 gpu_anchor_bench.py \
-    --phases env,ceil,fla --budget "${ANCHOR_BUDGET:-220}" --only "${ONLY:-chunk_simple_gla,chunk_linear_attn}" \
+    --phases env,ceil,fla,mlstm --budget "${ANCHOR_BUDGET:-220}" --only "${ONLY:-chunk_simple_gla,chunk_linear_attn}" \
     --sizes "${FLA_SIZES:-8x8192,8x2048}") > "$out/fla.txt" 2>&1
-  grep -E "ceiling|chunk_|rror" "$out/fla.txt" | cut -c1-240
+  grep -E "ceiling|chunk_|chunkwise|rror" "$out/fla.txt" | cut -c1-240
 fi
 exit $status

@@ -127,8 +127,12 @@ pub(crate) struct RowsPlan {
     /// Staged loads, and held tiles that are `dot` operands (copied into
     /// their stage as bf16 where they are defined).
     pub stages: HashMap<u32, Stage>,
-    /// The slot of each [`Hold::Shared`] value, by value.
+    /// The slot of each [`Hold::Shared`] value, by value (a loop's result
+    /// shares its carried value's).
     pub shared: HashMap<u32, usize>,
+    /// Of each [`Hold::Shared`] carried value: the slot its next value is
+    /// written to before it is copied over the carried one.
+    pub carried_next: HashMap<u32, usize>,
     pub slots: Vec<Slot>,
     pub shared_bytes: u32,
     /// The widest held tile's columns.
@@ -246,6 +250,8 @@ struct Analysis<'k> {
     /// Values read where no lane holds them, found by earlier runs: loads
     /// become lazy, other values [`Hold::Shared`].
     force: HashSet<u32>,
+    /// Loop results held in their carried value's slot: (result, carried).
+    aliases: Vec<(TValue, TValue)>,
 }
 
 impl Analysis<'_> {
@@ -284,8 +290,16 @@ impl Analysis<'_> {
 
     fn carried(&mut self, v: TValue) -> Result<Hold, Why> {
         let s = self.shape(v).to_vec();
+        let numel: u32 = s.iter().product();
         let h = if s.is_empty() {
             Hold::Scalar
+        } else if self.force.contains(&v.0)
+            || (!self.frag_shape(&s) && !self.rows_shape(&s) && numel <= MAX_CARRIED_SHARED)
+        {
+            // Read where no lane holds it (a normalizer read along the
+            // keys), or a small tile of no held shape (a running maximum,
+            // a line of decays): carried in a shared-memory slot.
+            Hold::Shared
         } else if self.frag_shape(&s) {
             self.max_cols = self.max_cols.max(s[1]);
             Hold::Frag
@@ -375,13 +389,24 @@ impl Analysis<'_> {
                 let Some(iv) = body.args.first().copied() else { return Err("a loop without its variable".into()) };
                 self.loops.push(iv);
                 self.set(iv, Hold::Scalar);
-                for a in body.args.iter().skip(1) {
-                    self.carried(*a)?;
+                let TOp::For { init, .. } = &s.op else { return Err("a loop without its values".into()) };
+                for (a, x) in body.args.iter().skip(1).zip(init) {
+                    if self.carried(*a)? == Hold::Shared {
+                        self.anywhere(*x)?;
+                    }
                 }
                 self.block(body)?;
                 self.loops.pop();
-                for r in &s.results {
-                    self.carried(*r)?;
+                for ((a, r), y) in body.args.iter().skip(1).zip(&s.results).zip(&body.yields) {
+                    if self.hold[a.index()] == Hold::Shared {
+                        // Written into the carried slot at the end of each
+                        // iteration; the result is that slot.
+                        self.anywhere(*y)?;
+                        self.set(*r, Hold::Shared);
+                        self.aliases.push((*r, *a));
+                    } else {
+                        self.carried(*r)?;
+                    }
                 }
                 return Ok(());
             }
@@ -389,7 +414,11 @@ impl Analysis<'_> {
             TOp::Store { value, offsets, mask, .. } => {
                 let vs = self.shape(*value).to_vec();
                 if !(vs.is_empty() || self.frag_shape(&vs) || self.rows_shape(&vs)) {
-                    return Err(format!("a store of a {vs:?} tile").into());
+                    // Stored by all threads, each element once: readable anywhere.
+                    for x in [Some(*offsets), *mask, Some(*value)].into_iter().flatten() {
+                        self.anywhere(x)?;
+                    }
+                    return Ok(());
                 }
                 for x in [Some(*offsets), *mask, Some(*value)].into_iter().flatten() {
                     if self.derived[x.index()] && !self.readable(self.shape(x), &vs) {
@@ -414,6 +443,21 @@ impl Analysis<'_> {
         let first_derived = ops.iter().copied().find(|x| self.derived[x.index()]);
         let any_derived = first_derived.is_some();
         let hold = match &s.op {
+            TOp::Dot { a, b, trans_a: false, trans_b: false, acc: None } if one_column(&shape) => {
+                // A matrix-vector product (`q·n`): each lane's columns of
+                // its rows, then the four lanes of a row; the vector is read
+                // at every column.
+                let sa = self.shape(*a).to_vec();
+                if !self.rows_shape(&shape) || sa.len() != 2 || sa[0] != shape[0] || !sa[1].is_multiple_of(8) {
+                    return Err(format!("`dot` %{}: {:?} × {:?}", v.0, sa, self.shape(*b)).into());
+                }
+                if self.derived[a.index()] && self.hold[a.index()] != Hold::Frag {
+                    return Err(Why::Force(*a));
+                }
+                self.anywhere(*b)?;
+                self.max_cols = self.max_cols.max(sa[1]);
+                Hold::Rows
+            }
             TOp::Dot { a, b, trans_a, trans_b, .. } => {
                 let sa = self.shape(*a).to_vec();
                 let sb = self.shape(*b).to_vec();
@@ -568,6 +612,15 @@ impl Analysis<'_> {
     }
 }
 
+/// Whether a `dot` result of `shape` is one column (a matrix-vector product).
+fn one_column(shape: &[u32]) -> bool {
+    shape.len() == 2 && shape[1] == 1
+}
+
+/// The most elements of a carried tile of no held shape kept in a
+/// shared-memory slot ([`Hold::Shared`]): a line of a chunk's decays.
+const MAX_CARRIED_SHARED: u32 = 1024;
+
 /// Whether `op` is an `exp`-like function of a line of at most 1024
 /// elements (one dimension not 1): computed once an element into shared
 /// memory ([`Hold::Shared`]) rather than at every read (a chunk's decays
@@ -642,6 +695,8 @@ pub(crate) fn analyze(k: &Kernel, matmul: Matmul, stage_left: bool, warp_rows: u
             }
         }
         match &s.op {
+            // A matrix-vector product is no `mma` (its operands are read in place).
+            TOp::Dot { .. } if s.results.first().is_some_and(|r| one_column(&k.ty(*r).shape)) => {}
             TOp::Dot { a, b, trans_a, .. } => {
                 if let Some(u) = dot_b_uses.get_mut(b.index()) {
                     *u += 1;
@@ -696,6 +751,7 @@ pub(crate) fn analyze(k: &Kernel, matmul: Matmul, stage_left: bool, warp_rows: u
             used_in_loop: used_in_loop.clone(),
             stage_left,
             force: force.clone(),
+            aliases: vec![],
         };
         match a.block(&k.body) {
             Ok(()) => break a,
@@ -719,7 +775,7 @@ pub(crate) fn analyze(k: &Kernel, matmul: Matmul, stage_left: bool, warp_rows: u
     if shared_total(offset) > MAX_SHARED {
         (stages, pipelined, offset) = place_stages(k, &defs, &a, false);
     }
-    let (shared, slots, end) = place_slots(k, &a, offset);
+    let Slots { of: shared, next: carried_next, slots, end } = place_slots(k, &a, offset);
     if end > MAX_SHARED {
         return Err(format!("staged operands need {end} bytes of shared memory"));
     }
@@ -743,6 +799,7 @@ pub(crate) fn analyze(k: &Kernel, matmul: Matmul, stage_left: bool, warp_rows: u
         hold: a.hold,
         stages,
         shared,
+        carried_next,
         slots,
         shared_bytes: end,
         max_cols: a.max_cols,
@@ -790,25 +847,56 @@ fn slot_bytes(k: &Kernel, v: TValue) -> u32 {
     (t.shape.iter().product::<u32>() * eb).next_multiple_of(16)
 }
 
-fn shared_slot_bytes(k: &Kernel, a: &Analysis) -> u32 {
-    (0..a.hold.len()).filter(|i| a.hold[*i] == Hold::Shared).map(|i| slot_bytes(k, TValue(i as u32))).sum()
-}
-
-/// A dense slot for every [`Hold::Shared`] value, from `offset`: (slot of
-/// each value, the slots, the end).
-fn place_slots(k: &Kernel, a: &Analysis, offset: u32) -> (HashMap<u32, usize>, Vec<Slot>, u32) {
-    let (mut map, mut slots, mut at) = (HashMap::new(), vec![], offset.next_multiple_of(16));
+/// The values that get a slot of their own: every [`Hold::Shared`] value
+/// but loop results (they are their carried value's slot); carried ones
+/// twice (the next iteration's value is written to the second, then copied).
+fn slot_values(a: &Analysis) -> Vec<(TValue, u32)> {
+    let mut out = vec![];
     for (i, h) in a.hold.iter().enumerate() {
-        if *h == Hold::Shared {
-            let v = TValue(i as u32);
-            let bytes = slot_bytes(k, v);
-            let eb = if k.ty(v).dtype == DType::Bool { 1 } else { 4 };
-            map.insert(v.0, slots.len());
-            slots.push(Slot::dense(at, bytes, eb));
-            at = at.saturating_add(bytes);
+        let v = TValue(i as u32);
+        if *h == Hold::Shared && !a.aliases.iter().any(|(r, _)| *r == v) {
+            let carried = a.aliases.iter().any(|(_, c)| *c == v);
+            out.push((v, if carried { 2 } else { 1 }));
         }
     }
-    (map, slots, at)
+    out
+}
+
+fn shared_slot_bytes(k: &Kernel, a: &Analysis) -> u32 {
+    slot_values(a).iter().map(|(v, n)| n * slot_bytes(k, *v)).sum()
+}
+
+/// Dense slots for the [`Hold::Shared`] values, from `offset`: (slot of
+/// each value, the next-iteration slot of each carried one, the slots, the end).
+fn place_slots(k: &Kernel, a: &Analysis, offset: u32) -> Slots {
+    let mut out = Slots { of: HashMap::new(), next: HashMap::new(), slots: vec![], end: offset.next_multiple_of(16) };
+    for (v, copies) in slot_values(a) {
+        let bytes = slot_bytes(k, v);
+        let eb = if k.ty(v).dtype == DType::Bool { 1 } else { 4 };
+        for copy in 0..copies {
+            if copy == 0 {
+                out.of.insert(v.0, out.slots.len());
+            } else {
+                out.next.insert(v.0, out.slots.len());
+            }
+            out.slots.push(Slot::dense(out.end, bytes, eb));
+            out.end = out.end.saturating_add(bytes);
+        }
+    }
+    for (r, c) in &a.aliases {
+        if let Some(slot) = out.of.get(&c.0).copied() {
+            out.of.insert(r.0, slot);
+        }
+    }
+    out
+}
+
+/// Where [`place_slots`] put the [`Hold::Shared`] values.
+struct Slots {
+    of: HashMap<u32, usize>,
+    next: HashMap<u32, usize>,
+    slots: Vec<Slot>,
+    end: u32,
 }
 
 /// Plans `k` with `warp_rows` rows a warp (16, 32, or 0: the backend's
@@ -826,7 +914,8 @@ pub(crate) fn analyze_rows(k: &Kernel, matmul: Matmul, stage_left: bool, warp_ro
     }
     let narrow = analyze(k, matmul, stage_left, 16)?;
     if two_tiles_fit(k, &narrow) {
-        analyze(k, matmul, true, 32)
+        // Where 32 rows are refused (a recurrence's chunk over two warps), 16.
+        Ok(analyze(k, matmul, true, 32).unwrap_or(narrow))
     } else {
         Ok(narrow)
     }
@@ -1381,6 +1470,7 @@ fn stmt<'ctx>(em: &mut Em<'ctx, '_>, rp: &RowsPlan, ln: &Lanes<'ctx>, s: &Stmt) 
         }
         h @ (Hold::Frag | Hold::Rows) => {
             match &s.op {
+                TOp::Dot { a, b, .. } if one_column(&shape) => matvec(em, ln, v, *a, *b)?,
                 TOp::Dot { a, b, acc, trans_a, trans_b } => {
                     dot(em, rp, ln, v, Operands { a: *a, b: *b, acc: *acc, trans_a: *trans_a, trans_b: *trans_b })?
                 }
@@ -1901,10 +1991,48 @@ fn reduce<'ctx>(em: &mut Em<'ctx, '_>, ln: &Lanes<'ctx>, v: TValue, func: Reduce
     Ok(())
 }
 
+/// `v = a · b` of `[M, K] × [K, 1]` held as rows: each lane folds its
+/// columns of its rows (the vector read where needed), then the four lanes
+/// of each row add theirs.
+fn matvec<'ctx>(em: &mut Em<'ctx, '_>, ln: &Lanes<'ctx>, v: TValue, a: TValue, b: TValue) -> R<()> {
+    let sa = em.k.ty(a).shape.clone();
+    let d = em.k.ty(v).dtype;
+    let zero = em.i32c(0);
+    let rows = ln.rows_of(sa[0])?.to_vec();
+    for r in rows {
+        let mut acc = em.f32c(0.0);
+        for j in 0..(sa[1] / 8) as usize {
+            let Some(cj) = ln.cols.get(j).copied() else { return super::fail("a tile wider than planned") };
+            for c in cj {
+                let x = fv(em.elem(a, &[r, c])?)?;
+                let y = fv(em.elem(b, &[c, zero])?)?;
+                acc = em.call_f("llvm.fma.f32", &[x, y, acc])?;
+            }
+        }
+        for m in [1, 2] {
+            let o = shfl_bfly(em, acc, m)?;
+            acc = em.b.build_float_add(acc, o, "")?;
+        }
+        let acc = em.round_float(d, acc)?;
+        em.held.insert(super::elem_key(v, &[r, zero]), acc.into());
+    }
+    Ok(())
+}
+
 fn store<'ctx>(em: &mut Em<'ctx, '_>, rp: &RowsPlan, ln: &Lanes<'ctx>, s: &Stmt) -> R<()> {
-    let TOp::Store { ptr, offsets, value, mask } = &s.op else { return Ok(()) };
+    let TOp::Store { ptr, value, .. } = &s.op else { return Ok(()) };
     let vt = em.k.ty(*value).clone();
     let pd = em.param_dtype(ptr.index())?;
+    let held_shape = vt.shape.is_empty()
+        || (vt.shape.len() == 2 && ln.rows.contains_key(&vt.shape[0]))
+        || (vt.shape.len() == 1 && ln.rows.contains_key(&vt.shape[0]));
+    if hold_of(rp, *value) == Hold::Shared || !held_shape {
+        // Readable anywhere: every element once, by all threads.
+        return em.each(super::numel(&vt.shape), &mut |em, e| {
+            let idx = em.delin(e, &vt.shape)?;
+            store_one(em, s, &idx, vt.dtype, pd)
+        });
+    }
     let h = if vt.shape.is_empty() {
         Hold::Scalar
     } else if vt.shape.len() == 2 && vt.shape[1] != 1 {
@@ -1929,26 +2057,31 @@ fn store<'ctx>(em: &mut Em<'ctx, '_>, rp: &RowsPlan, ln: &Lanes<'ctx>, s: &Stmt)
         None => None,
     };
     for idx in ln.positions(em, h, &vt.shape)? {
-        let off = iv(em.elem(*offsets, &idx)?)?;
-        let x = em.elem(*value, &idx)?;
-        let x = em.convert(x, vt.dtype, pd)?;
-        let x: BasicValueEnum =
-            if pd == DType::Bool { em.b.build_int_z_extend(iv(x)?, em.cx.i32_type(), "")?.into() } else { x };
-        let x = em.narrow_stored(pd, x)?;
-        let (addr, _) = em.gaddr(ptr.index(), off)?;
-        let m = match mask {
-            Some(m) => Some(iv(em.elem(*m, &idx)?)?),
-            None => None,
-        };
-        em.store_where(addr, x, m)?;
+        store_one(em, s, &idx, vt.dtype, pd)?;
     }
     if let Some(done) = done {
         em.b.build_unconditional_branch(done)?;
         em.b.position_at_end(done);
         em.memo.clear();
     }
-    let _ = rp;
     Ok(())
+}
+
+/// Stores element `idx` of store `s`'s value (of `vd`) to its buffer (of `pd`).
+fn store_one<'ctx>(em: &mut Em<'ctx, '_>, s: &Stmt, idx: &[IntValue<'ctx>], vd: DType, pd: DType) -> R<()> {
+    let TOp::Store { ptr, offsets, value, mask } = &s.op else { return Ok(()) };
+    let off = iv(em.elem(*offsets, idx)?)?;
+    let x = em.elem(*value, idx)?;
+    let x = em.convert(x, vd, pd)?;
+    let x: BasicValueEnum =
+        if pd == DType::Bool { em.b.build_int_z_extend(iv(x)?, em.cx.i32_type(), "")?.into() } else { x };
+    let x = em.narrow_stored(pd, x)?;
+    let (addr, _) = em.gaddr(ptr.index(), off)?;
+    let m = match mask {
+        Some(m) => Some(iv(em.elem(*m, idx)?)?),
+        None => None,
+    };
+    em.store_where(addr, x, m)
 }
 
 fn for_<'ctx>(em: &mut Em<'ctx, '_>, rp: &RowsPlan, ln: &Lanes<'ctx>, s: &Stmt) -> R<()> {
@@ -1960,13 +2093,27 @@ fn for_<'ctx>(em: &mut Em<'ctx, '_>, rp: &RowsPlan, ln: &Lanes<'ctx>, s: &Stmt) 
     }
     let mut places = vec![];
     for a in &carried {
-        places.push(ln.positions(em, hold_of(rp, *a), &k.ty(*a).shape)?);
+        // A carried value in a shared-memory slot is no phi.
+        places.push(match hold_of(rp, *a) {
+            Hold::Shared => vec![],
+            h => ln.positions(em, h, &k.ty(*a).shape)?,
+        });
     }
     let mut inits: Vec<BasicValueEnum<'ctx>> = vec![];
     for (x, ps) in init.iter().zip(&places) {
         for p in ps {
             inits.push(em.elem(*x, p)?);
         }
+    }
+    let in_slots: Vec<(TValue, TValue)> =
+        carried.iter().zip(init).filter(|(a, _)| hold_of(rp, **a) == Hold::Shared).map(|(a, x)| (*a, *x)).collect();
+    if !in_slots.is_empty() {
+        em.barrier()?;
+        for (a, x) in &in_slots {
+            fill_slot(em, *a, *x, em.slot_of(*a)?)?;
+        }
+        em.barrier()?;
+        em.memo.clear();
     }
     let (lo, hi, step) = (iv(em.scalar(*lo)?)?, iv(em.scalar(*hi)?)?, iv(em.scalar(*step)?)?);
     let positive = em.icmp(IntPredicate::SGT, step, em.i32c(0))?;
@@ -2041,6 +2188,25 @@ fn for_<'ctx>(em: &mut Em<'ctx, '_>, rp: &RowsPlan, ln: &Lanes<'ctx>, s: &Stmt) 
                 next.push(em.elem(*y, p)?);
             }
         }
+        // Carried slots: the next values into their second slots, then, once
+        // every thread is done reading this iteration's, copied over them.
+        let mut moved = vec![];
+        for (a, y) in carried.iter().zip(&body.yields) {
+            if hold_of(rp, *a) == Hold::Shared && a != y {
+                let slot = next_slot(rp, *a)?;
+                fill_slot(em, *a, *y, slot)?;
+                moved.push((*a, slot));
+            }
+        }
+        if !moved.is_empty() {
+            em.barrier()?;
+            em.memo.clear();
+            for (a, from) in &moved {
+                copy_slot(em, *a, *from)?;
+            }
+            em.barrier()?;
+            em.memo.clear();
+        }
         if let Some(p) = parity {
             // Every warp is done with this iteration's buffers before the
             // next iteration copies into them.
@@ -2071,6 +2237,38 @@ fn for_<'ctx>(em: &mut Em<'ctx, '_>, rp: &RowsPlan, ln: &Lanes<'ctx>, s: &Stmt) 
         stage_held(em, rp, ln, *r)?;
     }
     Ok(())
+}
+
+/// The slot a carried [`Hold::Shared`] value's next value is written to.
+fn next_slot(rp: &RowsPlan, a: TValue) -> R<usize> {
+    match rp.carried_next.get(&a.0) {
+        Some(s) => Ok(*s),
+        None => super::fail(format!("carried %{} has no slot for its next value", a.0)),
+    }
+}
+
+/// Writes `x` (readable anywhere) into `slot`, laid out as `like`, by all threads.
+fn fill_slot<'ctx>(em: &mut Em<'ctx, '_>, like: TValue, x: TValue, slot: usize) -> R<()> {
+    let ty = em.k.ty(like).clone();
+    em.each(super::numel(&ty.shape), &mut |s, e| {
+        let idx = s.delin(e, &ty.shape)?;
+        let val = s.elem(x, &idx)?;
+        let p = s.slot_ptr_at(slot, ty.dtype, &idx, &ty.shape)?;
+        s.store_ptr(p, ty.dtype, val)
+    })
+}
+
+/// Copies slot `from` over carried `a`'s slot, by all threads.
+fn copy_slot<'ctx>(em: &mut Em<'ctx, '_>, a: TValue, from: usize) -> R<()> {
+    let ty = em.k.ty(a).clone();
+    let to = em.slot_of(a)?;
+    em.each(super::numel(&ty.shape), &mut |s, e| {
+        let idx = s.delin(e, &ty.shape)?;
+        let src = s.slot_ptr_at(from, ty.dtype, &idx, &ty.shape)?;
+        let val = s.load_ptr(src, ty.dtype)?;
+        let dst = s.slot_ptr_at(to, ty.dtype, &idx, &ty.shape)?;
+        s.store_ptr(dst, ty.dtype, val)
+    })
 }
 
 fn call_void<'ctx>(em: &mut Em<'ctx, '_>, name: &str, args: &[BasicValueEnum<'ctx>]) -> R<()> {
