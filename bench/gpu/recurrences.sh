@@ -12,7 +12,8 @@
 #      (`anchors/gpu_anchor_bench.py --phases fla,mlstm`, wheels fla_core,
 #      einops and mlstm_kernels in anchors/; ONLY picks the kernels).
 # VARIANTS: `pick` (the cost model's schedule), `cCvV` (`--chunk C
-# --block-v V`) or `cCvVs` (the same, split: states, then outputs). PARTS picks the parts (default check,bench,decode,fla).
+# --block-v V`) or `cCvVs` (the same, split: states, then outputs);
+# CHECK_VARIANTS, if set, are the ones checked. PARTS picks the parts (default check,bench,decode,fla).
 # Exits non-zero when a check fails.
 set -uo pipefail
 cd "$(dirname "$0")"
@@ -32,7 +33,7 @@ flags() {
 }
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/card.txt"
 if [[ $parts == *check* ]]; then
-  for v in $variants; do
+  for v in ${CHECK_VARIANTS:-$variants}; do
     for s in f32 bf16; do
       read -ra flag <<< "$(flags "$v")"
       ./mixc compile "$models/bench/anchors.toml" --target sm_90 --matmul bf16 --storage $s "${flag[@]}" \

@@ -766,3 +766,41 @@ fn exp_forms_assemble() {
         assemble(&ptxas, &file, "sm_90").unwrap_or_else(|e| panic!("{tag}: {e}"));
     }
 }
+
+/// mLSTM in the register tier: its running maximum `[1, 1]` and normalizer
+/// `[128, 1]` are carried in shared-memory slots (the normalizer is read
+/// along the keys by `q·n`, a matrix-vector `dot` held as rows), stored by
+/// all threads at the end; fused at chunk 64 in value blocks of 32 and split
+/// (states, then outputs) in blocks of 64, without spills. In blocks of 64
+/// the fused kernel holds too much at once and is refused.
+#[test]
+fn mlstm_takes_the_register_tier() {
+    use mixc_passes::Schedule;
+    let bf16 = Options { matmul: Matmul::Bf16, warp_rows: 0, ..Options::default() };
+    let scheds = [
+        ("c64v32", Schedule { block_v: 32, ..Schedule::with_chunk(64) }),
+        ("c64v64s", Schedule { block_v: 64, split: true, ..Schedule::with_chunk(64) }),
+        ("c64v64", Schedule { block_v: 64, ..Schedule::with_chunk(64) }),
+    ];
+    let mlstm: Vec<(String, Kernel)> = kernels_with("models/bench", &|m| m == "anchors", &scheds)
+        .into_iter()
+        .filter(|(id, _)| id.contains("/mlstm/"))
+        .collect();
+    let names: Vec<&str> = mlstm.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(names.len(), 4, "{names:?}");
+    let (wide, taken): (Vec<_>, Vec<_>) = mlstm.into_iter().partition(|(id, _)| id.contains("/c64v64/"));
+    for (id, k) in &wide {
+        let why = mixc_backend_ptx::register_tier(k, Matmul::Bf16).expect_err("mLSTM fused in blocks of 64");
+        assert!(why.contains("held tiles reach"), "{id}: {why}");
+    }
+    for (id, k) in &taken {
+        let p = compile_with(k, Target::Sm90, bf16).unwrap_or_else(|e| panic!("{id}: {e}"));
+        assert_eq!(p.tier, Tier::Registers, "{id}");
+        if id.ends_with("o_fused") || id.ends_with("o_outputs") {
+            // `q·n`: each lane's columns, then the row's four lanes.
+            assert!(p.ptx.contains("shfl.sync.bfly"), "{id}: no row sum of q·n");
+            assert!(p.ptx.contains("mma.sync.aligned.m16n8k16"), "{id}: no bf16 mma");
+        }
+    }
+    check_kernels(taken, "the anchors' mLSTM in the register tier", &scheds, "ptx-mlstm", 0.5, bf16);
+}

@@ -133,6 +133,10 @@ pub(crate) struct RowsPlan {
     /// Of each [`Hold::Shared`] carried value: the slot its next value is
     /// written to before it is copied over the carried one.
     pub carried_next: HashMap<u32, usize>,
+    /// Whether a [`Hold::Shared`] value is computed together with the later
+    /// ones of its block that need nothing in between (one pair of
+    /// barriers for all); `MIXC_GROUP_SHARED=0` turns it off.
+    pub group_shared: bool,
     pub slots: Vec<Slot>,
     pub shared_bytes: u32,
     /// The widest held tile's columns.
@@ -800,6 +804,7 @@ pub(crate) fn analyze(k: &Kernel, matmul: Matmul, stage_left: bool, warp_rows: u
         stages,
         shared,
         carried_next,
+        group_shared: std::env::var("MIXC_GROUP_SHARED").map_or(true, |v| v != "0"),
         slots,
         shared_bytes: end,
         max_cols: a.max_cols,
@@ -1410,11 +1415,56 @@ pub(super) fn emit(em: &mut Em<'_, '_>, rp: &RowsPlan) -> R<()> {
 }
 
 fn block<'ctx>(em: &mut Em<'ctx, '_>, rp: &RowsPlan, ln: &Lanes<'ctx>, b: &Block) -> R<()> {
-    for s in &b.stmts {
-        let k = em.k;
+    let k = em.k;
+    let mut early: HashSet<usize> = HashSet::new();
+    for (i, s) in b.stmts.iter().enumerate() {
+        if early.contains(&i) {
+            continue;
+        }
+        let shared_at = |j: usize| {
+            b.stmts.get(j).and_then(|s| s.results.first()).filter(|v| hold_of(rp, **v) == Hold::Shared).is_some()
+        };
+        if shared_at(i) && !matches!(s.op, TOp::For { .. }) {
+            // The [`Hold::Shared`] values after this one that need nothing
+            // computed in between join it between the same two barriers.
+            let group: Vec<usize> = if rp.group_shared {
+                ((i + 1)..b.stmts.len())
+                    .filter(|j| shared_at(*j) && !matches!(b.stmts[*j].op, TOp::For { .. }))
+                    .filter(|j| b.stmts[*j].op.operands().iter().all(|x| ready_at(rp, b, i, *x)))
+                    .collect()
+            } else {
+                vec![]
+            };
+            em.barrier()?;
+            for j in std::iter::once(i).chain(group.iter().copied()) {
+                let t = &b.stmts[j];
+                if let Some(v) = t.results.first().copied() {
+                    shared_values(em, t, v).map_err(|e| named(e, &k.name, &t.op.mnemonic()))?;
+                }
+            }
+            em.barrier()?;
+            // Reads after the barrier see the slots anew.
+            em.memo.clear();
+            early.extend(group);
+            continue;
+        }
         stmt(em, rp, ln, s).map_err(|e| named(e, &k.name, &s.op.mnemonic()))?;
     }
     Ok(())
+}
+
+/// Whether `x` can be read at statement `i` of `b` without anything of `b`
+/// from `i` on being emitted first: defined before `i` (or outside `b`), or
+/// computed where read from such values.
+fn ready_at(rp: &RowsPlan, b: &Block, i: usize, x: TValue) -> bool {
+    let Some(j) = b.stmts.iter().position(|s| s.results.contains(&x)) else { return true };
+    if j < i {
+        return true;
+    }
+    let s = &b.stmts[j];
+    hold_of(rp, x) == Hold::Lazy
+        && !matches!(s.op, TOp::For { .. } | TOp::If { .. })
+        && s.op.operands().iter().all(|y| ready_at(rp, b, i, *y))
 }
 
 fn pipelined(rp: &RowsPlan, v: TValue) -> bool {
@@ -1489,9 +1539,19 @@ fn stmt<'ctx>(em: &mut Em<'ctx, '_>, rp: &RowsPlan, ln: &Lanes<'ctx>, s: &Stmt) 
 /// Computes a [`Hold::Shared`] value into its slot, all threads, between
 /// barriers (the previous iteration's readers are done; this one's wait).
 fn shared<'ctx>(em: &mut Em<'ctx, '_>, s: &Stmt, v: TValue) -> R<()> {
+    em.barrier()?;
+    shared_values(em, s, v)?;
+    em.barrier()?;
+    // Reads after the barrier see the slot anew.
+    em.memo.clear();
+    Ok(())
+}
+
+/// Computes a [`Hold::Shared`] value into its slot, all threads (the
+/// barriers around it are the caller's).
+fn shared_values<'ctx>(em: &mut Em<'ctx, '_>, s: &Stmt, v: TValue) -> R<()> {
     let slot = em.slot_of(v)?;
     let ty = em.k.ty(v).clone();
-    em.barrier()?;
     let n = super::numel(&ty.shape);
     let float = ty.dtype.is_float();
     match &s.op {
@@ -1520,9 +1580,6 @@ fn shared<'ctx>(em: &mut Em<'ctx, '_>, s: &Stmt, v: TValue) -> R<()> {
             })?;
         }
     }
-    em.barrier()?;
-    // Reads after the barrier see the slot anew.
-    em.memo.clear();
     Ok(())
 }
 
@@ -2000,6 +2057,7 @@ fn matvec<'ctx>(em: &mut Em<'ctx, '_>, ln: &Lanes<'ctx>, v: TValue, a: TValue, b
     let zero = em.i32c(0);
     let rows = ln.rows_of(sa[0])?.to_vec();
     for r in rows {
+        em.memo.clear();
         let mut acc = em.f32c(0.0);
         for j in 0..(sa[1] / 8) as usize {
             let Some(cj) = ln.cols.get(j).copied() else { return super::fail("a tile wider than planned") };
