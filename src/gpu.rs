@@ -4,7 +4,7 @@
 use crate::bundle::{BundledProgram, KernelImage};
 use crate::{Error, NamedGraph};
 use mixc_backend_ptx::{compile_with, Target};
-pub use mixc_backend_ptx::{Matmul, Options};
+pub use mixc_backend_ptx::{preview_default, Matmul, Options};
 use mixc_ir::tile::Program;
 use mixc_passes::Schedule;
 use std::path::Path;

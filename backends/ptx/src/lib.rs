@@ -256,11 +256,30 @@ pub struct Options {
     /// backend's choice per kernel, 32 where it estimates two tiles fit the
     /// registers (`codegen::rows::analyze_rows`).
     pub warp_rows: u32,
+    /// Register-tier forms written but not yet checked on a GPU (off by
+    /// default; `MIXC_TIER_PREVIEW=1` turns them on): tiles of no held
+    /// shape carried in shared-memory slots (mLSTM's running maximum and
+    /// normalizer), `dot`s of one column, stores of unheld tiles by all
+    /// threads, 16 rows a warp where 32 are refused, and shared-memory
+    /// values computed together between one pair of barriers.
+    pub preview: bool,
+}
+
+/// Whether [`Options::preview`] is on by default: `MIXC_TIER_PREVIEW=1`.
+pub fn preview_default() -> bool {
+    std::env::var("MIXC_TIER_PREVIEW").is_ok_and(|v| v == "1")
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { matmul: Matmul::default(), fast_exp: true, ctas_per_sm: 1, register_tiles: true, warp_rows: 0 }
+        Options {
+            matmul: Matmul::default(),
+            fast_exp: true,
+            ctas_per_sm: 1,
+            register_tiles: true,
+            warp_rows: 0,
+            preview: preview_default(),
+        }
     }
 }
 
@@ -291,7 +310,7 @@ pub struct Resources {
 /// scratch, the CTA size, an estimate of its registers) without generating
 /// code, for `dot`s computed as `matmul` says.
 pub fn resources(k: &Kernel, matmul: Matmul) -> Result<Resources, PtxError> {
-    if let Ok(rp) = codegen::rows::analyze_rows(k, matmul, false, 0) {
+    if let Ok(rp) = codegen::rows::analyze_rows(k, matmul, false, 0, preview_default()) {
         return Ok(Resources {
             threads: rp.threads(),
             warp_rows: 16 * rp.tiles,
@@ -329,7 +348,12 @@ pub fn register_features(k: &Kernel, matmul: Matmul) -> Result<RegisterFeatures,
 /// Whether the register tier ([`Tier::Registers`]) takes `k` with `dot`s
 /// computed as `matmul` says; if not, why.
 pub fn register_tier(k: &Kernel, matmul: Matmul) -> Result<(), String> {
-    codegen::rows::analyze(k, matmul, false, 16).map(|_| ())
+    register_tier_with(k, matmul, preview_default())
+}
+
+/// [`register_tier`] with [`Options::preview`] as `preview` says.
+pub fn register_tier_with(k: &Kernel, matmul: Matmul, preview: bool) -> Result<(), String> {
+    codegen::rows::analyze(k, matmul, false, 16, preview).map(|_| ())
 }
 
 /// Compiles one tile kernel to PTX for `target` with the default options.

@@ -11,7 +11,11 @@ use std::process::Command;
 use std::sync::Mutex;
 
 /// Kernels allowed to spill, with the reason.
-const SPILL_EXCEPTIONS: &[(&str, &str)] = &[];
+const SPILL_EXCEPTIONS: &[(&str, &str)] = &[(
+    "anchors/mlstm/c64v32/o_fused",
+    "sm_80 only (28 bytes at 255 registers; sm_90 fits it without spills): \
+     mLSTM's fused kernel in the register tier, a preview form (Options::preview)",
+)];
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -767,7 +771,8 @@ fn exp_forms_assemble() {
     }
 }
 
-/// mLSTM in the register tier: its running maximum `[1, 1]` and normalizer
+/// mLSTM in the register tier (the preview forms, [`Options::preview`]):
+/// its running maximum `[1, 1]` and normalizer
 /// `[128, 1]` are carried in shared-memory slots (the normalizer is read
 /// along the keys by `q·n`, a matrix-vector `dot` held as rows), stored by
 /// all threads at the end; fused at chunk 64 in value blocks of 32 and split
@@ -776,7 +781,7 @@ fn exp_forms_assemble() {
 #[test]
 fn mlstm_takes_the_register_tier() {
     use mixc_passes::Schedule;
-    let bf16 = Options { matmul: Matmul::Bf16, warp_rows: 0, ..Options::default() };
+    let bf16 = Options { matmul: Matmul::Bf16, warp_rows: 0, preview: true, ..Options::default() };
     let scheds = [
         ("c64v32", Schedule { block_v: 32, ..Schedule::with_chunk(64) }),
         ("c64v64s", Schedule { block_v: 64, split: true, ..Schedule::with_chunk(64) }),
@@ -790,10 +795,13 @@ fn mlstm_takes_the_register_tier() {
     assert_eq!(names.len(), 4, "{names:?}");
     let (wide, taken): (Vec<_>, Vec<_>) = mlstm.into_iter().partition(|(id, _)| id.contains("/c64v64/"));
     for (id, k) in &wide {
-        let why = mixc_backend_ptx::register_tier(k, Matmul::Bf16).expect_err("mLSTM fused in blocks of 64");
+        let why = mixc_backend_ptx::register_tier_with(k, Matmul::Bf16, true).expect_err("mLSTM fused in blocks of 64");
         assert!(why.contains("held tiles reach"), "{id}: {why}");
     }
     for (id, k) in &taken {
+        // Without the preview forms: the shared-memory tier, saying why.
+        let why = mixc_backend_ptx::register_tier_with(k, Matmul::Bf16, false).expect_err("no preview");
+        assert!(why.contains("carried") || why.contains("dot operand"), "{id}: {why}");
         let p = compile_with(k, Target::Sm90, bf16).unwrap_or_else(|e| panic!("{id}: {e}"));
         assert_eq!(p.tier, Tier::Registers, "{id}");
         if id.ends_with("o_fused") || id.ends_with("o_outputs") {

@@ -256,6 +256,9 @@ struct Analysis<'k> {
     force: HashSet<u32>,
     /// Loop results held in their carried value's slot: (result, carried).
     aliases: Vec<(TValue, TValue)>,
+    /// The forms not yet checked on a GPU ([`crate::Options::preview`]):
+    /// carried slots, matrix-vector `dot`s, stores by all threads.
+    preview: bool,
 }
 
 impl Analysis<'_> {
@@ -297,8 +300,9 @@ impl Analysis<'_> {
         let numel: u32 = s.iter().product();
         let h = if s.is_empty() {
             Hold::Scalar
-        } else if self.force.contains(&v.0)
-            || (!self.frag_shape(&s) && !self.rows_shape(&s) && numel <= MAX_CARRIED_SHARED)
+        } else if self.preview
+            && (self.force.contains(&v.0)
+                || (!self.frag_shape(&s) && !self.rows_shape(&s) && numel <= MAX_CARRIED_SHARED))
         {
             // Read where no lane holds it (a normalizer read along the
             // keys), or a small tile of no held shape (a running maximum,
@@ -418,6 +422,9 @@ impl Analysis<'_> {
             TOp::Store { value, offsets, mask, .. } => {
                 let vs = self.shape(*value).to_vec();
                 if !(vs.is_empty() || self.frag_shape(&vs) || self.rows_shape(&vs)) {
+                    if !self.preview {
+                        return Err(format!("a store of a {vs:?} tile").into());
+                    }
                     // Stored by all threads, each element once: readable anywhere.
                     for x in [Some(*offsets), *mask, Some(*value)].into_iter().flatten() {
                         self.anywhere(x)?;
@@ -447,7 +454,7 @@ impl Analysis<'_> {
         let first_derived = ops.iter().copied().find(|x| self.derived[x.index()]);
         let any_derived = first_derived.is_some();
         let hold = match &s.op {
-            TOp::Dot { a, b, trans_a: false, trans_b: false, acc: None } if one_column(&shape) => {
+            TOp::Dot { a, b, trans_a: false, trans_b: false, acc: None } if self.preview && one_column(&shape) => {
                 // A matrix-vector product (`q·n`): each lane's columns of
                 // its rows, then the four lanes of a row; the vector is read
                 // at every column.
@@ -664,7 +671,13 @@ const MAX_RESIDENT: u32 = 192;
 /// The warps are those of the narrowest `dot` result (a chunk of a
 /// recurrence, a query block of attention); wider held tiles (a
 /// recurrence's `[Dk, Dv]` state) give each warp more `m16` tiles.
-pub(crate) fn analyze(k: &Kernel, matmul: Matmul, stage_left: bool, warp_rows: u32) -> Result<RowsPlan, String> {
+pub(crate) fn analyze(
+    k: &Kernel,
+    matmul: Matmul,
+    stage_left: bool,
+    warp_rows: u32,
+    preview: bool,
+) -> Result<RowsPlan, String> {
     if matmul != Matmul::Bf16 {
         return Err("the register tier takes bf16 dots only".into());
     }
@@ -700,7 +713,7 @@ pub(crate) fn analyze(k: &Kernel, matmul: Matmul, stage_left: bool, warp_rows: u
         }
         match &s.op {
             // A matrix-vector product is no `mma` (its operands are read in place).
-            TOp::Dot { .. } if s.results.first().is_some_and(|r| one_column(&k.ty(*r).shape)) => {}
+            TOp::Dot { .. } if preview && s.results.first().is_some_and(|r| one_column(&k.ty(*r).shape)) => {}
             TOp::Dot { a, b, trans_a, .. } => {
                 if let Some(u) = dot_b_uses.get_mut(b.index()) {
                     *u += 1;
@@ -756,6 +769,7 @@ pub(crate) fn analyze(k: &Kernel, matmul: Matmul, stage_left: bool, warp_rows: u
             stage_left,
             force: force.clone(),
             aliases: vec![],
+            preview,
         };
         match a.block(&k.body) {
             Ok(()) => break a,
@@ -804,7 +818,7 @@ pub(crate) fn analyze(k: &Kernel, matmul: Matmul, stage_left: bool, warp_rows: u
         stages,
         shared,
         carried_next,
-        group_shared: std::env::var("MIXC_GROUP_SHARED").map_or(true, |v| v != "0"),
+        group_shared: preview && std::env::var("MIXC_GROUP_SHARED").map_or(true, |v| v != "0"),
         slots,
         shared_bytes: end,
         max_cols: a.max_cols,
@@ -913,14 +927,25 @@ struct Slots {
 /// more: q64 k64 at 32 rows, two warps a CTA, ran 23 ms against 12 at 16)
 /// and two tiles' worth of them still fit a thread's 255 registers, else the
 /// 16-row plan the estimate was made from.
-pub(crate) fn analyze_rows(k: &Kernel, matmul: Matmul, stage_left: bool, warp_rows: u32) -> Result<RowsPlan, String> {
+pub(crate) fn analyze_rows(
+    k: &Kernel,
+    matmul: Matmul,
+    stage_left: bool,
+    warp_rows: u32,
+    preview: bool,
+) -> Result<RowsPlan, String> {
     if warp_rows != 0 {
-        return analyze(k, matmul, stage_left || warp_rows > 16, warp_rows);
+        return analyze(k, matmul, stage_left || warp_rows > 16, warp_rows, preview);
     }
-    let narrow = analyze(k, matmul, stage_left, 16)?;
+    let narrow = analyze(k, matmul, stage_left, 16, preview)?;
     if two_tiles_fit(k, &narrow) {
-        // Where 32 rows are refused (a recurrence's chunk over two warps), 16.
-        Ok(analyze(k, matmul, true, 32).unwrap_or(narrow))
+        let wide = analyze(k, matmul, true, 32, preview);
+        if preview {
+            // Where 32 rows are refused (a recurrence's chunk over two warps), 16.
+            Ok(wide.unwrap_or(narrow))
+        } else {
+            wide
+        }
     } else {
         Ok(narrow)
     }
