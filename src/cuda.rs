@@ -87,7 +87,7 @@ impl Gpu {
             })?;
             let opts = crate::gpu::Options { matmul, ..crate::gpu::Options::default() };
             let images: Vec<KernelImage> =
-                crate::gpu::compile_program(mixer, prog, target, opts)?.into_iter().map(|(k, _)| k).collect();
+                crate::gpu::compile_program(mixer, prog, target, opts)?.into_iter().map(|c| c.image).collect();
             self.load(mixer, prog, &images)
         }
         #[cfg(not(feature = "llvm"))]

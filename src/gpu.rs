@@ -3,8 +3,8 @@
 
 use crate::bundle::{BundledProgram, KernelImage};
 use crate::{Error, NamedGraph};
-use mixc_backend_ptx::{compile_with, Target};
-pub use mixc_backend_ptx::{preview_default, Matmul, Options};
+use mixc_backend_ptx::{compile_with, register_tier_with, Target};
+pub use mixc_backend_ptx::{preview_default, Matmul, Options, Tier};
 use mixc_ir::tile::Program;
 use mixc_passes::Schedule;
 use std::path::Path;
@@ -19,29 +19,39 @@ pub fn target(name: &str) -> Option<Target> {
 
 /// Compiles every kernel of a program, side by side on all cores (each
 /// kernel has its own LLVM context): a model's first token waits for it.
-pub fn compile_program(
-    mixer: &str,
-    prog: &Program,
-    target: Target,
-    opts: Options,
-) -> Result<Vec<(KernelImage, String)>, Error> {
+pub fn compile_program(mixer: &str, prog: &Program, target: Target, opts: Options) -> Result<Vec<Compiled>, Error> {
     use rayon::prelude::*;
     prog.kernels
         .par_iter()
         .map(|k| {
             let p = compile_with(k, target, opts).map_err(|e| Error::Usage(format!("mixer `{mixer}`: {e}")))?;
-            Ok((
-                KernelImage {
-                    name: p.name,
-                    code: p.ptx,
-                    threads: p.threads,
-                    shared_bytes: p.shared_bytes,
-                    scratch_bytes: p.scratch_bytes,
+            let tier = match p.tier {
+                Tier::Registers => "register tier".to_string(),
+                Tier::Shared if !opts.register_tiles => "shared-memory tier (--shared-tiles)".to_string(),
+                Tier::Shared => match register_tier_with(k, opts.matmul, opts.preview) {
+                    Err(why) => format!("shared-memory tier: {why}"),
+                    Ok(()) => "shared-memory tier: the register tier could not emit it".to_string(),
                 },
-                p.llvm_ir,
-            ))
+            };
+            let image = KernelImage {
+                name: p.name,
+                code: p.ptx,
+                threads: p.threads,
+                shared_bytes: p.shared_bytes,
+                scratch_bytes: p.scratch_bytes,
+            };
+            Ok(Compiled { image, llvm_ir: p.llvm_ir, tier })
         })
         .collect()
+}
+
+/// One kernel compiled by [`compile_program`].
+pub struct Compiled {
+    pub image: KernelImage,
+    /// The optimized LLVM IR its PTX was generated from.
+    pub llvm_ir: String,
+    /// Where it holds its tiles, and if not in registers, why.
+    pub tier: String,
 }
 
 /// What the caller sets of a bundle's decode-step schedules beyond what the
@@ -74,7 +84,7 @@ pub fn write_bundle(
         step.validate().map_err(|why| Error::Usage(format!("the decode-step schedule: {why}")))?;
         for (mode, s) in [("prefill", *sched), ("decode", step)] {
             let program = crate::lower_graph(&g.name, &g.graph, &s)?;
-            let kernels = compile_program(&g.name, &program, t, opts)?.into_iter().map(|(k, _)| k).collect();
+            let kernels = compile_program(&g.name, &program, t, opts)?.into_iter().map(|c| c.image).collect();
             programs.push(BundledProgram {
                 mixer: g.name.clone(),
                 mode: mode.into(),

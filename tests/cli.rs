@@ -146,6 +146,26 @@ fn warp_rows_and_explain_matmul_are_flags() {
     assert!(text(&out.stderr).contains("tf32x3, bf16 or simt"), "{}", text(&out.stderr));
 }
 
+/// `--emit ptx` heads each kernel with its tier and, outside the register
+/// tier, why: attention with bf16 dots in registers, with tf32x3 not (the
+/// tier takes bf16 dots only), everything with `--shared-tiles` not.
+#[test]
+fn ptx_headers_say_the_tier() {
+    let header = |extra: &[&str]| {
+        let args = ["compile", "models/llama.toml", "--target", "sm_90", "--emit", "ptx"];
+        let out = mixc(&[&args[..], extra].concat());
+        assert!(out.status.success(), "{extra:?}: {}", text(&out.stderr));
+        let ptx = text(&out.stdout);
+        let line = ptx.lines().find(|l| l.starts_with("// mixer attn kernel flash_attention ("));
+        line.unwrap_or_else(|| panic!("{extra:?}: no header for flash_attention")).to_string()
+    };
+    assert!(header(&["--matmul", "bf16"]).contains("(register tier;"), "{}", header(&["--matmul", "bf16"]));
+    let tf32 = header(&[]);
+    assert!(tf32.contains("shared-memory tier: the register tier takes bf16 dots only;"), "{tf32}");
+    let off = header(&["--matmul", "bf16", "--shared-tiles"]);
+    assert!(off.contains("shared-memory tier (--shared-tiles);"), "{off}");
+}
+
 #[test]
 fn every_zoo_model_compiles_to_graphs() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");

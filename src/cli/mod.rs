@@ -368,9 +368,11 @@ pub enum Emit {
     Tile,
     /// The Cranelift IR of each kernel (the CPU target).
     Clif,
-    /// The LLVM IR of each kernel (GPU targets).
+    /// The LLVM IR of each kernel (GPU targets), headed like `ptx`.
     Llvm,
-    /// The PTX of each kernel (GPU targets).
+    /// The PTX of each kernel (GPU targets), each headed by a comment with its
+    /// tier (register or shared-memory, and why not the register tier), threads
+    /// and shared memory.
     Ptx,
 }
 
