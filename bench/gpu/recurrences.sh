@@ -12,8 +12,11 @@
 #      (`anchors/gpu_anchor_bench.py --phases fla,mlstm`, wheels fla_core,
 #      einops and mlstm_kernels in anchors/; ONLY picks the kernels).
 # VARIANTS: `pick` (the cost model's schedule), `cCvV` (`--chunk C
-# --block-v V`) or `cCvVs` (the same, split: states, then outputs);
-# CHECK_VARIANTS, if set, are the ones checked. PARTS picks the parts (default check,bench,decode,fla).
+# --block-v V`) or `cCvVs` (the same, split: states, then outputs), each
+# with `+p` for the register tier's preview forms (MIXC_TIER_PREVIEW=1:
+# carried slots, one-column dots, grouped barriers), e.g. `pick pick+p`;
+# CHECK_VARIANTS, if set, are the ones checked; CHECK_PREVIEW=1 compiles
+# CHECK_MODELS with the preview forms. PARTS picks the parts (default check,bench,decode,fla).
 # Exits non-zero when a check fails.
 set -uo pipefail
 cd "$(dirname "$0")"
@@ -24,11 +27,14 @@ parts=${PARTS:-check,bench,decode,fla}
 variants=${VARIANTS:-pick c64v32 c64v64}
 status=0
 d=$(mktemp -d)
+# The preview setting of variant $1 (`+p`: on).
+preview() { [[ $1 == *+p ]] && echo 1 || echo 0; }
 flags() {
-  case $1 in
+  local v=${1%+p}
+  case $v in
     pick) ;;
-    c*v*s) local c=${1#c}; c=${c%s}; echo --chunk "${c%%v*}" --block-v "${c##*v}" --split ;;
-    c*v*) local c=${1#c}; echo --chunk "${c%%v*}" --block-v "${1##*v}" ;;
+    c*v*s) local c=${v#c}; c=${c%s}; echo --chunk "${c%%v*}" --block-v "${c##*v}" --split ;;
+    c*v*) local c=${v#c}; echo --chunk "${c%%v*}" --block-v "${c##*v}" ;;
   esac
 }
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/card.txt"
@@ -36,14 +42,15 @@ if [[ $parts == *check* ]]; then
   for v in ${CHECK_VARIANTS:-$variants}; do
     for s in f32 bf16; do
       read -ra flag <<< "$(flags "$v")"
-      ./mixc compile "$models/bench/anchors.toml" --target sm_90 --matmul bf16 --storage $s "${flag[@]}" \
+      MIXC_TIER_PREVIEW=$(preview "$v") ./mixc compile "$models/bench/anchors.toml" --target sm_90 --matmul bf16 --storage $s "${flag[@]}" \
         -o "$d/check-$v-$s" >/dev/null || { echo "compile failed: $v $s"; status=1; continue; }
       echo "== anchors, $v, $s"
       ./mixc gpu-check --kernels "$d/check-$v-$s" --max-t "${MAX_T:-400}" || status=1
     done
   done 2>&1 | tee "$out/check.txt"
   for n in ${CHECK_MODELS:-llama swa duo-attention hybrid linear-attn deltanet}; do
-    ./mixc compile "$models/$n.toml" --target sm_90 --matmul bf16 -o "$d/$n" >/dev/null || { echo "compile failed: $n"; status=1; }
+    MIXC_TIER_PREVIEW=${CHECK_PREVIEW:-0} ./mixc compile "$models/$n.toml" --target sm_90 --matmul bf16 -o "$d/$n" >/dev/null \
+      || { echo "compile failed: $n"; status=1; }
     ./mixc gpu-check --kernels "$d/$n" --max-t "${MAX_T:-400}" || status=1
   done 2>&1 | tee -a "$out/check.txt"
   grep -qiE "fail|error" "$out/check.txt" && status=1
@@ -53,7 +60,7 @@ if [[ $parts == *bench* ]]; then
     for v in $variants; do
       read -ra flag <<< "$(flags "$v")"
       b="$d/bench-$v-$p"
-      ./mixc compile "$models/bench/anchors.toml" --target sm_90 --matmul bf16 --storage bf16 --sizes "$p" "${flag[@]}" \
+      MIXC_TIER_PREVIEW=$(preview "$v") ./mixc compile "$models/bench/anchors.toml" --target sm_90 --matmul bf16 --storage bf16 --sizes "$p" "${flag[@]}" \
         -o "$b" >/dev/null || continue
       echo "== $v, $p"
       ./mixc bench "$models/bench/anchors.toml" --target cuda --kernels "$b" --mode prefill --runs 5 --sizes "$p" \
