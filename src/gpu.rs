@@ -25,14 +25,7 @@ pub fn compile_program(mixer: &str, prog: &Program, target: Target, opts: Option
         .par_iter()
         .map(|k| {
             let p = compile_with(k, target, opts).map_err(|e| Error::Usage(format!("mixer `{mixer}`: {e}")))?;
-            let tier = match p.tier {
-                Tier::Registers => "register tier".to_string(),
-                Tier::Shared if !opts.register_tiles => "shared-memory tier (--shared-tiles)".to_string(),
-                Tier::Shared => match register_tier_with(k, opts.matmul, opts.preview) {
-                    Err(why) => format!("shared-memory tier: {why}"),
-                    Ok(()) => "shared-memory tier: the register tier could not emit it".to_string(),
-                },
-            };
+            let tier = p.tier;
             let image = KernelImage {
                 name: p.name,
                 code: p.ptx,
@@ -50,8 +43,21 @@ pub struct Compiled {
     pub image: KernelImage,
     /// The optimized LLVM IR its PTX was generated from.
     pub llvm_ir: String,
-    /// Where it holds its tiles, and if not in registers, why.
-    pub tier: String,
+    /// Where it holds its tiles.
+    pub tier: Tier,
+}
+
+/// `k`'s tier as compiled with `opts` (`tier`) and, outside the register
+/// tier, why (the register tier's analysis run again: for reports only).
+pub fn describe_tier(k: &mixc_ir::tile::Kernel, tier: Tier, opts: Options) -> String {
+    match tier {
+        Tier::Registers => "register tier".to_string(),
+        Tier::Shared if !opts.register_tiles => "shared-memory tier (--shared-tiles)".to_string(),
+        Tier::Shared => match register_tier_with(k, opts.matmul, opts.preview) {
+            Err(why) => format!("shared-memory tier: {why}"),
+            Ok(()) => "shared-memory tier: the register tier could not emit it".to_string(),
+        },
+    }
 }
 
 /// What the caller sets of a bundle's decode-step schedules beyond what the

@@ -123,11 +123,12 @@ fn emit_gpu(graphs: &[mixc::NamedGraph], args: &CompileArgs) -> Result<String, m
     let mut out = String::new();
     for g in graphs {
         let prog = mixc::lower_graph(&g.name, &g.graph, &schedule_of(g, args)?)?;
-        for c in mixc::gpu::compile_program(&g.name, &prog, target, opts)? {
+        for (c, k) in mixc::gpu::compile_program(&g.name, &prog, target, opts)?.iter().zip(&prog.kernels) {
             let image = &c.image;
+            let tier = mixc::gpu::describe_tier(k, c.tier, opts);
             out.push_str(&format!(
-                "// mixer {} kernel {} ({}; {} threads, {} B shared, {} B scratch)\n",
-                g.name, image.name, c.tier, image.threads, image.shared_bytes, image.scratch_bytes
+                "// mixer {} kernel {} ({tier}; {} threads, {} B shared, {} B scratch)\n",
+                g.name, image.name, image.threads, image.shared_bytes, image.scratch_bytes
             ));
             out.push_str(if args.emit == Emit::Llvm { &c.llvm_ir } else { &image.code });
             out.push('\n');

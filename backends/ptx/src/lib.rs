@@ -265,9 +265,11 @@ pub struct Options {
     pub preview: bool,
 }
 
-/// Whether [`Options::preview`] is on by default: `MIXC_TIER_PREVIEW=1`.
+/// Whether [`Options::preview`] is on by default: `MIXC_TIER_PREVIEW=1`
+/// (read once a process: the cost model plans many kernels).
 pub fn preview_default() -> bool {
-    std::env::var("MIXC_TIER_PREVIEW").is_ok_and(|v| v == "1")
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("MIXC_TIER_PREVIEW").is_ok_and(|v| v == "1"))
 }
 
 impl Default for Options {

@@ -623,6 +623,13 @@ impl Analysis<'_> {
     }
 }
 
+/// Whether shared-memory values are grouped between barriers (with the
+/// preview): unless `MIXC_GROUP_SHARED=0`, read once a process.
+fn group_shared_default() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("MIXC_GROUP_SHARED").map_or(true, |v| v != "0"))
+}
+
 /// Whether a `dot` result of `shape` is one column (a matrix-vector product).
 fn one_column(shape: &[u32]) -> bool {
     shape.len() == 2 && shape[1] == 1
@@ -818,7 +825,7 @@ pub(crate) fn analyze(
         stages,
         shared,
         carried_next,
-        group_shared: preview && std::env::var("MIXC_GROUP_SHARED").map_or(true, |v| v != "0"),
+        group_shared: preview && group_shared_default(),
         slots,
         shared_bytes: end,
         max_cols: a.max_cols,
@@ -1441,55 +1448,49 @@ pub(super) fn emit(em: &mut Em<'_, '_>, rp: &RowsPlan) -> R<()> {
 
 fn block<'ctx>(em: &mut Em<'ctx, '_>, rp: &RowsPlan, ln: &Lanes<'ctx>, b: &Block) -> R<()> {
     let k = em.k;
+    let shared_at = |j: usize| {
+        let s = &b.stmts[j];
+        !matches!(s.op, TOp::For { .. }) && s.results.first().is_some_and(|v| hold_of(rp, *v) == Hold::Shared)
+    };
+    // The statement of `b` that defines each value.
+    let def_at: HashMap<u32, usize> =
+        b.stmts.iter().enumerate().flat_map(|(i, s)| s.results.iter().map(move |r| (r.0, i))).collect();
     let mut early: HashSet<usize> = HashSet::new();
     for (i, s) in b.stmts.iter().enumerate() {
         if early.contains(&i) {
             continue;
         }
-        let shared_at = |j: usize| {
-            b.stmts.get(j).and_then(|s| s.results.first()).filter(|v| hold_of(rp, **v) == Hold::Shared).is_some()
-        };
-        if shared_at(i) && !matches!(s.op, TOp::For { .. }) {
-            // The [`Hold::Shared`] values after this one that need nothing
-            // computed in between join it between the same two barriers.
-            let group: Vec<usize> = if rp.group_shared {
-                ((i + 1)..b.stmts.len())
-                    .filter(|j| shared_at(*j) && !matches!(b.stmts[*j].op, TOp::For { .. }))
-                    .filter(|j| b.stmts[*j].op.operands().iter().all(|x| ready_at(rp, b, i, *x)))
-                    .collect()
-            } else {
-                vec![]
-            };
-            em.barrier()?;
-            for j in std::iter::once(i).chain(group.iter().copied()) {
-                let t = &b.stmts[j];
-                if let Some(v) = t.results.first().copied() {
-                    shared_values(em, t, v).map_err(|e| named(e, &k.name, &t.op.mnemonic()))?;
-                }
-            }
-            em.barrier()?;
-            // Reads after the barrier see the slots anew.
-            em.memo.clear();
-            early.extend(group);
+        if !shared_at(i) {
+            stmt(em, rp, ln, s).map_err(|e| named(e, &k.name, &s.op.mnemonic()))?;
             continue;
         }
-        stmt(em, rp, ln, s).map_err(|e| named(e, &k.name, &s.op.mnemonic()))?;
+        // The [`Hold::Shared`] values after this one that need nothing
+        // computed in between join it between the same two barriers.
+        let mut group = vec![i];
+        if rp.group_shared {
+            let ready = |j: &usize| b.stmts[*j].op.operands().iter().all(|x| ready_at(rp, b, &def_at, i, *x));
+            group.extend(((i + 1)..b.stmts.len()).filter(|j| shared_at(*j)).filter(ready));
+        }
+        let stmts: Vec<&Stmt> = group.iter().map(|j| &b.stmts[*j]).collect();
+        shared(em, &stmts).map_err(|e| named(e, &k.name, &s.op.mnemonic()))?;
+        early.extend(group);
     }
     Ok(())
 }
 
-/// Whether `x` can be read at statement `i` of `b` without anything of `b`
-/// from `i` on being emitted first: defined before `i` (or outside `b`), or
-/// computed where read from such values.
-fn ready_at(rp: &RowsPlan, b: &Block, i: usize, x: TValue) -> bool {
-    let Some(j) = b.stmts.iter().position(|s| s.results.contains(&x)) else { return true };
+/// Whether `x` can be read at statement `i` of `b` (`def_at`: the statement
+/// defining each value of `b`) without anything of `b` from `i` on being
+/// emitted first: defined before `i` (or outside `b`), or computed where
+/// read from such values.
+fn ready_at(rp: &RowsPlan, b: &Block, def_at: &HashMap<u32, usize>, i: usize, x: TValue) -> bool {
+    let Some(j) = def_at.get(&x.0).copied() else { return true };
     if j < i {
         return true;
     }
     let s = &b.stmts[j];
     hold_of(rp, x) == Hold::Lazy
         && !matches!(s.op, TOp::For { .. } | TOp::If { .. })
-        && s.op.operands().iter().all(|y| ready_at(rp, b, i, *y))
+        && s.op.operands().iter().all(|y| ready_at(rp, b, def_at, i, *y))
 }
 
 fn pipelined(rp: &RowsPlan, v: TValue) -> bool {
@@ -1525,7 +1526,7 @@ fn stmt<'ctx>(em: &mut Em<'ctx, '_>, rp: &RowsPlan, ln: &Lanes<'ctx>, s: &Stmt) 
             em.set(v, x);
             Ok(())
         }
-        Hold::Shared => shared(em, s, v),
+        Hold::Shared => shared(em, &[s]),
         Hold::Staged if pipelined(rp, v) => Ok(()),
         Hold::Staged => {
             stage(em, rp, v)?;
@@ -1563,11 +1564,15 @@ fn stmt<'ctx>(em: &mut Em<'ctx, '_>, rp: &RowsPlan, ln: &Lanes<'ctx>, s: &Stmt) 
 
 /// Computes a [`Hold::Shared`] value into its slot, all threads, between
 /// barriers (the previous iteration's readers are done; this one's wait).
-fn shared<'ctx>(em: &mut Em<'ctx, '_>, s: &Stmt, v: TValue) -> R<()> {
+fn shared<'ctx>(em: &mut Em<'ctx, '_>, stmts: &[&Stmt]) -> R<()> {
     em.barrier()?;
-    shared_values(em, s, v)?;
+    for s in stmts {
+        if let Some(v) = s.results.first().copied() {
+            shared_values(em, s, v)?;
+        }
+    }
     em.barrier()?;
-    // Reads after the barrier see the slot anew.
+    // Reads after the barrier see the slots anew.
     em.memo.clear();
     Ok(())
 }
