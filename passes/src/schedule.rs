@@ -165,6 +165,20 @@ pub struct Schedule {
     /// serialized schedule: `false`, as recorded before it existed.
     #[serde(default)]
     pub decay_products: bool,
+    /// Rows of the state per block of the token-by-token form (`step`) of
+    /// diagonal-gated recurrences: each pass walks the state `[Dk, Dv]` in
+    /// blocks of this many rows (key dims), each loaded, updated by the
+    /// pass's tokens, read out into the outputs' running sums and stored
+    /// before the next, so the block a pass works on stays in the first-level
+    /// cache instead of whole-state tiles going through the second level once
+    /// per op. Row `i` of `S` depends only on `k_i`, `v` and its own decay, so
+    /// the blocks are independent but for the readouts `o = Σ_blocks q_b S_b`
+    /// (and the normalizers' `q·n`), which the passes sum before dividing.
+    /// A CPU form (its backend holds each tile in memory); a divisor of the
+    /// padded key dim, a power of two from 4 to 64; 0: the whole state at once.
+    /// Absent in a serialized schedule: 0, as recorded before it existed.
+    #[serde(default)]
+    pub state_rows: u32,
 }
 
 fn one() -> u32 {
@@ -217,6 +231,7 @@ impl Default for Schedule {
             kv_split: 0,
             scan: false,
             decay_products: false,
+            state_rows: 0,
         }
     }
 }
@@ -230,6 +245,20 @@ pub const DECODE_BLOCK_Q: u32 = 16;
 /// model at 2000 cached tokens, 4 layers of 8 heads × 64: 29 → 17 ms a step;
 /// 2 rows measured the same as 1, 4 and 8 slower).
 pub const CPU_DECODE_BLOCK_Q: u32 = 1;
+
+/// Rows of the state per block of a CPU's decode step
+/// ([`Schedule::state_rows`], [`Schedule::decode_for`]). A step reads the
+/// state from memory, updates it, reads it out and writes it back; whole, a
+/// `[128, 128]` f32 state is 64 KB, past the first-level cache, and each of
+/// those ops was a pass through the second level while the memory stood
+/// idle. In blocks of 8 rows (4 KB) the ops of a block run from the first
+/// level and the blocks stream: at batch 16 (H = 16, Dk = Dv = 128, f32, 2
+/// threads, best of three runs) GLA 1.65 → 1.31 ms, simple GLA 2.41 → 1.29,
+/// linear attention 1.74 → 1.28, mLSTM 2.69 → 1.80; batch 1 about the same
+/// (bench/RESULTS.md, 2026-12-07). Several tokens a pass (a prefill) run
+/// slower in blocks (each pass reloads the blocks: GLA, 64 tokens, 7 → 18
+/// ms), so only the decode step takes them.
+pub const CPU_DECODE_STATE_ROWS: u32 = 8;
 
 impl Schedule {
     /// The default schedule with another chunk size (sub-chunks of at most 16).
@@ -247,7 +276,9 @@ impl Schedule {
     }
 
     /// The decode step's schedule on a device of `kind`: [`Schedule::decode`];
-    /// on a CPU with attention in query blocks of [`CPU_DECODE_BLOCK_Q`]; on a GPU with the value columns split into blocks of
+    /// on a CPU with attention in query blocks of [`CPU_DECODE_BLOCK_Q`] and
+    /// the recurrences' states in blocks of [`CPU_DECODE_STATE_ROWS`] rows;
+    /// on a GPU with the value columns split into blocks of
     /// [`GPU_DECODE_BLOCK_V`], attention's keys into runs of
     /// [`GPU_DECODE_KV_SPLIT`] and generic kernels in blocks of
     /// [`GPU_DECODE_BLOCK_ELEMS`].
@@ -259,16 +290,20 @@ impl Schedule {
                 block_elems: GPU_DECODE_BLOCK_ELEMS,
                 ..Schedule::decode()
             },
-            _ => Schedule { block_q: CPU_DECODE_BLOCK_Q, ..Schedule::decode() },
+            _ => Schedule { block_q: CPU_DECODE_BLOCK_Q, state_rows: CPU_DECODE_STATE_ROWS, ..Schedule::decode() },
         }
     }
 
     /// The recurrence form in words: `chunk 64 fused`, `chunk 32 split`,
     /// `chunk 32 scan`, `token by token` or `token by token, 8 a pass`.
     pub fn form(&self) -> String {
+        let rows = match self.state_rows {
+            0 => String::new(),
+            r => format!(", state in {r}-row blocks"),
+        };
         match (self.step, self.step_tokens) {
-            (true, 1) => "token by token".to_string(),
-            (true, n) => format!("token by token, {n} a pass"),
+            (true, 1) => format!("token by token{rows}"),
+            (true, n) => format!("token by token, {n} a pass{rows}"),
             (false, _) => {
                 let how = match (self.split, self.scan) {
                     (true, true) => "scan",
@@ -307,6 +342,12 @@ impl Schedule {
         }
         if self.step_tokens > 1 && !self.step {
             return Err(format!("{} tokens per step need the token-by-token form (step)", self.step_tokens));
+        }
+        if self.state_rows != 0 && (!pow2(self.state_rows) || !(4..=64).contains(&self.state_rows)) {
+            return Err(format!("state rows {} must be 0 (whole) or a power of two from 4 to 64", self.state_rows));
+        }
+        if self.state_rows != 0 && !self.step {
+            return Err("state rows need the token-by-token form (step)".into());
         }
         if self.scan && (!self.split || self.step) {
             return Err("a chunk scan (scan) needs the split chunked form".into());

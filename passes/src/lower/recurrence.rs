@@ -38,6 +38,8 @@ use mixc_ir::graph::OpNode;
 use mixc_ir::ops::{Recurrence, ReduceFn, Transition, UnaryFn};
 use mixc_ir::tile::{Count, KernelBuilder, ParamId, TValue, TileError};
 
+mod rows;
+
 type Res<T> = Result<T, TileError>;
 
 /// Which kernel of a schedule is being built.
@@ -70,6 +72,9 @@ struct Shape {
     tokens: u32,
     /// GLA's diagonal blocks from running decay products (`Schedule::decay_products`).
     products: bool,
+    /// Rows of the state per block of the step form (`Schedule::state_rows`;
+    /// 0: the whole state at once).
+    rows: u32,
 }
 
 /// Parameters and per-program scalars of a recurrence kernel.
@@ -189,7 +194,9 @@ pub fn lower(lw: &mut Lowering, op: &OpNode, r: &Recurrence) -> Result<(), Lower
         sub: lw.sched.sub_chunk.min(c),
         tokens: lw.sched.step_tokens.max(1),
         products: lw.sched.decay_products,
+        rows: 0,
     };
+    let shape = Shape { rows: rows::block_rows(&lw.sched, &shape, &acts), ..shape };
     let (b_dim, t_dim, h_dim) = (qshape[0], qshape[1], qshape[2]);
     let bh = Count::times(Count::Dim(b_dim), Count::Dim(h_dim));
     let nchunks = Count::ceil_div(Count::Dim(t_dim), c as u64);
@@ -583,6 +590,9 @@ fn body(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape, variant: Variant) -> Res<(
     }
     if variant == Variant::Scan {
         return scan(kb, ctx, sh);
+    }
+    if variant == Variant::Step && sh.rows > 0 {
+        return rows::body(kb, ctx, sh);
     }
     // Initial state (zeros when absent).
     let (soffs, smask) = state_tile(kb, ctx, sh)?;

@@ -141,8 +141,11 @@ proptest! {
     /// The step form over `n` tokens per pass of the state (`step_tokens`)
     /// against the reference, at lengths that are not multiples of `n` and
     /// shorter than it (a decode step is `T = 1`), with and without an initial
-    /// state, whole or in value blocks; and against the one-token step form,
-    /// which does the same arithmetic token for token: the same bits.
+    /// state, whole or in value blocks, the state whole or in blocks of rows
+    /// (`state_rows`, also at one token a pass); and, with the state whole,
+    /// against the one-token step form, which does the same arithmetic token
+    /// for token: the same bits (blocks of rows sum the readouts in another
+    /// order).
     #[test]
     fn multi_token_steps_match_the_reference(
         which in 0usize..5,
@@ -151,22 +154,47 @@ proptest! {
         dk in prop::sample::select(vec![4u64, 16, 17, 24, 40]),
         dv in prop::sample::select(vec![3u64, 16, 24, 33]),
         t in prop::sample::select(vec![1usize, 2, 3, 5, 7, 8, 9, 17, 31, 40]),
-        n in prop::sample::select(vec![2u32, 4, 8]),
+        n in prop::sample::select(vec![1u32, 2, 4, 8]),
         block_v in prop::sample::select(vec![0u32, 16]),
+        state_rows in prop::sample::select(vec![0u32, 4, 8]),
         with_initial: bool,
         seed: u64,
     ) {
         let (g, ins) = case(which, h, dk, dv, |g| inputs(g, b, t, seed, with_initial));
-        let sched = Schedule { block_v, ..Schedule::steps(n) };
+        let sched = Schedule { block_v, state_rows, ..Schedule::steps(n) };
         check(&g, &sched, &ins, Precision::F64, tol(Precision::F64));
         check(&g, &sched, &ins, Precision::F32, tol(Precision::F32));
-        let one = Schedule { block_v, ..Schedule::decode() };
-        let run = |s: &Schedule| lower(&g, s).unwrap().run(&ins, Precision::F32).unwrap().0;
-        let (many, single) = (run(&sched), run(&one));
-        for (name, x) in &single {
-            prop_assert_eq!(rel_err(&many[name], x), 0.0, "output `{}`", name);
+        if state_rows == 0 {
+            let one = Schedule { block_v, ..Schedule::decode() };
+            let run = |s: &Schedule| lower(&g, s).unwrap().run(&ins, Precision::F32).unwrap().0;
+            let (many, single) = (run(&sched), run(&one));
+            for (name, x) in &single {
+                prop_assert_eq!(rel_err(&many[name], x), 0.0, "output `{}`", name);
+            }
         }
     }
+}
+
+/// The CPU's decode step walks the state in blocks of rows: its step kernel
+/// loads, updates and stores `[8, Dv]` tiles of the state (the first pass
+/// from the initial state, later ones from the final state), where the GPU's
+/// takes the state whole (in value blocks) and the schedule checks its rows.
+#[test]
+fn the_cpu_decode_step_walks_the_state_in_blocks_of_rows() {
+    use mixc_passes::device::DeviceKind;
+    let g = recurrence_graph(Transition::KeyDecay, false, true, 2, 24, 16);
+    let text = |s: &Schedule| mixc_ir::tile::text::print_program(&lower(&g, s).unwrap());
+    let cpu = Schedule::decode_for(DeviceKind::Cpu);
+    assert_eq!(cpu.state_rows, mixc_passes::schedule::CPU_DECODE_STATE_ROWS);
+    let blocked = text(&cpu);
+    assert!(blocked.contains("load[initial_state, other = 0.0]") && blocked.contains("load[final_state"), "{blocked}");
+    assert!(blocked.contains("f32[8, 16]") && blocked.contains("if("), "{blocked}");
+    let whole = text(&Schedule { state_rows: 0, ..cpu });
+    assert!(!whole.contains("f32[8, 16]") && whole.contains("f32[32, 16]"), "{whole}");
+    assert_eq!(Schedule::decode_for(DeviceKind::Gpu).state_rows, 0);
+    assert!(Schedule { state_rows: 8, ..Schedule::default() }.validate().is_err());
+    assert!(Schedule { state_rows: 12, ..cpu }.validate().is_err());
+    assert!(Schedule { state_rows: 128, ..cpu }.validate().is_err());
 }
 
 #[test]
