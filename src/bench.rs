@@ -405,7 +405,7 @@ impl<'a> Bencher<'a> {
         let prog = crate::lower_graph(m.name(), &graph, &schedule).map_err(|e| fail(&sizes, e.to_string()))?;
         let compile_s = self.engine.compile(m.name(), &prog).map_err(|e| fail(&sizes, e))?;
         let inputs = self.engine.inputs(&graph, &sizes, self.seed, carries(phase, &sizes));
-        let timing = self.engine.time(&prog, &inputs, self.runs).map_err(|e| fail(&sizes, e))?;
+        let timing = self.engine.time(&prog, &inputs, self.runs, phase).map_err(|e| fail(&sizes, e))?;
         drop(inputs);
         let cost = price_with(&prog, &sizes, self.dev, &*self.resources());
         Ok(Row { mixer: m.name().to_string(), phase, sizes, schedule, schedule_from, compile_s, timing, cost })
@@ -454,7 +454,7 @@ impl<'a> Bencher<'a> {
             let measured =
                 crate::lower_graph(m.name(), &graph, &schedule).map_err(|e| e.to_string()).and_then(|prog| {
                     let compile_s = self.engine.compile(m.name(), &prog)?;
-                    Ok((compile_s, self.engine.time(&prog, &inputs, self.runs)?))
+                    Ok((compile_s, self.engine.time(&prog, &inputs, self.runs, Phase::Prefill)?))
                 });
             let (compile_s, measured) = match measured {
                 Ok((c, t)) => (c, Ok(t)),
@@ -478,7 +478,7 @@ impl<'a> Bencher<'a> {
             if let Some(first) = entries.first_mut() {
                 let again = crate::lower_graph(m.name(), &graph, &first.schedule)
                     .map_err(|e| e.to_string())
-                    .and_then(|prog| self.engine.time(&prog, &inputs, self.runs));
+                    .and_then(|prog| self.engine.time(&prog, &inputs, self.runs, Phase::Prefill));
                 if let (Ok(t), Ok(before)) = (again, &first.measured) {
                     if t.launches_s < before.launches_s {
                         first.measured = Ok(t);

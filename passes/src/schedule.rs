@@ -253,11 +253,11 @@ pub const CPU_DECODE_BLOCK_Q: u32 = 1;
 /// those ops was a pass through the second level while the memory stood
 /// idle. In blocks of 8 rows (4 KB) the ops of a block run from the first
 /// level and the blocks stream: at batch 16 (H = 16, Dk = Dv = 128, f32, 2
-/// threads, best of three runs) GLA 1.65 → 1.31 ms, simple GLA 2.41 → 1.29,
-/// linear attention 1.74 → 1.28, mLSTM 2.69 → 1.80; batch 1 about the same
-/// (bench/RESULTS.md, 2026-12-07). Several tokens a pass (a prefill) run
-/// slower in blocks (each pass reloads the blocks: GLA, 64 tokens, 7 → 18
-/// ms), so only the decode step takes them.
+/// threads, the state cold in memory as in a model) GLA 3.6 → 2.2 ms, simple
+/// GLA 3.8 → 1.7–2.1, linear attention 3.5 → 2.2–2.4, mLSTM 4.1 → 2.6–3.4;
+/// batch 1 the same or faster (bench/RESULTS.md, 2026-12-07). Several tokens
+/// a pass (a prefill) run slower in blocks (each pass reloads the blocks:
+/// GLA, 64 tokens, 7 → 18 ms), so only the decode step takes them.
 pub const CPU_DECODE_STATE_ROWS: u32 = 8;
 
 impl Schedule {

@@ -303,7 +303,7 @@ fn in_place(t: &HostTensor, dtype: DType, n: usize) -> Option<u64> {
 
 /// Runs every launch of `prog` on `inputs`.
 pub fn run(prog: &Program, inputs: &BTreeMap<String, HostTensor>) -> Result<BTreeMap<String, HostTensor>, TileError> {
-    Ok(run_inner(prog, None, inputs, &mut BTreeMap::new())?.0)
+    Ok(run_inner(prog, None, inputs, &mut BTreeMap::new(), Caches::AsLeft)?.0)
 }
 
 /// [`run`], also returning the seconds its launches took (the kernels
@@ -316,7 +316,45 @@ pub fn run_timed(
     prepared: Option<&Prepared>,
     inputs: &BTreeMap<String, HostTensor>,
 ) -> Result<(BTreeMap<String, HostTensor>, f64), TileError> {
-    run_inner(prog, prepared, inputs, &mut BTreeMap::new())
+    run_inner(prog, prepared, inputs, &mut BTreeMap::new(), Caches::AsLeft)
+}
+
+/// [`run_timed`] with the caches emptied of the run's data before the
+/// launches ([`EVICT_BYTES`] written after the buffers are set up): what a
+/// decode step meets inside a model, where every other layer's weights and
+/// states pass through the caches between two steps of one layer (and what
+/// the CPU anchor, ggml's `bench/cpu/ggml.sh`, times).
+pub fn run_timed_cold(
+    prog: &Program,
+    prepared: Option<&Prepared>,
+    inputs: &BTreeMap<String, HostTensor>,
+) -> Result<(BTreeMap<String, HostTensor>, f64), TileError> {
+    run_inner(prog, prepared, inputs, &mut BTreeMap::new(), Caches::Cold)
+}
+
+/// Whether a run starts from the caches as the buffers' setup left them.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Caches {
+    AsLeft,
+    Cold,
+}
+
+/// Bytes [`run_timed_cold`] writes to empty the caches: twice a large
+/// server's last level (32 MiB here).
+pub const EVICT_BYTES: usize = 64 << 20;
+
+/// Writes [`EVICT_BYTES`] of a buffer kept for the purpose, so that what was
+/// in the caches before is gone from them.
+fn evict_caches() {
+    static SWEEP: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+    let mut sweep = SWEEP.lock().unwrap_or_else(|e| e.into_inner());
+    if sweep.is_empty() {
+        sweep.resize(EVICT_BYTES / 8, 0);
+    }
+    for (i, x) in sweep.iter_mut().enumerate() {
+        *x = x.wrapping_add(i as u64);
+    }
+    std::hint::black_box(&mut *sweep);
 }
 
 /// [`run`] with more inputs in `grow`, which may grow in place: an input
@@ -334,7 +372,7 @@ pub fn run_growing(
     inputs: &BTreeMap<String, HostTensor>,
     grow: &mut BTreeMap<String, &mut HostTensor>,
 ) -> Result<BTreeMap<String, HostTensor>, TileError> {
-    Ok(run_inner(prog, prepared, inputs, grow)?.0)
+    Ok(run_inner(prog, prepared, inputs, grow, Caches::AsLeft)?.0)
 }
 
 /// [`run_growing`], also returning the seconds of the launches.
@@ -343,6 +381,7 @@ fn run_inner(
     prepared: Option<&Prepared>,
     inputs: &BTreeMap<String, HostTensor>,
     grow: &mut BTreeMap<String, &mut HostTensor>,
+    caches: Caches,
 ) -> Result<(BTreeMap<String, HostTensor>, f64), TileError> {
     let prepared = prepared.filter(|p| p.fits(prog));
     let sizes = {
@@ -380,6 +419,9 @@ fn run_inner(
     };
     let mut bufs = storages(prog, &view, &sizes, written, &mut adopted);
     let skipped = adopted.skipped;
+    if caches == Caches::Cold {
+        evict_caches();
+    }
     let ran = launch_all(prog, prepared, &sizes, &mut bufs, &skipped);
     // Hand the adopted storage back: the output on success, the input's old
     // values (the leading ones, never written) on an error.

@@ -22,8 +22,9 @@ pub trait BenchEngine {
     fn compile(&mut self, mixer: &str, prog: &Program) -> Result<Option<f64>, String>;
 
     /// Times `prog` (compiled first) on `inputs`: medians of `runs` runs after
-    /// warm-up (at least 20 where one run takes under 10 ms).
-    fn time(&mut self, prog: &Program, inputs: &Inputs, runs: usize) -> Result<Timing, String>;
+    /// warm-up (at least 20 where one run takes under 10 ms). `phase`: a
+    /// decode step may be timed from cold caches (the CPU's are).
+    fn time(&mut self, prog: &Program, inputs: &Inputs, runs: usize, phase: Phase) -> Result<Timing, String>;
 
     /// Random inputs at `sizes`; the optional ones (state, caches) only `with_optional`.
     fn inputs(&self, g: &Graph, sizes: &Sizes, seed: u64, with_optional: bool) -> Inputs {
@@ -47,7 +48,12 @@ pub const MIN_SHORT_RUNS: usize = 20;
 /// buffers are allocated and touched: allocating a split form's hundreds of
 /// MB of chunk states is not kernel time). An earlier version subtracted the
 /// time of the same call without launches, which allocation noise swamped
-/// (8 ms of 846 for Gated DeltaNet's chunk-16 split form).
+/// (8 ms of 846 for Gated DeltaNet's chunk-16 split form). Decode steps run
+/// from cold caches ([`mixc_runtime::cpu::run_timed_cold`]): a step's state
+/// (16.8 MB at batch 16, H = 16, 128 × 128) fits this machine's 32 MB
+/// last-level cache, where the inputs' setup leaves it warm, which no step
+/// inside a model finds; ggml's anchor (bench/cpu/ggml.sh) times its decode
+/// step cold too.
 #[derive(Debug, Default)]
 pub struct CpuEngine {
     /// The kernels (by text) this process has compiled.
@@ -74,15 +80,19 @@ impl BenchEngine for CpuEngine {
         Ok(fresh.then_some(dt))
     }
 
-    fn time(&mut self, prog: &Program, inputs: &Inputs, runs: usize) -> Result<Timing, String> {
+    fn time(&mut self, prog: &Program, inputs: &Inputs, runs: usize, phase: Phase) -> Result<Timing, String> {
         // (the call's seconds, its launches' seconds, whether every output is finite)
         // The kernels compiled ahead (in the cache already: a lookup), so
         // that the timed launches do not look each up by its text.
         let prepared = mixc_runtime::cpu::prepare(prog).map_err(|e| format!("compiling it failed: {e}"))?;
         let once = || -> Result<(f64, f64, bool), String> {
             let t0 = Instant::now();
-            let (out, launches_s) = mixc_runtime::cpu::run_timed(prog, Some(&prepared), inputs)
-                .map_err(|e| format!("running it failed: {e}"))?;
+            let run = match phase {
+                Phase::Decode => mixc_runtime::cpu::run_timed_cold,
+                Phase::Prefill => mixc_runtime::cpu::run_timed,
+            };
+            let (out, launches_s) =
+                run(prog, Some(&prepared), inputs).map_err(|e| format!("running it failed: {e}"))?;
             let dt = t0.elapsed().as_secs_f64();
             Ok((dt, launches_s, out.values().all(exec::all_finite)))
         };

@@ -91,7 +91,7 @@ impl BenchEngine for CudaEngine {
         Ok(Some(dt))
     }
 
-    fn time(&mut self, prog: &Program, inputs: &Inputs, runs: usize) -> Result<Timing, String> {
+    fn time(&mut self, prog: &Program, inputs: &Inputs, runs: usize, _phase: Phase) -> Result<Timing, String> {
         let lp = self.find(prog).ok_or("the program was not compiled before it was timed")?;
         let runner = self.gpu.runner();
         let err = |e: mixc_runtime::cuda::CudaError| e.to_string();

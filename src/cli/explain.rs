@@ -33,17 +33,23 @@ pub fn run(args: &ExplainArgs) -> Result<String, mixc::Error> {
             }
         }
         let b = free.get("B").copied().unwrap_or(1);
+        // The decode step's form as the runtime runs it on this device.
+        let step = mixc_passes::Schedule::decode_for(dev.kind).form();
         match mixc_passes::search::decode_threshold_with(&g.graph, b, &dev, &*resources)
             .map_err(|source| mixc::Error::Lower { mixer: g.name.clone(), source })?
         {
             Some(t) => {
                 let _ = writeln!(
                     out,
-                    "decode threshold: from {t} new tokens the chunked form beats token by token (B={b})."
+                    "decode threshold: from {t} new tokens the chunked form beats the decode step's form ({step}) \
+                     (B={b})."
                 );
             }
             None if g.graph.ops.iter().any(|o| matches!(o.kind, mixc::ir::OpKind::LinearRecurrence(_))) => {
-                let _ = writeln!(out, "decode threshold: token by token wins up to 4096 new tokens (B={b}).");
+                let _ = writeln!(
+                    out,
+                    "decode threshold: the decode step's form ({step}) wins up to 4096 new tokens (B={b})."
+                );
             }
             None => {}
         }

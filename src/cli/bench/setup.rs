@@ -59,7 +59,7 @@ pub fn cpu(args: &BenchArgs) -> Result<Setup, Error> {
     let mut header = vec![
         format!(
             "# mixc bench {}: {threads} threads; times are the median of {} runs after warm-up (at least 20 where a \
-             run takes under 10 ms)",
+             run takes under 10 ms); decode steps start from cold caches (64 MiB written before each run)",
             args.file.display(),
             args.runs
         ),

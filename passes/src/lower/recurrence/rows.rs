@@ -10,16 +10,19 @@
 //! tile in memory: a whole `[Dk, Dv]` state (64 KB at 128 × 128) goes through
 //! the second-level cache once per op, a block of 8 rows stays in the first.
 //!
-//! Later passes (several tokens a pass, or a prefill that takes this form)
-//! read the blocks back from the final state, which the pass before wrote.
-//! The first pass always runs (its tokens past the end are identities), so a
-//! call of no tokens still copies the initial state out.
+//! The first pass reads the blocks from the initial state; it is emitted on
+//! its own, before the loop over the later passes (several tokens a pass, or
+//! a prefill that takes this form), which read them back from the final
+//! state that the pass before wrote. (A branch per block on the pass would
+//! copy each block once more, from the branch's tile into its result.) The
+//! first pass always runs, its tokens past the end identities, so a call of
+//! no tokens still copies the initial state out.
 
 use super::{act_tile, first_only, load_gate, missing, state_rows, step_col, Ctx, Res, Shape};
 use crate::lower::conv_prologue::{self, At, Input, Src};
 use crate::schedule::Schedule;
-use mixc_ir::ops::{BinaryFn, Transition, UnaryFn};
-use mixc_ir::tile::{KernelBuilder, TValue};
+use mixc_ir::ops::{Transition, UnaryFn};
+use mixc_ir::tile::{KernelBuilder, ParamId, TValue};
 
 /// The rows per state block of the step form: the schedule's where they cut
 /// the padded key dim into more than one block, the transition is diagonal
@@ -58,7 +61,6 @@ struct TokenLoads {
 pub(super) fn body(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape) -> Res<()> {
     let mlstm = sh.r.transition == Transition::Mlstm;
     let zero_i = kb.i32(0)?;
-    let one_i = kb.i32(1)?;
     let m_init = if mlstm {
         Some(match ctx.m0 {
             Some(p) => {
@@ -71,11 +73,11 @@ pub(super) fn body(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape) -> Res<()> {
         None
     };
     let step = kb.i32(sh.tokens as i64)?;
-    let passes_end = kb.binary(BinaryFn::Max, ctx.t_len, one_i)?;
-    let init: Vec<TValue> = m_init.into_iter().collect();
-    let finals = kb.for_loop(zero_i, passes_end, step, &init, |kb, t0, carried| {
+    let m_first = pass(kb, ctx, sh, zero_i, m_init, ctx.s0, ctx.aux0)?;
+    let later: Vec<TValue> = m_first.into_iter().collect();
+    let finals = kb.for_loop(step, ctx.t_len, step, &later, |kb, t0, carried| {
         let m = carried.first().copied();
-        Ok(pass(kb, ctx, sh, t0, m)?.into_iter().collect())
+        Ok(pass(kb, ctx, sh, t0, m, ctx.s_out, ctx.aux_out)?.into_iter().collect())
     })?;
     if let (Some(p), Some(m)) = (ctx.m_out, finals.first().copied()) {
         let o = kb.reshape(ctx.bh, &[1, 1])?;
@@ -85,9 +87,18 @@ pub(super) fn body(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape) -> Res<()> {
     Ok(())
 }
 
-/// One pass: `sh.tokens` tokens from `t0` through every block of rows;
-/// returns mLSTM's stabilizer after them.
-fn pass(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape, t0: TValue, m0: Option<TValue>) -> Res<Option<TValue>> {
+/// One pass: `sh.tokens` tokens from `t0` through every block of rows, the
+/// blocks read from `s_from` and `aux_from` (zeros where absent); returns
+/// mLSTM's stabilizer after them.
+fn pass(
+    kb: &mut KernelBuilder,
+    ctx: &Ctx,
+    sh: Shape,
+    t0: TValue,
+    m0: Option<TValue>,
+    s_from: Option<ParamId>,
+    aux_from: Option<ParamId>,
+) -> Res<Option<TValue>> {
     let mut toks = Vec::with_capacity(sh.tokens as usize);
     let mut m = m0;
     for i in 0..sh.tokens {
@@ -114,9 +125,9 @@ fn pass(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape, t0: TValue, m0: Option<TVa
     let zero_i = kb.i32(0)?;
     let rows_n = kb.i32(sh.rows as i64)?;
     let dkp = kb.i32(sh.dkp as i64)?;
-    let first = kb.binary(BinaryFn::Eq, t0, zero_i)?;
+    let from = (s_from, aux_from);
     let sums =
-        kb.for_loop(zero_i, dkp, rows_n, &sums, |kb, r0, carried| block(kb, ctx, sh, &toks, first, r0, carried))?;
+        kb.for_loop(zero_i, dkp, rows_n, &sums, |kb, r0, carried| block(kb, ctx, sh, &toks, from, r0, carried))?;
     let (outs, dens) = sums.split_at(toks.len());
     for (i, (tok, &o)) in toks.iter().zip(outs).enumerate() {
         let o = match (dens.get(i), tok.m) {
@@ -180,19 +191,19 @@ fn block(
     ctx: &Ctx,
     sh: Shape,
     toks: &[TokenLoads],
-    first: TValue,
+    (s_from, aux_from): (Option<ParamId>, Option<ParamId>),
     r0: TValue,
     carried: &[TValue],
 ) -> Res<Vec<TValue>> {
     let st = state_rows(kb, ctx, sh, r0, sh.rows)?;
     let s_out = ctx.s_out.ok_or_else(missing)?;
-    let mut s = from_start_or_out(kb, ctx.s0, s_out, first, st.offs, st.mask, &[sh.rows, sh.bv])?;
+    let mut s = load_or_zeros(kb, s_from, st.offs, st.mask, &[sh.rows, sh.bv])?;
     // The normalizer's rows: `[R, 1]` of a `[B, H, Dk]` tensor.
     let dkc = kb.i32(sh.dk as i64)?;
     let nbase = kb.mul(ctx.bh, dkc)?;
     let noffs = kb.add(st.r, nbase)?;
     let mut aux = match ctx.aux_out {
-        Some(out) => Some(from_start_or_out(kb, ctx.aux0, out, first, noffs, st.rmask, &[sh.rows, 1])?),
+        Some(_) => Some(load_or_zeros(kb, aux_from, noffs, st.rmask, &[sh.rows, 1])?),
         None => None,
     };
     let (outs, dens) = carried.split_at(toks.len());
@@ -245,29 +256,18 @@ fn block(
     Ok(outs)
 }
 
-/// A block of the state (or normalizer) at `offs`: from the initial one
-/// (zeros without it) in the first pass, else from what the pass before
-/// stored in the final one.
-fn from_start_or_out(
+/// A block of the state (or normalizer) at `offs` of `from`; zeros without it.
+fn load_or_zeros(
     kb: &mut KernelBuilder,
-    start: Option<mixc_ir::tile::ParamId>,
-    out: mixc_ir::tile::ParamId,
-    first: TValue,
+    from: Option<ParamId>,
     offs: TValue,
     mask: TValue,
     shape: &[u32],
 ) -> Res<TValue> {
-    let got = kb.if_else(
-        first,
-        |kb| {
-            Ok(vec![match start {
-                Some(p) => kb.load(p, offs, Some(mask), 0.0)?,
-                None => kb.zeros(shape)?,
-            }])
-        },
-        |kb| Ok(vec![kb.load(out, offs, Some(mask), 0.0)?]),
-    )?;
-    got.first().copied().ok_or_else(missing)
+    match from {
+        Some(p) => kb.load(p, offs, Some(mask), 0.0),
+        None => kb.zeros(shape),
+    }
 }
 
 /// `q`, `k` or `v` at `offs`: from its buffer, or computed by the fused
