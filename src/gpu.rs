@@ -4,7 +4,7 @@
 use crate::bundle::{BundledProgram, KernelImage};
 use crate::{Error, NamedGraph};
 use mixc_backend_ptx::{compile_with, register_tier_with, Target};
-pub use mixc_backend_ptx::{preview_default, Matmul, Options, Tier};
+pub use mixc_backend_ptx::{slot_forms_default, Matmul, Options, Tier};
 use mixc_ir::tile::Program;
 use mixc_passes::Schedule;
 use std::path::Path;
@@ -53,7 +53,7 @@ pub fn describe_tier(k: &mixc_ir::tile::Kernel, tier: Tier, opts: Options) -> St
     match tier {
         Tier::Registers => "register tier".to_string(),
         Tier::Shared if !opts.register_tiles => "shared-memory tier (--shared-tiles)".to_string(),
-        Tier::Shared => match register_tier_with(k, opts.matmul, opts.preview) {
+        Tier::Shared => match register_tier_with(k, opts.matmul, opts.slot_forms) {
             Err(why) => format!("shared-memory tier: {why}"),
             Ok(()) => "shared-memory tier: the register tier could not emit it".to_string(),
         },

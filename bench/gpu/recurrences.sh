@@ -13,10 +13,10 @@
 #      einops and mlstm_kernels in anchors/; ONLY picks the kernels).
 # VARIANTS: `pick` (the cost model's schedule), `cCvV` (`--chunk C
 # --block-v V`) or `cCvVs` (the same, split: states, then outputs), each
-# with `+p` for the register tier's preview forms (MIXC_TIER_PREVIEW=1:
-# carried slots, one-column dots, grouped barriers), e.g. `pick pick+p`;
-# CHECK_VARIANTS, if set, are the ones checked; CHECK_PREVIEW=1 compiles
-# CHECK_MODELS with the preview forms. PARTS picks the parts (default check,bench,decode,fla).
+# with `-s` for the register tier without its slot forms (MIXC_SLOT_FORMS=0:
+# no carried slots, one-column dots or grouped barriers), e.g. `pick pick-s`;
+# CHECK_VARIANTS, if set, are the ones checked; SLOT_FORMS=0 compiles
+# CHECK_MODELS without the slot forms. PARTS picks the parts (default check,bench,decode,fla).
 # Exits non-zero when a check fails.
 set -uo pipefail
 cd "$(dirname "$0")"
@@ -27,10 +27,10 @@ parts=${PARTS:-check,bench,decode,fla}
 variants=${VARIANTS:-pick c64v32 c64v64}
 status=0
 d=$(mktemp -d)
-# The preview setting of variant $1 (`+p`: on).
-preview() { [[ $1 == *+p ]] && echo 1 || echo 0; }
+# The slot-forms setting of variant $1 (`-s`: off).
+slots() { [[ $1 == *-s ]] && echo 0 || echo 1; }
 flags() {
-  local v=${1%+p}
+  local v=${1%-s}
   case $v in
     pick) ;;
     c*v*s) local c=${v#c}; c=${c%s}; echo --chunk "${c%%v*}" --block-v "${c##*v}" --split ;;
@@ -42,14 +42,14 @@ if [[ $parts == *check* ]]; then
   for v in ${CHECK_VARIANTS:-$variants}; do
     for s in f32 bf16; do
       read -ra flag <<< "$(flags "$v")"
-      MIXC_TIER_PREVIEW=$(preview "$v") ./mixc compile "$models/bench/anchors.toml" --target sm_90 --matmul bf16 --storage $s "${flag[@]}" \
+      MIXC_SLOT_FORMS=$(slots "$v") ./mixc compile "$models/bench/anchors.toml" --target sm_90 --matmul bf16 --storage $s "${flag[@]}" \
         -o "$d/check-$v-$s" >/dev/null || { echo "compile failed: $v $s"; status=1; continue; }
       echo "== anchors, $v, $s"
       ./mixc gpu-check --kernels "$d/check-$v-$s" --max-t "${MAX_T:-400}" || status=1
     done
   done 2>&1 | tee "$out/check.txt"
   for n in ${CHECK_MODELS:-llama swa duo-attention hybrid linear-attn deltanet}; do
-    MIXC_TIER_PREVIEW=${CHECK_PREVIEW:-0} ./mixc compile "$models/$n.toml" --target sm_90 --matmul bf16 -o "$d/$n" >/dev/null \
+    MIXC_SLOT_FORMS=${SLOT_FORMS:-1} ./mixc compile "$models/$n.toml" --target sm_90 --matmul bf16 -o "$d/$n" >/dev/null \
       || { echo "compile failed: $n"; status=1; }
     ./mixc gpu-check --kernels "$d/$n" --max-t "${MAX_T:-400}" || status=1
   done 2>&1 | tee -a "$out/check.txt"
@@ -60,7 +60,7 @@ if [[ $parts == *bench* ]]; then
     for v in $variants; do
       read -ra flag <<< "$(flags "$v")"
       b="$d/bench-$v-$p"
-      MIXC_TIER_PREVIEW=$(preview "$v") ./mixc compile "$models/bench/anchors.toml" --target sm_90 --matmul bf16 --storage bf16 --sizes "$p" "${flag[@]}" \
+      MIXC_SLOT_FORMS=$(slots "$v") ./mixc compile "$models/bench/anchors.toml" --target sm_90 --matmul bf16 --storage bf16 --sizes "$p" "${flag[@]}" \
         -o "$b" >/dev/null || continue
       echo "== $v, $p"
       ./mixc bench "$models/bench/anchors.toml" --target cuda --kernels "$b" --mode prefill --runs 5 --sizes "$p" \

@@ -106,7 +106,7 @@ fn options(args: &CompileArgs) -> Result<mixc::gpu::Options, mixc::Error> {
         ctas_per_sm: args.ctas_per_sm,
         register_tiles: !args.shared_tiles,
         warp_rows: args.warp_rows,
-        preview: mixc::gpu::preview_default(),
+        slot_forms: mixc::gpu::slot_forms_default(),
     })
 }
 

@@ -81,7 +81,7 @@ fn init_llvm() {
 pub(crate) fn compile(k: &Kernel, target: Target, opts: Options) -> R<PtxKernel> {
     init_llvm();
     if opts.register_tiles {
-        if let Ok(rp) = rows::analyze_rows(k, opts.matmul, opts.ctas_per_sm > 1, opts.warp_rows, opts.preview) {
+        if let Ok(rp) = rows::analyze_rows(k, opts.matmul, opts.ctas_per_sm > 1, opts.warp_rows, opts.slot_forms) {
             // A kernel the analysis takes but emission cannot (a gap in the
             // analysis) still compiles, in the shared-memory tier.
             if let Ok(p) = compile_tier(k, target, opts, Some(&rp)) {

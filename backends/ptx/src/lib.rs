@@ -256,20 +256,25 @@ pub struct Options {
     /// backend's choice per kernel, 32 where it estimates two tiles fit the
     /// registers (`codegen::rows::analyze_rows`).
     pub warp_rows: u32,
-    /// Register-tier forms written but not yet checked on a GPU (off by
-    /// default; `MIXC_TIER_PREVIEW=1` turns them on): tiles of no held
+    /// The register tier's forms for what no lane holds (on by default;
+    /// `MIXC_SLOT_FORMS=0` turns them off, to compare): tiles of no held
     /// shape carried in shared-memory slots (mLSTM's running maximum and
     /// normalizer), `dot`s of one column, stores of unheld tiles by all
     /// threads, 16 rows a warp where 32 are refused, and shared-memory
-    /// values computed together between one pair of barriers.
-    pub preview: bool,
+    /// values computed together between one pair of barriers. Written
+    /// without a card (2026-12-06), checked on an H100 on 2026-12-07 (every
+    /// mixer of `bench/gpu/recurrences.sh` and the model bundles), where they
+    /// took mLSTM from 7.04 to 3.30 ms and simple GLA from 1.75 to 1.62 ms
+    /// (B = 8, T = 8192, bf16).
+    pub slot_forms: bool,
 }
 
-/// Whether [`Options::preview`] is on by default: `MIXC_TIER_PREVIEW=1`
-/// (read once a process: the cost model plans many kernels).
-pub fn preview_default() -> bool {
+/// Whether [`Options::slot_forms`] is on by default: unless
+/// `MIXC_SLOT_FORMS=0` (read once a process: the cost model plans many
+/// kernels).
+pub fn slot_forms_default() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("MIXC_TIER_PREVIEW").is_ok_and(|v| v == "1"))
+    *ON.get_or_init(|| std::env::var("MIXC_SLOT_FORMS").map_or(true, |v| v != "0"))
 }
 
 impl Default for Options {
@@ -280,7 +285,7 @@ impl Default for Options {
             ctas_per_sm: 1,
             register_tiles: true,
             warp_rows: 0,
-            preview: preview_default(),
+            slot_forms: slot_forms_default(),
         }
     }
 }
@@ -312,7 +317,7 @@ pub struct Resources {
 /// scratch, the CTA size, an estimate of its registers) without generating
 /// code, for `dot`s computed as `matmul` says.
 pub fn resources(k: &Kernel, matmul: Matmul) -> Result<Resources, PtxError> {
-    if let Ok(rp) = codegen::rows::analyze_rows(k, matmul, false, 0, preview_default()) {
+    if let Ok(rp) = codegen::rows::analyze_rows(k, matmul, false, 0, slot_forms_default()) {
         return Ok(Resources {
             threads: rp.threads(),
             warp_rows: 16 * rp.tiles,
@@ -350,12 +355,12 @@ pub fn register_features(k: &Kernel, matmul: Matmul) -> Result<RegisterFeatures,
 /// Whether the register tier ([`Tier::Registers`]) takes `k` with `dot`s
 /// computed as `matmul` says; if not, why.
 pub fn register_tier(k: &Kernel, matmul: Matmul) -> Result<(), String> {
-    register_tier_with(k, matmul, preview_default())
+    register_tier_with(k, matmul, slot_forms_default())
 }
 
-/// [`register_tier`] with [`Options::preview`] as `preview` says.
-pub fn register_tier_with(k: &Kernel, matmul: Matmul, preview: bool) -> Result<(), String> {
-    codegen::rows::analyze(k, matmul, false, 16, preview).map(|_| ())
+/// [`register_tier`] with [`Options::slot_forms`] as `slot_forms` says.
+pub fn register_tier_with(k: &Kernel, matmul: Matmul, slot_forms: bool) -> Result<(), String> {
+    codegen::rows::analyze(k, matmul, false, 16, slot_forms).map(|_| ())
 }
 
 /// Compiles one tile kernel to PTX for `target` with the default options.

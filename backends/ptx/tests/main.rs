@@ -14,7 +14,7 @@ use std::sync::Mutex;
 const SPILL_EXCEPTIONS: &[(&str, &str)] = &[(
     "anchors/mlstm/c64v32/o_fused",
     "sm_80 only (28 bytes at 255 registers; sm_90 fits it without spills): \
-     mLSTM's fused kernel in the register tier, a preview form (Options::preview)",
+     mLSTM's fused kernel in the register tier, a slot_forms form (Options::slot_forms)",
 )];
 
 fn root() -> PathBuf {
@@ -771,7 +771,7 @@ fn exp_forms_assemble() {
     }
 }
 
-/// mLSTM in the register tier (the preview forms, [`Options::preview`]):
+/// mLSTM in the register tier (the slot forms, [`Options::slot_forms`]):
 /// its running maximum `[1, 1]` and normalizer
 /// `[128, 1]` are carried in shared-memory slots (the normalizer is read
 /// along the keys by `q·n`, a matrix-vector `dot` held as rows), stored by
@@ -781,7 +781,7 @@ fn exp_forms_assemble() {
 #[test]
 fn mlstm_takes_the_register_tier() {
     use mixc_passes::Schedule;
-    let bf16 = Options { matmul: Matmul::Bf16, warp_rows: 0, preview: true, ..Options::default() };
+    let bf16 = Options { matmul: Matmul::Bf16, warp_rows: 0, slot_forms: true, ..Options::default() };
     let scheds = [
         ("c64v32", Schedule { block_v: 32, ..Schedule::with_chunk(64) }),
         ("c64v64s", Schedule { block_v: 64, split: true, ..Schedule::with_chunk(64) }),
@@ -799,8 +799,8 @@ fn mlstm_takes_the_register_tier() {
         assert!(why.contains("held tiles reach"), "{id}: {why}");
     }
     for (id, k) in &taken {
-        // Without the preview forms: the shared-memory tier, saying why.
-        let why = mixc_backend_ptx::register_tier_with(k, Matmul::Bf16, false).expect_err("no preview");
+        // Without the slot forms: the shared-memory tier, saying why.
+        let why = mixc_backend_ptx::register_tier_with(k, Matmul::Bf16, false).expect_err("no slot_forms");
         assert!(why.contains("carried") || why.contains("dot operand"), "{id}: {why}");
         let p = compile_with(k, Target::Sm90, bf16).unwrap_or_else(|e| panic!("{id}: {e}"));
         assert_eq!(p.tier, Tier::Registers, "{id}");

@@ -210,7 +210,10 @@ fn decode_schedules_split_keys_on_the_gpu_only() {
     assert!(gpu.kv_split > 0 && gpu.validate().is_ok());
     assert_eq!(Schedule::decode_for(DeviceKind::Cpu).kv_split, 0);
     let cpu = Schedule::decode_for(DeviceKind::Cpu);
-    assert_eq!(cpu, Schedule { block_q: 1, ..Schedule::decode() });
+    assert_eq!(
+        cpu,
+        Schedule { block_q: 1, state_rows: mixc_passes::schedule::CPU_DECODE_STATE_ROWS, ..Schedule::decode() }
+    );
     assert!(cpu.validate().is_ok());
 }
 

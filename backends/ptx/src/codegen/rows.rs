@@ -256,9 +256,9 @@ struct Analysis<'k> {
     force: HashSet<u32>,
     /// Loop results held in their carried value's slot: (result, carried).
     aliases: Vec<(TValue, TValue)>,
-    /// The forms not yet checked on a GPU ([`crate::Options::preview`]):
+    /// The forms for what no lane holds ([`crate::Options::slot_forms`]):
     /// carried slots, matrix-vector `dot`s, stores by all threads.
-    preview: bool,
+    slot_forms: bool,
 }
 
 impl Analysis<'_> {
@@ -300,7 +300,7 @@ impl Analysis<'_> {
         let numel: u32 = s.iter().product();
         let h = if s.is_empty() {
             Hold::Scalar
-        } else if self.preview
+        } else if self.slot_forms
             && (self.force.contains(&v.0)
                 || (!self.frag_shape(&s) && !self.rows_shape(&s) && numel <= MAX_CARRIED_SHARED))
         {
@@ -422,7 +422,7 @@ impl Analysis<'_> {
             TOp::Store { value, offsets, mask, .. } => {
                 let vs = self.shape(*value).to_vec();
                 if !(vs.is_empty() || self.frag_shape(&vs) || self.rows_shape(&vs)) {
-                    if !self.preview {
+                    if !self.slot_forms {
                         return Err(format!("a store of a {vs:?} tile").into());
                     }
                     // Stored by all threads, each element once: readable anywhere.
@@ -454,7 +454,7 @@ impl Analysis<'_> {
         let first_derived = ops.iter().copied().find(|x| self.derived[x.index()]);
         let any_derived = first_derived.is_some();
         let hold = match &s.op {
-            TOp::Dot { a, b, trans_a: false, trans_b: false, acc: None } if self.preview && one_column(&shape) => {
+            TOp::Dot { a, b, trans_a: false, trans_b: false, acc: None } if self.slot_forms && one_column(&shape) => {
                 // A matrix-vector product (`q·n`): each lane's columns of
                 // its rows, then the four lanes of a row; the vector is read
                 // at every column.
@@ -624,7 +624,7 @@ impl Analysis<'_> {
 }
 
 /// Whether shared-memory values are grouped between barriers (with the
-/// preview): unless `MIXC_GROUP_SHARED=0`, read once a process.
+/// slot forms): unless `MIXC_GROUP_SHARED=0`, read once a process.
 fn group_shared_default() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("MIXC_GROUP_SHARED").map_or(true, |v| v != "0"))
@@ -683,7 +683,7 @@ pub(crate) fn analyze(
     matmul: Matmul,
     stage_left: bool,
     warp_rows: u32,
-    preview: bool,
+    slot_forms: bool,
 ) -> Result<RowsPlan, String> {
     if matmul != Matmul::Bf16 {
         return Err("the register tier takes bf16 dots only".into());
@@ -720,7 +720,7 @@ pub(crate) fn analyze(
         }
         match &s.op {
             // A matrix-vector product is no `mma` (its operands are read in place).
-            TOp::Dot { .. } if preview && s.results.first().is_some_and(|r| one_column(&k.ty(*r).shape)) => {}
+            TOp::Dot { .. } if slot_forms && s.results.first().is_some_and(|r| one_column(&k.ty(*r).shape)) => {}
             TOp::Dot { a, b, trans_a, .. } => {
                 if let Some(u) = dot_b_uses.get_mut(b.index()) {
                     *u += 1;
@@ -776,7 +776,7 @@ pub(crate) fn analyze(
             stage_left,
             force: force.clone(),
             aliases: vec![],
-            preview,
+            slot_forms,
         };
         match a.block(&k.body) {
             Ok(()) => break a,
@@ -825,7 +825,7 @@ pub(crate) fn analyze(
         stages,
         shared,
         carried_next,
-        group_shared: preview && group_shared_default(),
+        group_shared: slot_forms && group_shared_default(),
         slots,
         shared_bytes: end,
         max_cols: a.max_cols,
@@ -939,15 +939,15 @@ pub(crate) fn analyze_rows(
     matmul: Matmul,
     stage_left: bool,
     warp_rows: u32,
-    preview: bool,
+    slot_forms: bool,
 ) -> Result<RowsPlan, String> {
     if warp_rows != 0 {
-        return analyze(k, matmul, stage_left || warp_rows > 16, warp_rows, preview);
+        return analyze(k, matmul, stage_left || warp_rows > 16, warp_rows, slot_forms);
     }
-    let narrow = analyze(k, matmul, stage_left, 16, preview)?;
+    let narrow = analyze(k, matmul, stage_left, 16, slot_forms)?;
     if two_tiles_fit(k, &narrow) {
-        let wide = analyze(k, matmul, true, 32, preview);
-        if preview {
+        let wide = analyze(k, matmul, true, 32, slot_forms);
+        if slot_forms {
             // Where 32 rows are refused (a recurrence's chunk over two warps), 16.
             Ok(wide.unwrap_or(narrow))
         } else {
