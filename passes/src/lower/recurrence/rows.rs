@@ -231,8 +231,12 @@ fn block(
             None => s,
         };
         s = kb.dot(k, tok.v, Some(acc), true, false)?;
+        // The block's share of the readout, then added to the running sum:
+        // a readout of its own (no accumulator) right after the update is
+        // the pair the CPU backend walks in one pass (`step_pair`).
         if let Some(o) = outs.get_mut(i) {
-            *o = kb.dot(q, s, Some(*o), false, false)?;
+            let share = kb.dot(q, s, None, false, false)?;
+            *o = kb.add(*o, share)?;
         }
         if let Some(a) = aux {
             let kt = kb.reshape(k, &[sh.rows, 1])?;
