@@ -69,6 +69,8 @@ pub struct Plan<'k> {
     /// many blocks yield it.
     users: Vec<Vec<&'k Stmt>>,
     yielded: Vec<u32>,
+    /// Each loop's induction variable → the loop's `(lo, hi, step)`.
+    loop_bounds: HashMap<usize, (TValue, TValue, TValue)>,
 }
 
 pub fn numel(shape: &[u32]) -> usize {
@@ -737,7 +739,15 @@ pub fn plan(k: &Kernel) -> Result<Plan<'_>, String> {
         temps: HashMap::new(),
         users: vec![Vec::new(); n],
         yielded: vec![0; n],
+        loop_bounds: HashMap::new(),
     };
+    k.walk(&mut |s| {
+        if let TOp::For { lo, hi, step, body, .. } = &s.op {
+            if let Some(iv) = body.args.first() {
+                plan.loop_bounds.insert(iv.index(), (*lo, *hi, *step));
+            }
+        }
+    });
     record_users(&k.body, &mut plan.users, &mut plan.yielded);
     for i in 0..n {
         let r = find(&mut root, i);
@@ -916,6 +926,9 @@ impl Plan<'_> {
         if k.ty(v).dtype.is_float() {
             return None;
         }
+        if let Some(r) = self.induction_range(k, v) {
+            return Some(r);
+        }
         let s = self.lazy_or_scalar_def(v)?;
         let fits = |(lo, hi): (i64, i64)| (lo >= i32::MIN as i64 && hi <= i32::MAX as i64).then_some((lo, hi));
         match &s.op {
@@ -942,6 +955,20 @@ impl Plan<'_> {
             }
             _ => None,
         }
+    }
+
+    /// The values a loop's induction variable takes when the loop's bounds
+    /// and step are constants: `lo, lo + step, …` below `hi` (e.g. the first
+    /// rows of a state's blocks, so that `r0 + arange(8) < 128` is known to
+    /// hold and its loads and stores need no mask).
+    fn induction_range(&self, k: &Kernel, v: TValue) -> Option<(i64, i64)> {
+        let &(lo, hi, step) = self.loop_bounds.get(&v.index())?;
+        let one = |x: TValue| self.int_range(k, x).and_then(|(a, b)| (a == b).then_some(a));
+        let (lo, hi, step) = (one(lo)?, one(hi)?, one(step)?);
+        if step <= 0 || hi <= lo {
+            return None;
+        }
+        Some((lo, lo + (hi - 1 - lo) / step * step))
     }
 
     /// Whether a boolean value is the same constant everywhere.
@@ -1028,5 +1055,44 @@ impl Plan<'_> {
                 all0.then_some(0)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mixc_ir::tile::KernelBuilder;
+    use mixc_ir::DType;
+
+    /// The mask `r0 + arange(8) < 128` of a loop over `r0 = 0, 8, …, 120`
+    /// is known to hold (the loop's bounds are constants); over `r0 < T`, a
+    /// parameter, it is not; nor is `r0 + arange(8) < 120`.
+    #[test]
+    fn masks_of_constant_loops_are_known() {
+        let mut kb = KernelBuilder::new("blocks");
+        let x = kb.ptr_param("x", DType::F32);
+        let t = kb.scalar_param("T", DType::I32).expect("T");
+        let masks = std::cell::RefCell::new(Vec::new());
+        let body = |limit: i64| {
+            let masks = &masks;
+            move |kb: &mut KernelBuilder, r0: TValue, _: &[TValue]| -> Result<Vec<TValue>, mixc_ir::tile::TileError> {
+                let r = kb.arange(8)?;
+                let idx = kb.add(r, r0)?;
+                let lim = kb.i32(limit)?;
+                let m = kb.lt(idx, lim)?;
+                let v = kb.load(x, idx, Some(m), 0.0)?;
+                kb.store(x, idx, v, Some(m))?;
+                masks.borrow_mut().push(m);
+                Ok(vec![])
+            }
+        };
+        let (zero, hi, step) = (kb.i32(0).expect("0"), kb.i32(128).expect("128"), kb.i32(8).expect("8"));
+        kb.for_loop(zero, hi, step, &[], body(128)).expect("constant loop");
+        kb.for_loop(zero, hi, step, &[], body(120)).expect("constant loop, tighter limit");
+        kb.for_loop(zero, t, step, &[], body(128)).expect("loop to T");
+        let k = kb.finish().expect("kernel");
+        let p = plan(&k).expect("plan");
+        let known: Vec<Option<bool>> = masks.borrow().iter().map(|m| p.known_bool(&k, *m)).collect();
+        assert_eq!(known, vec![Some(true), None, None]);
     }
 }
