@@ -937,6 +937,26 @@ mod tests {
         }
     }
 
+    /// A cold run (the caches emptied before the launches) computes what a
+    /// plain one does: GLA's CPU decode step, its state in blocks of rows.
+    #[test]
+    fn cold_runs_compute_the_same() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/gla.toml");
+        let file = mixc_ir::model::load_model(&path).unwrap_or_else(|e| panic!("{e}"));
+        let g = mixc_ir::mixers::build("gla", &file.mixer["gla"]).unwrap_or_else(|e| panic!("{e}"));
+        let sched = mixc_passes::Schedule::decode_for(mixc_passes::device::DeviceKind::Cpu);
+        let prog = mixc_passes::lower(&g, &sched).unwrap_or_else(|e| panic!("{e}"));
+        let sizes = BTreeMap::from([("B", 3usize), ("T", 1)]);
+        let ins: BTreeMap<String, HostTensor> = mixc_ir::mixers::random_inputs(&g, &sizes, 5, true)
+            .into_iter()
+            .map(|(n, t)| (n, HostTensor::from_f64(&t, false)))
+            .collect();
+        let (warm, _) = run_timed(&prog, None, &ins).unwrap_or_else(|e| panic!("{e}"));
+        let (cold, seconds) = run_timed_cold(&prog, None, &ins).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(warm, cold);
+        assert!(seconds > 0.0);
+    }
+
     /// A cache that cannot be written is no error.
     #[test]
     fn unwritable_cache_is_silent() {
