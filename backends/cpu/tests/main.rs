@@ -312,23 +312,29 @@ proptest! {
         }
         let step = schedule(if t2 == 1 { 2 } else { mode }, chunk, block);
         check(name, &g, &step, &second);
+        if t2 == 1 {
+            // The CPU's own decode step (recurrent states in blocks of rows).
+            check(name, &g, &Schedule::decode_for(mixc_passes::device::DeviceKind::Cpu), &second);
+        }
     }
 }
 
 /// Every mixer once, fused, split, step and scan, at a ragged size with
 /// state; the chunked forms also with GLA's diagonal blocks from decay
-/// products.
+/// products; and the CPU's decode-step schedule (states in blocks of rows)
+/// over several tokens.
 #[test]
 fn every_mixer_every_mode() {
     for (name, text) in library(17, 24, 24) {
         let g = build(&text);
+        let ins = random_inputs(&g, &sizes(2, 37), 7, true);
         for mode in 0..4 {
-            let ins = random_inputs(&g, &sizes(2, 37), 7, true);
             check(name, &g, &schedule(mode, 16, 16), &ins);
             if mode != 2 {
                 check(name, &g, &Schedule { decay_products: true, ..schedule(mode, 16, 16) }, &ins);
             }
         }
+        check(name, &g, &Schedule::decode_for(mixc_passes::device::DeviceKind::Cpu), &ins);
     }
 }
 

@@ -68,6 +68,7 @@ fn schedule(chunk: u32, split: bool) -> Schedule {
 fn schedule_of(c: &Case) -> Schedule {
     match c.mode {
         2 => Schedule::decode(),
+        3 => Schedule::decode_for(mixc_passes::device::DeviceKind::Cpu),
         m => schedule(c.chunk, m == 1),
     }
 }
@@ -83,7 +84,8 @@ struct Case {
     /// 0: no initial-state operand; 1: the operand, not supplied; 2: supplied.
     initial: u8,
     chunk: u32,
-    /// 0: fused, 1: split, 2: token by token (the decode-step form).
+    /// 0: fused, 1: split, 2: token by token (the decode-step form), 3: the
+    /// CPU's decode-step schedule (which keeps a delta rule's state whole).
     mode: u8,
     f32: bool,
     seed: u64,
@@ -96,7 +98,7 @@ fn case() -> impl Strategy<Value = Case> {
         (dims.clone(), dims, 0u8..=2),
         (
             prop::sample::select(vec![16u32, 32, 64, 128, 256]),
-            prop_oneof![4 => 0u8..=1, 1 => Just(2u8)],
+            prop_oneof![4 => 0u8..=1, 1 => Just(2u8), 1 => Just(3u8)],
             any::<bool>(),
             any::<u64>(),
         ),
@@ -235,7 +237,8 @@ fn correlated_keys() {
 fn empty_prompt() {
     let g = one_op(true, 2, 17, 17, true);
     let ins = inputs(&g, 2, 0, 1, true);
-    for sched in [schedule(32, false), schedule(32, true), Schedule::decode()] {
+    let cpu_step = Schedule::decode_for(mixc_passes::device::DeviceKind::Cpu);
+    for sched in [schedule(32, false), schedule(32, true), Schedule::decode(), cpu_step] {
         let prog = mixc_passes::lower(&g, &sched).unwrap();
         let (out, _) = prog.run(&ins, Precision::F64).unwrap();
         assert_eq!(out["final_state"].data, ins["initial_state"].data);
