@@ -631,6 +631,13 @@ mod tests {
     use mixc_ir::tile::{Count, KernelBuilder, Launch};
     use mixc_ir::DType;
 
+    /// Mixer `mixer` of the zoo's `models/{model}.toml`, as a graph.
+    fn zoo_mixer(model: &str, mixer: &str) -> mixc_ir::graph::Graph {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../models/{model}.toml"));
+        let file = mixc_ir::model::load_model(&path).unwrap_or_else(|e| panic!("{e}"));
+        mixc_ir::mixers::build(mixer, &file.mixer[mixer]).unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// `y = exp(x)` over `[rows, cols]` tiles, one per program: the loaded
     /// tile lives in the kernel's frame (`rows · cols · 4` bytes).
     fn exp_kernel(name: &str, rows: u32, cols: u32) -> Kernel {
@@ -792,9 +799,7 @@ mod tests {
     /// that fails after taking a cache over hands it back as it was.
     #[test]
     fn kv_caches_grow_in_place_at_batch_one() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/llama.toml");
-        let file = mixc_ir::model::load_model(&path).unwrap_or_else(|e| panic!("{e}"));
-        let g = mixc_ir::mixers::build("attn", &file.mixer["attn"]).unwrap_or_else(|e| panic!("{e}"));
+        let g = zoo_mixer("llama", "attn");
         let sched = mixc_passes::Schedule::decode_for(mixc_passes::device::DeviceKind::Cpu);
         let prog = mixc_passes::lower(&g, &sched).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(prog.launches.iter().filter(|l| l.prefix_copy.is_some()).count(), 2, "keys and values");
@@ -908,9 +913,7 @@ mod tests {
     /// agrees with the tile interpreter.
     #[test]
     fn narrow_storage_rounds_at_the_boundary() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/gla.toml");
-        let file = mixc_ir::model::load_model(&path).unwrap_or_else(|e| panic!("{e}"));
-        let g = mixc_ir::mixers::build("gla", &file.mixer["gla"]).unwrap_or_else(|e| panic!("{e}"));
+        let g = zoo_mixer("gla", "gla");
         let sched =
             mixc_passes::Schedule { storage: mixc_passes::Storage::Bf16, ..mixc_passes::Schedule::with_chunk(16) };
         let prog = mixc_passes::lower(&g, &sched).unwrap_or_else(|e| panic!("{e}"));
@@ -941,9 +944,7 @@ mod tests {
     /// plain one does: GLA's CPU decode step, its state in blocks of rows.
     #[test]
     fn cold_runs_compute_the_same() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/gla.toml");
-        let file = mixc_ir::model::load_model(&path).unwrap_or_else(|e| panic!("{e}"));
-        let g = mixc_ir::mixers::build("gla", &file.mixer["gla"]).unwrap_or_else(|e| panic!("{e}"));
+        let g = zoo_mixer("gla", "gla");
         let sched = mixc_passes::Schedule::decode_for(mixc_passes::device::DeviceKind::Cpu);
         let prog = mixc_passes::lower(&g, &sched).unwrap_or_else(|e| panic!("{e}"));
         let sizes = BTreeMap::from([("B", 3usize), ("T", 1)]);

@@ -559,7 +559,6 @@ fn scratch_at(
 }
 
 fn body(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape, variant: Variant) -> Res<()> {
-    let mlstm = sh.r.transition == Transition::Mlstm;
     let zero_i = kb.i32(0)?;
     let step = kb.i32(sh.c as i64)?;
     if variant == Variant::Outputs {
@@ -609,17 +608,7 @@ fn body(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape, variant: Variant) -> Res<(
     } else {
         None
     };
-    let m = if mlstm {
-        Some(match ctx.m0 {
-            Some(p) => {
-                let o = kb.reshape(ctx.bh, &[1, 1])?;
-                kb.load(p, o, None, 0.0)?
-            }
-            None => kb.zeros(&[1, 1])?,
-        })
-    } else {
-        None
-    };
+    let m = initial_m(kb, ctx, sh)?;
     let init = State { s, aux, m };
     let step = if variant == Variant::Step { kb.i32(sh.tokens as i64)? } else { step };
     let finals = kb.for_loop(zero_i, ctx.t_len, step, &init.values(), |kb, t0, carried| {
@@ -653,7 +642,28 @@ fn body(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape, variant: Variant) -> Res<(
         let mask = first_only(kb, ctx, Some(nmask), &[sh.dkp, 1])?;
         kb.store(p, noffs, a, mask)?;
     }
-    if let (Some(p), Some(m)) = (ctx.m_out, fin.m) {
+    store_m(kb, ctx, fin.m)
+}
+
+/// mLSTM's stabilizer `[1, 1]` entering the first token: the initial one, or
+/// 0 (`None` for the other transitions).
+fn initial_m(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape) -> Res<Option<TValue>> {
+    if sh.r.transition != Transition::Mlstm {
+        return Ok(None);
+    }
+    Ok(Some(match ctx.m0 {
+        Some(p) => {
+            let o = kb.reshape(ctx.bh, &[1, 1])?;
+            kb.load(p, o, None, 0.0)?
+        }
+        None => kb.zeros(&[1, 1])?,
+    }))
+}
+
+/// Stores the final stabilizer `m` (mLSTM; nothing else has one), from the
+/// first value block only.
+fn store_m(kb: &mut KernelBuilder, ctx: &Ctx, m: Option<TValue>) -> Res<()> {
+    if let (Some(p), Some(m)) = (ctx.m_out, m) {
         let o = kb.reshape(ctx.bh, &[1, 1])?;
         let mask = first_only(kb, ctx, None, &[1, 1])?;
         kb.store(p, o, m, mask)?;

@@ -18,7 +18,7 @@
 //! first pass always runs, its tokens past the end identities, so a call of
 //! no tokens still copies the initial state out.
 
-use super::{act_tile, first_only, load_gate, missing, state_rows, step_col, Ctx, Res, Shape};
+use super::{act_tile, first_only, initial_m, load_gate, missing, state_rows, step_col, store_m, Ctx, Res, Shape};
 use crate::lower::conv_prologue::{self, At, Input, Src};
 use crate::schedule::Schedule;
 use mixc_ir::ops::{Transition, UnaryFn};
@@ -59,19 +59,8 @@ struct TokenLoads {
 
 /// The body of the step kernel under [`block_rows`] rows a block.
 pub(super) fn body(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape) -> Res<()> {
-    let mlstm = sh.r.transition == Transition::Mlstm;
     let zero_i = kb.i32(0)?;
-    let m_init = if mlstm {
-        Some(match ctx.m0 {
-            Some(p) => {
-                let o = kb.reshape(ctx.bh, &[1, 1])?;
-                kb.load(p, o, None, 0.0)?
-            }
-            None => kb.zeros(&[1, 1])?,
-        })
-    } else {
-        None
-    };
+    let m_init = initial_m(kb, ctx, sh)?;
     let step = kb.i32(sh.tokens as i64)?;
     let m_first = pass(kb, ctx, sh, zero_i, m_init, ctx.s0, ctx.aux0)?;
     let later: Vec<TValue> = m_first.into_iter().collect();
@@ -79,12 +68,7 @@ pub(super) fn body(kb: &mut KernelBuilder, ctx: &Ctx, sh: Shape) -> Res<()> {
         let m = carried.first().copied();
         Ok(pass(kb, ctx, sh, t0, m, ctx.s_out, ctx.aux_out)?.into_iter().collect())
     })?;
-    if let (Some(p), Some(m)) = (ctx.m_out, finals.first().copied()) {
-        let o = kb.reshape(ctx.bh, &[1, 1])?;
-        let mask = first_only(kb, ctx, None, &[1, 1])?;
-        kb.store(p, o, m, mask)?;
-    }
-    Ok(())
+    store_m(kb, ctx, finals.first().copied())
 }
 
 /// One pass: `sh.tokens` tokens from `t0` through every block of rows, the
