@@ -16,13 +16,18 @@ fn drv<E: std::fmt::Debug>(what: &str) -> impl FnOnce(E) -> CudaError + '_ {
 }
 
 /// CTAs of [`gemv::WARPS`] warps, a warp per output, for `out` outputs
-/// (with the shared memory `x` needs for `rows` rows of `inner`).
-fn config(out: usize, x: &GemvX, rows: usize, inner: usize) -> LaunchConfig {
+/// (with the shared memory `input` needs for `rows` rows of `inner`).
+fn config(out: usize, input: Input, rows: usize, inner: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (gemv::grid_for(out), 1, 1),
         block_dim: (32 * gemv::WARPS, 1, 1),
-        shared_mem_bytes: gemv::shared_bytes(x.input(), rows, inner) as u32,
+        shared_mem_bytes: gemv::shared_bytes(input, rows, inner) as u32,
     }
+}
+
+/// The tensor-core product's launch for `out` outputs.
+fn skinny_config(out: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (skinny::grid_for(out), 1, 1), block_dim: (32 * skinny::WARPS, 1, 1), shared_mem_bytes: 0 }
 }
 
 /// Shared memory a CTA may have without raising its limit.
@@ -36,13 +41,30 @@ pub enum GemvX<'a> {
     /// The f32 residual `[rows, inner]`, RMS-normed by `weight` (f32
     /// `[inner]`) and `eps` on the way in (bf16, as the glue's RMSNorm stores).
     RmsNorm { x: &'a CudaSlice<u32>, weight: &'a DeviceTensor, eps: f32 },
+    /// `bf16(x · w)` (`[rows, inner]`, the residual with an RMSNorm's weight
+    /// applied) and the partial sums of squares of the residual's rows that
+    /// the product before left ([`NormFeed`]): each row's sums are scaled by
+    /// `1 / sqrt(mean x² + eps)` in the epilogue. The tensor-core product
+    /// only (5–16 rows; [`skinny::Form::PreNormed`]).
+    PreNormed { xw: &'a CudaSlice<u32>, partials: &'a CudaSlice<u32>, eps: f32 },
 }
 
 impl GemvX<'_> {
-    fn input(&self) -> Input {
+    /// The GEMV's input kind (`None`: the GEMV has no such kernel).
+    fn input(&self) -> Option<Input> {
         match self {
-            GemvX::Act(_) => Input::Act,
-            GemvX::RmsNorm { .. } => Input::RmsNorm,
+            GemvX::Act(_) => Some(Input::Act),
+            GemvX::RmsNorm { .. } => Some(Input::RmsNorm),
+            GemvX::PreNormed { .. } => None,
+        }
+    }
+
+    /// The tensor-core product's form for this input (`None`: it has none).
+    fn form(&self) -> Option<skinny::Form> {
+        match self {
+            GemvX::Act(_) => Some(skinny::Form::Plain),
+            GemvX::RmsNorm { .. } => None,
+            GemvX::PreNormed { .. } => Some(skinny::Form::PreNormed),
         }
     }
 
@@ -55,6 +77,11 @@ impl GemvX<'_> {
                     && weight.numel() == inner
                     && weight.dtype == DType::F32
                     && gemv::shared_bytes(Input::RmsNorm, rows, inner) <= SHARED_LIMIT
+            }
+            GemvX::PreNormed { xw, partials, .. } => {
+                rows > gemv::MAX_ROWS
+                    && xw.len() >= words(rows * inner, Act::Bf16)
+                    && partials.len() >= skinny::partials_len(inner)
             }
         };
         if ok {
@@ -73,8 +100,23 @@ impl GemvX<'_> {
                 p.buf(runner, &weight.buf);
                 p.f32(*eps);
             }
+            GemvX::PreNormed { xw, partials, eps } => {
+                p.buf(runner, *xw);
+                p.buf(runner, *partials);
+                p.f32(*eps);
+            }
         }
     }
+}
+
+/// Where a feeding product ([`Dense::gemv_feeding`]) leaves the next
+/// RMSNorm's operand: the norm's weight (f32 `[out]`), the operand
+/// `bf16(y · w)` (`[rows, out]`) and the partial sums of squares (f32,
+/// [`skinny::partials_len`]`(out)`).
+pub struct NormFeed<'a> {
+    pub weight: &'a DeviceTensor,
+    pub xw: &'a mut CudaSlice<u32>,
+    pub partials: &'a mut CudaSlice<u32>,
 }
 
 /// A kernel's parameters by value, each in a slot of 8 bytes (a 4-byte
@@ -161,8 +203,12 @@ pub enum GemvKind {
 #[derive(Clone, Debug)]
 pub struct GemvCase {
     pub kind: GemvKind,
-    /// With the RMSNorm folded in ([`GemvX::RmsNorm`]).
+    /// With the RMSNorm folded in ([`GemvX::RmsNorm`], or with `fed`
+    /// [`GemvX::PreNormed`]).
     pub normed: bool,
+    /// A product of the split norm: the feeding one (not `normed`) or the
+    /// one reading its operand (`normed`).
+    pub fed: bool,
     pub rows: usize,
     pub out: usize,
     pub inner: usize,
@@ -226,19 +272,16 @@ impl Dense {
         inner: usize,
     ) -> Result<(&CudaFunction, LaunchConfig, bool), CudaError> {
         if rows <= gemv::MAX_ROWS {
-            let f = self.kernel(&gemv::kernel_name(rows, x.input(), epilogue))?;
-            return Ok((f, config(out, x, rows, inner), false));
+            let input = x.input().ok_or_else(|| {
+                CudaError::Program(format!("a pre-normed input of {rows} rows (the GEMV takes the residual)"))
+            })?;
+            let f = self.kernel(&gemv::kernel_name(rows, input, epilogue))?;
+            return Ok((f, config(out, input, rows, inner), false));
         }
-        if x.input() != Input::Act {
-            return Err(CudaError::Program(format!("a norm folded into a product of {rows} rows")));
-        }
-        let f = self.kernel(&skinny::kernel_name(epilogue))?;
-        let cfg = LaunchConfig {
-            grid_dim: (skinny::grid_for(out), 1, 1),
-            block_dim: (32 * skinny::WARPS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        Ok((f, cfg, true))
+        let form =
+            x.form().ok_or_else(|| CudaError::Program(format!("a norm folded into a product of {rows} rows")))?;
+        let f = self.kernel(&skinny::kernel_name(epilogue, form))?;
+        Ok((f, skinny_config(out), true))
     }
 
     /// `y[rows, part.count] (+)= x · W[part]ᵀ` by the GEMV (y's size and the
@@ -282,6 +325,62 @@ impl Dense {
         // the caller); every 16-byte load stays inside a row of a 16-byte
         // aligned buffer.
         unsafe { launch(runner, f, cfg, &mut p, self.dependent) }
+    }
+
+    /// Whether a product of `rows` rows over `inner` into `out` outputs
+    /// can prepare the RMSNorm of its result for the next product
+    /// ([`Dense::gemv_feeding`]): the tensor-core product's rows, bf16
+    /// operands, `MIXC_FOLD_NORM` not 0.
+    pub fn feeds_norm(&self, rows: usize, inner: usize, out: usize) -> bool {
+        self.fold_norm && rows > gemv::MAX_ROWS && self.gemv_fits(rows, inner) && self.gemv_fits(rows, out)
+    }
+
+    /// `y (+)= x · Wᵀ` (f32 `y`, the residual; all of `W`'s rows) whose
+    /// epilogue also prepares the RMSNorm of the new `y` with weight
+    /// `feed.weight` for the next product: `feed.xw` gets `bf16(y · w)` and
+    /// `feed.partials` each CTA's sums of `y²` by row, which a
+    /// [`GemvX::PreNormed`] input of that product reads (see [`skinny`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemv_feeding(
+        &self,
+        runner: &CudaRunner,
+        y: &mut CudaSlice<u32>,
+        x: &CudaSlice<u32>,
+        w: &DeviceTensor,
+        rows: usize,
+        accumulate: bool,
+        feed: NormFeed<'_>,
+    ) -> Result<(), CudaError> {
+        let (out, inner) = (w.shape.first().copied().unwrap_or(0), w.shape.get(1).copied().unwrap_or(0));
+        let fits = self.feeds_norm(rows, inner, out)
+            && w.dtype == DType::BF16
+            && GemvX::Act(x).check(rows, inner).is_ok()
+            && y.len() >= rows * out
+            && feed.weight.dtype == DType::F32
+            && feed.weight.numel() == out
+            && feed.xw.len() >= words(rows * out, Act::Bf16)
+            && feed.partials.len() >= skinny::partials_len(out);
+        if !fits {
+            return Err(CudaError::Program(format!(
+                "a product of {rows} rows of {inner} into {out} that cannot prepare the next norm"
+            )));
+        }
+        let f = self.kernel(&skinny::kernel_name(Epilogue::Plain(Act::F32), skinny::Form::Feeding))?;
+        let mut p = Params::default();
+        p.buf(runner, &w.buf);
+        p.buf(runner, x);
+        p.buf_mut(runner, y);
+        p.u32(out as u32);
+        p.u32(inner as u32);
+        p.u32(rows as u32);
+        p.u32(u32::from(accumulate));
+        p.buf(runner, &feed.weight.buf);
+        p.buf_mut(runner, feed.xw);
+        p.buf_mut(runner, feed.partials);
+        // Safety: the parameters are the kernel's; sizes checked above: x
+        // [rows, inner] bf16, y [rows, out] f32, the norm's weight [out]
+        // f32, xw [rows, out] bf16, a partial row of 16 per CTA.
+        unsafe { launch(runner, f, skinny_config(out), &mut p, self.dependent) }
     }
 
     /// The projections stacked in `w` (`parts`, consecutive from row 0 and
@@ -431,7 +530,7 @@ impl Dense {
                 want.iter().zip(&y0).map(|(p, y)| p + if accumulate { f64::from(*y) } else { 0.0 }).collect();
             let worst = worst_by_row(&got, &want, rows, n_out);
             let kind = GemvKind::Plain { accumulate };
-            out.push(GemvCase { kind, normed, rows, out: n_out, inner, y: y_act, worst });
+            out.push(GemvCase { kind, normed, fed: false, rows, out: n_out, inner, y: y_act, worst });
         }
         // Stacked: q, k, v and a low-rank gate's first stage of a small head,
         // and a ragged set; and the second of three parts alone (a range of rows).
@@ -466,14 +565,14 @@ impl Dense {
                 worst = worst.max(worst_by_row(&download(runner, b)?, &want, rows, p.count));
             }
             let kind = GemvKind::Stacked { parts: parts.len() };
-            out.push(GemvCase { kind, normed, rows, out: all, inner, y: Act::Bf16, worst });
+            out.push(GemvCase { kind, normed, fed: false, rows, out: all, inner, y: Act::Bf16, worst });
             let middle = parts[1];
             let mut yd = runner.zeros(&[rows, middle.count], DType::F32)?;
             self.gemv(runner, &mut yd.buf, Act::F32, x.gemv_x(), &wd, middle, rows, false)?;
             let want = products(&w, &x.values, rows, middle.first..middle.first + middle.count, inner);
             let worst = worst_by_row(&download(runner, &yd)?, &want, rows, middle.count);
             let kind = GemvKind::Plain { accumulate: false };
-            out.push(GemvCase { kind, normed, rows, out: middle.count, inner, y: Act::F32, worst });
+            out.push(GemvCase { kind, normed, fed: false, rows, out: middle.count, inner, y: Act::F32, worst });
         }
         let swiglu = [
             (1, 5632, 2048, false),
@@ -493,7 +592,108 @@ impl Dense {
             let up = products(&w, &x.values, rows, h..2 * h, inner);
             let want: Vec<f64> = gate.iter().zip(&up).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
             let worst = worst_by_row(&download(runner, &yd)?, &want, rows, h);
-            out.push(GemvCase { kind: GemvKind::SwiGlu, normed, rows, out: h, inner, y: Act::Bf16, worst });
+            out.push(GemvCase { kind: GemvKind::SwiGlu, normed, fed: false, rows, out: h, inner, y: Act::Bf16, worst });
+        }
+        out.extend(self.check_fed(runner, &mut draw)?);
+        Ok(out)
+    }
+
+    /// [`Dense::check_gemv`]'s cases of an RMSNorm split between two
+    /// products: a residual added to by a feeding product (checked as a
+    /// plain one), then read pre-normed by a plain f32, a stacked and a
+    /// SwiGLU product, each against f64 products of the operand the host
+    /// derives from the downloaded residual (`bf16(y · w)`, as the kernel
+    /// rounds it), scaled by each row's `1 / rms` in f64.
+    fn check_fed(
+        &self,
+        runner: &CudaRunner,
+        draw: &mut impl FnMut(usize) -> Vec<f32>,
+    ) -> Result<Vec<GemvCase>, CudaError> {
+        let mut out = Vec::new();
+        // (rows, the feeding product's inner, d): a 1.3B model's, a ragged one.
+        for (rows, od, d) in [(16, 2048, 2048), (7, 72, 40)] {
+            let (wo, o) = (draw(d * od), draw(rows * od));
+            let y0: Vec<f32> = draw(rows * d).iter().map(|v| 3.0 * v).collect();
+            let nw: Vec<f32> = draw(d).iter().map(|v| 1.0 + 0.5 * v).collect();
+            let wod = runner.upload_f32(&wo, &[d, od], DType::BF16)?;
+            let od_x = runner.upload_f32(&o, &[rows, od], DType::BF16)?;
+            let mut yd = runner.upload_f32(&y0, &[rows, d], DType::F32)?;
+            let nwd = runner.upload_f32(&nw, &[d], DType::F32)?;
+            let mut xw = runner.zeros(&[rows, d], DType::BF16)?;
+            let mut partials = runner.zeros(&[skinny::partials_len(d)], DType::F32)?;
+            let feed = NormFeed { weight: &nwd, xw: &mut xw.buf, partials: &mut partials.buf };
+            self.gemv_feeding(runner, &mut yd.buf, &od_x.buf, &wod, rows, true, feed)?;
+            let y = download(runner, &yd)?;
+            let want: Vec<f64> =
+                products(&wo, &o, rows, 0..d, od).iter().zip(&y0).map(|(p, y)| p + f64::from(*y)).collect();
+            let worst = worst_by_row(&y, &want, rows, d);
+            let kind = GemvKind::Plain { accumulate: true };
+            out.push(GemvCase { kind, normed: false, fed: true, rows, out: d, inner: od, y: Act::F32, worst });
+            // What the next product multiplies, and each row's scale.
+            let values: Vec<f32> =
+                y.iter().enumerate().map(|(i, v)| half::bf16::from_f32(v * nw[i % d]).to_f32()).collect();
+            let scales: Vec<f64> = y
+                .chunks(d)
+                .map(|row| {
+                    1.0 / (row.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>() / d as f64 + f64::from(CHECK_EPS))
+                        .sqrt()
+                })
+                .collect();
+            let scaled =
+                |p: Vec<f64>, n: usize| -> Vec<f64> { p.iter().enumerate().map(|(i, v)| v * scales[i / n]).collect() };
+            let x = GemvX::PreNormed { xw: &xw.buf, partials: &partials.buf, eps: CHECK_EPS };
+            // A plain f32 product (a head).
+            let n_out = if d > 64 { 4000 } else { 24 };
+            let w = draw(n_out * d);
+            let wd = runner.upload_f32(&w, &[n_out, d], DType::BF16)?;
+            let mut yd = runner.zeros(&[rows, n_out], DType::F32)?;
+            self.gemv(runner, &mut yd.buf, Act::F32, x, &wd, Rows { first: 0, count: n_out }, rows, false)?;
+            let want = scaled(products(&w, &values, rows, 0..n_out, d), n_out);
+            let worst = worst_by_row(&download(runner, &yd)?, &want, rows, n_out);
+            let kind = GemvKind::Plain { accumulate: false };
+            out.push(GemvCase { kind, normed: true, fed: true, rows, out: n_out, inner: d, y: Act::F32, worst });
+            // Stacked (q, k, v, a gate's first stage).
+            let counts = if d > 64 { vec![1024, 1024, 2048, 2048, 16] } else { vec![24, 8, 40] };
+            let all: usize = counts.iter().sum();
+            let w = draw(all * d);
+            let wd = runner.upload_f32(&w, &[all, d], DType::BF16)?;
+            let mut parts = Vec::new();
+            let mut bufs = Vec::new();
+            let mut first = 0;
+            for c in &counts {
+                parts.push(Rows { first, count: *c });
+                bufs.push(runner.zeros(&[rows, *c], DType::BF16)?);
+                first += c;
+            }
+            let mut ys: Vec<CudaViewMut<'_, u32>> = bufs.iter_mut().map(|b| b.buf.slice_mut(..)).collect();
+            self.project_stacked(runner, &mut ys, x, &wd, &parts, rows)?;
+            let mut worst: f64 = 0.0;
+            for (p, b) in parts.iter().zip(&bufs) {
+                let want = scaled(products(&w, &values, rows, p.first..p.first + p.count, d), p.count);
+                worst = worst.max(worst_by_row(&download(runner, b)?, &want, rows, p.count));
+            }
+            let kind = GemvKind::Stacked { parts: parts.len() };
+            out.push(GemvCase { kind, normed: true, fed: true, rows, out: all, inner: d, y: Act::Bf16, worst });
+            // SwiGLU.
+            let h = if d > 64 { 5632 } else { 40 };
+            let w = draw(2 * h * d);
+            let lin = Linear { weight: runner.upload_f32(&w, &[2 * h, d], DType::BF16)?, bias: None };
+            let mut yd = runner.zeros(&[rows, h], DType::BF16)?;
+            self.project_swiglu(runner, &mut yd.buf, x, &lin, rows)?;
+            let gate = scaled(products(&w, &values, rows, 0..h, d), h);
+            let up = scaled(products(&w, &values, rows, h..2 * h, d), h);
+            let want: Vec<f64> = gate.iter().zip(&up).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
+            let worst = worst_by_row(&download(runner, &yd)?, &want, rows, h);
+            out.push(GemvCase {
+                kind: GemvKind::SwiGlu,
+                normed: true,
+                fed: true,
+                rows,
+                out: h,
+                inner: d,
+                y: Act::Bf16,
+                worst,
+            });
         }
         Ok(out)
     }

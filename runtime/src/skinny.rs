@@ -18,6 +18,21 @@
 //!
 //! Requirements (checked by the caller): `inner` a multiple of 8, buffers
 //! 16-byte aligned.
+//!
+//! **RMSNorm between two products** ([`Form`]): a decode step adds a
+//! product (`o_proj`, the MLP's down projection) to the f32 residual and
+//! then norms that residual for the next product. A norm kernel of its own
+//! is a launch and a latency-bound pass a layer twice; folding the norm
+//! into each CTA of the next product would read the f32 residual once per
+//! CTA (4× the bytes of its weights). Instead the norm is split between the
+//! two: the adding product's epilogue ([`Form::Feeding`]) knows each new
+//! residual value `x[r, n]` once, so it stores `bf16(x[r, n] · w[n])` (the
+//! norm's weight applied, not its scale) and each CTA's sum of `x²` per
+//! row over its 16 outputs; the next product ([`Form::PreNormed`]) takes
+//! that bf16 operand as it is, sums the CTAs' partial sums of its rows
+//! while its weights stream, and scales each row's sums by `1 / sqrt(mean
+//! x² + eps)` before its epilogue. Nothing is read twice, nothing is
+//! launched for the norm.
 
 use crate::gemv::{self, epilogues, Epilogue};
 use crate::glue::Act;
@@ -31,24 +46,65 @@ pub const OUTPUTS_PER_CTA: usize = 16;
 /// Warps per CTA, splitting `inner` between them.
 pub const WARPS: u32 = 8;
 
-/// The kernel for `epilogue`.
-pub fn kernel_name(epilogue: Epilogue) -> String {
-    match epilogue {
+/// How a kernel takes its `x` and what its epilogue writes besides `y`
+/// (the module's notes say why the norm is split this way).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Form {
+    /// bf16 `x` in, the epilogue's outputs out.
+    Plain,
+    /// `x` is a residual's rows with the RMSNorm's weight applied (bf16),
+    /// the sums scaled by each row's `1 / rms` from the partial sums of
+    /// squares a [`Form::Feeding`] product left: parameters `p_ss`
+    /// (f32 `[partials_len(inner)]`) and `p_eps` after `p_x`.
+    PreNormed,
+    /// A plain f32 epilogue (`y (+)= Σ`, the residual) that also prepares
+    /// the next RMSNorm: `xw[r, n] = bf16(y[r, n] · nw[n])` and, per CTA,
+    /// `ss[16·cta + r] = Σ y[r, n]²` over its outputs (0 for rows ≥ R):
+    /// parameters `p_nw` (f32 `[out]`), `p_xw` (bf16 `[rows, out]`), `p_ss`
+    /// (f32 `[partials_len(out)]`) after the accumulate flag.
+    Feeding,
+}
+
+/// Every kernel: each epilogue plain and pre-normed, and the feeding one.
+pub fn variants() -> Vec<(Epilogue, Form)> {
+    let mut out: Vec<(Epilogue, Form)> = Vec::new();
+    for form in [Form::Plain, Form::PreNormed] {
+        out.extend(epilogues().into_iter().map(|e| (e, form)));
+    }
+    out.push((Epilogue::Plain(Act::F32), Form::Feeding));
+    out
+}
+
+/// The kernel for `epilogue` in `form`.
+pub fn kernel_name(epilogue: Epilogue, form: Form) -> String {
+    let base = match epilogue {
         Epilogue::Plain(a) => format!("mixc_skinny_{}", a.suffix()),
         Epilogue::Segments => "mixc_skinny_seg".into(),
         Epilogue::SwiGlu => "mixc_skinny_swiglu".into(),
+    };
+    match form {
+        Form::Plain => base,
+        Form::PreNormed => format!("{base}_pn"),
+        Form::Feeding => format!("{base}_feed"),
     }
 }
 
 /// Every kernel's name.
 pub fn kernel_names() -> Vec<String> {
-    epilogues().into_iter().map(kernel_name).collect()
+    variants().into_iter().map(|(e, f)| kernel_name(e, f)).collect()
 }
 
 /// The PTX of every kernel (appended to the glue module); `dependent`:
 /// each waits for the grid before it first ([`gemv::grid_dependency`]).
 pub fn ptx(dependent: bool) -> String {
-    epilogues().into_iter().map(|e| kernel(e, dependent)).collect()
+    variants().into_iter().map(|(e, f)| kernel(e, f, dependent)).collect()
+}
+
+/// f32 partial sums of squares a [`Form::Feeding`] product of `out`
+/// outputs leaves (16 per CTA) and a [`Form::PreNormed`] one over `inner =
+/// out` reads.
+pub fn partials_len(out: usize) -> usize {
+    out.div_ceil(OUTPUTS_PER_CTA) * MAX_ROWS
 }
 
 /// CTAs for `out` outputs.
@@ -69,19 +125,117 @@ fn pairs(epilogue: Epilogue) -> usize {
     }
 }
 
-fn params(epilogue: Epilogue) -> String {
+fn params(epilogue: Epilogue, form: Form) -> String {
     let (ys, acc) = (gemv::output_params(epilogue), gemv::acc_param(epilogue));
-    format!(".param .u64 p_w, .param .u64 p_x, {ys}, .param .u32 p_out, .param .u32 p_inner, .param .u32 p_rows{acc}")
+    let x = match form {
+        Form::PreNormed => ".param .u64 p_x, .param .u64 p_ss, .param .f32 p_eps",
+        _ => ".param .u64 p_x",
+    };
+    let feed = match form {
+        Form::Feeding => ", .param .u64 p_nw, .param .u64 p_xw, .param .u64 p_ss",
+        _ => "",
+    };
+    format!(".param .u64 p_w, {x}, {ys}, .param .u32 p_out, .param .u32 p_inner, .param .u32 p_rows{acc}{feed}")
+}
+
+/// Partial sums of squares a [`Form::PreNormed`] thread loads before the
+/// product (the rest, for `inner` beyond 2048, after it).
+const FIRST_PARTIALS: usize = 8;
+
+/// [`Form::PreNormed`], before the product: thread `t` (`%r10`) takes row
+/// `t % 16` (`%n2`) of the CTAs `j = t / 16 + 16·i` (`%n3` the first) of
+/// the feeding product, `j` below `%n1 = ⌈inner / 16⌉`; the first
+/// [`FIRST_PARTIALS`] loads are issued here, into `%nf1…`, and summed after.
+fn partials_first() -> String {
+    let mut s = String::new();
+    s += "  add.u32 %n1, %r2, 15;\n  shr.u32 %n1, %n1, 4;\n  and.b32 %n2, %r10, 15;\n  shr.u32 %n3, %r10, 4;\n";
+    for i in 0..FIRST_PARTIALS {
+        s += &format!("  add.u32 %n4, %n3, {};\n  setp.lt.u32 %np1, %n4, %n1;\n", 16 * i);
+        s += "  shl.b32 %n5, %n4, 4;\n  add.u32 %n5, %n5, %n2;\n  mul.wide.u32 %nd2, %n5, 4;\n  add.s64 %nd2, %nd1, %nd2;\n";
+        s += &format!("  mov.f32 %nf{r}, 0f00000000;\n  @%np1 ld.global.f32 %nf{r}, [%nd2];\n", r = i + 1);
+    }
+    s
+}
+
+/// [`Form::PreNormed`], after the product: the thread's partial sums (the
+/// first ones loaded, the rest now), summed with the other half-warp's
+/// (same row), into `ssw[16·warp + row]` by lanes 0–15 (read after the
+/// barrier that follows).
+fn partials_rest() -> String {
+    let mut s = "  mov.f32 %nf0, %nf1;\n".to_string();
+    for i in 2..=FIRST_PARTIALS {
+        s += &format!("  add.f32 %nf0, %nf0, %nf{i};\n");
+    }
+    s += &format!("  add.u32 %n4, %n3, {};\n$ss_more:\n", 16 * FIRST_PARTIALS);
+    s += "  setp.ge.u32 %np1, %n4, %n1;\n  @%np1 bra $ss_done;\n";
+    s +=
+        "  shl.b32 %n5, %n4, 4;\n  add.u32 %n5, %n5, %n2;\n  mul.wide.u32 %nd2, %n5, 4;\n  add.s64 %nd2, %nd1, %nd2;\n";
+    s += "  ld.global.f32 %nf1, [%nd2];\n  add.f32 %nf0, %nf0, %nf1;\n  add.u32 %n4, %n4, 16;\n  bra $ss_more;\n$ss_done:\n";
+    s += "  shfl.sync.bfly.b32 %nf1, %nf0, 16, 31, -1;\n  add.f32 %nf0, %nf0, %nf1;\n";
+    s += &store_by_half_warp("%nf0");
+    s
+}
+
+/// Lanes 0–15 store `value` to `ssw[16·warp + lane]` (`%r5` lane, `%r6` warp).
+fn store_by_half_warp(value: &str) -> String {
+    let mut s = "  setp.lt.u32 %np2, %r5, 16;\n  mov.u32 %n6, ssw;\n  shl.b32 %n7, %r6, 4;\n  add.u32 %n7, %n7, %r5;\n"
+        .to_string();
+    s += &format!("  shl.b32 %n7, %n7, 2;\n  add.u32 %n7, %n7, %n6;\n  @%np2 st.shared.f32 [%n7], {value};\n");
+    s
+}
+
+/// [`Form::PreNormed`], finishing row `%r21`: its sum of squares from
+/// `ssw`, `1 / sqrt(mean + eps)` (as the glue's RMSNorm rounds it) applied
+/// to the sums `%f0…%f{np−1}`.
+fn scale_by_rms(np: usize) -> String {
+    let mut s = "  mov.u32 %n6, ssw;\n  shl.b32 %n7, %r21, 2;\n  add.u32 %n7, %n7, %n6;\n  mov.f32 %nf2, 0f00000000;\n"
+        .to_string();
+    for w in 0..WARPS as usize {
+        s += &format!("  ld.shared.f32 %nf3, [%n7+{}];\n  add.f32 %nf2, %nf2, %nf3;\n", 64 * w);
+    }
+    s += "  cvt.rn.f32.u32 %nf4, %r2;\n  div.rn.f32 %nf2, %nf2, %nf4;\n  add.f32 %nf2, %nf2, %nf11;\n";
+    s += "  sqrt.rn.f32 %nf2, %nf2;\n  rcp.rn.f32 %nf2, %nf2;\n";
+    for p in 0..np {
+        s += &format!("  mul.f32 %f{p}, %f{p}, %nf2;\n");
+    }
+    s
+}
+
+/// [`Form::Feeding`]'s epilogue for output `%r31` of row `%r21` (`%p8`:
+/// the pair is outside the product): every thread reaches the barrier.
+fn feeding_store() -> String {
+    let mut s = String::new();
+    s += "  not.pred %np1, %p8;\n  mad.lo.u32 %r32, %r21, %r1, %r31;\n";
+    s += "  mul.wide.u32 %rd13, %r32, 4;\n  add.s64 %rd13, %rd3, %rd13;\n";
+    s += "  setp.ne.and.u32 %p10, %r3, 0, %np1;\n  @%p10 ld.global.f32 %f9, [%rd13];\n  @%p10 add.f32 %f0, %f0, %f9;\n";
+    s += "  @%np1 st.global.f32 [%rd13], %f0;\n";
+    // xw[r, n] = bf16(y · nw[n]).
+    s += "  mul.wide.u32 %nd2, %r31, 4;\n  add.s64 %nd2, %nd3, %nd2;\n  mov.f32 %nf1, 0f00000000;\n";
+    s += "  @%np1 ld.global.nc.f32 %nf1, [%nd2];\n  mul.f32 %nf1, %f0, %nf1;\n  cvt.rn.bf16.f32 %nh0, %nf1;\n";
+    s += "  mul.wide.u32 %nd2, %r32, 2;\n  add.s64 %nd2, %nd4, %nd2;\n  @%np1 st.global.b16 [%nd2], %nh0;\n";
+    // y² summed over the CTA's outputs of each row: the two half-warps
+    // (outputs 2·warp and 2·warp + 1), then the warps through `ssw`.
+    s += "  mul.f32 %nf2, %f0, %f0;\n  selp.f32 %nf2, %nf2, 0f00000000, %np1;\n";
+    s += "  shfl.sync.bfly.b32 %nf3, %nf2, 16, 31, -1;\n  add.f32 %nf2, %nf2, %nf3;\n";
+    s += &store_by_half_warp("%nf2");
+    s += "  bar.sync 0;\n  setp.ge.u32 %np2, %r10, 16;\n  @%np2 bra $done;\n";
+    s += "  mov.u32 %n6, ssw;\n  shl.b32 %n7, %r10, 2;\n  add.u32 %n7, %n7, %n6;\n  mov.f32 %nf2, 0f00000000;\n";
+    for w in 0..WARPS as usize {
+        s += &format!("  ld.shared.f32 %nf3, [%n7+{}];\n  add.f32 %nf2, %nf2, %nf3;\n", 64 * w);
+    }
+    s += &format!("  mov.u32 %n8, %ctaid.x;\n  mad.lo.u32 %n8, %n8, {MAX_ROWS}, %r10;\n");
+    s += "  mul.wide.u32 %nd2, %n8, 4;\n  add.s64 %nd2, %nd1, %nd2;\n  st.global.f32 [%nd2], %nf2;\n";
+    s
 }
 
 /// Registers: `%a{p}_{u}_{h}_{j}` the A words (pair p, step u, row half h,
 /// word j), `%b{u}_{t}_{j}` the B words (tile t), `%d{p}_{t}_{i}` the sums.
-fn kernel(epilogue: Epilogue, dependent: bool) -> String {
+fn kernel(epilogue: Epilogue, form: Form, dependent: bool) -> String {
     let np = pairs(epilogue);
     let u = unroll(np);
-    let name = kernel_name(epilogue);
+    let name = kernel_name(epilogue, form);
     let red_floats = WARPS as usize * np * 2 * 4 * 32;
-    let mut s = format!(".visible .entry {name}(\n  {})\n{{\n", params(epilogue));
+    let mut s = format!(".visible .entry {name}(\n  {})\n{{\n", params(epilogue, form));
     s += "  .reg .pred %p<12>;\n  .reg .b32 %r<40>;\n  .reg .f32 %f<16>;\n  .reg .b64 %rd<24>;\n  .reg .b16 %h<2>;\n";
     s += &format!("  .shared .align 16 .f32 red[{red_floats}];\n");
     for p in 0..np {
@@ -106,6 +260,21 @@ fn kernel(epilogue: Epilogue, dependent: bool) -> String {
         }
     }
     s += &gemv::load_outputs(epilogue);
+    if form != Form::Plain {
+        // The norm's registers: %nd1 the partial sums, %nd3 its weight,
+        // %nd4 xw; %nf11 eps; `ssw` a sum per warp and row.
+        s += "  .reg .b32 %n<10>;\n  .reg .f32 %nf<12>;\n  .reg .pred %np<4>;\n  .reg .b64 %nd<6>;\n  .reg .b16 %nh<2>;\n";
+        s += &format!("  .shared .align 4 .f32 ssw[{}];\n", WARPS as usize * MAX_ROWS);
+        s += "  ld.param.u64 %nd1, [p_ss];\n  cvta.to.global.u64 %nd1, %nd1;\n";
+    }
+    match form {
+        Form::Plain => {}
+        Form::PreNormed => s += "  ld.param.f32 %nf11, [p_eps];\n",
+        Form::Feeding => {
+            s += "  ld.param.u64 %nd3, [p_nw];\n  cvta.to.global.u64 %nd3, %nd3;\n";
+            s += "  ld.param.u64 %nd4, [p_xw];\n  cvta.to.global.u64 %nd4, %nd4;\n";
+        }
+    }
     // %rd1 W, %rd2 x; %r1 out, %r2 inner, %r4 rows.
     s += "  ld.param.u64 %rd1, [p_w];\n  ld.param.u64 %rd2, [p_x];\n  cvta.to.global.u64 %rd1, %rd1;\n";
     s += "  cvta.to.global.u64 %rd2, %rd2;\n  ld.param.u32 %r1, [p_out];\n  ld.param.u32 %r2, [p_inner];\n";
@@ -140,6 +309,9 @@ fn kernel(epilogue: Epilogue, dependent: bool) -> String {
     // own k is %r15 + c · 8 (%r16), its loads predicated on it.
     s += "  shl.b32 %r15, %r6, 5;\n  shl.b32 %r16, %r8, 3;\n";
     s += gemv::grid_dependency(dependent);
+    if form == Form::PreNormed {
+        s += &partials_first();
+    }
     s += "$step:\n  setp.ge.u32 %p5, %r15, %r2;\n  @%p5 bra.uni $reduce;\n";
     for l in 0..u {
         s += &format!("  add.u32 %r17, %r15, {};\n  add.u32 %r17, %r17, %r16;\n", 256 * l);
@@ -184,6 +356,9 @@ fn kernel(epilogue: Epilogue, dependent: bool) -> String {
         }
     }
     s += &format!("  add.u32 %r15, %r15, {};\n  bra.uni $step;\n$reduce:\n", 256 * u);
+    if form == Form::PreNormed {
+        s += &partials_rest();
+    }
     // red[((warp · np + p) · 2 + t) · 4 + i][lane] (f32).
     s += "  mov.u32 %r18, red;\n";
     for p in 0..np {
@@ -224,8 +399,12 @@ fn kernel(epilogue: Epilogue, dependent: bool) -> String {
     }
     // n (%r31) and r (%r21) valid?
     s += "  add.u32 %r31, %r9, %r20;\n  setp.ge.u32 %p8, %r31, %r1;\n  setp.ge.u32 %p9, %r21, %r4;\n";
-    s += "  or.pred %p8, %p8, %p9;\n  @%p8 bra $done;\n";
-    s += &store(epilogue);
+    s += "  or.pred %p8, %p8, %p9;\n";
+    match form {
+        Form::Plain => s += &format!("  @%p8 bra $done;\n{}", store(epilogue)),
+        Form::PreNormed => s += &format!("{}  @%p8 bra $done;\n{}", scale_by_rms(np), store(epilogue)),
+        Form::Feeding => s += &feeding_store(),
+    }
     s += "$done:\n  ret;\n}\n\n";
     s
 }
@@ -270,17 +449,50 @@ mod tests {
         for name in kernel_names() {
             assert_eq!(text.matches(&format!(".entry {name}(")).count(), 1, "{name}");
         }
-        assert_eq!(kernel_names().len(), 4);
+        assert_eq!(kernel_names().len(), 9);
+    }
+
+    #[test]
+    fn the_split_norm_loads_its_partial_sums_early_and_stores_them_after_one_barrier() {
+        for (e, form) in variants() {
+            let k = kernel(e, form, true);
+            let (step, reduce) = (k.find("$step:").unwrap_or(0), k.find("$reduce:").unwrap_or(0));
+            let wait = k.find("griddepcontrol.wait").unwrap_or(usize::MAX);
+            let loads = k.matches("ld.global.f32 %nf").count();
+            match form {
+                Form::Plain => assert!(!k.contains("ssw") && !k.contains("p_ss"), "{e:?}"),
+                Form::PreNormed => {
+                    // The first partial sums after the wait, before the
+                    // product; the rest (one load in a loop) after it.
+                    let first = k.find("ld.global.f32 %nf").unwrap_or(0);
+                    assert!(wait < first && first < step, "{e:?}");
+                    assert_eq!(loads, FIRST_PARTIALS + 1, "{e:?}");
+                    assert!(k[reduce..].contains("rcp.rn.f32 %nf2"), "{e:?}");
+                }
+                Form::Feeding => {
+                    // Every thread reaches the epilogue's barrier: no exit
+                    // between the product's last barrier and it.
+                    let tail = &k[reduce..];
+                    let barriers: Vec<usize> = tail.match_indices("bar.sync").map(|(i, _)| i).collect();
+                    assert_eq!(barriers.len(), 2, "{e:?}");
+                    let between = &tail[barriers[0]..barriers[1]];
+                    assert!(!between.contains("bra $done") && !between.contains("bra.uni $done"), "{e:?}");
+                    assert!(between.contains("st.global.b16") && between.contains("st.global.f32"), "{e:?}");
+                }
+            }
+        }
+        assert_eq!(partials_len(2048), 2048);
+        assert_eq!(partials_len(40), 48);
     }
 
     #[test]
     fn every_load_of_a_step_comes_before_its_first_mma() {
-        for e in epilogues() {
-            let k = kernel(e, true);
+        for (e, form) in variants() {
+            let k = kernel(e, form, true);
             let step = &k[k.find("$step:").unwrap_or(0)..k.find("$reduce:").unwrap_or(0)];
             let last_load = step.rfind("ld.global.nc").unwrap_or(usize::MAX);
             let first_mma = step.find("mma.sync").unwrap_or(0);
-            assert!(last_load < first_mma, "{e:?}");
+            assert!(last_load < first_mma, "{e:?} {form:?}");
             // Per step: 2 A rows per pair and 2 B tiles, 2 mma per pair, tile and half.
             let u = unroll(pairs(e));
             assert_eq!(step.matches("ld.global.nc.v4.b32").count(), u * (2 * pairs(e) + 2), "{e:?}");

@@ -21,7 +21,8 @@ use mixc_ir::DType;
 use mixc_runtime::cuda::{CudaRunner, CudaSlice, DeviceGraph, DeviceTensor, LoadedProgram, PreparedRun};
 use mixc_runtime::dense::{act_dtype, Dense, Linear, Rows};
 use mixc_runtime::glue::{Act, RowNorm};
-use mixc_runtime::projections::{GemvKind, GemvX};
+use mixc_runtime::projections::{GemvKind, GemvX, NormFeed};
+use mixc_runtime::skinny;
 use mixc_runtime::{Data, HostTensor};
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -68,8 +69,12 @@ struct Workspace {
     ids: DeviceTensor,
     /// The residual stream, f32 `[rows, d]`.
     x: DeviceTensor,
-    /// A normed copy of it in the act dtype.
+    /// A normed copy of it in the act dtype (or, after a product that
+    /// prepared the next RMSNorm, the residual times the norm's weight).
     h: DeviceTensor,
+    /// The partial sums of squares of the residual's rows such a product
+    /// leaves (f32, [`skinny::partials_len`]`(d)`).
+    partials: DeviceTensor,
     /// f32 scratch as large as the widest projection.
     wide: DeviceTensor,
     /// The same in the act dtype (a projection's operand).
@@ -83,6 +88,9 @@ pub(super) struct BlockNorm<'a> {
     weights: &'a DeviceNorm,
     eps: f32,
     d: usize,
+    /// The product that last added to the residual prepared this norm
+    /// (`h` and the workspace's partial sums; [`DeviceModel::add_to_residual`]).
+    fed: bool,
 }
 
 impl<'a> BlockNorm<'a> {
@@ -99,14 +107,21 @@ impl<'a> BlockNorm<'a> {
         Ok(dense.norm(r, self.kind, out, x, w, b, rows, self.d, self.eps)?)
     }
 
-    /// The norm of `x` folded into a GEMV's input, where it is an RMSNorm
-    /// and the GEMV can fold it at `rows` rows.
-    fn folded(&self, dense: &Dense, x: &'a CudaSlice<u32>, rows: usize) -> Option<GemvX<'a>> {
-        (self.kind == RowNorm::Rms && dense.gemv_norm_fits(rows, self.d)).then_some(GemvX::RmsNorm {
-            x,
-            weight: &self.weights.weight,
-            eps: self.eps,
-        })
+    /// Whether a GEMV of `rows` rows reading this norm takes it folded in
+    /// ([`BlockNorm::folded`]): an RMSNorm that the product before
+    /// prepared, or that the GEMV computes on the way in.
+    fn folds(&self, dense: &Dense, rows: usize) -> bool {
+        self.kind == RowNorm::Rms && ((self.fed && dense.gemv_fits(rows, self.d)) || dense.gemv_norm_fits(rows, self.d))
+    }
+
+    /// The GEMV's input where [`BlockNorm::folds`]: the prepared operand
+    /// `h` with the partial sums, or the residual `x` normed on the way in.
+    fn folded<'b>(&'b self, x: &'b CudaSlice<u32>, h: &'b CudaSlice<u32>, partials: &'b CudaSlice<u32>) -> GemvX<'b> {
+        if self.fed {
+            GemvX::PreNormed { xw: h, partials, eps: self.eps }
+        } else {
+            GemvX::RmsNorm { x, weight: &self.weights.weight, eps: self.eps }
+        }
     }
 }
 
@@ -199,7 +214,12 @@ pub fn check_gemv() -> Result<(String, bool), Error> {
                 GemvKind::Plain { accumulate: false } => String::new(),
                 GemvKind::Stacked { parts } => format!(", {parts} stacked"),
                 GemvKind::SwiGlu => ", SwiGLU".to_string(),
-            } + if c.normed { ", RMSNorm folded in" } else { "" },
+            } + match (c.normed, c.fed) {
+                (true, false) => ", RMSNorm folded in",
+                (false, true) => ", preparing the next RMSNorm",
+                (true, true) => ", RMSNorm prepared by the product before",
+                (false, false) => "",
+            },
             c.worst,
             if c.ok() { "ok" } else { "FAIL" }
         ));
@@ -339,6 +359,7 @@ impl DeviceModel {
             ids: r.zeros(&[rows], DType::I32)?,
             x: r.zeros(&[rows, d], DType::F32)?,
             h: r.zeros(&[rows, d], act)?,
+            partials: r.zeros(&[skinny::partials_len(d)], DType::F32)?,
             wide: r.zeros(&[rows, self.widest], DType::F32)?,
             wide_act: r.zeros(&[rows, self.widest], act)?,
             logits: r.zeros(&[rows, vocab], DType::F32)?,
@@ -411,7 +432,47 @@ impl DeviceModel {
             NormChoice::Rmsnorm => RowNorm::Rms,
             NormChoice::Layernorm => RowNorm::Layer,
         };
-        BlockNorm { kind, weights: norm, eps: model.eps, d: model.cfg.d_model as usize }
+        BlockNorm { kind, weights: norm, eps: model.eps, d: model.cfg.d_model as usize, fed: false }
+    }
+
+    /// The norm that reads the residual after layer `li`'s mixer
+    /// (`after_mixer`) or its MLP: the MLP's, the next layer's, or the
+    /// final one.
+    fn norm_after(&self, li: usize, after_mixer: bool) -> &DeviceNorm {
+        let mlp = self.layers.get(li).and_then(|l| l.mlp.as_ref()).filter(|_| after_mixer);
+        match (mlp, self.layers.get(li + 1)) {
+            (Some(m), _) => &m.norm,
+            (None, Some(next)) => &next.mixer_norm,
+            (None, None) => &self.norm,
+        }
+    }
+
+    /// `x += operand · linᵀ` into the residual stream. Where the next norm
+    /// (`next`; `rms`: the model's norms are RMSNorms) is one and the
+    /// tensor-core product takes these rows, its epilogue also prepares
+    /// that norm for the product that reads it (`h` and `partials`; see
+    /// `mixc_runtime::skinny`): returns whether it did.
+    #[allow(clippy::too_many_arguments)]
+    fn add_to_residual(
+        &self,
+        rms: bool,
+        x: &mut CudaSlice<u32>,
+        h: &mut CudaSlice<u32>,
+        partials: &mut CudaSlice<u32>,
+        operand: &CudaSlice<u32>,
+        lin: &Linear,
+        rows: usize,
+        next: &DeviceNorm,
+    ) -> Result<bool, Error> {
+        let (r, dense) = (&self.runner, &self.dense);
+        let feeds = rms && lin.bias.is_none() && dense.feeds_norm(rows, lin.inner(), lin.out());
+        if feeds {
+            let feed = NormFeed { weight: &next.weight, xw: h, partials };
+            dense.gemv_feeding(r, x, operand, &lin.weight, rows, true, feed)?;
+        } else {
+            dense.linear(r, x, operand, lin, rows, true)?;
+        }
+        Ok(feeds)
     }
 
     /// Queues the whole model over the tokens in the workspace: embedding,
@@ -429,24 +490,24 @@ impl DeviceModel {
         let (r, dense) = (&self.runner, &self.dense);
         let t = w.rows;
         dense.embed(r, &mut w.x.buf, &self.embed.weight, &w.ids.buf, t)?;
+        // Whether the last product added to the residual prepared the next norm.
+        let mut fed = false;
         for (li, layer) in self.layers.iter().enumerate() {
             let lm = &model.mixers[model.layers[li]];
             let kept = if decode { runs.get_mut(li) } else { None };
-            let norm = self.norm_of(model, &layer.mixer_norm);
-            self.mixer(lm, li, layer, cache, w, kept, carry, &norm)?;
+            let norm = BlockNorm { fed, ..self.norm_of(model, &layer.mixer_norm) };
+            fed = self.mixer(lm, li, layer, cache, w, kept, carry, &norm)?;
             if let Some(m) = &layer.mlp {
-                let norm = self.norm_of(model, &m.norm);
+                let norm = BlockNorm { fed, ..self.norm_of(model, &m.norm) };
                 let hdn = m.down.inner();
                 let swiglu = m.kind == MlpKind::Swiglu && m.up.bias.is_none() && dense.gemv_fits(t, norm.d);
                 // With the GEMV: gate, up and the activation in one launch,
                 // the norm too where it folds in.
-                let x = match norm.folded(dense, &w.x.buf, t) {
-                    Some(x) if swiglu => x,
-                    _ => {
-                        norm.apply(dense, r, &mut w.h.buf, &w.x.buf, t)?;
-                        GemvX::Act(&w.h.buf)
-                    }
-                };
+                let folds = swiglu && norm.folds(dense, t);
+                if !folds {
+                    norm.apply(dense, r, &mut w.h.buf, &w.x.buf, t)?;
+                }
+                let x = if folds { norm.folded(&w.x.buf, &w.h.buf, &w.partials.buf) } else { GemvX::Act(&w.h.buf) };
                 if swiglu {
                     dense.project_swiglu(r, &mut w.wide_act.buf, x, &m.up, t)?;
                 } else {
@@ -456,20 +517,21 @@ impl DeviceModel {
                         MlpKind::Gelu => dense.gelu(r, &mut w.wide_act.buf, &w.wide.buf, t * hdn)?,
                     }
                 }
-                dense.linear(r, &mut w.x.buf, &w.wide_act.buf, &m.down, t, true)?;
+                let next = self.norm_after(li, false);
+                let (x, h, partials) = (&mut w.x.buf, &mut w.h.buf, &mut w.partials.buf);
+                let rms = norm.kind == RowNorm::Rms;
+                fed = self.add_to_residual(rms, x, h, partials, &w.wide_act.buf, &m.down, t, next)?;
             }
         }
-        let norm = self.norm_of(model, &self.norm);
+        let norm = BlockNorm { fed, ..self.norm_of(model, &self.norm) };
         let head = self.head.as_ref().unwrap_or(&self.embed);
-        match norm.folded(dense, &w.x.buf, t) {
-            Some(x) if head.bias.is_none() => {
-                let all = Rows { first: 0, count: head.out() };
-                dense.gemv(r, &mut w.logits.buf, Act::F32, x, &head.weight, all, t, false)?;
-            }
-            _ => {
-                norm.apply(dense, r, &mut w.h.buf, &w.x.buf, t)?;
-                dense.linear(r, &mut w.logits.buf, &w.h.buf, head, t, false)?;
-            }
+        if head.bias.is_none() && norm.folds(dense, t) {
+            let all = Rows { first: 0, count: head.out() };
+            let x = norm.folded(&w.x.buf, &w.h.buf, &w.partials.buf);
+            dense.gemv(r, &mut w.logits.buf, Act::F32, x, &head.weight, all, t, false)?;
+        } else {
+            norm.apply(dense, r, &mut w.h.buf, &w.x.buf, t)?;
+            dense.linear(r, &mut w.logits.buf, &w.h.buf, head, t, false)?;
         }
         Ok(())
     }
@@ -659,7 +721,7 @@ impl DeviceModel {
         kept: Option<&mut Option<KeptRun>>,
         carry: Carry,
         norm: &BlockNorm,
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         let (r, dense) = (&self.runner, &self.dense);
         let t = w.rows;
         let (seqs, per_seq) = (w.seqs, w.rows / w.seqs.max(1));
@@ -733,7 +795,10 @@ impl DeviceModel {
                 return Err(run_err(format!("output `o` is stored as {other}, the weights as {:?}", dense.act)))
             }
         };
-        dense.linear(r, &mut w.x.buf, operand, &layer.o_proj, t, true)?;
+        let next = self.norm_after(li, true);
+        let (x, h, partials) = (&mut w.x.buf, &mut w.h.buf, &mut w.partials.buf);
+        let rms = norm.kind == RowNorm::Rms;
+        let fed = self.add_to_residual(rms, x, h, partials, operand, &layer.o_proj, t, next)?;
         // Carried tensors out: the new state moves into the cache (in a
         // graph step, trades buffers with its input after the step, or is
         // copied over it where their lengths differ).
@@ -772,7 +837,7 @@ impl DeviceModel {
             held.dtype = dtype;
             layer_cache.insert(input, Stored::Device(held));
         }
-        Ok(())
+        Ok(fed)
     }
 }
 

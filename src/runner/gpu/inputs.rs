@@ -159,12 +159,12 @@ impl Inputs {
         };
         // The norm folds into the stacked launch when nothing else reads `h`.
         let all_stacked = stacked_members.len() == self.members.len();
-        let folded = if fused && all_stacked { norm.folded(dense, &w.x.buf, rows) } else { None };
-        if folded.is_none() {
+        let folds = fused && all_stacked && norm.folds(dense, rows);
+        if !folds {
             norm.apply(dense, runner, &mut w.h.buf, &w.x.buf, rows)?;
         }
         if let (true, Some(stacked)) = (fused, &self.stacked) {
-            let x = folded.unwrap_or(GemvX::Act(&w.h.buf));
+            let x = if folds { norm.folded(&w.x.buf, &w.h.buf, &w.partials.buf) } else { GemvX::Act(&w.h.buf) };
             self.stacked_gemv(runner, dense, run, &mut w.wide_act.buf, x, rows, stacked, &stacked_members, &slots)?;
         }
         for (m, (slot, dtype)) in self.members.iter().zip(slots) {
