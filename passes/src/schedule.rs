@@ -179,6 +179,16 @@ pub struct Schedule {
     /// Absent in a serialized schedule: 0, as recorded before it existed.
     #[serde(default)]
     pub state_rows: u32,
+    /// The token-by-token kernels of diagonal recurrences in value blocks
+    /// (`block_v`) put the value blocks on grid axis 0 and the (batch,
+    /// head)s on axis 1, so that programs started together — a GPU starts
+    /// them in id order — cover whole rows of one head's state (a row's
+    /// blocks are neighbours in memory) instead of the same block of every
+    /// head (a 64-byte piece of each 2 KB row, GLA-1.3B at blocks of 16).
+    /// The same arithmetic either way. Absent in a serialized schedule:
+    /// `false`, as recorded before it existed.
+    #[serde(default)]
+    pub blocks_first: bool,
 }
 
 fn one() -> u32 {
@@ -232,6 +242,7 @@ impl Default for Schedule {
             scan: false,
             decay_products: false,
             state_rows: 0,
+            blocks_first: false,
         }
     }
 }
@@ -288,6 +299,7 @@ impl Schedule {
                 block_v: GPU_DECODE_BLOCK_V,
                 kv_split: GPU_DECODE_KV_SPLIT,
                 block_elems: GPU_DECODE_BLOCK_ELEMS,
+                blocks_first: true,
                 ..Schedule::decode()
             },
             _ => Schedule { block_q: CPU_DECODE_BLOCK_Q, state_rows: CPU_DECODE_STATE_ROWS, ..Schedule::decode() },

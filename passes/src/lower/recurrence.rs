@@ -75,6 +75,15 @@ struct Shape {
     /// Rows of the state per block of the step form (`Schedule::state_rows`;
     /// 0: the whole state at once).
     rows: u32,
+    /// Step kernels' value blocks on grid axis 0 (`Schedule::blocks_first`).
+    blocks_first: bool,
+}
+
+/// Whether `variant`'s kernel puts its value blocks on grid axis 0 and the
+/// (batch, head)s on axis 1 (`Schedule::blocks_first`: a step kernel in
+/// value blocks).
+fn blocks_first(sh: Shape, variant: Variant) -> bool {
+    sh.blocks_first && variant == Variant::Step && sh.vb.split()
 }
 
 /// Parameters and per-program scalars of a recurrence kernel.
@@ -195,6 +204,7 @@ pub fn lower(lw: &mut Lowering, op: &OpNode, r: &Recurrence) -> Result<(), Lower
         tokens: lw.sched.step_tokens.max(1),
         products: lw.sched.decay_products,
         rows: 0,
+        blocks_first: lw.sched.blocks_first,
     };
     let shape = Shape { rows: rows::block_rows(&lw.sched, &shape, &acts), ..shape };
     let (b_dim, t_dim, h_dim) = (qshape[0], qshape[1], qshape[2]);
@@ -270,6 +280,7 @@ pub fn lower(lw: &mut Lowering, op: &OpNode, r: &Recurrence) -> Result<(), Lower
         body(&mut kb, &ctx, shape, variant)?;
         let blocks = Count::Const(vb.blocks as u64);
         let grid = match variant {
+            Variant::Step if blocks_first(shape, variant) => [blocks, bh.clone(), Count::Const(1)],
             Variant::Outputs | Variant::Deltas => [nchunks.clone(), bh.clone(), blocks],
             Variant::Scan => [bh.clone(), blocks, Count::Const(u64::from(shape.dkp / scan_rows(shape.dkp)))],
             _ => [bh.clone(), blocks, Count::Const(1)],
@@ -377,9 +388,11 @@ fn params(
     }
     let t_len = bind.size(kb, "T", Count::Dim(bufs.t))?;
     let h = bind.size(kb, "H", Count::Dim(bufs.h))?;
-    // Programs per chunk (grid axis 0) put (batch, head) on axis 1.
+    // Programs per chunk (grid axis 0) put (batch, head) on axis 1, and so
+    // do step kernels with their value blocks first ([`blocks_first`]).
     let per_chunk = matches!(variant, Variant::Outputs | Variant::Deltas);
-    let axis = if per_chunk { 1 } else { 0 };
+    let blocks_first = blocks_first(sh, variant);
+    let axis = if per_chunk || blocks_first { 1 } else { 0 };
     let bh = kb.program_id(axis)?;
     // (b, h) → offset of row (b, 0, h) in rows of one head: b·T·H + h.
     let b = kb.binary(mixc_ir::ops::BinaryFn::FloorDiv, bh, h)?;
@@ -391,9 +404,16 @@ fn params(
     let dvc = kb.i32(sh.dv as i64)?;
     let hdk = kb.mul(h, dkc)?;
     let hdv = kb.mul(h, dvc)?;
-    // The value block: grid axis 2 of the output kernel, axis 1 of the others.
+    // The value block: grid axis 2 of the output kernel, 0 of a step kernel
+    // with its blocks first, axis 1 of the others.
     let (v0, first_block) = if sh.vb.split() {
-        let vb = kb.program_id(if per_chunk { 2 } else { 1 })?;
+        let vb = kb.program_id(if per_chunk {
+            2
+        } else if blocks_first {
+            0
+        } else {
+            1
+        })?;
         let width = kb.i32(sh.bv as i64)?;
         let zero = kb.i32(0)?;
         (Some(kb.mul(vb, width)?), Some(kb.binary(mixc_ir::ops::BinaryFn::Eq, vb, zero)?))

@@ -157,15 +157,16 @@ proptest! {
         n in prop::sample::select(vec![1u32, 2, 4, 8]),
         block_v in prop::sample::select(vec![0u32, 16]),
         state_rows in prop::sample::select(vec![0u32, 4, 8]),
+        blocks_first: bool,
         with_initial: bool,
         seed: u64,
     ) {
         let (g, ins) = case(which, h, dk, dv, |g| inputs(g, b, t, seed, with_initial));
-        let sched = Schedule { block_v, state_rows, ..Schedule::steps(n) };
+        let sched = Schedule { block_v, state_rows, blocks_first, ..Schedule::steps(n) };
         check(&g, &sched, &ins, Precision::F64, tol(Precision::F64));
         check(&g, &sched, &ins, Precision::F32, tol(Precision::F32));
         if state_rows == 0 {
-            let one = Schedule { block_v, ..Schedule::decode() };
+            let one = Schedule { block_v, blocks_first, ..Schedule::decode() };
             let run = |s: &Schedule| lower(&g, s).unwrap().run(&ins, Precision::F32).unwrap().0;
             let (many, single) = (run(&sched), run(&one));
             for (name, x) in &single {
@@ -192,7 +193,18 @@ fn the_cpu_decode_step_walks_the_state_in_blocks_of_rows() {
     assert!(blocked.contains("f32[8, 16]") && !blocked.contains("if("), "{blocked}");
     let whole = text(&Schedule { state_rows: 0, ..cpu });
     assert!(!whole.contains("f32[8, 16]") && whole.contains("f32[32, 16]"), "{whole}");
-    assert_eq!(Schedule::decode_for(DeviceKind::Gpu).state_rows, 0);
+    let gpu = Schedule::decode_for(DeviceKind::Gpu);
+    assert_eq!(gpu.state_rows, 0);
+    // The GPU's step kernel in value blocks: the blocks on grid axis 0.
+    let wide = recurrence_graph(Transition::KeyDecay, false, true, 2, 24, 256);
+    let launch = |s: &Schedule| {
+        let t = mixc_ir::tile::text::print_program(&lower(&wide, s).unwrap());
+        t.lines().find(|l| l.contains("launch") && l.contains("_step[")).map(str::to_string).unwrap_or(t)
+    };
+    assert!(gpu.blocks_first);
+    assert!(launch(&gpu).contains("_step[4, B * H, 1]"), "{}", launch(&gpu));
+    let later = Schedule { blocks_first: false, ..gpu };
+    assert!(launch(&later).contains("_step[B * H, 4, 1]"), "{}", launch(&later));
     assert!(Schedule { state_rows: 8, ..Schedule::default() }.validate().is_err());
     assert!(Schedule { state_rows: 12, ..cpu }.validate().is_err());
     assert!(Schedule { state_rows: 128, ..cpu }.validate().is_err());
