@@ -806,6 +806,13 @@ fn plan(prog: &Program, kernels: &[GpuKernel], sizes: &[u64]) -> Result<(Vec<Pla
             continue;
         }
         let grid = grid.map(|g| u32::try_from(g).unwrap_or(u32::MAX));
+        // CUDA's grid limits: 2³¹ − 1 CTAs along x, 65535 along y and z.
+        if grid[0] > i32::MAX as u32 || grid[1] > 65535 || grid[2] > 65535 {
+            return Err(CudaError::Program(format!(
+                "a launch of `{}` over a grid of {} × {} × {} CTAs (CUDA allows 2^31 - 1 × 65535 × 65535)",
+                tk.name, grid[0], grid[1], grid[2]
+            )));
+        }
         if l.args.len() != tk.params.len() {
             return Err(CudaError::Program(format!(
                 "a launch of `{}` passes {} arguments for {} parameters",
