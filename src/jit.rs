@@ -189,9 +189,10 @@ pub fn jit_with(source: MixerSource, target: Target, opts: JitOptions) -> Result
             decode_sched = candidate;
         }
     }
-    // `MIXC_STEP_BLOCKS_FIRST=0`: step kernels with (batch, head) on grid axis 0.
-    if std::env::var("MIXC_STEP_BLOCKS_FIRST").is_ok_and(|v| v == "0") {
-        decode_sched.blocks_first = false;
+    // `MIXC_STEP_BLOCKS_FIRST=1`: step kernels with their value blocks on
+    // grid axis 0 (not yet run on a card; see `Schedule::blocks_first`).
+    if std::env::var("MIXC_STEP_BLOCKS_FIRST").is_ok_and(|v| v == "1") {
+        decode_sched.blocks_first = true;
     }
     let decode = crate::lower_graph(&g.name, &g.graph, &decode_sched)?;
     // On the GPU, a second decode step in narrow value blocks, for few

@@ -8,6 +8,8 @@
 #   BIG=0                   skip checking GLA-1.3B whole against the CPU
 #   BENCH=0                 skip the 1.3B run
 #   PROMPT=N STEPS=M        its prompt length and generated tokens (64, 64)
+#   NEW=0                   skip the forms not yet run on a card
+#                           (MIXC_SPLIT_NORM=1, MIXC_STEP_BLOCKS_FIRST=1)
 set -uo pipefail
 cd "$(dirname "$0")"
 [ -x ./mixc ] || xz -dkf mixc.xz
@@ -17,6 +19,12 @@ status=0
 models=${MODELS:-$(ls ../models/*.toml ../models/bench/llama-kv-int8.toml)}
 # shellcheck disable=SC2086
 ./mixc gpu-check --model $models || status=1
+# The forms written while no card was lent, checked the same way (the GEMV
+# check above covers the split norm's kernels whatever the switches say).
+if [ "${NEW:-1}" = 1 ]; then
+  # shellcheck disable=SC2086
+  MIXC_SPLIT_NORM=1 MIXC_STEP_BLOCKS_FIRST=1 ./mixc gpu-check --model $models | grep -v "^gemv" || status=1
+fi
 # GLA-1.3B whole on the card against the CPU (its shapes through the GEMV).
 if [ "${BIG:-1}" = 1 ]; then
   timeout 300 ./mixc gpu-check --model ../models/bench/gla-1.3b.toml | grep -v "^gemv" || status=1
@@ -44,6 +52,13 @@ if [ "${BENCH:-1}" = 1 ]; then
   gla "batch 1, kernel by kernel" MIXC_CUDA_GRAPHS=0 -- --prompt-ids "$ids"
   gla "batch 16 (--bench)" "" -- "${batch[@]}" --bench
   gla "batch 16, projections by cuBLAS" MIXC_SKINNY=0 -- "${batch[@]}"
+  if [ "${NEW:-1}" = 1 ]; then
+    gla "batch 16, the RMSNorm split between products" MIXC_SPLIT_NORM=1 -- "${batch[@]}" --bench
+    gla "batch 16, step value blocks first" MIXC_STEP_BLOCKS_FIRST=1 -- "${batch[@]}" --bench
+    gla "batch 16, both" "MIXC_SPLIT_NORM=1 MIXC_STEP_BLOCKS_FIRST=1" -- "${batch[@]}" --bench
+    gla "batch 16 again, default" "" -- "${batch[@]}" --bench
+    gla "batch 1, step value blocks first" MIXC_STEP_BLOCKS_FIRST=1 -- --prompt-ids "$ids" --bench
+  fi
 fi
 # One decode step's kernels, each timed by Nsight Compute (kernel by kernel:
 # graph replay hides the names), grouped by name.

@@ -185,8 +185,10 @@ pub struct Schedule {
     /// them in id order — cover whole rows of one head's state (a row's
     /// blocks are neighbours in memory) instead of the same block of every
     /// head (a 64-byte piece of each 2 KB row, GLA-1.3B at blocks of 16).
-    /// The same arithmetic either way. Absent in a serialized schedule:
-    /// `false`, as recorded before it existed.
+    /// The same arithmetic either way. Not yet run on a card (written
+    /// 2026-12-08, when none was lent): the runtime takes it for GPU decode
+    /// steps with `MIXC_STEP_BLOCKS_FIRST=1`. Absent in a serialized
+    /// schedule: `false`, as recorded before it existed.
     #[serde(default)]
     pub blocks_first: bool,
 }
@@ -299,7 +301,6 @@ impl Schedule {
                 block_v: GPU_DECODE_BLOCK_V,
                 kv_split: GPU_DECODE_KV_SPLIT,
                 block_elems: GPU_DECODE_BLOCK_ELEMS,
-                blocks_first: true,
                 ..Schedule::decode()
             },
             _ => Schedule { block_q: CPU_DECODE_BLOCK_Q, state_rows: CPU_DECODE_STATE_ROWS, ..Schedule::decode() },

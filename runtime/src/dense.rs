@@ -47,6 +47,12 @@ pub struct Dense {
     /// Products of 5–16 rows on tensor cores ([`crate::skinny`]) rather
     /// than cuBLAS (`MIXC_SKINNY=0` turns it off).
     pub(crate) skinny: bool,
+    /// The RMSNorm of a step of 5–16 rows split between the product that
+    /// adds to the residual and the one that reads the norm
+    /// ([`crate::skinny::Form`]). Off unless `MIXC_SPLIT_NORM=1` until it
+    /// has run on a card (written 2026-12-08, when none was lent); then the
+    /// norms are kernels of their own at those rows.
+    pub(crate) split_norm: bool,
     /// The GEMV and tensor-core products launched as programmatic dependent
     /// launches (sm_90+; `MIXC_PDL=0` turns it off): each starts loading
     /// its weights while the kernel before it finishes.
@@ -125,6 +131,7 @@ impl Dense {
             gemv: on("MIXC_GEMV"),
             fold_norm: on("MIXC_FOLD_NORM"),
             skinny: on("MIXC_SKINNY"),
+            split_norm: std::env::var("MIXC_SPLIT_NORM").is_ok_and(|v| v == "1"),
             dependent: on("MIXC_PDL") && glue::dependent_launches(target),
         })
     }

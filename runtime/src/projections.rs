@@ -330,9 +330,14 @@ impl Dense {
     /// Whether a product of `rows` rows over `inner` into `out` outputs
     /// can prepare the RMSNorm of its result for the next product
     /// ([`Dense::gemv_feeding`]): the tensor-core product's rows, bf16
-    /// operands, `MIXC_FOLD_NORM` not 0.
+    /// operands, `MIXC_FOLD_NORM` not 0 and `MIXC_SPLIT_NORM=1` (see
+    /// `Dense::split_norm`).
     pub fn feeds_norm(&self, rows: usize, inner: usize, out: usize) -> bool {
-        self.fold_norm && rows > gemv::MAX_ROWS && self.gemv_fits(rows, inner) && self.gemv_fits(rows, out)
+        self.fold_norm
+            && self.split_norm
+            && rows > gemv::MAX_ROWS
+            && self.gemv_fits(rows, inner)
+            && self.gemv_fits(rows, out)
     }
 
     /// `y (+)= x · Wᵀ` (f32 `y`, the residual; all of `W`'s rows) whose
@@ -352,7 +357,9 @@ impl Dense {
         feed: NormFeed<'_>,
     ) -> Result<(), CudaError> {
         let (out, inner) = (w.shape.first().copied().unwrap_or(0), w.shape.get(1).copied().unwrap_or(0));
-        let fits = self.feeds_norm(rows, inner, out)
+        let fits = rows > gemv::MAX_ROWS
+            && self.gemv_shape_fits(rows, inner)
+            && self.gemv_shape_fits(rows, out)
             && w.dtype == DType::BF16
             && GemvX::Act(x).check(rows, inner).is_ok()
             && y.len() >= rows * out

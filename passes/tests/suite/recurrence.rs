@@ -201,10 +201,10 @@ fn the_cpu_decode_step_walks_the_state_in_blocks_of_rows() {
         let t = mixc_ir::tile::text::print_program(&lower(&wide, s).unwrap());
         t.lines().find(|l| l.contains("launch") && l.contains("_step[")).map(str::to_string).unwrap_or(t)
     };
-    assert!(gpu.blocks_first);
-    assert!(launch(&gpu).contains("_step[4, B * H, 1]"), "{}", launch(&gpu));
-    let later = Schedule { blocks_first: false, ..gpu };
-    assert!(launch(&later).contains("_step[B * H, 4, 1]"), "{}", launch(&later));
+    assert!(!gpu.blocks_first);
+    assert!(launch(&gpu).contains("_step[B * H, 4, 1]"), "{}", launch(&gpu));
+    let first = Schedule { blocks_first: true, ..gpu };
+    assert!(launch(&first).contains("_step[4, B * H, 1]"), "{}", launch(&first));
     assert!(Schedule { state_rows: 8, ..Schedule::default() }.validate().is_err());
     assert!(Schedule { state_rows: 12, ..cpu }.validate().is_err());
     assert!(Schedule { state_rows: 128, ..cpu }.validate().is_err());
