@@ -1510,7 +1510,8 @@ impl<'a, 'k> Gen<'a, 'k> {
         let shape = self.shape(offsets);
         let Some(last) = shape.len().checked_sub(1) else { return Ok(false) };
         let n = shape[last] as i64;
-        let Some(Some(m)) = self.mask_of(mask) else { return Ok(false) };
+        // A mask known to be false leaves the general path to fill `other`.
+        let Some(mask) = self.mask_of(mask) else { return Ok(false) };
         if n < 8 {
             return Ok(false);
         }
@@ -1519,11 +1520,13 @@ impl<'a, 'k> Gen<'a, 'k> {
         if !self.contiguous(offsets, &map, &probe) {
             return Ok(false);
         }
-        self.clear_cache();
-        let m0 = self.eval(m, &map, &probe)?;
-        self.clear_cache();
-        if self.lanes(m0) != 1 {
-            return Ok(false);
+        if let Some(m) = mask {
+            self.clear_cache();
+            let m0 = self.eval(m, &map, &probe)?;
+            self.clear_cache();
+            if self.lanes(m0) != 1 {
+                return Ok(false);
+            }
         }
         let strides = row_major(&shape);
         let mut outer = shape.clone();
@@ -1532,33 +1535,25 @@ impl<'a, 'k> Gen<'a, 'k> {
         let n4 = n / 4 * 4;
         self.for_points(&outer, false, &mut |g, pt| {
             let rp = Pt { idx: pt.idx.clone(), vaxis: Some(last) };
-            let mv = g.eval(m, &map, &rp)?;
-            let c = g.truthy(mv);
             let (row_off, _) = g.offset(&strides, &map, &rp);
             let drow = g.b.ins().iadd(dst, row_off);
             let off0 = g.eval(offsets, &map, &Pt { idx: pt.idx.clone(), vaxis: None })?;
             let src = g.elem_addr(base, off0);
+            let Some(m) = mask else {
+                // No mask (or one known to hold): the row's copy alone.
+                g.copy_row(src, drow, n, float)?;
+                g.clear_cache();
+                return Ok(());
+            };
+            let mv = g.eval(m, &map, &rp)?;
+            let c = g.truthy(mv);
             let fast = g.b.create_block();
             let slow = g.b.create_block();
             let merge = g.b.create_block();
             g.b.ins().brif(c, fast, &[], slow, &[]);
             g.b.switch_to_block(fast);
             g.b.seal_block(fast);
-            let u = if n4 % 16 == 0 { 4 } else { 1 };
-            g.counted(0, n4 * 4, 16 * u, vec![], &mut |g, j, _| {
-                let ps = g.b.ins().iadd(src, j);
-                let pd = g.b.ins().iadd(drow, j);
-                for t in 0..u {
-                    let x = g.b.ins().load(vty, flags(), ps, (16 * t) as i32);
-                    g.b.ins().store(flags(), x, pd, (16 * t) as i32);
-                }
-                Ok(vec![])
-            })?;
-            let sty = if float { F32 } else { I32 };
-            for j in n4..n {
-                let x = g.b.ins().load(sty, flags(), src, (4 * j) as i32);
-                g.b.ins().store(flags(), x, drow, (4 * j) as i32);
-            }
+            g.copy_row(src, drow, n, float)?;
             g.b.ins().jump(merge, &[]);
             g.b.switch_to_block(slow);
             g.b.seal_block(slow);
@@ -1581,6 +1576,76 @@ impl<'a, 'k> Gen<'a, 'k> {
         Ok(true)
     }
 
+    /// Copies a row of `n` 4-byte elements from `src` to `dst` (addresses):
+    /// 16-byte loads and stores, four to a loop turn where `n` allows, so
+    /// that many are in flight (a row copied between a tile and memory
+    /// usually waits on DRAM), the remainder element by element.
+    fn copy_row(&mut self, src: Value, dst: Value, n: i64, float: bool) -> Res<()> {
+        let (vty, sty) = if float { (F32X4, F32) } else { (I32X4, I32) };
+        let n4 = n / 4 * 4;
+        let u = if n4 % 16 == 0 { 4 } else { 1 };
+        self.counted(0, n4 * 4, 16 * u, vec![], &mut |g, j, _| {
+            let ps = g.b.ins().iadd(src, j);
+            let pd = g.b.ins().iadd(dst, j);
+            for t in 0..u {
+                let x = g.b.ins().load(vty, flags(), ps, (16 * t) as i32);
+                g.b.ins().store(flags(), x, pd, (16 * t) as i32);
+            }
+            Ok(vec![])
+        })?;
+        for j in n4..n {
+            let x = self.b.ins().load(sty, flags(), src, (4 * j) as i32);
+            self.b.ins().store(flags(), x, dst, (4 * j) as i32);
+        }
+        Ok(())
+    }
+
+    /// A store of a tile held in memory (`Repr::Tile`, row-major, the
+    /// pointer's dtype) whose offsets are contiguous along the last axis,
+    /// without a mask (or with one known to hold): each row is copied with
+    /// [`Gen::copy_row`] from one address computed per row. Returns `false`
+    /// (emitting nothing) when the store is not of that kind.
+    fn store_rows(
+        &mut self,
+        base: Value,
+        offsets: TValue,
+        value: TValue,
+        mask: Option<TValue>,
+        pdt: DType,
+    ) -> Res<bool> {
+        let shape = self.shape(offsets);
+        let Some(last) = shape.len().checked_sub(1) else { return Ok(false) };
+        let n = shape[last] as i64;
+        let same_kind = self.dtype(value) == pdt && matches!(pdt, DType::F32 | DType::I32);
+        if n < 8 || !same_kind || self.repr(value) != Repr::Tile || self.shape(value) != shape {
+            return Ok(false);
+        }
+        if self.mask_of(mask) != Some(None) {
+            return Ok(false);
+        }
+        let map = identity_map(&shape);
+        let probe = Pt { idx: self.point0(shape.len()).idx, vaxis: Some(last) };
+        if !self.contiguous(offsets, &map, &probe) {
+            return Ok(false);
+        }
+        let float = pdt == DType::F32;
+        let src0 = self.tile_addr(value)?;
+        let strides = row_major(&shape);
+        let mut outer = shape.clone();
+        outer[last] = 1;
+        self.for_points(&outer, false, &mut |g, pt| {
+            let rp = Pt { idx: pt.idx.clone(), vaxis: Some(last) };
+            let (row_off, _) = g.offset(&strides, &map, &rp);
+            let src = g.b.ins().iadd(src0, row_off);
+            let off0 = g.eval(offsets, &map, &Pt { idx: pt.idx.clone(), vaxis: None })?;
+            let dst = g.elem_addr(base, off0);
+            g.copy_row(src, dst, n, float)?;
+            g.clear_cache();
+            Ok(())
+        })?;
+        Ok(true)
+    }
+
     fn emit_store(&mut self, s: &'k Stmt, ptr: usize, offsets: TValue, value: TValue, mask: Option<TValue>) -> Res<()> {
         let base = self.ptrs.get(ptr).copied().flatten().ok_or_else(|| self.err(&s.op, "not a pointer"))?;
         let pdt = match self.k.params.get(ptr).map(|p| &p.kind) {
@@ -1591,6 +1656,9 @@ impl<'a, 'k> Gen<'a, 'k> {
         let shape = self.shape(offsets);
         let map = identity_map(&shape);
         let vector = self.vectorize;
+        if vector && self.store_rows(base, offsets, value, mask, pdt)? {
+            return Ok(());
+        }
         let Some(mask) = self.mask_of(mask) else { return Ok(()) };
         self.unroll = 1;
         let out = self.for_points(&shape, vector, &mut |g, pt| {
