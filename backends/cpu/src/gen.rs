@@ -1254,9 +1254,11 @@ impl<'a, 'k> Gen<'a, 'k> {
         Ok(())
     }
 
+    /// Copies `bytes` (a multiple of 4) from `src` to `dst` (addresses):
+    /// 16-byte loads and stores, four to a loop turn where the length
+    /// allows, so that many are in flight (a row copied between a tile and
+    /// memory usually waits on DRAM), the rest 4 bytes at a time.
     fn copy_bytes(&mut self, dst: Value, src: Value, bytes: i64) -> Res<()> {
-        // Four vectors a loop turn where the length allows (fewer
-        // instructions per byte: the loop's add, compare and branch shared).
         let n16 = bytes / 16 * 16;
         let u: i64 = if n16 % 64 == 0 { 4 } else { 1 };
         self.counted(0, n16, 16 * u, vec![], &mut |g, i, _| {
@@ -1533,24 +1535,17 @@ impl<'a, 'k> Gen<'a, 'k> {
                 return Ok(false);
             }
         }
-        let strides = row_major(&shape);
-        let mut outer = shape.clone();
-        outer[last] = 1;
         let vty = if float { F32X4 } else { I32X4 };
         let n4 = n / 4 * 4;
-        self.for_points(&outer, false, &mut |g, pt| {
-            let rp = Pt { idx: pt.idx.clone(), vaxis: Some(last) };
-            let (row_off, _) = g.offset(&strides, &map, &rp);
+        self.for_rows(offsets, base, &mut |g, rp, row_off, src| {
             let drow = g.b.ins().iadd(dst, row_off);
-            let off0 = g.eval(offsets, &map, &Pt { idx: pt.idx.clone(), vaxis: None })?;
-            let src = g.elem_addr(base, off0);
             let Some(m) = mask else {
                 // No mask (or one known to hold): the row's copy alone.
-                g.copy_row(src, drow, n, float)?;
+                g.copy_bytes(drow, src, 4 * n)?;
                 g.clear_cache();
                 return Ok(());
             };
-            let mv = g.eval(m, &map, &rp)?;
+            let mv = g.eval(m, &map, rp)?;
             let c = g.truthy(mv);
             let fast = g.b.create_block();
             let slow = g.b.create_block();
@@ -1558,7 +1553,7 @@ impl<'a, 'k> Gen<'a, 'k> {
             g.b.ins().brif(c, fast, &[], slow, &[]);
             g.b.switch_to_block(fast);
             g.b.seal_block(fast);
-            g.copy_row(src, drow, n, float)?;
+            g.copy_bytes(drow, src, 4 * n)?;
             g.b.ins().jump(merge, &[]);
             g.b.switch_to_block(slow);
             g.b.seal_block(slow);
@@ -1581,34 +1576,10 @@ impl<'a, 'k> Gen<'a, 'k> {
         Ok(true)
     }
 
-    /// Copies a row of `n` 4-byte elements from `src` to `dst` (addresses):
-    /// 16-byte loads and stores, four to a loop turn where `n` allows, so
-    /// that many are in flight (a row copied between a tile and memory
-    /// usually waits on DRAM), the remainder element by element.
-    fn copy_row(&mut self, src: Value, dst: Value, n: i64, float: bool) -> Res<()> {
-        let (vty, sty) = if float { (F32X4, F32) } else { (I32X4, I32) };
-        let n4 = n / 4 * 4;
-        let u = if n4 % 16 == 0 { 4 } else { 1 };
-        self.counted(0, n4 * 4, 16 * u, vec![], &mut |g, j, _| {
-            let ps = g.b.ins().iadd(src, j);
-            let pd = g.b.ins().iadd(dst, j);
-            for t in 0..u {
-                let x = g.b.ins().load(vty, flags(), ps, (16 * t) as i32);
-                g.b.ins().store(flags(), x, pd, (16 * t) as i32);
-            }
-            Ok(vec![])
-        })?;
-        for j in n4..n {
-            let x = self.b.ins().load(sty, flags(), src, (4 * j) as i32);
-            self.b.ins().store(flags(), x, dst, (4 * j) as i32);
-        }
-        Ok(())
-    }
-
     /// A store of a tile held in memory (`Repr::Tile`, row-major, the
     /// pointer's dtype) whose offsets are contiguous along the last axis,
     /// without a mask (or with one known to hold): each row is copied with
-    /// [`Gen::copy_row`] from one address computed per row. Returns `false`
+    /// [`Gen::copy_bytes`] from one address computed per row. Returns `false`
     /// (emitting nothing) when the store is not of that kind.
     fn store_rows(
         &mut self,
@@ -1633,22 +1604,40 @@ impl<'a, 'k> Gen<'a, 'k> {
         if !self.contiguous(offsets, &map, &probe) {
             return Ok(false);
         }
-        let float = pdt == DType::F32;
         let src0 = self.tile_addr(value)?;
-        let strides = row_major(&shape);
-        let mut outer = shape.clone();
-        outer[last] = 1;
-        self.for_points(&outer, false, &mut |g, pt| {
-            let rp = Pt { idx: pt.idx.clone(), vaxis: Some(last) };
-            let (row_off, _) = g.offset(&strides, &map, &rp);
+        self.for_rows(offsets, base, &mut |g, _, row_off, dst| {
             let src = g.b.ins().iadd(src0, row_off);
-            let off0 = g.eval(offsets, &map, &Pt { idx: pt.idx.clone(), vaxis: None })?;
-            let dst = g.elem_addr(base, off0);
-            g.copy_row(src, dst, n, float)?;
+            g.copy_bytes(dst, src, 4 * n)?;
             g.clear_cache();
             Ok(())
         })?;
         Ok(true)
+    }
+
+    /// Walks the rows of `offsets` (a tile's shape, contiguous along its
+    /// last axis): `f(point of the row's first vector, the row's byte offset
+    /// in a row-major tile, the address of its first element at base)`.
+    fn for_rows(
+        &mut self,
+        offsets: TValue,
+        base: Value,
+        f: &mut dyn FnMut(&mut Self, &Pt, Value, Value) -> Res<()>,
+    ) -> Res<()> {
+        let shape = self.shape(offsets);
+        let last = shape.len().saturating_sub(1);
+        let map = identity_map(&shape);
+        let strides = row_major(&shape);
+        let mut outer = shape.clone();
+        if let Some(n) = outer.get_mut(last) {
+            *n = 1;
+        }
+        self.for_points(&outer, false, &mut |g, pt| {
+            let rp = Pt { idx: pt.idx.clone(), vaxis: Some(last) };
+            let (row_off, _) = g.offset(&strides, &map, &rp);
+            let off0 = g.eval(offsets, &map, &Pt { idx: pt.idx.clone(), vaxis: None })?;
+            let at = g.elem_addr(base, off0);
+            f(g, &rp, row_off, at)
+        })
     }
 
     fn emit_store(&mut self, s: &'k Stmt, ptr: usize, offsets: TValue, value: TValue, mask: Option<TValue>) -> Res<()> {
@@ -2377,6 +2366,24 @@ impl<'a, 'k> Gen<'a, 'k> {
                 // s[r][v]: row `r`'s state, vector `v`.
                 let mut s: Vec<Vec<Value>> = vec![Vec::new(); rows];
                 let mut out = Vec::with_capacity(o.len());
+                // The first token's state read straight from its tile where it
+                // is one in memory: each row's address once, its vectors at
+                // constant offsets (not an element offset per vector).
+                let first_rows: Vec<Option<Value>> = match updates.first() {
+                    Some(Update::Decay(x, _) | Update::Add(x))
+                        if g.repr(*x) == Repr::Tile && g.shape(*x) == sh1 && is_float(g.dtype(*x)) =>
+                    {
+                        let xbase = g.tile_addr(*x)?;
+                        let xbase = g.b.ins().iadd(xbase, jb);
+                        is.iter()
+                            .map(|i| {
+                                let row = g.b.ins().imul_imm_s(*i, n * 4);
+                                Some(g.b.ins().iadd(xbase, row))
+                            })
+                            .collect()
+                    }
+                    _ => vec![None; rows],
+                };
                 for (t, u) in updates.iter().enumerate() {
                     let voff = (n * 4 * t as i64) as i32;
                     let mut next: Vec<Vec<Value>> = vec![Vec::with_capacity(nv); rows];
@@ -2402,9 +2409,13 @@ impl<'a, 'k> Gen<'a, 'k> {
                             let pt = Pt { idx: vec![is[r], js[v]], vaxis: Some(1) };
                             // The state before this token: the first token's is read.
                             let prev = s[r].get(v).copied();
+                            let at = first_rows.get(r).copied().flatten();
                             let state = |g: &mut Self, x: TValue| -> Res<Value> {
                                 if let Some(p) = prev {
                                     return Ok(p);
+                                }
+                                if let Some(row) = at {
+                                    return Ok(g.b.ins().load(F32X4, flags(), row, (16 * v) as i32));
                                 }
                                 let x = g.eval(x, &map, &pt)?;
                                 Ok(g.widen(x))
