@@ -297,7 +297,7 @@ fn norm_prologue(rows: usize) -> String {
             s += &format!("  ld.shared.f32 %g2, [%q6+{}];\n  add.f32 %g3, %g3, %g2;\n", 4 * w);
         }
         s += "  bar.sync 0;\n";
-        s += "  div.rn.f32 %g3, %g3, %g6;\n  add.f32 %g3, %g3, %f7;\n  sqrt.rn.f32 %g3, %g3;\n  rcp.rn.f32 %g4, %g3;\n";
+        s += &crate::glue::inv_rms("%g3", "%g6", "%f7", "%g4");
         // Pass 2: x · rcp · w as bf16 pairs into shared memory.
         s += &format!("  mov.u32 %q3, 0;\n$wr{r}:\n  setp.ge.u32 %p7, %q3, %r2;\n  @%p7 bra $wrd{r};\n");
         s += &norm_loads(r, "%rd2", true, "%v");

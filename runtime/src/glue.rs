@@ -183,6 +183,16 @@ impl RowNorm {
     }
 }
 
+/// PTX of an RMSNorm's scale from a row's sum of squares: `out = 1 /
+/// sqrt(sum / n + eps)`, rounded as every norm here rounds it (`sum` is
+/// overwritten; `n` the row's length as f32).
+pub(crate) fn inv_rms(sum: &str, n: &str, eps: &str, out: &str) -> String {
+    format!(
+        "  div.rn.f32 {sum}, {sum}, {n};\n  add.f32 {sum}, {sum}, {eps};\n  sqrt.rn.f32 {sum}, {sum};\n  \
+         rcp.rn.f32 {out}, {sum};\n"
+    )
+}
+
 /// PTX that sums `%f1` over the CTA (warp shuffles, then the warps' partial
 /// sums through shared `sums[0..32]` by thread 0) and leaves the total in
 /// `%f7` of every thread; `slot` (0 or 1) names the shared word it passes
@@ -293,7 +303,7 @@ fn row_norm(a: Act, norm: RowNorm) -> String {
     );
     s += &cta_total("square", 1);
     // %f7: 1 / sqrt(mean square + eps).
-    s += "  div.rn.f32 %f7, %f7, %f6;\n  add.f32 %f7, %f7, %f9;\n  sqrt.rn.f32 %f7, %f7;\n  rcp.rn.f32 %f7, %f7;\n";
+    s += &inv_rms("%f7", "%f6", "%f9", "%f7");
     let mut body = String::from(
         "  ld.global.f32 %f2, [%rd6];\n  sub.f32 %f2, %f2, %f10;\n  add.s64 %rd8, %rd2, %rd10;\n  \
          ld.global.f32 %f8, [%rd8];\n  mul.f32 %f2, %f2, %f7;\n  mul.f32 %f2, %f2, %f8;\n",

@@ -151,11 +151,16 @@ fn partials_first() -> String {
     s += "  add.u32 %n1, %r2, 15;\n  shr.u32 %n1, %n1, 4;\n  and.b32 %n2, %r10, 15;\n  shr.u32 %n3, %r10, 4;\n";
     for i in 0..FIRST_PARTIALS {
         s += &format!("  add.u32 %n4, %n3, {};\n  setp.lt.u32 %np1, %n4, %n1;\n", 16 * i);
-        s += "  shl.b32 %n5, %n4, 4;\n  add.u32 %n5, %n5, %n2;\n  mul.wide.u32 %nd2, %n5, 4;\n  add.s64 %nd2, %nd1, %nd2;\n";
+        s += PARTIAL_ADDRESS;
         s += &format!("  mov.f32 %nf{r}, 0f00000000;\n  @%np1 ld.global.f32 %nf{r}, [%nd2];\n", r = i + 1);
     }
     s
 }
+
+/// `%nd2`: the address of partial sum `16·%n4 + %n2` (CTA `%n4` of the
+/// feeding product, row `%n2`).
+const PARTIAL_ADDRESS: &str =
+    "  shl.b32 %n5, %n4, 4;\n  add.u32 %n5, %n5, %n2;\n  mul.wide.u32 %nd2, %n5, 4;\n  add.s64 %nd2, %nd1, %nd2;\n";
 
 /// [`Form::PreNormed`], after the product: the thread's partial sums (the
 /// first ones loaded, the rest now), summed with the other half-warp's
@@ -168,8 +173,7 @@ fn partials_rest() -> String {
     }
     s += &format!("  add.u32 %n4, %n3, {};\n$ss_more:\n", 16 * FIRST_PARTIALS);
     s += "  setp.ge.u32 %np1, %n4, %n1;\n  @%np1 bra $ss_done;\n";
-    s +=
-        "  shl.b32 %n5, %n4, 4;\n  add.u32 %n5, %n5, %n2;\n  mul.wide.u32 %nd2, %n5, 4;\n  add.s64 %nd2, %nd1, %nd2;\n";
+    s += PARTIAL_ADDRESS;
     s += "  ld.global.f32 %nf1, [%nd2];\n  add.f32 %nf0, %nf0, %nf1;\n  add.u32 %n4, %n4, 16;\n  bra $ss_more;\n$ss_done:\n";
     s += "  shfl.sync.bfly.b32 %nf1, %nf0, 16, 31, -1;\n  add.f32 %nf0, %nf0, %nf1;\n";
     s += &store_by_half_warp("%nf0");
@@ -188,15 +192,22 @@ fn store_by_half_warp(value: &str) -> String {
 /// `ssw`, `1 / sqrt(mean + eps)` (as the glue's RMSNorm rounds it) applied
 /// to the sums `%f0…%f{np−1}`.
 fn scale_by_rms(np: usize) -> String {
-    let mut s = "  mov.u32 %n6, ssw;\n  shl.b32 %n7, %r21, 2;\n  add.u32 %n7, %n7, %n6;\n  mov.f32 %nf2, 0f00000000;\n"
-        .to_string();
-    for w in 0..WARPS as usize {
-        s += &format!("  ld.shared.f32 %nf3, [%n7+{}];\n  add.f32 %nf2, %nf2, %nf3;\n", 64 * w);
-    }
-    s += "  cvt.rn.f32.u32 %nf4, %r2;\n  div.rn.f32 %nf2, %nf2, %nf4;\n  add.f32 %nf2, %nf2, %nf11;\n";
-    s += "  sqrt.rn.f32 %nf2, %nf2;\n  rcp.rn.f32 %nf2, %nf2;\n";
+    let mut s = sum_over_warps("%r21");
+    s += "  cvt.rn.f32.u32 %nf4, %r2;\n";
+    s += &crate::glue::inv_rms("%nf2", "%nf4", "%nf11", "%nf2");
     for p in 0..np {
         s += &format!("  mul.f32 %f{p}, %f{p}, %nf2;\n");
+    }
+    s
+}
+
+/// `%nf2`: the sum of `ssw[16·w + row]` over the warps `w` (`row` a register).
+fn sum_over_warps(row: &str) -> String {
+    let mut s = format!(
+        "  mov.u32 %n6, ssw;\n  shl.b32 %n7, {row}, 2;\n  add.u32 %n7, %n7, %n6;\n  mov.f32 %nf2, 0f00000000;\n"
+    );
+    for w in 0..WARPS as usize {
+        s += &format!("  ld.shared.f32 %nf3, [%n7+{}];\n  add.f32 %nf2, %nf2, %nf3;\n", 4 * MAX_ROWS * w);
     }
     s
 }
@@ -219,10 +230,7 @@ fn feeding_store() -> String {
     s += "  shfl.sync.bfly.b32 %nf3, %nf2, 16, 31, -1;\n  add.f32 %nf2, %nf2, %nf3;\n";
     s += &store_by_half_warp("%nf2");
     s += "  bar.sync 0;\n  setp.ge.u32 %np2, %r10, 16;\n  @%np2 bra $done;\n";
-    s += "  mov.u32 %n6, ssw;\n  shl.b32 %n7, %r10, 2;\n  add.u32 %n7, %n7, %n6;\n  mov.f32 %nf2, 0f00000000;\n";
-    for w in 0..WARPS as usize {
-        s += &format!("  ld.shared.f32 %nf3, [%n7+{}];\n  add.f32 %nf2, %nf2, %nf3;\n", 64 * w);
-    }
+    s += &sum_over_warps("%r10");
     s += &format!("  mov.u32 %n8, %ctaid.x;\n  mad.lo.u32 %n8, %n8, {MAX_ROWS}, %r10;\n");
     s += "  mul.wide.u32 %nd2, %n8, 4;\n  add.s64 %nd2, %nd1, %nd2;\n  st.global.f32 [%nd2], %nf2;\n";
     s
