@@ -1514,19 +1514,10 @@ impl<'a, 'k> Gen<'a, 'k> {
         float: bool,
         dt: DType,
     ) -> Res<bool> {
-        let shape = self.shape(offsets);
-        let Some(last) = shape.len().checked_sub(1) else { return Ok(false) };
-        let n = shape[last] as i64;
         // A mask known to be false leaves the general path to fill `other`.
         let Some(mask) = self.mask_of(mask) else { return Ok(false) };
-        if n < 8 {
-            return Ok(false);
-        }
-        let map = identity_map(&shape);
-        let probe = Pt { idx: self.point0(shape.len()).idx, vaxis: Some(last) };
-        if !self.contiguous(offsets, &map, &probe) {
-            return Ok(false);
-        }
+        let Some((n, probe)) = self.contiguous_rows(offsets) else { return Ok(false) };
+        let map = identity_map(&self.shape(offsets));
         if let Some(m) = mask {
             self.clear_cache();
             let m0 = self.eval(m, &map, &probe)?;
@@ -1589,21 +1580,14 @@ impl<'a, 'k> Gen<'a, 'k> {
         mask: Option<TValue>,
         pdt: DType,
     ) -> Res<bool> {
-        let shape = self.shape(offsets);
-        let Some(last) = shape.len().checked_sub(1) else { return Ok(false) };
-        let n = shape[last] as i64;
         let same_kind = self.dtype(value) == pdt && matches!(pdt, DType::F32 | DType::I32);
-        if n < 8 || !same_kind || self.repr(value) != Repr::Tile || self.shape(value) != shape {
+        if !same_kind || self.repr(value) != Repr::Tile || self.shape(value) != self.shape(offsets) {
             return Ok(false);
         }
         if self.mask_of(mask) != Some(None) {
             return Ok(false);
         }
-        let map = identity_map(&shape);
-        let probe = Pt { idx: self.point0(shape.len()).idx, vaxis: Some(last) };
-        if !self.contiguous(offsets, &map, &probe) {
-            return Ok(false);
-        }
+        let Some((n, _)) = self.contiguous_rows(offsets) else { return Ok(false) };
         let src0 = self.tile_addr(value)?;
         self.for_rows(offsets, base, &mut |g, _, row_off, dst| {
             let src = g.b.ins().iadd(src0, row_off);
@@ -1612,6 +1596,17 @@ impl<'a, 'k> Gen<'a, 'k> {
             Ok(())
         })?;
         Ok(true)
+    }
+
+    /// Whether `offsets` are rows of at least 8 elements, consecutive along
+    /// the last axis ([`Gen::load_rows`], [`Gen::store_rows`]): the row
+    /// length and the point of the first row's first vector.
+    fn contiguous_rows(&mut self, offsets: TValue) -> Option<(i64, Pt)> {
+        let shape = self.shape(offsets);
+        let last = shape.len().checked_sub(1)?;
+        let n = i64::from(shape[last]);
+        let probe = Pt { idx: self.point0(shape.len()).idx, vaxis: Some(last) };
+        (n >= 8 && self.contiguous(offsets, &identity_map(&shape), &probe)).then_some((n, probe))
     }
 
     /// Walks the rows of `offsets` (a tile's shape, contiguous along its
